@@ -1,0 +1,73 @@
+"""The `brainscan` command: one sub-app per command group; heavy imports stay inside the
+commands so `--help` is instant."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brainscan import contract
+from brainscan.client.cli import health, predict
+from brainscan.console import fail
+from brainscan.export.cli import export_app
+from brainscan.train.cli import data_app, train_app
+
+app = typer.Typer(
+    help="Brain-tumour detection and segmentation on MRI, served by Triton.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(export_app, name="export")
+app.command("predict")(predict)
+app.command("health")(health)
+
+
+@app.command("serve")
+def serve(
+    repository: Annotated[Path, typer.Option(help="Model repository (default: the one `make demo` built).")] = contract.demo_repository(),
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")] = contract.DEFAULT_HOST,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = contract.GRPC_PORT,
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = contract.HTTP_PORT,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = contract.METRICS_PORT,
+    log_file: Annotated[Path | None, typer.Option(help="Where tritonserver's log goes (default: a temp file).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the ensemble to become ready.")] = 180.0,
+) -> None:
+    """Run Triton Inference Server (the binary shipped in nvidia-pytriton; no Docker, no GPU)
+    on a model repository until Ctrl-C or SIGTERM."""
+    from brainscan.server import Ports, ServerError, TritonServer
+
+    server = TritonServer(repository, host, Ports(grpc_port, http_port, metrics_port), log_file)
+    stop_requested = []
+
+    def request_stop(signum, _frame):
+        stop_requested.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        server.start()
+        typer.echo(f"tritonserver starting (log: {server.log_file})", err=True)
+        server.wait_ready(timeout)
+        typer.echo(
+            f"ready: gRPC {host}:{grpc_port}, HTTP {host}:{http_port}, metrics {host}:{metrics_port} "
+            f"- model '{contract.ENSEMBLE}' (Ctrl-C to stop)",
+            err=True,
+        )
+        code = server.process.wait()
+        fail(f"tritonserver exited with code {code}:\n{server.log_tail()}")
+    except ServerError as exc:
+        server.stop()
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("stopping tritonserver…", err=True)
+    finally:
+        server.stop()
+    typer.echo("stopped", err=True)
+
+
+if __name__ == "__main__":
+    app()

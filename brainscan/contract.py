@@ -1,0 +1,98 @@
+"""The served contract: every model name, tensor name, dtype, shape, port and default.
+
+Everything that talks to Triton (the repository writer, the python models, the client, the
+tests, the benchmarks) reads its names from here; nothing else spells a tensor name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Ensemble and composing models.
+ENSEMBLE = "brainscan"
+PREPROCESS = "preprocess"
+CLASSIFIER = "classifier"
+SEGMENTER = "segmenter"
+POSTPROCESS = "postprocess"
+COMPOSING_MODELS = (PREPROCESS, CLASSIFIER, SEGMENTER, POSTPROCESS)
+
+# Ensemble inputs / outputs (the public contract: never rename).
+IMAGE = "IMAGE"  # TYPE_STRING [1]: encoded file bytes
+TUMOR_PROBABILITY = "TUMOR_PROBABILITY"  # TYPE_FP32 [1]
+MASK = "MASK"  # TYPE_UINT8 [-1, -1]: 0/1 at the input's own height x width
+
+# Internal tensors between the steps of the ensemble. They are also the Keras layer
+# names of the two networks, so the ONNX, TensorRT and Triton names agree.
+CLASSIFIER_INPUT = "classifier_input"  # FP32 [H, W, 3], pixel values 0..255
+SEGMENTER_INPUT = "segmenter_input"  # FP32 [H, W, 3], pixel values 0..255
+CLASSIFIER_OUTPUT = TUMOR_PROBABILITY  # the classifier's output feeds the ensemble output directly
+SEGMENTER_OUTPUT = "mask_probability"  # FP32 [H, W, 1]
+ORIGINAL_SIZE = "ORIGINAL_SIZE"  # INT32 [2]: input height, width
+
+CHANNELS = 3
+
+# Triton's default ports; we bind loopback unless told otherwise.
+DEFAULT_HOST = "127.0.0.1"
+GRPC_PORT = 8001
+HTTP_PORT = 8000
+METRICS_PORT = 8002
+DEFAULT_URL = f"{DEFAULT_HOST}:{GRPC_PORT}"
+
+# Served behaviour.
+MAX_BATCH_SIZE = 8
+MASK_THRESHOLD = 0.5  # probability above which a pixel belongs to the mask
+DECISION_THRESHOLD = 0.5  # probability above which an image is "tumour"
+MAX_IMAGE_PIXELS = 40_000_000  # larger inputs are refused before decoding
+MAX_IMAGE_SIDE = 16_384
+
+# Defaults of the demo and of training.
+DEFAULT_IMAGE_SIZE = 128
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a model: Triton name, Triton data type and dims without the batch."""
+
+    name: str
+    triton_dtype: str
+    dims: tuple[int, ...]
+
+
+def classifier_input(size: tuple[int, int]) -> TensorSpec:
+    return TensorSpec(CLASSIFIER_INPUT, "TYPE_FP32", (size[0], size[1], CHANNELS))
+
+
+def segmenter_input(size: tuple[int, int]) -> TensorSpec:
+    return TensorSpec(SEGMENTER_INPUT, "TYPE_FP32", (size[0], size[1], CHANNELS))
+
+
+CLASSIFIER_OUTPUT_SPEC = TensorSpec(CLASSIFIER_OUTPUT, "TYPE_FP32", (1,))
+
+
+def segmenter_output(size: tuple[int, int]) -> TensorSpec:
+    return TensorSpec(SEGMENTER_OUTPUT, "TYPE_FP32", (size[0], size[1], 1))
+
+
+IMAGE_SPEC = TensorSpec(IMAGE, "TYPE_STRING", (1,))
+ORIGINAL_SIZE_SPEC = TensorSpec(ORIGINAL_SIZE, "TYPE_INT32", (2,))
+TUMOR_PROBABILITY_SPEC = TensorSpec(TUMOR_PROBABILITY, "TYPE_FP32", (1,))
+MASK_SPEC = TensorSpec(MASK, "TYPE_UINT8", (-1, -1))
+
+# Where `make demo` puts what it builds (override with BRAINSCAN_ARTIFACTS); `brainscan
+# serve` without --repository serves DEMO_REPOSITORY.
+ARTIFACTS_ENV = "BRAINSCAN_ARTIFACTS"
+DEFAULT_ARTIFACTS = "artifacts"
+
+
+def artifacts_dir():
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get(ARTIFACTS_ENV, DEFAULT_ARTIFACTS))
+
+
+def demo_repository():
+    return artifacts_dir() / "model_repository"
+
+
+def demo_run(task: str):
+    return artifacts_dir() / "runs" / task

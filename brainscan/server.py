@@ -1,0 +1,227 @@
+"""Run the real Triton Inference Server shipped in the ``nvidia-pytriton`` wheel.
+
+The wheel holds the ``tritonserver`` binary, the python backend and one
+``triton_python_backend_stub`` per Python version. The server wants a backend directory
+whose ``python/`` folder holds the stub, and the wheel's folder may be read-only, so the
+backend is copied once into a cache folder. The stub embeds the first ``python`` on PATH,
+so this environment's ``bin/`` goes first on PATH, and ``libpython`` on LD_LIBRARY_PATH.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from brainscan import contract
+
+
+class ServerError(RuntimeError):
+    """The server could not be started, or stopped before it was ready."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    grpc: int = contract.GRPC_PORT
+    http: int = contract.HTTP_PORT
+    metrics: int = contract.METRICS_PORT
+
+
+def triton_home() -> Path:
+    """The tritonserver tree inside the nvidia-pytriton wheel."""
+    try:
+        import pytriton
+    except ImportError:
+        raise ServerError(
+            "the Triton server binary comes with nvidia-pytriton: pip install 'brainscan[serve]'"
+        ) from None
+    home = Path(pytriton.__file__).parent / "tritonserver"
+    if not (home / "bin" / "tritonserver").exists():
+        raise ServerError(f"no tritonserver binary in {home}")
+    return home
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BRAINSCAN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "brainscan"
+    )
+    return Path(root)
+
+
+def prepare_backends(home: Path | None = None) -> Path:
+    """A writable backend directory with the python backend and the stub for this Python."""
+    home = home or triton_home()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerError(f"nvidia-pytriton ships no python-backend stub for Python {version}")
+    target = cache_dir() / "triton-backends" / f"{stub.stat().st_size}-{version}-{sys.prefix.replace('/', '_')}"
+    python_dir = target / "python"
+    if not (python_dir / "triton_python_backend_stub").exists():
+        staging = Path(tempfile.mkdtemp(dir=cache_dir().mkdir(parents=True, exist_ok=True) or cache_dir()))
+        shutil.copytree(home / "backends" / "python", staging / "python", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staging.rename(target)  # atomic: concurrent starts never see half a copy
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def server_environment() -> dict[str, str]:
+    env = os.environ.copy()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    return env
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = contract.DEFAULT_HOST) -> int:
+    """A port the OS says is free now (for tests and parallel servers)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class TritonServer:
+    """A tritonserver process serving ``repository``; a context manager that waits until the
+    ensemble is ready and stops the server (and its python stubs) on exit."""
+
+    def __init__(
+        self,
+        repository: Path,
+        host: str = contract.DEFAULT_HOST,
+        ports: Ports = Ports(),
+        log_file: Path | None = None,
+        log_verbose: int = 0,
+    ):
+        self.repository = Path(repository).resolve()
+        self.host = host
+        self.ports = ports
+        self.log_file = Path(log_file) if log_file else None
+        self.log_verbose = log_verbose
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{host}:{self.ports.grpc}"
+
+    def command(self, backends: Path) -> list[str]:
+        return [
+            str(triton_home() / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--http-address={self.host}",
+            f"--http-port={self.ports.http}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.ports.metrics}",
+            f"--log-verbose={self.log_verbose}",
+            "--exit-timeout-secs=10",
+        ]
+
+    def start(self) -> None:
+        from brainscan.export.repository import RepositoryError, validate_repository
+
+        try:
+            validate_repository(self.repository, require_weights=True)
+        except RepositoryError as exc:
+            raise ServerError(str(exc)) from None
+        for name, port in (("gRPC", self.ports.grpc), ("HTTP", self.ports.http), ("metrics", self.ports.metrics)):
+            if port_in_use(self.host, port):
+                raise ServerError(
+                    f"port {port} ({name}) on {self.host} is already in use: stop what uses it "
+                    f"or choose another with --{name.lower()}-port"
+                )
+        backends = prepare_backends()
+        if self.log_file is None:
+            self.log_file = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "wb") as log:
+            # A session of its own, so stop() can reach the python stubs it spawns.
+            self.process = subprocess.Popen(
+                self.command(backends),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_environment(),
+                start_new_session=True,
+            )
+
+    def log_tail(self, lines: int = 25) -> str:
+        if not self.log_file or not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Block until the server and the ensemble are ready; raise with the log if not."""
+        import tritonclient.grpc as grpcclient
+
+        deadline = time.monotonic() + timeout
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            while time.monotonic() < deadline:
+                if self.process is None or self.process.poll() is not None:
+                    code = None if self.process is None else self.process.returncode
+                    raise ServerError(f"tritonserver exited (code {code}) before it was ready:\n{self.log_tail()}")
+                with contextlib.suppress(Exception):
+                    if client.is_server_ready() and client.is_model_ready(contract.ENSEMBLE):
+                        return
+                time.sleep(0.25)
+        finally:
+            client.close()
+        self.stop()
+        raise ServerError(f"tritonserver was not ready within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the server, wait, then make sure no stub of its session is left."""
+        if self.process is None:
+            return None
+        process, self.process = self.process, None
+        pgid = process.pid  # the session leader's pid is its group id
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        return process.returncode
+
+    def __enter__(self) -> "TritonServer":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

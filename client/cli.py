@@ -1,0 +1,135 @@
+"""`brainscan predict` and `brainscan health`."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brainscan import contract
+from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, Url, fail
+
+
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    url: Url = contract.DEFAULT_URL,
+    out: Annotated[Path | None, typer.Option(help="Folder for <name>.mask.png and <name>.overlay.png.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image instead of a table.")] = False,
+    evaluate: Annotated[bool, typer.Option(help="Compare with X_mask.* ground truth beside each X.* (kaggle_3m layout).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 60.0,
+) -> None:
+    """Send each image to the `brainscan` ensemble over gRPC (one request per image) and
+    report probability, label and tumour area; optionally write masks and red overlays.
+    Exit code 1 when any file failed (the others still finish), 3 when no server answers."""
+    from brainscan.client import files as io
+    from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
+    from brainscan.metrics import dice
+    from brainscan.preprocessing import InvalidImageError, decode_image
+
+    inputs = io.expand_inputs(paths)
+    if not inputs:
+        fail("no image files found in the given paths")
+    names = io.output_stems(inputs)
+    failures, rows = 0, []
+    truth_labels, probabilities, dices = [], [], []
+    started = time.perf_counter()
+    if not as_json:
+        header = f"{'file':<40} {'probability':>11} {'label':<9} {'area px':>8} {'area %':>7}"
+        typer.echo(header + (f" {'truth':<9} {'dice':>6}" if evaluate else ""))
+    with BrainscanClient(url, timeout=timeout) as client:
+        for path, name in zip(inputs, names):
+            record: dict = {"file": str(path)}
+            try:
+                data = path.read_bytes()
+                prediction = client.infer(data)
+            except ServerUnavailableError as exc:
+                fail(f"{exc} (start one with `brainscan serve`)", EXIT_UNAVAILABLE)
+            except (OSError, InferenceError) as exc:
+                failures += 1
+                record["error"] = str(exc)
+                if as_json:
+                    typer.echo(json.dumps(record))
+                else:
+                    typer.echo(f"{str(path):<40} failed: {exc}", err=True)
+                continue
+            record.update(
+                probability=round(prediction.probability, 6),
+                label=prediction.label,
+                area_pixels=prediction.area_pixels,
+                area_fraction=round(prediction.area_fraction, 6),
+                height=int(prediction.mask.shape[0]),
+                width=int(prediction.mask.shape[1]),
+            )
+            truth_path = io.ground_truth_for(path) if evaluate else None
+            if truth_path is not None:
+                try:
+                    truth = decode_image(truth_path.read_bytes())
+                except InvalidImageError as exc:
+                    typer.echo(f"warning: ground truth {truth_path}: {exc}", err=True)
+                else:
+                    truth = (truth.max(axis=2) if truth.ndim == 3 else truth) > 0
+                    record["truth"] = "tumour" if truth.any() else "no tumour"
+                    truth_labels.append(truth.any())
+                    probabilities.append(prediction.probability)
+                    if truth.any():
+                        record["dice"] = round(dice(prediction.mask, truth), 4)
+                        dices.append(record["dice"])
+            if out is not None:
+                image = decode_image(data)
+                io.save_png(out / f"{name}.mask.png", prediction.mask * 255)
+                io.save_png(out / f"{name}.overlay.png", io.overlay(image, prediction.mask))
+            rows.append(record)
+            if as_json:
+                typer.echo(json.dumps(record))
+            else:
+                line = (
+                    f"{str(path)[-40:]:<40} {prediction.probability:>11.4f} {prediction.label:<9} "
+                    f"{prediction.area_pixels:>8d} {100 * prediction.area_fraction:>6.2f}%"
+                )
+                if "truth" in record:
+                    line += f" {record['truth']:<9} {record['dice'] if 'dice' in record else '':>6}"
+                typer.echo(line)
+    elapsed = time.perf_counter() - started
+    summary = f"{len(rows)} of {len(inputs)} images in {elapsed:.1f} s ({len(rows) / max(elapsed, 1e-9):.1f} images/s)"
+    if failures:
+        summary += f", {failures} failed"
+    if truth_labels:
+        from brainscan.metrics import classification_metrics
+
+        cls = classification_metrics(probabilities, truth_labels)
+        summary += f"; accuracy {cls['accuracy']:.3f} on {len(truth_labels)} labelled images"
+        if dices:
+            summary += f", mean Dice {sum(dices) / len(dices):.3f} on {len(dices)} tumour images"
+    if out is not None:
+        summary += f"; masks and overlays in {out}"
+    typer.echo(summary, err=as_json)
+    if failures:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def health(
+    url: Url = contract.DEFAULT_URL,
+    wait: Annotated[float, typer.Option(help="Keep trying for this many seconds before giving up.")] = 0.0,
+) -> None:
+    """Say whether the server and every model of the ensemble are ready (exit 0 if so)."""
+    from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with BrainscanClient(url, timeout=10) as client:
+                state = client.health()
+            if state["ready"] and all(state["models"].values()) or time.monotonic() >= deadline:
+                break
+        except (ServerUnavailableError, InferenceError) as exc:
+            if time.monotonic() >= deadline:
+                fail(str(exc), EXIT_UNAVAILABLE)
+        time.sleep(0.5)
+    typer.echo(f"server {url}: live={state['live']} ready={state['ready']}")
+    for name, ready in state["models"].items():
+        typer.echo(f"  {name:<12} {'ready' if ready else 'NOT READY'}")
+    if not (state["ready"] and all(state["models"].values())):
+        raise typer.Exit(EXIT_FAILED)

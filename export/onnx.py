@@ -1,0 +1,95 @@
+"""Keras -> ONNX with tf2onnx (dynamic batch), and the parity check against Keras."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from brainscan import contract
+from brainscan.export.compare import ComparisonReport, compare_output
+
+OPSET = 17
+PARITY_ATOL = 1e-4
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime disagrees with Keras beyond the tolerance; the message holds the table."""
+
+    def __init__(self, report: ComparisonReport):
+        super().__init__(f"ONNX export does not match Keras:\n{report.table()}")
+        self.report = report
+
+
+def _rename_output(model_proto, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in model_proto.graph.node:
+        node.output[:] = [new if x == old else x for x in node.output]
+        node.input[:] = [new if x == old else x for x in node.input]
+    for output in model_proto.graph.output:
+        if output.name == old:
+            output.name = new
+
+
+def keras_to_onnx(model, opset: int = OPSET):
+    """Convert a Keras model to an ONNX ModelProto whose input and output names are the
+    Keras layer names (the contract's), with a dynamic batch dimension."""
+    import tensorflow as tf
+    import tf2onnx
+
+    keras_input = model.inputs[0]
+    input_name = model.layers[0].name
+    signature = [tf.TensorSpec((None, *keras_input.shape[1:]), tf.float32, name=input_name)]
+    model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    output_name = model.layers[-1].name
+    if len(model_proto.graph.output) != 1:
+        raise ValueError(f"expected one output, the ONNX graph has {len(model_proto.graph.output)}")
+    _rename_output(model_proto, model_proto.graph.output[0].name, output_name)
+    return model_proto
+
+
+def onnx_session(path: Path | str | bytes, threads: int = 0):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare_onnx_keras(
+    model, onnx_model: bytes, images: np.ndarray, atol: float = PARITY_ATOL, threshold: float | None = None
+) -> ComparisonReport:
+    """Run Keras and ONNX Runtime on the same images and compare the outputs."""
+    session = onnx_session(onnx_model)
+    input_name = session.get_inputs()[0].name
+    output = session.get_outputs()[0].name
+    expected = np.asarray(model.predict(images, batch_size=16, verbose=0))
+    actual = session.run([output], {input_name: images.astype(np.float32)})[0]
+    if threshold is None:
+        threshold = contract.DECISION_THRESHOLD if output == contract.CLASSIFIER_OUTPUT else contract.MASK_THRESHOLD
+    return ComparisonReport(
+        reference="keras",
+        candidate="onnxruntime",
+        samples=len(images),
+        outputs=(compare_output(output, expected, actual, atol, threshold),),
+    )
+
+
+def export_onnx(model, out: Path, images: np.ndarray, atol: float = PARITY_ATOL, opset: int = OPSET) -> ComparisonReport:
+    """Convert, check parity on ``images``, and only then write ``out`` (atomically).
+    Raises ParityError, leaving no file, when ONNX Runtime and Keras disagree."""
+    model_proto = keras_to_onnx(model, opset)
+    serialized = model_proto.SerializeToString()
+    report = compare_onnx_keras(model, serialized, images, atol)
+    if not report.passed:
+        raise ParityError(report)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(serialized)
+    os.replace(tmp, out)
+    return report

@@ -1,0 +1,301 @@
+"""Write and check Triton model repositories: one ensemble contract, three flavours.
+
+| flavour       | classifier / segmenter                                  |
+|---------------|---------------------------------------------------------|
+| tensorrt      | tensorrt_plan FP16 engines, KIND_GPU (production)       |
+| onnxruntime   | onnxruntime_onnx, KIND_CPU (or KIND_GPU)                |
+| local         | python backend running ONNX Runtime (embedded default) |
+
+``preprocess``, ``postprocess`` (python) and the ensemble are the same in all three.
+Configs are built from the contract as dicts, parsed into Triton's own ModelConfig
+protobuf (which rejects unknown fields and wrong enum values) and written as text.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from brainscan import contract
+from brainscan.contract import TensorSpec
+
+FLAVOURS = ("local", "tensorrt", "onnxruntime")
+VERSION = "1"
+PLACEHOLDER = ".gitkeep"  # keeps a version folder whose weights are build outputs in git
+# python-model sources in brainscan.export.triton_models -> model.py of these models
+PYTHON_SOURCES = {contract.PREPROCESS: "preprocess.py", contract.POSTPROCESS: "postprocess.py"}
+ONNX_RUNNER_SOURCE = "onnx_runner.py"
+WEIGHT_FILES = {"local": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+
+
+class RepositoryError(ValueError):
+    """A model repository is missing, incomplete or inconsistent; the message lists why."""
+
+
+@dataclass
+class RepositorySpec:
+    """What varies between generated repositories."""
+
+    flavour: str = "local"
+    classifier_size: tuple[int, int] = (contract.DEFAULT_IMAGE_SIZE, contract.DEFAULT_IMAGE_SIZE)
+    segmenter_size: tuple[int, int] = (contract.DEFAULT_IMAGE_SIZE, contract.DEFAULT_IMAGE_SIZE)
+    max_batch_size: int = contract.MAX_BATCH_SIZE
+    queue_delay_us: int = 500
+    ort_threads: int = 1
+    instances: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise RepositoryError(f"unknown flavour {self.flavour!r}: choose one of {', '.join(FLAVOURS)}")
+        if self.max_batch_size < 1:
+            raise RepositoryError("max_batch_size must be at least 1")
+
+    def count(self, model: str) -> int:
+        return int(self.instances.get(model, 1))
+
+
+def _tensors(specs: list[TensorSpec]) -> list[dict]:
+    return [{"name": s.name, "data_type": s.triton_dtype, "dims": list(s.dims)} for s in specs]
+
+
+def _dynamic_batching(spec: RepositorySpec) -> dict:
+    return {"max_queue_delay_microseconds": spec.queue_delay_us}
+
+
+def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: dict | None = None) -> dict:
+    config = {
+        "name": name,
+        "backend": "python",
+        "max_batch_size": spec.max_batch_size,
+        "input": _tensors(inputs),
+        "output": _tensors(outputs),
+        "instance_group": [{"kind": "KIND_CPU", "count": spec.count(name)}],
+        "dynamic_batching": _dynamic_batching(spec),
+    }
+    if parameters:
+        config["parameters"] = {k: {"string_value": str(v)} for k, v in parameters.items()}
+    return config
+
+
+def _network(name: str, inputs, outputs, spec: RepositorySpec) -> dict:
+    if spec.flavour == "local":
+        return _python_model(name, inputs, outputs, spec, {"intra_op_threads": spec.ort_threads})
+    config = {
+        "name": name,
+        "max_batch_size": spec.max_batch_size,
+        "input": _tensors(inputs),
+        "output": _tensors(outputs),
+        "dynamic_batching": _dynamic_batching(spec),
+    }
+    if spec.flavour == "tensorrt":
+        config["platform"] = "tensorrt_plan"
+        config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
+        config["optimization"] = {"cuda": {"graphs": True}}
+    else:
+        config["platform"] = "onnxruntime_onnx"
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": spec.count(name)}]
+        config["parameters"] = {
+            "intra_op_thread_count": {"string_value": str(spec.ort_threads)},
+            "inter_op_thread_count": {"string_value": "1"},
+        }
+    return config
+
+
+def model_configs(spec: RepositorySpec) -> dict[str, dict]:
+    """The five model configs (ModelConfig's JSON form), keyed by model name."""
+    cls_in = contract.classifier_input(spec.classifier_size)
+    seg_in = contract.segmenter_input(spec.segmenter_size)
+    seg_out = contract.segmenter_output(spec.segmenter_size)
+    ensemble = {
+        "name": contract.ENSEMBLE,
+        "platform": "ensemble",
+        "max_batch_size": spec.max_batch_size,
+        "input": _tensors([contract.IMAGE_SPEC]),
+        "output": _tensors([contract.TUMOR_PROBABILITY_SPEC, contract.MASK_SPEC]),
+        "ensemble_scheduling": {
+            "step": [
+                {
+                    "model_name": contract.PREPROCESS,
+                    "model_version": -1,
+                    "input_map": {contract.IMAGE: contract.IMAGE},
+                    "output_map": {
+                        contract.CLASSIFIER_INPUT: contract.CLASSIFIER_INPUT,
+                        contract.SEGMENTER_INPUT: contract.SEGMENTER_INPUT,
+                        contract.ORIGINAL_SIZE: contract.ORIGINAL_SIZE,
+                    },
+                },
+                {
+                    "model_name": contract.CLASSIFIER,
+                    "model_version": -1,
+                    "input_map": {contract.CLASSIFIER_INPUT: contract.CLASSIFIER_INPUT},
+                    "output_map": {contract.CLASSIFIER_OUTPUT: contract.TUMOR_PROBABILITY},
+                },
+                {
+                    "model_name": contract.SEGMENTER,
+                    "model_version": -1,
+                    "input_map": {contract.SEGMENTER_INPUT: contract.SEGMENTER_INPUT},
+                    "output_map": {contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT},
+                },
+                {
+                    "model_name": contract.POSTPROCESS,
+                    "model_version": -1,
+                    "input_map": {
+                        contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT,
+                        contract.ORIGINAL_SIZE: contract.ORIGINAL_SIZE,
+                    },
+                    "output_map": {contract.MASK: contract.MASK},
+                },
+            ]
+        },
+    }
+    return {
+        contract.ENSEMBLE: ensemble,
+        contract.PREPROCESS: _python_model(
+            contract.PREPROCESS, [contract.IMAGE_SPEC], [cls_in, seg_in, contract.ORIGINAL_SIZE_SPEC], spec
+        ),
+        contract.CLASSIFIER: _network(contract.CLASSIFIER, [cls_in], [contract.CLASSIFIER_OUTPUT_SPEC], spec),
+        contract.SEGMENTER: _network(contract.SEGMENTER, [seg_in], [seg_out], spec),
+        contract.POSTPROCESS: _python_model(
+            contract.POSTPROCESS, [seg_out, contract.ORIGINAL_SIZE_SPEC], [contract.MASK_SPEC], spec
+        ),
+    }
+
+
+def to_model_config(config: dict) -> model_config_pb2.ModelConfig:
+    """Parse a config dict into Triton's ModelConfig; unknown fields or values raise."""
+    try:
+        return json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    except json_format.ParseError as exc:
+        raise RepositoryError(f"invalid config for {config.get('name')}: {exc}") from None
+
+
+def render_config(config: dict) -> str:
+    """ModelConfig text (config.pbtxt) for a config dict."""
+    return text_format.MessageToString(to_model_config(config))
+
+
+def read_config(path: Path) -> model_config_pb2.ModelConfig:
+    try:
+        return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"{path} is not a valid Triton model config: {exc}") from None
+
+
+def _python_source(name: str) -> bytes:
+    return resources.files("brainscan.export.triton_models").joinpath(name).read_bytes()
+
+
+def repository_files(spec: RepositorySpec) -> dict[str, bytes]:
+    """Every file of the repository except the network weights, by relative path."""
+    files: dict[str, bytes] = {}
+    for name, config in model_configs(spec).items():
+        files[f"{name}/config.pbtxt"] = render_config(config).encode()
+        files[f"{name}/{VERSION}/{PLACEHOLDER}"] = b""
+    for name, source in PYTHON_SOURCES.items():
+        files[f"{name}/{VERSION}/model.py"] = _python_source(source)
+    if spec.flavour == "local":
+        for name in (contract.CLASSIFIER, contract.SEGMENTER):
+            files[f"{name}/{VERSION}/model.py"] = _python_source(ONNX_RUNNER_SOURCE)
+    return files
+
+
+def _input_size(onnx_path: Path, name: str) -> tuple[int, int]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    for tensor in model.graph.input:
+        if tensor.name == name:
+            dims = [d.dim_value for d in tensor.type.tensor_type.shape.dim]
+            if len(dims) != 4 or not all(dims[1:]):
+                raise RepositoryError(f"{onnx_path}: input {name} has shape {dims}, expected [batch, h, w, 3]")
+            return dims[1], dims[2]
+    names = [t.name for t in model.graph.input]
+    raise RepositoryError(f"{onnx_path} has no input named {name} (it has {names})")
+
+
+def write_repository(
+    out: Path,
+    flavour: str = "local",
+    classifier_onnx: Path | None = None,
+    segmenter_onnx: Path | None = None,
+    **options,
+) -> Path:
+    """Write a repository of ``flavour`` to ``out``. With ONNX files, their input sizes set
+    the configs and (local, onnxruntime) they are copied in as the models' weights."""
+    out = Path(out)
+    spec_options = dict(options)
+    if classifier_onnx:
+        spec_options["classifier_size"] = _input_size(classifier_onnx, contract.CLASSIFIER_INPUT)
+    if segmenter_onnx:
+        spec_options["segmenter_size"] = _input_size(segmenter_onnx, contract.SEGMENTER_INPUT)
+    spec = RepositorySpec(flavour=flavour, **spec_options)
+    for relative, content in repository_files(spec).items():
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    if flavour in ("local", "onnxruntime"):
+        for name, source in ((contract.CLASSIFIER, classifier_onnx), (contract.SEGMENTER, segmenter_onnx)):
+            if source:
+                shutil.copyfile(source, out / name / VERSION / WEIGHT_FILES[flavour])
+    return out
+
+
+def _flavour_of(configs: dict[str, model_config_pb2.ModelConfig]) -> str:
+    classifier = configs[contract.CLASSIFIER]
+    if classifier.platform == "tensorrt_plan":
+        return "tensorrt"
+    if classifier.platform == "onnxruntime_onnx":
+        return "onnxruntime"
+    return "local"
+
+
+def validate_repository(path: Path, require_weights: bool = False) -> dict[str, model_config_pb2.ModelConfig]:
+    """Check that ``path`` holds the ensemble and its four models, that every config
+    parses, that the ensemble's steps name real tensors of real models, and (with
+    ``require_weights``) that each model's files are present. Raises RepositoryError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RepositoryError(
+            f"model repository {path} does not exist: build it with `make demo` or "
+            "`brainscan export repository --out DIR`"
+        )
+    problems: list[str] = []
+    configs: dict[str, model_config_pb2.ModelConfig] = {}
+    for name in (contract.ENSEMBLE, *contract.COMPOSING_MODELS):
+        config_path = path / name / "config.pbtxt"
+        if not config_path.exists():
+            problems.append(f"{name}: {config_path} is missing")
+            continue
+        try:
+            configs[name] = read_config(config_path)
+        except RepositoryError as exc:
+            problems.append(str(exc))
+    if not problems:
+        for step in configs[contract.ENSEMBLE].ensemble_scheduling.step:
+            model = configs.get(step.model_name)
+            if model is None:
+                problems.append(f"ensemble step names unknown model {step.model_name}")
+                continue
+            inputs = {t.name for t in model.input}
+            outputs = {t.name for t in model.output}
+            problems += [f"{step.model_name} has no input {k}" for k in step.input_map if k not in inputs]
+            problems += [f"{step.model_name} has no output {k}" for k in step.output_map if k not in outputs]
+    if not problems and require_weights:
+        flavour = _flavour_of(configs)
+        for name, config in configs.items():
+            version = path / name / VERSION
+            needed = []
+            if config.backend == "python":
+                needed.append("model.py")
+            if name in (contract.CLASSIFIER, contract.SEGMENTER):
+                needed.append(WEIGHT_FILES[flavour])
+            if name == contract.ENSEMBLE and not version.is_dir():
+                problems.append(f"{name}: version folder {version} is missing")
+            problems += [f"{name}: {version / f} is missing" for f in needed if not (version / f).exists()]
+    if problems:
+        raise RepositoryError(f"model repository {path} is incomplete:\n  " + "\n  ".join(problems))
+    return configs

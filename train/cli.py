@@ -1,0 +1,112 @@
+"""`brainscan data …` and `brainscan train …`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brainscan import contract
+from brainscan.console import DataDir, Seed, fail
+
+data_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the classifier or the segmenter.", no_args_is_help=True)
+
+Size = Annotated[int, typer.Option(help="Square input size of the network, in pixels.")]
+Epochs = Annotated[int, typer.Option(help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option(help="Images per training step.")]
+LearningRate = Annotated[float, typer.Option(help="Adam learning rate.")]
+Weights = Annotated[str, typer.Option(help="Backbone initialisation: imagenet (downloads) or none.")]
+Alpha = Annotated[float, typer.Option(help="MobileNet width multiplier (0.35, 0.5, 0.75, 1.0).")]
+RunDir = Annotated[Path, typer.Option("--out", help="Run folder: model.keras, metrics.json, curves.png, run.json.")]
+
+
+@data_app.command("phantom")
+def phantom(
+    out: Annotated[Path, typer.Option(help="Folder to write <patient>/<patient>_<k>.tif and _mask.tif into.")],
+    patients: Annotated[int, typer.Option(help="Number of synthetic patients.")] = 40,
+    seed: Seed = 0,
+    slices_per_patient: Annotated[int, typer.Option(help="Axial slices per patient.")] = 20,
+    tumour_fraction: Annotated[float, typer.Option(help="Share of patients with a tumour.")] = 0.8,
+) -> None:
+    """Write a synthetic brain-MRI dataset (kaggle_3m layout) from the MNI152 T1 volume."""
+    from brainscan.train.phantom import write_phantom_dataset
+
+    try:
+        files = write_phantom_dataset(out, patients, seed, slices_per_patient, tumour_fraction)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {len(files)} slices of {patients} patients to {out}")
+
+
+@data_app.command("split")
+def split(
+    data: DataDir,
+    part: Annotated[str, typer.Option(help="Which split to list: train, val or test.")] = "test",
+    seed: Seed = 0,
+) -> None:
+    """Print the patient folders of one split (by patient, 75/15/10), one per line."""
+    from brainscan.train import datasets
+
+    if part not in datasets.SPLITS:
+        fail(f"--part must be one of {', '.join(datasets.SPLITS)}")
+    try:
+        samples = datasets.find_samples(data)
+        splits = datasets.split_patients([s.patient for s in samples], seed)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    folders = sorted({str(s.image.parent) for s in datasets.select(samples, splits[part])})
+    typer.echo("\n".join(folders))
+
+
+def _train(task: str, **options) -> None:
+    from brainscan.train.models import WeightsUnavailableError
+    from brainscan.train.training import TrainConfig, train
+
+    config = TrainConfig(task=task, **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
+    try:
+        metrics = train(config)
+    except (ValueError, FileNotFoundError, WeightsUnavailableError) as exc:
+        fail(str(exc))
+    summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    typer.echo(f"test split: {summary}")
+    typer.echo(f"saved {Path(config.out) / 'model.keras'}")
+
+
+@train_app.command("classifier")
+def classifier(
+    data: DataDir,
+    out: RunDir = contract.demo_run("classifier"),
+    size: Size = contract.DEFAULT_IMAGE_SIZE,
+    epochs: Epochs = 8,
+    batch_size: BatchSize = 16,
+    learning_rate: LearningRate = 1e-3,
+    weights: Weights = "none",
+    alpha: Alpha = 0.5,
+    seed: Seed = 0,
+) -> None:
+    """Train the MobileNet classifier (tumour / no tumour) with binary cross-entropy."""
+    _train("classifier", data=data, out=out, size=size, epochs=epochs, batch_size=batch_size,
+           learning_rate=learning_rate, weights=weights, alpha=alpha, seed=seed)
+
+
+@train_app.command("segmenter")
+def segmenter(
+    data: DataDir,
+    out: RunDir = contract.demo_run("segmenter"),
+    size: Size = contract.DEFAULT_IMAGE_SIZE,
+    epochs: Epochs = 12,
+    batch_size: BatchSize = 16,
+    learning_rate: LearningRate = 1e-3,
+    weights: Weights = "none",
+    alpha: Alpha = 0.5,
+    architecture: Annotated[str, typer.Option(help="mobilenetv2-unet, or unet (the plain U-Net).")] = "mobilenetv2-unet",
+    seed: Seed = 0,
+) -> None:
+    """Train the U-Net segmenter (MobileNetV2 encoder) with BCE + Dice loss."""
+    from brainscan.train.models import SEGMENTER_ARCHITECTURES
+
+    if architecture not in SEGMENTER_ARCHITECTURES:
+        fail(f"--architecture must be one of {', '.join(SEGMENTER_ARCHITECTURES)}")
+    _train("segmenter", data=data, out=out, size=size, epochs=epochs, batch_size=batch_size,
+           learning_rate=learning_rate, weights=weights, alpha=alpha, architecture=architecture, seed=seed)

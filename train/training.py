@@ -1,0 +1,187 @@
+"""Training of the classifier and the segmenter: Adam, best checkpoint on validation,
+metrics on the held-out test patients, curves as a PNG.
+
+A run folder holds everything later steps need::
+
+    RUN/model.keras    best checkpoint on validation loss
+    RUN/run.json       task, input size, data folder, seed and the patient split
+    RUN/metrics.json   metrics on the test split
+    RUN/history.json   per-epoch losses and metrics
+    RUN/curves.png     training curves
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brainscan import contract
+from brainscan.metrics import classification_metrics, segmentation_metrics
+from brainscan.train import datasets
+
+TASKS = ("classifier", "segmenter")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved to run.json."""
+
+    task: str
+    data: str
+    out: str
+    size: int = contract.DEFAULT_IMAGE_SIZE
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weights: str = "none"
+    alpha: float = 0.5
+    architecture: str = "mobilenetv2-unet"
+    seed: int = 0
+    steps_per_epoch: int | None = None
+    splits: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+
+def load_run(run_dir: Path) -> TrainConfig:
+    """Read a run folder's run.json back."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a training run folder?")
+    return TrainConfig(**json.loads(path.read_text()))
+
+
+def split_samples(config: TrainConfig) -> dict[str, list[datasets.Sample]]:
+    """The run's samples per split (the split is by patient and stored in run.json)."""
+    samples = datasets.find_samples(Path(config.data))
+    if not config.splits:
+        config.splits = datasets.split_patients([s.patient for s in samples], config.seed)
+    return {name: datasets.select(samples, config.splits[name]) for name in datasets.SPLITS}
+
+
+def build_model(config: TrainConfig):
+    from brainscan.train import models
+
+    shape = (config.size, config.size, contract.CHANNELS)
+    if config.task == "classifier":
+        return models.build_classifier(shape, weights=config.weights, alpha=config.alpha)
+    if config.architecture == "unet":
+        return models.build_unet(shape)
+    return models.build_segmenter(shape, weights=config.weights, alpha=config.alpha)
+
+
+def _arrays(config: TrainConfig, samples: list[datasets.Sample]) -> tuple[np.ndarray, np.ndarray]:
+    images = datasets.load_images(samples, config.image_size)
+    if config.task == "classifier":
+        return images, datasets.load_labels(samples)[:, None]
+    return images, datasets.load_masks(samples, config.image_size)
+
+
+def _dataset(images: np.ndarray, targets: np.ndarray, config: TrainConfig, training: bool):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, targets))
+    if training:
+        ds = ds.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
+        segment = config.task == "segmenter"
+
+        def flip(x, y):
+            # left-right flips keep anatomy plausible (the brain is nearly symmetric)
+            do = tf.random.uniform(()) < 0.5
+            x = tf.cond(do, lambda: tf.image.flip_left_right(x), lambda: x)
+            if segment:
+                y = tf.cond(do, lambda: tf.image.flip_left_right(y), lambda: y)
+            return x, y
+
+        ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE).repeat()
+    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
+
+
+def evaluate(task: str, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    if task == "classifier":
+        return classification_metrics(outputs.ravel(), targets.ravel() > 0.5, contract.DECISION_THRESHOLD)
+    return segmentation_metrics(outputs[..., 0] > contract.MASK_THRESHOLD, targets[..., 0] > 0.5)
+
+
+def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k.removeprefix("val_") for k in history})
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for key, label in ((name, "train"), (f"val_{name}", "validation")):
+            if key in history:
+                ax.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(config: TrainConfig) -> dict[str, float]:
+    """Train one network, keep the best epoch on validation, evaluate it on the test split."""
+    if config.task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}")
+    import keras
+
+    from brainscan.train.losses import bce_dice_loss, dice_coefficient
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    parts = split_samples(config)
+    for name in datasets.SPLITS:
+        if not parts[name]:
+            raise ValueError(f"the {name} split is empty")
+    (out / "run.json").write_text(json.dumps(asdict(config), indent=2))
+    print(
+        f"{config.task}: {len(parts['train'])} train / {len(parts['val'])} val / "
+        f"{len(parts['test'])} test slices ({len(config.splits['train'])}/"
+        f"{len(config.splits['val'])}/{len(config.splits['test'])} patients), {config.size}px",
+        flush=True,
+    )
+    x_train, y_train = _arrays(config, parts["train"])
+    x_val, y_val = _arrays(config, parts["val"])
+
+    model = build_model(config)
+    if config.task == "classifier":
+        loss, metrics, monitor = "binary_crossentropy", ["accuracy", keras.metrics.AUC(name="auc")], "val_loss"
+    else:
+        loss, metrics, monitor = bce_dice_loss, [dice_coefficient], "val_loss"
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=metrics)
+
+    steps = config.steps_per_epoch or max(1, int(np.ceil(len(x_train) / config.batch_size)))
+    checkpoint = out / "model.keras"
+    history = model.fit(
+        _dataset(x_train, y_train, config, training=True),
+        validation_data=_dataset(x_val, y_val, config, training=False),
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        callbacks=[keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, save_best_only=True)],
+        verbose=1 if sys.stdout.isatty() else 2,
+    ).history
+    history = {k: [float(v) for v in vals] for k, vals in history.items()}
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    plot_curves(history, out / "curves.png", f"{config.task} ({config.size}px)")
+
+    best = keras.models.load_model(checkpoint)
+    x_test, y_test = _arrays(config, parts["test"])
+    metrics_test = evaluate(config.task, predict(best, x_test), y_test)
+    metrics_test["best_epoch"] = int(np.argmin(history[monitor]) + 1)
+    (out / "metrics.json").write_text(json.dumps(metrics_test, indent=2))
+    return metrics_test
