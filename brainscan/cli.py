@@ -2,6 +2,7 @@
 commands so `--help` is instant."""
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +10,9 @@ from typing import Annotated
 import typer
 
 from brainscan import contract
+
+# TensorFlow prints C++ start-up chatter unless told otherwise; users can still override.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from brainscan.client.cli import health, predict
 from brainscan.console import fail
 from brainscan.export.cli import export_app

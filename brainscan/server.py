@@ -80,8 +80,10 @@ def prepare_backends(home: Path | None = None) -> Path:
 def server_environment() -> dict[str, str]:
     env = os.environ.copy()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    # libpython for the stub; the wheel's bundled libraries (libcudart, …) for the stub too,
+    # which, unlike the server binary, does not find them by itself.
+    libdirs = [sysconfig.get_config_var("LIBDIR") or "", str(triton_home().parent.parent / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (*libdirs, env.get("LD_LIBRARY_PATH", "")) if p)
     return env
 
 

@@ -23,17 +23,15 @@ def onnx(
     """Convert a trained Keras model to ONNX (dynamic batch) and check it against Keras on
     real validation slices; fails, writing nothing, if any output differs by more than
     --atol or any decision changes."""
-    import keras
-
     from brainscan.export.onnx import ParityError, export_onnx
     from brainscan.train import datasets
-    from brainscan.train.training import load_run, split_samples
+    from brainscan.train.training import load_model, load_run, split_samples
 
     try:
         config = load_run(run)
         validation = split_samples(config)["val"][:samples]
         images = datasets.load_images(validation, config.image_size)
-        model = keras.models.load_model(Path(run) / "model.keras")
+        model = load_model(Path(run) / "model.keras")
         target = out or Path(run) / "model.onnx"
         report = export_onnx(model, target, images, atol=atol, opset=opset)
     except ParityError as exc:

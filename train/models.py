@@ -57,11 +57,18 @@ def build_classifier(
     alpha: float = 1.0,
     dropout: float = 0.2,
 ) -> keras.Model:
-    """MobileNet (v1) backbone + global pooling + dropout + one sigmoid unit."""
+    """MobileNet (v1) backbone + global average and max pooling + dropout + one sigmoid unit.
+
+    Max pooling keeps a small, local tumour from being averaged away over the slice."""
     inputs = keras.Input(input_shape, name=contract.CLASSIFIER_INPUT)
     scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_1")(inputs)
     backbone = _backbone(keras.applications.MobileNet, "MobileNet", scaled, weights, alpha)
-    x = layers.GlobalAveragePooling2D(name="pool")(backbone.output)
+    x = layers.Concatenate(name="pool")(
+        [
+            layers.GlobalAveragePooling2D(name="average_pool")(backbone.output),
+            layers.GlobalMaxPooling2D(name="max_pool")(backbone.output),
+        ]
+    )
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name=contract.CLASSIFIER_OUTPUT)(x)
     model = keras.Model(inputs, outputs, name="classifier")

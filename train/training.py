@@ -87,19 +87,44 @@ def _dataset(images: np.ndarray, targets: np.ndarray, config: TrainConfig, train
 
     ds = tf.data.Dataset.from_tensor_slices((images, targets))
     if training:
-        ds = ds.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
-        segment = config.task == "segmenter"
-
-        def flip(x, y):
-            # left-right flips keep anatomy plausible (the brain is nearly symmetric)
-            do = tf.random.uniform(()) < 0.5
-            x = tf.cond(do, lambda: tf.image.flip_left_right(x), lambda: x)
-            if segment:
-                y = tf.cond(do, lambda: tf.image.flip_left_right(y), lambda: y)
-            return x, y
-
-        ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE).repeat()
+        ds = ds.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(config.batch_size).map(_augmenter(config), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
     return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def load_model(path: Path):
+    """A saved network for inference (no optimizer or custom loss needed)."""
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
+def _augmenter(config: TrainConfig):
+    """Random flips, small rotations and zooms, applied to image and mask together.
+
+    Geometry varies, labels do not: the networks must find the tumour itself rather than
+    the anatomy that happens to go with it in a small training set."""
+    import keras
+    import tensorflow as tf
+
+    augment = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=config.seed),
+            keras.layers.RandomRotation(0.08, fill_mode="constant", seed=config.seed),
+            keras.layers.RandomZoom(0.12, fill_mode="constant", seed=config.seed),
+        ],
+        name="augment",
+    )
+
+    if config.task == "classifier":
+        return lambda x, y: (augment(x, training=True), y)
+
+    def joint(x, y):
+        both = augment(tf.concat([x, y], axis=-1), training=True)
+        return both[..., :-1], tf.cast(both[..., -1:] > 0.5, tf.float32)
+
+    return joint
 
 
 def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -171,6 +196,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         _dataset(x_train, y_train, config, training=True),
         validation_data=_dataset(x_val, y_val, config, training=False),
         epochs=config.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles
         steps_per_epoch=steps,
         callbacks=[keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, save_best_only=True)],
         verbose=1 if sys.stdout.isatty() else 2,
@@ -179,7 +205,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     (out / "history.json").write_text(json.dumps(history, indent=2))
     plot_curves(history, out / "curves.png", f"{config.task} ({config.size}px)")
 
-    best = keras.models.load_model(checkpoint)
+    best = load_model(checkpoint)
     x_test, y_test = _arrays(config, parts["test"])
     metrics_test = evaluate(config.task, predict(best, x_test), y_test)
     metrics_test["best_epoch"] = int(np.argmin(history[monitor]) + 1)

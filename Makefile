@@ -1,0 +1,65 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv when it is missing (Python 3.10-3.13 as `python3`, or set PYTHON=…).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ART ?= artifacts
+DATA := $(ART)/data/phantom
+RUNS := $(ART)/runs
+REPO := $(ART)/model_repository
+SEED ?= 0
+PATIENTS ?= 40
+export BRAINSCAN_ARTIFACTS := $(ART)
+
+.PHONY: demo test venv data train export repository serve predict clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[train,serve,dev]"
+	touch $@
+
+# --- the demo: phantom data -> train -> ONNX -> Triton (local flavour) -> gRPC predictions
+demo: venv repository
+	@$(MAKE) --no-print-directory predict
+
+data: $(DATA)/.done
+$(DATA)/.done: | venv
+	$(BIN)/brainscan data phantom --out $(DATA) --patients $(PATIENTS) --seed $(SEED)
+	touch $@
+
+train: $(RUNS)/classifier/model.keras $(RUNS)/segmenter/model.keras
+$(RUNS)/classifier/model.keras: $(DATA)/.done
+	$(BIN)/brainscan train classifier --data $(DATA) --out $(RUNS)/classifier --seed $(SEED)
+$(RUNS)/segmenter/model.keras: $(DATA)/.done
+	$(BIN)/brainscan train segmenter --data $(DATA) --out $(RUNS)/segmenter --seed $(SEED)
+
+export: $(RUNS)/classifier/model.onnx $(RUNS)/segmenter/model.onnx
+$(RUNS)/%/model.onnx: $(RUNS)/%/model.keras
+	$(BIN)/brainscan export onnx $(RUNS)/$*
+
+repository: $(REPO)/.done
+$(REPO)/.done: $(RUNS)/classifier/model.onnx $(RUNS)/segmenter/model.onnx
+	$(BIN)/brainscan export repository --flavour local --out $(REPO) \
+		--classifier $(RUNS)/classifier/model.onnx --segmenter $(RUNS)/segmenter/model.onnx
+	touch $@
+
+serve: repository
+	$(BIN)/brainscan serve --repository $(REPO)
+
+# Starts a server, sends the held-out test patients through the ensemble, stops the server.
+predict: repository
+	@set -e; \
+	$(BIN)/brainscan serve --repository $(REPO) --log-file $(ART)/tritonserver.log & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null || true' EXIT; \
+	$(BIN)/brainscan health --wait 180; \
+	$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) \
+		--evaluate --out $(ART)/predictions
+
+test: venv
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(ART)

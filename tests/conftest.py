@@ -1,0 +1,83 @@
+"""Shared fixtures: a small phantom dataset, tiny trained networks exported to ONNX, a
+`local` model repository and a real tritonserver on loopback (all built once per session)."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TINY_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    from brainscan.train.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom_dataset(root, patients=6, seed=11, slices_per_patient=6, tumour_fraction=0.8)
+    return root
+
+
+def _train_tiny(task: str, data: Path, out: Path) -> Path:
+    from brainscan.train.training import TrainConfig, train
+
+    train(TrainConfig(task=task, data=str(data), out=str(out), size=TINY_SIZE, epochs=2, batch_size=8,
+                      alpha=0.35, seed=3, steps_per_epoch=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, phantom_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {task: _train_tiny(task, phantom_dir, root / task) for task in ("classifier", "segmenter")}
+
+
+@pytest.fixture(scope="session")
+def onnx_models(runs) -> dict[str, Path]:
+    from brainscan.export.onnx import export_onnx
+    from brainscan.train import datasets
+    from brainscan.train.training import load_model, load_run, split_samples
+
+    out = {}
+    for task, run in runs.items():
+        config = load_run(run)
+        images = datasets.load_images(split_samples(config)["val"][:8], config.image_size)
+        export_onnx(load_model(run / "model.keras"), run / "model.onnx", images)
+        out[task] = run / "model.onnx"
+    return out
+
+
+@pytest.fixture(scope="session")
+def local_repository(tmp_path_factory, onnx_models) -> Path:
+    from brainscan.export.repository import write_repository
+
+    out = tmp_path_factory.mktemp("repo") / "model_repository"
+    return write_repository(out, "local", onnx_models["classifier"], onnx_models["segmenter"])
+
+
+@pytest.fixture(scope="session")
+def server(local_repository, tmp_path_factory):
+    from brainscan.server import Ports, TritonServer, free_port
+
+    ports = Ports(free_port(), free_port(), free_port())
+    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    with TritonServer(local_repository, ports=ports, log_file=log) as running:
+        yield running
+
+
+def encode(pixels: np.ndarray, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def phantom_slices(root: Path, count: int = 4) -> list[Path]:
+    from brainscan.train.datasets import find_kaggle3m
+
+    return [s.image for s in find_kaggle3m(root)][:count]

@@ -1,0 +1,93 @@
+"""Phantom generation and dataset readers: reproducible files, the kaggle_3m layout,
+splits by patient."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from brainscan.train import datasets
+from brainscan.train.phantom import write_phantom_dataset
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.tif"))}
+
+
+def test_same_seed_writes_identical_files_and_another_seed_does_not(tmp_path):
+    write_phantom_dataset(tmp_path / "a", patients=2, seed=5, slices_per_patient=3)
+    write_phantom_dataset(tmp_path / "b", patients=2, seed=5, slices_per_patient=3)
+    write_phantom_dataset(tmp_path / "c", patients=2, seed=6, slices_per_patient=3)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert set(digest(tmp_path / "a").values()).isdisjoint(digest(tmp_path / "c").values())
+
+
+def test_phantom_uses_the_kaggle_3m_layout(phantom_dir):
+    patients = sorted(p.name for p in phantom_dir.iterdir())
+    assert len(patients) == 6
+    first = phantom_dir / patients[0]
+    assert (first / f"{patients[0]}_1.tif").exists() and (first / f"{patients[0]}_1_mask.tif").exists()
+    image = np.asarray(Image.open(first / f"{patients[0]}_1.tif"))
+    mask = np.asarray(Image.open(first / f"{patients[0]}_1_mask.tif"))
+    assert image.shape == (256, 256) and image.dtype == np.uint8
+    assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_phantom_has_tumour_and_tumour_free_slices_with_tumours_inside_the_head(phantom_dir):
+    samples = datasets.find_kaggle3m(phantom_dir)
+    labels = [s.label for s in samples]
+    assert 0 < sum(labels) < len(labels)
+    for sample in samples:
+        if sample.label:
+            image = np.asarray(Image.open(sample.image)).astype(float)
+            mask = np.asarray(Image.open(sample.mask)) > 0
+            # the lesion lies on tissue, and differs from what surrounds it
+            assert image[mask].mean() > 20
+            assert mask.sum() > 50
+
+
+def test_kaggle_reader_orders_slices_and_reads_labels_from_masks(phantom_dir):
+    samples = datasets.find_kaggle3m(phantom_dir)
+    assert len(samples) == 36
+    first = [s for s in samples if s.patient == samples[0].patient]
+    assert [s.index for s in first] == list(range(1, 7))
+    assert all(s.mask == datasets.mask_path_for(s.image) for s in samples)
+
+
+def test_yes_no_reader(tmp_path):
+    for folder, n in (("yes", 3), ("no", 2)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            Image.fromarray(np.full((20, 20), 40 * i, np.uint8)).save(tmp_path / folder / f"img{i}.jpg")
+    samples = datasets.find_samples(tmp_path)
+    assert sorted(s.label for s in samples) == [0, 0, 1, 1, 1]
+    assert len({s.patient for s in samples}) == 5
+
+
+def test_missing_or_empty_dataset_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        datasets.find_samples(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no images found"):
+        datasets.find_samples(tmp_path)
+
+
+def test_split_is_by_patient_deterministic_and_75_15_10():
+    patients = [f"P{i:03d}" for i in range(40)]
+    split = datasets.split_patients(patients, seed=3)
+    assert [len(split[k]) for k in datasets.SPLITS] == [30, 6, 4]
+    assert set().union(*split.values()) == set(patients)
+    assert not set(split["train"]) & set(split["test"]) and not set(split["val"]) & set(split["test"])
+    assert split == datasets.split_patients(list(reversed(patients)), seed=3)
+    assert split != datasets.split_patients(patients, seed=4)
+
+
+def test_no_patient_has_slices_in_two_splits(phantom_dir):
+    samples = datasets.find_kaggle3m(phantom_dir)
+    split = datasets.split_patients([s.patient for s in samples], seed=0)
+    owners = {}
+    for name in datasets.SPLITS:
+        for sample in datasets.select(samples, split[name]):
+            assert owners.setdefault(sample.patient, name) == name

@@ -1,0 +1,153 @@
+"""The one preprocessing function: formats the contract accepts, and bad input refused
+with a message naming the problem, before any large allocation."""
+from __future__ import annotations
+
+import struct
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+
+from brainscan import contract
+from brainscan.preprocessing import (
+    InvalidImageError,
+    decode_image,
+    mask_from_probability,
+    postprocess_batch,
+    preprocess,
+    preprocess_batch,
+)
+from conftest import encode
+
+SIZE = (64, 64)
+
+
+def brain_like(height=90, width=70, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    ellipse = ((yy - height / 2) / (height * 0.4)) ** 2 + ((xx - width / 2) / (width * 0.4)) ** 2 < 1
+    return (ellipse * rng.uniform(80, 250, (height, width))).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [("PNG", "L"), ("PNG", "RGB"), ("PNG", "RGBA"), ("JPEG", "L"), ("JPEG", "RGB"), ("TIFF", "L"), ("TIFF", "RGB")],
+)
+def test_accepted_formats_decode_to_model_input_and_keep_original_size(fmt, mode):
+    grey = brain_like()
+    pixels = {"L": grey, "RGB": np.stack([grey] * 3, -1), "RGBA": np.dstack([grey] * 3 + [np.full_like(grey, 255)])}[mode]
+    tensor, original = preprocess(encode(pixels, fmt), SIZE)
+    assert original == (90, 70)
+    assert tensor.shape == (*SIZE, 3) and tensor.dtype == np.float32
+    assert tensor.min() == 0.0 and tensor.max() == pytest.approx(255.0)
+
+
+def test_sixteen_bit_png_gives_the_same_tensor_as_its_eight_bit_original():
+    grey = brain_like()
+    eight, _ = preprocess(encode(grey, "PNG"), SIZE)
+    sixteen, _ = preprocess(encode(grey.astype(np.uint16) * 257, "PNG"), SIZE)
+    assert decode_image(encode(grey.astype(np.uint16) * 257, "PNG")).dtype == np.uint16
+    np.testing.assert_allclose(sixteen, eight, atol=1e-3)
+
+
+def test_sixteen_bit_tiff_keeps_its_full_range():
+    raw = (brain_like().astype(np.uint16) * 13 + 1000).astype(np.uint16)
+    decoded = decode_image(encode(raw, "TIFF"))
+    assert decoded.dtype == np.uint16 and decoded.max() == raw.max()
+
+
+def test_rgba_alpha_channel_is_ignored():
+    grey = brain_like()
+    opaque = np.dstack([grey] * 3 + [np.full_like(grey, 255)])
+    transparent = np.dstack([grey] * 3 + [np.zeros_like(grey)])
+    np.testing.assert_array_equal(preprocess(encode(opaque, "PNG"), SIZE)[0], preprocess(encode(transparent, "PNG"), SIZE)[0])
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A syntactically valid PNG whose IHDR claims width x height (and holds one tiny IDAT)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        (b"", "empty"),
+        (b"hello, I am not an image", "not an image"),
+        (b"GIF89a" + bytes(100), "not an image"),
+        (png_header_claiming(100_000, 100_000), "too large"),  # 10 gigapixels
+        (png_header_claiming(9_000, 9_000), "too large"),  # above our limit, below Pillow's own
+        (png_header_claiming(40_000, 10), "too large"),  # one side too long
+    ],
+)
+def test_bad_input_is_refused_with_a_message_naming_the_problem(data, words):
+    with pytest.raises(InvalidImageError, match=words):
+        preprocess(data, SIZE)
+
+
+def test_truncated_files_are_refused():
+    for fmt in ("PNG", "JPEG", "TIFF"):
+        data = encode(brain_like(200, 200), fmt)
+        with pytest.raises(InvalidImageError, match="truncated|corrupt|cannot decode|unreadable"):
+            preprocess(data[: len(data) // 2], SIZE)
+
+
+def test_gigapixel_header_is_refused_without_allocating_the_claimed_size():
+    data = png_header_claiming(60_000, 60_000)
+    tracemalloc.start()
+    with pytest.raises(InvalidImageError):
+        decode_image(data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 10 * 1024 * 1024
+
+
+def test_unsupported_format_is_named():
+    from PIL import Image
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(brain_like()).save(buffer, format="BMP")
+    with pytest.raises(InvalidImageError, match="BMP"):
+        decode_image(buffer.getvalue())
+
+
+def test_mask_comes_back_at_the_original_size_and_is_binary():
+    probability = np.zeros((64, 64, 1), np.float32)
+    probability[16:48, 16:48] = 0.9
+    mask = mask_from_probability(probability, (300, 200))
+    assert mask.shape == (300, 200) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 1}
+    # the square covers the middle half of each axis at the original size too
+    assert mask[150, 100] == 1 and mask[10, 10] == 0
+
+
+def test_batch_of_one_request_must_share_one_size():
+    a, b = encode(brain_like(90, 70), "PNG"), encode(brain_like(80, 80), "PNG")
+    cls, seg, sizes = preprocess_batch(np.array([[a], [a]], dtype=object), SIZE, (32, 32))
+    assert cls.shape == (2, *SIZE, 3) and seg.shape == (2, 32, 32, 3)
+    assert sizes.tolist() == [[90, 70], [90, 70]] and sizes.dtype == np.int32
+    with pytest.raises(InvalidImageError, match="one height and width"):
+        preprocess_batch(np.array([[a], [b]], dtype=object), SIZE, SIZE)
+
+
+def test_bad_image_in_a_batch_names_its_position():
+    good = encode(brain_like(), "PNG")
+    with pytest.raises(InvalidImageError, match="image 1 of the request: empty"):
+        preprocess_batch(np.array([[good], [b""]], dtype=object), SIZE, SIZE)
+
+
+def test_postprocess_batch_returns_one_mask_per_image():
+    probabilities = np.full((3, 64, 64, 1), 0.7, np.float32)
+    masks = postprocess_batch(probabilities, np.array([[100, 120]] * 3, np.int32))
+    assert masks.shape == (3, 100, 120) and masks.all()
+
+
+def test_pixel_limit_is_the_contracts():
+    side = int(contract.MAX_IMAGE_PIXELS**0.5) + 1
+    with pytest.raises(InvalidImageError, match=str(contract.MAX_IMAGE_PIXELS)):
+        decode_image(png_header_claiming(side, side))

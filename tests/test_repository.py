@@ -1,0 +1,104 @@
+"""Generated Triton configs: Triton's own ModelConfig schema, the served contract, the
+ensemble wiring, and the committed production repository."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from brainscan import contract
+from brainscan.export.repository import (
+    FLAVOURS,
+    WEIGHT_FILES,
+    RepositoryError,
+    RepositorySpec,
+    model_configs,
+    read_config,
+    repository_files,
+    to_model_config,
+    validate_repository,
+    write_repository,
+)
+
+COMMITTED = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+def test_committed_repository_is_exactly_what_the_writer_generates():
+    expected = repository_files(RepositorySpec(flavour="tensorrt"))
+    weights = set(WEIGHT_FILES.values())
+    on_disk = {
+        str(p.relative_to(COMMITTED)): p.read_bytes()
+        for p in COMMITTED.rglob("*")
+        if p.is_file() and p.name not in weights and p.suffix != ".json" and "__pycache__" not in p.parts
+    }
+    assert sorted(on_disk) == sorted(expected)
+    for name, content in expected.items():
+        assert on_disk[name] == content, f"{name} differs: run `brainscan export repository --flavour tensorrt --out model_repository`"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_every_flavour_keeps_the_served_contract(flavour, tmp_path):
+    write_repository(tmp_path, flavour)
+    configs = validate_repository(tmp_path)
+    ensemble = configs[contract.ENSEMBLE]
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size > 0
+    assert [(t.name, t.data_type, list(t.dims)) for t in ensemble.input] == [(contract.IMAGE, mc.TYPE_STRING, [1])]
+    outputs = {t.name: (t.data_type, list(t.dims)) for t in ensemble.output}
+    assert outputs == {contract.TUMOR_PROBABILITY: (mc.TYPE_FP32, [1]), contract.MASK: (mc.TYPE_UINT8, [-1, -1])}
+    steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
+    assert steps == [contract.PREPROCESS, contract.CLASSIFIER, contract.SEGMENTER, contract.POSTPROCESS]
+    # preprocess, postprocess and the ensemble do not depend on the flavour
+    for name in (contract.ENSEMBLE, contract.PREPROCESS, contract.POSTPROCESS):
+        assert (tmp_path / name / "config.pbtxt").read_text() == repository_files(RepositorySpec())[f"{name}/config.pbtxt"].decode()
+
+
+def test_flavours_run_the_networks_as_documented():
+    expected = {"local": ("", "python", "KIND_CPU"), "onnxruntime": ("onnxruntime_onnx", "", "KIND_CPU"),
+                "tensorrt": ("tensorrt_plan", "", "KIND_GPU")}
+    for flavour, (platform, backend, kind) in expected.items():
+        for name in (contract.CLASSIFIER, contract.SEGMENTER):
+            config = to_model_config(model_configs(RepositorySpec(flavour=flavour))[name])
+            assert (config.platform, config.backend) == (platform, backend)
+            assert config.instance_group[0].kind == mc.ModelInstanceGroup.Kind.Value(kind)
+            assert config.HasField("dynamic_batching")
+
+
+def test_network_input_sizes_follow_the_onnx_models(onnx_models, tmp_path):
+    write_repository(tmp_path, "local", onnx_models["classifier"], onnx_models["segmenter"])
+    configs = validate_repository(tmp_path, require_weights=True)
+    assert list(configs[contract.CLASSIFIER].input[0].dims) == [64, 64, 3]
+    assert list(configs[contract.PREPROCESS].output[1].dims) == [64, 64, 3]
+    assert list(configs[contract.SEGMENTER].output[0].dims) == [64, 64, 1]
+
+
+def test_unknown_config_fields_are_rejected_by_the_schema():
+    config = model_configs(RepositorySpec())[contract.CLASSIFIER]
+    config["dynamic_batching"]["max_queue_delay_usec"] = 100
+    with pytest.raises(RepositoryError, match="max_queue_delay_usec"):
+        to_model_config(config)
+
+
+def test_incomplete_repositories_are_explained(tmp_path):
+    with pytest.raises(RepositoryError, match="does not exist"):
+        validate_repository(tmp_path / "missing")
+    write_repository(tmp_path, "local")
+    with pytest.raises(RepositoryError, match="classifier.*model.onnx is missing"):
+        validate_repository(tmp_path, require_weights=True)
+    (tmp_path / contract.POSTPROCESS / "config.pbtxt").unlink()
+    with pytest.raises(RepositoryError, match="postprocess"):
+        validate_repository(tmp_path)
+
+
+def test_a_broken_config_file_is_named(tmp_path):
+    write_repository(tmp_path, "local")
+    path = tmp_path / contract.SEGMENTER / "config.pbtxt"
+    path.write_text(path.read_text() + "\nnot_a_field: 3\n")
+    with pytest.raises(RepositoryError, match="segmenter"):
+        read_config(path)
+
+
+def test_unknown_flavour_is_refused():
+    with pytest.raises(RepositoryError, match="unknown flavour"):
+        RepositorySpec(flavour="tflite")
