@@ -83,11 +83,12 @@ def classifier(
     learning_rate: LearningRate = 1e-3,
     weights: Weights = "none",
     alpha: Alpha = 0.5,
+    head_stride: Annotated[int, typer.Option(help="Stride of the MobileNet stage the head scores: 8, 16 or 32.")] = 8,
     seed: Seed = 0,
 ) -> None:
     """Train the MobileNet classifier (tumour / no tumour) with binary cross-entropy."""
     _train("classifier", data=data, out=out, size=size, epochs=epochs, batch_size=batch_size,
-           learning_rate=learning_rate, weights=weights, alpha=alpha, seed=seed)
+           learning_rate=learning_rate, weights=weights, alpha=alpha, head_stride=head_stride, seed=seed)
 
 
 @train_app.command("segmenter")

@@ -51,29 +51,51 @@ def _relax_batchnorm(model: keras.Model, momentum: float = 0.9) -> None:
             layer.momentum = momentum
 
 
+TUMOUR_MAP = "tumour_map"  # training-only output of the classifier
+# MobileNet (v1) activations the classifier's head can score, by stride.
+CLASSIFIER_TAPS = {8: "conv_pw_5_relu", 16: "conv_pw_11_relu", 32: "conv_pw_13_relu"}
+
+
 def build_classifier(
     input_shape: tuple[int, int, int] = (contract.DEFAULT_IMAGE_SIZE, contract.DEFAULT_IMAGE_SIZE, 3),
     weights: str = "none",
     alpha: float = 1.0,
     dropout: float = 0.2,
+    head_stride: int = 8,
 ) -> keras.Model:
-    """MobileNet (v1) backbone + global average and max pooling + dropout + one sigmoid unit.
+    """MobileNet (v1) backbone + a small head: a 1x1 convolution scores every cell of the
+    backbone's grid at ``head_stride`` for tumour, and the image's probability is the
+    sigmoid of the highest score. A tumour is local: the max keeps a small one from being
+    averaged away, and the per-cell scores can be supervised with masks (classifier_trainer).
 
-    Max pooling keeps a small, local tumour from being averaged away over the slice."""
+    Trained from scratch on a few hundred phantom slices, scoring at stride 8 (the first
+    five MobileNet blocks) generalised to unseen patients (validation ROC AUC 0.96 after 10
+    epochs) where stride 16 and 32 memorised the training patients (AUC 0.74 and 0.76);
+    with ImageNet weights the deeper strides are worth trying."""
     inputs = keras.Input(input_shape, name=contract.CLASSIFIER_INPUT)
     scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_1")(inputs)
     backbone = _backbone(keras.applications.MobileNet, "MobileNet", scaled, weights, alpha)
-    x = layers.Concatenate(name="pool")(
-        [
-            layers.GlobalAveragePooling2D(name="average_pool")(backbone.output),
-            layers.GlobalMaxPooling2D(name="max_pool")(backbone.output),
-        ]
-    )
-    x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name=contract.CLASSIFIER_OUTPUT)(x)
+    if head_stride not in CLASSIFIER_TAPS:
+        raise ValueError(f"head_stride must be one of {sorted(CLASSIFIER_TAPS)}")
+    features = backbone.get_layer(CLASSIFIER_TAPS[head_stride]).output
+    x = layers.Dropout(dropout, name="dropout")(features)
+    logits = layers.Conv2D(1, 1, name="cell_logits")(x)
+    top = layers.GlobalMaxPooling2D(name="max_cell")(logits)
+    outputs = layers.Activation("sigmoid", name=contract.CLASSIFIER_OUTPUT)(top)
     model = keras.Model(inputs, outputs, name="classifier")
     _relax_batchnorm(model)
     return model
+
+
+def classifier_trainer(classifier: keras.Model) -> keras.Model:
+    """The same layers with the per-cell tumour map as a second output, for training with
+    masks; the served classifier stays single-output."""
+    tumour_map = layers.Activation("sigmoid", name=TUMOUR_MAP)(classifier.get_layer("cell_logits").output)
+    return keras.Model(
+        classifier.input,
+        {contract.CLASSIFIER_OUTPUT: classifier.output, TUMOUR_MAP: tumour_map},
+        name="classifier_trainer",
+    )
 
 
 def _conv_block(x, filters: int, name: str):

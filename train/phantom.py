@@ -90,7 +90,8 @@ def _random_patient(rng: np.random.Generator, name: str, n_slices: int, tumour_f
         tumour = Tumour(
             centre=(float(rng.uniform(-0.55, 0.55)), float(rng.uniform(-0.55, 0.55))),
             radius=float(rng.uniform(11, 36)),
-            z_centre=int(rng.integers(z_lo + span // 4, z_hi - span // 4 + 1)),
+            # anywhere in the span: which anatomy a slice shows must not predict its label
+            z_centre=int(rng.integers(z_lo, z_hi + 1)),
             z_half=float(rng.uniform(0.25, 0.45) * span + 4),
             harmonics=harmonics,
             core_fraction=float(rng.uniform(0.2, 0.7)),

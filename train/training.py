@@ -39,6 +39,7 @@ class TrainConfig:
     weights: str = "none"
     alpha: float = 0.5
     architecture: str = "mobilenetv2-unet"
+    head_stride: int = 8
     seed: int = 0
     steps_per_epoch: int | None = None
     splits: dict[str, list[str]] = field(default_factory=dict)
@@ -69,38 +70,55 @@ def build_model(config: TrainConfig):
 
     shape = (config.size, config.size, contract.CHANNELS)
     if config.task == "classifier":
-        return models.build_classifier(shape, weights=config.weights, alpha=config.alpha)
+        return models.build_classifier(shape, weights=config.weights, alpha=config.alpha, head_stride=config.head_stride)
     if config.architecture == "unet":
         return models.build_unet(shape)
     return models.build_segmenter(shape, weights=config.weights, alpha=config.alpha)
 
 
-def _arrays(config: TrainConfig, samples: list[datasets.Sample]) -> tuple[np.ndarray, np.ndarray]:
+def _uses_masks(config: TrainConfig, samples: list[datasets.Sample]) -> bool:
+    """The segmenter always learns from masks; the classifier does too when the layout has
+    them (its tumour map is then supervised per cell)."""
+    return config.task == "segmenter" or all(s.mask is not None for s in samples)
+
+
+def _arrays(config: TrainConfig, samples: list[datasets.Sample], masks: bool) -> tuple[np.ndarray, np.ndarray]:
     images = datasets.load_images(samples, config.image_size)
-    if config.task == "classifier":
-        return images, datasets.load_labels(samples)[:, None]
-    return images, datasets.load_masks(samples, config.image_size)
+    if masks:
+        return images, datasets.load_masks(samples, config.image_size)
+    return images, datasets.load_labels(samples)[:, None]
 
 
-def _dataset(images: np.ndarray, targets: np.ndarray, config: TrainConfig, training: bool):
+def _classifier_targets(grid: int):
+    """Batch of masks -> the classifier trainer's targets: the image label and the mask
+    max-pooled to the tumour map's grid (a cell is positive if any of its pixels is)."""
+    import tensorflow as tf
+
+    from brainscan.train.models import TUMOUR_MAP
+
+    def convert(x, mask):
+        label = tf.reduce_max(mask, axis=[1, 2])
+        cells = tf.nn.max_pool2d(mask, ksize=grid, strides=grid, padding="VALID")
+        return x, {contract.CLASSIFIER_OUTPUT: label, TUMOUR_MAP: cells}
+
+    return convert
+
+
+def _dataset(images: np.ndarray, targets: np.ndarray, config: TrainConfig, training: bool, convert=None):
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, targets))
     if training:
         ds = ds.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(config.batch_size).map(_augmenter(config), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(config.batch_size)
+    if training:
+        ds = ds.map(_augmenter(config, joint=targets.ndim == 4), num_parallel_calls=tf.data.AUTOTUNE)
+    if convert is not None:
+        ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def load_model(path: Path):
-    """A saved network for inference (no optimizer or custom loss needed)."""
-    import keras
-
-    return keras.models.load_model(path, compile=False)
-
-
-def _augmenter(config: TrainConfig):
+def _augmenter(config: TrainConfig, joint: bool):
     """Random flips, small rotations and zooms, applied to image and mask together.
 
     Geometry varies, labels do not: the networks must find the tumour itself rather than
@@ -117,14 +135,38 @@ def _augmenter(config: TrainConfig):
         name="augment",
     )
 
-    if config.task == "classifier":
+    if not joint:
         return lambda x, y: (augment(x, training=True), y)
 
-    def joint(x, y):
+    def together(x, y):
         both = augment(tf.concat([x, y], axis=-1), training=True)
         return both[..., :-1], tf.cast(both[..., -1:] > 0.5, tf.float32)
 
-    return joint
+    return together
+
+
+def _save_best(model, path: Path, monitor: str):
+    """Save ``model`` (the served network, not the multi-output trainer) whenever
+    ``monitor`` reaches a new low."""
+    import keras
+
+    class SaveBest(keras.callbacks.Callback):
+        best = float("inf")
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(monitor)
+            if value is not None and value < self.best:
+                self.best = value
+                model.save(path)
+
+    return SaveBest()
+
+
+def load_model(path: Path):
+    """A saved network for inference (no optimizer or custom loss needed)."""
+    import keras
+
+    return keras.models.load_model(path, compile=False)
 
 
 def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -180,25 +222,34 @@ def train(config: TrainConfig) -> dict[str, float]:
         f"{len(config.splits['val'])}/{len(config.splits['test'])} patients), {config.size}px",
         flush=True,
     )
-    x_train, y_train = _arrays(config, parts["train"])
-    x_val, y_val = _arrays(config, parts["val"])
+    masks = _uses_masks(config, parts["train"] + parts["val"])
+    x_train, y_train = _arrays(config, parts["train"], masks)
+    x_val, y_val = _arrays(config, parts["val"], masks)
 
     model = build_model(config)
+    trainer, convert = model, None
     if config.task == "classifier":
-        loss, metrics, monitor = "binary_crossentropy", ["accuracy", keras.metrics.AUC(name="auc")], "val_loss"
+        metrics = {contract.CLASSIFIER_OUTPUT: ["accuracy", keras.metrics.AUC(name="auc")]}
+        loss = {contract.CLASSIFIER_OUTPUT: "binary_crossentropy"}
+        if masks:
+            from brainscan.train.models import TUMOUR_MAP, classifier_trainer
+
+            trainer = classifier_trainer(model)
+            loss[TUMOUR_MAP] = "binary_crossentropy"
+            convert = _classifier_targets(config.size // trainer.output[TUMOUR_MAP].shape[1])
     else:
-        loss, metrics, monitor = bce_dice_loss, [dice_coefficient], "val_loss"
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=metrics)
+        loss, metrics = bce_dice_loss, [dice_coefficient]
+    trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=metrics)
 
     steps = config.steps_per_epoch or max(1, int(np.ceil(len(x_train) / config.batch_size)))
     checkpoint = out / "model.keras"
-    history = model.fit(
-        _dataset(x_train, y_train, config, training=True),
-        validation_data=_dataset(x_val, y_val, config, training=False),
+    history = trainer.fit(
+        _dataset(x_train, y_train, config, training=True, convert=convert),
+        validation_data=_dataset(x_val, y_val, config, training=False, convert=convert),
         epochs=config.epochs,
         shuffle=False,  # the tf.data pipeline shuffles
         steps_per_epoch=steps,
-        callbacks=[keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, save_best_only=True)],
+        callbacks=[_save_best(model, checkpoint, "val_loss")],
         verbose=1 if sys.stdout.isatty() else 2,
     ).history
     history = {k: [float(v) for v in vals] for k, vals in history.items()}
@@ -206,8 +257,10 @@ def train(config: TrainConfig) -> dict[str, float]:
     plot_curves(history, out / "curves.png", f"{config.task} ({config.size}px)")
 
     best = load_model(checkpoint)
-    x_test, y_test = _arrays(config, parts["test"])
+    test = parts["test"]
+    x_test = datasets.load_images(test, config.image_size)
+    y_test = datasets.load_masks(test, config.image_size) if config.task == "segmenter" else datasets.load_labels(test)
     metrics_test = evaluate(config.task, predict(best, x_test), y_test)
-    metrics_test["best_epoch"] = int(np.argmin(history[monitor]) + 1)
+    metrics_test["best_epoch"] = int(np.argmin(history["val_loss"]) + 1)
     (out / "metrics.json").write_text(json.dumps(metrics_test, indent=2))
     return metrics_test
