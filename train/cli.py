@@ -24,9 +24,9 @@ RunDir = Annotated[Path, typer.Option("--out", help="Run folder: model.keras, me
 @data_app.command("phantom")
 def phantom(
     out: Annotated[Path, typer.Option(help="Folder to write <patient>/<patient>_<k>.tif and _mask.tif into.")],
-    patients: Annotated[int, typer.Option(help="Number of synthetic patients.")] = 40,
+    patients: Annotated[int, typer.Option(help="Number of synthetic patients.")] = 80,
     seed: Seed = 0,
-    slices_per_patient: Annotated[int, typer.Option(help="Axial slices per patient.")] = 20,
+    slices_per_patient: Annotated[int, typer.Option(help="Axial slices per patient.")] = 10,
     tumour_fraction: Annotated[float, typer.Option(help="Share of patients with a tumour.")] = 0.8,
 ) -> None:
     """Write a synthetic brain-MRI dataset (kaggle_3m layout) from the MNI152 T1 volume."""
@@ -78,7 +78,7 @@ def classifier(
     data: DataDir,
     out: RunDir = contract.demo_run("classifier"),
     size: Size = contract.DEFAULT_IMAGE_SIZE,
-    epochs: Epochs = 8,
+    epochs: Epochs = 20,
     batch_size: BatchSize = 16,
     learning_rate: LearningRate = 1e-3,
     weights: Weights = "none",

@@ -217,7 +217,7 @@ def write_phantom_dataset(
     out: Path,
     patients: int,
     seed: int,
-    slices_per_patient: int = 20,
+    slices_per_patient: int = 10,
     tumour_fraction: float = 0.8,
 ) -> list[Path]:
     """Write ``patients`` synthetic patients under ``out``; same seed -> same files."""

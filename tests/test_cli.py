@@ -1,0 +1,148 @@
+"""The `brainscan` command as a user runs it: predict, health and serve against real
+servers, with exit codes and one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from brainscan.server import free_port
+from conftest import encode
+from test_preprocessing import brain_like
+
+BRAINSCAN = str(Path(sys.executable).parent / "brainscan")
+
+
+def run(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([BRAINSCAN, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def stub_processes(repository: Path) -> list[int]:
+    """Python-backend stubs still alive for models of ``repository``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "triton_python_backend_stub" in cmdline and str(repository) in cmdline:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.server
+def test_predict_a_folder_writes_masks_and_red_overlays_and_scores_against_ground_truth(server, phantom_dir, tmp_path):
+    patient = sorted(p for p in phantom_dir.iterdir())[0]
+    result = run("predict", patient, "--url", server.grpc_url, "--out", tmp_path, "--evaluate")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if patient.name in line]
+    assert len(rows) == 6  # the six slices, not their *_mask.tif ground truth
+    assert "accuracy" in result.stdout and "images/s" in result.stdout
+    stem = f"{patient.name}_1"
+    mask = np.asarray(Image.open(tmp_path / f"{stem}.mask.png"))
+    overlay = np.asarray(Image.open(tmp_path / f"{stem}.overlay.png"))
+    assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
+    assert overlay.shape == (256, 256, 3)
+    if mask.any():  # tumour pixels are tinted red
+        red = overlay[mask > 0].astype(int)
+        assert (red[:, 0] > red[:, 1]).all()
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+@pytest.mark.server
+def test_a_bad_file_is_reported_the_others_finish_and_the_exit_code_says_so(server, tmp_path):
+    good = tmp_path / "good.png"
+    good.write_bytes(encode(brain_like(), "PNG"))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    also_good = tmp_path / "z_last.tif"
+    also_good.write_bytes(encode(brain_like(64, 48), "TIFF"))
+    out = tmp_path / "out"
+    result = run("predict", tmp_path, "--url", server.grpc_url, "--out", out, "--json")
+    assert result.returncode == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    by_name = {Path(r["file"]).name: r for r in records}
+    assert set(by_name) == {"good.png", "broken.jpg", "z_last.tif"}
+    assert "error" in by_name["broken.jpg"] and "JPEG" in by_name["broken.jpg"]["error"]
+    assert by_name["z_last.tif"]["height"] == 64 and by_name["z_last.tif"]["width"] == 48
+    assert 0 <= by_name["good.png"]["probability"] <= 1
+    assert (out / "good.mask.png").exists() and (out / "z_last.overlay.png").exists()
+    assert not (out / "broken.mask.png").exists()
+
+
+def test_predict_without_a_server_says_so_in_one_line(tmp_path):
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(brain_like(), "PNG"))
+    result = run("predict", image, "--url", f"127.0.0.1:{free_port()}", "--timeout", "5")
+    assert result.returncode == 3
+    assert "no Triton server reachable" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.server
+def test_health_lists_every_model(server):
+    result = run("health", "--url", server.grpc_url)
+    assert result.returncode == 0
+    for name in ("brainscan", "preprocess", "classifier", "segmenter", "postprocess"):
+        assert name in result.stdout
+
+
+def test_serve_refuses_a_missing_repository_clearly(tmp_path):
+    result = run("serve", "--repository", tmp_path / "nothing")
+    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_names_an_incomplete_repository(tmp_path):
+    from brainscan.export.repository import write_repository
+
+    write_repository(tmp_path, "local")  # configs, but no ONNX networks
+    result = run("serve", "--repository", tmp_path)
+    assert result.returncode == 1 and "model.onnx is missing" in result.stderr
+
+
+def test_serve_says_when_a_port_is_taken(local_repository):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--repository", local_repository, "--grpc-port", port,
+                     "--http-port", free_port(), "--metrics-port", free_port())
+    assert result.returncode == 1
+    assert f"port {port} (gRPC)" in result.stderr and "already in use" in result.stderr
+
+
+@pytest.mark.server
+def test_serve_stops_cleanly_on_sigterm_leaving_no_stub_behind(local_repository, tmp_path):
+    import shutil
+
+    # a private copy, so the stubs of the session's server do not count
+    repository = Path(shutil.copytree(local_repository, tmp_path / "repository")).resolve()
+    grpc = free_port()
+    process = subprocess.Popen(
+        [BRAINSCAN, "serve", "--repository", str(repository), "--grpc-port", str(grpc),
+         "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--log-file", str(tmp_path / "log")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert run("health", "--url", f"127.0.0.1:{grpc}", "--wait", "120").returncode == 0
+        assert stub_processes(repository)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "stopped" in stderr
+    deadline = time.monotonic() + 10
+    while stub_processes(repository) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not stub_processes(repository)

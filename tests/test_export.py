@@ -1,0 +1,70 @@
+"""Keras -> ONNX: names, dynamic batch, and a parity check that can fail."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainscan import contract
+from brainscan.export import onnx as onnx_export
+from brainscan.export.onnx import ParityError, export_onnx, onnx_session
+
+
+def test_exported_networks_carry_the_contract_names_and_a_dynamic_batch(onnx_models):
+    for task, (input_name, output_name) in {
+        "classifier": (contract.CLASSIFIER_INPUT, contract.CLASSIFIER_OUTPUT),
+        "segmenter": (contract.SEGMENTER_INPUT, contract.SEGMENTER_OUTPUT),
+    }.items():
+        session = onnx_session(onnx_models[task])
+        assert [i.name for i in session.get_inputs()] == [input_name]
+        assert [o.name for o in session.get_outputs()] == [output_name]
+        assert not isinstance(session.get_inputs()[0].shape[0], int)  # symbolic batch
+        for batch in (1, 3):
+            out = session.run(None, {input_name: np.zeros((batch, 64, 64, 3), np.float32)})[0]
+            assert out.shape[0] == batch
+
+
+def test_parity_failure_is_loud_has_a_table_and_writes_nothing(runs, tmp_path, monkeypatch):
+    """Give the checker the ONNX of a different network: it must refuse."""
+    from brainscan.train import datasets
+    from brainscan.train.models import build_classifier
+    from brainscan.train.training import load_model, load_run, split_samples
+
+    config = load_run(runs["classifier"])
+    images = datasets.load_images(split_samples(config)["val"][:4], config.image_size)
+    trained = load_model(runs["classifier"] / "model.keras")
+    stranger = build_classifier((64, 64, 3), alpha=0.35)  # same shapes, other weights
+    real_convert = onnx_export.keras_to_onnx
+    monkeypatch.setattr(onnx_export, "keras_to_onnx", lambda model, opset=17: real_convert(stranger, opset))
+    target = tmp_path / "model.onnx"
+    with pytest.raises(ParityError) as caught:
+        export_onnx(trained, target, images)
+    assert "FAIL" in str(caught.value) and "max |diff|" in str(caught.value)
+    assert not caught.value.report.passed
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_training_run_folder_holds_model_metrics_and_curves(runs):
+    import json
+
+    for task, keys in {
+        "classifier": {"accuracy", "sensitivity", "specificity", "roc_auc"},
+        "segmenter": {"dice_tumour_slices", "iou_tumour_slices", "sensitivity", "specificity", "pixel_accuracy"},
+    }.items():
+        run = runs[task]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert keys <= set(metrics)
+        assert all(0.0 <= metrics[k] <= 1.0 for k in keys if metrics[k] == metrics[k])
+        assert (run / "model.keras").stat().st_size > 0
+        assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+        assert set(json.loads((run / "run.json").read_text())["splits"]) == {"train", "val", "test"}
+
+
+def test_imagenet_weights_without_internet_fail_with_a_clear_message():
+    from brainscan.train.models import WeightsUnavailableError, build_classifier
+
+    try:
+        build_classifier((128, 128, 3), weights="imagenet", alpha=0.5)
+    except WeightsUnavailableError as exc:
+        assert "--weights none" in str(exc)
+    else:
+        pytest.skip("reason: ImageNet weights could be downloaded or were cached, so the offline failure cannot be shown")
