@@ -13,6 +13,15 @@ from brainscan import contract
 from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, Url, fail
 
 
+NAME_WIDTH = 40
+
+
+def shorten(path: Path) -> str:
+    """The file column: the path, cut from the left with an ellipsis when too long."""
+    text = str(path)
+    return text if len(text) <= NAME_WIDTH else "…" + text[-(NAME_WIDTH - 1):]
+
+
 def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     url: Url = contract.DEFAULT_URL,
@@ -37,7 +46,7 @@ def predict(
     truth_labels, probabilities, dices = [], [], []
     started = time.perf_counter()
     if not as_json:
-        header = f"{'file':<40} {'probability':>11} {'label':<9} {'area px':>8} {'area %':>7}"
+        header = f"{'file':<{NAME_WIDTH}} {'probability':>11} {'label':<9} {'area px':>8} {'area %':>7}"
         typer.echo(header + (f" {'truth':<9} {'dice':>6}" if evaluate else ""))
     with BrainscanClient(url, timeout=timeout) as client:
         for path, name in zip(inputs, names):
@@ -53,7 +62,7 @@ def predict(
                 if as_json:
                     typer.echo(json.dumps(record))
                 else:
-                    typer.echo(f"{str(path):<40} failed: {exc}", err=True)
+                    typer.echo(f"{shorten(path)}  failed: {exc}", err=True)
                 continue
             record.update(
                 probability=round(prediction.probability, 6),
@@ -86,7 +95,7 @@ def predict(
                 typer.echo(json.dumps(record))
             else:
                 line = (
-                    f"{str(path)[-40:]:<40} {prediction.probability:>11.4f} {prediction.label:<9} "
+                    f"{shorten(path):<{NAME_WIDTH}} {prediction.probability:>11.4f} {prediction.label:<9} "
                     f"{prediction.area_pixels:>8d} {100 * prediction.area_fraction:>6.2f}%"
                 )
                 if "truth" in record:

@@ -3,6 +3,7 @@ written atomically (a crash never leaves half a file)."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -20,12 +21,17 @@ def ground_truth_for(image: Path) -> Path | None:
     return candidate if candidate.exists() else None
 
 
+def natural_key(path: Path) -> list:
+    """Sort ``P_2`` before ``P_10``: slices come back in their anatomical order."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 def expand_inputs(paths: list[Path]) -> list[Path]:
     """Files as given; folders recursively (images only, ground-truth masks skipped)."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
+            for child in sorted(path.rglob("*"), key=natural_key):
                 if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
                     is_truth = child.stem.endswith("_mask") and child.with_name(
                         child.stem[: -len("_mask")] + child.suffix

@@ -6,12 +6,17 @@ output) and normalise in-graph to MobileNet's -1..1.
 """
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
 from brainscan import contract
 
 WEIGHTS = ("imagenet", "none")
+# Starting probabilities of the output layers (focal-loss-style prior initialisation).
+TUMOUR_PIXEL_PRIOR = 0.02
+TUMOUR_CELL_PRIOR = 0.02
 SEGMENTER_ARCHITECTURES = ("mobilenetv2-unet", "unet")
 # MobileNetV2 layers whose activations feed the decoder, from stride 2 to stride 16.
 _SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
@@ -79,7 +84,7 @@ def build_classifier(
         raise ValueError(f"head_stride must be one of {sorted(CLASSIFIER_TAPS)}")
     features = backbone.get_layer(CLASSIFIER_TAPS[head_stride]).output
     x = layers.Dropout(dropout, name="dropout")(features)
-    logits = layers.Conv2D(1, 1, name="cell_logits")(x)
+    logits = layers.Conv2D(1, 1, bias_initializer=_prior(TUMOUR_CELL_PRIOR), name="cell_logits")(x)
     top = layers.GlobalMaxPooling2D(name="max_cell")(logits)
     outputs = layers.Activation("sigmoid", name=contract.CLASSIFIER_OUTPUT)(top)
     model = keras.Model(inputs, outputs, name="classifier")
@@ -113,6 +118,20 @@ def _up_block(x, skip, filters: int, name: str):
     return _conv_block(x, filters, name)
 
 
+def _prior(probability: float):
+    """Bias initialiser whose sigmoid is ``probability``."""
+    return keras.initializers.Constant(math.log(probability / (1 - probability)))
+
+
+def _mask_head(x):
+    """1x1 sigmoid convolution whose bias starts at the tumour-pixel prior (about 2 %):
+    training starts from "mostly background" instead of 0.5 everywhere, which shortens
+    the first epochs where an imbalanced segmenter learns nothing."""
+    return layers.Conv2D(
+        1, 1, activation="sigmoid", bias_initializer=_prior(TUMOUR_PIXEL_PRIOR), name=contract.SEGMENTER_OUTPUT
+    )(x)
+
+
 def build_segmenter(
     input_shape: tuple[int, int, int] = (contract.DEFAULT_IMAGE_SIZE, contract.DEFAULT_IMAGE_SIZE, 3),
     weights: str = "none",
@@ -132,7 +151,7 @@ def build_segmenter(
     for i, (skip, filters) in enumerate(zip(reversed(skips), decoder_filters[:4])):
         x = _up_block(x, skip, filters, f"decoder{i}")
     x = _up_block(x, None, decoder_filters[4], "decoder4")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", name=contract.SEGMENTER_OUTPUT)(x)
+    outputs = _mask_head(x)
     model = keras.Model(inputs, outputs, name="segmenter")
     _relax_batchnorm(model)
     return model
@@ -154,7 +173,7 @@ def build_unet(
     x = _conv_block(x, base_filters * 2**depth, "bridge")
     for level in reversed(range(depth)):
         x = _up_block(x, skips[level], base_filters * 2**level, f"decoder{level}")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", name=contract.SEGMENTER_OUTPUT)(x)
+    outputs = _mask_head(x)
     model = keras.Model(inputs, outputs, name="segmenter")
     _relax_batchnorm(model)
     return model

@@ -40,6 +40,7 @@ class TrainConfig:
     alpha: float = 0.5
     architecture: str = "mobilenetv2-unet"
     head_stride: int = 8
+    ema: bool = False
     seed: int = 0
     steps_per_epoch: int | None = None
     splits: dict[str, list[str]] = field(default_factory=dict)
@@ -169,6 +170,26 @@ def load_model(path: Path):
     return keras.models.load_model(path, compile=False)
 
 
+def calibrate_classifier(model, images: np.ndarray, labels: np.ndarray) -> float:
+    """Move the classifier's decision threshold to where validation accuracy is highest,
+    by shifting the bias of its cell scores, so the served 0.5 threshold is that one.
+
+    The image probability is sigmoid(max over cells of the cell logits): lowering every
+    cell logit by logit(t) turns "probability > t" into "probability > 0.5". Returns t.
+    """
+    probability = predict(model, images).ravel()
+    labels = np.asarray(labels, bool).ravel()
+    ordered = np.unique(np.clip(probability, 0.02, 0.98))
+    candidates = np.concatenate([[contract.DECISION_THRESHOLD], (ordered[1:] + ordered[:-1]) / 2])
+    accuracy = [float(np.mean((probability > t) == labels)) for t in candidates]
+    best = max(range(len(candidates)), key=lambda i: (accuracy[i], -abs(candidates[i] - contract.DECISION_THRESHOLD)))
+    threshold = float(candidates[best])
+    layer = model.get_layer("cell_logits")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias - np.log(threshold / (1.0 - threshold))])
+    return threshold
+
+
 def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
 
@@ -239,9 +260,15 @@ def train(config: TrainConfig) -> dict[str, float]:
             convert = _classifier_targets(config.size // trainer.output[TUMOUR_MAP].shape[1])
     else:
         loss, metrics = bce_dice_loss, [dice_coefficient]
-    trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=metrics)
-
     steps = config.steps_per_epoch or max(1, int(np.ceil(len(x_train) / config.batch_size)))
+    # Cosine decay to 5 % of the rate: the last epochs settle instead of jumping between
+    # operating points, which matters when the best one is picked on a few patients.
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps * config.epochs, alpha=0.05)
+    optimizer = keras.optimizers.Adam(schedule, use_ema=config.ema, ema_momentum=0.98)
+    trainer.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []
+    callbacks.append(_save_best(model, out / "model.keras", "val_loss"))
+
     checkpoint = out / "model.keras"
     history = trainer.fit(
         _dataset(x_train, y_train, config, training=True, convert=convert),
@@ -249,7 +276,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         epochs=config.epochs,
         shuffle=False,  # the tf.data pipeline shuffles
         steps_per_epoch=steps,
-        callbacks=[_save_best(model, checkpoint, "val_loss")],
+        callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     ).history
     history = {k: [float(v) for v in vals] for k, vals in history.items()}
@@ -257,10 +284,16 @@ def train(config: TrainConfig) -> dict[str, float]:
     plot_curves(history, out / "curves.png", f"{config.task} ({config.size}px)")
 
     best = load_model(checkpoint)
+    calibration = {}
+    if config.task == "classifier":
+        labels_val = y_val.reshape(len(y_val), -1).max(axis=1)
+        calibration["calibrated_threshold"] = calibrate_classifier(best, x_val, labels_val)
+        best.save(checkpoint)
     test = parts["test"]
     x_test = datasets.load_images(test, config.image_size)
     y_test = datasets.load_masks(test, config.image_size) if config.task == "segmenter" else datasets.load_labels(test)
     metrics_test = evaluate(config.task, predict(best, x_test), y_test)
     metrics_test["best_epoch"] = int(np.argmin(history["val_loss"]) + 1)
+    metrics_test.update(calibration)
     (out / "metrics.json").write_text(json.dumps(metrics_test, indent=2))
     return metrics_test
