@@ -8,7 +8,7 @@ DATA := $(ART)/data/phantom
 RUNS := $(ART)/runs
 REPO := $(ART)/model_repository
 SEED ?= 0
-PATIENTS ?= 80
+PATIENTS ?= 120
 export BRAINSCAN_ARTIFACTS := $(ART)
 
 .PHONY: demo test venv data train export repository serve predict clean

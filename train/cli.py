@@ -18,13 +18,14 @@ BatchSize = Annotated[int, typer.Option(help="Images per training step.")]
 LearningRate = Annotated[float, typer.Option(help="Adam learning rate.")]
 Weights = Annotated[str, typer.Option(help="Backbone initialisation: imagenet (downloads) or none.")]
 Alpha = Annotated[float, typer.Option(help="MobileNet width multiplier (0.35, 0.5, 0.75, 1.0).")]
+Ema = Annotated[bool, typer.Option(help="Validate and keep an exponential moving average of the weights.")]
 RunDir = Annotated[Path, typer.Option("--out", help="Run folder: model.keras, metrics.json, curves.png, run.json.")]
 
 
 @data_app.command("phantom")
 def phantom(
     out: Annotated[Path, typer.Option(help="Folder to write <patient>/<patient>_<k>.tif and _mask.tif into.")],
-    patients: Annotated[int, typer.Option(help="Number of synthetic patients.")] = 80,
+    patients: Annotated[int, typer.Option(help="Number of synthetic patients.")] = 120,
     seed: Seed = 0,
     slices_per_patient: Annotated[int, typer.Option(help="Axial slices per patient.")] = 10,
     tumour_fraction: Annotated[float, typer.Option(help="Share of patients with a tumour.")] = 0.8,
@@ -82,13 +83,14 @@ def classifier(
     batch_size: BatchSize = 16,
     learning_rate: LearningRate = 1e-3,
     weights: Weights = "none",
-    alpha: Alpha = 0.5,
+    alpha: Alpha = 1.0,
+    ema: Ema = True,
     head_stride: Annotated[int, typer.Option(help="Stride of the MobileNet stage the head scores: 8, 16 or 32.")] = 8,
     seed: Seed = 0,
 ) -> None:
     """Train the MobileNet classifier (tumour / no tumour) with binary cross-entropy."""
     _train("classifier", data=data, out=out, size=size, epochs=epochs, batch_size=batch_size,
-           learning_rate=learning_rate, weights=weights, alpha=alpha, head_stride=head_stride, seed=seed)
+           learning_rate=learning_rate, weights=weights, alpha=alpha, ema=ema, head_stride=head_stride, seed=seed)
 
 
 @train_app.command("segmenter")
@@ -101,6 +103,7 @@ def segmenter(
     learning_rate: LearningRate = 1e-3,
     weights: Weights = "none",
     alpha: Alpha = 0.5,
+    ema: Ema = False,
     architecture: Annotated[str, typer.Option(help="mobilenetv2-unet, or unet (the plain U-Net).")] = "mobilenetv2-unet",
     seed: Seed = 0,
 ) -> None:
@@ -110,4 +113,4 @@ def segmenter(
     if architecture not in SEGMENTER_ARCHITECTURES:
         fail(f"--architecture must be one of {', '.join(SEGMENTER_ARCHITECTURES)}")
     _train("segmenter", data=data, out=out, size=size, epochs=epochs, batch_size=batch_size,
-           learning_rate=learning_rate, weights=weights, alpha=alpha, architecture=architecture, seed=seed)
+           learning_rate=learning_rate, weights=weights, alpha=alpha, ema=ema, architecture=architecture, seed=seed)

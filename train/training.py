@@ -37,7 +37,7 @@ class TrainConfig:
     batch_size: int = 16
     learning_rate: float = 1e-3
     weights: str = "none"
-    alpha: float = 0.5
+    alpha: float = 1.0
     architecture: str = "mobilenetv2-unet"
     head_stride: int = 8
     ema: bool = False
@@ -170,26 +170,6 @@ def load_model(path: Path):
     return keras.models.load_model(path, compile=False)
 
 
-def calibrate_classifier(model, images: np.ndarray, labels: np.ndarray) -> float:
-    """Move the classifier's decision threshold to where validation accuracy is highest,
-    by shifting the bias of its cell scores, so the served 0.5 threshold is that one.
-
-    The image probability is sigmoid(max over cells of the cell logits): lowering every
-    cell logit by logit(t) turns "probability > t" into "probability > 0.5". Returns t.
-    """
-    probability = predict(model, images).ravel()
-    labels = np.asarray(labels, bool).ravel()
-    ordered = np.unique(np.clip(probability, 0.02, 0.98))
-    candidates = np.concatenate([[contract.DECISION_THRESHOLD], (ordered[1:] + ordered[:-1]) / 2])
-    accuracy = [float(np.mean((probability > t) == labels)) for t in candidates]
-    best = max(range(len(candidates)), key=lambda i: (accuracy[i], -abs(candidates[i] - contract.DECISION_THRESHOLD)))
-    threshold = float(candidates[best])
-    layer = model.get_layer("cell_logits")
-    kernel, bias = layer.get_weights()
-    layer.set_weights([kernel, bias - np.log(threshold / (1.0 - threshold))])
-    return threshold
-
-
 def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
 
@@ -284,16 +264,10 @@ def train(config: TrainConfig) -> dict[str, float]:
     plot_curves(history, out / "curves.png", f"{config.task} ({config.size}px)")
 
     best = load_model(checkpoint)
-    calibration = {}
-    if config.task == "classifier":
-        labels_val = y_val.reshape(len(y_val), -1).max(axis=1)
-        calibration["calibrated_threshold"] = calibrate_classifier(best, x_val, labels_val)
-        best.save(checkpoint)
     test = parts["test"]
     x_test = datasets.load_images(test, config.image_size)
     y_test = datasets.load_masks(test, config.image_size) if config.task == "segmenter" else datasets.load_labels(test)
     metrics_test = evaluate(config.task, predict(best, x_test), y_test)
     metrics_test["best_epoch"] = int(np.argmin(history["val_loss"]) + 1)
-    metrics_test.update(calibration)
     (out / "metrics.json").write_text(json.dumps(metrics_test, indent=2))
     return metrics_test
