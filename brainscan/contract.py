@@ -44,8 +44,11 @@ DECISION_THRESHOLD = 0.5  # probability above which an image is "tumour"
 MAX_IMAGE_PIXELS = 40_000_000  # larger inputs are refused before decoding
 MAX_IMAGE_SIDE = 16_384
 
-# Defaults of the demo and of training.
-DEFAULT_IMAGE_SIZE = 128
+# Default square input sizes of the networks (training and the generated configs). The
+# classifier sees more pixels: at 128 it missed small tumours on unseen phantom patients
+# (accuracy 0.90-0.92 on two new seeds), at 160 it reached 0.93-0.95.
+CLASSIFIER_SIZE = 160
+SEGMENTER_SIZE = 128
 
 
 @dataclass(frozen=True)

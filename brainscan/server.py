@@ -19,6 +19,7 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from brainscan import contract
@@ -63,13 +64,13 @@ def prepare_backends(home: Path | None = None) -> Path:
     stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
         raise ServerError(f"nvidia-pytriton ships no python-backend stub for Python {version}")
-    target = cache_dir() / "triton-backends" / f"{stub.stat().st_size}-{version}-{sys.prefix.replace('/', '_')}"
-    python_dir = target / "python"
-    if not (python_dir / "triton_python_backend_stub").exists():
-        staging = Path(tempfile.mkdtemp(dir=cache_dir().mkdir(parents=True, exist_ok=True) or cache_dir()))
+    root = cache_dir() / "triton-backends"
+    target = root / f"pytriton-{metadata.version('nvidia-pytriton')}-py{version}"
+    if not (target / "python" / "triton_python_backend_stub").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=root))
         shutil.copytree(home / "backends" / "python", staging / "python", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             staging.rename(target)  # atomic: concurrent starts never see half a copy
         except OSError:

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from brainscan import contract
 from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, Url, fail
-
 
 NAME_WIDTH = 40
 
@@ -20,6 +19,53 @@ def shorten(path: Path) -> str:
     """The file column: the path, cut from the left with an ellipsis when too long."""
     text = str(path)
     return text if len(text) <= NAME_WIDTH else "…" + text[-(NAME_WIDTH - 1):]
+
+
+def _ground_truth(path: Path) -> np.ndarray | None:
+    """The kaggle_3m ground truth beside ``path`` as a boolean mask, if there is one."""
+    from brainscan.client.files import ground_truth_for
+    from brainscan.preprocessing import InvalidImageError, decode_image
+
+    truth_path = ground_truth_for(path)
+    if truth_path is None:
+        return None
+    try:
+        truth = decode_image(truth_path.read_bytes())
+    except InvalidImageError as exc:
+        typer.echo(f"warning: ground truth {truth_path}: {exc}", err=True)
+        return None
+    return (truth.max(axis=2) if truth.ndim == 3 else truth) > 0
+
+
+def _row(record: dict) -> str:
+    line = (
+        f"{shorten(Path(record['file'])):<{NAME_WIDTH}} {record['probability']:>11.4f} {record['label']:<9} "
+        f"{record['area_pixels']:>8d} {100 * record['area_fraction']:>6.2f}%"
+    )
+    if "truth" in record:
+        line += f" {record['truth']:<9} {record.get('dice', ''):>6}"
+    return line
+
+
+def _summary(records: list[dict], failures: int, elapsed: float, out: Path | None) -> str:
+    from brainscan.metrics import classification_metrics
+
+    done = len(records)
+    text = f"{done} of {done + failures} images in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.1f} images/s)"
+    if failures:
+        text += f", {failures} failed"
+    labelled = [r for r in records if "truth" in r]
+    if labelled:
+        accuracy = classification_metrics(
+            [r["probability"] for r in labelled], [r["truth"] == "tumour" for r in labelled]
+        )["accuracy"]
+        text += f"; accuracy {accuracy:.3f} on {len(labelled)} labelled images"
+        dices = [r["dice"] for r in labelled if "dice" in r]
+        if dices:
+            text += f", mean Dice {sum(dices) / len(dices):.3f} on {len(dices)} tumour images"
+    if out is not None:
+        text += f"; masks and overlays in {out}"
+    return text
 
 
 def predict(
@@ -36,21 +82,19 @@ def predict(
     from brainscan.client import files as io
     from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
     from brainscan.metrics import dice
-    from brainscan.preprocessing import InvalidImageError, decode_image
+    from brainscan.preprocessing import decode_image
 
     inputs = io.expand_inputs(paths)
     if not inputs:
         fail("no image files found in the given paths")
-    names = io.output_stems(inputs)
-    failures, rows = 0, []
-    truth_labels, probabilities, dices = [], [], []
+    records: list[dict] = []
+    failures = 0
     started = time.perf_counter()
     if not as_json:
         header = f"{'file':<{NAME_WIDTH}} {'probability':>11} {'label':<9} {'area px':>8} {'area %':>7}"
         typer.echo(header + (f" {'truth':<9} {'dice':>6}" if evaluate else ""))
     with BrainscanClient(url, timeout=timeout) as client:
-        for path, name in zip(inputs, names):
-            record: dict = {"file": str(path)}
+        for path, name in zip(inputs, io.output_stems(inputs)):
             try:
                 data = path.read_bytes()
                 prediction = client.infer(data)
@@ -58,63 +102,31 @@ def predict(
                 fail(f"{exc} (start one with `brainscan serve`)", EXIT_UNAVAILABLE)
             except (OSError, InferenceError) as exc:
                 failures += 1
-                record["error"] = str(exc)
                 if as_json:
-                    typer.echo(json.dumps(record))
+                    typer.echo(json.dumps({"file": str(path), "error": str(exc)}))
                 else:
                     typer.echo(f"{shorten(path)}  failed: {exc}", err=True)
                 continue
-            record.update(
-                probability=round(prediction.probability, 6),
-                label=prediction.label,
-                area_pixels=prediction.area_pixels,
-                area_fraction=round(prediction.area_fraction, 6),
-                height=int(prediction.mask.shape[0]),
-                width=int(prediction.mask.shape[1]),
-            )
-            truth_path = io.ground_truth_for(path) if evaluate else None
-            if truth_path is not None:
-                try:
-                    truth = decode_image(truth_path.read_bytes())
-                except InvalidImageError as exc:
-                    typer.echo(f"warning: ground truth {truth_path}: {exc}", err=True)
-                else:
-                    truth = (truth.max(axis=2) if truth.ndim == 3 else truth) > 0
-                    record["truth"] = "tumour" if truth.any() else "no tumour"
-                    truth_labels.append(truth.any())
-                    probabilities.append(prediction.probability)
-                    if truth.any():
-                        record["dice"] = round(dice(prediction.mask, truth), 4)
-                        dices.append(record["dice"])
+            record = {
+                "file": str(path),
+                "probability": round(prediction.probability, 6),
+                "label": prediction.label,
+                "area_pixels": prediction.area_pixels,
+                "area_fraction": round(prediction.area_fraction, 6),
+                "height": int(prediction.mask.shape[0]),
+                "width": int(prediction.mask.shape[1]),
+            }
+            truth = _ground_truth(path) if evaluate else None
+            if truth is not None:
+                record["truth"] = "tumour" if truth.any() else "no tumour"
+                if truth.any():
+                    record["dice"] = round(dice(prediction.mask, truth), 4)
             if out is not None:
-                image = decode_image(data)
                 io.save_png(out / f"{name}.mask.png", prediction.mask * 255)
-                io.save_png(out / f"{name}.overlay.png", io.overlay(image, prediction.mask))
-            rows.append(record)
-            if as_json:
-                typer.echo(json.dumps(record))
-            else:
-                line = (
-                    f"{shorten(path):<{NAME_WIDTH}} {prediction.probability:>11.4f} {prediction.label:<9} "
-                    f"{prediction.area_pixels:>8d} {100 * prediction.area_fraction:>6.2f}%"
-                )
-                if "truth" in record:
-                    line += f" {record['truth']:<9} {record['dice'] if 'dice' in record else '':>6}"
-                typer.echo(line)
-    elapsed = time.perf_counter() - started
-    summary = f"{len(rows)} of {len(inputs)} images in {elapsed:.1f} s ({len(rows) / max(elapsed, 1e-9):.1f} images/s)"
-    if failures:
-        summary += f", {failures} failed"
-    if truth_labels:
-        from brainscan.metrics import classification_metrics
-
-        cls = classification_metrics(probabilities, truth_labels)
-        summary += f"; accuracy {cls['accuracy']:.3f} on {len(truth_labels)} labelled images"
-        if dices:
-            summary += f", mean Dice {sum(dices) / len(dices):.3f} on {len(dices)} tumour images"
-    if out is not None:
-        summary += f"; masks and overlays in {out}"
-    typer.echo(summary, err=as_json)
+                io.save_png(out / f"{name}.overlay.png", io.overlay(decode_image(data), prediction.mask))
+            records.append(record)
+            typer.echo(json.dumps(record) if as_json else _row(record))
+    typer.echo(_summary(records, failures, time.perf_counter() - started, out), err=as_json)
     if failures:
         raise typer.Exit(EXIT_FAILED)
 

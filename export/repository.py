@@ -41,8 +41,8 @@ class RepositorySpec:
     """What varies between generated repositories."""
 
     flavour: str = "local"
-    classifier_size: tuple[int, int] = (contract.DEFAULT_IMAGE_SIZE, contract.DEFAULT_IMAGE_SIZE)
-    segmenter_size: tuple[int, int] = (contract.DEFAULT_IMAGE_SIZE, contract.DEFAULT_IMAGE_SIZE)
+    classifier_size: tuple[int, int] = (contract.CLASSIFIER_SIZE, contract.CLASSIFIER_SIZE)
+    segmenter_size: tuple[int, int] = (contract.SEGMENTER_SIZE, contract.SEGMENTER_SIZE)
     max_batch_size: int = contract.MAX_BATCH_SIZE
     queue_delay_us: int = 500
     ort_threads: int = 1

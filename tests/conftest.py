@@ -12,7 +12,8 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-TINY_SIZE = 64
+# different sizes, so the two-size path of preprocess and the writer is exercised
+TINY_SIZES = {"classifier": 96, "segmenter": 64}
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +28,7 @@ def phantom_dir(tmp_path_factory) -> Path:
 def _train_tiny(task: str, data: Path, out: Path) -> Path:
     from brainscan.train.training import TrainConfig, train
 
-    train(TrainConfig(task=task, data=str(data), out=str(out), size=TINY_SIZE, epochs=2, batch_size=8,
+    train(TrainConfig(task=task, data=str(data), out=str(out), size=TINY_SIZES[task], epochs=2, batch_size=8,
                       alpha=0.35, seed=3, steps_per_epoch=2))
     return out
 

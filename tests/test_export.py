@@ -7,6 +7,7 @@ import pytest
 from brainscan import contract
 from brainscan.export import onnx as onnx_export
 from brainscan.export.onnx import ParityError, export_onnx, onnx_session
+from conftest import TINY_SIZES
 
 
 def test_exported_networks_carry_the_contract_names_and_a_dynamic_batch(onnx_models):
@@ -18,8 +19,9 @@ def test_exported_networks_carry_the_contract_names_and_a_dynamic_batch(onnx_mod
         assert [i.name for i in session.get_inputs()] == [input_name]
         assert [o.name for o in session.get_outputs()] == [output_name]
         assert not isinstance(session.get_inputs()[0].shape[0], int)  # symbolic batch
+        size = TINY_SIZES[task]
         for batch in (1, 3):
-            out = session.run(None, {input_name: np.zeros((batch, 64, 64, 3), np.float32)})[0]
+            out = session.run(None, {input_name: np.zeros((batch, size, size, 3), np.float32)})[0]
             assert out.shape[0] == batch
 
 
@@ -32,7 +34,8 @@ def test_parity_failure_is_loud_has_a_table_and_writes_nothing(runs, tmp_path, m
     config = load_run(runs["classifier"])
     images = datasets.load_images(split_samples(config)["val"][:4], config.image_size)
     trained = load_model(runs["classifier"] / "model.keras")
-    stranger = build_classifier((64, 64, 3), alpha=0.35)  # same shapes, other weights
+    size = TINY_SIZES["classifier"]
+    stranger = build_classifier((size, size, 3), alpha=0.35)  # same shapes, other weights
     real_convert = onnx_export.keras_to_onnx
     monkeypatch.setattr(onnx_export, "keras_to_onnx", lambda model, opset=17: real_convert(stranger, opset))
     target = tmp_path / "model.onnx"

@@ -68,7 +68,8 @@ def test_flavours_run_the_networks_as_documented():
 def test_network_input_sizes_follow_the_onnx_models(onnx_models, tmp_path):
     write_repository(tmp_path, "local", onnx_models["classifier"], onnx_models["segmenter"])
     configs = validate_repository(tmp_path, require_weights=True)
-    assert list(configs[contract.CLASSIFIER].input[0].dims) == [64, 64, 3]
+    assert list(configs[contract.CLASSIFIER].input[0].dims) == [96, 96, 3]
+    assert list(configs[contract.PREPROCESS].output[0].dims) == [96, 96, 3]
     assert list(configs[contract.PREPROCESS].output[1].dims) == [64, 64, 3]
     assert list(configs[contract.SEGMENTER].output[0].dims) == [64, 64, 1]
 

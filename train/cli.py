@@ -78,8 +78,8 @@ def _train(task: str, **options) -> None:
 def classifier(
     data: DataDir,
     out: RunDir = contract.demo_run("classifier"),
-    size: Size = contract.DEFAULT_IMAGE_SIZE,
-    epochs: Epochs = 20,
+    size: Size = contract.CLASSIFIER_SIZE,
+    epochs: Epochs = 16,
     batch_size: BatchSize = 16,
     learning_rate: LearningRate = 1e-3,
     weights: Weights = "none",
@@ -97,7 +97,7 @@ def classifier(
 def segmenter(
     data: DataDir,
     out: RunDir = contract.demo_run("segmenter"),
-    size: Size = contract.DEFAULT_IMAGE_SIZE,
+    size: Size = contract.SEGMENTER_SIZE,
     epochs: Epochs = 12,
     batch_size: BatchSize = 16,
     learning_rate: LearningRate = 1e-3,

@@ -62,7 +62,7 @@ CLASSIFIER_TAPS = {8: "conv_pw_5_relu", 16: "conv_pw_11_relu", 32: "conv_pw_13_r
 
 
 def build_classifier(
-    input_shape: tuple[int, int, int] = (contract.DEFAULT_IMAGE_SIZE, contract.DEFAULT_IMAGE_SIZE, 3),
+    input_shape: tuple[int, int, int] = (contract.CLASSIFIER_SIZE, contract.CLASSIFIER_SIZE, 3),
     weights: str = "none",
     alpha: float = 1.0,
     dropout: float = 0.2,
@@ -133,7 +133,7 @@ def _mask_head(x):
 
 
 def build_segmenter(
-    input_shape: tuple[int, int, int] = (contract.DEFAULT_IMAGE_SIZE, contract.DEFAULT_IMAGE_SIZE, 3),
+    input_shape: tuple[int, int, int] = (contract.SEGMENTER_SIZE, contract.SEGMENTER_SIZE, 3),
     weights: str = "none",
     alpha: float = 1.0,
     decoder_filters: tuple[int, ...] = (128, 64, 48, 32, 16),
@@ -158,7 +158,7 @@ def build_segmenter(
 
 
 def build_unet(
-    input_shape: tuple[int, int, int] = (contract.DEFAULT_IMAGE_SIZE, contract.DEFAULT_IMAGE_SIZE, 3),
+    input_shape: tuple[int, int, int] = (contract.SEGMENTER_SIZE, contract.SEGMENTER_SIZE, 3),
     base_filters: int = 16,
     depth: int = 4,
 ) -> keras.Model:

@@ -32,7 +32,7 @@ class TrainConfig:
     task: str
     data: str
     out: str
-    size: int = contract.DEFAULT_IMAGE_SIZE
+    size: int = contract.SEGMENTER_SIZE
     epochs: int = 10
     batch_size: int = 16
     learning_rate: float = 1e-3
