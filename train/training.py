@@ -276,9 +276,8 @@ def train(config: TrainConfig) -> dict[str, float]:
     optimizer = keras.optimizers.Adam(schedule, use_ema=config.ema, ema_momentum=0.98)
     trainer.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []
-    callbacks.append(_save_best(model, out / "model.keras", "val_loss"))
-
     checkpoint = out / "model.keras"
+    callbacks.append(_save_best(model, checkpoint, "val_loss"))
     history = trainer.fit(
         _dataset(x_train, y_train, config, training=True, convert=convert),
         validation_data=_dataset(x_val, y_val, config, training=False, convert=convert),
