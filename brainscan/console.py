@@ -6,8 +6,6 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from brainscan import contract
-
 # Exit codes of the CLI (documented in the README).
 EXIT_OK = 0
 EXIT_FAILED = 1  # a step failed, or some files of a batch failed
@@ -27,6 +25,3 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
-
-def default_url() -> str:
-    return contract.DEFAULT_URL

@@ -44,11 +44,11 @@ class Prediction:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
-def image_input(data: bytes, protocol_module=None):
+def image_input(data: bytes):
     """The ``IMAGE`` input tensor ([1, 1] BYTES) for one encoded file."""
-    if protocol_module is None:
-        import tritonclient.grpc as protocol_module
-    tensor = protocol_module.InferInput(contract.IMAGE, [1, 1], "BYTES")
+    import tritonclient.grpc as grpcclient
+
+    tensor = grpcclient.InferInput(contract.IMAGE, [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
     return tensor
 

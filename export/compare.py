@@ -38,7 +38,7 @@ class ComparisonReport:
 
     def table(self) -> str:
         header = f"{self.candidate} vs {self.reference} on {self.samples} samples"
-        rows = [("output", "max |diff|", "mean |diff|", "atol", f"decisions differ", "NaN", "verdict")]
+        rows = [("output", "max |diff|", "mean |diff|", "atol", "decisions differ", "NaN", "verdict")]
         for o in self.outputs:
             rows.append(
                 (

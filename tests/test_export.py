@@ -73,4 +73,4 @@ def test_imagenet_weights_without_internet_fail_with_a_clear_message():
     except WeightsUnavailableError as exc:
         assert "--weights none" in str(exc)
     else:
-        pytest.skip("reason: ImageNet weights could be downloaded or were cached, so the offline failure cannot be shown")
+        pytest.skip(reason="ImageNet weights could be downloaded or were cached, so the offline failure cannot be shown")
