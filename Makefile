@@ -54,7 +54,12 @@ predict: repository
 	@set -e; \
 	$(BIN)/brainscan serve --repository $(REPO) --log-file $(ART)/tritonserver.log & server=$$!; \
 	trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null || true' EXIT; \
-	$(BIN)/brainscan health --wait 180; \
+	for i in $$(seq 360); do \
+		$(BIN)/brainscan health >/dev/null 2>&1 && break; \
+		kill -0 $$server 2>/dev/null || exit 1; \
+		sleep 0.5; \
+	done; \
+	$(BIN)/brainscan health; \
 	$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) \
 		--evaluate --out $(ART)/predictions
 
