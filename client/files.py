@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from brainscan.layout import image_path_for, mask_path_for
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 OVERLAY_RED = np.array([255, 0, 0], np.float32)
 OVERLAY_ALPHA = 0.45
@@ -17,7 +19,7 @@ OVERLAY_ALPHA = 0.45
 
 def ground_truth_for(image: Path) -> Path | None:
     """kaggle_3m convention: ``X.tif`` has its ground truth in ``X_mask.tif``."""
-    candidate = image.with_name(f"{image.stem}_mask{image.suffix}")
+    candidate = mask_path_for(image)
     return candidate if candidate.exists() else None
 
 
@@ -33,9 +35,8 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
         if path.is_dir():
             for child in sorted(path.rglob("*"), key=natural_key):
                 if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
-                    is_truth = child.stem.endswith("_mask") and child.with_name(
-                        child.stem[: -len("_mask")] + child.suffix
-                    ).exists()
+                    image = image_path_for(child)
+                    is_truth = image is not None and image.exists()
                     if not is_truth:
                         found.append(child)
         else:

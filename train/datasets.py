@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainscan.layout import is_mask_file, mask_path_for
 from brainscan.preprocessing import decode_image, mask_to_target, preprocess
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -30,15 +31,6 @@ class Sample:
     label: int  # 1 = tumour
     mask: Path | None = None
     index: int = 0
-
-
-def mask_path_for(image: Path) -> Path:
-    """kaggle_3m convention: ``X.tif`` -> ``X_mask.tif``."""
-    return image.with_name(f"{image.stem}_mask{image.suffix}")
-
-
-def is_mask_file(path: Path) -> bool:
-    return path.stem.endswith("_mask")
 
 
 def find_kaggle3m(root: Path) -> list[Sample]:
