@@ -13,7 +13,7 @@ from brainscan import contract
 
 # TensorFlow prints C++ start-up chatter unless told otherwise; users can still override.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from brainscan.client.cli import health, predict
+from brainscan.client.cli import bench_app, health, predict
 from brainscan.console import fail
 from brainscan.export.cli import export_app
 from brainscan.train.cli import data_app, train_app
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(export_app, name="export")
+app.add_typer(bench_app, name="bench")
 app.command("predict")(predict)
 app.command("health")(health)
 
@@ -71,6 +72,26 @@ def serve(
     finally:
         server.stop()
     typer.echo("stopped", err=True)
+
+
+@app.command("doctor")
+def doctor(
+    repository: Annotated[Path, typer.Option(help="Model repository to check.")] = Path(contract.PRODUCTION_REPOSITORY),
+    tensorrt_version: Annotated[str | None, typer.Option(help="TensorRT version of the target server (default: found here, else the pinned NGC release's).")] = None,
+    compute_capability: Annotated[str | None, typer.Option(help="Compute capability of the target GPU, e.g. 9.0 (default: nvidia-smi here).")] = None,
+) -> None:
+    """Check that a repository's TensorRT engines fit the server that will load them: same
+    TensorRT version, same GPU compute capability, batch profile equal to the config, built
+    from the current ONNX. Says what to rebuild; exits 1 on any mismatch."""
+    from brainscan.export.doctor import advice, detect_target, diagnose, table
+
+    target = detect_target(tensorrt_version, compute_capability)
+    findings = diagnose(repository, target)
+    typer.echo(table(findings))
+    if any(f.bad for f in findings):
+        fail(advice(findings, repository) or "the repository is not servable (see above)")
+    skipped = [f for f in findings if f.status == "not checked"]
+    typer.echo(f"{repository}: no mismatch found" + (f" ({len(skipped)} checks skipped: nothing to compare with here)" if skipped else ""))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,11 @@ def artifacts_dir():
     return Path(os.environ.get(ARTIFACTS_ENV, DEFAULT_ARTIFACTS))
 
 
+# The committed production (tensorrt-flavour) repository, relative to the source checkout;
+# `brainscan export tensorrt` writes its engines there and docker/compose.yaml serves it.
+PRODUCTION_REPOSITORY = "model_repository"
+
+
 def demo_repository():
     return artifacts_dir() / "model_repository"
 

@@ -145,8 +145,21 @@ class TritonServer:
         ]
 
     def start(self) -> None:
-        from brainscan.export.repository import RepositoryError, validate_repository
+        from brainscan.export.repository import RepositoryError, flavour_of, validate_repository
 
+        try:
+            configs = validate_repository(self.repository)
+        except RepositoryError as exc:
+            raise ServerError(str(exc)) from None
+        flavour = flavour_of(configs)
+        if flavour != "local":
+            raise ServerError(
+                f"{self.repository} is the {flavour} flavour: its networks need Triton's {flavour} backend"
+                + (" and a GPU" if flavour == "tensorrt" else "")
+                + ", which the embedded CPU server does not have. Serve it with `docker compose -f docker/compose.yaml"
+                " up -d triton` (README, 'On a GPU host'), or write a local repository with "
+                "`brainscan export repository --flavour local`"
+            )
         try:
             validate_repository(self.repository, require_weights=True)
         except RepositoryError as exc:

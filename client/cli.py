@@ -154,3 +154,24 @@ def health(
         typer.echo(f"  {name:<12} {'ready' if ready else 'NOT READY'}")
     if not (state["ready"] and all(state["models"].values())):
         raise typer.Exit(EXIT_FAILED)
+
+
+bench_app = typer.Typer(help="Load-test a server with perf_analyzer.", no_args_is_help=True)
+
+
+@bench_app.command("input-data")
+def bench_input_data(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive) to send.")],
+    out: Annotated[Path, typer.Option(help="JSON file for perf_analyzer --input-data.")] = Path("perf-input.json"),
+    limit: Annotated[int, typer.Option(help="Use at most this many files.")] = 64,
+) -> None:
+    """Write perf_analyzer --input-data JSON from real images (the IMAGE input as
+    length-prefixed bytes), so a load test sends MRI slices, not random bytes."""
+    from brainscan.client.files import expand_inputs
+    from brainscan.client.perf import write_input_data
+
+    files = [f for f in expand_inputs(inputs) if f.is_file()][:limit]
+    if not files:
+        fail(f"no image files found in {', '.join(map(str, inputs))}")
+    write_input_data(files, out)
+    typer.echo(f"wrote {out}: {len(files)} images")

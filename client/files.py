@@ -2,14 +2,13 @@
 written atomically (a crash never leaves half a file)."""
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from brainscan.atomic import write_atomic
 from brainscan.layout import image_path_for, mask_path_for
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -50,19 +49,6 @@ def output_stems(files: list[Path]) -> list[str]:
     if len(set(stems)) == len(stems):
         return stems
     return [f"{f.parent.name}__{f.stem}" for f in files]
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def display_rgb(image: np.ndarray) -> np.ndarray:

@@ -48,8 +48,12 @@ def repository(
     flavour: Annotated[str, typer.Option(help="local (python+ONNX Runtime, no GPU), onnxruntime, or tensorrt.")] = "local",
     classifier: Annotated[Path | None, typer.Option(help="Classifier ONNX (default: the demo's, if built).")] = None,
     segmenter: Annotated[Path | None, typer.Option(help="Segmenter ONNX (default: the demo's, if built).")] = None,
-    max_batch_size: Annotated[int, typer.Option(help="max_batch_size of every model.")] = contract.MAX_BATCH_SIZE,
+    max_batch_size: Annotated[int, typer.Option(help="max_batch_size of every model (and the TensorRT profile's maximum).")] = contract.MAX_BATCH_SIZE,
     ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per model instance.")] = 1,
+    device: Annotated[str, typer.Option(help="onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache).")] = "cpu",
+    instances: Annotated[list[str] | None, typer.Option(help="Instances of a model, MODEL=N (e.g. preprocess=2). Repeatable.")] = None,
+    queue_delay_us: Annotated[int | None, typer.Option(help="Dynamic-batching queue delay in µs (default: 100 tensorrt, 500 otherwise).")] = None,
+    opt_batch: Annotated[int | None, typer.Option(help="Optimum batch of the TensorRT profile (onnxruntime on gpu).")] = None,
 ) -> None:
     """Write a Triton model repository whose `brainscan` ensemble runs preprocess ->
     classifier and segmenter -> postprocess. Configs are generated from the contract and
@@ -64,9 +68,17 @@ def repository(
         candidate = contract.demo_run(task) / "model.onnx"
         return candidate if candidate.exists() else None
 
+    counts = {}
+    for item in instances or []:
+        model, _, count = item.partition("=")
+        if not count.isdigit():
+            fail(f"--instances {item!r}: write MODEL=N, e.g. preprocess=2")
+        counts[model] = int(count)
     classifier_onnx, segmenter_onnx = default(classifier, "classifier"), default(segmenter, "segmenter")
     try:
-        write_repository(out, flavour, classifier_onnx, segmenter_onnx, max_batch_size=max_batch_size, ort_threads=ort_threads)
+        write_repository(out, flavour, classifier_onnx, segmenter_onnx, max_batch_size=max_batch_size,
+                         ort_threads=ort_threads, device=device, instances=counts, queue_delay_us=queue_delay_us,
+                         opt_batch=opt_batch)
         validate_repository(out)
     except RepositoryError as exc:
         fail(str(exc))
@@ -74,3 +86,88 @@ def repository(
     typer.echo(f"wrote the {flavour} repository to {out}")
     if missing and flavour != "tensorrt":
         typer.echo(f"note: no ONNX given for {', '.join(missing)}: add it before serving", err=True)
+
+
+def _validation_inputs(network: str, onnx: Path, data: Path | None, samples: int):
+    """Real validation slices for the FP16 gate: the training run's validation patients
+    (run.json beside the ONNX), or the first slices of --data."""
+    from brainscan.export.repository import onnx_input_size
+    from brainscan.export.tensorrt import NetworkInputs
+    from brainscan.train import datasets
+    from brainscan.train.training import load_run, split_samples
+
+    name = contract.CLASSIFIER_INPUT if network == contract.CLASSIFIER else contract.SEGMENTER_INPUT
+    size = onnx_input_size(onnx, name)
+    if data is not None:
+        chosen = datasets.find_samples(data)[:samples]
+    elif (onnx.parent / "run.json").exists():
+        chosen = split_samples(load_run(onnx.parent))["val"][:samples]
+    else:
+        raise FileNotFoundError(f"no run.json beside {onnx}: give validation images with --data DIR")
+    if not chosen:
+        raise FileNotFoundError(f"no validation slices found for {network}")
+    truth = None
+    if network == contract.SEGMENTER and all(s.mask is not None for s in chosen):
+        truth = datasets.load_masks(chosen, size)
+    return NetworkInputs(onnx, datasets.load_images(chosen, size), truth)
+
+
+@export_app.command("tensorrt")
+def tensorrt(
+    repository: Annotated[Path, typer.Option(help="tensorrt-flavour repository whose version folders get model.plan.")] = contract.PRODUCTION_REPOSITORY,
+    classifier: Annotated[Path | None, typer.Option(help="Classifier ONNX (default: the one `make demo` built).")] = None,
+    segmenter: Annotated[Path | None, typer.Option(help="Segmenter ONNX (default: the one `make demo` built).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Validation images for the FP16 gate (default: the runs' validation patients).")] = None,
+    samples: Annotated[int, typer.Option(help="Validation slices the FP16 gate runs on.")] = 64,
+    workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace memory-pool limit, MiB.")] = 1024,
+    opt_batch: Annotated[int | None, typer.Option(help="Optimum batch of the profile (default: the config's max_batch_size).")] = None,
+    keep_fp32: Annotated[list[str] | None, typer.Option(help="Keep matching layers in FP32: a layer-name glob, or type:KIND. Repeatable.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache reused across builds (one file per TensorRT version and GPU).")] = None,
+    max_prob_diff: Annotated[float, typer.Option(help="Gate: largest tumour-probability difference FP16 vs FP32.")] = 0.02,
+    min_mask_dice: Annotated[float, typer.Option(help="Gate: smallest mean Dice of FP16 masks against FP32 masks.")] = 0.97,
+    list_layers: Annotated[bool, typer.Option("--list-layers", help="Print each network's TensorRT layers (for --keep-fp32) and exit.")] = False,
+) -> None:
+    """Build FP16 TensorRT engines (TensorRT 10) from the ONNX models into a tensorrt-flavour
+    repository, gate each on real validation slices against FP32, and write model.plan plus
+    engine.json only when every gate passes. Needs a GPU and TensorRT: run it in the export
+    container (docker compose -f docker/compose.yaml run --rm export)."""
+    from brainscan.export.cuda import CudaError
+    from brainscan.export.fp16 import Tolerances
+    from brainscan.export.repository import RepositoryError
+    from brainscan.export.tensorrt import (
+        BuildSettings, EngineBuildError, GateFailedError, TensorRTUnavailableError, build_repository_engines,
+        import_tensorrt, layer_names, parse_onnx,
+    )
+
+    try:
+        trt = import_tensorrt()
+    except TensorRTUnavailableError as exc:
+        fail(str(exc))
+    onnx = {}
+    for network, given in ((contract.CLASSIFIER, classifier), (contract.SEGMENTER, segmenter)):
+        path = given or contract.demo_run(network) / "model.onnx"
+        if not path.exists():
+            fail(f"{path} does not exist: run `make demo` first or pass --{network} FILE")
+        onnx[network] = path
+    if list_layers:
+        logger = trt.Logger(trt.Logger.WARNING)
+        for network, path in onnx.items():
+            parsed, _parser = parse_onnx(trt, trt.Builder(logger), logger, path)
+            typer.echo(f"{network} ({path}):")
+            for name, kind in layer_names(parsed):
+                typer.echo(f"  {kind:<16} {name}")
+        return
+    settings = BuildSettings(
+        workspace_mib=workspace_mib,
+        timing_cache=timing_cache or contract.artifacts_dir() / "tensorrt" / "timing.cache",
+        keep_fp32=tuple(keep_fp32 or ()),
+    )
+    tolerances = Tolerances(classifier_max_abs_diff=max_prob_diff, segmenter_min_dice_vs_fp32=min_mask_dice)
+    try:
+        inputs = {network: _validation_inputs(network, path, data, samples) for network, path in onnx.items()}
+        build_repository_engines(repository, inputs, settings, tolerances, opt_batch, trt=trt, log=typer.echo)
+    except GateFailedError as exc:
+        fail(str(exc))
+    except (CudaError, EngineBuildError, RepositoryError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"engines ready in {repository}: serve them with `docker compose -f docker/compose.yaml up -d triton`")

@@ -1,13 +1,12 @@
 """Keras -> ONNX with tf2onnx (dynamic batch), and the parity check against Keras."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from brainscan import contract
+from brainscan.atomic import write_bytes_atomic
 from brainscan.export.compare import ComparisonReport, compare_output
 
 OPSET = 17
@@ -86,10 +85,5 @@ def export_onnx(model, out: Path, images: np.ndarray, atol: float = PARITY_ATOL,
     report = compare_onnx_keras(model, serialized, images, atol)
     if not report.passed:
         raise ParityError(report)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(serialized)
-    os.replace(tmp, out)
+    write_bytes_atomic(Path(out), serialized)
     return report

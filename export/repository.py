@@ -3,7 +3,8 @@
 | flavour       | classifier / segmenter                                  |
 |---------------|---------------------------------------------------------|
 | tensorrt      | tensorrt_plan FP16 engines, KIND_GPU (production)       |
-| onnxruntime   | onnxruntime_onnx, KIND_CPU (or KIND_GPU)                |
+| onnxruntime   | onnxruntime_onnx: KIND_CPU, or KIND_GPU with the TensorRT |
+|               | execution provider in FP16 (engine cache on)            |
 | local         | python backend running ONNX Runtime (embedded default) |
 
 ``preprocess``, ``postprocess`` (python) and the ensemble are the same in all three.
@@ -22,6 +23,7 @@ from tritonclient.grpc import model_config_pb2
 
 from brainscan import contract
 from brainscan.contract import TensorSpec
+from brainscan.export.profiles import ProfileError, batch_profile
 
 FLAVOURS = ("local", "tensorrt", "onnxruntime")
 VERSION = "1"
@@ -30,6 +32,15 @@ PLACEHOLDER = ".gitkeep"  # keeps a version folder whose weights are build outpu
 PYTHON_SOURCES = {contract.PREPROCESS: "preprocess.py", contract.POSTPROCESS: "postprocess.py"}
 ONNX_RUNNER_SOURCE = "onnx_runner.py"
 WEIGHT_FILES = {"local": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+DEVICES = ("cpu", "gpu")
+# How long the dynamic batcher may hold a request to grow a batch: for the networks, per
+# flavour (GPU engines finish a batch in well under a millisecond, so theirs is short);
+# preprocess and postprocess are the same python models in every flavour.
+QUEUE_DELAY_US = {"local": 500, "onnxruntime": 500, "tensorrt": 100}
+PYTHON_QUEUE_DELAY_US = 500
+# Where the onnxruntime flavour's TensorRT execution provider keeps its engines inside the
+# Triton container (docker/compose.yaml mounts a volume there, so restarts reuse them).
+ORT_TRT_CACHE = "/var/cache/brainscan/ort-trt"
 
 
 class RepositoryError(ValueError):
@@ -44,15 +55,33 @@ class RepositorySpec:
     classifier_size: tuple[int, int] = (contract.CLASSIFIER_SIZE, contract.CLASSIFIER_SIZE)
     segmenter_size: tuple[int, int] = (contract.SEGMENTER_SIZE, contract.SEGMENTER_SIZE)
     max_batch_size: int = contract.MAX_BATCH_SIZE
-    queue_delay_us: int = 500
+    queue_delay_us: int | None = None  # the networks'; None: the flavour's default (QUEUE_DELAY_US)
+    python_queue_delay_us: int = PYTHON_QUEUE_DELAY_US  # preprocess and postprocess
     ort_threads: int = 1
     instances: dict[str, int] = field(default_factory=dict)
+    device: str = "cpu"  # onnxruntime flavour only: cpu, or gpu (TensorRT execution provider, FP16)
+    opt_batch: int | None = None  # optimum of the TensorRT batch profile (default: max_batch_size)
+    workspace_mib: int = 1024  # TensorRT workspace of the onnxruntime flavour on GPU
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
             raise RepositoryError(f"unknown flavour {self.flavour!r}: choose one of {', '.join(FLAVOURS)}")
         if self.max_batch_size < 1:
             raise RepositoryError("max_batch_size must be at least 1")
+        if self.device not in DEVICES:
+            raise RepositoryError(f"unknown device {self.device!r}: choose cpu or gpu")
+        if self.device == "gpu" and self.flavour != "onnxruntime":
+            raise RepositoryError(
+                f"--device applies to the onnxruntime flavour; {self.flavour} always runs on "
+                + ("the GPU" if self.flavour == "tensorrt" else "the CPU")
+            )
+        unknown = sorted(set(self.instances) - set(contract.COMPOSING_MODELS))
+        if unknown:
+            raise RepositoryError(f"instances given for unknown model(s) {unknown}: models are {', '.join(contract.COMPOSING_MODELS)}")
+        if any(int(n) < 1 for n in self.instances.values()):
+            raise RepositoryError("instance counts must be at least 1")
+        if self.queue_delay_us is None:
+            self.queue_delay_us = QUEUE_DELAY_US[self.flavour]
 
     def count(self, model: str) -> int:
         return int(self.instances.get(model, 1))
@@ -62,8 +91,8 @@ def _tensors(specs: list[TensorSpec]) -> list[dict]:
     return [{"name": s.name, "data_type": s.triton_dtype, "dims": list(s.dims)} for s in specs]
 
 
-def _dynamic_batching(spec: RepositorySpec) -> dict:
-    return {"max_queue_delay_microseconds": spec.queue_delay_us}
+def _dynamic_batching(delay_us: int) -> dict:
+    return {"max_queue_delay_microseconds": delay_us}
 
 
 def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: dict | None = None) -> dict:
@@ -74,7 +103,9 @@ def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: 
         "input": _tensors(inputs),
         "output": _tensors(outputs),
         "instance_group": [{"kind": "KIND_CPU", "count": spec.count(name)}],
-        "dynamic_batching": _dynamic_batching(spec),
+        "dynamic_batching": _dynamic_batching(
+            spec.queue_delay_us if name in (contract.CLASSIFIER, contract.SEGMENTER) else spec.python_queue_delay_us
+        ),
     }
     if parameters:
         config["parameters"] = {k: {"string_value": str(v)} for k, v in parameters.items()}
@@ -89,12 +120,18 @@ def _network(name: str, inputs, outputs, spec: RepositorySpec) -> dict:
         "max_batch_size": spec.max_batch_size,
         "input": _tensors(inputs),
         "output": _tensors(outputs),
-        "dynamic_batching": _dynamic_batching(spec),
+        "dynamic_batching": _dynamic_batching(spec.queue_delay_us),
     }
     if spec.flavour == "tensorrt":
         config["platform"] = "tensorrt_plan"
         config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
+        # CUDA graphs: Triton captures the engine's launches once per batch size and
+        # replays them, which removes most of the per-request CPU launch overhead.
         config["optimization"] = {"cuda": {"graphs": True}}
+    elif spec.device == "gpu":
+        config["platform"] = "onnxruntime_onnx"
+        config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [_ort_tensorrt(name, inputs[0], spec)]}}
     else:
         config["platform"] = "onnxruntime_onnx"
         config["instance_group"] = [{"kind": "KIND_CPU", "count": spec.count(name)}]
@@ -103,6 +140,32 @@ def _network(name: str, inputs, outputs, spec: RepositorySpec) -> dict:
             "inter_op_thread_count": {"string_value": "1"},
         }
     return config
+
+
+def _ort_tensorrt(name: str, tensor: TensorSpec, spec: RepositorySpec) -> dict:
+    """ONNX Runtime's TensorRT execution provider in FP16 with its engine cache on, and
+    the same batch profile as the tensorrt flavour's engines (so no shape forces a rebuild)."""
+    try:
+        profile = batch_profile(tensor.name, tensor.dims, spec.max_batch_size, spec.opt_batch)
+    except ProfileError as exc:
+        raise RepositoryError(str(exc)) from None
+
+    def shapes(dims: tuple[int, ...]) -> str:
+        return f"{tensor.name}:{'x'.join(str(d) for d in dims)}"
+
+    return {
+        "name": "tensorrt",
+        "parameters": {
+            "precision_mode": "FP16",
+            "max_workspace_size_bytes": str(spec.workspace_mib << 20),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": f"{ORT_TRT_CACHE}/{name}",
+            "trt_timing_cache_enable": "1",
+            "trt_profile_min_shapes": shapes(profile.min),
+            "trt_profile_opt_shapes": shapes(profile.opt),
+            "trt_profile_max_shapes": shapes(profile.max),
+        },
+    }
 
 
 def model_configs(spec: RepositorySpec) -> dict[str, dict]:
@@ -203,7 +266,7 @@ def repository_files(spec: RepositorySpec) -> dict[str, bytes]:
     return files
 
 
-def _input_size(onnx_path: Path, name: str) -> tuple[int, int]:
+def onnx_input_size(onnx_path: Path, name: str) -> tuple[int, int]:
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -229,9 +292,9 @@ def write_repository(
     out = Path(out)
     spec_options = dict(options)
     if classifier_onnx:
-        spec_options["classifier_size"] = _input_size(classifier_onnx, contract.CLASSIFIER_INPUT)
+        spec_options["classifier_size"] = onnx_input_size(classifier_onnx, contract.CLASSIFIER_INPUT)
     if segmenter_onnx:
-        spec_options["segmenter_size"] = _input_size(segmenter_onnx, contract.SEGMENTER_INPUT)
+        spec_options["segmenter_size"] = onnx_input_size(segmenter_onnx, contract.SEGMENTER_INPUT)
     spec = RepositorySpec(flavour=flavour, **spec_options)
     for relative, content in repository_files(spec).items():
         path = out / relative
@@ -244,7 +307,7 @@ def write_repository(
     return out
 
 
-def _flavour_of(configs: dict[str, model_config_pb2.ModelConfig]) -> str:
+def flavour_of(configs: dict[str, model_config_pb2.ModelConfig]) -> str:
     classifier = configs[contract.CLASSIFIER]
     if classifier.platform == "tensorrt_plan":
         return "tensorrt"
@@ -285,7 +348,7 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
             problems += [f"{step.model_name} has no input {k}" for k in step.input_map if k not in inputs]
             problems += [f"{step.model_name} has no output {k}" for k in step.output_map if k not in outputs]
     if not problems and require_weights:
-        flavour = _flavour_of(configs)
+        flavour = flavour_of(configs)
         for name, config in configs.items():
             version = path / name / VERSION
             needed = []

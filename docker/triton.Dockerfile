@@ -1,0 +1,30 @@
+# Triton Inference Server for the brainscan ensemble: the NGC tritonserver image plus the
+# brainscan package, which the python models `preprocess` and `postprocess` import (the
+# same preprocessing function training used). The model repository is mounted, not copied.
+#
+# Build through Compose (it passes the pinned release from docker/.env):
+#   docker compose -f docker/compose.yaml build triton
+ARG NGC_RELEASE
+FROM nvcr.io/nvidia/tritonserver:${NGC_RELEASE}-py3
+ARG NGC_TENSORRT
+
+# Stop here, not at model load, if this release's TensorRT is not the pinned one.
+RUN ls /usr/lib/*-linux-gnu/libnvinfer.so.${NGC_TENSORRT}* >/dev/null 2>&1 \
+ || { echo "expected TensorRT ${NGC_TENSORRT} in this image; found:" >&2; ls /usr/lib/*-linux-gnu/libnvinfer.so.* >&2; \
+      echo "fix NGC_TENSORRT in docker/.env" >&2; exit 1; }
+
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /opt/brainscan
+COPY pyproject.toml README.md ./
+COPY brainscan brainscan
+COPY train train
+COPY export export
+COPY client client
+# numpy<2 comes with the package: the python backend's stub needs numpy 1.x.
+RUN python3 -m pip install . && python3 -c "import cv2, numpy, PIL, brainscan.preprocessing"
+
+WORKDIR /models
+EXPOSE 8000 8001 8002
+# Check the engines against this image's TensorRT and this GPU first: a mismatch is
+# reported in one plain paragraph instead of a deserialization error per model.
+CMD ["sh", "-c", "brainscan doctor --repository /models && exec tritonserver --model-repository=/models"]

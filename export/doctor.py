@@ -1,0 +1,202 @@
+"""`brainscan doctor`: does each engine of a repository fit the server that will load it?
+
+A TensorRT plan only loads on the TensorRT version that built it and only runs on GPUs of
+the compute capability it was built for; a plan built from an older ONNX, or for another
+batch range than its config, serves wrong or not at all. Triton reports these as opaque
+deserialization errors. The doctor compares each engine's ``engine.json`` with the target
+(this machine, or what is given) and says plainly what to rebuild.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from brainscan.export.profiles import Profile, ProfileError, profile_from_config
+from brainscan.export.repository import VERSION, RepositoryError, flavour_of, validate_repository
+from brainscan.export.tensorrt import EXPORT_COMMAND, NETWORKS, PLAN, RECORD, read_record, sha256
+
+PIN_FILE = Path(__file__).resolve().parent.parent / "docker" / ".env"
+LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/local/tensorrt/lib")
+
+
+def read_pin(path: Path = PIN_FILE) -> dict[str, str]:
+    """KEY=value lines of docker/.env (the one place the NGC release is pinned); {} when
+    this is not a source checkout."""
+    if not Path(path).exists():
+        return {}
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+@dataclass
+class Target:
+    """What the engines must fit; ``None`` means unknown here (that check is skipped)."""
+
+    tensorrt_version: str | None = None
+    tensorrt_source: str = ""
+    compute_capability: str | None = None
+    gpu_source: str = ""
+
+
+def _tensorrt_from_library() -> tuple[str, str] | None:
+    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d] + list(LIBRARY_DIRS)
+    for directory in dirs:
+        for path in sorted(glob.glob(os.path.join(directory, "libnvinfer.so.*.*.*"))):
+            match = re.search(r"libnvinfer\.so\.(\d+\.\d+\.\d+)", path)
+            if match:
+                return match.group(1), path
+    return None
+
+
+def _gpu_from_nvidia_smi() -> tuple[str, str] | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap,name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+    first = out.strip().splitlines()[0] if out.strip() else ""
+    if "," not in first:
+        return None
+    cc, name = (part.strip() for part in first.split(",", 1))
+    return cc, f"nvidia-smi ({name})"
+
+
+def detect_target(tensorrt_version: str | None = None, compute_capability: str | None = None) -> Target:
+    """Given values win; then this machine (tensorrt module, libnvinfer, nvidia-smi); then
+    the TensorRT of the pinned NGC release in docker/.env."""
+    target = Target()
+    if tensorrt_version:
+        target.tensorrt_version, target.tensorrt_source = tensorrt_version, "given"
+    else:
+        try:
+            import tensorrt
+
+            target.tensorrt_version, target.tensorrt_source = str(tensorrt.__version__), "tensorrt module"
+        except ImportError:
+            found = _tensorrt_from_library()
+            if found:
+                target.tensorrt_version, target.tensorrt_source = found
+            else:
+                pin = read_pin()
+                if pin.get("NGC_TENSORRT"):
+                    target.tensorrt_version = pin["NGC_TENSORRT"]
+                    target.tensorrt_source = f"NGC {pin.get('NGC_RELEASE')} images (docker/.env)"
+    if compute_capability:
+        target.compute_capability, target.gpu_source = compute_capability, "given"
+    else:
+        found = _gpu_from_nvidia_smi()
+        if found:
+            target.compute_capability, target.gpu_source = found
+    return target
+
+
+def same_tensorrt(built: str, target: str) -> bool:
+    """Plans load only on the TensorRT release that built them: compare as many
+    major.minor.patch parts as both versions give (a pin of '10.7.0' matches 10.7.0.23)."""
+    a, b = built.split("."), target.split(".")
+    n = min(len(a), len(b), 3)
+    return a[:n] == b[:n]
+
+
+@dataclass
+class Finding:
+    model: str
+    check: str
+    status: str  # ok | MISMATCH | MISSING | not checked
+    detail: str
+
+    @property
+    def bad(self) -> bool:
+        return self.status in ("MISMATCH", "MISSING")
+
+
+def _engine_findings(repository: Path, network: str, config, target: Target) -> list[Finding]:
+    version_dir = repository / network / VERSION
+    found: list[Finding] = []
+
+    def add(check: str, ok: bool | None, detail: str) -> None:
+        found.append(Finding(network, check, "not checked" if ok is None else ("ok" if ok else "MISMATCH"), detail))
+
+    if not (version_dir / PLAN).exists():
+        found.append(Finding(network, "engine", "MISSING", f"{version_dir / PLAN} is missing: build it"))
+        return found
+    record = read_record(version_dir)
+    if record is None:
+        found.append(Finding(network, "engine record", "MISSING",
+                             f"{version_dir / RECORD} is missing, so how the plan was built is unknown: rebuild it"))
+        return found
+    built_trt = str(record.get("tensorrt_version", "?"))
+    if target.tensorrt_version:
+        add("TensorRT version", same_tensorrt(built_trt, target.tensorrt_version),
+            f"built with {built_trt}, target has {target.tensorrt_version} ({target.tensorrt_source})")
+    else:
+        add("TensorRT version", None, f"built with {built_trt}; no TensorRT found here and none given (--tensorrt-version)")
+    built_cc = str(record.get("compute_capability", "?"))
+    if target.compute_capability:
+        add("compute capability", built_cc == target.compute_capability,
+            f"built for {built_cc} ({record.get('gpu_name', '?')}), target is {target.compute_capability} ({target.gpu_source})")
+    else:
+        add("compute capability", None, f"built for {built_cc} ({record.get('gpu_name', '?')}); no GPU found here and none given (--compute-capability)")
+    try:
+        expected = profile_from_config(config)
+    except ProfileError as exc:
+        add("batch profile", False, str(exc))
+    else:
+        recorded = Profile.from_dict(record["profile"])
+        add("batch profile", recorded.min == expected.min and recorded.max == expected.max,
+            f"engine {recorded.min[0]}..{recorded.max[0]} x {list(recorded.max[1:])}, "
+            f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}")
+    onnx = Path(record.get("onnx_file", ""))
+    if onnx.is_file():
+        add("source ONNX", sha256(onnx) == record.get("onnx_sha256"),
+            f"{onnx} " + ("unchanged since the build" if sha256(onnx) == record.get("onnx_sha256") else "changed since the build"))
+    else:
+        add("source ONNX", None, f"{onnx} is not here to compare")
+    return found
+
+
+def diagnose(repository: Path, target: Target) -> list[Finding]:
+    repository = Path(repository)
+    try:
+        configs = validate_repository(repository)
+    except RepositoryError as exc:
+        return [Finding("repository", "layout", "MISMATCH", str(exc))]
+    flavour = flavour_of(configs)
+    if flavour != "tensorrt":
+        try:
+            validate_repository(repository, require_weights=True)
+            return [Finding("repository", "layout", "ok", f"{flavour} flavour, every model's files are present (no engines to check)")]
+        except RepositoryError as exc:
+            return [Finding("repository", "layout", "MISMATCH", str(exc))]
+    findings = [Finding("repository", "layout", "ok", "tensorrt flavour, configs parse and the ensemble is wired")]
+    for network in NETWORKS:
+        findings += _engine_findings(repository, network, configs[network], target)
+    return findings
+
+
+def advice(findings: list[Finding], repository: Path) -> str:
+    bad = sorted({f.model for f in findings if f.bad and f.model in NETWORKS})
+    if not bad:
+        return ""
+    return (f"build the {' and '.join(bad)} engine(s) again for this server: on the GPU host that runs it, "
+            f"`{EXPORT_COMMAND}` (builds with the same NGC release as the server), "
+            f"or `brainscan export tensorrt --repository {repository}` inside that container")
+
+
+def table(findings: list[Finding]) -> str:
+    rows = [("model", "check", "status", "detail")] + [(f.model, f.check, f.status, f.detail) for f in findings]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join([*(r[i].ljust(widths[i]) for i in range(3)), r[3]]) for r in rows)
+
