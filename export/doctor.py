@@ -24,13 +24,14 @@ PIN_FILE = Path(__file__).resolve().parent.parent / "docker" / ".env"
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/local/tensorrt/lib")
 
 
-def read_pin(path: Path = PIN_FILE) -> dict[str, str]:
+def read_pin(path: Path | None = None) -> dict[str, str]:
     """KEY=value lines of docker/.env (the one place the NGC release is pinned); {} when
     this is not a source checkout."""
-    if not Path(path).exists():
+    path = Path(path or PIN_FILE)
+    if not path.exists():
         return {}
     values = {}
-    for line in Path(path).read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)

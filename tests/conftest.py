@@ -55,6 +55,23 @@ def onnx_models(runs) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def validation(runs, onnx_models):
+    """Each tiny network's validation slices (and masks), as the FP16 gate takes them."""
+    from brainscan import contract
+    from brainscan.export.tensorrt import NetworkInputs
+    from brainscan.train import datasets
+    from brainscan.train.training import load_run, split_samples
+
+    out = {}
+    for name, run in runs.items():
+        config = load_run(run)
+        samples = split_samples(config)["val"]
+        truth = datasets.load_masks(samples, config.image_size) if name == contract.SEGMENTER else None
+        out[name] = NetworkInputs(onnx_models[name], datasets.load_images(samples, config.image_size), truth)
+    return out
+
+
+@pytest.fixture(scope="session")
 def local_repository(tmp_path_factory, onnx_models) -> Path:
     from brainscan.export.repository import write_repository
 

@@ -109,6 +109,20 @@ def test_serve_names_an_incomplete_repository(tmp_path):
     assert result.returncode == 1 and "model.onnx is missing" in result.stderr
 
 
+@pytest.mark.parametrize("flavour", ["tensorrt", "onnxruntime"])
+def test_serve_explains_that_gpu_flavours_run_in_the_triton_container(flavour, tmp_path):
+    repository = Path(__file__).resolve().parent.parent / "model_repository"  # the committed tensorrt flavour
+    if flavour == "onnxruntime":
+        from brainscan.export.repository import write_repository
+
+        repository = write_repository(tmp_path, "onnxruntime")
+    result = run("serve", "--repository", repository)
+    assert result.returncode == 1
+    assert f"is the {flavour} flavour" in result.stderr
+    assert "docker compose -f docker/compose.yaml up -d triton" in result.stderr
+    assert "--flavour local" in result.stderr
+
+
 def test_serve_says_when_a_port_is_taken(local_repository):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

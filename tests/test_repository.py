@@ -103,3 +103,49 @@ def test_a_broken_config_file_is_named(tmp_path):
 def test_unknown_flavour_is_refused():
     with pytest.raises(RepositoryError, match="unknown flavour"):
         RepositorySpec(flavour="tflite")
+
+
+def test_tensorrt_flavour_batches_dynamically_with_cuda_graphs_and_configurable_instances():
+    spec = RepositorySpec(flavour="tensorrt", instances={contract.SEGMENTER: 2, contract.PREPROCESS: 3})
+    configs = {name: to_model_config(c) for name, c in model_configs(spec).items()}
+    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+        config = configs[name]
+        assert config.platform == "tensorrt_plan"
+        assert config.optimization.cuda.graphs is True
+        assert 0 < config.dynamic_batching.max_queue_delay_microseconds <= 100  # short: a GPU batch takes < 1 ms
+        assert config.max_batch_size == contract.MAX_BATCH_SIZE
+    assert configs[contract.SEGMENTER].instance_group[0].count == 2
+    assert configs[contract.CLASSIFIER].instance_group[0].count == 1
+    assert configs[contract.PREPROCESS].instance_group[0].count == 3
+
+
+@pytest.mark.parametrize("device,kind", [("cpu", "KIND_CPU"), ("gpu", "KIND_GPU")])
+def test_onnxruntime_flavour_runs_on_cpu_or_on_gpu_with_tensorrt_fp16(device, kind):
+    spec = RepositorySpec(flavour="onnxruntime", device=device, max_batch_size=16)
+    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+        config = to_model_config(model_configs(spec)[name])
+        assert config.platform == "onnxruntime_onnx"
+        assert config.instance_group[0].kind == mc.ModelInstanceGroup.Kind.Value(kind)
+        accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+        if device == "cpu":
+            assert not accelerators and config.parameters["intra_op_thread_count"].string_value == "1"
+            continue
+        (trt,) = accelerators
+        assert trt.name == "tensorrt"
+        assert trt.parameters["precision_mode"] == "FP16"
+        assert trt.parameters["trt_engine_cache_enable"] == "1"
+        assert trt.parameters["trt_engine_cache_path"].endswith(f"/{name}")
+        dims = "x".join(str(d) for d in config.input[0].dims)
+        assert trt.parameters["trt_profile_min_shapes"] == f"{config.input[0].name}:1x{dims}"
+        assert trt.parameters["trt_profile_max_shapes"] == f"{config.input[0].name}:{config.max_batch_size}x{dims}"
+
+
+def test_flavour_options_that_do_not_apply_are_refused():
+    with pytest.raises(RepositoryError, match="--device applies to the onnxruntime flavour"):
+        RepositorySpec(flavour="local", device="gpu")
+    with pytest.raises(RepositoryError, match="unknown device"):
+        RepositorySpec(flavour="onnxruntime", device="tpu")
+    with pytest.raises(RepositoryError, match="unknown model"):
+        RepositorySpec(instances={"segmentor": 2})
+    with pytest.raises(RepositoryError, match="at least 1"):
+        RepositorySpec(instances={contract.CLASSIFIER: 0})

@@ -1,0 +1,118 @@
+"""`brainscan doctor`: engines checked against the target server's TensorRT and GPU, their
+config's batch range and their source ONNX; a plain answer on what to rebuild."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import trt_standin
+from brainscan import contract
+from brainscan.cli import app
+from brainscan.export import doctor
+from brainscan.export.repository import write_repository
+from brainscan.export.tensorrt import PLAN, RECORD, BuildSettings, build_repository_engines
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def built(tmp_path, onnx_models, validation) -> Path:
+    """A tensorrt repository whose engines were 'built' with TensorRT 10.7.0.23 for compute
+    capability 8.9 (by the stand-in, so the records are the real writer's)."""
+    repo = write_repository(tmp_path / "repo", "tensorrt", onnx_models["classifier"], onnx_models["segmenter"])
+    build_repository_engines(repo, validation, BuildSettings(), trt=trt_standin.module(),
+                             cuda=trt_standin.FakeCuda(), log=lambda _: None)
+    return repo
+
+
+def _doctor(repo: Path, *args: str):
+    return runner.invoke(app, ["doctor", "--repository", str(repo), *args])
+
+
+def test_matching_engines_pass(built):
+    result = _doctor(built, "--tensorrt-version", "10.7.0", "--compute-capability", "8.9")
+    assert result.exit_code == 0, result.output
+    assert "MISMATCH" not in result.output and "no mismatch found" in result.output
+    assert result.output.count(" ok ") >= 9  # layout + 4 checks per engine
+
+
+def test_another_tensorrt_version_is_a_mismatch_with_the_rebuild_command(built):
+    result = _doctor(built, "--tensorrt-version", "10.8.0.43", "--compute-capability", "8.9")
+    assert result.exit_code == 1
+    assert "built with 10.7.0.23, target has 10.8.0.43 (given)" in result.output
+    assert "build the classifier and segmenter engine(s) again" in result.output
+    assert "docker compose -f docker/compose.yaml run --rm export" in result.output
+
+
+def test_another_gpu_is_a_mismatch(built):
+    result = _doctor(built, "--tensorrt-version", "10.7.0", "--compute-capability", "9.0")
+    assert result.exit_code == 1
+    assert "built for 8.9 (Stand-in GPU), target is 9.0 (given)" in result.output
+
+
+def test_a_config_with_another_batch_range_is_a_mismatch(built, onnx_models):
+    write_repository(built, "tensorrt", onnx_models["classifier"], onnx_models["segmenter"], max_batch_size=16)
+    findings = doctor.diagnose(built, doctor.Target("10.7.0", "given", "8.9", "given"))
+    profile = [f for f in findings if f.check == "batch profile"]
+    assert [f.status for f in profile] == ["MISMATCH", "MISMATCH"]
+    assert "engine 1..8" in profile[0].detail and "config 1..16" in profile[0].detail
+
+
+def test_a_changed_onnx_is_a_mismatch(built, tmp_path):
+    record = json.loads((built / contract.SEGMENTER / "1" / RECORD).read_text())
+    copy = tmp_path / "segmenter.onnx"
+    shutil.copyfile(record["onnx_file"], copy)
+    record["onnx_file"] = str(copy)
+    (built / contract.SEGMENTER / "1" / RECORD).write_text(json.dumps(record))
+    copy.write_bytes(copy.read_bytes() + b"\0")  # the model changed after the build
+    findings = doctor.diagnose(built, doctor.Target())
+    (changed,) = [f for f in findings if f.check == "source ONNX" and f.model == contract.SEGMENTER]
+    assert changed.bad and "changed since the build" in changed.detail
+
+
+def test_missing_engines_and_records_are_named(built):
+    (built / contract.CLASSIFIER / "1" / PLAN).unlink()
+    (built / contract.SEGMENTER / "1" / RECORD).unlink()
+    result = _doctor(built)
+    assert result.exit_code == 1
+    assert "classifier/1/model.plan is missing: build it" in result.output
+    assert "segmenter/1/engine.json is missing" in result.output
+
+
+def test_without_a_target_the_hardware_checks_are_skipped_not_passed(built, monkeypatch):
+    monkeypatch.setattr(doctor, "PIN_FILE", built / "no-pin-here")
+    findings = doctor.diagnose(built, doctor.detect_target())
+    skipped = {(f.model, f.check) for f in findings if f.status == "not checked"}
+    assert not any(f.bad for f in findings)
+    if not shutil.which("nvidia-smi"):
+        assert (contract.CLASSIFIER, "compute capability") in skipped
+    if importlib.util.find_spec("tensorrt") is None and doctor._tensorrt_from_library() is None:
+        assert (contract.SEGMENTER, "TensorRT version") in skipped
+
+
+def test_the_pinned_release_is_the_fallback_target():
+    pin = doctor.read_pin()
+    target = doctor.detect_target()
+    if target.tensorrt_source in ("tensorrt module",) or target.tensorrt_source.startswith("/"):
+        pytest.skip(reason="TensorRT is installed here, so the pin is not the fallback")
+    assert target.tensorrt_version == pin["NGC_TENSORRT"]
+    assert target.tensorrt_source == f"NGC {pin['NGC_RELEASE']} images (docker/.env)"
+
+
+@pytest.mark.parametrize("built_version,target,same", [
+    ("10.7.0.23", "10.7.0", True), ("10.7.0.23", "10.7.0.23", True), ("10.7.0.23", "10.8.0", False),
+    ("10.7.0.23", "10.7.1", False), ("8.6.1", "10.7.0", False),
+])
+def test_tensorrt_versions_match_to_the_patch_release(built_version, target, same):
+    assert doctor.same_tensorrt(built_version, target) is same
+
+
+def test_a_local_repository_has_nothing_to_rebuild(local_repository):
+    result = _doctor(local_repository)
+    assert result.exit_code == 0
+    assert "local flavour, every model's files are present" in result.output
