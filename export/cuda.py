@@ -79,7 +79,9 @@ class CudaRuntime:
 
     def device_name(self, device: int = 0) -> str:
         buffer = ctypes.create_string_buffer(_PROP_BUFFER)
-        self.check(self.lib.cudaGetDeviceProperties(buffer, device), "cudaGetDeviceProperties")
+        # CUDA 12 headers map cudaGetDeviceProperties to the _v2 symbol; older runtimes lack it
+        call = getattr(self.lib, "cudaGetDeviceProperties_v2", None) or self.lib.cudaGetDeviceProperties
+        self.check(call(buffer, device), "cudaGetDeviceProperties")
         return buffer.raw[:256].split(b"\0", 1)[0].decode(errors="replace")
 
     # --- memory and streams
