@@ -175,3 +175,58 @@ def bench_input_data(
         fail(f"no image files found in {', '.join(map(str, inputs))}")
     write_input_data(files, out)
     typer.echo(f"wrote {out}: {len(files)} images")
+
+
+@bench_app.command("setup")
+def bench_setup() -> None:
+    """Make perf_analyzer runnable here: use one on PATH, else download the PyPI binary and,
+    on systems older than glibc 2.38, a Debian 13 C runtime beside it (nothing system-wide)."""
+    from brainscan.benchmarks import perf_analyzer
+
+    try:
+        command = perf_analyzer.find() or perf_analyzer.install()
+    except perf_analyzer.PerfAnalyzerError as exc:
+        fail(str(exc))
+    typer.echo("perf_analyzer: " + " ".join(command))
+
+
+def _span(text: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in text.split(":")]
+    if len(parts) == 2:
+        parts.append(1)
+    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] or parts[2] < 1:
+        raise typer.BadParameter(f"{text!r}: write START:END[:STEP], e.g. 1:8")
+    return tuple(parts)
+
+
+@bench_app.command("run")
+def bench_run(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive) to send.")],
+    url: Url = contract.DEFAULT_URL,
+    repository: Annotated[Path, typer.Option(help="The served repository (its ONNX networks run the in-process baseline).")] = contract.demo_repository(),
+    out: Annotated[Path, typer.Option(help="Results folder; a <date>-<host> folder is made inside.")] = Path("benchmarks/results"),
+    concurrency: Annotated[str, typer.Option(help="Ensemble concurrency sweep, START:END[:STEP].")] = "1:8",
+    model_concurrency: Annotated[str, typer.Option(help="Sweep of each composing model.")] = "1:4",
+    requests: Annotated[int, typer.Option(help="Requests per perf_analyzer measurement window (doubled when unstable).")] = 200,
+    limit: Annotated[int, typer.Option(help="Use at most this many image files.")] = 64,
+    composing: Annotated[bool, typer.Option(help="Also load-test each composing model on its own.")] = True,
+    keras_runs: Annotated[Path | None, typer.Option(help="Folder with classifier/ and segmenter/ model.keras for the Keras baseline (default: the demo's runs).")] = None,
+    baseline_seconds: Annotated[float, typer.Option(help="Seconds each in-process baseline setting runs.")] = 3.0,
+) -> None:
+    """Load-test a running server with perf_analyzer on real images (ensemble and each
+    composing model), collect Triton's per-model statistics, run the in-process baselines
+    on the same files, and write report.md, summary.json and plots."""
+    from brainscan.benchmarks.perf_analyzer import PerfAnalyzerError
+    from brainscan.benchmarks.run import BenchConfig, run
+    from brainscan.client.files import expand_inputs
+
+    files = [f for f in expand_inputs(inputs) if f.is_file()][:limit]
+    if not files:
+        fail(f"no image files found in {', '.join(map(str, inputs))}")
+    config = BenchConfig(url=url, repository=repository, files=files, out=out, concurrency=_span(concurrency),
+                         model_concurrency=_span(model_concurrency), request_count=requests, composing=composing,
+                         keras_runs=keras_runs or contract.artifacts_dir() / "runs", baseline_seconds=baseline_seconds)
+    try:
+        run(config, log=lambda line: typer.echo(line, err=True))
+    except (PerfAnalyzerError, FileNotFoundError) as exc:
+        fail(str(exc))

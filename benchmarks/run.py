@@ -1,0 +1,129 @@
+"""`brainscan bench run`: load-test a running server with perf_analyzer and compare it with
+in-process baselines measured in the same run, on the same files.
+
+Writes ``<out>/<date>-<host>/``: report.md (tables, ratios, targets), summary.json,
+throughput.png and latency.png, and raw/ (perf_analyzer CSVs, logs, input data).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from brainscan import contract
+from brainscan.benchmarks import baselines, perf_analyzer
+from brainscan.benchmarks.inputs import tensors, write_all
+from brainscan.benchmarks.report import write_report
+from brainscan.export.repository import VERSION, read_config
+
+STAT_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass
+class BenchConfig:
+    url: str
+    repository: Path  # the served repository (its ONNX networks are the in-process baseline's)
+    files: list[Path]
+    out: Path
+    concurrency: tuple[int, int, int] = (1, 8, 1)
+    model_concurrency: tuple[int, int, int] = (1, 4, 1)
+    request_count: int = 200
+    composing: bool = True
+    keras_runs: Path | None = None  # folder with classifier/ and segmenter/ model.keras
+    baseline_seconds: float = 3.0
+    notes: list[str] = field(default_factory=list)
+
+
+def server_statistics(url: str) -> dict[str, dict]:
+    """Triton's cumulative per-model statistics (counts and nanoseconds)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(as_json=True)
+    finally:
+        client.close()
+    out = {}
+    for model in stats.get("model_stats", []):
+        inference = model.get("inference_stats", {})
+        out[model["name"]] = {
+            "inferences": int(model.get("inference_count", 0)),
+            "executions": int(model.get("execution_count", 0)),
+            "success": int(inference.get("success", {}).get("count", 0)),
+            "fail": int(inference.get("fail", {}).get("count", 0)),
+            **{f"{name}_ns": int(inference.get(name, {}).get("ns", 0)) for name in STAT_FIELDS},
+        }
+    return out
+
+
+def statistics_delta(before: dict, after: dict) -> dict[str, dict]:
+    """Per model: requests, failures, average batch and µs per request in each stage."""
+    delta = {}
+    for name, now in after.items():
+        then = before.get(name, {})
+        d = {k: now[k] - then.get(k, 0) for k in now}
+        if d["success"] == 0 and d["fail"] == 0:
+            continue
+        requests = max(d["success"], 1)
+        delta[name] = {
+            "requests": d["success"], "failed": d["fail"],
+            "avg_batch": d["inferences"] / max(d["executions"], 1),
+            **{f"{k}_us": d[f"{k}_ns"] / requests / 1e3 for k in STAT_FIELDS},
+        }
+    return delta
+
+
+def _network_onnx(repository: Path, network: str) -> Path:
+    path = Path(repository) / network / VERSION / "model.onnx"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: benchmark a local or onnxruntime repository (it holds the ONNX)")
+    return path
+
+
+def run(config: BenchConfig, log=print) -> Path:
+    command = perf_analyzer.find() or perf_analyzer.install()
+    folder = Path(config.out) / f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}"
+    raw = folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    onnx = {n: _network_onnx(config.repository, n) for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+    sizes = {n: tuple(read_config(Path(config.repository) / n / "config.pbtxt").input[0].dims[:2]) for n in onnx}
+    pipeline = baselines.InProcessPipeline(onnx[contract.CLASSIFIER], onnx[contract.SEGMENTER], threads=1)
+    inputs = write_all(tensors(config.files, sizes[contract.CLASSIFIER], sizes[contract.SEGMENTER], pipeline.segmenter), raw)
+
+    served = {}
+    models = [contract.ENSEMBLE] + (list(contract.COMPOSING_MODELS) if config.composing else [])
+    for model in models:
+        span = config.concurrency if model == contract.ENSEMBLE else config.model_concurrency
+        log(f"perf_analyzer: {model}, concurrency {span[0]}..{span[1]}")
+        before = server_statistics(config.url)
+        result = perf_analyzer.sweep(command, model, config.url, inputs[model], span, raw / f"{model}.csv",
+                                     config.request_count)
+        stats = statistics_delta(before, server_statistics(config.url))
+        (raw / f"{model}.log").write_text(result.log)
+        served[model] = {"rows": result.rows, "retries": result.retries, "request_count": result.request_count,
+                         "server": stats}
+
+    log("in-process baselines: ONNX Runtime (batch x threads)")
+    in_process = baselines.onnxruntime_sweep(onnx[contract.CLASSIFIER], onnx[contract.SEGMENTER], config.files,
+                                             min_seconds=config.baseline_seconds)
+    keras = None
+    if config.keras_runs:
+        keras_files = [Path(config.keras_runs) / n / "model.keras" for n in onnx]
+        if all(p.exists() for p in keras_files):
+            log("baseline: Keras model.predict per image")
+            keras = baselines.keras_predict(*keras_files, config.files, min_seconds=config.baseline_seconds)
+        else:
+            config.notes.append(f"Keras baseline skipped: no model.keras under {config.keras_runs}")
+    flops = {n: baselines.onnx_flops(p) for n, p in onnx.items()}
+    summary = {
+        "url": config.url, "repository": str(config.repository), "files": len(config.files),
+        "host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "served": served, "in_process": [asdict(b) for b in in_process],
+        "keras": asdict(keras) if keras else None, "flops_per_image": flops, "notes": config.notes,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_report(folder, summary)
+    log(f"wrote {folder / 'report.md'}")
+    return folder
