@@ -11,7 +11,7 @@ SEED ?= 0
 PATIENTS ?= 120
 export BRAINSCAN_ARTIFACTS := $(ART)
 
-.PHONY: demo test venv data train export repository serve predict clean
+.PHONY: demo test venv data train export repository serve predict bench clean
 
 venv: $(VENV)/.installed
 
@@ -49,8 +49,8 @@ $(REPO)/.done: $(RUNS)/classifier/model.onnx $(RUNS)/segmenter/model.onnx
 serve: repository
 	$(BIN)/brainscan serve --repository $(REPO)
 
-# Starts a server, sends the held-out test patients through the ensemble, stops the server.
-predict: repository
+# Runs $(1) while a server on the demo repository is up; stops the server afterwards.
+define with_server
 	@set -e; \
 	$(BIN)/brainscan serve --repository $(REPO) --log-file $(ART)/tritonserver.log & server=$$!; \
 	trap 'kill $$server 2>/dev/null; wait $$server 2>/dev/null || true' EXIT; \
@@ -60,8 +60,16 @@ predict: repository
 		sleep 0.5; \
 	done; \
 	$(BIN)/brainscan health; \
-	$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) \
-		--evaluate --out $(ART)/predictions
+	$(1)
+endef
+
+# Sends the held-out test patients through the ensemble.
+predict: repository
+	$(call with_server,$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) --evaluate --out $(ART)/predictions)
+
+# perf_analyzer sweeps + in-process baselines -> benchmarks/results/<date>-<host>/report.md
+bench: repository
+	$(call with_server,$(BIN)/brainscan bench run $(DATA) --repository $(REPO))
 
 test: venv
 	$(BIN)/python -m pytest

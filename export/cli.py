@@ -52,7 +52,8 @@ def repository(
     ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per model instance.")] = 1,
     device: Annotated[str, typer.Option(help="onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache).")] = "cpu",
     instances: Annotated[list[str] | None, typer.Option(help="Instances of a model, MODEL=N (e.g. preprocess=2). Repeatable.")] = None,
-    queue_delay_us: Annotated[int | None, typer.Option(help="Dynamic-batching queue delay in µs (default: 100 tensorrt, 500 otherwise).")] = None,
+    queue_delay_us: Annotated[int | None, typer.Option(help="The networks' dynamic-batching queue delay in µs (default: 100 tensorrt, 500 otherwise).")] = None,
+    python_queue_delay_us: Annotated[int | None, typer.Option(help="preprocess/postprocess queue delay in µs.")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="Optimum batch of the TensorRT profile (onnxruntime on gpu).")] = None,
 ) -> None:
     """Write a Triton model repository whose `brainscan` ensemble runs preprocess ->
@@ -78,7 +79,8 @@ def repository(
     try:
         write_repository(out, flavour, classifier_onnx, segmenter_onnx, max_batch_size=max_batch_size,
                          ort_threads=ort_threads, device=device, instances=counts, queue_delay_us=queue_delay_us,
-                         opt_batch=opt_batch)
+                         opt_batch=opt_batch,
+                         **({} if python_queue_delay_us is None else {"python_queue_delay_us": python_queue_delay_us}))
         validate_repository(out)
     except RepositoryError as exc:
         fail(str(exc))

@@ -34,10 +34,16 @@ ONNX_RUNNER_SOURCE = "onnx_runner.py"
 WEIGHT_FILES = {"local": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 DEVICES = ("cpu", "gpu")
 # How long the dynamic batcher may hold a request to grow a batch: for the networks, per
-# flavour (GPU engines finish a batch in well under a millisecond, so theirs is short);
-# preprocess and postprocess are the same python models in every flavour.
-QUEUE_DELAY_US = {"local": 500, "onnxruntime": 500, "tensorrt": 100}
-PYTHON_QUEUE_DELAY_US = 500
+# flavour; preprocess and postprocess are the same python models in every flavour. With 0
+# the batcher still batches whatever queued while a model was busy, and an idle server
+# adds no wait: on 2 CPU cores, 500 µs on each of the four steps cost 1.5 ms of p50 at
+# concurrency 1 and no throughput (benchmarks/results/, tuning table).
+QUEUE_DELAY_US = {"local": 0, "onnxruntime": 500, "tensorrt": 100}
+PYTHON_QUEUE_DELAY_US = 0
+# Model instances per flavour unless given. The segmenter is the local flavour's bottleneck
+# (~4x the classifier's FLOPs); a second instance lets it run beside the other steps:
+# +16 % throughput on 2 cores. More ONNX Runtime threads per instance oversubscribe the cores.
+DEFAULT_INSTANCES = {"local": {contract.SEGMENTER: 2}, "onnxruntime": {}, "tensorrt": {}}
 # Where the onnxruntime flavour's TensorRT execution provider keeps its engines inside the
 # Triton container (docker/compose.yaml mounts a volume there, so restarts reuse them).
 ORT_TRT_CACHE = "/var/cache/brainscan/ort-trt"
@@ -84,7 +90,7 @@ class RepositorySpec:
             self.queue_delay_us = QUEUE_DELAY_US[self.flavour]
 
     def count(self, model: str) -> int:
-        return int(self.instances.get(model, 1))
+        return int(self.instances.get(model, DEFAULT_INSTANCES[self.flavour].get(model, 1)))
 
 
 def _tensors(specs: list[TensorSpec]) -> list[dict]:

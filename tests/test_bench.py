@@ -1,0 +1,47 @@
+"""A short benchmark against the real local server: perf_analyzer accepts the input data
+built from real images, the sweeps end with zero failed requests, and the CSVs, the
+summary and the Markdown report hold numbers. No timing thresholds."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from brainscan import contract
+from brainscan.benchmarks import perf_analyzer
+from brainscan.benchmarks.run import BenchConfig, run
+from conftest import phantom_slices
+
+
+@pytest.fixture(scope="module")
+def perf_command():
+    try:
+        return perf_analyzer.find() or perf_analyzer.install()
+    except perf_analyzer.PerfAnalyzerError as exc:
+        pytest.skip(reason=f"perf_analyzer could not be set up here: {exc}")
+
+
+@pytest.mark.server
+def test_a_short_benchmark_of_the_served_ensemble(server, local_repository, phantom_dir, runs, tmp_path, perf_command):
+    config = BenchConfig(url=server.grpc_url, repository=local_repository, files=phantom_slices(phantom_dir, 6),
+                         out=tmp_path, concurrency=(1, 2, 1), model_concurrency=(1, 1, 1), request_count=40,
+                         keras_runs=runs[contract.CLASSIFIER].parent, baseline_seconds=0.5)
+    folder = run(config, log=lambda _: None)
+    summary = json.loads((folder / "summary.json").read_text())
+    for model in (contract.ENSEMBLE, *contract.COMPOSING_MODELS):
+        served = summary["served"][model]
+        assert (folder / "raw" / f"{model}.csv").exists()
+        assert served["rows"] and all(r["Inferences/Second"] > 0 for r in served["rows"])
+        assert all(stats["failed"] == 0 for stats in served["server"].values()), served["server"]
+        assert served["server"][model]["requests"] > 0
+    ensemble = summary["served"][contract.ENSEMBLE]
+    assert [int(r["Concurrency"]) for r in ensemble["rows"]] == [1, 2]
+    assert set(ensemble["server"]) == {contract.ENSEMBLE, *contract.COMPOSING_MODELS}  # the ensemble reached every step
+    assert {(b["batch"], b["threads"]) for b in summary["in_process"]} == {(b, t) for b in (1, 4, 8) for t in (1, 2)}
+    assert summary["keras"]["images_per_s"] > 0
+    assert all(f > 0 for f in summary["flops_per_image"].values())
+    report = (folder / "report.md").read_text()
+    for heading in ("## The ensemble under load", "## Where the time goes", "## Baselines", "## Ratios and targets", "## FLOPs"):
+        assert heading in report
+    assert "| 1 | " in report and "served / in-process throughput" in report
+    assert (folder / "throughput.png").stat().st_size > 0 and (folder / "latency.png").stat().st_size > 0
