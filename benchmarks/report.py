@@ -134,7 +134,15 @@ def write_report(folder: Path, summary: dict) -> Path:
         "reach a small fraction of the tensor-core peak, and the python preprocess/postprocess (CPU decode and "
         "resize) will bound the ensemble well before the engines do; measure with the perf_analyzer commands "
         "of README, 'On a GPU host' (`-m classifier`, `-m segmenter` for the engines alone, `-m brainscan` for "
-        "the whole ensemble).", ""]
+        "the whole ensemble):", "",
+        "```bash",
+        "docker compose -f docker/compose.yaml run --rm sdk perf_analyzer -m brainscan -u triton:8001 -i grpc \\",
+        "    --input-data artifacts/perf/input.json --concurrency-range 1:64:8 \\",
+        "    --measurement-mode count_windows --measurement-request-count 2000 -f artifacts/perf/gpu.csv",
+        "# the engines alone: input data for classifier/segmenter from `brainscan bench run`'s raw/ folder",
+        "docker compose -f docker/compose.yaml run --rm sdk perf_analyzer -m segmenter -u triton:8001 -i grpc \\",
+        "    --input-data benchmarks/results/<run>/raw/input-segmenter.json -b 8 --concurrency-range 1:16:4",
+        "```", ""]
     if summary.get("notes"):
         parts += ["## Notes", "", *[f"- {n}" for n in summary["notes"]], ""]
     path = Path(folder) / "report.md"

@@ -45,3 +45,31 @@ def test_a_short_benchmark_of_the_served_ensemble(server, local_repository, phan
         assert heading in report
     assert "| 1 | " in report and "served / in-process throughput" in report
     assert (folder / "throughput.png").stat().st_size > 0 and (folder / "latency.png").stat().st_size > 0
+
+
+def test_an_unstable_measurement_is_retried_with_a_larger_window(tmp_path):
+    """perf_analyzer itself is replaced by a script that reports an unstable measurement
+    once, then succeeds: the sweep must run again with twice the request count."""
+    calls = tmp_path / "calls"
+    script = tmp_path / "fake_perf_analyzer"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {calls}
+if [ $(wc -l < {calls}) -eq 1 ]; then echo "Failed to obtain stable measurement within 10 measurement windows"; exit 1; fi
+while [ $# -gt 0 ]; do [ "$1" = "-f" ] && out=$2; shift; done
+printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
+""")
+    script.chmod(0o755)
+    result = perf_analyzer.sweep([str(script)], "brainscan", "127.0.0.1:1", tmp_path / "in.json", (1, 1, 1),
+                                 tmp_path / "out.csv", request_count=50)
+    first, second = calls.read_text().splitlines()
+    assert "--measurement-request-count 50" in first and "--measurement-request-count 100" in second
+    assert result.retries == 1 and result.request_count == 100
+    assert result.rows == [{"Concurrency": 1.0, "Inferences/Second": 10.0, "p50 latency": 1000.0}]
+
+
+def test_other_perf_analyzer_failures_are_reported_not_retried(tmp_path):
+    script = tmp_path / "fake_perf_analyzer"
+    script.write_text("#!/bin/sh\necho 'error: failed to get model metadata: unknown model'; exit 1\n")
+    script.chmod(0o755)
+    with pytest.raises(perf_analyzer.PerfAnalyzerError, match="unknown model"):
+        perf_analyzer.sweep([str(script)], "nope", "127.0.0.1:1", tmp_path / "in.json", (1, 1, 1), tmp_path / "o.csv")
