@@ -18,6 +18,7 @@ COPY brainscan brainscan
 COPY train train
 COPY export export
 COPY client client
+COPY benchmarks benchmarks
 RUN python3 -m pip install ".[export]"
 
 # The source checkout is mounted here: engines go into ./model_repository, the ONNX and

@@ -20,6 +20,7 @@ COPY brainscan brainscan
 COPY train train
 COPY export export
 COPY client client
+COPY benchmarks benchmarks
 # numpy<2 comes with the package: the python backend's stub needs numpy 1.x.
 RUN python3 -m pip install . && python3 -c "import cv2, numpy, PIL, brainscan.preprocessing"
 

@@ -116,3 +116,13 @@ def test_the_onnxruntime_engine_cache_has_a_volume():
 def test_build_context_leaves_out_environments_and_artifacts():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "artifacts", "data", ".git", "model_repository"} <= set(ignored)
+
+
+@pytest.mark.parametrize("dockerfile", ["triton.Dockerfile", "export.Dockerfile"])
+def test_images_copy_every_package_folder_pip_needs(dockerfile):
+    """`pip install .` in the image fails if a package-dir of pyproject.toml was not copied."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {path.split("/")[0] for path in tool["package-dir"].values()}
+    copied = {source for line in (DOCKER / dockerfile).read_text().splitlines() if line.startswith("COPY ")
+              for source in line.split()[1:-1]}
+    assert folders | {"pyproject.toml", "README.md"} <= copied, folders - copied
