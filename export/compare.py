@@ -51,10 +51,17 @@ class ComparisonReport:
                     "ok" if o.passed else "FAIL",
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+        return "\n".join([header, text_table(rows)])
+
+
+def text_table(rows: list[tuple[str, ...]], rule: bool = True) -> str:
+    """Rows of strings (the first is the header) as aligned columns, with a dashed rule
+    under the header unless ``rule`` is False."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if rule:
         lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join([header, *lines])
+    return "\n".join(lines)
 
 
 def compare_output(name: str, reference: np.ndarray, candidate: np.ndarray, atol: float, threshold: float) -> OutputComparison:

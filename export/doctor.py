@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainscan.export.compare import text_table
 from brainscan.export.profiles import Profile, ProfileError, profile_from_config
 from brainscan.export.repository import VERSION, RepositoryError, flavour_of, validate_repository
 from brainscan.export.tensorrt import EXPORT_COMMAND, NETWORKS, PLAN, RECORD, read_record, sha256
@@ -161,8 +162,8 @@ def _engine_findings(repository: Path, network: str, config, target: Target) -> 
             f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}")
     onnx = Path(record.get("onnx_file", ""))
     if onnx.is_file():
-        add("source ONNX", sha256(onnx) == record.get("onnx_sha256"),
-            f"{onnx} " + ("unchanged since the build" if sha256(onnx) == record.get("onnx_sha256") else "changed since the build"))
+        unchanged = sha256(onnx) == record.get("onnx_sha256")
+        add("source ONNX", unchanged, f"{onnx} " + ("unchanged since the build" if unchanged else "changed since the build"))
     else:
         add("source ONNX", None, f"{onnx} is not here to compare")
     return found
@@ -198,6 +199,5 @@ def advice(findings: list[Finding], repository: Path) -> str:
 
 def table(findings: list[Finding]) -> str:
     rows = [("model", "check", "status", "detail")] + [(f.model, f.check, f.status, f.detail) for f in findings]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  ".join([*(r[i].ljust(widths[i]) for i in range(3)), r[3]]) for r in rows)
+    return text_table(rows, rule=False)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainscan import contract
-from brainscan.export.compare import compare_output
+from brainscan.export.compare import compare_output, text_table
 from brainscan.metrics import dice, segmentation_metrics
 
 
@@ -67,11 +67,8 @@ class GateReport:
         for c in self.checks:
             value = f"{c.value:.4g}" if isinstance(c.value, float) else str(c.value)
             rows.append((c.name, value, c.limit or "(info)", "ok" if c.passed else "FAIL"))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
         verdict = "passed" if self.passed else "FAILED"
-        return "\n".join([f"FP16 gate, {self.network}, {self.samples} validation slices: {verdict}", *lines])
+        return f"FP16 gate, {self.network}, {self.samples} validation slices: {verdict}\n{text_table(rows)}"
 
 
 def _non_finite(array: np.ndarray) -> int:

@@ -17,7 +17,7 @@ import fnmatch
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -319,9 +319,10 @@ def build_repository_engines(
     trt = trt or import_tensorrt()
     cuda = cuda or CudaRuntime()
     gpu = gpu_description(cuda)
-    if settings.timing_cache is not None:
+    if settings.timing_cache is not None:  # timings hold only for one TensorRT version and GPU
         cache = Path(settings.timing_cache)
-        settings.timing_cache = cache.with_name(f"{cache.stem}-trt{trt.__version__}-sm{gpu['compute_capability']}{cache.suffix}")
+        settings = replace(settings, timing_cache=cache.with_name(
+            f"{cache.stem}-trt{trt.__version__}-sm{gpu['compute_capability']}{cache.suffix}"))
     log(f"TensorRT {trt.__version__} on {gpu['gpu_name']} (compute capability {gpu['compute_capability']})")
     profiles = {}
     for network, given in inputs.items():
