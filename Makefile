@@ -18,7 +18,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[train,serve,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[train,serve,ui,dev]"
 	touch $@
 
 # --- the demo: phantom data -> train -> ONNX -> Triton (local flavour) -> gRPC predictions

@@ -13,7 +13,7 @@ from brainscan import contract
 
 # TensorFlow prints C++ start-up chatter unless told otherwise; users can still override.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from brainscan.client.cli import bench_app, health, predict
+from brainscan.client.cli import bench_app, health, predict, ui
 from brainscan.console import fail
 from brainscan.export.cli import export_app
 from brainscan.train.cli import data_app, train_app
@@ -29,6 +29,7 @@ app.add_typer(export_app, name="export")
 app.add_typer(bench_app, name="bench")
 app.command("predict")(predict)
 app.command("health")(health)
+app.command("ui")(ui)
 
 
 @app.command("serve")
@@ -40,12 +41,18 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = contract.METRICS_PORT,
     log_file: Annotated[Path | None, typer.Option(help="Where tritonserver's log goes (default: a temp file).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the ensemble to become ready.")] = 180.0,
+    tls_certificate: Annotated[Path | None, typer.Option(help="Serve gRPC over TLS with this server certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The server certificate's private key (PEM).")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(help="Mutual TLS: accept only clients whose certificate this CA signed.")] = None,
 ) -> None:
     """Run Triton Inference Server (the binary shipped in nvidia-pytriton; no Docker, no GPU)
     on a model repository until Ctrl-C or SIGTERM."""
-    from brainscan.server import Ports, ServerError, TritonServer
+    from brainscan.server import GrpcTls, Ports, ServerError, TritonServer
 
-    server = TritonServer(repository, host, Ports(grpc_port, http_port, metrics_port), log_file)
+    if (tls_certificate is None) != (tls_key is None) or (tls_client_ca and not tls_certificate):
+        raise typer.BadParameter("gRPC TLS needs --tls-certificate and --tls-key (and --tls-client-ca only with them)")
+    tls = GrpcTls(tls_certificate, tls_key, tls_client_ca) if tls_certificate else None
+    server = TritonServer(repository, host, Ports(grpc_port, http_port, metrics_port), log_file, grpc_tls=tls)
     stop_requested = []
 
     def request_stop(signum, _frame):
@@ -58,7 +65,7 @@ def serve(
         typer.echo(f"tritonserver starting (log: {server.log_file})", err=True)
         server.wait_ready(timeout)
         typer.echo(
-            f"ready: gRPC {host}:{grpc_port}, HTTP {host}:{http_port}, metrics {host}:{metrics_port} "
+            f"ready: gRPC{'+TLS' if tls else ''} {host}:{grpc_port}, HTTP {host}:{http_port}, metrics {host}:{metrics_port} "
             f"- model '{contract.ENSEMBLE}' (Ctrl-C to stop)",
             err=True,
         )

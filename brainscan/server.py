@@ -105,6 +105,26 @@ def free_port(host: str = contract.DEFAULT_HOST) -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class GrpcTls:
+    """TLS for the gRPC endpoint: the server's certificate and key (PEM); with
+    ``client_ca``, clients must present a certificate signed by it (mutual TLS)."""
+
+    certificate: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def flags(self) -> list[str]:
+        for what, path in (("certificate", self.certificate), ("key", self.key), ("client CA", self.client_ca)):
+            if path is not None and not Path(path).is_file():
+                raise ServerError(f"TLS {what} file {path} does not exist")
+        flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(self.certificate).resolve()}",
+                 f"--grpc-server-key={Path(self.key).resolve()}"]
+        if self.client_ca is not None:
+            flags += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={Path(self.client_ca).resolve()}"]
+        return flags
+
+
 class TritonServer:
     """A tritonserver process serving ``repository``; a context manager that waits until the
     ensemble is ready and stops the server (and its python stubs) on exit."""
@@ -116,18 +136,27 @@ class TritonServer:
         ports: Ports = Ports(),
         log_file: Path | None = None,
         log_verbose: int = 0,
+        grpc_tls: GrpcTls | None = None,
     ):
         self.repository = Path(repository).resolve()
         self.host = host
         self.ports = ports
         self.log_file = Path(log_file) if log_file else None
         self.log_verbose = log_verbose
+        self.grpc_tls = grpc_tls
         self.process: subprocess.Popen | None = None
 
     @property
     def grpc_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"{host}:{self.ports.grpc}"
+        return f"{self._local_host}:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._local_host}:{self.ports.http}"
+
+    @property
+    def _local_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
     def command(self, backends: Path) -> list[str]:
         return [
@@ -142,6 +171,7 @@ class TritonServer:
             f"--metrics-port={self.ports.metrics}",
             f"--log-verbose={self.log_verbose}",
             "--exit-timeout-secs=10",
+            *(self.grpc_tls.flags() if self.grpc_tls else []),
         ]
 
     def start(self) -> None:
@@ -190,11 +220,12 @@ class TritonServer:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        """Block until the server and the ensemble are ready; raise with the log if not."""
-        import tritonclient.grpc as grpcclient
+        """Block until the server and the ensemble are ready; raise with the log if not.
+        (Asked over HTTP, which stays plain when gRPC uses TLS.)"""
+        import tritonclient.http as httpclient
 
         deadline = time.monotonic() + timeout
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        client = httpclient.InferenceServerClient(self.http_url)
         try:
             while time.monotonic() < deadline:
                 if self.process is None or self.process.poll() is not None:

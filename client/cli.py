@@ -1,4 +1,4 @@
-"""`brainscan predict` and `brainscan health`."""
+"""`brainscan predict`, `brainscan health` and `brainscan bench`."""
 from __future__ import annotations
 
 import json
@@ -6,54 +6,78 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from brainscan import contract
 from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, Url, fail
 
 NAME_WIDTH = 40
+FORMATS = ("table", "json", "csv")
+CSV_COLUMNS = (
+    "file", "kind", "probability", "label", "area_pixels", "area_fraction", "height", "width", "slices",
+    "tumour_volume_ml", "tumour_slices", "largest_cross_section_mm2", "largest_cross_section_slice",
+    "truth", "dice", "error", "status",
+)
+
+# The connection options, shared by predict, health and ui.
+Protocol = Annotated[str, typer.Option(help="grpc or http.", case_sensitive=False)]
+Ssl = Annotated[bool, typer.Option("--ssl", help="TLS (grpcs/https).")]
+RootCerts = Annotated[Path | None, typer.Option("--root-certificates", help="PEM of the CA that signed the server's certificate (default: the system's).")]
+PrivateKey = Annotated[Path | None, typer.Option("--private-key", help="Client key (PEM) for servers that verify clients.")]
+CertChain = Annotated[Path | None, typer.Option("--certificate-chain", help="Client certificate chain (PEM), with --private-key.")]
+Model = Annotated[str, typer.Option(help="Ensemble to call.")]
+ModelVersion = Annotated[str, typer.Option(help="Version of --model (default: the server's latest).")]
+Timeout = Annotated[float, typer.Option(help="Seconds to wait for each answer.")]
 
 
-def shorten(path: Path) -> str:
-    """The file column: the path, cut from the left with an ellipsis when too long."""
-    text = str(path)
-    return text if len(text) <= NAME_WIDTH else "…" + text[-(NAME_WIDTH - 1):]
+def connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version,
+               timeout, retries=0):
+    """The options as a Connection; a bad combination is a usage error (exit 2)."""
+    from brainscan.client.inference import Connection
 
-
-def _ground_truth(path: Path) -> np.ndarray | None:
-    """The kaggle_3m ground truth beside ``path`` as a boolean mask, if there is one."""
-    from brainscan.client.files import ground_truth_for
-    from brainscan.preprocessing import InvalidImageError, decode_image
-
-    truth_path = ground_truth_for(path)
-    if truth_path is None:
-        return None
     try:
-        truth = decode_image(truth_path.read_bytes())
-    except InvalidImageError as exc:
-        typer.echo(f"warning: ground truth {truth_path}: {exc}", err=True)
-        return None
-    return (truth.max(axis=2) if truth.ndim == 3 else truth) > 0
+        return Connection(url, protocol.lower(), ssl or bool(root_certificates or certificate_chain), root_certificates,
+                          private_key, certificate_chain, model, model_version, timeout, retries)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def shorten(text: str) -> str:
+    """The file column: the path, cut from the left with an ellipsis when too long."""
+    text = str(text)
+    return text if len(text) <= NAME_WIDTH else "…" + text[-(NAME_WIDTH - 1):]
 
 
 def _row(record: dict) -> str:
     line = (
-        f"{shorten(Path(record['file'])):<{NAME_WIDTH}} {record['probability']:>11.4f} {record['label']:<9} "
+        f"{shorten(record['file']):<{NAME_WIDTH}} {record['probability']:>11.4f} {record['label']:<9} "
         f"{record['area_pixels']:>8d} {100 * record['area_fraction']:>6.2f}%"
     )
     if "truth" in record:
         line += f" {record['truth']:<9} {record.get('dice', ''):>6}"
+    if "tumour_volume_ml" in record:
+        largest = record["largest_cross_section_slice"]
+        line += (
+            f"\n  └ volume: {record['tumour_volume_ml']:.2f} ml in {record['tumour_slices']} of {record['slices']} "
+            f"axial slices" + (f", largest cross-section {record['largest_cross_section_mm2']:.1f} mm² "
+                               f"(slice {largest})" if largest is not None else "")
+        )
     return line
 
 
-def _summary(records: list[dict], failures: int, elapsed: float, out: Path | None) -> str:
+def _summary(outcomes, elapsed: float, out: Path | None) -> str:
     from brainscan.metrics import classification_metrics
 
-    done = len(records)
-    text = f"{done} of {done + failures} images in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.1f} images/s)"
-    if failures:
-        text += f", {failures} failed"
+    records = [o.record for o in outcomes if o.ok]
+    failed = [o for o in outcomes if o.error]
+    skipped = sum(o.skipped for o in outcomes)
+    sent = sum(o.requests for o in outcomes)
+    text = (f"{len(records)} of {len(outcomes)} inputs in {elapsed:.1f} s "
+            f"({sent} image{'s' if sent != 1 else ''} sent, {sent / max(elapsed, 1e-9):.1f} images/s)")
+    if failed:
+        text += f", {len(failed)} failed"
+    if skipped:
+        text += f", {skipped} skipped (outputs exist)"
     labelled = [r for r in records if "truth" in r]
     if labelled:
         accuracy = classification_metrics(
@@ -64,84 +88,179 @@ def _summary(records: list[dict], failures: int, elapsed: float, out: Path | Non
         if dices:
             text += f", mean Dice {sum(dices) / len(dices):.3f} on {len(dices)} tumour images"
     if out is not None:
-        text += f"; masks and overlays in {out}"
+        text += f"; outputs in {out}"
     return text
 
 
-def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    url: Url = contract.DEFAULT_URL,
-    out: Annotated[Path | None, typer.Option(help="Folder for <name>.mask.png and <name>.overlay.png.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image instead of a table.")] = False,
-    evaluate: Annotated[bool, typer.Option(help="Compare with X_mask.* ground truth beside each X.* (kaggle_3m layout).")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 60.0,
-) -> None:
-    """Send each image to the `brainscan` ensemble over gRPC (one request per image) and
-    report probability, label and tumour area; optionally write masks and red overlays.
-    Exit code 1 when any file failed (the others still finish), 3 when no server answers."""
-    from brainscan.client import files as io
-    from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
-    from brainscan.metrics import dice
-    from brainscan.preprocessing import decode_image
+class _Reporter:
+    """Prints each outcome in the chosen format as it arrives (in input order)."""
 
-    inputs = io.expand_inputs(paths)
+    def __init__(self, fmt: str, evaluate: bool):
+        import csv
+        import sys
+
+        self.fmt, self.evaluate, self.started = fmt, evaluate, False
+        if fmt == "csv":
+            self.writer = csv.DictWriter(sys.stdout, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+
+    def _header(self) -> None:
+        self.started = True
+        if self.fmt == "table":
+            header = f"{'file':<{NAME_WIDTH}} {'probability':>11} {'label':<9} {'area px':>8} {'area %':>7}"
+            typer.echo(header + (f" {'truth':<9} {'dice':>6}" if self.evaluate else ""))
+        elif self.fmt == "csv":
+            self.writer.writeheader()
+
+    def __call__(self, outcome) -> None:
+        if outcome.skipped:
+            return
+        if not self.started:
+            self._header()
+        if self.fmt == "json":
+            typer.echo(json.dumps(outcome.record if outcome.ok else outcome.failure()))
+        elif self.fmt == "csv":
+            self.writer.writerow(outcome.record if outcome.ok else outcome.failure())
+        elif outcome.ok:
+            typer.echo(_row(outcome.record))
+        else:
+            typer.echo(f"{shorten(outcome.input.display)}  failed: {outcome.error}", err=True)
+
+
+def _retry_notice():
+    """Tells the user, at most every 2 s, that the server is being waited for."""
+    last = [0.0]
+
+    def notice(error: str, delay: float, attempt: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 2.0:
+            last[0] = now
+            typer.echo(f"server unavailable ({error.splitlines()[0][:120]}); retrying in {delay:.1f} s "
+                       f"(attempt {attempt + 1})", err=True)
+
+    return notice
+
+
+def write_failures(path: Path, conn, outcomes, rejected, aborted: bool) -> None:
+    from brainscan.atomic import write_bytes_atomic
+
+    failures = [o.failure() for o in outcomes if o.error]
+    failures += [{"file": str(p), "kind": "dicom", "error": reason, "status": "READ"} for p, reason in rejected]
+    report = {
+        "server": conn.address, "model": conn.target, "inputs": len(outcomes),
+        "done": sum(o.ok for o in outcomes), "skipped": sum(o.skipped for o in outcomes),
+        "failed": len(failures), "server_unreachable": aborted, "failures": failures,
+    }
+    write_bytes_atomic(path, (json.dumps(report, indent=1) + "\n").encode())
+
+
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files, NIfTI volumes (.nii, .nii.gz), DICOM files or folders (searched recursively; DICOM files are grouped into series).")],
+    url: Url = None,
+    protocol: Protocol = "grpc",
+    ssl: Ssl = False,
+    root_certificates: RootCerts = None,
+    private_key: PrivateKey = None,
+    certificate_chain: CertChain = None,
+    model: Model = contract.ENSEMBLE,
+    model_version: ModelVersion = "",
+    out: Annotated[Path | None, typer.Option(help="Folder for <name>.mask.png and <name>.overlay.png per image, <name>.mask.nii.gz and <name>.summary.json per volume, and failures.json.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json (one object per line) or csv, on stdout.", case_sensitive=False)] = "table",
+    as_json: Annotated[bool, typer.Option("--json", hidden=True, help="Same as --format json.")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight at once.")] = 4,
+    timeout: Timeout = 60.0,
+    retries: Annotated[int, typer.Option(min=0, help="Attempts after the first while the server is unreachable (back-off 0.5 s doubling to 8 s).")] = 8,
+    skip_existing: Annotated[bool, typer.Option(help="Resume: skip inputs whose outputs are already in --out.")] = False,
+    failures: Annotated[Path | None, typer.Option(help="JSON report of every failure (default: <out>/failures.json with --out).")] = None,
+    evaluate: Annotated[bool, typer.Option(help="Compare with X_mask.* ground truth beside each X.* (kaggle_3m layout).")] = False,
+    progress: Annotated[bool | None, typer.Option(help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
+) -> None:
+    """Send images and volumes to the `brainscan` ensemble (one request per image or axial
+    slice, --concurrency in flight) and report, in input order, probability, label and
+    tumour area; for volumes also tumour volume (ml), slices with tumour and the largest
+    cross-section. Writes masks, red overlays and NIfTI mask volumes with --out.
+    Exit codes: 0 all done, 1 some inputs failed (the others finished), 2 bad usage,
+    3 server unreachable (before the run, or for longer than the retries mid-run)."""
+    import asyncio
+    import sys
+
+    from brainscan.client.batch import RunOptions
+    from brainscan.client.files import collect_inputs
+    from brainscan.client.inference import ModelNotReadyError, ServerUnavailableError
+
+    fmt = "json" if as_json else fmt.lower()
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if skip_existing and out is None:
+        raise typer.BadParameter("--skip-existing needs --out (it looks for the outputs there)")
+    conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version,
+                      timeout, retries)
+    inputs, rejected = collect_inputs(paths)
+    for path, reason in rejected:
+        typer.echo(f"skipped {reason}", err=True)
     if not inputs:
-        fail("no image files found in the given paths")
-    records: list[dict] = []
-    failures = 0
+        fail("no images, NIfTI volumes or DICOM series found in the given paths")
+    failures = failures or (out / "failures.json" if out is not None else None)
+    reporter = _Reporter(fmt, evaluate)
+    show_progress = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
-    if not as_json:
-        header = f"{'file':<{NAME_WIDTH}} {'probability':>11} {'label':<9} {'area px':>8} {'area %':>7}"
-        typer.echo(header + (f" {'truth':<9} {'dice':>6}" if evaluate else ""))
-    with BrainscanClient(url, timeout=timeout) as client:
-        for path, name in zip(inputs, io.output_stems(inputs)):
-            try:
-                data = path.read_bytes()
-                prediction = client.infer(data)
-            except ServerUnavailableError as exc:
-                fail(f"{exc} (start one with `brainscan serve`)", EXIT_UNAVAILABLE)
-            except (OSError, InferenceError) as exc:
-                failures += 1
-                if as_json:
-                    typer.echo(json.dumps({"file": str(path), "error": str(exc)}))
-                else:
-                    typer.echo(f"{shorten(path)}  failed: {exc}", err=True)
-                continue
-            record = {
-                "file": str(path),
-                "probability": round(prediction.probability, 6),
-                "label": prediction.label,
-                "area_pixels": prediction.area_pixels,
-                "area_fraction": round(prediction.area_fraction, 6),
-                "height": int(prediction.mask.shape[0]),
-                "width": int(prediction.mask.shape[1]),
-            }
-            truth = _ground_truth(path) if evaluate else None
-            if truth is not None:
-                record["truth"] = "tumour" if truth.any() else "no tumour"
-                if truth.any():
-                    record["dice"] = round(dice(prediction.mask, truth), 4)
-            if out is not None:
-                io.save_png(out / f"{name}.mask.png", prediction.mask * 255)
-                io.save_png(out / f"{name}.overlay.png", io.overlay(decode_image(data), prediction.mask))
-            records.append(record)
-            typer.echo(json.dumps(record) if as_json else _row(record))
-    typer.echo(_summary(records, failures, time.perf_counter() - started, out), err=as_json)
-    if failures:
+    try:
+        outcomes = asyncio.run(_run_with_progress(inputs, conn, RunOptions(out, concurrency, skip_existing, evaluate),
+                                                  reporter, show_progress))
+    except ServerUnavailableError as exc:
+        fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
+    except ModelNotReadyError as exc:
+        fail(str(exc))
+    aborted = any(o.status == "UNAVAILABLE" for o in outcomes)
+    if failures is not None:
+        write_failures(failures, conn, outcomes, rejected, aborted)
+    typer.echo(_summary(outcomes, time.perf_counter() - started, out), err=fmt != "table")
+    if aborted:
+        fail(f"the server at {conn.address} stayed unreachable; rerun with --skip-existing to resume", EXIT_UNAVAILABLE)
+    if rejected or any(o.error for o in outcomes):
+        if failures is not None:
+            typer.echo(f"failures listed in {failures}", err=True)
         raise typer.Exit(EXIT_FAILED)
 
 
+async def _run_with_progress(inputs, conn, options, reporter, show: bool):
+    from brainscan.client.batch import run_inputs
+
+    if not show:
+        return await run_inputs(inputs, conn, options, reporter, _retry_notice())
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("predicting", total=len(inputs))
+
+        def report(outcome):
+            reporter(outcome)
+            bar.advance(task)
+
+        return await run_inputs(inputs, conn, options, report, _retry_notice())
+
+
 def health(
-    url: Url = contract.DEFAULT_URL,
+    url: Url = None,
+    protocol: Protocol = "grpc",
+    ssl: Ssl = False,
+    root_certificates: RootCerts = None,
+    private_key: PrivateKey = None,
+    certificate_chain: CertChain = None,
+    model: Model = contract.ENSEMBLE,
+    model_version: ModelVersion = "",
     wait: Annotated[float, typer.Option(help="Keep trying for this many seconds before giving up.")] = 0.0,
 ) -> None:
-    """Say whether the server and every model of the ensemble are ready (exit 0 if so)."""
+    """Say whether the server and every model of the ensemble are ready (exit 0 if so,
+    1 if something is not ready, 3 if no server answers)."""
     from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
 
+    conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version, 10.0)
     deadline = time.monotonic() + wait
     while True:
         try:
-            with BrainscanClient(url, timeout=10) as client:
+            with BrainscanClient(conn) as client:
                 state = client.health()
             if state["ready"] and all(state["models"].values()) or time.monotonic() >= deadline:
                 break
@@ -149,11 +268,37 @@ def health(
             if time.monotonic() >= deadline:
                 fail(str(exc), EXIT_UNAVAILABLE)
         time.sleep(0.5)
-    typer.echo(f"server {url}: live={state['live']} ready={state['ready']}")
+    typer.echo(f"server {conn.address}: live={state['live']} ready={state['ready']}")
     for name, ready in state["models"].items():
         typer.echo(f"  {name:<12} {'ready' if ready else 'NOT READY'}")
     if not (state["ready"] and all(state["models"].values())):
         raise typer.Exit(EXIT_FAILED)
+
+
+def ui(
+    url: Url = None,
+    protocol: Protocol = "grpc",
+    ssl: Ssl = False,
+    root_certificates: RootCerts = None,
+    private_key: PrivateKey = None,
+    certificate_chain: CertChain = None,
+    model: Model = contract.ENSEMBLE,
+    model_version: ModelVersion = "",
+    timeout: Timeout = 60.0,
+    host: Annotated[str, typer.Option(help="Address the page listens on; 0.0.0.0 exposes it to the network.")] = contract.DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
+) -> None:
+    """Web page (Gradio): upload an MRI slice, see label and probability, the slice with the
+    tumour in red, and the mask. Needs `pip install 'brainscan[ui]'` and a running server."""
+    conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version,
+                      timeout, retries=1)
+    try:
+        from brainscan.client import ui as page
+    except ImportError as exc:
+        fail(f"the web UI needs Gradio ({exc}): pip install 'brainscan[ui]'")
+    typer.echo(f"brainscan ui on http://{host}:{port} (server {conn.address}, model {conn.target}); Ctrl-C to stop",
+               err=True)
+    page.serve(conn, host, port)
 
 
 bench_app = typer.Typer(help="Load-test a server with perf_analyzer.", no_args_is_help=True)

@@ -3,6 +3,7 @@ written atomically (a crash never leaves half a file)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +28,88 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given; folders recursively (images only, ground-truth masks skipped)."""
-    found: list[Path] = []
+def _walk(paths: list[Path]):
+    """Every file under ``paths``: files as given, folders recursively in natural order."""
     for path in paths:
         if path.is_dir():
-            for child in sorted(path.rglob("*"), key=natural_key):
-                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
-                    image = image_path_for(child)
-                    is_truth = image is not None and image.exists()
-                    if not is_truth:
-                        found.append(child)
+            yield from (c for c in sorted(path.rglob("*"), key=natural_key) if c.is_file())
         else:
-            found.append(path)
+            yield path
+
+
+def _is_ground_truth(path: Path) -> bool:
+    image = image_path_for(path)
+    return image is not None and image.exists()
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Image files: files as given; folders recursively (ground-truth masks skipped)."""
+    found: list[Path] = []
+    for path in _walk(paths):
+        in_folder = path not in paths
+        if in_folder and (path.suffix.lower() not in IMAGE_SUFFIXES or _is_ground_truth(path)):
+            continue
+        found.append(path)
     return found
+
+
+@dataclass
+class Input:
+    """One thing to predict: an image file, a NIfTI volume or a DICOM series."""
+
+    kind: str  # "image", "nifti" or "dicom"
+    path: Path  # the file; for a DICOM series, its folder
+    stem: str  # the name its outputs are derived from (made safe by ``safe_stems``)
+    series: object | None = None  # volumes.DicomSeries
+
+    @property
+    def is_volume(self) -> bool:
+        return self.kind != "image"
+
+    @property
+    def display(self) -> str:
+        if self.kind != "dicom":
+            return str(self.path)
+        s = self.series
+        label = " ".join(x for x in (f"series {s.number}" if s.number else "", s.description) if x)
+        return f"{self.path} [{label or s.uid}]"
+
+
+def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[tuple[Path, str]]]:
+    """Images, NIfTI volumes and DICOM series (grouped by SeriesInstanceUID) under
+    ``paths``, in the order they are found; returns the inputs and the files refused with
+    the reason (a DICOM file that is not an image slice, for one)."""
+    from brainscan.client.volumes import group_series, is_dicom, is_nifti, nifti_stem
+
+    order: list[tuple[str, object]] = []
+    dicom_files: list[Path] = []
+    for path in _walk(paths):
+        given = path in paths
+        if is_nifti(path):
+            order.append(("nifti", path))
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            if given or not _is_ground_truth(path):
+                order.append(("image", path))
+        elif is_dicom(path):
+            if not dicom_files:
+                order.append(("dicom", None))  # the series take the place of the first DICOM file
+            dicom_files.append(path)
+        elif given:
+            order.append(("image", path))  # the server names what is wrong with it
+    series, rejected = group_series(dicom_files) if dicom_files else ([], [])
+    inputs: list[Input] = []
+    images = [p for kind, p in order if kind == "image"]
+    image_stems = dict(zip(images, output_stems(images)))
+    for kind, path in order:
+        if kind == "image":
+            inputs.append(Input("image", path, image_stems[path]))
+        elif kind == "nifti":
+            inputs.append(Input("nifti", path, nifti_stem(path)))
+        else:
+            for s in series:
+                stem = "_".join(x for x in (s.folder.name, s.number, s.description) if x)
+                inputs.append(Input("dicom", s.folder, stem, s))
+    return inputs, rejected
 
 
 def output_stems(files: list[Path]) -> list[str]:
@@ -49,6 +118,38 @@ def output_stems(files: list[Path]) -> list[str]:
     if len(set(stems)) == len(stems):
         return stems
     return [f"{f.parent.name}__{f.stem}" for f in files]
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+MAX_STEM = 120
+
+
+def safe_stem(text: str) -> str:
+    """A file-name stem that cannot leave its folder: no separators, no leading dots, no
+    control characters, bounded length, never empty."""
+    stem = _UNSAFE.sub("_", text).strip("._ ") or "unnamed"
+    return stem[:MAX_STEM]
+
+
+def safe_stems(stems: list[str]) -> list[str]:
+    """``safe_stem`` of each, made distinct with -2, -3, ... in input order (deterministic,
+    so a resumed run finds the same names)."""
+    seen: dict[str, int] = {}
+    out = []
+    for stem in map(safe_stem, stems):
+        key = stem.lower()
+        seen[key] = seen.get(key, 0) + 1
+        out.append(stem if seen[key] == 1 else f"{stem}-{seen[key]}")
+    return out
+
+
+def inside(folder: Path, name: str) -> Path:
+    """``folder / name``, refusing any result outside ``folder`` (defence in depth)."""
+    root = folder.resolve()
+    target = (root / name).resolve()
+    if target.parent != root:
+        raise ValueError(f"output name {name!r} would leave {folder}")
+    return folder / name
 
 
 def display_rgb(image: np.ndarray) -> np.ndarray:

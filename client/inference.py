@@ -1,15 +1,28 @@
-"""gRPC client of the ``brainscan`` ensemble: one request per image."""
+"""Client library of the ``brainscan`` ensemble: one request per image, over gRPC or HTTP,
+with TLS, a per-request timeout and retries with back-off while the server is unreachable.
+
+``AsyncBrainscanClient`` is the implementation (``tritonclient``'s asyncio clients, so many
+requests can be in flight from one thread); ``BrainscanClient`` runs it on a private event
+loop for callers that are not asynchronous (``brainscan health``, the web UI).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from brainscan import contract
 
+PROTOCOLS = ("grpc", "http")
+BACKOFF_CAP = 8.0  # seconds: the longest wait between two attempts
+
 
 class ServerUnavailableError(ConnectionError):
-    """No Triton server answers at the URL."""
+    """No Triton server answers at the URL (after the retries, if any)."""
 
 
 class InferenceError(RuntimeError):
@@ -18,6 +31,60 @@ class InferenceError(RuntimeError):
     def __init__(self, message: str, status: str | None = None):
         super().__init__(message)
         self.status = status
+
+
+class ModelNotReadyError(InferenceError):
+    """The server answers but does not serve the requested model (or version)."""
+
+
+class _Retryable(Exception):
+    """A failure that a restarting or briefly unreachable server explains."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the ensemble is and how to reach it; every option of ``brainscan predict``'s
+    connection group, in one value."""
+
+    url: str | None = None  # host:port; None = the protocol's default port on loopback
+    protocol: str = "grpc"
+    ssl: bool = False
+    root_certificates: Path | None = None  # PEM of the CA that signed the server's certificate
+    private_key: Path | None = None  # client key, for servers that verify clients (mutual TLS)
+    certificate_chain: Path | None = None  # client certificate chain (mutual TLS)
+    model: str = contract.ENSEMBLE
+    model_version: str = ""  # "" = the server's policy (latest)
+    timeout: float = 60.0  # seconds per attempt
+    retries: int = 8  # further attempts while the server is unreachable
+    backoff: float = 0.5  # first wait in seconds; doubles per attempt up to BACKOFF_CAP
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        if self.url is None:
+            port = contract.GRPC_PORT if self.protocol == "grpc" else contract.HTTP_PORT
+            object.__setattr__(self, "url", f"{contract.DEFAULT_HOST}:{port}")
+        if "://" in self.url:
+            raise ValueError(f"--url {self.url}: write host:port, without a scheme (use --ssl for TLS)")
+        for name in ("root_certificates", "private_key", "certificate_chain"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name.replace('_', ' ')} file {path} does not exist")
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise ValueError("mutual TLS needs both the client key and the client certificate chain")
+
+    @property
+    def target(self) -> str:
+        """The model as the user named it: ``name`` or ``name`` version ``v``."""
+        return self.model + (f" version {self.model_version}" if self.model_version else "")
+
+    @property
+    def address(self) -> str:
+        scheme = {"grpc": "grpcs" if self.ssl else "grpc", "http": "https" if self.ssl else "http"}[self.protocol]
+        return f"{scheme}://{self.url}"
+
+    def with_(self, **changes) -> "Connection":
+        return replace(self, **changes)
 
 
 @dataclass
@@ -44,71 +111,190 @@ class Prediction:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
-def image_input(data: bytes):
-    """The ``IMAGE`` input tensor ([1, 1] BYTES) for one encoded file."""
-    import tritonclient.grpc as grpcclient
+def _module(protocol: str, aio: bool = True):
+    if protocol == "grpc":
+        import tritonclient.grpc as sync_module
+        import tritonclient.grpc.aio as aio_module
+    else:
+        import tritonclient.http as sync_module
+        import tritonclient.http.aio as aio_module
+    return aio_module if aio else sync_module
 
-    tensor = grpcclient.InferInput(contract.IMAGE, [1, 1], "BYTES")
+
+def image_input(data: bytes, protocol: str = "grpc"):
+    """The ``IMAGE`` input tensor ([1, 1] BYTES) for one encoded file."""
+    tensor = _module(protocol, aio=False).InferInput(contract.IMAGE, [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
     return tensor
 
 
-def _unavailable(exc) -> bool:
+# Messages of a server that is stopping, starting, or not there (gRPC and HTTP alike).
+_TRANSIENT = (
+    "failed to connect", "connection refused", "connect call failed", "cannot connect", "socket closed",
+    "connection reset", "server disconnected", "broken pipe", "unknown model", "not ready",
+    "no available versions", "is not found", "server is shutting down", "end of tcp stream",
+)
+
+
+def _is_transient(exc: Exception) -> bool:
     status = str(getattr(exc, "status", lambda: "")() or "")
-    return "UNAVAILABLE" in status or "failed to connect" in str(exc).lower()
+    if "UNAVAILABLE" in status:
+        return True
+    text = str(exc).lower()
+    return any(fragment in text for fragment in _TRANSIENT)
+
+
+class AsyncBrainscanClient:
+    """Talks to the ``brainscan`` ensemble (or ``connection.model``) of a Triton server.
+
+    ``infer`` raises ``InferenceError`` for a request the server refused (a bad image) or
+    that timed out, and ``ServerUnavailableError`` when the server stayed unreachable
+    through every retry. ``on_retry(error, delay, attempt)`` is told about each wait.
+    """
+
+    def __init__(self, connection: Connection = Connection(), on_retry: Callable[[str, float, int], None] | None = None):
+        self.connection = connection
+        self.on_retry = on_retry
+        module = _module(connection.protocol)
+        if connection.protocol == "grpc":
+            # Large images: lift gRPC's 4 MB message limit.
+            limit = 2**31 - 1
+            read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+            self._client = module.InferenceServerClient(
+                connection.url, ssl=connection.ssl, root_certificates=read(connection.root_certificates),
+                private_key=read(connection.private_key), certificate_chain=read(connection.certificate_chain),
+                channel_args=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)],
+            )
+        else:
+            self._client = module.InferenceServerClient(
+                connection.url, ssl=connection.ssl, ssl_context=self._ssl_context() if connection.ssl else None,
+                conn_timeout=connection.timeout,
+            )
+        sync = _module(connection.protocol, aio=False)
+        self._outputs = [sync.InferRequestedOutput(contract.TUMOR_PROBABILITY), sync.InferRequestedOutput(contract.MASK)]
+
+    def _ssl_context(self):
+        import ssl
+
+        c = self.connection
+        context = ssl.create_default_context(cafile=str(c.root_certificates) if c.root_certificates else None)
+        if c.certificate_chain:
+            context.load_cert_chain(str(c.certificate_chain), str(c.private_key))
+        return context
+
+    async def _call(self, coroutine):
+        """One attempt: a server-side refusal -> InferenceError, an unreachable or
+        restarting server -> _Retryable, no answer in time -> InferenceError."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return await asyncio.wait_for(coroutine, self.connection.timeout)
+        except asyncio.TimeoutError:
+            raise InferenceError(f"no answer within {self.connection.timeout:g} s (--timeout)", "TIMEOUT") from None
+        except InferenceServerException as exc:
+            if _is_transient(exc):
+                raise _Retryable(exc.message() or str(exc)) from None
+            raise InferenceError(exc.message() or str(exc), exc.status()) from None
+        except (OSError, asyncio.IncompleteReadError) as exc:  # aiohttp's connection errors are OSErrors
+            raise _Retryable(str(exc) or type(exc).__name__) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("aiohttp"):
+                raise _Retryable(str(exc) or type(exc).__name__) from None
+            raise
+
+    async def _with_retries(self, make_coroutine, retries: int):
+        for attempt in range(retries + 1):
+            try:
+                return await self._call(make_coroutine())
+            except _Retryable as exc:
+                if attempt == retries:
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    raise ServerUnavailableError(
+                        f"no Triton server reachable at {self.connection.address}{tries} ({exc})"
+                    ) from None
+                delay = min(self.connection.backoff * 2**attempt, BACKOFF_CAP) * random.uniform(0.75, 1.0)
+                if self.on_retry:
+                    self.on_retry(str(exc), delay, attempt + 1)
+                await asyncio.sleep(delay)
+
+    async def infer(self, data: bytes) -> Prediction:
+        """Send one encoded image (PNG, JPEG, TIFF; 8 or 16 bit) and return the answer."""
+        c = self.connection
+        result = await self._with_retries(
+            lambda: self._client.infer(
+                c.model, [image_input(data, c.protocol)], model_version=c.model_version, outputs=self._outputs
+            ),
+            c.retries,
+        )
+        probability = result.as_numpy(contract.TUMOR_PROBABILITY)
+        mask = result.as_numpy(contract.MASK)
+        if probability is None or mask is None:
+            raise InferenceError(
+                f"{c.target} did not return {contract.TUMOR_PROBABILITY} and {contract.MASK}: is it a brainscan ensemble?"
+            )
+        return Prediction(float(probability.reshape(-1)[0]), mask[0])
+
+    async def health(self, retries: int = 0) -> dict:
+        """Liveness and readiness of the server, of the target model and of the composing
+        models of the ensemble (only when the target is the ``brainscan`` ensemble)."""
+        c = self.connection
+
+        async def state():
+            live = await self._client.is_server_live()
+            ready = await self._client.is_server_ready()
+            models = {c.target: await self._client.is_model_ready(c.model, c.model_version)}
+            if c.model == contract.ENSEMBLE:
+                for name in contract.COMPOSING_MODELS:
+                    models[name] = await self._client.is_model_ready(name)
+            return {"url": c.address, "live": live, "ready": ready, "models": models}
+
+        return await self._with_retries(state, retries)
+
+    async def check_ready(self) -> None:
+        """Before a run: ServerUnavailableError if nothing answers, ModelNotReadyError if
+        the server does not serve the target model."""
+        state = await self.health()
+        if not state["models"][self.connection.target]:
+            raise ModelNotReadyError(
+                f"the server at {self.connection.address} does not serve model {self.connection.target!r} "
+                "(not loaded, or no such version): `brainscan health` lists what is ready"
+            )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "AsyncBrainscanClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
 
 
 class BrainscanClient:
-    """Talks to the ``brainscan`` ensemble of a Triton server over gRPC."""
+    """The same client for synchronous callers: each call runs on a private event loop."""
 
-    def __init__(self, url: str = contract.DEFAULT_URL, model: str = contract.ENSEMBLE, timeout: float = 60.0):
-        import tritonclient.grpc as grpcclient
+    def __init__(self, connection: Connection = Connection(), on_retry=None):
+        self._loop = asyncio.new_event_loop()
+        self._client = self._loop.run_until_complete(self._make(connection, on_retry))
+        self.connection = connection
 
-        self.url = url
-        self.model = model
-        self.timeout = timeout
-        # Large images: lift gRPC's 4 MB message limit to the contract's pixel limit.
-        limit = 2**31 - 1
-        self._client = grpcclient.InferenceServerClient(
-            url, channel_args=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
-        )
-        self._outputs = [grpcclient.InferRequestedOutput(contract.TUMOR_PROBABILITY), grpcclient.InferRequestedOutput(contract.MASK)]
+    @staticmethod
+    async def _make(connection, on_retry):
+        return AsyncBrainscanClient(connection, on_retry)
 
     def infer(self, data: bytes) -> Prediction:
-        """Send one encoded image; raise ServerUnavailableError or InferenceError."""
-        from tritonclient.utils import InferenceServerException
+        return self._loop.run_until_complete(self._client.infer(data))
 
-        try:
-            result = self._client.infer(
-                self.model, [image_input(data)], outputs=self._outputs, client_timeout=self.timeout
-            )
-        except InferenceServerException as exc:
-            if _unavailable(exc):
-                raise ServerUnavailableError(f"no Triton server reachable at {self.url}") from None
-            raise InferenceError(exc.message() or str(exc), exc.status()) from None
-        probability = result.as_numpy(contract.TUMOR_PROBABILITY)
-        mask = result.as_numpy(contract.MASK)
-        return Prediction(float(probability.reshape(-1)[0]), mask[0])
+    def health(self, retries: int = 0) -> dict:
+        return self._loop.run_until_complete(self._client.health(retries))
 
-    def health(self) -> dict:
-        """Liveness and readiness of the server and of every model of the ensemble."""
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            live = self._client.is_server_live(client_timeout=self.timeout)
-            ready = self._client.is_server_ready(client_timeout=self.timeout)
-            models = {
-                name: self._client.is_model_ready(name, client_timeout=self.timeout)
-                for name in (self.model, *contract.COMPOSING_MODELS)
-            }
-        except InferenceServerException as exc:
-            if _unavailable(exc):
-                raise ServerUnavailableError(f"no Triton server reachable at {self.url}") from None
-            raise InferenceError(exc.message() or str(exc), exc.status()) from None
-        return {"url": self.url, "live": live, "ready": ready, "models": models}
+    def check_ready(self) -> None:
+        self._loop.run_until_complete(self._client.check_ready())
 
     def close(self) -> None:
-        self._client.close()
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._client.close())
+            self._loop.close()
 
     def __enter__(self) -> "BrainscanClient":
         return self

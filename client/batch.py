@@ -1,0 +1,252 @@
+"""A prediction run over many inputs: requests in flight concurrently, answers reported in
+input order, outputs written atomically, resumable, and a server that goes away mid-run
+is waited for (with back-off) instead of losing the run.
+
+Inputs are prepared lazily (a volume is read and sliced only when its turn comes) and at
+most ``window`` inputs are held between preparation and reporting, so memory stays flat
+on runs of thousands of slices.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from brainscan.client.files import Input, inside, safe_stems
+from brainscan.client.inference import (
+    AsyncBrainscanClient,
+    Connection,
+    InferenceError,
+    Prediction,
+    ServerUnavailableError,
+)
+
+
+NOT_SENT = "not sent: the server stayed unreachable"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path | None = None
+    concurrency: int = 4
+    skip_existing: bool = False
+    evaluate: bool = False
+
+
+@dataclass
+class Outcome:
+    """What became of one input: a record (success), an error, or skipped."""
+
+    input: Input
+    name: str
+    record: dict | None = None
+    error: str | None = None
+    status: str | None = None  # Triton's status code, TIMEOUT, UNAVAILABLE, READ, …
+    skipped: bool = False
+    requests: int = 0  # images sent for it (slices of a volume)
+
+    @property
+    def ok(self) -> bool:
+        return self.record is not None
+
+    def failure(self) -> dict:
+        return {"file": self.input.display, "kind": self.input.kind, "error": self.error, "status": self.status}
+
+
+def output_names(item: Input, name: str) -> list[str]:
+    if item.is_volume:
+        return [f"{name}.mask.nii.gz", f"{name}.summary.json"]
+    return [f"{name}.mask.png", f"{name}.overlay.png"]
+
+
+@dataclass
+class _Job:
+    index: int
+    input: Input
+    name: str
+    payloads: list[bytes] = field(default_factory=list)
+    context: object = None  # the raw image bytes, or the Volume
+    results: list[Prediction | None] = field(default_factory=list)
+    errors: list[tuple[int, InferenceError]] = field(default_factory=list)
+    remaining: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: Outcome | None = None
+
+    def finish_one(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.done.set()
+
+
+def _prepare(job: _Job) -> None:
+    """Read the input into the requests it needs (runs in a worker thread)."""
+    from brainscan.client.volumes import read_dicom_series, read_nifti
+
+    item = job.input
+    if item.kind == "image":
+        data = item.path.read_bytes()
+        job.context, job.payloads = data, [data]
+    else:
+        volume = read_nifti(item.path) if item.kind == "nifti" else read_dicom_series(item.series)
+        job.context, job.payloads = volume, volume.axial_png_slices()
+
+
+def _ground_truth(path: Path):
+    """The kaggle_3m ground truth beside ``path`` as a boolean mask, if there is one."""
+    from brainscan.client.files import ground_truth_for
+    from brainscan.preprocessing import InvalidImageError, decode_image
+
+    truth_path = ground_truth_for(path)
+    if truth_path is None:
+        return None
+    try:
+        truth = decode_image(truth_path.read_bytes())
+    except InvalidImageError:
+        return None
+    return (truth.max(axis=2) if truth.ndim == 3 else truth) > 0
+
+
+def _finish(job: _Job, options: RunOptions) -> Outcome:
+    """Turn the answers into a record and write the outputs (runs in a worker thread)."""
+    from brainscan.client import files as io
+    from brainscan.metrics import dice
+    from brainscan.preprocessing import decode_image
+
+    item, outcome = job.input, Outcome(job.input, job.name, requests=len(job.payloads))
+    if job.errors:
+        k, exc = job.errors[0]
+        where = f"slice {k} of {len(job.payloads)}: " if item.is_volume else ""
+        outcome.error, outcome.status = where + str(exc), exc.status
+        return outcome
+    if any(r is None for r in job.results):
+        outcome.error, outcome.status = NOT_SENT, "UNAVAILABLE"
+        return outcome
+    out = options.out
+    paths = [inside(out, n) for n in output_names(item, job.name)] if out is not None else []
+    if item.kind == "image":
+        prediction = job.results[0]
+        record = {
+            "file": str(item.path), "kind": "image",
+            "probability": round(prediction.probability, 6), "label": prediction.label,
+            "area_pixels": prediction.area_pixels, "area_fraction": round(prediction.area_fraction, 6),
+            "height": int(prediction.mask.shape[0]), "width": int(prediction.mask.shape[1]),
+        }
+        truth = _ground_truth(item.path) if options.evaluate else None
+        if truth is not None:
+            record["truth"] = "tumour" if truth.any() else "no tumour"
+            if truth.any():
+                record["dice"] = round(dice(prediction.mask, truth), 4)
+        if out is not None:
+            io.save_png(paths[0], prediction.mask * 255)
+            io.save_png(paths[1], io.overlay(decode_image(job.context), prediction.mask))
+    else:
+        volume = job.context
+        mask = volume.mask_volume([r.mask for r in job.results])
+        probability = max(r.probability for r in job.results)
+        summary = volume.summary(mask).as_dict()
+        record = {
+            "file": item.display, "kind": item.kind,
+            "probability": round(probability, 6),
+            "label": "tumour" if any(r.tumour for r in job.results) else "no tumour",
+            "area_pixels": int(mask.sum()), "area_fraction": round(float(mask.mean()), 6),
+            **summary,
+            "slice_probabilities": [round(r.probability, 4) for r in job.results],
+        }
+        if volume.notes:
+            record["notes"] = volume.notes
+        if out is not None:
+            from brainscan.atomic import write_bytes_atomic
+
+            volume.write_mask(paths[0], mask)
+            write_bytes_atomic(paths[1], (json.dumps(record, indent=1) + "\n").encode())
+    if out is not None:
+        record["outputs"] = [str(p) for p in paths]
+    outcome.record = record
+    return outcome
+
+
+async def run_inputs(
+    inputs: list[Input],
+    connection: Connection,
+    options: RunOptions,
+    report: Callable[[Outcome], None],
+    on_retry: Callable[[str, float, int], None] | None = None,
+) -> list[Outcome]:
+    """Predict every input; ``report`` is called once per input, in input order.
+
+    Raises ServerUnavailableError / ModelNotReadyError before anything is sent when the
+    server is not there. When the server goes away mid-run, each request retries with
+    back-off; if it stays away, the inputs not answered come back as UNAVAILABLE failures.
+    """
+    names = safe_stems([i.stem for i in inputs])
+    jobs = [_Job(k, item, name) for k, (item, name) in enumerate(zip(inputs, names))]
+    in_flight = asyncio.Semaphore(options.concurrency)
+    window = asyncio.Semaphore(max(4 * options.concurrency, 16))
+    abort = asyncio.Event()
+    tasks: set[asyncio.Task] = set()
+
+    async with AsyncBrainscanClient(connection, on_retry) as client:
+        await client.check_ready()
+
+        async def send(job: _Job, k: int, payload: bytes) -> None:
+            try:
+                if not abort.is_set():
+                    job.results[k] = await client.infer(payload)
+            except ServerUnavailableError:
+                abort.set()
+            except InferenceError as exc:
+                job.errors.append((k, exc))
+            finally:
+                in_flight.release()
+                job.finish_one()
+
+        async def produce() -> None:
+            for job in jobs:
+                await window.acquire()
+                if abort.is_set():
+                    job.outcome = Outcome(job.input, job.name, error=NOT_SENT, status="UNAVAILABLE")
+                    job.done.set()
+                    continue
+                if options.skip_existing and options.out is not None and all(
+                    (options.out / n).exists() for n in output_names(job.input, job.name)
+                ):
+                    job.outcome = Outcome(job.input, job.name, skipped=True)
+                    job.done.set()
+                    continue
+                try:
+                    await asyncio.to_thread(_prepare, job)
+                except (OSError, ValueError) as exc:  # unreadable file, VolumeError
+                    job.outcome = Outcome(job.input, job.name, error=str(exc), status="READ")
+                    job.done.set()
+                    continue
+                job.results = [None] * len(job.payloads)
+                job.remaining = len(job.payloads)
+                for k, payload in enumerate(job.payloads):
+                    await in_flight.acquire()
+                    if abort.is_set():
+                        in_flight.release()
+                        job.remaining -= len(job.payloads) - k - 1
+                        job.finish_one()
+                        continue
+                    task = asyncio.create_task(send(job, k, payload))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+
+        producer = asyncio.create_task(produce())
+        outcomes: list[Outcome] = []
+        try:
+            for job in jobs:
+                await job.done.wait()
+                outcome = job.outcome or await asyncio.to_thread(_finish, job, options)
+                job.payloads, job.context, job.results = [], None, []
+                outcomes.append(outcome)
+                report(outcome)
+                window.release()
+            await producer
+        finally:
+            producer.cancel()
+            for task in list(tasks):
+                task.cancel()
+    return outcomes

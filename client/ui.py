@@ -1,0 +1,91 @@
+"""`brainscan ui`: the web page of the original project, served by Gradio and answered by
+Triton through the same client library as `brainscan predict`.
+
+Upload an MRI slice (PNG, JPEG or TIFF, 8 or 16 bit; or a single-slice DICOM file) and see
+the label and probability, the slice with the tumour tinted red, and the mask. A bad file
+or an unreachable server is said in words in the result box; the page keeps working.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from brainscan.client.inference import Connection
+
+UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"]
+DEFAULT_PORT = 7860
+
+
+def _payload(path: Path) -> bytes:
+    """The bytes to send: the file itself, or a DICOM slice as a 16-bit PNG."""
+    from brainscan.client.volumes import VolumeError, group_series, is_dicom, read_dicom_series
+
+    if not is_dicom(path):
+        return path.read_bytes()
+    series, rejected = group_series([path])
+    if rejected:
+        raise VolumeError(rejected[0][1])
+    slices = read_dicom_series(series[0]).axial_png_slices()
+    if len(slices) != 1:
+        raise VolumeError(f"the DICOM file holds {len(slices)} slices; use `brainscan predict` for volumes")
+    return slices[0]
+
+
+def analyse(connection: Connection, path: str | None) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """One upload -> (result text, overlay RGB, mask) for the page; errors become text."""
+    from brainscan.client.files import overlay
+    from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
+    from brainscan.client.volumes import VolumeError
+    from brainscan.preprocessing import decode_image
+
+    if not path:
+        return "Upload an MRI image to analyse it.", None, None
+    name = Path(path).name
+    try:
+        data = _payload(Path(path))
+        with BrainscanClient(connection) as client:
+            prediction = client.infer(data)
+    except ServerUnavailableError:
+        return (f"Error: the Triton server at {connection.address} does not answer. Start it with "
+                "`brainscan serve` (or check --url) and upload again.", None, None)
+    except (InferenceError, VolumeError, OSError) as exc:
+        return f"Error: {name} could not be analysed: {exc}", None, None
+    text = (
+        f"{prediction.label.capitalize()}: probability {prediction.probability:.3f} that a tumour is present; "
+        f"tumour area {prediction.area_pixels} pixels ({100 * prediction.area_fraction:.2f} % of the slice). ({name})"
+    )
+    return text, overlay(decode_image(data), prediction.mask), prediction.mask * 255
+
+
+def build(connection: Connection):
+    """The Gradio page."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    def run(path):
+        return analyse(connection, path)
+
+    with gr.Blocks(title="brainscan") as page:
+        gr.Markdown(
+            "## brainscan: brain-tumour detection and segmentation on MRI\n"
+            f"Upload one axial MRI slice. Answered by model `{connection.target}` at `{connection.address}`. "
+            "Research use only: not a medical device."
+        )
+        with gr.Row():
+            upload = gr.File(label="MRI slice (PNG, JPEG, TIFF, DICOM)", file_types=UPLOAD_TYPES,
+                             type="filepath", elem_id="upload")
+            result = gr.Textbox(label="Result", lines=3, interactive=False, elem_id="result")
+        with gr.Row():
+            highlighted = gr.Image(label="Tumour highlighted in red", type="numpy", format="png",
+                                   interactive=False, elem_id="overlay")
+            mask = gr.Image(label="Mask", type="numpy", format="png", interactive=False, elem_id="mask")
+        upload.change(run, inputs=upload, outputs=[result, highlighted, mask])
+    return page
+
+
+def serve(connection: Connection, host: str, port: int) -> None:
+    page = build(connection)
+    page.queue(default_concurrency_limit=4)
+    page.launch(server_name=host, server_port=port, share=False, inbrowser=False, quiet=True)

@@ -1,0 +1,362 @@
+"""MRI volumes in and out: NIfTI files and DICOM series are cut into axial slices, each sent
+as a lossless 16-bit PNG (the volume's full dynamic range, not an 8-bit squeeze), and the
+answers are put back into a mask volume on the source's own voxel grid, affine and header.
+
+Axial slices are taken in RAS+ space whatever the source's voxel order (so a sagittal or
+LPS-ordered series is sliced like the MNI volume the networks were trained on): slice k of
+N runs inferior -> superior, and its image has anterior at the top (``axial_image``, which
+the phantom generator uses too).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brainscan.atomic import write_bytes_atomic
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+DICOM_MAGIC_OFFSET = 128
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VolumeError(ValueError):
+    """A volume that cannot be read or sliced; the message names the file and the problem."""
+
+
+def axial_image(ras_volume: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice ``z`` of a volume in RAS+ voxel order as an image: anterior up."""
+    return np.ascontiguousarray(np.rot90(ras_volume[:, :, z]))
+
+
+def axial_mask_to_ras(mask: np.ndarray) -> np.ndarray:
+    """The inverse of ``axial_image`` for one slice."""
+    return np.rot90(mask, -1)
+
+
+def is_nifti(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(suffix) for suffix in NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def is_dicom(path: Path) -> bool:
+    """DICOM by suffix, or by the ``DICM`` marker of a Part-10 file (series often have no suffix)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(DICOM_MAGIC_OFFSET)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def to_uint16(data: np.ndarray) -> np.ndarray:
+    """Intensities -> uint16 without losing levels: integer data that fits is kept as is,
+    anything else (floats, negative values, 32-bit) is mapped linearly over the volume's
+    own range, so every slice keeps its place in the volume's dynamic range."""
+    if not np.isfinite(data).all():
+        raise VolumeError("the volume holds NaN or infinite intensities")
+    low, high = float(data.min()), float(data.max())
+    if np.issubdtype(data.dtype, np.integer) and low >= 0 and high <= np.iinfo(np.uint16).max:
+        return data.astype(np.uint16)
+    if high <= low:
+        return np.zeros(data.shape, np.uint16)
+    scaled = (data.astype(np.float64) - low) * (np.iinfo(np.uint16).max / (high - low))
+    return np.rint(scaled).astype(np.uint16)
+
+
+def encode_png16(image: np.ndarray) -> bytes:
+    """A uint16 image as a 16-bit greyscale PNG (lossless; fast compression)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint16)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+@dataclass
+class VolumeSummary:
+    """What a clinician asks of a mask volume."""
+
+    shape: tuple[int, ...]
+    voxel_mm: tuple[float, float, float]
+    slices: int
+    tumour_voxels: int
+    tumour_volume_ml: float
+    tumour_slices: list[int]  # axial indices (inferior -> superior) with any tumour pixel
+    largest_cross_section_mm2: float
+    largest_cross_section_slice: int | None
+
+    def as_dict(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "voxel_mm": [round(v, 4) for v in self.voxel_mm],
+            "slices": self.slices,
+            "tumour_voxels": self.tumour_voxels,
+            "tumour_volume_ml": round(self.tumour_volume_ml, 4),
+            "tumour_slices": len(self.tumour_slices),
+            "tumour_slice_indices": self.tumour_slices,
+            "largest_cross_section_mm2": round(self.largest_cross_section_mm2, 2),
+            "largest_cross_section_slice": self.largest_cross_section_slice,
+        }
+
+
+@dataclass
+class Volume:
+    """One 3-D scan: intensities in the source's voxel order and its voxel -> RAS+ mm affine."""
+
+    source: Path
+    kind: str  # "nifti" or "dicom"
+    data: np.ndarray
+    affine: np.ndarray
+    header: object | None = None  # the NIfTI header of a NIfTI source
+    notes: list[str] = field(default_factory=list)
+
+    def _orientation(self):
+        from nibabel import orientations
+
+        return orientations.io_orientation(self.affine)
+
+    def to_ras(self, array: np.ndarray) -> np.ndarray:
+        from nibabel import orientations
+
+        return orientations.apply_orientation(array, self._orientation())
+
+    def from_ras(self, array: np.ndarray) -> np.ndarray:
+        from nibabel import orientations
+
+        ornt = self._orientation()
+        back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), orientations.axcodes2ornt(orientations.ornt2axcodes(ornt)))
+        return orientations.apply_orientation(array, back)
+
+    @property
+    def slices(self) -> int:
+        return int(self.data.shape[int(np.flatnonzero(self._orientation()[:, 0] == 2)[0])])
+
+    def axial_png_slices(self) -> list[bytes]:
+        """Every axial slice, inferior -> superior, as a 16-bit PNG."""
+        ras = self.to_ras(to_uint16(self.data))
+        return [encode_png16(axial_image(ras, z)) for z in range(ras.shape[2])]
+
+    def mask_volume(self, masks: list[np.ndarray]) -> np.ndarray:
+        """Axial mask images (as ``axial_png_slices`` ordered them) -> uint8 0/1 volume in
+        the source's voxel order, on the source's grid."""
+        ras = np.stack([axial_mask_to_ras(m) for m in masks], axis=2)
+        volume = self.from_ras(ras).astype(np.uint8)
+        if volume.shape != self.data.shape:
+            raise VolumeError(f"mask volume {volume.shape} does not match the source {self.data.shape}")
+        return volume
+
+    def summary(self, mask: np.ndarray) -> VolumeSummary:
+        axes = self.affine[:3, :3]
+        voxel_mm3 = abs(float(np.linalg.det(axes)))
+        ornt = self._orientation()
+        in_plane = [int(np.flatnonzero(ornt[:, 0] == axis)[0]) for axis in (0, 1)]
+        pixel_mm2 = float(np.linalg.norm(np.cross(axes[:, in_plane[0]], axes[:, in_plane[1]])))
+        per_slice = self.to_ras(mask).sum(axis=(0, 1))
+        tumour_slices = [int(z) for z in np.flatnonzero(per_slice)]
+        largest = int(np.argmax(per_slice)) if tumour_slices else None
+        return VolumeSummary(
+            shape=tuple(int(s) for s in mask.shape),
+            voxel_mm=tuple(float(v) for v in np.linalg.norm(axes, axis=0)),
+            slices=int(per_slice.size),
+            tumour_voxels=int(mask.sum()),
+            tumour_volume_ml=float(mask.sum()) * voxel_mm3 / 1000.0,
+            tumour_slices=tumour_slices,
+            largest_cross_section_mm2=float(per_slice.max()) * pixel_mm2 if tumour_slices else 0.0,
+            largest_cross_section_slice=largest,
+        )
+
+    def mask_nifti_bytes(self, mask: np.ndarray) -> bytes:
+        """The mask as a gzipped NIfTI-1/2 file: the source's affine; for a NIfTI source its
+        header too (codes, units, orientation), with a uint8 data type."""
+        import nibabel
+
+        if self.header is not None:
+            header = self.header.copy()
+            header.set_data_dtype(np.uint8)
+            image_class = nibabel.Nifti2Image if isinstance(header, nibabel.Nifti2Header) else nibabel.Nifti1Image
+            image = image_class(mask, self.affine, header=header)
+            image.header.set_slope_inter(1.0, 0.0)
+        else:
+            image = nibabel.Nifti1Image(mask, self.affine)
+            image.set_qform(self.affine, code=1)  # scanner coordinates
+            image.set_sform(self.affine, code=1)
+            image.header.set_xyzt_units("mm")
+        image.header["cal_min"], image.header["cal_max"] = 0, 1
+        image.header["descrip"] = b"brainscan tumour mask"
+        return gzip.compress(image.to_bytes(), compresslevel=6)
+
+    def write_mask(self, path: Path, mask: np.ndarray) -> None:
+        write_bytes_atomic(path, self.mask_nifti_bytes(mask))
+
+
+def read_nifti(path: Path) -> Volume:
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises many types for a broken file
+        raise VolumeError(f"{path}: not a readable NIfTI volume ({exc})") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise VolumeError(f"{path}: a {data.ndim}-D image of shape {data.shape}; brainscan takes one 3-D volume")
+    if not np.isfinite(image.affine).all() or abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
+        raise VolumeError(f"{path}: the affine is singular; cannot tell which way is axial")
+    return Volume(path, "nifti", data, np.asarray(image.affine, dtype=np.float64), image.header)
+
+
+# --- DICOM -----------------------------------------------------------------------------
+
+
+@dataclass
+class DicomSeries:
+    """The files of one series (one SeriesInstanceUID), as found on disk."""
+
+    uid: str
+    files: list[Path]
+    description: str
+    number: str
+    folder: Path
+
+
+def _header(path: Path):
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:
+        raise VolumeError(f"{path}: not a readable DICOM file ({exc})") from None
+
+
+def group_series(files: list[Path]) -> tuple[list[DicomSeries], list[tuple[Path, str]]]:
+    """DICOM files -> series in order of first appearance; files that are not images
+    (DICOMDIR, reports) or unreadable are returned with the reason."""
+    series: dict[str, DicomSeries] = {}
+    rejected: list[tuple[Path, str]] = []
+    for path in files:
+        try:
+            ds = _header(path)
+        except VolumeError as exc:
+            rejected.append((path, str(exc)))
+            continue
+        if "Rows" not in ds or "ImagePositionPatient" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
+            rejected.append((path, f"{path}: a DICOM file without image geometry (not an MR/CT image slice)"))
+            continue
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or f"no-uid:{path.parent}")
+        if uid not in series:
+            series[uid] = DicomSeries(uid, [], str(getattr(ds, "SeriesDescription", "") or ""),
+                                      str(getattr(ds, "SeriesNumber", "") or ""), path.parent)
+        series[uid].files.append(path)
+    return list(series.values()), rejected
+
+
+def _float_list(value, n: int, what: str, path: Path) -> np.ndarray:
+    try:
+        array = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        array = np.array([])
+    if array.size != n:
+        raise VolumeError(f"{path}: {what} is missing or malformed")
+    return array
+
+
+def _frames(path: Path):
+    """(pixels, position, orientation, spacing) of every frame of one file."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        pixels = ds.pixel_array
+    except Exception as exc:
+        syntax = getattr(getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", None), "name", "")
+        hint = f" (transfer syntax {syntax}: install pylibjpeg and pylibjpeg-libjpeg, or gdcm)" if syntax else ""
+        raise VolumeError(f"{path}: cannot decode the pixel data: {exc}{hint}") from None
+    if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
+        raise VolumeError(f"{path}: colour DICOM ({ds.PhotometricInterpretation}); MR slices are greyscale")
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    values = pixels.astype(np.float64) * slope + intercept if (slope, intercept) != (1.0, 0.0) else pixels
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        values = values.max() - values
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames == 1:
+        values = values[None]
+        geometry = [(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"), ds.get("PixelSpacing"))]
+    else:  # enhanced multi-frame: geometry per frame, or shared
+        shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
+        geometry = []
+        for item in ds.get("PerFrameFunctionalGroupsSequence", []):
+            def find(keyword, seq):
+                for group in (item, shared):
+                    if group is not None and seq in group and keyword in group[seq][0]:
+                        return group[seq][0][keyword].value
+                return None
+
+            geometry.append((find("ImagePositionPatient", "PlanePositionSequence"),
+                             find("ImageOrientationPatient", "PlaneOrientationSequence"),
+                             find("PixelSpacing", "PixelMeasuresSequence")))
+        if len(geometry) != frames:
+            raise VolumeError(f"{path}: multi-frame file without per-frame geometry")
+    out = []
+    for frame, (position, orientation, spacing) in zip(values, geometry):
+        out.append((frame, _float_list(position, 3, "ImagePositionPatient", path),
+                    _float_list(orientation, 6, "ImageOrientationPatient", path),
+                    _float_list(spacing, 2, "PixelSpacing", path)))
+    return out
+
+
+def read_dicom_series(series: DicomSeries) -> Volume:
+    """One series -> a volume with the DICOM geometry turned into a RAS+ affine."""
+    frames = [frame for path in series.files for frame in _frames(path)]
+    where = series.folder
+    orientations = {tuple(np.round(f[2], 4)) for f in frames}
+    if len(orientations) > 1:
+        raise VolumeError(f"{where}: series {series.number or series.uid} mixes {len(orientations)} slice orientations "
+                          "(a localizer?); pass one volume per series")
+    shapes = {f[0].shape for f in frames}
+    if len(shapes) > 1:
+        raise VolumeError(f"{where}: the slices of series {series.number or series.uid} differ in size: {sorted(shapes)}")
+    row_cos, col_cos = frames[0][2][:3], frames[0][2][3:]
+    normal = np.cross(row_cos, col_cos)
+    frames.sort(key=lambda f: float(np.dot(f[1], normal)))
+    positions = np.array([float(np.dot(f[1], normal)) for f in frames])
+    notes = []
+    if len(frames) > 1:
+        steps = np.diff(positions)
+        if (steps < 1e-4).any():
+            raise VolumeError(f"{where}: {int((steps < 1e-4).sum()) + 1} slices share a position (several "
+                              "echoes or acquisitions in one series?); pass them as separate series")
+        if steps.max() - steps.min() > 0.01 * steps.mean():
+            notes.append(f"uneven slice spacing {steps.min():.3g}-{steps.max():.3g} mm; the mean is used")
+        slice_step = (frames[-1][1] - frames[0][1]) / (len(frames) - 1)
+    else:
+        ds = _header(series.files[0])
+        thickness = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
+        slice_step = normal * thickness
+    row_spacing, col_spacing = frames[0][3]
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * col_spacing  # along a row: the column index grows
+    lps[:3, 1] = col_cos * row_spacing  # down a column: the row index grows
+    lps[:3, 2] = slice_step
+    lps[:3, 3] = frames[0][1]
+    # voxel [i, j, k] = pixel (row j, column i) of slice k
+    data = np.stack([f[0].T for f in frames], axis=2)
+    return Volume(where, "dicom", data, LPS_TO_RAS @ lps, None, notes)
