@@ -159,10 +159,10 @@ class AsyncBrainscanClient:
         if connection.protocol == "grpc":
             # Large images: lift gRPC's 4 MB message limit.
             limit = 2**31 - 1
-            read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+            path = lambda p: str(p) if p else None  # noqa: E731  (tritonclient opens the PEM files itself)
             self._client = module.InferenceServerClient(
-                connection.url, ssl=connection.ssl, root_certificates=read(connection.root_certificates),
-                private_key=read(connection.private_key), certificate_chain=read(connection.certificate_chain),
+                connection.url, ssl=connection.ssl, root_certificates=path(connection.root_certificates),
+                private_key=path(connection.private_key), certificate_chain=path(connection.certificate_chain),
                 channel_args=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)],
             )
         else:

@@ -99,3 +99,45 @@ def phantom_slices(root: Path, count: int = 4) -> list[Path]:
     from brainscan.train.datasets import find_kaggle3m
 
     return [s.image for s in find_kaggle3m(root)][:count]
+
+
+def write_threshold_segmenter(path: Path, size: int = 64) -> Path:
+    """A real ONNX segmenter whose answer is known without training: probability rises
+    with brightness (sigmoid((mean over channels - 128) / 10)), so the mask is the bright
+    half of each slice's intensity range. It makes geometry tests exact where the tiny
+    trained segmenter finds nothing."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from brainscan import contract
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", [contract.SEGMENTER_INPUT], ["mean"], axes=[3], keepdims=1),
+            helper.make_node("Sub", ["mean", "middle"], ["centred"]),
+            helper.make_node("Mul", ["centred", "gain"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], [contract.SEGMENTER_OUTPUT]),
+        ],
+        "threshold_segmenter",
+        [helper.make_tensor_value_info(contract.SEGMENTER_INPUT, TensorProto.FLOAT, ["N", size, size, 3])],
+        [helper.make_tensor_value_info(contract.SEGMENTER_OUTPUT, TensorProto.FLOAT, ["N", size, size, 1])],
+        [helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0]), helper.make_tensor("gain", TensorProto.FLOAT, [], [0.1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bright_server(tmp_path_factory, onnx_models):
+    """A second real server whose segmenter is ``write_threshold_segmenter``."""
+    from brainscan.export.repository import write_repository
+    from brainscan.server import Ports, TritonServer, free_port
+
+    root = tmp_path_factory.mktemp("bright")
+    segmenter = write_threshold_segmenter(root / "segmenter.onnx")
+    repository = write_repository(root / "model_repository", "local", onnx_models["classifier"], segmenter)
+    ports = Ports(free_port(), free_port(), free_port())
+    with TritonServer(repository, ports=ports, log_file=root / "tritonserver.log") as running:
+        yield running

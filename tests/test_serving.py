@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from brainscan import contract
-from brainscan.client.inference import BrainscanClient, InferenceError, image_input
+from brainscan.client.inference import BrainscanClient, Connection, InferenceError, image_input
 from brainscan.export.onnx import onnx_session
 from brainscan.preprocessing import decode_image, postprocess_batch, preprocess_batch
 from brainscan.train import datasets
@@ -146,7 +146,7 @@ def test_concurrent_requests_are_all_answered(triton, server):
 
 
 def test_client_library_reports_refusals_and_health(server):
-    with BrainscanClient(server.grpc_url) as client:
+    with BrainscanClient(Connection(server.grpc_url)) as client:
         prediction = client.infer(encode(brain_like(), "JPEG"))
         assert prediction.mask.shape == (90, 70) and prediction.label in ("tumour", "no tumour")
         with pytest.raises(InferenceError, match="not an image") as caught:

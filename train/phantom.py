@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from brainscan.client.volumes import axial_image
+
 SLICE_SIZE = 256
 MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 # Axial MNI slices with a large cross-section of brain (the volume has 189 slices, 1 mm).
@@ -168,7 +170,7 @@ def render_slice(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One slice of one patient -> (uint8 image 256x256, uint8 mask 0/255)."""
     z = patient.z_slices[index]
-    mni = np.ascontiguousarray(np.rot90(volume[:, :, z])) / 255.0
+    mni = axial_image(volume, z) / 255.0
     warped, _ = _warp(mni, patient, rng)
     brain = ndimage.binary_fill_holes(warped > 0.04)
     brain = ndimage.binary_opening(brain, iterations=2)

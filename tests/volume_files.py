@@ -1,0 +1,86 @@
+"""Real NIfTI files and DICOM series written by the tests, from known axial images and
+known geometry, so where every voxel must land is known in advance."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from brainscan.client.volumes import axial_mask_to_ras
+
+
+def ras_from_axial(images: list[np.ndarray]) -> np.ndarray:
+    """The RAS+ volume whose axial slices (as brainscan cuts them) are ``images``."""
+    return np.stack([axial_mask_to_ras(image) for image in images], axis=2)
+
+
+def write_nifti(path: Path, images: list[np.ndarray], spacing=(0.9, 0.8, 3.0), origin=(-90.0, -110.0, -40.0),
+                dtype=np.int16, slope: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI whose voxel axes are stored (S, R, A), not RAS: axis 0 runs along the
+    slices. Returns (source data, affine)."""
+    import nibabel
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ras = ras_from_axial(images)
+    source = np.transpose(ras, (2, 0, 1)).astype(dtype)  # source[k, i, j] = ras[i, j, k]
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[0, 1], affine[1, 2] = spacing[2], spacing[0], spacing[1]
+    affine[:3, 3], affine[3, 3] = origin, 1.0
+    image = nibabel.Nifti1Image(source, affine)
+    image.header.set_slope_inter(slope, 0.0)
+    image.header.set_xyzt_units("mm")
+    nibabel.save(image, str(path))
+    return source, affine
+
+
+def axial_dicom_pixels(image: np.ndarray) -> np.ndarray:
+    """The pixel array an axial DICOM slice (rows posterior-ward, columns towards the
+    patient's left) must hold for brainscan to cut ``image`` out of it."""
+    return np.fliplr(image)
+
+
+def write_dicom_series(folder: Path, images: list[np.ndarray], pixel_spacing=(0.9, 0.8), thickness=3.0,
+                       origin=(-100.0, -120.0, -30.0), description="T1 axial", number=3, rescale=(1.0, 0.0),
+                       shuffle_seed: int | None = 0, suffix: str = ".dcm") -> np.ndarray:
+    """An axial MR series, one file per slice, file names in shuffled order. Returns the
+    RAS+ affine that the geometry implies."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    order = list(range(len(images)))
+    if shuffle_seed is not None:
+        np.random.default_rng(shuffle_seed).shuffle(order)
+    slope, intercept = rescale
+    for position, k in enumerate(order):
+        pixels = axial_dicom_pixels(images[k])
+        stored = np.rint((pixels.astype(np.float64) - intercept) / slope).astype(np.uint16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"IM{position:04d}{suffix}"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.PatientName = "MR", "PHANTOM", "Phantom^Test"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, number, k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * thickness]
+        ds.PixelSpacing = list(pixel_spacing)
+        ds.SliceThickness = thickness
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = stored.tobytes()
+        ds.save_as(str(path), enforce_file_format=True)
+    row_spacing, column_spacing = pixel_spacing
+    lps = np.array([
+        [column_spacing, 0, 0, origin[0]],
+        [0, row_spacing, 0, origin[1]],
+        [0, 0, thickness, origin[2]],
+        [0, 0, 0, 1],
+    ])
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
