@@ -239,7 +239,13 @@ async def run_inputs(
         try:
             for job in jobs:
                 await job.done.wait()
-                outcome = job.outcome or await asyncio.to_thread(_finish, job, options)
+                outcome = job.outcome
+                if outcome is None:
+                    try:
+                        outcome = await asyncio.to_thread(_finish, job, options)
+                    except (OSError, ValueError) as exc:  # disk full, unwritable --out, a bad name
+                        outcome = Outcome(job.input, job.name, error=f"cannot write the outputs: {exc}",
+                                          status="WRITE", requests=len(job.payloads))
                 job.payloads, job.context, job.results = [], None, []
                 outcomes.append(outcome)
                 report(outcome)
