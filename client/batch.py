@@ -234,18 +234,25 @@ async def run_inputs(
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
 
+        async def finish(job: _Job) -> Outcome:
+            """Outputs are written as soon as an input is answered, several at once in
+            worker threads (PNG and NIfTI encoding release the GIL); only the reporting
+            waits for input order."""
+            await job.done.wait()
+            if job.outcome is not None:
+                return job.outcome
+            try:
+                return await asyncio.to_thread(_finish, job, options)
+            except (OSError, ValueError) as exc:  # disk full, unwritable --out, a bad name
+                return Outcome(job.input, job.name, error=f"cannot write the outputs: {exc}", status="WRITE",
+                               requests=len(job.payloads))
+
         producer = asyncio.create_task(produce())
+        finishers = [asyncio.create_task(finish(job)) for job in jobs]
         outcomes: list[Outcome] = []
         try:
-            for job in jobs:
-                await job.done.wait()
-                outcome = job.outcome
-                if outcome is None:
-                    try:
-                        outcome = await asyncio.to_thread(_finish, job, options)
-                    except (OSError, ValueError) as exc:  # disk full, unwritable --out, a bad name
-                        outcome = Outcome(job.input, job.name, error=f"cannot write the outputs: {exc}",
-                                          status="WRITE", requests=len(job.payloads))
+            for job, finisher in zip(jobs, finishers):
+                outcome = await finisher
                 job.payloads, job.context, job.results = [], None, []
                 outcomes.append(outcome)
                 report(outcome)
@@ -253,6 +260,6 @@ async def run_inputs(
             await producer
         finally:
             producer.cancel()
-            for task in list(tasks):
+            for task in [*tasks, *finishers]:
                 task.cancel()
     return outcomes
