@@ -194,9 +194,11 @@ def predict(
         raise typer.BadParameter("--skip-existing needs --out (it looks for the outputs there)")
     conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version,
                       timeout, retries)
-    inputs, rejected = collect_inputs(paths)
-    for path, reason in rejected:
-        typer.echo(f"skipped {reason}", err=True)
+    inputs, rejected, ignored = collect_inputs(paths)
+    for _, reason in rejected:
+        typer.echo(f"failed: {reason}", err=True)
+    if ignored:
+        typer.echo(f"ignored {len(ignored)} DICOM file(s) that are not image slices, e.g. {ignored[0][0]}", err=True)
     if not inputs:
         fail("no images, NIfTI volumes or DICOM series found in the given paths")
     failures = failures or (out / "failures.json" if out is not None else None)

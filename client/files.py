@@ -75,10 +75,10 @@ class Input:
         return f"{self.path} [{label or s.uid}]"
 
 
-def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[tuple[Path, str]]]:
+def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[tuple[Path, str]], list[tuple[Path, str]]]:
     """Images, NIfTI volumes and DICOM series (grouped by SeriesInstanceUID) under
-    ``paths``, in the order they are found; returns the inputs and the files refused with
-    the reason (a DICOM file that is not an image slice, for one)."""
+    ``paths``, in the order they are found. Returns the inputs, the unreadable DICOM files
+    and the DICOM files that are not image slices (DICOMDIR, reports), with the reason."""
     from brainscan.client.volumes import group_series, is_dicom, is_nifti, nifti_stem
 
     order: list[tuple[str, object]] = []
@@ -96,7 +96,7 @@ def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[tuple[Path, str
             dicom_files.append(path)
         elif given:
             order.append(("image", path))  # the server names what is wrong with it
-    series, rejected = group_series(dicom_files) if dicom_files else ([], [])
+    series, rejected, ignored = group_series(dicom_files) if dicom_files else ([], [], [])
     inputs: list[Input] = []
     images = [p for kind, p in order if kind == "image"]
     image_stems = dict(zip(images, output_stems(images)))
@@ -109,7 +109,7 @@ def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[tuple[Path, str
             for s in series:
                 stem = "_".join(x for x in (s.folder.name, s.number, s.description) if x)
                 inputs.append(Input("dicom", s.folder, stem, s))
-    return inputs, rejected
+    return inputs, rejected, ignored
 
 
 def output_stems(files: list[Path]) -> list[str]:

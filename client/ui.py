@@ -24,9 +24,9 @@ def _payload(path: Path) -> bytes:
 
     if not is_dicom(path):
         return path.read_bytes()
-    series, rejected = group_series([path])
-    if rejected:
-        raise VolumeError(rejected[0][1])
+    series, rejected, ignored = group_series([path])
+    if rejected or ignored:
+        raise VolumeError((rejected or ignored)[0][1])
     slices = read_dicom_series(series[0]).axial_png_slices()
     if len(slices) != 1:
         raise VolumeError(f"the DICOM file holds {len(slices)} slices; use `brainscan predict` for volumes")

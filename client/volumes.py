@@ -235,22 +235,25 @@ class DicomSeries:
     description: str
     number: str
     folder: Path
+    copies: list[Path] = field(default_factory=list)  # files repeating an instance already in the series
 
 
 def _header(path: Path):
     import pydicom
 
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True)
+        return pydicom.dcmread(str(path), stop_before_pixels=True, force=True)  # force: files without preamble
     except Exception as exc:
         raise VolumeError(f"{path}: not a readable DICOM file ({exc})") from None
 
 
-def group_series(files: list[Path]) -> tuple[list[DicomSeries], list[tuple[Path, str]]]:
-    """DICOM files -> series in order of first appearance; files that are not images
-    (DICOMDIR, reports) or unreadable are returned with the reason."""
+def group_series(files: list[Path]) -> tuple[list[DicomSeries], list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """DICOM files -> (series in order of first appearance, unreadable files, files that
+    are not image slices: DICOMDIR, reports, structure sets), the last two with the reason."""
     series: dict[str, DicomSeries] = {}
     rejected: list[tuple[Path, str]] = []
+    ignored: list[tuple[Path, str]] = []
+    instances: dict[str, str] = {}  # SOPInstanceUID -> SeriesInstanceUID
     for path in files:
         try:
             ds = _header(path)
@@ -258,14 +261,20 @@ def group_series(files: list[Path]) -> tuple[list[DicomSeries], list[tuple[Path,
             rejected.append((path, str(exc)))
             continue
         if "Rows" not in ds or "ImagePositionPatient" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
-            rejected.append((path, f"{path}: a DICOM file without image geometry (not an MR/CT image slice)"))
+            ignored.append((path, f"{path}: a DICOM file without image geometry (not an MR/CT image slice)"))
             continue
         uid = str(getattr(ds, "SeriesInstanceUID", "") or f"no-uid:{path.parent}")
+        instance = str(getattr(ds, "SOPInstanceUID", "") or "")
+        if instance and instance in instances:  # the same slice twice (a copied folder): read once
+            series[instances[instance]].copies.append(path)
+            continue
+        if instance:
+            instances[instance] = uid
         if uid not in series:
             series[uid] = DicomSeries(uid, [], str(getattr(ds, "SeriesDescription", "") or ""),
                                       str(getattr(ds, "SeriesNumber", "") or ""), path.parent)
         series[uid].files.append(path)
-    return list(series.values()), rejected
+    return list(series.values()), rejected, ignored
 
 
 def _float_list(value, n: int, what: str, path: Path) -> np.ndarray:
@@ -282,13 +291,15 @@ def _frames(path: Path):
     """(pixels, position, orientation, spacing) of every frame of one file."""
     import pydicom
 
+    ds = None
     try:
-        ds = pydicom.dcmread(str(path))
+        ds = pydicom.dcmread(str(path), force=True)
         pixels = ds.pixel_array
     except Exception as exc:
-        syntax = getattr(getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", None), "name", "")
-        hint = f" (transfer syntax {syntax}: install pylibjpeg and pylibjpeg-libjpeg, or gdcm)" if syntax else ""
-        raise VolumeError(f"{path}: cannot decode the pixel data: {exc}{hint}") from None
+        syntax = getattr(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None), "name", "")
+        hint = f" ({syntax}: pylibjpeg-libjpeg/-openjpeg decode most compressed syntaxes; gdcm the rest)" if syntax else ""
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VolumeError(f"{path}: cannot decode the pixel data: {first_line}{hint}") from None
     if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
         raise VolumeError(f"{path}: colour DICOM ({ds.PhotometricInterpretation}); MR slices are greyscale")
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
@@ -338,7 +349,7 @@ def read_dicom_series(series: DicomSeries) -> Volume:
     normal = np.cross(row_cos, col_cos)
     frames.sort(key=lambda f: float(np.dot(f[1], normal)))
     positions = np.array([float(np.dot(f[1], normal)) for f in frames])
-    notes = []
+    notes = [f"{len(series.copies)} duplicate file(s) of the same instances ignored"] if series.copies else []
     if len(frames) > 1:
         steps = np.diff(positions)
         if (steps < 1e-4).any():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
 from pathlib import Path
 
 import nibabel
@@ -109,8 +110,8 @@ def test_a_dicom_series_is_sorted_by_position_and_gets_the_affine_its_geometry_i
     affine = write_dicom_series(tmp_path / "series", images, suffix="", rescale=(2.0, -1024.0))
     files = sorted((tmp_path / "series").iterdir())
     assert all(is_dicom(f) for f in files)  # no suffix: found by the DICM marker
-    series, rejected = group_series(files)
-    assert len(series) == 1 and not rejected and series[0].description == "T1 axial"
+    series, rejected, ignored = group_series(files)
+    assert len(series) == 1 and not rejected and not ignored and series[0].description == "T1 axial"
     volume = read_dicom_series(series[0])
     np.testing.assert_allclose(volume.affine, affine)
     assert nibabel.aff2axcodes(volume.affine) == ("L", "P", "S")
@@ -145,12 +146,17 @@ def test_dicom_series_that_are_not_one_volume_are_refused_with_the_reason(tmp_pa
     with pytest.raises(VolumeError, match="2 slices share a position"):
         read_dicom_series(group_series(files)[0][0])
 
-    # a DICOM file without an image (a DICOMDIR, a report) is set aside with the reason
+    # a DICOM file without an image (a DICOMDIR, a report) is set aside with the reason,
+    # a broken one is refused, and a copy of a slice is read once
     report = pydicom.dcmread(str(files[2]))
     del report.PixelData, report.Rows, report.ImagePositionPatient
     report.save_as(str(tmp_path / "report.dcm"))
-    series, rejected = group_series([tmp_path / "report.dcm"])
-    assert not series and "without image geometry" in rejected[0][1]
+    (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 10)
+    shutil.copy(files[0], tmp_path / "copy.dcm")
+    series, rejected, ignored = group_series([*files, tmp_path / "copy.dcm", tmp_path / "report.dcm", tmp_path / "broken.dcm"])
+    assert len(series) == 1 and series[0].copies == [tmp_path / "copy.dcm"]
+    assert [p.name for p, _ in ignored] == ["report.dcm"] and "without image geometry" in ignored[0][1]
+    assert [p.name for p, _ in rejected] == ["broken.dcm"] and "not a readable DICOM" in rejected[0][1]
 
 
 def test_output_names_never_leave_the_output_folder(tmp_path):
@@ -166,7 +172,7 @@ def test_output_names_never_leave_the_output_folder(tmp_path):
 
     # a DICOM header that names a path: the series' outputs are still named inside --out
     write_dicom_series(tmp_path / "in" / "study", twelve_bit_slices(count=2), description="../../../escape")
-    (inputs, rejected) = collect_inputs([tmp_path / "in"])
+    (inputs, rejected, _) = collect_inputs([tmp_path / "in"])
     assert len(inputs) == 1 and inputs[0].kind == "dicom" and not rejected
     name = safe_stems([inputs[0].stem])[0]
     assert inside(tmp_path / "out", f"{name}.mask.nii.gz").resolve().parent == (tmp_path / "out").resolve()
@@ -178,7 +184,7 @@ def test_folders_mix_images_volumes_and_series_in_the_order_found(tmp_path):
     write_nifti(tmp_path / "b_volume.nii.gz", images)
     write_dicom_series(tmp_path / "c_series", images, description="flair")
     (tmp_path / "notes.txt").write_text("not an input")
-    inputs, rejected = collect_inputs([tmp_path])
+    inputs, rejected, _ = collect_inputs([tmp_path])
     assert [i.kind for i in inputs] == ["image", "nifti", "dicom"]
     assert [i.stem for i in inputs] == ["a_slice", "b_volume", "c_series_3_flair"]
     assert "series 3 flair" in inputs[2].display and not rejected
