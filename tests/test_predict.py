@@ -222,3 +222,38 @@ def test_mutual_tls_round_trip_with_certificates_made_here(local_repository, tmp
         assert plain.returncode == 3 and "no Triton server reachable" in plain.stderr
         no_client_cert = run("predict", image, "--url", server.grpc_url, "--ssl", "--root-certificates", certs["ca.pem"])
         assert no_client_cert.returncode == 3
+
+
+def test_a_server_that_stays_away_ends_the_run_with_exit_3_and_skip_existing_resumes_it(local_repository, tmp_path):
+    from brainscan.server import Ports, TritonServer, free_port
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for k in range(300):
+        (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(256, 256, seed=k), "PNG"))
+    out = tmp_path / "out"
+    ports = Ports(free_port(), free_port(), free_port())
+    url = f"127.0.0.1:{ports.grpc}"
+    command = [run.__globals__["BRAINSCAN"], "predict", str(folder), "--url", url, "--out", str(out),
+               "--format", "json", "--concurrency", "2", "--retries", "2"]
+    with TritonServer(local_repository, ports=ports, log_file=tmp_path / "first.log"):
+        client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.mask.png")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    stdout, stderr = client.communicate(timeout=120)  # it may give up while the server is still stopping
+    assert client.returncode == 3, stderr
+    assert "stayed unreachable" in stderr and "--skip-existing" in stderr
+    report = json.loads((out / "failures.json").read_text())
+    done = sorted(out.glob("*.mask.png"))
+    assert report["server_unreachable"] and report["done"] == len(done) < 300
+    assert len(report["failures"]) == 300 - len(done)
+    assert all(f["status"] == "UNAVAILABLE" for f in report["failures"])
+    assert len(list(out.glob("*.overlay.png"))) == len(done) and not list(out.glob(".*"))  # nothing half-written
+
+    with TritonServer(local_repository, ports=ports, log_file=tmp_path / "second.log"):
+        resumed = subprocess.run([*command, "--skip-existing"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(records(resumed.stdout)) == 300 - len(done)  # only what the first run had not finished
+    assert len(list(out.glob("*.mask.png"))) == len(list(out.glob("*.overlay.png"))) == 300
+    assert json.loads((out / "failures.json").read_text())["failures"] == []
