@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -82,9 +82,6 @@ class Connection:
     def address(self) -> str:
         scheme = {"grpc": "grpcs" if self.ssl else "grpc", "http": "https" if self.ssl else "http"}[self.protocol]
         return f"{scheme}://{self.url}"
-
-    def with_(self, **changes) -> "Connection":
-        return replace(self, **changes)
 
 
 @dataclass

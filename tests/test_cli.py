@@ -160,3 +160,22 @@ def test_serve_stops_cleanly_on_sigterm_leaving_no_stub_behind(local_repository,
     while stub_processes(repository) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not stub_processes(repository)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--url", "grpc://127.0.0.1:8001"], "without a scheme"),
+        (["--root-certificates", "/nonexistent/ca.pem"], "does not exist"),
+        (["--private-key", __file__], "both the client key and the client certificate chain"),
+        (["--protocol", "smtp"], "use one of grpc, http"),
+        (["--format", "xml"], "use one of table, json, csv"),
+        (["--skip-existing"], "needs --out"),
+    ],
+)
+def test_bad_connection_and_output_options_are_usage_errors_that_say_why(options, message, tmp_path):
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(brain_like(), "PNG"))
+    result = run("predict", image, *options)
+    text = " ".join(result.stderr.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())  # Typer's error box
+    assert result.returncode == 2 and message in text, result.stderr

@@ -22,7 +22,7 @@ from brainscan.export.fp16 import Tolerances
 from brainscan.export.profiles import ProfileError, batch_profile, profile_from_config
 from brainscan.export.repository import RepositoryError, RepositorySpec, model_configs, read_config, to_model_config, write_repository
 from brainscan.export.tensorrt import (
-    PLAN, RECORD, BuildSettings, EngineBuildError, GateFailedError, NetworkInputs, build_engine,
+    PLAN, RECORD, BuildSettings, EngineBuildError, GateFailedError, build_engine,
     build_repository_engines, network_profile,
 )
 

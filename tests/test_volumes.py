@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import shutil
-from pathlib import Path
 
 import nibabel
 import numpy as np
