@@ -21,7 +21,7 @@ from brainscan.client.volumes import (
     to_uint16,
 )
 from brainscan.preprocessing import decode_image
-from volume_files import axial_dicom_pixels, write_dicom_series, write_nifti
+from volume_files import axial_dicom_pixels, write_dicom_series, write_multiframe_dicom, write_nifti
 
 
 def twelve_bit_slices(count=5, height=48, width=40, seed=0) -> list[np.ndarray]:
@@ -190,3 +190,14 @@ def test_folders_mix_images_volumes_and_series_in_the_order_found(tmp_path):
     buffer = io.BytesIO()
     Image.fromarray(images[0]).save(buffer, format="PNG")
     assert decode_image(buffer.getvalue()).dtype == np.uint16  # 16-bit PNG is what the server decodes
+
+
+def test_an_enhanced_multiframe_dicom_file_is_one_volume_with_its_per_frame_geometry(tmp_path):
+    images = twelve_bit_slices(count=4)
+    affine = write_multiframe_dicom(tmp_path / "enhanced.dcm", images)
+    inputs, rejected, ignored = collect_inputs([tmp_path / "enhanced.dcm"])
+    assert [i.kind for i in inputs] == ["dicom"] and not rejected and not ignored
+    volume = read_dicom_series(inputs[0].series)
+    np.testing.assert_allclose(volume.affine, affine)
+    for got, want in zip(decoded(volume.axial_png_slices()), images):
+        np.testing.assert_array_equal(got, want)

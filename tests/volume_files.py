@@ -84,3 +84,42 @@ def write_dicom_series(folder: Path, images: list[np.ndarray], pixel_spacing=(0.
         [0, 0, 0, 1],
     ])
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def write_multiframe_dicom(path: Path, images: list[np.ndarray], pixel_spacing=(0.9, 0.8), thickness=3.0,
+                           origin=(-100.0, -120.0, -30.0)) -> np.ndarray:
+    """An enhanced (multi-frame) MR file: one file, geometry in the functional groups.
+    Returns the RAS+ affine it implies (the same as ``write_dicom_series``')."""
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    enhanced_mr = "1.2.840.10008.5.1.4.1.1.4.1"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = enhanced_mr, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = enhanced_mr, meta.MediaStorageSOPInstanceUID, "MR"
+    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.SeriesNumber = generate_uid(), generate_uid(), 7
+    orientation, measures = Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing, measures.SliceThickness = list(pixel_spacing), thickness
+    shared = Dataset()
+    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = Sequence([orientation]), Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for k in range(len(images)):
+        position, group = Dataset(), Dataset()
+        position.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * thickness]
+        group.PlanePositionSequence = Sequence([position])
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    stack = np.stack([axial_dicom_pixels(i) for i in images]).astype(np.uint16)
+    ds.NumberOfFrames, (ds.Rows, ds.Columns) = len(images), stack.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = stack.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    lps = np.array([[pixel_spacing[1], 0, 0, origin[0]], [0, pixel_spacing[0], 0, origin[1]],
+                    [0, 0, thickness, origin[2]], [0, 0, 0, 1]])
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
