@@ -140,8 +140,7 @@ class Volume:
     def from_ras(self, array: np.ndarray) -> np.ndarray:
         from nibabel import orientations
 
-        ornt = self._orientation()
-        back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), orientations.axcodes2ornt(orientations.ornt2axcodes(ornt)))
+        back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), self._orientation())
         return orientations.apply_orientation(array, back)
 
     @property

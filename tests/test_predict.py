@@ -20,7 +20,7 @@ from PIL import Image
 from brainscan.client.volumes import axial_mask_to_ras
 from brainscan.preprocessing import decode_image
 from conftest import encode, phantom_slices
-from test_cli import run
+from test_cli import BRAINSCAN, run
 from test_preprocessing import brain_like
 from volume_files import axial_dicom_pixels, write_dicom_series, write_nifti
 
@@ -36,6 +36,28 @@ def slice_masks(server, files: list[Path], out: Path) -> list[np.ndarray]:
     result = run("predict", *files, "--url", server.grpc_url, "--out", out, "--format", "json")
     assert result.returncode == 0, result.stderr
     return [np.asarray(Image.open(out / f"{f.stem}.mask.png")) // 255 for f in files]
+
+
+def start_run_then_stop_its_server(local_repository, tmp_path, images: int, retries: int):
+    """Start `brainscan predict` on ``images`` slices against a fresh server and stop that
+    server as soon as the first output is written. Returns the running client, the input
+    folder, --out, the server's ports and the command."""
+    from brainscan.server import Ports, TritonServer, free_port
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for k in range(images):
+        (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(256, 256, seed=k), "PNG"))
+    out = tmp_path / "out"
+    ports = Ports(free_port(), free_port(), free_port())
+    command = [BRAINSCAN, "predict", str(folder), "--url", f"127.0.0.1:{ports.grpc}", "--out", str(out),
+               "--format", "json", "--concurrency", "2", "--retries", str(retries)]
+    with TritonServer(local_repository, ports=ports, log_file=tmp_path / "first.log"):
+        client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.mask.png")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return client, folder, out, ports, command
 
 
 @pytest.fixture(scope="module")
@@ -104,22 +126,9 @@ def test_concurrency_changes_speed_not_results(server, phantom_dir, tmp_path):
 
 
 def test_a_server_restarted_mid_run_still_ends_with_every_output_written_once(local_repository, tmp_path):
-    from brainscan.server import Ports, TritonServer, free_port
+    from brainscan.server import TritonServer
 
-    folder = tmp_path / "slices"
-    folder.mkdir()
-    for k in range(400):
-        (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(256, 256, seed=k), "PNG"))
-    out = tmp_path / "out"
-    ports = Ports(free_port(), free_port(), free_port())
-    server = TritonServer(local_repository, ports=ports, log_file=tmp_path / "first.log")
-    with server:
-        command = [run.__globals__["BRAINSCAN"], "predict", str(folder), "--url", server.grpc_url, "--out", str(out),
-                   "--format", "json", "--concurrency", "2", "--retries", "12"]
-        client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.mask.png")) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    client, folder, out, ports, _ = start_run_then_stop_its_server(local_repository, tmp_path, 400, retries=12)
     # the with-block has stopped the server; the run must still be going
     assert client.poll() is None, "the run finished before the server went down: make the run longer"
     time.sleep(1.0)
@@ -225,22 +234,9 @@ def test_mutual_tls_round_trip_with_certificates_made_here(local_repository, tmp
 
 
 def test_a_server_that_stays_away_ends_the_run_with_exit_3_and_skip_existing_resumes_it(local_repository, tmp_path):
-    from brainscan.server import Ports, TritonServer, free_port
+    from brainscan.server import TritonServer
 
-    folder = tmp_path / "slices"
-    folder.mkdir()
-    for k in range(300):
-        (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(256, 256, seed=k), "PNG"))
-    out = tmp_path / "out"
-    ports = Ports(free_port(), free_port(), free_port())
-    url = f"127.0.0.1:{ports.grpc}"
-    command = [run.__globals__["BRAINSCAN"], "predict", str(folder), "--url", url, "--out", str(out),
-               "--format", "json", "--concurrency", "2", "--retries", "2"]
-    with TritonServer(local_repository, ports=ports, log_file=tmp_path / "first.log"):
-        client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.mask.png")) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    client, _, out, ports, command = start_run_then_stop_its_server(local_repository, tmp_path, 300, retries=2)
     stdout, stderr = client.communicate(timeout=120)  # it may give up while the server is still stopping
     assert client.returncode == 3, stderr
     assert "stayed unreachable" in stderr and "--skip-existing" in stderr
