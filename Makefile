@@ -11,18 +11,24 @@ SEED ?= 0
 PATIENTS ?= 120
 export BRAINSCAN_ARTIFACTS := $(ART)
 
-.PHONY: demo test venv data train export repository serve predict bench clean
+FP16 := $(RUNS)/classifier/model.fp16.onnx $(RUNS)/segmenter/model.fp16.onnx
+# the bindings' type stubs, for mypy only: outside site-packages, so `import tensorrt` still
+# fails here as it does on any machine without TensorRT
+TRT_STUBS := tensorrt-stubs==10.13.0.35.1
+
+.PHONY: demo test venv data train export fp16 repository serve predict bench clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[train,serve,ui,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[train,export,serve,ui,dev]"
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/tensorrt-stubs $(TRT_STUBS)
 	touch $@
 
-# --- the demo: phantom data -> train -> ONNX -> Triton (local flavour) -> gRPC predictions
-demo: venv repository
+# --- the demo: phantom data -> train -> ONNX (FP32, FP16) -> Triton (local flavour) -> gRPC predictions
+demo: venv repository fp16
 	@$(MAKE) --no-print-directory predict
 
 data: $(DATA)/.done
@@ -39,6 +45,11 @@ $(RUNS)/segmenter/model.keras: $(DATA)/.done
 export: $(RUNS)/classifier/model.onnx $(RUNS)/segmenter/model.onnx
 $(RUNS)/%/model.onnx: $(RUNS)/%/model.keras
 	$(BIN)/brainscan export onnx $(RUNS)/$*
+
+# FP16 graphs (FP32 inputs/outputs) for the GPU flavours, gated on CPU against the FP32 ONNX
+fp16: $(FP16)
+$(RUNS)/%/model.fp16.onnx: $(RUNS)/%/model.onnx
+	$(BIN)/brainscan export fp16 $(RUNS)/$*
 
 repository: $(REPO)/.done
 $(REPO)/.done: $(RUNS)/classifier/model.onnx $(RUNS)/segmenter/model.onnx

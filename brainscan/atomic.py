@@ -2,9 +2,24 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
+
+
+def _new_temporary(path: Path) -> Path:
+    """An empty file beside ``path`` with a fresh name. It is created with mode 0666 less
+    the umask, like any file a program writes, so the renamed result is readable by the
+    same users as a normally written one (tempfile.mkstemp would make it 0600, and a Triton
+    server running as another user could not read an engine written that way)."""
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}{path.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
@@ -12,13 +27,12 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     ``path``; on any error the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -9,9 +9,9 @@ FROM nvcr.io/nvidia/tritonserver:${NGC_RELEASE}-py3
 ARG NGC_TENSORRT
 
 # Stop here, not at model load, if this release's TensorRT is not the pinned one.
-RUN ls /usr/lib/*-linux-gnu/libnvinfer.so.${NGC_TENSORRT}* >/dev/null 2>&1 \
- || { echo "expected TensorRT ${NGC_TENSORRT} in this image; found:" >&2; ls /usr/lib/*-linux-gnu/libnvinfer.so.* >&2; \
-      echo "fix NGC_TENSORRT in docker/.env" >&2; exit 1; }
+RUN found=$(ls /usr/lib/*-linux-gnu/libnvinfer.so.*.*.* 2>/dev/null | head -n 1); echo "TensorRT: ${found:-none}"; \
+    case "${found##*libnvinfer.so.}" in "${NGC_TENSORRT}"|"${NGC_TENSORRT}".*) ;; \
+      *) echo "expected TensorRT ${NGC_TENSORRT} in this image: fix NGC_TENSORRT in docker/.env" >&2; exit 1;; esac
 
 ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/brainscan
@@ -23,6 +23,10 @@ COPY client client
 COPY benchmarks benchmarks
 # numpy<2 comes with the package: the python backend's stub needs numpy 1.x.
 RUN python3 -m pip install . && python3 -c "import cv2, numpy, PIL, brainscan.preprocessing"
+
+# The onnxruntime flavour's TensorRT provider caches its engines one level below this
+# folder (docker/compose.yaml mounts a volume here; a fresh volume starts with its content).
+RUN mkdir -p /var/cache/brainscan/ort-trt
 
 WORKDIR /models
 EXPOSE 8000 8001 8002

@@ -90,59 +90,89 @@ def repository(
         typer.echo(f"note: no ONNX given for {', '.join(missing)}: add it before serving", err=True)
 
 
-def _validation_inputs(network: str, onnx: Path, data: Path | None, samples: int):
-    """Real validation slices for the FP16 gate: the training run's validation patients
-    (run.json beside the ONNX), or the first slices of --data."""
-    from brainscan.export.repository import onnx_input_size
-    from brainscan.export.tensorrt import NetworkInputs
-    from brainscan.train import datasets
-    from brainscan.train.training import load_run, split_samples
+GateProbDiff = Annotated[float, typer.Option("--max-prob-diff", help="Gate: largest tumour-probability difference FP16 vs FP32.")]
+GateMaskDice = Annotated[float, typer.Option("--min-mask-dice", help="Gate: smallest mean Dice of FP16 masks against FP32 masks.")]
+Samples = Annotated[int, typer.Option(help="Validation slices the FP16 gate runs on.")]
+ValidationData = Annotated[Path | None, typer.Option("--data", help="Validation images for the FP16 gate (default: the run's validation patients).")]
 
-    name = contract.CLASSIFIER_INPUT if network == contract.CLASSIFIER else contract.SEGMENTER_INPUT
-    size = onnx_input_size(onnx, name)
-    if data is not None:
-        chosen = datasets.find_samples(data)[:samples]
-    elif (onnx.parent / "run.json").exists():
-        chosen = split_samples(load_run(onnx.parent))["val"][:samples]
-    else:
-        raise FileNotFoundError(f"no run.json beside {onnx}: give validation images with --data DIR")
-    if not chosen:
-        raise FileNotFoundError(f"no validation slices found for {network}")
-    truth = None
-    if network == contract.SEGMENTER and all(s.mask is not None for s in chosen):
-        truth = datasets.load_masks(chosen, size)
-    return NetworkInputs(onnx, datasets.load_images(chosen, size), truth)
+
+def _tolerances(max_prob_diff: float, min_mask_dice: float):
+    from brainscan.export.fp16 import Tolerances
+
+    return Tolerances(classifier_max_abs_diff=max_prob_diff, segmenter_min_dice_vs_fp32=min_mask_dice)
+
+
+@export_app.command("fp16")
+def fp16(
+    run: Annotated[Path, typer.Argument(help="Training run folder holding model.onnx, or an ONNX file.")],
+    keep_fp32: Annotated[list[str] | None, typer.Option(help="Keep matching nodes in FP32: a node-name glob, or op:TYPE (e.g. op:Sigmoid). Repeatable.")] = None,
+    data: ValidationData = None,
+    samples: Samples = 64,
+    max_prob_diff: GateProbDiff = 0.02,
+    min_mask_dice: GateMaskDice = 0.97,
+    out: Annotated[Path | None, typer.Option(help="FP16 ONNX to write (default: model.fp16.onnx beside the source).")] = None,
+    list_nodes: Annotated[bool, typer.Option("--list-nodes", help="Print the graph's nodes (name and op type, for --keep-fp32) and exit.")] = False,
+) -> None:
+    """Write the FP16 graph of a network: FP16 weights and compute, FP32 inputs and outputs,
+    chosen nodes kept in FP32. The FP16 gate runs first, on CPU with ONNX Runtime, against
+    the FP32 ONNX on real validation slices; nothing is written if it fails. TensorRT
+    engines and ONNX Runtime's TensorRT provider are built from this graph."""
+    import onnx
+
+    from brainscan.export.fp16 import GateFailedError
+    from brainscan.export.precision import PrecisionError, export_fp16, graph_nodes, network_of
+    from brainscan.export.repository import RepositoryError
+    from brainscan.export.validation import validation_inputs
+
+    source = run / "model.onnx" if run.is_dir() else run
+    if not source.is_file():
+        fail(f"{source} does not exist: export the run first with `brainscan export onnx {run}`")
+    try:
+        model = onnx.load(str(source))
+        if list_nodes:
+            for name, op in graph_nodes(model):
+                typer.echo(f"{op:<16} {name}")
+            return
+        network = network_of(model)
+        inputs = validation_inputs(network, source, data, samples)
+        result = export_fp16(source, inputs, tuple(keep_fp32 or ()), _tolerances(max_prob_diff, min_mask_dice), out)
+    except GateFailedError as exc:
+        fail(str(exc))
+    except (PrecisionError, RepositoryError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(result.report.table())
+    typer.echo(result.summary())
+    typer.echo(f"wrote {result.path}")
 
 
 @export_app.command("tensorrt")
 def tensorrt(
     repository: Annotated[Path, typer.Option(help="tensorrt-flavour repository whose version folders get model.plan.")] = contract.PRODUCTION_REPOSITORY,
-    classifier: Annotated[Path | None, typer.Option(help="Classifier ONNX (default: the one `make demo` built).")] = None,
-    segmenter: Annotated[Path | None, typer.Option(help="Segmenter ONNX (default: the one `make demo` built).")] = None,
-    data: Annotated[Path | None, typer.Option(help="Validation images for the FP16 gate (default: the runs' validation patients).")] = None,
-    samples: Annotated[int, typer.Option(help="Validation slices the FP16 gate runs on.")] = 64,
+    classifier: Annotated[Path | None, typer.Option(help="Classifier FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's).")] = None,
+    segmenter: Annotated[Path | None, typer.Option(help="Segmenter FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's).")] = None,
+    data: ValidationData = None,
+    samples: Samples = 64,
     workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace memory-pool limit, MiB.")] = 1024,
     opt_batch: Annotated[int | None, typer.Option(help="Optimum batch of the profile (default: the config's max_batch_size).")] = None,
-    keep_fp32: Annotated[list[str] | None, typer.Option(help="Keep matching layers in FP32: a layer-name glob, or type:KIND. Repeatable.")] = None,
     timing_cache: Annotated[Path | None, typer.Option(help="Timing cache reused across builds (one file per TensorRT version and GPU).")] = None,
-    max_prob_diff: Annotated[float, typer.Option(help="Gate: largest tumour-probability difference FP16 vs FP32.")] = 0.02,
-    min_mask_dice: Annotated[float, typer.Option(help="Gate: smallest mean Dice of FP16 masks against FP32 masks.")] = 0.97,
-    list_layers: Annotated[bool, typer.Option("--list-layers", help="Print each network's TensorRT layers (for --keep-fp32) and exit.")] = False,
+    max_prob_diff: GateProbDiff = 0.02,
+    min_mask_dice: GateMaskDice = 0.97,
 ) -> None:
-    """Build FP16 TensorRT engines (TensorRT 10) from the ONNX models into a tensorrt-flavour
-    repository, gate each on real validation slices against FP32, and write model.plan plus
-    engine.json only when every gate passes. Needs a GPU and TensorRT: run it in the export
-    container (docker compose -f docker/compose.yaml run --rm export)."""
-    from brainscan.export.cuda import CudaError
-    from brainscan.export.fp16 import Tolerances
+    """Build strongly typed TensorRT engines (TensorRT 10.12+ or 11.x) from the FP16 ONNX
+    graphs into a tensorrt-flavour repository, gate each engine on real validation slices
+    against the FP32 ONNX, and write model.plan plus engine.json only when every gate
+    passes. Needs a GPU and TensorRT: run it in the export container (docker compose -f
+    docker/compose.yaml run --rm export)."""
+    from brainscan.export.fp16 import GateFailedError
+    from brainscan.export.gpu import GpuError
     from brainscan.export.repository import RepositoryError
     from brainscan.export.tensorrt import (
-        BuildSettings, EngineBuildError, GateFailedError, TensorRTUnavailableError, build_repository_engines,
-        import_tensorrt, layer_names, parse_onnx,
+        BuildSettings, EngineBuildError, TensorRT, TensorRTUnavailableError, build_repository_engines,
     )
+    from brainscan.export.validation import validation_inputs
 
     try:
-        trt = import_tensorrt()
+        toolkit = TensorRT()
     except TensorRTUnavailableError as exc:
         fail(str(exc))
     onnx = {}
@@ -151,25 +181,14 @@ def tensorrt(
         if not path.exists():
             fail(f"{path} does not exist: run `make demo` first or pass --{network} FILE")
         onnx[network] = path
-    if list_layers:
-        logger = trt.Logger(trt.Logger.WARNING)
-        for network, path in onnx.items():
-            parsed, _parser = parse_onnx(trt, trt.Builder(logger), logger, path)
-            typer.echo(f"{network} ({path}):")
-            for name, kind in layer_names(parsed):
-                typer.echo(f"  {kind:<16} {name}")
-        return
-    settings = BuildSettings(
-        workspace_mib=workspace_mib,
-        timing_cache=timing_cache or contract.artifacts_dir() / "tensorrt" / "timing.cache",
-        keep_fp32=tuple(keep_fp32 or ()),
-    )
-    tolerances = Tolerances(classifier_max_abs_diff=max_prob_diff, segmenter_min_dice_vs_fp32=min_mask_dice)
+    settings = BuildSettings(workspace_mib=workspace_mib,
+                             timing_cache=timing_cache or contract.artifacts_dir() / "tensorrt" / "timing.cache")
     try:
-        inputs = {network: _validation_inputs(network, path, data, samples) for network, path in onnx.items()}
-        build_repository_engines(repository, inputs, settings, tolerances, opt_batch, trt=trt, log=typer.echo)
+        inputs = {network: validation_inputs(network, path, data, samples) for network, path in onnx.items()}
+        build_repository_engines(repository, inputs, settings, _tolerances(max_prob_diff, min_mask_dice), opt_batch,
+                                 toolkit=toolkit, log=typer.echo)
     except GateFailedError as exc:
         fail(str(exc))
-    except (CudaError, EngineBuildError, RepositoryError, FileNotFoundError, ValueError) as exc:
+    except (GpuError, EngineBuildError, RepositoryError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     typer.echo(f"engines ready in {repository}: serve them with `docker compose -f docker/compose.yaml up -d triton`")

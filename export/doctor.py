@@ -11,15 +11,15 @@ from __future__ import annotations
 import glob
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainscan.digest import sha256_file
 from brainscan.export.compare import text_table
+from brainscan.export.gpu import cuda_visible, visible_gpus
 from brainscan.export.profiles import Profile, ProfileError, profile_from_config
 from brainscan.export.repository import VERSION, RepositoryError, flavour_of, validate_repository
-from brainscan.export.tensorrt import EXPORT_COMMAND, NETWORKS, PLAN, RECORD, read_record, sha256
+from brainscan.export.tensorrt import EXPORT_COMMAND, NETWORKS, PLAN, RECORD, installed_version, read_record
 
 PIN_FILE = Path(__file__).resolve().parent.parent / "docker" / ".env"
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/local/tensorrt/lib")
@@ -61,18 +61,10 @@ def _tensorrt_from_library() -> tuple[str, str] | None:
 
 
 def _gpu_from_nvidia_smi() -> tuple[str, str] | None:
-    if not shutil.which("nvidia-smi"):
+    gpus = cuda_visible(visible_gpus())
+    if not gpus:
         return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap,name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return None
-    first = out.strip().splitlines()[0] if out.strip() else ""
-    if "," not in first:
-        return None
-    cc, name = (part.strip() for part in first.split(",", 1))
-    return cc, f"nvidia-smi ({name})"
+    return gpus[0].compute_capability, f"nvidia-smi ({gpus[0].name})"
 
 
 def detect_target(tensorrt_version: str | None = None, compute_capability: str | None = None) -> Target:
@@ -82,11 +74,10 @@ def detect_target(tensorrt_version: str | None = None, compute_capability: str |
     if tensorrt_version:
         target.tensorrt_version, target.tensorrt_source = tensorrt_version, "given"
     else:
-        try:
-            import tensorrt
-
-            target.tensorrt_version, target.tensorrt_source = str(tensorrt.__version__), "tensorrt module"
-        except ImportError:
+        module_version = installed_version()
+        if module_version:
+            target.tensorrt_version, target.tensorrt_source = module_version, "tensorrt module"
+        else:
             found = _tensorrt_from_library()
             if found:
                 target.tensorrt_version, target.tensorrt_source = found
@@ -162,7 +153,7 @@ def _engine_findings(repository: Path, network: str, config, target: Target) -> 
             f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}")
     onnx = Path(record.get("onnx_file", ""))
     if onnx.is_file():
-        unchanged = sha256(onnx) == record.get("onnx_sha256")
+        unchanged = sha256_file(onnx) == record.get("onnx_sha256")
         add("source ONNX", unchanged, f"{onnx} " + ("unchanged since the build" if unchanged else "changed since the build"))
     else:
         add("source ONNX", None, f"{onnx} is not here to compare")

@@ -1,5 +1,6 @@
-"""The FP16 accuracy gate: an engine's outputs against FP32 (ONNX Runtime on the same ONNX)
-and against ground truth, on real validation slices, with explicit tolerances.
+"""The FP16 accuracy gate: FP16 outputs (an FP16 ONNX graph on CPU, or a TensorRT engine
+on the GPU) against FP32 (ONNX Runtime on the FP32 ONNX) and against ground truth, on real
+validation slices, with explicit tolerances.
 
 FP16 U-Nets are known to fail quietly: overflow gives NaN or saturates the mask head so
 every mask comes out black. Each check below catches one of those ways; the report prints
@@ -62,6 +63,11 @@ class GateReport:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
+    def as_dict(self) -> dict:
+        """The verdict and every check's value and limit, for the JSON records."""
+        return {"passed": self.passed, "samples": self.samples,
+                "checks": {c.name: {"value": float(c.value), "limit": c.limit} for c in self.checks}}
+
     def table(self) -> str:
         rows = [("check", "value", "limit", "verdict")]
         for c in self.checks:
@@ -121,3 +127,22 @@ def check_segmenter(
                 _at_most("Dice drop vs truth (FP32 - FP16)", d32 - d16, tolerances.segmenter_max_dice_drop),
             ]
     return GateReport(contract.SEGMENTER, len(fp32), tuple(checks))
+
+
+def check_network(network: str, fp32: np.ndarray, fp16: np.ndarray, truth: np.ndarray | None,
+                  tolerances: Tolerances = Tolerances()) -> GateReport:
+    """The gate of ``network`` (classifier or segmenter) on its FP32 and FP16 outputs."""
+    if network == contract.CLASSIFIER:
+        return check_classifier(fp32, fp16, tolerances)
+    return check_segmenter(fp32, fp16, truth, tolerances)
+
+
+class GateFailedError(RuntimeError):
+    """Some FP16 network is outside the tolerances; nothing was written. The message holds
+    every network's table and what to do about it."""
+
+    def __init__(self, reports: list[GateReport], remedy: str):
+        names = ", ".join(r.network for r in reports if not r.passed)
+        super().__init__("\n\n".join(r.table() for r in reports)
+                         + f"\n\nthe FP16 {names} is outside the tolerances; nothing was written. {remedy}")
+        self.reports = reports

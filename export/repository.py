@@ -45,7 +45,9 @@ PYTHON_QUEUE_DELAY_US = 0
 # +16 % throughput on 2 cores. More ONNX Runtime threads per instance oversubscribe the cores.
 DEFAULT_INSTANCES = {"local": {contract.SEGMENTER: 2}, "onnxruntime": {}, "tensorrt": {}}
 # Where the onnxruntime flavour's TensorRT execution provider keeps its engines inside the
-# Triton container (docker/compose.yaml mounts a volume there, so restarts reuse them).
+# Triton container: docker/compose.yaml mounts a volume exactly here, and each model's
+# cache is ONE level below it, because the provider creates only the last folder of its
+# cache path (std::filesystem::create_directory), and a fresh volume is empty.
 ORT_TRT_CACHE = "/var/cache/brainscan/ort-trt"
 
 
@@ -131,9 +133,7 @@ def _network(name: str, inputs, outputs, spec: RepositorySpec) -> dict:
     if spec.flavour == "tensorrt":
         config["platform"] = "tensorrt_plan"
         config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
-        # CUDA graphs: Triton captures the engine's launches once per batch size and
-        # replays them, which removes most of the per-request CPU launch overhead.
-        config["optimization"] = {"cuda": {"graphs": True}}
+        config["optimization"] = {"cuda": {"graphs": True, "graph_spec": _graph_specs(spec.max_batch_size)}}
     elif spec.device == "gpu":
         config["platform"] = "onnxruntime_onnx"
         config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
@@ -148,9 +148,23 @@ def _network(name: str, inputs, outputs, spec: RepositorySpec) -> dict:
     return config
 
 
+def _graph_specs(max_batch_size: int) -> list[dict]:
+    """One CUDA graph per batch size 1 … max_batch_size. Triton captures an engine's kernel
+    launches once per listed shape and replays them, which removes most of the per-request
+    CPU launch cost; a batch without a graph runs without one. With dynamic batching and no
+    graph_spec, Triton's tensorrt backend captures only batch 1 and max_batch_size (plus any
+    preferred_batch_size), so the batches in between, the common case under moderate load,
+    would miss them. Each graph costs a capture at model load and some device memory per
+    instance: negligible for these small networks at the default maximum of 8."""
+    return [{"batch_size": size} for size in range(1, max_batch_size + 1)]
+
+
 def _ort_tensorrt(name: str, tensor: TensorSpec, spec: RepositorySpec) -> dict:
-    """ONNX Runtime's TensorRT execution provider in FP16 with its engine cache on, and
-    the same batch profile as the tensorrt flavour's engines (so no shape forces a rebuild)."""
+    """ONNX Runtime's TensorRT execution provider on the FP16 graph, with its engine cache
+    on and the same batch profile as the tensorrt flavour's engines (so no shape forces a
+    rebuild). No precision_mode: the precision is the graph's (FP16 compute, FP32 I/O), and
+    TensorRT 11 builds strongly typed networks only, so a builder precision flag would
+    mean nothing there."""
     try:
         profile = batch_profile(tensor.name, tensor.dims, spec.max_batch_size, spec.opt_batch)
     except ProfileError as exc:
@@ -162,7 +176,6 @@ def _ort_tensorrt(name: str, tensor: TensorSpec, spec: RepositorySpec) -> dict:
     return {
         "name": "tensorrt",
         "parameters": {
-            "precision_mode": "FP16",
             "max_workspace_size_bytes": str(spec.workspace_mib << 20),
             "trt_engine_cache_enable": "1",
             "trt_engine_cache_path": f"{ORT_TRT_CACHE}/{name}",
@@ -293,10 +306,22 @@ def write_repository(
     segmenter_onnx: Path | None = None,
     **options,
 ) -> Path:
-    """Write a repository of ``flavour`` to ``out``. With ONNX files, their input sizes set
-    the configs and (local, onnxruntime) they are copied in as the models' weights."""
+    """Write a repository of ``flavour`` to ``out``. With ONNX files (the FP32 graphs), their
+    input sizes set the configs and (local, onnxruntime) they are copied in as the models'
+    weights; the onnxruntime flavour on a GPU serves the FP16 graph beside each instead
+    (``model.fp16.onnx``, written by ``brainscan export fp16``)."""
     out = Path(out)
     spec_options = dict(options)
+    gpu = options.get("device") == "gpu"
+    sources = {contract.CLASSIFIER: classifier_onnx, contract.SEGMENTER: segmenter_onnx}
+    if flavour == "onnxruntime" and gpu:
+        from brainscan.export.precision import fp16_path
+
+        sources = {name: fp16_path(path) if path else None for name, path in sources.items()}
+        missing = [str(path) for path in sources.values() if path and not path.exists()]
+        if missing:
+            raise RepositoryError(f"the onnxruntime flavour on a GPU serves the FP16 graphs, and {', '.join(missing)} "
+                                  "is missing: write it with `brainscan export fp16 RUN` (make demo does)")
     if classifier_onnx:
         spec_options["classifier_size"] = onnx_input_size(classifier_onnx, contract.CLASSIFIER_INPUT)
     if segmenter_onnx:
@@ -307,7 +332,7 @@ def write_repository(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     if flavour in ("local", "onnxruntime"):
-        for name, source in ((contract.CLASSIFIER, classifier_onnx), (contract.SEGMENTER, segmenter_onnx)):
+        for name, source in sources.items():
             if source:
                 shutil.copyfile(source, out / name / VERSION / WEIGHT_FILES[flavour])
     return out

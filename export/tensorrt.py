@@ -1,253 +1,260 @@
-"""ONNX -> FP16 TensorRT engines (TensorRT 10 Python API) for the `tensorrt` repository.
+"""Strongly typed TensorRT engines from the FP16 ONNX graphs, for the ``tensorrt`` repository.
 
-For each network: parse the ONNX with ``OnnxParser`` into an explicit-batch network, set
-FP16 and a workspace limit, add ONE optimization profile spanning batch 1 … the model
-config's ``max_batch_size``, reuse a timing cache across builds, build; then run the
-engine on real validation slices and pass the FP16 gate (``brainscan.export.fp16``)
-before anything is written. ``model.plan`` lands in the network's version folder with
-``engine.json`` beside it (TensorRT version, GPU, compute capability, ONNX hash, profile)
-so ``brainscan doctor`` can tell when an engine no longer fits its server.
+Precision is in the graph (``brainscan export fp16`` writes ``model.fp16.onnx``): TensorRT
+11 builds only strongly typed networks, and on 10.12-10.x the network is created with the
+STRONGLY_TYPED flag, so every layer runs in the type the graph gives it and no weak-typing
+API (builder precision flags, per-layer precisions) is used. Per network: parse the FP16
+ONNX, check its inputs against the model config, add ONE optimization profile spanning batch
+1 … the config's ``max_batch_size``, limit the workspace, reuse a timing cache, build; then
+run the engine on real validation slices and pass the FP16 gate against the FP32 ONNX before
+anything is written. ``model.plan`` lands in the network's version folder with
+``engine.json`` beside it (TensorRT version, GPU, compute capability, ONNX hash, profile) so
+``brainscan doctor`` can tell when an engine no longer fits its server.
 
-``tensorrt`` is imported lazily: everything here is importable (and testable with a
-stand-in module) on machines without it.
+The GPU-only part is small and not ours where it can be avoided: Polygraphy's loaders parse,
+configure and build, its TrtRunner runs the engine (device buffers, shapes and streams are
+its job). The TensorRT objects this module touches itself are annotated with the bindings'
+types, and ``make test`` type-checks them against ``tensorrt-stubs`` (the 10.x surface, and
+the 11.x surface without weak typing). ``tensorrt`` and ``polygraphy`` are imported lazily:
+everything else here runs, and is tested, on machines without a GPU.
 """
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import json
+import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
-from brainscan.export.fp16 import GateReport, Tolerances, check_classifier, check_segmenter
+from brainscan.digest import sha256_file
+from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check_network
+from brainscan.export.gpu import Gpu, build_gpu
+from brainscan.export.precision import fp16_path, record_path
 from brainscan.export.profiles import Profile, profile_from_config
 from brainscan.export.repository import VERSION, RepositoryError, onnx_input_size, read_config
+from brainscan.export.validation import NetworkInputs, run_onnx
 
-REQUIRED_MAJOR = 10
+if TYPE_CHECKING:
+    import tensorrt
+
+MINIMUM_VERSION = (10, 12)  # STRONGLY_TYPED builds of FP16 graphs; weak typing was deprecated here
+ONLY_STRONGLY_TYPED = 11  # from this major on every network is strongly typed and the flag is ignored
 PLAN = "model.plan"
 RECORD = "engine.json"
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
 NETWORKS = (contract.CLASSIFIER, contract.SEGMENTER)
 EXPORT_COMMAND = "docker compose -f docker/compose.yaml run --rm export"
 CONTAINER_HINT = f"build engines in the export container on a GPU host: `{EXPORT_COMMAND}` (README, 'On a GPU host')"
+REMEDY = ("The FP16 graphs passed the same gate on CPU, so the difference comes from TensorRT's kernels: keep the "
+          "offending nodes in FP32 with `brainscan export fp16 RUN --keep-fp32 PATTERN` (--list-nodes prints them), "
+          "then build again.")
 
 
 class TensorRTUnavailableError(RuntimeError):
-    """The ``tensorrt`` module is missing or too old."""
+    """The ``tensorrt`` module is missing, not TensorRT's bindings, or too old."""
 
 
 class EngineBuildError(RuntimeError):
     """Parsing or building failed; the message carries TensorRT's own errors."""
 
 
-class GateFailedError(RuntimeError):
-    """An engine exceeded the FP16 tolerances; nothing was written."""
-
-    def __init__(self, reports: list[GateReport]):
-        failed = [r for r in reports if not r.passed]
-        names = ", ".join(r.network for r in failed)
-        super().__init__(
-            "\n\n".join(r.table() for r in reports)
-            + f"\n\nthe FP16 engine of {names} is outside the tolerances; nothing was written. Keep the "
-            "sensitive layers in FP32 with --keep-fp32 PATTERN (layer names or type:KIND, e.g. "
-            "--keep-fp32 'type:ACTIVATION' or the mask head's layers; `--list-layers` prints them) and build again."
-        )
-        self.reports = reports
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:4])
 
 
-def import_tensorrt():
-    """The ``tensorrt`` module (TensorRT 10+), or TensorRTUnavailableError in one sentence."""
+def check_version(version: str) -> None:
+    """Refuse, in one sentence, a TensorRT that cannot build strongly typed FP16 engines."""
+    if version_tuple(version)[:2] < MINIMUM_VERSION:
+        need = ".".join(str(n) for n in MINIMUM_VERSION)
+        raise TensorRTUnavailableError(
+            f"TensorRT {version} is too old: brainscan builds strongly typed engines from FP16 graphs, which needs "
+            f"TensorRT {need} or newer (11.x builds only strongly typed networks); {CONTAINER_HINT}.")
+
+
+def installed_version() -> str | None:
+    """The version of the importable TensorRT bindings, or None. A ``tensorrt`` package
+    without ``__version__`` (e.g. type stubs on the path) is not TensorRT."""
     try:
         import tensorrt as trt
     except ImportError:
-        raise TensorRTUnavailableError(f"TensorRT is not installed in this environment: {CONTAINER_HINT}.") from None
-    major = int(str(trt.__version__).split(".")[0])
-    if major < REQUIRED_MAJOR:
-        raise TensorRTUnavailableError(
-            f"TensorRT {trt.__version__} is installed but brainscan builds with TensorRT {REQUIRED_MAJOR}+: {CONTAINER_HINT}."
-        )
+        return None
+    version = getattr(trt, "__version__", None)
+    return version if isinstance(version, str) else None
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module (10.12+), or TensorRTUnavailableError in one sentence."""
+    version = installed_version()
+    if version is None:
+        raise TensorRTUnavailableError(f"TensorRT is not installed in this environment: {CONTAINER_HINT}.")
+    check_version(version)
+    import tensorrt as trt
+
     return trt
 
 
-@dataclass
+def needs_strongly_typed_flag(version: str) -> bool:
+    """10.12-10.x must be asked for a strongly typed network; 11.x has no other kind (its
+    STRONGLY_TYPED flag is deprecated and ignored, so it is not set)."""
+    return version_tuple(version)[0] < ONLY_STRONGLY_TYPED
+
+
+@dataclass(frozen=True)
 class BuildSettings:
-    fp16: bool = True
     workspace_mib: int = 1024
-    timing_cache: Path | None = None  # read before, written after every build
-    keep_fp32: tuple[str, ...] = ()  # layer-name globs, or type:KIND (a trt.LayerType name)
+    timing_cache: Path | None = None  # read before, written after every build; one per TensorRT version and GPU
 
 
-@dataclass
-class BuiltEngine:
-    plan: bytes
-    fp32_layers: list[str] = field(default_factory=list)
-    build_seconds: float = 0.0
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything one engine build needs, decided on the CPU before TensorRT is touched."""
+
+    network: str
+    onnx: Path  # the FP16 graph
+    profile: Profile
+    workspace_bytes: int
+    strongly_typed_flag: bool
+    timing_cache: Path | None
 
 
-def _matches(layer, pattern: str) -> bool:
-    if pattern.startswith("type:"):
-        return layer.type.name.upper() == pattern[5:].upper()
-    return fnmatch.fnmatchcase(layer.name, pattern)
+def timing_cache_file(cache: Path, trt_version: str, gpu: Gpu) -> Path:
+    """Timings hold for one TensorRT version and one GPU kind: one file per pair."""
+    cache = Path(cache)
+    return cache.with_name(f"{cache.stem}-trt{trt_version}-sm{gpu.compute_capability}{cache.suffix}")
 
 
-def _floating_outputs(trt, layer) -> list[int]:
-    return [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in (trt.float32, trt.float16)]
+def build_request(network: str, fp32_onnx: Path, profile: Profile, settings: BuildSettings, trt_version: str,
+                  gpu: Gpu) -> BuildRequest:
+    """The build of ``network`` from the FP16 graph beside ``fp32_onnx``."""
+    fp16 = fp16_path(fp32_onnx)
+    if not fp16.exists():
+        raise EngineBuildError(f"{fp16} is missing: precision lives in the ONNX graph, so write it first with "
+                               f"`brainscan export fp16 {Path(fp32_onnx).parent}` (make demo does)")
+    cache = timing_cache_file(settings.timing_cache, trt_version, gpu) if settings.timing_cache else None
+    return BuildRequest(network, fp16, profile, settings.workspace_mib << 20, needs_strongly_typed_flag(trt_version), cache)
 
 
-def layer_names(network) -> list[tuple[str, str]]:
-    """(name, type) of every layer, in network order."""
-    return [(network.get_layer(i).name, network.get_layer(i).type.name) for i in range(network.num_layers)]
+# --- GPU-only: TensorRT through Polygraphy (type-checked against tensorrt-stubs) -----------
 
+def check_parsed_network(network: tensorrt.INetworkDefinition, request: BuildRequest) -> None:
+    """The parsed network must take and give what the Triton config declares: one FP32
+    input of the profile's per-image shape, one FP32 output."""
+    import tensorrt as trt
 
-def keep_in_fp32(trt, network, patterns: tuple[str, ...]) -> list[str]:
-    """Pin the floating-point layers matching ``patterns`` (and their outputs) to FP32.
-    A pattern that matches no layer is an error: a typo must not pass silently."""
-    kept = []
-    for pattern in patterns:
-        hits = [network.get_layer(i) for i in range(network.num_layers) if _matches(network.get_layer(i), pattern)]
-        if not hits:
-            sample = ", ".join(name for name, _ in layer_names(network)[-8:])
-            raise EngineBuildError(f"--keep-fp32 {pattern!r} matches no layer (last layers: {sample})")
-        for layer in hits:
-            outputs = _floating_outputs(trt, layer)
-            if not outputs or layer.name in kept:
-                continue
-            layer.precision = trt.float32
-            for j in outputs:
-                layer.set_output_type(j, trt.float32)
-            kept.append(layer.name)
-    return kept
-
-
-def parse_onnx(trt, builder, logger, onnx_path: Path):
-    """An explicit-batch network from an ONNX file (TensorRT 10 networks are always
-    explicit-batch, so no creation flag is needed)."""
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT could not parse {onnx_path}: {errors or 'no detail given'}")
-    return network, parser
-
-
-def build_engine(trt, onnx_path: Path, profile: Profile, settings: BuildSettings = BuildSettings(), logger=None) -> BuiltEngine:
-    """Build one serialized engine. ``trt`` is the tensorrt module (a stand-in in tests)."""
-    started = time.perf_counter()
-    logger = logger or trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network, _parser = parse_onnx(trt, builder, logger, onnx_path)
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    if [t.name for t in inputs] != [profile.input]:
-        raise EngineBuildError(f"{onnx_path} has inputs {[t.name for t in inputs]}; the model config expects [{profile.input!r}]")
-    onnx_dims = tuple(inputs[0].shape)[1:]
-    if onnx_dims != profile.max[1:]:
-        raise EngineBuildError(f"{onnx_path} takes {list(onnx_dims)} per image; the model config says {list(profile.max[1:])}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
-    if settings.fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    kept = keep_in_fp32(trt, network, settings.keep_fp32)
-    if kept:
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-
-    optimization = builder.create_optimization_profile()
-    optimization.set_shape(profile.input, profile.min, profile.opt, profile.max)
-    config.add_optimization_profile(optimization)
-
-    cache_path = Path(settings.timing_cache) if settings.timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
-    if cache_path:
-        write_bytes_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    return BuiltEngine(bytes(memoryview(serialized)), kept, time.perf_counter() - started)
+    if [t.name for t in inputs] != [request.profile.input]:
+        raise EngineBuildError(f"{request.onnx} has inputs {[t.name for t in inputs]}; the model config expects "
+                               f"[{request.profile.input!r}]")
+    dims = tuple(inputs[0].shape[1:])
+    if dims != request.profile.max[1:]:
+        raise EngineBuildError(f"{request.onnx} takes {list(dims)} per image; the model config says "
+                               f"{list(request.profile.max[1:])}")
+    outputs = [network.get_output(i) for i in range(network.num_outputs)]
+    for tensor in [*inputs, *outputs]:
+        if tensor.dtype != trt.DataType.FLOAT:
+            raise EngineBuildError(f"{request.onnx}: {tensor.name} is {tensor.dtype}, but the model config declares "
+                                   "TYPE_FP32 (an FP16 graph must keep FP32 inputs and outputs)")
 
 
-class EngineRunner:
-    """Runs a serialized engine on host arrays (used by the FP16 gate), in chunks of at
-    most the profile's maximum batch."""
+def build_engine(request: BuildRequest) -> bytes:
+    """One serialized engine (needs TensorRT and a GPU)."""
+    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
+    from polygraphy.backend.trt import Profile as ShapeProfile
+    from polygraphy.exception import PolygraphyException
 
-    def __init__(self, trt, plan: bytes, cuda, logger=None):
-        self.trt, self.cuda = trt, cuda
-        self.runtime = trt.Runtime(logger or trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(plan)
-        if self.engine is None:
-            raise EngineBuildError("TensorRT could not deserialize the engine it just built")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(self.inputs) != 1 or len(self.outputs) != 1:
-            raise EngineBuildError(f"expected one input and one output, the engine has {self.inputs} and {self.outputs}")
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.inputs[0], 0)[2][0])
-        self.stream = cuda.stream_create()
-
-    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        trt, cuda, context = self.trt, self.cuda, self.context
-        (name_in,), (name_out,) = self.inputs, self.outputs
-        chunk = np.ascontiguousarray(chunk, dtype=trt.nptype(self.engine.get_tensor_dtype(name_in)))
-        context.set_input_shape(name_in, chunk.shape)
-        out_shape = tuple(context.get_tensor_shape(name_out))
-        out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name_out)))
-        device_in = cuda.malloc(chunk.nbytes)
-        device_out = cuda.malloc(int(np.prod(out_shape)) * out_dtype.itemsize)
-        try:
-            cuda.to_device(device_in, chunk)
-            context.set_tensor_address(name_in, device_in)
-            context.set_tensor_address(name_out, device_out)
-            if not context.execute_async_v3(self.stream):
-                raise EngineBuildError("TensorRT execution failed (execute_async_v3 returned False)")
-            cuda.stream_synchronize(self.stream)
-            return cuda.from_device(device_out, out_shape, out_dtype)
-        finally:
-            cuda.free(device_in)
-            cuda.free(device_out)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        parts = [self._run_chunk(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
-        return np.concatenate(parts).astype(np.float32)
-
-    def close(self) -> None:
-        self.cuda.stream_destroy(self.stream)
+    cache = str(request.timing_cache) if request.timing_cache else None
+    if request.timing_cache:
+        request.timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        builder, network, parser = NetworkFromOnnxPath(str(request.onnx), strongly_typed=request.strongly_typed_flag)()
+        check_parsed_network(network, request)
+        shapes = ShapeProfile().add(request.profile.input, min=request.profile.min, opt=request.profile.opt,
+                                    max=request.profile.max)
+        config = CreateConfig(profiles=[shapes], load_timing_cache=cache,
+                              memory_pool_limits={trt.MemoryPoolType.WORKSPACE: request.workspace_bytes})
+        serialized = EngineBytesFromNetwork((builder, network, parser), config=config, save_timing_cache=cache)()
+    except PolygraphyException as exc:
+        raise EngineBuildError(f"TensorRT could not build the {request.network} engine from {request.onnx}: {exc} "
+                               "(TensorRT's log above says more)") from None
+    return bytes(memoryview(serialized))
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def run_engine(plan: bytes, input_name: str, images: np.ndarray, max_batch: int) -> np.ndarray:
+    """The engine's single output on ``images``, run in chunks of at most the profile's
+    maximum batch (needs TensorRT and a GPU)."""
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.exception import PolygraphyException
+
+    outputs = []
+    try:
+        with TrtRunner(EngineFromBytes(plan)) as runner:
+            for start in range(0, len(images), max_batch):
+                chunk = np.ascontiguousarray(images[start:start + max_batch], np.float32)
+                (array,) = runner.infer({input_name: chunk}).values()
+                outputs.append(np.asarray(array, np.float32))
+    except PolygraphyException as exc:
+        raise EngineBuildError(f"the engine built for {input_name} did not run: {exc}") from None
+    return np.concatenate(outputs)
 
 
-def engine_record(network: str, trt_version: str, gpu: dict, onnx_path: Path, profile: Profile,
-                  settings: BuildSettings, built: BuiltEngine, gate: GateReport) -> dict:
+class Toolkit(Protocol):
+    """What building engines needs from the machine: TensorRT's version, the GPU, a build
+    and a run. ``TensorRT`` is the real one; tests give one that runs the FP16 graph on CPU."""
+
+    version: str
+
+    def gpu(self) -> Gpu: ...
+
+    def build(self, request: BuildRequest) -> bytes: ...
+
+    def run(self, plan: bytes, input_name: str, images: np.ndarray, max_batch: int) -> np.ndarray: ...
+
+
+class TensorRT:
+    """TensorRT on this machine's GPU."""
+
+    def __init__(self) -> None:
+        self.version = str(import_tensorrt().__version__)
+
+    def gpu(self) -> Gpu:
+        return build_gpu()
+
+    def build(self, request: BuildRequest) -> bytes:
+        return build_engine(request)
+
+    def run(self, plan: bytes, input_name: str, images: np.ndarray, max_batch: int) -> np.ndarray:
+        return run_engine(plan, input_name, images, max_batch)
+
+
+# --- the flow around the build, the same with any toolkit ----------------------------------
+
+def engine_record(request: BuildRequest, trt_version: str, gpu: Gpu, given: NetworkInputs, seconds: float,
+                  gate: GateReport) -> dict:
     """What engine.json holds: enough to tell whether the plan still fits a server."""
+    fp16_record = record_path(request.onnx)
+    kept = json.loads(fp16_record.read_text()).get("fp32_nodes", []) if fp16_record.exists() else []
     return {
         "format": RECORD_FORMAT,
-        "network": network,
+        "network": request.network,
         "tensorrt_version": trt_version,
-        "gpu_name": gpu["gpu_name"],
-        "compute_capability": gpu["compute_capability"],
-        "onnx_file": str(onnx_path),
-        "onnx_sha256": sha256(onnx_path),
-        "profile": profile.as_dict(),
-        "precision": "fp16" if settings.fp16 else "fp32",
-        "fp32_layers": built.fp32_layers,
-        "workspace_mib": settings.workspace_mib,
-        "build_seconds": round(built.build_seconds, 1),
+        "gpu_name": gpu.name,
+        "compute_capability": gpu.compute_capability,
+        "precision": "fp16 graph, strongly typed",
+        "onnx_file": str(request.onnx),
+        "onnx_sha256": sha256_file(request.onnx),
+        "fp32_onnx_sha256": sha256_file(given.onnx),
+        "fp32_nodes": kept,
+        "profile": request.profile.as_dict(),
+        "workspace_mib": request.workspace_bytes >> 20,
+        "build_seconds": round(seconds, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "gate": {"passed": gate.passed, "samples": gate.samples,
-                 "checks": {c.name: {"value": float(c.value), "limit": c.limit} for c in gate.checks}},
+        "gate": gate.as_dict(),
     }
 
 
@@ -256,16 +263,6 @@ def read_record(version_dir: Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text())
-
-
-@dataclass
-class NetworkInputs:
-    """What the build of one network needs: its ONNX and real validation data at the
-    network's input size (ground-truth masks for the segmenter when the data has them)."""
-
-    onnx: Path
-    images: np.ndarray
-    truth: np.ndarray | None = None
 
 
 def network_profile(repository: Path, network: str, opt_batch: int | None = None) -> Profile:
@@ -289,67 +286,43 @@ def check_onnx_matches(repository: Path, network: str, onnx: Path, profile: Prof
         )
 
 
-def reference_outputs(onnx: Path, images: np.ndarray) -> np.ndarray:
-    """FP32 reference: ONNX Runtime on CPU, the same ONNX the engine was built from."""
-    from brainscan.export.onnx import onnx_session
-
-    session = onnx_session(onnx)
-    return session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})[0]
-
-
-def gate(network: str, fp32: np.ndarray, fp16: np.ndarray, truth: np.ndarray | None, tolerances: Tolerances) -> GateReport:
-    if network == contract.CLASSIFIER:
-        return check_classifier(fp32, fp16, tolerances)
-    return check_segmenter(fp32, fp16, truth, tolerances)
-
-
 def build_repository_engines(
     repository: Path,
     inputs: dict[str, NetworkInputs],
-    settings: BuildSettings,
+    settings: BuildSettings = BuildSettings(),
     tolerances: Tolerances = Tolerances(),
     opt_batch: int | None = None,
-    trt=None,
-    cuda=None,
-    log=print,
+    toolkit: Toolkit | None = None,
+    log: Callable[[str], None] = print,
 ) -> list[GateReport]:
-    """Build, gate and (only if every network passes) write the engines of ``repository``."""
-    from brainscan.export.cuda import CudaRuntime, gpu_description
-
-    trt = trt or import_tensorrt()
-    cuda = cuda or CudaRuntime()
-    gpu = gpu_description(cuda)
-    if settings.timing_cache is not None:  # timings hold only for one TensorRT version and GPU
-        cache = Path(settings.timing_cache)
-        settings = replace(settings, timing_cache=cache.with_name(
-            f"{cache.stem}-trt{trt.__version__}-sm{gpu['compute_capability']}{cache.suffix}"))
-    log(f"TensorRT {trt.__version__} on {gpu['gpu_name']} (compute capability {gpu['compute_capability']})")
-    profiles = {}
+    """Build, gate and (only if every network passes) write the engines of ``repository``.
+    ``inputs`` name each network's FP32 ONNX (its FP16 graph sits beside it)."""
+    toolkit = toolkit or TensorRT()
+    gpu = toolkit.gpu()
+    log(f"TensorRT {toolkit.version} on {gpu.name} (compute capability {gpu.compute_capability})")
+    requests = {}
     for network, given in inputs.items():
-        profiles[network] = network_profile(repository, network, opt_batch)
-        check_onnx_matches(repository, network, given.onnx, profiles[network])
-    results, reports = {}, []
-    for network, given in inputs.items():
-        profile = profiles[network]
-        log(f"{network}: building from {given.onnx}, batch profile min/opt/max "
+        profile = network_profile(repository, network, opt_batch)
+        check_onnx_matches(repository, network, given.onnx, profile)
+        requests[network] = build_request(network, given.onnx, profile, settings, toolkit.version, gpu)
+    reports, built = [], {}
+    for network, request in requests.items():
+        given, profile = inputs[network], request.profile
+        log(f"{network}: building from {request.onnx} (strongly typed), batch profile min/opt/max "
             f"{profile.min[0]}/{profile.opt[0]}/{profile.max[0]} of {list(profile.max[1:])}")
-        built = build_engine(trt, given.onnx, profile, settings)
-        runner = EngineRunner(trt, built.plan, cuda)
-        try:
-            fp16 = runner.run(given.images)
-        finally:
-            runner.close()
-        report = gate(network, reference_outputs(given.onnx, given.images), fp16, given.truth, tolerances)
+        started = time.perf_counter()
+        plan = toolkit.build(request)
+        seconds = time.perf_counter() - started
+        fp16 = toolkit.run(plan, profile.input, given.images, profile.max_batch)
+        report = check_network(network, run_onnx(given.onnx, given.images), fp16, given.truth, tolerances)
         log(report.table())
         reports.append(report)
-        results[network] = (built, report)
+        built[network] = (plan, engine_record(request, toolkit.version, gpu, given, seconds, report))
     if not all(r.passed for r in reports):
-        raise GateFailedError(reports)
-    for network, (built, report) in results.items():
+        raise GateFailedError(reports, REMEDY)
+    for network, (plan, record) in built.items():
         version_dir = Path(repository) / network / VERSION
-        record = engine_record(network, str(trt.__version__), gpu, inputs[network].onnx, profiles[network],
-                               settings, built, report)
-        write_bytes_atomic(version_dir / PLAN, built.plan)
+        write_bytes_atomic(version_dir / PLAN, plan)
         write_bytes_atomic(version_dir / RECORD, (json.dumps(record, indent=2) + "\n").encode())
-        log(f"wrote {version_dir / PLAN} ({len(built.plan) / 1e6:.1f} MB, built in {built.build_seconds:.0f} s)")
+        log(f"wrote {version_dir / PLAN} ({len(plan) / 1e6:.1f} MB, built in {record['build_seconds']:.0f} s)")
     return reports

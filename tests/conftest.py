@@ -58,7 +58,7 @@ def onnx_models(runs) -> dict[str, Path]:
 def validation(runs, onnx_models):
     """Each tiny network's validation slices (and masks), as the FP16 gate takes them."""
     from brainscan import contract
-    from brainscan.export.tensorrt import NetworkInputs
+    from brainscan.export.validation import NetworkInputs
     from brainscan.train import datasets
     from brainscan.train.training import load_run, split_samples
 
@@ -69,6 +69,15 @@ def validation(runs, onnx_models):
         truth = datasets.load_masks(samples, config.image_size) if name == contract.SEGMENTER else None
         out[name] = NetworkInputs(onnx_models[name], datasets.load_images(samples, config.image_size), truth)
     return out
+
+
+@pytest.fixture(scope="session")
+def fp16_models(validation) -> dict[str, Path]:
+    """The FP16 graphs of the tiny networks (model.fp16.onnx beside each model.onnx), written
+    by the real `export fp16` step after its CPU gate."""
+    from brainscan.export.precision import export_fp16
+
+    return {name: export_fp16(given.onnx, given).path for name, given in validation.items()}
 
 
 @pytest.fixture(scope="session")
@@ -101,27 +110,34 @@ def phantom_slices(root: Path, count: int = 4) -> list[Path]:
     return [s.image for s in find_kaggle3m(root)][:count]
 
 
-def write_threshold_segmenter(path: Path, size: int = 64) -> Path:
+def write_threshold_segmenter(path: Path, size: int = 64, detour: float | None = None) -> Path:
     """A real ONNX segmenter whose answer is known without training: probability rises
     with brightness (sigmoid((mean over channels - 128) / 10)), so the mask is the bright
     half of each slice's intensity range. It makes geometry tests exact where the tiny
-    trained segmenter finds nothing."""
+    trained segmenter finds nothing. With ``detour``, the mean is multiplied by it and
+    divided back (nodes ``detour_up``/``detour_down``): the same answer in FP32, but an
+    intermediate that overflows FP16 (max 65504) once mean x detour does."""
     import onnx
     from onnx import TensorProto, helper
 
     from brainscan import contract
 
+    nodes = [helper.make_node("ReduceMean", [contract.SEGMENTER_INPUT], ["mean"], axes=[3], keepdims=1, name="mean")]
+    constants = [helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0]), helper.make_tensor("gain", TensorProto.FLOAT, [], [0.1])]
+    level = "mean"
+    if detour is not None:
+        nodes += [helper.make_node("Mul", ["mean", "detour"], ["detoured"], name="detour_up"),
+                  helper.make_node("Div", ["detoured", "detour"], ["level"], name="detour_down")]
+        constants.append(helper.make_tensor("detour", TensorProto.FLOAT, [], [detour]))
+        level = "level"
+    nodes += [helper.make_node("Sub", [level, "middle"], ["centred"], name="centre"),
+              helper.make_node("Mul", ["centred", "gain"], ["logit"], name="scale"),
+              helper.make_node("Sigmoid", ["logit"], [contract.SEGMENTER_OUTPUT], name="probability")]
     graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", [contract.SEGMENTER_INPUT], ["mean"], axes=[3], keepdims=1),
-            helper.make_node("Sub", ["mean", "middle"], ["centred"]),
-            helper.make_node("Mul", ["centred", "gain"], ["logit"]),
-            helper.make_node("Sigmoid", ["logit"], [contract.SEGMENTER_OUTPUT]),
-        ],
-        "threshold_segmenter",
+        nodes, "threshold_segmenter",
         [helper.make_tensor_value_info(contract.SEGMENTER_INPUT, TensorProto.FLOAT, ["N", size, size, 3])],
         [helper.make_tensor_value_info(contract.SEGMENTER_OUTPUT, TensorProto.FLOAT, ["N", size, size, 1])],
-        [helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0]), helper.make_tensor("gain", TensorProto.FLOAT, [], [0.1])],
+        constants,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     onnx.checker.check_model(model)

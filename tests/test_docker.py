@@ -3,6 +3,10 @@ python models and the engine build import, and a compose file wired to the contr
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from typer.testing import CliRunner
 from brainscan import contract
 from brainscan.cli import app
 from brainscan.export.doctor import read_pin
+from layout import installed_layout, site_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -22,8 +27,9 @@ PIN = read_pin(DOCKER / ".env")
 
 def _text_files():
     for path in ROOT.rglob("*"):
-        skip = {".git", ".venv", "artifacts", "data", "__pycache__", ".pytest_cache"} & set(path.relative_to(ROOT).parts)
-        if path.is_file() and not skip and path.suffix in {"", ".md", ".py", ".yaml", ".yml", ".toml", ".Dockerfile", ".env", ".txt"}:
+        parts = path.relative_to(ROOT).parts
+        skip = {".git", ".venv", "artifacts", "data", "__pycache__", ".pytest_cache", "build"} & set(parts)
+        if path.is_file() and not skip and not any(part.endswith(".egg-info") for part in parts) and path.suffix in {"", ".md", ".py", ".yaml", ".yml", ".toml", ".Dockerfile", ".env", ".txt"}:
             yield path
 
 
@@ -33,9 +39,19 @@ def _compose() -> dict:
 
 def test_the_release_is_pinned_once():
     assert re.fullmatch(r"\d\d\.\d\d", PIN["NGC_RELEASE"]), PIN
-    assert re.fullmatch(r"\d+\.\d+\.\d+", PIN["NGC_TENSORRT"]), PIN
+    assert re.fullmatch(r"\d+(\.\d+){0,2}", PIN["NGC_TENSORRT"]), PIN
     pinned_here = [p for p in _text_files() if re.search(r"^NGC_RELEASE=", p.read_text(errors="ignore"), re.M)]
     assert pinned_here == [DOCKER / ".env"]
+
+
+def test_the_pinned_release_has_the_security_fixes_and_a_tensorrt_that_builds_strongly_typed():
+    # Triton releases before 25.07 lack the python-backend shared-memory and chunked-HTTP
+    # fixes; engines are built strongly typed from FP16 graphs, which needs TensorRT 10.12+
+    from brainscan.export.tensorrt import MINIMUM_VERSION, version_tuple
+
+    assert tuple(int(p) for p in PIN["NGC_RELEASE"].split(".")) >= (25, 7)
+    pinned = version_tuple(PIN["NGC_TENSORRT"])
+    assert pinned[0] > MINIMUM_VERSION[0] or pinned[:2] >= MINIMUM_VERSION
 
 
 def test_every_ngc_image_names_the_pinned_release():
@@ -99,18 +115,104 @@ def test_compose_wires_the_gpu_services_to_the_contract():
     health = " ".join(triton["healthcheck"]["test"])
     assert f"127.0.0.1:{contract.HTTP_PORT}/v2/health/ready" in health
     export = services["export"]
-    assert "..:/workspace" in export["volumes"] and export["working_dir"] == "/workspace"
     assert export["environment"]["BRAINSCAN_ARTIFACTS"] == "artifacts"
     sdk = services["sdk"]
     assert sdk["image"].endswith("-py3-sdk") and sdk["depends_on"]["triton"]["condition"] == "service_healthy"
 
 
-def test_the_onnxruntime_engine_cache_has_a_volume():
-    from brainscan.export.repository import ORT_TRT_CACHE
+def test_the_checkout_is_never_mounted_over_the_images_own_workspace():
+    """The -sdk image puts /workspace/install/{bin,lib} first on PATH and LD_LIBRARY_PATH
+    (perf_analyzer's libraries); a checkout mounted over /workspace hides them."""
+    services = _compose()["services"]
+    for name in ("export", "sdk"):
+        service = services[name]
+        assert "..:/brainscan" in service["volumes"] and service["working_dir"] == "/brainscan", name
+    for name, service in services.items():
+        targets = [v.split(":")[1] for v in service.get("volumes", [])]
+        assert not any(t == "/workspace" or t.startswith("/workspace/") for t in targets), name
+    assert "WORKDIR /brainscan" in (DOCKER / "export.Dockerfile").read_text()
+
+
+def test_the_onnxruntime_engine_caches_sit_one_level_below_a_volume():
+    """ONNX Runtime's TensorRT provider creates only the last folder of its cache path, and a
+    fresh volume is empty: the volume is mounted at ORT_TRT_CACHE itself, each model's cache
+    one level below it, and the image creates the mount point."""
+    from brainscan.export.repository import ORT_TRT_CACHE, RepositorySpec, model_configs
 
     triton = _compose()["services"]["triton"]
-    mounts = {v.split(":")[1] for v in triton["volumes"]}
-    assert any(ORT_TRT_CACHE.startswith(m) for m in mounts)
+    named = {v.split(":")[0]: v.split(":")[1] for v in triton["volumes"] if not v.startswith(("$", ".", "/"))}
+    assert named["ort-trt-cache"] == ORT_TRT_CACHE and "ort-trt-cache" in _compose()["volumes"]
+    assert f"mkdir -p {ORT_TRT_CACHE}" in (DOCKER / "triton.Dockerfile").read_text()
+    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+        config = model_configs(RepositorySpec(flavour="onnxruntime", device="gpu"))[name]
+        (accelerator,) = config["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
+        cache = Path(accelerator["parameters"]["trt_engine_cache_path"])
+        assert cache.parent == Path(ORT_TRT_CACHE)
+
+
+def _run_lines(dockerfile: str) -> list[str]:
+    """The RUN instructions of a Dockerfile, continuation lines joined as Docker joins them."""
+    text = re.sub(r"\\\n", "", (DOCKER / dockerfile).read_text())
+    return [line.strip()[4:] for line in text.splitlines() if line.strip().startswith("RUN ")]
+
+
+def _tensorrt_check(dockerfile: str) -> str:
+    (check,) = [line for line in _run_lines(dockerfile) if "NGC_TENSORRT" in line]
+    return check
+
+
+@pytest.mark.parametrize("found,ok", [("11.3.0.99", True), ("11.0.0.114", True), ("10.13.3.9", False), ("110.1.0", False)])
+def test_the_export_image_build_stops_on_another_tensorrt(tmp_path, found, ok):
+    """The check is run as Docker runs it (sh -c), on a stand-in `tensorrt` module."""
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.py").write_text(f"__version__ = {found!r}\n")
+    (tmp_path / "python3").symlink_to(sys.executable)
+    result = subprocess.run(["sh", "-c", _tensorrt_check("export.Dockerfile")], capture_output=True, text=True, timeout=60,
+                            env={"PATH": f"{tmp_path}:/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "NGC_TENSORRT": "11"})
+    assert (result.returncode == 0) is ok, result.stderr
+    if not ok:
+        assert f"expected TensorRT 11, image has {found}: fix NGC_TENSORRT in docker/.env" in result.stderr
+
+
+@pytest.mark.parametrize("library,ok", [("libnvinfer.so.11.3.0", True), ("libnvinfer.so.10.13.3", False), (None, False)])
+def test_the_triton_image_build_stops_on_another_tensorrt(tmp_path, library, ok):
+    """Run as Docker runs it, with `ls` answering what the image's /usr/lib would hold."""
+    listing = f"/usr/lib/x86_64-linux-gnu/{library}" if library else ""
+    (tmp_path / "ls").write_text(f"#!/bin/sh\n[ -n '{listing}' ] && echo '{listing}'\n")
+    (tmp_path / "ls").chmod(0o755)
+    result = subprocess.run(["sh", "-c", _tensorrt_check("triton.Dockerfile")], capture_output=True, text=True, timeout=60,
+                            env={"PATH": f"{tmp_path}:/usr/bin:/bin", "NGC_TENSORRT": "11"})
+    assert (result.returncode == 0) is ok, result.stdout + result.stderr
+    if not ok:
+        assert "expected TensorRT 11 in this image: fix NGC_TENSORRT in docker/.env" in result.stderr
+
+
+def _readme_gpu_test_command() -> list[str]:
+    (line,) = [line for line in (ROOT / "README.md").read_text().splitlines() if "run --rm export" in line and "-m gpu" in line]
+    command = line.split("run --rm export", 1)[1].strip().strip("`")
+    return shlex.split(command)
+
+
+def test_the_readme_gpu_test_command_imports_the_installed_package():
+    """In the export container the package is installed (not editable) and the checkout is
+    the working directory, whose ./brainscan has no export subpackage: `python3 -m pytest`
+    would import that folder and fail. The README's command runs here the same way: the
+    package as it installs, the checkout as working directory, site-packages without the
+    editable hook (-S, dependencies on PYTHONPATH)."""
+    command = _readme_gpu_test_command()
+    assert command[0] == "python3" and "-m" in command and "pytest" in command
+    with tempfile.TemporaryDirectory() as root:
+        layout = installed_layout(Path(root))
+        env = {"PYTHONPATH": f"{layout}:{site_packages()}", "PATH": "/usr/bin:/bin", "HOME": root}
+        collect = ["--collect-only", "-q", "-p", "no:cacheprovider"]
+        readme = subprocess.run([sys.executable, "-S", *command[1:], *collect], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert readme.returncode in (0, 5), readme.stdout + readme.stderr  # 5: the GPU test deselected nothing else
+        assert "test_real_fp16_engines_of_the_demo_pass_the_gate" in readme.stdout
+        naive = [arg for arg in command[1:] if arg != "-P"]
+        broken = subprocess.run([sys.executable, "-S", *naive, *collect], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert broken.returncode != 0 and "No module named 'brainscan.export'" in broken.stdout + broken.stderr
 
 
 def test_build_context_leaves_out_environments_and_artifacts():

@@ -15,18 +15,17 @@ from brainscan import contract
 from brainscan.cli import app
 from brainscan.export import doctor
 from brainscan.export.repository import write_repository
-from brainscan.export.tensorrt import PLAN, RECORD, BuildSettings, build_repository_engines
+from brainscan.export.tensorrt import PLAN, RECORD, build_repository_engines
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def built(tmp_path, onnx_models, validation) -> Path:
-    """A tensorrt repository whose engines were 'built' with TensorRT 10.7.0.23 for compute
+def built(tmp_path, onnx_models, validation, fp16_models) -> Path:
+    """A tensorrt repository whose engines were 'built' with TensorRT 11.3.0.99 for compute
     capability 8.9 (by the stand-in, so the records are the real writer's)."""
     repo = write_repository(tmp_path / "repo", "tensorrt", onnx_models["classifier"], onnx_models["segmenter"])
-    build_repository_engines(repo, validation, BuildSettings(), trt=trt_standin.module(),
-                             cuda=trt_standin.FakeCuda(), log=lambda _: None)
+    build_repository_engines(repo, validation, toolkit=trt_standin.CpuToolkit("11.3.0.99"), log=lambda _: None)
     return repo
 
 
@@ -35,29 +34,29 @@ def _doctor(repo: Path, *args: str):
 
 
 def test_matching_engines_pass(built):
-    result = _doctor(built, "--tensorrt-version", "10.7.0", "--compute-capability", "8.9")
+    result = _doctor(built, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9")
     assert result.exit_code == 0, result.output
     assert "MISMATCH" not in result.output and "no mismatch found" in result.output
     assert result.output.count(" ok ") >= 9  # layout + 4 checks per engine
 
 
 def test_another_tensorrt_version_is_a_mismatch_with_the_rebuild_command(built):
-    result = _doctor(built, "--tensorrt-version", "10.8.0.43", "--compute-capability", "8.9")
+    result = _doctor(built, "--tensorrt-version", "11.4.0.18", "--compute-capability", "8.9")
     assert result.exit_code == 1
-    assert "built with 10.7.0.23, target has 10.8.0.43 (given)" in result.output
+    assert "built with 11.3.0.99, target has 11.4.0.18 (given)" in result.output
     assert "build the classifier and segmenter engine(s) again" in result.output
     assert "docker compose -f docker/compose.yaml run --rm export" in result.output
 
 
 def test_another_gpu_is_a_mismatch(built):
-    result = _doctor(built, "--tensorrt-version", "10.7.0", "--compute-capability", "9.0")
+    result = _doctor(built, "--tensorrt-version", "11.3.0", "--compute-capability", "9.0")
     assert result.exit_code == 1
     assert "built for 8.9 (Stand-in GPU), target is 9.0 (given)" in result.output
 
 
 def test_a_config_with_another_batch_range_is_a_mismatch(built, onnx_models):
     write_repository(built, "tensorrt", onnx_models["classifier"], onnx_models["segmenter"], max_batch_size=16)
-    findings = doctor.diagnose(built, doctor.Target("10.7.0", "given", "8.9", "given"))
+    findings = doctor.diagnose(built, doctor.Target("11.3.0", "given", "8.9", "given"))
     profile = [f for f in findings if f.check == "batch profile"]
     assert [f.status for f in profile] == ["MISMATCH", "MISMATCH"]
     assert "engine 1..8" in profile[0].detail and "config 1..16" in profile[0].detail

@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from brainscan import contract
 from brainscan.export.repository import (
     FLAVOURS,
+    ORT_TRT_CACHE,
     WEIGHT_FILES,
     RepositoryError,
     RepositorySpec,
@@ -112,6 +113,7 @@ def test_tensorrt_flavour_batches_dynamically_with_cuda_graphs_and_configurable_
         config = configs[name]
         assert config.platform == "tensorrt_plan"
         assert config.optimization.cuda.graphs is True
+        assert not config.dynamic_batching.preferred_batch_size  # the batcher forms any size 1..max
         assert 0 < config.dynamic_batching.max_queue_delay_microseconds <= 100  # short: a GPU batch takes < 1 ms
         assert config.max_batch_size == contract.MAX_BATCH_SIZE
     assert configs[contract.SEGMENTER].instance_group[0].count == 2
@@ -119,8 +121,34 @@ def test_tensorrt_flavour_batches_dynamically_with_cuda_graphs_and_configurable_
     assert configs[contract.PREPROCESS].instance_group[0].count == 3
 
 
+@pytest.mark.parametrize("max_batch", [1, 4, 8, 16])
+def test_every_batch_size_the_batcher_can_form_has_a_cuda_graph(max_batch):
+    """Triton's tensorrt backend, given no graph_spec, captures graphs only for batch 1 and
+    max_batch_size (with dynamic batching and no preferred sizes): every size in between
+    must be listed, each once, with no input shapes (the engine's own are used)."""
+    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+        config = to_model_config(model_configs(RepositorySpec(flavour="tensorrt", max_batch_size=max_batch))[name])
+        specs = config.optimization.cuda.graph_spec
+        assert sorted(spec.batch_size for spec in specs) == list(range(1, max_batch + 1))
+        assert all(not spec.input and not spec.HasField("graph_lower_bound") for spec in specs)
+
+
+def test_the_onnxruntime_flavour_on_a_gpu_serves_the_fp16_graphs(tmp_path, onnx_models, fp16_models):
+    out = write_repository(tmp_path / "ort", "onnxruntime", onnx_models["classifier"], onnx_models["segmenter"], device="gpu")
+    validate_repository(out, require_weights=True)
+    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+        assert (out / name / "1" / "model.onnx").read_bytes() == fp16_models[name].read_bytes()
+    cpu = write_repository(tmp_path / "cpu", "onnxruntime", onnx_models["classifier"], onnx_models["segmenter"])
+    assert (cpu / contract.CLASSIFIER / "1" / "model.onnx").read_bytes() == onnx_models["classifier"].read_bytes()
+    lone = tmp_path / "lone" / "model.onnx"
+    lone.parent.mkdir()
+    lone.write_bytes(onnx_models["segmenter"].read_bytes())
+    with pytest.raises(RepositoryError, match=r"lone/model\.fp16\.onnx is missing: write it with `brainscan export fp16"):
+        write_repository(tmp_path / "bad", "onnxruntime", segmenter_onnx=lone, device="gpu")
+
+
 @pytest.mark.parametrize("device,kind", [("cpu", "KIND_CPU"), ("gpu", "KIND_GPU")])
-def test_onnxruntime_flavour_runs_on_cpu_or_on_gpu_with_tensorrt_fp16(device, kind):
+def test_onnxruntime_flavour_runs_on_cpu_or_on_gpu_with_the_tensorrt_provider(device, kind):
     spec = RepositorySpec(flavour="onnxruntime", device=device, max_batch_size=16)
     for name in (contract.CLASSIFIER, contract.SEGMENTER):
         config = to_model_config(model_configs(spec)[name])
@@ -132,9 +160,9 @@ def test_onnxruntime_flavour_runs_on_cpu_or_on_gpu_with_tensorrt_fp16(device, ki
             continue
         (trt,) = accelerators
         assert trt.name == "tensorrt"
-        assert trt.parameters["precision_mode"] == "FP16"
+        assert "precision_mode" not in trt.parameters  # the precision is the FP16 graph's, not a builder flag
         assert trt.parameters["trt_engine_cache_enable"] == "1"
-        assert trt.parameters["trt_engine_cache_path"].endswith(f"/{name}")
+        assert trt.parameters["trt_engine_cache_path"] == f"{ORT_TRT_CACHE}/{name}"  # one level below the volume
         dims = "x".join(str(d) for d in config.input[0].dims)
         assert trt.parameters["trt_profile_min_shapes"] == f"{config.input[0].name}:1x{dims}"
         assert trt.parameters["trt_profile_max_shapes"] == f"{config.input[0].name}:{config.max_batch_size}x{dims}"
