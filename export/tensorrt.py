@@ -161,6 +161,20 @@ def check_parsed_network(network: tensorrt.INetworkDefinition, request: BuildReq
                                    "TYPE_FP32 (an FP16 graph must keep FP32 inputs and outputs)")
 
 
+def check_config(config: tensorrt.IBuilderConfig, request: BuildRequest) -> None:
+    """Polygraphy sets these without looking at what TensorRT answered: read them back."""
+    import tensorrt as trt
+
+    if config.num_optimization_profiles != 1:
+        raise EngineBuildError(f"the builder config has {config.num_optimization_profiles} optimization profiles, not 1")
+    workspace = config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE)
+    if workspace != request.workspace_bytes:
+        raise EngineBuildError(f"TensorRT set the workspace limit to {workspace} bytes, not {request.workspace_bytes}")
+    if request.timing_cache and config.get_timing_cache() is None:
+        raise EngineBuildError(f"TensorRT refused the timing cache {request.timing_cache} (damaged, or from another "
+                               "TensorRT or GPU): delete it, or give another file with --timing-cache")
+
+
 def build_engine(request: BuildRequest) -> bytes:
     """One serialized engine (needs TensorRT and a GPU)."""
     import tensorrt as trt
@@ -177,7 +191,8 @@ def build_engine(request: BuildRequest) -> bytes:
         shapes = ShapeProfile().add(request.profile.input, min=request.profile.min, opt=request.profile.opt,
                                     max=request.profile.max)
         config = CreateConfig(profiles=[shapes], load_timing_cache=cache,
-                              memory_pool_limits={trt.MemoryPoolType.WORKSPACE: request.workspace_bytes})
+                              memory_pool_limits={trt.MemoryPoolType.WORKSPACE: request.workspace_bytes})(builder, network)
+        check_config(config, request)
         serialized = EngineBytesFromNetwork((builder, network, parser), config=config, save_timing_cache=cache)()
     except PolygraphyException as exc:
         raise EngineBuildError(f"TensorRT could not build the {request.network} engine from {request.onnx}: {exc} "

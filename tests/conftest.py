@@ -2,8 +2,11 @@
 `local` model repository and a real tritonserver on loopback (all built once per session)."""
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,15 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Tests never read or write the user's artifacts/ (what `make demo` built): every default
+# path of the CLI points into a folder of this test session instead. The GPU test, which
+# builds engines of the demo's networks on purpose, reads DEMO_ARTIFACTS.
+from brainscan import contract  # noqa: E402
+
+DEMO_ARTIFACTS = contract.artifacts_dir().resolve()
+os.environ[contract.ARTIFACTS_ENV] = tempfile.mkdtemp(prefix="brainscan-test-artifacts-")
+atexit.register(shutil.rmtree, os.environ[contract.ARTIFACTS_ENV], ignore_errors=True)
 
 # different sizes, so the two-size path of preprocess and the writer is exercised
 TINY_SIZES = {"classifier": 96, "segmenter": 64}

@@ -18,6 +18,7 @@ import pytest
 
 import trt_standin
 from brainscan import contract
+from conftest import DEMO_ARTIFACTS
 from brainscan.export.fp16 import GateFailedError, Tolerances
 from brainscan.export.gpu import Gpu, GpuError, build_gpu, cuda_visible, visible_gpus
 from brainscan.export.profiles import ProfileError, batch_profile, profile_from_config
@@ -254,7 +255,7 @@ print(run_onnx(given.onnx, given.images).shape, run_fp16(fp16, given.images).sha
 
 # --- on a GPU host ---------------------------------------------------------------------------
 
-DEMO_ONNX = {n: contract.demo_run(n) / "model.onnx" for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+DEMO_ONNX = {n: DEMO_ARTIFACTS / "runs" / n / "model.onnx" for n in (contract.CLASSIFIER, contract.SEGMENTER)}
 
 
 def _gpu_skip_reason() -> str | None:
