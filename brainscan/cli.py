@@ -44,22 +44,30 @@ def serve(
     tls_certificate: Annotated[Path | None, typer.Option(help="Serve gRPC over TLS with this server certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="The server certificate's private key (PEM).")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(help="Mutual TLS: accept only clients whose certificate this CA signed.")] = None,
+    tritonserver: Annotated[Path | None, typer.Option(help="Another tritonserver binary, e.g. the NGC image's /opt/tritonserver/bin/tritonserver (default: the one in nvidia-pytriton).")] = None,
+    backend_directory: Annotated[Path | None, typer.Option(help="Backends of --tritonserver (default: its ../backends).")] = None,
+    watchdog: Annotated[bool, typer.Option(help="Send a real inference every --watchdog-interval seconds and restart the server when it keeps failing.")] = True,
+    watchdog_interval: Annotated[float, typer.Option(help="Seconds between two watchdog probes.")] = 5.0,
 ) -> None:
-    """Run Triton Inference Server (the binary shipped in nvidia-pytriton; no Docker, no GPU)
-    on a model repository until Ctrl-C or SIGTERM."""
-    from brainscan.server import GrpcTls, Ports, ServerError, TritonServer
+    """Run Triton Inference Server on a model repository until Ctrl-C, SIGTERM or SIGHUP:
+    the binary shipped in nvidia-pytriton (no Docker, no GPU; local flavour), or another
+    tritonserver with --tritonserver. A watchdog restarts it when real inferences fail
+    (a crashed python stub is not restarted by Triton itself)."""
+    from brainscan.server import GrpcTls, Ports, ServerError, TritonServer, Watchdog
 
     if (tls_certificate is None) != (tls_key is None) or (tls_client_ca and not tls_certificate):
         raise typer.BadParameter("gRPC TLS needs --tls-certificate and --tls-key (and --tls-client-ca only with them)")
     tls = GrpcTls(tls_certificate, tls_key, tls_client_ca) if tls_certificate else None
-    server = TritonServer(repository, host, Ports(grpc_port, http_port, metrics_port), log_file, grpc_tls=tls)
+    server = TritonServer(repository, host, Ports(grpc_port, http_port, metrics_port), log_file, grpc_tls=tls,
+                          binary=tritonserver, backend_directory=backend_directory)
     stop_requested = []
 
     def request_stop(signum, _frame):
         stop_requested.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or SSH session went away
+        signal.signal(signum, request_stop)
     try:
         server.start()
         typer.echo(f"tritonserver starting (log: {server.log_file})", err=True)
@@ -69,6 +77,8 @@ def serve(
             f"- model '{contract.ENSEMBLE}' (Ctrl-C to stop)",
             err=True,
         )
+        if watchdog:
+            Watchdog(server, interval=watchdog_interval, log=lambda line: typer.echo(line, err=True)).run()
         code = server.process.wait()
         fail(f"tritonserver exited with code {code}:\n{server.log_tail()}")
     except ServerError as exc:

@@ -1,14 +1,23 @@
-"""Run the real Triton Inference Server shipped in the ``nvidia-pytriton`` wheel.
+"""Run and watch a real Triton Inference Server: by default the one shipped in the
+``nvidia-pytriton`` wheel, or any ``tritonserver`` binary (the NGC image's, in the container).
 
 The wheel holds the ``tritonserver`` binary, the python backend and one
 ``triton_python_backend_stub`` per Python version. The server wants a backend directory
 whose ``python/`` folder holds the stub, and the wheel's folder may be read-only, so the
 backend is copied once into a cache folder. The stub embeds the first ``python`` on PATH,
 so this environment's ``bin/`` goes first on PATH, and ``libpython`` on LD_LIBRARY_PATH.
+
+A python-backend stub that dies (the kernel's OOM killer, a crash in a decoder) is not
+restarted by Triton: every later request to that model fails with "Stub process … is not
+healthy", and Triton 2.51 (the embedded server) still answers ready. ``Watchdog`` therefore
+sends a real inference through the ensemble at intervals and restarts the server when it
+keeps failing; clients retry meanwhile.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import io
 import os
 import shutil
 import signal
@@ -18,11 +27,16 @@ import sys
 import sysconfig
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from brainscan import contract
+
+PROBE_SHAPE = (48, 64)  # height, width of the watchdog's probe image
 
 
 class ServerError(RuntimeError):
@@ -125,9 +139,22 @@ class GrpcTls:
         return flags
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel kills it when the process that started it
+    dies, even by SIGKILL, so a killed ``brainscan serve`` leaves no server holding ports."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class TritonServer:
     """A tritonserver process serving ``repository``; a context manager that waits until the
-    ensemble is ready and stops the server (and its python stubs) on exit."""
+    ensemble is ready and stops the server (and its python stubs) on exit.
+
+    ``binary`` and ``backend_directory`` name another Triton (the NGC image's
+    /opt/tritonserver); by default the embedded one, which serves only the local flavour."""
 
     def __init__(
         self,
@@ -137,6 +164,8 @@ class TritonServer:
         log_file: Path | None = None,
         log_verbose: int = 0,
         grpc_tls: GrpcTls | None = None,
+        binary: Path | None = None,
+        backend_directory: Path | None = None,
     ):
         self.repository = Path(repository).resolve()
         self.host = host
@@ -144,7 +173,14 @@ class TritonServer:
         self.log_file = Path(log_file) if log_file else None
         self.log_verbose = log_verbose
         self.grpc_tls = grpc_tls
+        self.binary = Path(binary) if binary else None
+        self.backend_directory = Path(backend_directory) if backend_directory else None
         self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def embedded(self) -> bool:
+        return self.binary is None
 
     @property
     def grpc_url(self) -> str:
@@ -160,7 +196,7 @@ class TritonServer:
 
     def command(self, backends: Path) -> list[str]:
         return [
-            str(triton_home() / "bin" / "tritonserver"),
+            str(self.binary or triton_home() / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             f"--grpc-address={self.host}",
@@ -182,7 +218,7 @@ class TritonServer:
         except RepositoryError as exc:
             raise ServerError(str(exc)) from None
         flavour = flavour_of(configs)
-        if flavour != "local":
+        if flavour != "local" and self.embedded:
             raise ServerError(
                 f"{self.repository} is the {flavour} flavour: its networks need Triton's {flavour} backend"
                 + (" and a GPU" if flavour == "tensorrt" else "")
@@ -200,19 +236,27 @@ class TritonServer:
                     f"port {port} ({name}) on {self.host} is already in use: stop what uses it "
                     f"or choose another with --{name.lower()}-port"
                 )
-        backends = prepare_backends()
+        if self.embedded:
+            backends, env = prepare_backends(), server_environment()
+        else:
+            if not self.binary.is_file():
+                raise ServerError(f"no tritonserver binary at {self.binary}")
+            backends, env = self.backend_directory or self.binary.parent.parent / "backends", os.environ.copy()
         if self.log_file is None:
             self.log_file = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "wb") as log:
-            # A session of its own, so stop() can reach the python stubs it spawns.
+        with open(self.log_file, "ab") as log:
+            # A session of its own, so stop() can reach the python stubs it spawns; and
+            # killed with its parent, so nothing outlives a killed `brainscan serve`.
             self.process = subprocess.Popen(
                 self.command(backends),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=server_environment(),
+                env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
+        self.starts += 1
 
     def log_tail(self, lines: int = 25) -> str:
         if not self.log_file or not self.log_file.exists():
@@ -241,25 +285,54 @@ class TritonServer:
         raise ServerError(f"tritonserver was not ready within {timeout:.0f} s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM the server, wait, then make sure no stub of its session is left."""
+        """SIGTERM the server, wait, then make sure no stub of its session is left. Ctrl-C
+        and SIGTERM are held off meanwhile (from the main thread), so a second one cannot
+        cut the clean-up short."""
         if self.process is None:
             return None
         process, self.process = self.process, None
-        pgid = process.pid  # the session leader's pid is its group id
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
+        with _signals_held():
+            pgid = process.pid  # the session leader's pid is its group id
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.5)
         return process.returncode
+
+    def restart(self, timeout: float = 180.0) -> None:
+        """Stop the server and its stubs, start it again on the same ports, wait until ready."""
+        self.stop()
+        self.start()
+        self.wait_ready(timeout)
+
+    def probe(self, timeout: float = 10.0) -> str | None:
+        """One real inference through the ensemble, over HTTP on loopback: None if the
+        answer is right, else what went wrong."""
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.http_url, connection_timeout=timeout, network_timeout=timeout)
+        try:
+            image = httpclient.InferInput(contract.IMAGE, [1, 1], "BYTES")
+            image.set_data_from_numpy(np.array([[probe_image()]], dtype=np.object_))
+            result = client.infer(contract.ENSEMBLE, [image])
+            mask = result.as_numpy(contract.MASK)
+            if mask is None or mask.shape[1:] != PROBE_SHAPE:
+                return f"the probe image came back with a mask of shape {None if mask is None else mask.shape}"
+            return None
+        except Exception as exc:  # any failure is the answer: a message to act on
+            return str(exc) or type(exc).__name__
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def __enter__(self) -> "TritonServer":
         self.start()
@@ -272,3 +345,118 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ignore SIGINT, SIGTERM and SIGHUP inside the block (main thread only: elsewhere
+    Python cannot change handlers, and only the main thread receives them anyway)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in names}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_PROBE: bytes | None = None
+
+
+def probe_image() -> bytes:
+    """A small grey PNG with a bright blob: a valid slice for any brainscan ensemble."""
+    global _PROBE
+    if _PROBE is None:
+        from PIL import Image
+
+        yy, xx = np.mgrid[: PROBE_SHAPE[0], : PROBE_SHAPE[1]]
+        pixels = (60 + 120 * np.exp(-((yy - 20) ** 2 + (xx - 40) ** 2) / 60.0)).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        _PROBE = buffer.getvalue()
+    return _PROBE
+
+
+# What a probe's failure means. Load shedding is an answer ("busy"): it never triggers a
+# restart. A dead stub never recovers by itself: restart at once. A timeout may be a flood
+# or a hang: only many in a row restart.
+BUSY = ("exceeds maximum queue size", "request timeout expired")
+FATAL = ("stub process", "is not healthy")
+TIMEOUT = ("timed out", "timeout")
+
+
+def classify(problem: str | None) -> str:
+    """ok, busy, fatal, timeout or error."""
+    if problem is None:
+        return "ok"
+    text = problem.lower()
+    for kind, words in (("busy", BUSY), ("fatal", FATAL), ("timeout", TIMEOUT)):
+        if any(word in text for word in words):
+            return kind
+    return "error"
+
+
+@dataclass
+class Watchdog:
+    """Keeps a TritonServer serving: every ``interval`` seconds a real inference goes
+    through the ensemble. The server is restarted at once when its process exits or a
+    python stub is dead, after ``failures`` other failed probes in a row, or after
+    ``timeouts`` probes in a row without an answer (a flood answers "busy" instead: the
+    queues are bounded). More than ``max_restarts`` restarts within ``window`` seconds is a
+    crash loop: it gives up (ServerError), so whatever supervises `brainscan serve`
+    (Docker, Kubernetes) takes over."""
+
+    server: TritonServer
+    interval: float = 5.0
+    failures: int = 2
+    timeouts: int = 6
+    max_restarts: int = 5
+    window: float = 600.0
+    log: Callable[[str], None] = print
+    restarts: list[float] = field(default_factory=list)
+
+    def check(self) -> tuple[str, str | None]:
+        """One probe: (kind, message) with kind as ``classify`` says, or "exited"."""
+        process = self.server.process
+        if process is None or process.poll() is not None:
+            return "exited", f"tritonserver exited (code {None if process is None else process.returncode})"
+        problem = self.server.probe(timeout=max(self.interval, 5.0))
+        return classify(problem), problem
+
+    def restart(self, reason: str) -> None:
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < self.window] + [now]
+        if len(self.restarts) > self.max_restarts:
+            raise ServerError(f"tritonserver failed {len(self.restarts)} times within {self.window:.0f} s, last: "
+                              f"{reason}; giving up:\n{self.server.log_tail()}")
+        self.log(f"watchdog: restarting tritonserver ({reason})")
+        started = time.monotonic()
+        self.server.restart()
+        self.log(f"watchdog: tritonserver ready again after {time.monotonic() - started:.1f} s")
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+        """Watch until ``stop()`` says so (checked every interval)."""
+        streak: dict[str, int] = {}
+        while not stop():
+            process = self.server.process
+            if process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(self.interval)
+            else:
+                time.sleep(self.interval)
+            if stop():
+                return
+            kind, problem = self.check()
+            streak = {kind: streak.get(kind, 0) + 1} if kind in ("error", "timeout") else {}
+            if kind in ("ok", "busy"):
+                continue
+            limit = {"error": self.failures, "timeout": self.timeouts}.get(kind, 1)
+            self.log(f"watchdog: probe failed ({kind}, {streak.get(kind, 1)}/{limit}): {problem}")
+            if streak.get(kind, 1) >= limit:
+                self.restart(problem or kind)
+                streak = {}

@@ -253,9 +253,10 @@ def health(
     model: Model = contract.ENSEMBLE,
     model_version: ModelVersion = "",
     wait: Annotated[float, typer.Option(help="Keep trying for this many seconds before giving up.")] = 0.0,
+    infer: Annotated[bool, typer.Option("--infer", help="Also send a small real image through the model and check the answer (a liveness check that readiness flags cannot fake).")] = False,
 ) -> None:
     """Say whether the server and every model of the ensemble are ready (exit 0 if so,
-    1 if something is not ready, 3 if no server answers)."""
+    1 if something is not ready or --infer fails, 3 if no server answers)."""
     from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
 
     conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version, 10.0)
@@ -275,6 +276,18 @@ def health(
         typer.echo(f"  {name:<12} {'ready' if ready else 'NOT READY'}")
     if not (state["ready"] and all(state["models"].values())):
         raise typer.Exit(EXIT_FAILED)
+    if infer:
+        from brainscan.server import PROBE_SHAPE, probe_image
+
+        started = time.monotonic()
+        try:
+            with BrainscanClient(conn) as client:
+                answer = client.infer(probe_image())
+        except (ServerUnavailableError, InferenceError) as exc:
+            fail(f"inference through {conn.target} failed: {exc}")
+        if answer.mask.shape != PROBE_SHAPE:
+            fail(f"inference through {conn.target} returned a {answer.mask.shape} mask for a {PROBE_SHAPE} image")
+        typer.echo(f"  inference    ok ({(time.monotonic() - started) * 1000:.0f} ms)")
 
 
 def ui(

@@ -125,11 +125,13 @@ def image_input(data: bytes, protocol: str = "grpc"):
     return tensor
 
 
-# Messages of a server that is stopping, starting, or not there (gRPC and HTTP alike).
+# Messages of a server that is stopping, starting, not there, shedding load, or whose python
+# stub died (its watchdog restarts it) — gRPC and HTTP alike. Worth a retry after a wait.
 _TRANSIENT = (
     "failed to connect", "connection refused", "connect call failed", "cannot connect", "socket closed",
     "connection reset", "server disconnected", "broken pipe", "unknown model", "not ready",
     "no available versions", "is not found", "server is shutting down", "end of tcp stream",
+    "stub process", "is not healthy", "exceeds maximum queue size",
 )
 
 

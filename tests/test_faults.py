@@ -1,0 +1,189 @@
+"""Faults a deployment meets, against real servers on loopback: a python stub killed the way
+the OOM killer kills it (the watchdog restarts the server, the run loses nothing), `brainscan
+serve` killed or hung up on (nothing outlives it, the next one starts), and the watchdog's
+own rules (what restarts, what is only load, when it gives up)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from brainscan.server import ServerError, Watchdog, classify, free_port
+from conftest import encode
+from test_cli import BRAINSCAN, run
+from test_preprocessing import brain_like
+
+pytestmark = pytest.mark.server
+
+
+def processes(*fragments: str) -> list[int]:
+    """Pids of processes whose command line holds every fragment."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(fragment in cmdline for fragment in fragments):
+            found.append(int(pid))
+    return found
+
+
+class Serve:
+    """`brainscan serve` as a subprocess on a private copy of a repository and free ports;
+    ends it (by pid) whatever happens in the test."""
+
+    def __init__(self, repository: Path, folder: Path, *options: str, ports: tuple[int, int, int] | None = None):
+        self.repository = Path(shutil.copytree(repository, folder / "repository")).resolve()
+        self.grpc, self.http, self.metrics = ports or (free_port(), free_port(), free_port())
+        self.log = folder / "tritonserver.log"
+        self.command = [BRAINSCAN, "serve", "--repository", str(self.repository), "--grpc-port", str(self.grpc),
+                        "--http-port", str(self.http), "--metrics-port", str(self.metrics),
+                        "--log-file", str(self.log), *options]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Serve":
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert run("health", "--url", f"127.0.0.1:{self.grpc}", "--wait", "120").returncode == 0, self.stop()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        if self.process is None:
+            return ""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            _, stderr = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, stderr = self.process.communicate()
+        return stderr
+
+    def server_processes(self) -> list[int]:
+        return processes("tritonserver", f"--grpc-port={self.grpc}") + processes("triton_python_backend_stub", str(self.repository))
+
+
+def slices(folder: Path, count: int) -> Path:
+    folder.mkdir()
+    for k in range(count):
+        (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(192, 192, seed=k), "PNG"))
+    return folder
+
+
+def test_a_killed_stub_is_restarted_by_the_watchdog_and_the_run_loses_nothing(local_repository, tmp_path):
+    serve = Serve(local_repository, tmp_path, "--watchdog-interval", "1").start()
+    try:
+        inputs, out = slices(tmp_path / "slices", 300), tmp_path / "out"
+        client = subprocess.Popen([BRAINSCAN, "predict", str(inputs), "--url", f"127.0.0.1:{serve.grpc}", "--out", str(out),
+                                   "--format", "json", "--concurrency", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*.mask.png"))) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (stub,) = processes("triton_python_backend_stub", str(serve.repository / "preprocess"))
+        os.kill(stub, signal.SIGKILL)  # what the OOM killer does
+        assert client.poll() is None, "the run finished before the stub died: make it longer"
+        stdout, stderr = client.communicate(timeout=300)
+        assert client.returncode == 0, stderr
+        reported = [json.loads(line)["file"] for line in stdout.splitlines()]
+        assert sorted(reported) == sorted(str(p) for p in inputs.iterdir())  # each input once, none lost
+        assert len(list(out.glob("*.mask.png"))) == len(list(out.glob("*.overlay.png"))) == 300
+        assert json.loads((out / "failures.json").read_text())["failures"] == []
+        assert run("health", "--url", f"127.0.0.1:{serve.grpc}").returncode == 0
+    finally:
+        log = serve.stop()
+    assert "watchdog: restarting tritonserver" in log and "is not healthy" in log
+    assert "ready again after" in log
+
+
+def test_a_killed_serve_takes_its_server_along_and_the_next_serve_starts(local_repository, tmp_path):
+    serve = Serve(local_repository, tmp_path).start()
+    try:
+        assert serve.server_processes()
+        serve.process.kill()  # SIGKILL: no handler runs
+        deadline = time.monotonic() + 15
+        while serve.server_processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not serve.server_processes()  # tritonserver and its stubs are gone, ports free
+    finally:
+        serve.stop()
+        for pid in serve.server_processes():  # (only if the test failed)
+            os.kill(pid, signal.SIGKILL)
+    (tmp_path / "again").mkdir()
+    again = Serve(local_repository, tmp_path / "again", ports=(serve.grpc, serve.http, serve.metrics))
+    try:
+        again.start()
+    finally:
+        log = again.stop()
+    assert "stopped" in log
+
+
+def test_a_hangup_stops_serve_cleanly(local_repository, tmp_path):
+    serve = Serve(local_repository, tmp_path).start()
+    log = serve.stop(signal.SIGHUP)  # the SSH session that ran it went away
+    assert serve.process.returncode == 0 and "stopped" in log
+    deadline = time.monotonic() + 10
+    while serve.server_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not serve.server_processes()
+
+
+# --- the watchdog's rules, on a server whose answers are scripted ----------------------------
+
+class ScriptedServer:
+    """Answers the watchdog's probes from a list; counts restarts."""
+
+    def __init__(self, answers: list[str | None]):
+        self.answers, self.restarts = list(answers), 0
+        self.process = subprocess.Popen(["sleep", "60"])
+
+    def probe(self, timeout: float) -> str | None:
+        return self.answers.pop(0) if self.answers else None
+
+    def restart(self) -> None:
+        self.restarts += 1
+
+    def log_tail(self) -> str:
+        return "(log)"
+
+
+@pytest.mark.parametrize("message,kind", [
+    (None, "ok"),
+    ("[500] in ensemble 'brainscan', Stub process 'preprocess_0_0' is not healthy.", "fatal"),
+    ("in ensemble 'brainscan', Exceeds maximum queue size", "busy"),
+    ("timed out", "timeout"),
+    ("[Errno 111] Connection refused", "error"),
+])
+def test_probe_answers_are_classified(message, kind):
+    assert classify(message) == kind
+
+
+def test_a_dead_stub_restarts_at_once_but_load_never_does():
+    stub = "Stub process 'preprocess_0_0' is not healthy."
+    queue = "Exceeds maximum queue size"
+    server = ScriptedServer([stub, None, queue, queue, queue, queue, queue, queue, queue, "refused", None, "refused",
+                             "refused"])
+    try:
+        watchdog = Watchdog(server, interval=0.01, failures=2, log=lambda _: None)
+        watchdog.run(stop=lambda: not server.answers)
+    finally:
+        server.process.kill()
+    # one restart for the dead stub, none for the load, one for two refusals in a row
+    assert server.restarts == 2
+
+
+def test_a_crash_loop_gives_up_so_an_outer_supervisor_takes_over():
+    stub = "Stub process 'preprocess_0_0' is not healthy."
+    server = ScriptedServer([stub] * 10)
+    try:
+        with pytest.raises(ServerError, match=r"failed 4 times within .* giving up"):
+            Watchdog(server, interval=0.01, max_restarts=3, log=lambda _: None).run(stop=lambda: not server.answers)
+    finally:
+        server.process.kill()
+    assert server.restarts == 3
