@@ -79,7 +79,13 @@ predict: repository
 	$(call with_server,$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) --evaluate --out $(ART)/predictions)
 
 # perf_analyzer sweeps + in-process baselines -> benchmarks/results/<date>-<host>/report.md
-bench: repository
+# (Triton's statistics are an admin API: serve and bench share a key made here)
+ADMIN_KEY := $(ART)/admin-key
+$(ADMIN_KEY):
+	@mkdir -p $(@D) && umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
+
+bench: export BRAINSCAN_ADMIN_KEY_FILE := $(abspath $(ADMIN_KEY))
+bench: repository $(ADMIN_KEY)
 	$(call with_server,$(BIN)/brainscan bench run $(DATA) --repository $(REPO))
 
 test: venv

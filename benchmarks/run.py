@@ -33,16 +33,22 @@ class BenchConfig:
     composing: bool = True
     keras_runs: Path | None = None  # folder with classifier/ and segmenter/ model.keras
     baseline_seconds: float = 3.0
+    admin_key: str | None = None  # Triton's statistics API is an admin API (contract.ADMIN_APIS)
     notes: list[str] = field(default_factory=list)
 
 
-def server_statistics(url: str) -> dict[str, dict]:
+def server_statistics(url: str, admin_key: str | None = None) -> dict[str, dict]:
     """Triton's cumulative per-model statistics (counts and nanoseconds)."""
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        stats = client.get_inference_statistics(as_json=True)
+        headers = {contract.GRPC_ADMIN_HEADER: admin_key} if admin_key else None
+        stats = client.get_inference_statistics(as_json=True, headers=headers)
+    except InferenceServerException as exc:
+        raise PermissionError(f"the server refused its statistics ({exc.message()}): they are an admin API; give the "
+                              f"server's admin key with --admin-key-file or {contract.ADMIN_KEY_ENV}") from None
     finally:
         client.close()
     out = {}
@@ -97,10 +103,11 @@ def run(config: BenchConfig, log=print) -> Path:
     for model in models:
         span = config.concurrency if model == contract.ENSEMBLE else config.model_concurrency
         log(f"perf_analyzer: {model}, concurrency {span[0]}..{span[1]}")
-        before = server_statistics(config.url)
+        before = server_statistics(config.url, config.admin_key)
+        header = ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
         result = perf_analyzer.sweep(command, model, config.url, inputs[model], span, raw / f"{model}.csv",
-                                     config.request_count)
-        stats = statistics_delta(before, server_statistics(config.url))
+                                     config.request_count, extra=header)
+        stats = statistics_delta(before, server_statistics(config.url, config.admin_key))
         (raw / f"{model}.log").write_text(result.log)
         served[model] = {"rows": result.rows, "retries": result.retries, "request_count": result.request_count,
                          "server": stats}

@@ -41,10 +41,12 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = contract.METRICS_PORT,
     log_file: Annotated[Path | None, typer.Option(help="Where tritonserver's log goes (default: a temp file).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the ensemble to become ready.")] = 180.0,
-    tls_certificate: Annotated[Path | None, typer.Option(help="Serve gRPC over TLS with this server certificate (PEM).")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="The server certificate's private key (PEM).")] = None,
-    tls_client_ca: Annotated[Path | None, typer.Option(help="Mutual TLS: accept only clients whose certificate this CA signed.")] = None,
-    tritonserver: Annotated[Path | None, typer.Option(help="Another tritonserver binary, e.g. the NGC image's /opt/tritonserver/bin/tritonserver (default: the one in nvidia-pytriton).")] = None,
+    tls_certificate: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TLS_CERTIFICATE", help="Serve gRPC over TLS with this server certificate (PEM); HTTP and metrics then listen on loopback only.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TLS_KEY", help="The server certificate's private key (PEM).")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TLS_CLIENT_CA", help="Mutual TLS: accept only clients whose certificate this CA signed.")] = None,
+    admin_key_file: Annotated[Path | None, typer.Option(envvar=contract.ADMIN_KEY_ENV, help="File holding the key that Triton's administrative APIs (repository, shared memory, statistics, trace, logging) require in the 'admin-key' header; without it they are off.")] = None,
+    metrics_host: Annotated[str | None, typer.Option(help="Address for the Prometheus metrics (default: --host; 127.0.0.1 with TLS).")] = None,
+    tritonserver: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TRITONSERVER", help="Another tritonserver binary, e.g. the NGC image's /opt/tritonserver/bin/tritonserver (default: the one in nvidia-pytriton).")] = None,
     backend_directory: Annotated[Path | None, typer.Option(help="Backends of --tritonserver (default: its ../backends).")] = None,
     watchdog: Annotated[bool, typer.Option(help="Send a real inference every --watchdog-interval seconds and restart the server when it keeps failing.")] = True,
     watchdog_interval: Annotated[float, typer.Option(help="Seconds between two watchdog probes.")] = 5.0,
@@ -53,13 +55,18 @@ def serve(
     the binary shipped in nvidia-pytriton (no Docker, no GPU; local flavour), or another
     tritonserver with --tritonserver. A watchdog restarts it when real inferences fail
     (a crashed python stub is not restarted by Triton itself)."""
-    from brainscan.server import GrpcTls, Ports, ServerError, TritonServer, Watchdog
+    from brainscan.server import GrpcTls, Ports, ServerError, TritonServer, Watchdog, read_admin_key
 
     if (tls_certificate is None) != (tls_key is None) or (tls_client_ca and not tls_certificate):
         raise typer.BadParameter("gRPC TLS needs --tls-certificate and --tls-key (and --tls-client-ca only with them)")
     tls = GrpcTls(tls_certificate, tls_key, tls_client_ca) if tls_certificate else None
+    try:
+        admin_key = read_admin_key(admin_key_file) if admin_key_file else None
+    except ServerError as exc:
+        fail(str(exc))
     server = TritonServer(repository, host, Ports(grpc_port, http_port, metrics_port), log_file, grpc_tls=tls,
-                          binary=tritonserver, backend_directory=backend_directory)
+                          binary=tritonserver, backend_directory=backend_directory, admin_key=admin_key,
+                          metrics_host=metrics_host)
     stop_requested = []
 
     def request_stop(signum, _frame):
@@ -72,9 +79,10 @@ def serve(
         server.start()
         typer.echo(f"tritonserver starting (log: {server.log_file})", err=True)
         server.wait_ready(timeout)
+        admin = f"with the key in {admin_key_file}" if admin_key else f"off (no {contract.ADMIN_KEY_ENV})"
         typer.echo(
-            f"ready: gRPC{'+TLS' if tls else ''} {host}:{grpc_port}, HTTP {host}:{http_port}, metrics {host}:{metrics_port} "
-            f"- model '{contract.ENSEMBLE}' (Ctrl-C to stop)",
+            f"ready: gRPC{'+TLS' if tls else ''} {host}:{grpc_port}, HTTP {server.http_host}:{http_port}, "
+            f"metrics {server.metrics_host}:{metrics_port} - model '{contract.ENSEMBLE}'; admin APIs {admin} (Ctrl-C to stop)",
             err=True,
         )
         if watchdog:

@@ -37,6 +37,14 @@ HTTP_PORT = 8000
 METRICS_PORT = 8002
 DEFAULT_URL = f"{DEFAULT_HOST}:{GRPC_PORT}"
 
+# Triton's administrative APIs: refused unless a request carries the admin header with the
+# server's admin key (HTTP header ADMIN_HEADER, gRPC metadata GRPC_ADMIN_HEADER). Inference,
+# health, metadata and model-config (which perf_analyzer reads) stay open.
+ADMIN_HEADER = "admin-key"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+ADMIN_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+ADMIN_KEY_ENV = "BRAINSCAN_ADMIN_KEY_FILE"  # a file holding the key (never the key itself on a command line)
+
 # Served behaviour.
 MAX_BATCH_SIZE = 8
 MASK_THRESHOLD = 0.5  # probability above which a pixel belongs to the mask

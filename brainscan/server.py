@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import io
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -149,12 +150,30 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+MIN_ADMIN_KEY = 16  # characters
+
+
+def read_admin_key(path: Path) -> str:
+    """The admin key in ``path`` (surrounding white space ignored)."""
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ServerError(f"cannot read the admin key file {path}: {exc.strerror}") from None
+    if len(key) < MIN_ADMIN_KEY or any(c.isspace() or c in ":=," for c in key):
+        raise ServerError(f"the admin key in {path} must be at least {MIN_ADMIN_KEY} characters, without spaces, "
+                          "':', '=' or ','")
+    return key
+
+
 class TritonServer:
     """A tritonserver process serving ``repository``; a context manager that waits until the
     ensemble is ready and stops the server (and its python stubs) on exit.
 
     ``binary`` and ``backend_directory`` name another Triton (the NGC image's
-    /opt/tritonserver); by default the embedded one, which serves only the local flavour."""
+    /opt/tritonserver); by default the embedded one, which serves only the local flavour.
+    Triton's administrative APIs (contract.ADMIN_APIS) need ``admin_key``; without one they
+    get a random key nobody knows, i.e. they are off. With gRPC TLS, HTTP (which can also
+    infer) and metrics listen on loopback only, unless ``metrics_host`` says otherwise."""
 
     def __init__(
         self,
@@ -166,6 +185,8 @@ class TritonServer:
         grpc_tls: GrpcTls | None = None,
         binary: Path | None = None,
         backend_directory: Path | None = None,
+        admin_key: str | None = None,
+        metrics_host: str | None = None,
     ):
         self.repository = Path(repository).resolve()
         self.host = host
@@ -177,6 +198,11 @@ class TritonServer:
         self.backend_directory = Path(backend_directory) if backend_directory else None
         self.process: subprocess.Popen | None = None
         self.starts = 0
+        self.admin_key = admin_key or secrets.token_urlsafe(32)
+        self.admin_enabled = admin_key is not None
+        plain_host = contract.DEFAULT_HOST if grpc_tls else host
+        self.http_host = plain_host
+        self.metrics_host = metrics_host or plain_host
 
     @property
     def embedded(self) -> bool:
@@ -188,7 +214,7 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self._local_host}:{self.ports.http}"
+        return f"{'127.0.0.1' if self.http_host in ('0.0.0.0', '') else self.http_host}:{self.ports.http}"
 
     @property
     def _local_host(self) -> str:
@@ -201,14 +227,19 @@ class TritonServer:
             f"--backend-directory={backends}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.ports.grpc}",
-            f"--http-address={self.host}",
+            f"--http-address={self.http_host}",
             f"--http-port={self.ports.http}",
-            f"--metrics-address={self.host}",
+            f"--metrics-address={self.metrics_host}",
             f"--metrics-port={self.ports.metrics}",
             f"--log-verbose={self.log_verbose}",
             "--exit-timeout-secs=10",
+            *self.admin_flags(),
             *(self.grpc_tls.flags() if self.grpc_tls else []),
         ]
+
+    def admin_flags(self) -> list[str]:
+        restricted = f"{','.join(contract.ADMIN_APIS)}:{contract.ADMIN_HEADER}={self.admin_key}"
+        return [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
 
     def start(self) -> None:
         from brainscan.export.repository import RepositoryError, flavour_of, validate_repository
@@ -230,8 +261,9 @@ class TritonServer:
             validate_repository(self.repository, require_weights=True)
         except RepositoryError as exc:
             raise ServerError(str(exc)) from None
-        for name, port in (("gRPC", self.ports.grpc), ("HTTP", self.ports.http), ("metrics", self.ports.metrics)):
-            if port_in_use(self.host, port):
+        for name, host, port in (("gRPC", self.host, self.ports.grpc), ("HTTP", self.http_host, self.ports.http),
+                                 ("metrics", self.metrics_host, self.ports.metrics)):
+            if port_in_use(host, port):
                 raise ServerError(
                     f"port {port} ({name}) on {self.host} is already in use: stop what uses it "
                     f"or choose another with --{name.lower()}-port"
@@ -259,7 +291,7 @@ class TritonServer:
         self.starts += 1
 
     def log_tail(self, lines: int = 25) -> str:
-        if not self.log_file or not self.log_file.exists():
+        if not self.log_file or not self.log_file.is_file():  # /dev/stdout in a container: nothing to read back
             return ""
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 

@@ -372,6 +372,7 @@ def bench_run(
     composing: Annotated[bool, typer.Option(help="Also load-test each composing model on its own.")] = True,
     keras_runs: Annotated[Path | None, typer.Option(help="Folder with classifier/ and segmenter/ model.keras for the Keras baseline (default: the demo's runs).")] = None,
     baseline_seconds: Annotated[float, typer.Option(help="Seconds each in-process baseline setting runs.")] = 3.0,
+    admin_key_file: Annotated[Path | None, typer.Option(envvar=contract.ADMIN_KEY_ENV, help="File holding the server's admin key (Triton's statistics are an admin API).")] = None,
 ) -> None:
     """Load-test a running server with perf_analyzer on real images (ensemble and each
     composing model), collect Triton's per-model statistics, run the in-process baselines
@@ -383,10 +384,17 @@ def bench_run(
     files = [f for f in expand_inputs(inputs) if f.is_file()][:limit]
     if not files:
         fail(f"no image files found in {', '.join(map(str, inputs))}")
+    from brainscan.server import ServerError, read_admin_key
+
+    try:
+        admin_key = read_admin_key(admin_key_file) if admin_key_file else None
+    except ServerError as exc:
+        fail(str(exc))
     config = BenchConfig(url=url, repository=repository, files=files, out=out, concurrency=_span(concurrency),
                          model_concurrency=_span(model_concurrency), request_count=requests, composing=composing,
-                         keras_runs=keras_runs or contract.artifacts_dir() / "runs", baseline_seconds=baseline_seconds)
+                         keras_runs=keras_runs or contract.artifacts_dir() / "runs", baseline_seconds=baseline_seconds,
+                         admin_key=admin_key)
     try:
         run(config, log=lambda line: typer.echo(line, err=True))
-    except (PerfAnalyzerError, FileNotFoundError) as exc:
+    except (PerfAnalyzerError, FileNotFoundError, PermissionError) as exc:
         fail(str(exc))

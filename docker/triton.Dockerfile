@@ -25,11 +25,18 @@ COPY benchmarks benchmarks
 RUN python3 -m pip install . && python3 -c "import cv2, numpy, PIL, brainscan.preprocessing"
 
 # The onnxruntime flavour's TensorRT provider caches its engines one level below this
-# folder (docker/compose.yaml mounts a volume here; a fresh volume starts with its content).
-RUN mkdir -p /var/cache/brainscan/ort-trt
+# folder (docker/compose.yaml mounts a volume here; a fresh volume starts with its content,
+# so the server's user owns it).
+RUN mkdir -p /var/cache/brainscan/ort-trt && chown -R 1000:1000 /var/cache/brainscan
 
+# The image's own unprivileged user (uid 1000, made by NGC's Dockerfile); the root file
+# system is mounted read-only by docker/compose.yaml, HOME and /tmp are tmpfs there.
+USER triton-server
+ENV HOME=/tmp PYTHONDONTWRITEBYTECODE=1
 WORKDIR /models
 EXPOSE 8000 8001 8002
-# Check the engines against this image's TensorRT and this GPU first: a mismatch is
-# reported in one plain paragraph instead of a deserialization error per model.
-CMD ["sh", "-c", "brainscan doctor --repository /models && exec tritonserver --model-repository=/models"]
+# Check the engines against this image's TensorRT and this GPU first (a mismatch is said in
+# one plain paragraph instead of a deserialization error per model); then serve under the
+# watchdog, which restarts the server when real inferences keep failing (Triton restarts
+# no dead python stub). TLS and the admin key come from BRAINSCAN_* variables (README).
+CMD ["sh", "-c", "brainscan doctor --repository /models && exec brainscan serve --tritonserver /opt/tritonserver/bin/tritonserver --repository /models --host 0.0.0.0 --log-file /dev/stdout"]

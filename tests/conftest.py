@@ -24,6 +24,9 @@ DEMO_ARTIFACTS = contract.artifacts_dir().resolve()
 os.environ[contract.ARTIFACTS_ENV] = tempfile.mkdtemp(prefix="brainscan-test-artifacts-")
 atexit.register(shutil.rmtree, os.environ[contract.ARTIFACTS_ENV], ignore_errors=True)
 
+# the admin key of the session's server (its statistics are an admin API)
+ADMIN_KEY = "test-admin-key-" + os.urandom(12).hex()
+
 # different sizes, so the two-size path of preprocess and the writer is exercised
 TINY_SIZES = {"classifier": 96, "segmenter": 64}
 
@@ -106,7 +109,7 @@ def server(local_repository, tmp_path_factory):
 
     ports = Ports(free_port(), free_port(), free_port())
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    with TritonServer(local_repository, ports=ports, log_file=log) as running:
+    with TritonServer(local_repository, ports=ports, log_file=log, admin_key=ADMIN_KEY) as running:
         yield running
 
 

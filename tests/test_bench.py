@@ -10,7 +10,7 @@ import pytest
 from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
 from brainscan.benchmarks.run import BenchConfig, run
-from conftest import phantom_slices
+from conftest import ADMIN_KEY, phantom_slices
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def perf_command():
 def test_a_short_benchmark_of_the_served_ensemble(server, local_repository, phantom_dir, runs, tmp_path, perf_command):
     config = BenchConfig(url=server.grpc_url, repository=local_repository, files=phantom_slices(phantom_dir, 6),
                          out=tmp_path, concurrency=(1, 2, 1), model_concurrency=(1, 1, 1), request_count=40,
-                         keras_runs=runs[contract.CLASSIFIER].parent, baseline_seconds=0.5)
+                         keras_runs=runs[contract.CLASSIFIER].parent, baseline_seconds=0.5, admin_key=ADMIN_KEY)
     folder = run(config, log=lambda _: None)
     summary = json.loads((folder / "summary.json").read_text())
     for model in (contract.ENSEMBLE, *contract.COMPOSING_MODELS):

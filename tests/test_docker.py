@@ -2,11 +2,15 @@
 python models and the engine build import, and a compose file wired to the contract."""
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -88,15 +92,66 @@ def test_images_install_what_their_code_imports():
     assert "pip install ." in triton_file and "import cv2, numpy, PIL, brainscan.preprocessing" in triton_file
 
 
+def _triton_cmd() -> str:
+    (line,) = [line for line in (DOCKER / "triton.Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
+    command = json.loads(line[4:])
+    assert command[:2] == ["sh", "-c"]
+    return command[2]
+
+
 def test_the_images_commands_exist():
     runner = CliRunner()
-    for command in (["export", "tensorrt"], ["doctor"]):
+    for command in (["export", "tensorrt"], ["doctor"], ["serve"], ["health"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0, command
     compose = _compose()
     assert compose["services"]["export"]["command"] == ["brainscan", "export", "tensorrt"]
-    assert "brainscan doctor --repository /models && exec tritonserver --model-repository=/models" in \
-        (DOCKER / "triton.Dockerfile").read_text()
+    doctor, serve = _triton_cmd().split(" && ")
+    assert doctor == "brainscan doctor --repository /models"
+    assert serve.startswith("exec brainscan serve --tritonserver /opt/tritonserver/bin/tritonserver --repository /models")
+
+
+@pytest.mark.server
+def test_the_containers_command_and_health_check_run_here(local_repository, tmp_path):
+    """The triton image's CMD and compose's health check, run as written but with the
+    embedded tritonserver in the role of the image's /opt/tritonserver (backends and
+    environment prepared as the image has them) and loopback instead of 0.0.0.0."""
+    from brainscan.server import free_port, prepare_backends, server_environment, triton_home
+
+    doctor, serve = _triton_cmd().split(" && ")
+    models = shutil.copytree(local_repository, tmp_path / "models")
+    env = server_environment() | {"HOME": str(tmp_path)}
+    checked = subprocess.run(shlex.split(doctor.replace("/models", str(models))), capture_output=True, text=True,
+                             timeout=120, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    grpc, http, metrics = free_port(), free_port(), free_port()
+    command = shlex.split(serve.replace("/opt/tritonserver/bin/tritonserver", str(triton_home() / "bin" / "tritonserver"))
+                          .replace("/models", str(models)).replace("--host 0.0.0.0", "--host 127.0.0.1"))[1:]
+    command += ["--backend-directory", str(prepare_backends()), "--grpc-port", str(grpc), "--http-port", str(http),
+                "--metrics-port", str(metrics)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        probe = [arg.replace("127.0.0.1:8000", f"127.0.0.1:{http}") for arg in _compose()["services"]["triton"]["healthcheck"]["test"][1:]]
+        deadline = time.monotonic() + 120
+        while (health := subprocess.run(probe, capture_output=True, text=True, env=env)).returncode != 0:
+            assert server.poll() is None and time.monotonic() < deadline, health.stdout + health.stderr
+            time.sleep(1)
+        assert "inference    ok" in health.stdout
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=60)
+    assert "stopped" in stderr
+
+
+def test_the_server_container_runs_with_least_privilege():
+    triton = _compose()["services"]["triton"]
+    assert triton["user"] == "1000:1000" and "USER triton-server" in (DOCKER / "triton.Dockerfile").read_text()
+    assert triton["read_only"] is True and any(t.startswith("/tmp") for t in triton["tmpfs"])
+    assert triton["cap_drop"] == ["ALL"] and "no-new-privileges:true" in triton["security_opt"]
+    assert triton["mem_limit"] and triton["pids_limit"] > 0
+    assert triton["logging"]["options"]["max-size"] and triton["logging"]["options"]["max-file"]
+    assert triton["restart"] == "unless-stopped"  # on-failure:N gives up for good after N crashes
+    assert "--infer" in triton["healthcheck"]["test"]  # a real inference, not a readiness flag
 
 
 def test_compose_wires_the_gpu_services_to_the_contract():
@@ -113,7 +168,7 @@ def test_compose_wires_the_gpu_services_to_the_contract():
     assert ports == {str(contract.HTTP_PORT), str(contract.GRPC_PORT), str(contract.METRICS_PORT)}
     assert all(p.startswith("${BRAINSCAN_BIND:-127.0.0.1}:") for p in triton["ports"])  # loopback by default
     health = " ".join(triton["healthcheck"]["test"])
-    assert f"127.0.0.1:{contract.HTTP_PORT}/v2/health/ready" in health
+    assert f"127.0.0.1:{contract.HTTP_PORT}" in health
     export = services["export"]
     assert export["environment"]["BRAINSCAN_ARTIFACTS"] == "artifacts"
     sdk = services["sdk"]
