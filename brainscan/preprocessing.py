@@ -26,6 +26,19 @@ class InvalidImageError(ValueError):
     """The bytes are not an image this kit accepts; the message names the problem."""
 
 
+# Signatures of formats people send by mistake, to name them without running their parsers.
+_SIGNATURES = (
+    (0, b"BM", "BMP"), (0, b"GIF8", "GIF"), (0, b"8BPS", "PSD (Photoshop)"), (8, b"WEBP", "WebP"),
+    (4, b"ftypavif", "AVIF"), (4, b"ftypheic", "HEIC"), (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (128, b"DICM", "DICOM (send it as a file to `brainscan predict`, which reads DICOM)"), (0, b"%PDF", "PDF"),
+    (344, b"n+1\x00", "NIfTI (send it to `brainscan predict`, which cuts volumes into slices)"),
+)
+
+
+def _named_format(data: bytes) -> str | None:
+    return next((name for offset, magic, name in _SIGNATURES if data[offset:offset + len(magic)] == magic), None)
+
+
 def _open(data: bytes) -> Image.Image:
     """Parse the header only: format and size are known before any pixel is decoded."""
     if not data:
@@ -33,10 +46,14 @@ def _open(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            # only the parsers of the accepted formats read the untrusted header
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise InvalidImageError(f"image too large: {exc}") from None
     except UnidentifiedImageError:
+        named = _named_format(data)
+        if named:
+            raise InvalidImageError(f"unsupported image format {named}: send PNG, JPEG or TIFF") from None
         raise InvalidImageError(
             f"not an image: the {len(data)} bytes are not a PNG, JPEG or TIFF file"
         ) from None
@@ -49,6 +66,10 @@ def _open(data: bytes) -> Image.Image:
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImageError(f"image has no pixels ({width}x{height})")
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise InvalidImageError(f"the {image.format} file holds {frames} images: send one slice per file "
+                                "(or a volume as NIfTI or a DICOM series)")
     if (
         width * height > contract.MAX_IMAGE_PIXELS
         or max(width, height) > contract.MAX_IMAGE_SIDE
@@ -81,6 +102,9 @@ def decode_image(data: bytes) -> np.ndarray:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
         raise InvalidImageError(f"unsupported pixel layout {array.shape} in {fmt} image")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise InvalidImageError(f"the {fmt} image holds {bad} NaN or infinite pixel values")
     return array
 
 

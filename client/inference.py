@@ -221,7 +221,9 @@ class AsyncBrainscanClient:
         c = self.connection
         result = await self._with_retries(
             lambda: self._client.infer(
-                c.model, [image_input(data, c.protocol)], model_version=c.model_version, outputs=self._outputs
+                c.model, [image_input(data, c.protocol)], model_version=c.model_version, outputs=self._outputs,
+                # the server drops the request from its queues once the client has stopped waiting
+                timeout=int(c.timeout * 1_000_000),
             ),
             c.retries,
         )

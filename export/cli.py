@@ -55,6 +55,8 @@ def repository(
     queue_delay_us: Annotated[int | None, typer.Option(help="The networks' dynamic-batching queue delay in µs (default: 100 tensorrt, 500 otherwise).")] = None,
     python_queue_delay_us: Annotated[int | None, typer.Option(help="preprocess/postprocess queue delay in µs.")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="Optimum batch of the TensorRT profile (onnxruntime on gpu).")] = None,
+    max_queue_size: Annotated[int, typer.Option(help="Requests each model may hold waiting; more are refused at once (UNAVAILABLE).")] = contract.MAX_QUEUE_SIZE,
+    queue_timeout_ms: Annotated[int, typer.Option(help="A request waiting longer than this in a model's queue is refused.")] = contract.QUEUE_TIMEOUT_MS,
 ) -> None:
     """Write a Triton model repository whose `brainscan` ensemble runs preprocess ->
     classifier and segmenter -> postprocess. Configs are generated from the contract and
@@ -79,7 +81,7 @@ def repository(
     try:
         write_repository(out, flavour, classifier_onnx, segmenter_onnx, max_batch_size=max_batch_size,
                          ort_threads=ort_threads, device=device, instances=counts, queue_delay_us=queue_delay_us,
-                         opt_batch=opt_batch,
+                         opt_batch=opt_batch, max_queue_size=max_queue_size, queue_timeout_ms=queue_timeout_ms,
                          **({} if python_queue_delay_us is None else {"python_queue_delay_us": python_queue_delay_us}))
         validate_repository(out)
     except RepositoryError as exc:

@@ -44,6 +44,8 @@ PYTHON_QUEUE_DELAY_US = 0
 # (~4x the classifier's FLOPs); a second instance lets it run beside the other steps:
 # +16 % throughput on 2 cores. More ONNX Runtime threads per instance oversubscribe the cores.
 DEFAULT_INSTANCES = {"local": {contract.SEGMENTER: 2}, "onnxruntime": {}, "tensorrt": {}}
+# Every model's queue is bounded (contract.MAX_QUEUE_SIZE, contract.QUEUE_TIMEOUT_MS): a flood
+# then costs fast refusals, not unbounded memory and minutes of latency for everyone.
 # Where the onnxruntime flavour's TensorRT execution provider keeps its engines inside the
 # Triton container: docker/compose.yaml mounts a volume exactly here, and each model's
 # cache is ONE level below it, because the provider creates only the last folder of its
@@ -65,6 +67,8 @@ class RepositorySpec:
     max_batch_size: int = contract.MAX_BATCH_SIZE
     queue_delay_us: int | None = None  # the networks'; None: the flavour's default (QUEUE_DELAY_US)
     python_queue_delay_us: int = PYTHON_QUEUE_DELAY_US  # preprocess and postprocess
+    max_queue_size: int = contract.MAX_QUEUE_SIZE  # per model
+    queue_timeout_ms: int = contract.QUEUE_TIMEOUT_MS
     ort_threads: int = 1
     instances: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"  # onnxruntime flavour only: cpu, or gpu (TensorRT execution provider, FP16)
@@ -76,6 +80,8 @@ class RepositorySpec:
             raise RepositoryError(f"unknown flavour {self.flavour!r}: choose one of {', '.join(FLAVOURS)}")
         if self.max_batch_size < 1:
             raise RepositoryError("max_batch_size must be at least 1")
+        if self.max_queue_size < 1 or self.queue_timeout_ms < 1:
+            raise RepositoryError("the queue size and the queue timeout must be at least 1")
         if self.device not in DEVICES:
             raise RepositoryError(f"unknown device {self.device!r}: choose cpu or gpu")
         if self.device == "gpu" and self.flavour != "onnxruntime":
@@ -99,8 +105,16 @@ def _tensors(specs: list[TensorSpec]) -> list[dict]:
     return [{"name": s.name, "data_type": s.triton_dtype, "dims": list(s.dims)} for s in specs]
 
 
-def _dynamic_batching(delay_us: int) -> dict:
-    return {"max_queue_delay_microseconds": delay_us}
+def _dynamic_batching(delay_us: int, spec: RepositorySpec) -> dict:
+    return {
+        "max_queue_delay_microseconds": delay_us,
+        "default_queue_policy": {
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": spec.queue_timeout_ms * 1000,
+            "allow_timeout_override": True,
+            "max_queue_size": spec.max_queue_size,
+        },
+    }
 
 
 def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: dict | None = None) -> dict:
@@ -112,7 +126,7 @@ def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: 
         "output": _tensors(outputs),
         "instance_group": [{"kind": "KIND_CPU", "count": spec.count(name)}],
         "dynamic_batching": _dynamic_batching(
-            spec.queue_delay_us if name in (contract.CLASSIFIER, contract.SEGMENTER) else spec.python_queue_delay_us
+            spec.queue_delay_us if name in (contract.CLASSIFIER, contract.SEGMENTER) else spec.python_queue_delay_us, spec
         ),
     }
     if parameters:
@@ -128,7 +142,7 @@ def _network(name: str, inputs, outputs, spec: RepositorySpec) -> dict:
         "max_batch_size": spec.max_batch_size,
         "input": _tensors(inputs),
         "output": _tensors(outputs),
-        "dynamic_batching": _dynamic_batching(spec.queue_delay_us),
+        "dynamic_batching": _dynamic_batching(spec.queue_delay_us, spec),
     }
     if spec.flavour == "tensorrt":
         config["platform"] = "tensorrt_plan"

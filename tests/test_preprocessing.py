@@ -78,7 +78,7 @@ def png_header_claiming(width: int, height: int) -> bytes:
     [
         (b"", "empty"),
         (b"hello, I am not an image", "not an image"),
-        (b"GIF89a" + bytes(100), "not an image"),
+        (b"GIF89a" + bytes(100), "unsupported image format GIF"),
         (png_header_claiming(100_000, 100_000), "too large"),  # 10 gigapixels
         (png_header_claiming(9_000, 9_000), "too large"),  # above our limit, below Pillow's own
         (png_header_claiming(40_000, 10), "too large"),  # one side too long
@@ -114,6 +114,50 @@ def test_unsupported_format_is_named():
     Image.fromarray(brain_like()).save(buffer, format="BMP")
     with pytest.raises(InvalidImageError, match="BMP"):
         decode_image(buffer.getvalue())
+
+
+def _tiff_float(values: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(values.astype(np.float32), mode="F").save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_float_tiff_holding_nan_or_infinity_is_refused(bad):
+    values = brain_like().astype(np.float32)
+    values[10:12, 20:23] = bad
+    with pytest.raises(InvalidImageError, match="holds 6 NaN or infinite pixel values"):
+        decode_image(_tiff_float(values))
+    assert decode_image(_tiff_float(brain_like().astype(np.float32))).dtype == np.float32  # finite floats are fine
+
+
+def test_several_images_in_one_file_are_refused():
+    import io
+
+    from PIL import Image
+
+    pages = [Image.fromarray(brain_like(seed=k)).convert("RGB") for k in range(3)]
+    for fmt, words in (("TIFF", "the TIFF file holds 3 images: send one slice per file"),
+                       ("MPO", "unsupported image format MPO")):  # a JPEG with more pictures in it
+        buffer = io.BytesIO()
+        pages[0].save(buffer, format=fmt, save_all=True, append_images=pages[1:])
+        with pytest.raises(InvalidImageError, match=words):
+            decode_image(buffer.getvalue())
+
+
+@pytest.mark.parametrize("make,name", [
+    (lambda: encode(brain_like(), "WEBP"), "WebP"),
+    (lambda: b"8BPS\x00\x01" + bytes(20), "PSD"),
+    (lambda: encode(brain_like(), "GIF"), "GIF"),
+    (lambda: bytes(128) + b"DICM" + bytes(64), "DICOM"),
+])
+def test_other_formats_are_named_without_running_their_parsers(make, name):
+    with pytest.raises(InvalidImageError, match=f"unsupported image format {name}.*send PNG, JPEG or TIFF"):
+        decode_image(make())
 
 
 def test_mask_comes_back_at_the_original_size_and_is_binary():

@@ -177,3 +177,15 @@ def test_flavour_options_that_do_not_apply_are_refused():
         RepositorySpec(instances={"segmentor": 2})
     with pytest.raises(RepositoryError, match="at least 1"):
         RepositorySpec(instances={contract.CLASSIFIER: 0})
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_every_models_queue_is_bounded_and_refuses_quickly_when_full(flavour):
+    spec = RepositorySpec(flavour=flavour, max_queue_size=32, queue_timeout_ms=5000)
+    for name in contract.COMPOSING_MODELS:
+        policy = to_model_config(model_configs(spec)[name]).dynamic_batching.default_queue_policy
+        assert policy.max_queue_size == 32 and policy.default_timeout_microseconds == 5_000_000
+        assert policy.timeout_action == mc.ModelQueuePolicy.TimeoutAction.REJECT
+        assert policy.allow_timeout_override  # a client's own timeout travels with its request
+    with pytest.raises(RepositoryError, match="at least 1"):
+        RepositorySpec(max_queue_size=0)

@@ -16,7 +16,7 @@ from brainscan.preprocessing import decode_image, postprocess_batch, preprocess_
 from brainscan.train import datasets
 from brainscan.train.training import load_run
 from conftest import encode, phantom_slices
-from test_preprocessing import brain_like, png_header_claiming
+from test_preprocessing import _tiff_float, brain_like, png_header_claiming
 
 pytestmark = pytest.mark.server
 
@@ -67,6 +67,8 @@ BAD = {
     "text": (b"patient: 1234\nno pixels here\n", "not an image"),
     "truncated-png": (None, "truncated"),
     "gigapixel-header": (png_header_claiming(100_000, 100_000), "too large"),
+    "nan-tiff": ("nan-tiff", "NaN or infinite"),
+    "webp": ("webp", "unsupported image format WebP"),
 }
 
 
@@ -76,6 +78,12 @@ def test_bad_input_gets_invalid_argument_naming_the_problem_and_the_server_keeps
     if data is None:
         full = encode(brain_like(300, 300), "PNG")
         data = full[: len(full) // 2]
+    elif data == "nan-tiff":
+        values = brain_like().astype(np.float32)
+        values[5, 5] = np.nan
+        data = _tiff_float(values)
+    elif data == "webp":
+        data = encode(brain_like(), "WEBP")
     with pytest.raises(InferenceServerException) as caught:
         infer(triton, data)
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"

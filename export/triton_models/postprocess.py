@@ -18,5 +18,9 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
+            except Exception as exc:  # this request fails alone, the batch's others are answered
+                error = pb_utils.TritonError(f"postprocess failed: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(contract.MASK, mask)]))
         return responses

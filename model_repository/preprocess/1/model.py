@@ -1,7 +1,9 @@
 """Triton python model ``preprocess``: encoded image bytes -> network inputs + original size.
 
 The work is brainscan.preprocessing.preprocess_batch, the same function training uses.
-A bad image fails its own request with INVALID_ARG; other requests are unaffected.
+Every request stands alone: a bad image fails its own request with INVALID_ARG, and any
+other failure (out of memory, a decoder's own exception) fails only that request too, with
+a message that names it; the other requests of the batch are answered normally.
 """
 import json
 
@@ -9,6 +11,10 @@ import triton_python_backend_utils as pb_utils
 
 from brainscan import contract
 from brainscan.preprocessing import InvalidImageError, preprocess_batch
+
+
+def failed(message: str):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
 
 
 class TritonPythonModel:
@@ -24,8 +30,13 @@ class TritonPythonModel:
             try:
                 cls, seg, sizes = preprocess_batch(encoded, self.classifier_size, self.segmenter_size)
             except InvalidImageError as exc:
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
+                responses.append(failed(str(exc)))
+                continue
+            except MemoryError:
+                responses.append(failed("not enough memory to decode this image on the server"))
+                continue
+            except Exception as exc:  # a decoder's own error must not fail the batch's other requests
+                responses.append(failed(f"cannot decode this image ({type(exc).__name__}: {exc})"))
                 continue
             responses.append(
                 pb_utils.InferenceResponse(
