@@ -54,6 +54,12 @@ DECISION_THRESHOLD = 0.5  # probability above which an image is "tumour"
 # resize on one core (40 MP cost 1.4 s and 590 MB), so a flood of huge images stays bounded.
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_IMAGE_SIDE = 8192
+# The client reads a volume only if its header says it is at most this many voxels
+# (512 x 512 x 512; about 0.25 GB as 16-bit, 1 GB while rescaled to floats), and inflates a
+# deflated DICOM file only up to this many bytes: the header is checked before allocation.
+MAX_VOLUME_VOXELS = 512**3
+MAX_INFLATED_DICOM_BYTES = 512 * 2**20
+
 # Every model's queue is bounded: past MAX_QUEUE_SIZE waiting requests a new one is refused
 # at once (UNAVAILABLE, "Exceeds maximum queue size"; clients retry with back-off), and a
 # request that waited QUEUE_TIMEOUT_MS is refused instead of run late. Clients may ask for

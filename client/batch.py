@@ -25,6 +25,16 @@ from brainscan.client.inference import (
 
 
 NOT_SENT = "not sent: the server stayed unreachable"
+VOLUMES_IN_FLIGHT = 2  # volumes read and held at once (a DICOM series can take a GB while sliced)
+
+
+def read_error(item: Input, exc: BaseException) -> str:
+    """One line for an input that could not be read, whatever raised."""
+    if isinstance(exc, MemoryError):
+        return f"{item.display}: not enough memory to read it"
+    if isinstance(exc, (OSError, ValueError)) and str(exc):  # unreadable file, VolumeError (names the file)
+        return str(exc.strerror if isinstance(exc, OSError) and exc.strerror and not exc.filename else exc)
+    return f"{item.display}: cannot read it ({type(exc).__name__}: {exc})"
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class _Job:
     remaining: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: Outcome | None = None
+    holds_slot: bool = False
 
     def finish_one(self) -> None:
         self.remaining -= 1
@@ -184,6 +195,7 @@ async def run_inputs(
     jobs = [_Job(k, item, name) for k, (item, name) in enumerate(zip(inputs, names))]
     in_flight = asyncio.Semaphore(options.concurrency)
     window = asyncio.Semaphore(max(4 * options.concurrency, 16))
+    volume_slots = asyncio.Semaphore(VOLUMES_IN_FLIGHT)
     abort = asyncio.Event()
     tasks: set[asyncio.Task] = set()
 
@@ -215,10 +227,13 @@ async def run_inputs(
                     job.outcome = Outcome(job.input, job.name, skipped=True)
                     job.done.set()
                     continue
+                if job.input.is_volume:  # at most VOLUMES_IN_FLIGHT volumes held in memory
+                    await volume_slots.acquire()
+                    job.holds_slot = True
                 try:
                     await asyncio.to_thread(_prepare, job)
-                except (OSError, ValueError) as exc:  # unreadable file, VolumeError
-                    job.outcome = Outcome(job.input, job.name, error=str(exc), status="READ")
+                except Exception as exc:  # any failure to read is that input's failure, never the run's
+                    job.outcome = Outcome(job.input, job.name, error=read_error(job.input, exc), status="READ")
                     job.done.set()
                     continue
                 job.results = [None] * len(job.payloads)
@@ -243,21 +258,38 @@ async def run_inputs(
                 return job.outcome
             try:
                 return await asyncio.to_thread(_finish, job, options)
-            except (OSError, ValueError) as exc:  # disk full, unwritable --out, a bad name
-                return Outcome(job.input, job.name, error=f"cannot write the outputs: {exc}", status="WRITE",
-                               requests=len(job.payloads))
+            except OSError as exc:  # disk full, unwritable --out
+                return Outcome(job.input, job.name, error=f"cannot write the outputs: {exc.strerror or exc}",
+                               status="WRITE", requests=len(job.payloads))
+            except Exception as exc:  # whatever else, it is this input's failure
+                return Outcome(job.input, job.name, error=f"cannot finish: {type(exc).__name__}: {exc}",
+                               status="WRITE", requests=len(job.payloads))
+
+        def producer_stopped(task: asyncio.Task) -> None:
+            """A bug in preparing must end the run with errors, never leave it waiting."""
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            for job in jobs:
+                if job.outcome is None and not job.results and not job.done.is_set():
+                    job.outcome = Outcome(job.input, job.name, status="READ",
+                                          error=f"not sent: preparing the inputs failed ({type(exc).__name__}: {exc})")
+                    job.done.set()
 
         producer = asyncio.create_task(produce())
+        producer.add_done_callback(producer_stopped)
         finishers = [asyncio.create_task(finish(job)) for job in jobs]
         outcomes: list[Outcome] = []
         try:
             for job, finisher in zip(jobs, finishers):
                 outcome = await finisher
                 job.payloads, job.context, job.results = [], None, []
+                if job.holds_slot:
+                    volume_slots.release()
                 outcomes.append(outcome)
                 report(outcome)
                 window.release()
-            await producer
+            await asyncio.wait([producer])  # a failed producer has already failed what it did not prepare
         finally:
             producer.cancel()
             for task in [*tasks, *finishers]:

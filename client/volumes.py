@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -205,13 +206,30 @@ class Volume:
         write_bytes_atomic(path, self.mask_nifti_bytes(mask))
 
 
+def check_size(path: Path, shape: tuple[int, ...], what: str = "volume") -> None:
+    """Refuse, from the header alone, a volume that would not fit the limits: too many voxels
+    to hold, or slices the server would refuse (contract.MAX_IMAGE_PIXELS)."""
+    voxels = int(np.prod([max(int(n), 0) for n in shape], dtype=np.int64))
+    if voxels > contract.MAX_VOLUME_VOXELS:
+        raise VolumeError(f"{path}: a {what} of {'x'.join(map(str, shape))} = {voxels} voxels; the limit is "
+                          f"{contract.MAX_VOLUME_VOXELS} (split it, or raise brainscan.contract.MAX_VOLUME_VOXELS)")
+    sides = sorted((int(n) for n in shape[:3]), reverse=True)[:2]
+    if len(sides) == 2 and (sides[0] > contract.MAX_IMAGE_SIDE or sides[0] * sides[1] > contract.MAX_IMAGE_PIXELS):
+        raise VolumeError(f"{path}: slices up to {sides[0]}x{sides[1]} pixels; the server takes at most "
+                          f"{contract.MAX_IMAGE_PIXELS} pixels and {contract.MAX_IMAGE_SIDE} per side")
+
+
 def read_nifti(path: Path) -> Volume:
     import nibabel
 
     try:
         image = nibabel.load(str(path))
-        data = np.asanyarray(image.dataobj)
     except Exception as exc:  # nibabel raises many types for a broken file
+        raise VolumeError(f"{path}: not a readable NIfTI volume ({exc})") from None
+    check_size(path, tuple(image.shape))  # from the header, before the voxels are read
+    try:
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:
         raise VolumeError(f"{path}: not a readable NIfTI volume ({exc})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -237,9 +255,53 @@ class DicomSeries:
     copies: list[Path] = field(default_factory=list)  # files repeating an instance already in the series
 
 
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+
+
+def _check_deflated(path: Path) -> None:
+    """pydicom inflates a deflated file whole, even to read its header: measure the inflated
+    size first, in bounded steps, and refuse a file that would inflate past the limit."""
+    import zlib
+
+    import pydicom
+
+    try:
+        meta = pydicom.filereader.read_file_meta_info(str(path))
+    except Exception:
+        return  # no readable file meta: not deflated as far as pydicom is concerned either
+    if str(getattr(meta, "TransferSyntaxUID", "")) != DEFLATED:
+        return
+    data = Path(path).read_bytes()
+    offset = 132 if data[128:132] == b"DICM" else 0
+    group_end = _meta_group_end(data[offset:])
+    if not group_end:
+        raise VolumeError(f"{path}: a deflated DICOM file without a file meta group length: refused unread")
+    inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0  # raw deflate after group 0002 (PS3.5 A.5)
+    stream = memoryview(data)[offset + group_end:]
+    for start in range(0, len(stream), 1 << 20):
+        pending = bytes(stream[start:start + (1 << 20)])
+        while pending:
+            size += len(inflater.decompress(pending, 1 << 24))
+            if size > contract.MAX_INFLATED_DICOM_BYTES:
+                raise VolumeError(f"{path}: a deflated DICOM file of {len(data) >> 10} KB that inflates past "
+                                  f"{contract.MAX_INFLATED_DICOM_BYTES >> 20} MB: refused before reading it")
+            pending = inflater.unconsumed_tail
+
+
+def _meta_group_end(data: bytes) -> int:
+    """Length of the file meta group (0002) from its group-length element, or 0."""
+    import struct
+
+    if data[:4] != b"\x02\x00\x00\x00" or data[4:6] != b"UL":
+        return 0
+    (length,) = struct.unpack("<I", data[8:12])
+    return 12 + length
+
+
 def _header(path: Path):
     import pydicom
 
+    _check_deflated(path)
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True, force=True)  # force: files without preamble
     except Exception as exc:
@@ -286,10 +348,31 @@ def _float_list(value, n: int, what: str, path: Path) -> np.ndarray:
     return array
 
 
+def _single(ds, keyword: str, default: float, path: Path) -> float:
+    """A numeric element that must hold one value (RescaleSlope, RescaleIntercept)."""
+    value = ds.get(keyword)  # by keyword: the element's value
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        shown = "\\".join(str(v) for v in value) if not isinstance(value, str) and hasattr(value, "__iter__") else value
+        raise VolumeError(f"{path}: {keyword} must hold one number, it holds {shown}") from None
+
+
+def _first_item(ds, keyword: str):
+    """The first item of a sequence, or None when the sequence is absent or empty."""
+    sequence = ds.get(keyword)  # by keyword: the Sequence itself
+    return sequence[0] if sequence else None
+
+
 def _frames(path: Path):
     """(pixels, position, orientation, spacing) of every frame of one file."""
     import pydicom
 
+    header = _header(path)
+    rows, columns = int(getattr(header, "Rows", 0) or 0), int(getattr(header, "Columns", 0) or 0)
+    check_size(path, (columns, rows, int(getattr(header, "NumberOfFrames", 1) or 1)), "DICOM file")
     ds = None
     try:
         ds = pydicom.dcmread(str(path), force=True)
@@ -301,8 +384,8 @@ def _frames(path: Path):
         raise VolumeError(f"{path}: cannot decode the pixel data: {first_line}{hint}") from None
     if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
         raise VolumeError(f"{path}: colour DICOM ({ds.PhotometricInterpretation}); MR slices are greyscale")
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    slope = _single(ds, "RescaleSlope", 1.0, path) or 1.0
+    intercept = _single(ds, "RescaleIntercept", 0.0, path)
     values = pixels.astype(np.float64) * slope + intercept if (slope, intercept) != (1.0, 0.0) else pixels
     if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
         values = values.max() - values
@@ -311,13 +394,14 @@ def _frames(path: Path):
         values = values[None]
         geometry = [(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"), ds.get("PixelSpacing"))]
     else:  # enhanced multi-frame: geometry per frame, or shared
-        shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
+        shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         geometry = []
         for item in ds.get("PerFrameFunctionalGroupsSequence", []):
             def find(keyword, seq):
                 for group in (item, shared):
-                    if group is not None and seq in group and keyword in group[seq][0]:
-                        return group[seq][0][keyword].value
+                    inner = _first_item(group, seq) if group is not None else None
+                    if inner is not None and keyword in inner:
+                        return inner[keyword].value
                 return None
 
             geometry.append((find("ImagePositionPatient", "PlanePositionSequence"),
@@ -335,6 +419,10 @@ def _frames(path: Path):
 
 def read_dicom_series(series: DicomSeries) -> Volume:
     """One series -> a volume with the DICOM geometry turned into a RAS+ affine."""
+    headers = [_header(path) for path in series.files]
+    check_size(series.folder, (max(int(getattr(h, "Columns", 0) or 0) for h in headers),
+                               max(int(getattr(h, "Rows", 0) or 0) for h in headers),
+                               sum(int(getattr(h, "NumberOfFrames", 1) or 1) for h in headers)), "DICOM series")
     frames = [frame for path in series.files for frame in _frames(path)]
     where = series.folder
     orientations = {tuple(np.round(f[2], 4)) for f in frames}

@@ -187,3 +187,82 @@ def test_a_crash_loop_gives_up_so_an_outer_supervisor_takes_over():
     finally:
         server.process.kill()
     assert server.restarts == 3
+
+
+# --- the client: any input's failure is that input's, never the run's ---------------------------
+
+def test_malformed_dicoms_beside_a_good_image_end_the_run_with_the_good_one_done(server, tmp_path):
+    """Both files hung `brainscan predict` before (its input preparation died): now each is
+    one failure with its reason, and the PNG beside them is answered."""
+    import pydicom
+    from pydicom.sequence import Sequence
+
+    from test_volumes import twelve_bit_slices
+    from volume_files import write_dicom_series, write_multiframe_dicom
+
+    folder = tmp_path / "in"
+    (folder / "enhanced").mkdir(parents=True)
+    write_multiframe_dicom(folder / "enhanced" / "frames.dcm", twelve_bit_slices(count=3))
+    ds = pydicom.dcmread(str(folder / "enhanced" / "frames.dcm"))
+    ds.SharedFunctionalGroupsSequence = Sequence([])
+    ds.save_as(str(folder / "enhanced" / "frames.dcm"))
+    write_dicom_series(folder / "slope", twelve_bit_slices(count=3))
+    first = sorted((folder / "slope").iterdir())[0]
+    ds = pydicom.dcmread(str(first))
+    ds.RescaleSlope = [1, 2]
+    ds.save_as(str(first))
+    (folder / "good.png").write_bytes(encode(brain_like(), "PNG"))
+    result = run("predict", folder, "--url", server.grpc_url, "--out", tmp_path / "out", "--format", "json",
+                 timeout=120)
+    assert result.returncode == 1, result.stderr
+    done = [json.loads(line) for line in result.stdout.splitlines() if "probability" in line]
+    assert [Path(r["file"]).name for r in done] == ["good.png"]
+    failures = json.loads((tmp_path / "out" / "failures.json").read_text())["failures"]
+    reasons = " | ".join(f["error"] for f in failures)
+    assert len(failures) == 2 and "ImageOrientationPatient is missing" in reasons and "RescaleSlope must hold one number" in reasons
+    assert all(f["status"] == "READ" for f in failures)
+
+
+def test_an_unexpected_error_while_reading_fails_that_input_only(server, tmp_path, monkeypatch):
+    import asyncio
+
+    from brainscan.client import batch
+    from brainscan.client.files import collect_inputs
+    from brainscan.client.inference import Connection
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.png").write_bytes(encode(brain_like(seed=ord(name)), "PNG"))
+    real = batch._prepare
+
+    def flaky(job):
+        if job.input.path.name == "b.png":
+            raise KeyError("a bug in a reader")
+        real(job)
+
+    monkeypatch.setattr(batch, "_prepare", flaky)
+    inputs, _, _ = collect_inputs([tmp_path])
+    outcomes = asyncio.run(asyncio.wait_for(batch.run_inputs(inputs, Connection(server.grpc_url), batch.RunOptions(),
+                                                             report=lambda _: None), 60))
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert outcomes[1].status == "READ" and "cannot read it (KeyError: 'a bug in a reader')" in outcomes[1].error
+
+
+def test_a_full_disk_under_out_fails_the_inputs_cleanly(server, tmp_path):
+    """Writes past a file-size limit fail like a full disk (EFBIG instead of ENOSPC): every
+    input is reported with the reason, the exit code is 1 and no temporary file is left."""
+    import resource
+
+    inputs = slices(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    result = subprocess.run([BRAINSCAN, "predict", str(inputs), "--url", server.grpc_url, "--out", str(out),
+                             "--format", "csv"], capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert result.returncode == 1
+    assert result.stdout.count("cannot write the outputs: File too large") == 4
+    assert "Traceback" not in result.stderr
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written temporary file

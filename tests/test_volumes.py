@@ -201,3 +201,61 @@ def test_an_enhanced_multiframe_dicom_file_is_one_volume_with_its_per_frame_geom
     np.testing.assert_allclose(volume.affine, affine)
     for got, want in zip(decoded(volume.axial_png_slices()), images):
         np.testing.assert_array_equal(got, want)
+
+
+# --- hostile and malformed volumes: refused with the reason, from the header where possible ----
+
+def test_an_enhanced_dicom_with_empty_functional_groups_is_refused_not_crashed(tmp_path):
+    import pydicom
+    from pydicom.sequence import Sequence
+
+    path = tmp_path / "enhanced.dcm"
+    write_multiframe_dicom(path, twelve_bit_slices(count=3))
+    ds = pydicom.dcmread(str(path))
+    ds.SharedFunctionalGroupsSequence = Sequence([])  # present, but no item
+    ds.save_as(str(path))
+    with pytest.raises(VolumeError, match="ImageOrientationPatient is missing or malformed"):
+        read_dicom_series(group_series([path])[0][0])
+
+
+def test_a_multi_valued_rescale_slope_is_refused_by_name(tmp_path):
+    import pydicom
+
+    write_dicom_series(tmp_path / "s", twelve_bit_slices(count=3))
+    files = sorted((tmp_path / "s").iterdir())
+    ds = pydicom.dcmread(str(files[1]))
+    ds.RescaleSlope = [1, 2]
+    ds.save_as(str(files[1]))
+    with pytest.raises(VolumeError, match=r"RescaleSlope must hold one number, it holds 1\.0\\2\.0$"):
+        read_dicom_series(group_series(files)[0][0])
+
+
+def test_a_nifti_header_claiming_too_many_voxels_is_refused_before_reading(tmp_path):
+    header = nibabel.Nifti1Header()
+    header.set_data_shape((2048, 2048, 1024))  # 4 G voxels, in a file of a few hundred bytes
+    header.set_data_dtype(np.int16)
+    path = tmp_path / "claims.nii"
+    path.write_bytes(header.binaryblock + b"\0" * 4 + b"\x01\x02" * 64)
+    with pytest.raises(VolumeError, match=r"2048x2048x1024 = 4294967296 voxels; the limit is 134217728"):
+        read_nifti(path)
+
+
+def test_a_deflated_dicom_that_inflates_past_the_limit_is_refused_unread(tmp_path, monkeypatch):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from brainscan import contract
+
+    write_dicom_series(tmp_path / "s", twelve_bit_slices(count=1))
+    (source,) = sorted((tmp_path / "s").iterdir())
+    ds = pydicom.dcmread(str(source))
+    ds.add_new(0x00091010, "OB", bytes(4 << 20))  # 4 MB of zeros, a few KB once deflated
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    bomb = tmp_path / "bomb.dcm"
+    ds.save_as(str(bomb), enforce_file_format=True)
+    assert bomb.stat().st_size < 100_000
+    monkeypatch.setattr(contract, "MAX_INFLATED_DICOM_BYTES", 1 << 20)
+    series, rejected, _ = group_series([bomb])
+    assert not series and "inflates past 1 MB" in rejected[0][1] and "refused before reading it" in rejected[0][1]
+    monkeypatch.setattr(contract, "MAX_INFLATED_DICOM_BYTES", 64 << 20)
+    assert read_dicom_series(group_series([bomb])[0][0]).data.shape[2] == 1  # under the limit it reads
