@@ -16,7 +16,7 @@ FP16 := $(RUNS)/classifier/model.fp16.onnx $(RUNS)/segmenter/model.fp16.onnx
 # fails here as it does on any machine without TensorRT
 TRT_STUBS := tensorrt-stubs==10.13.0.35.1
 
-.PHONY: demo test venv data train export fp16 repository serve predict bench clean
+.PHONY: demo test soak venv data train export fp16 repository serve predict bench docker-locks clean
 
 venv: $(VENV)/.installed
 
@@ -90,6 +90,20 @@ bench: repository $(ADMIN_KEY)
 
 test: venv
 	$(BIN)/python -m pytest
+
+# Load, long-run and fault runs on the demo's networks (about 10 minutes; each with a pass
+# criterion) -> benchmarks/results/<date>-soak/soak.md
+soak: venv repository
+	BRAINSCAN_SOAK_REPOSITORY=$(abspath $(REPO)) BRAINSCAN_SOAK_DATA=$(abspath $(DATA)) \
+		$(BIN)/python -m pytest -m soak tests/test_soak.py -p no:cacheprovider -v
+
+# Hash-pinned dependencies of the two images (docker/*.lock), from pyproject.toml, with
+# pip-tools in a throw-away environment. Run after changing dependencies.
+LOCK := pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
+docker-locks:
+	rm -rf $(ART)/pip-tools && $(PYTHON) -m venv $(ART)/pip-tools && $(ART)/pip-tools/bin/pip install --quiet pip-tools
+	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --output-file triton.lock ../pyproject.toml
+	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra export --output-file export.lock ../pyproject.toml export-tools.in
 
 clean:
 	rm -rf $(ART)

@@ -21,6 +21,10 @@ from pathlib import Path
 
 VERSION = "2.60.0"
 WHEEL_PLATFORM = "manylinux_2_38_x86_64"
+# The wheel's SHA-256 as PyPI publishes it (pypi.org/simple/perf-analyzer/): a binary that is
+# executed must be the one expected. (The Debian runtime packages are verified by apt
+# itself, against Debian's signed release files and the system keyring.)
+WHEEL_SHA256 = "23ef56b107ae9233e5cf09fbdf508dd9b936a52f1bae2f63f53c8117087b3f25"
 RUNTIME_PACKAGES = ("libc6", "libstdc++6", "libgcc-s1")
 RUNTIME_SUITE = "trixie"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -73,6 +77,17 @@ def _run(command: list[str], what: str, cwd: Path | None = None) -> None:
         raise PerfAnalyzerError(f"{what} failed ({' '.join(command[:4])} …): {result.stderr.strip()[-800:]}")
 
 
+def verify(wheel: Path, expected: str = WHEEL_SHA256) -> None:
+    """Refuse (and delete) a downloaded wheel whose SHA-256 is not the published one."""
+    from brainscan.digest import sha256_file
+
+    found = sha256_file(wheel)
+    if found != expected:
+        Path(wheel).unlink(missing_ok=True)
+        raise PerfAnalyzerError(f"{Path(wheel).name} has SHA-256 {found}, not the published {expected}: "
+                                "refused (a damaged download, or not the file PyPI publishes)")
+
+
 def install(root: Path | None = None) -> list[str]:
     """Download the perf-analyzer wheel and, if the binary does not run as is, a newer C
     runtime beside it. Idempotent; returns the command that runs perf_analyzer."""
@@ -86,6 +101,7 @@ def install(root: Path | None = None) -> list[str]:
           "--platform", WHEEL_PLATFORM, "--python-version", "3.11", "--dest", str(downloads),
           f"perf-analyzer=={VERSION}"], "pip download perf-analyzer")
     (wheel,) = downloads.glob("perf_analyzer-*.whl")
+    verify(wheel)
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(root / "wheel")
     binary = root / "wheel" / "perf_analyzer" / "bin" / "perf_analyzer"

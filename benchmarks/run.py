@@ -34,6 +34,7 @@ class BenchConfig:
     keras_runs: Path | None = None  # folder with classifier/ and segmenter/ model.keras
     baseline_seconds: float = 3.0
     admin_key: str | None = None  # Triton's statistics API is an admin API (contract.ADMIN_APIS)
+    stability_percentage: float = 10.0  # perf_analyzer's: how close 3 windows must agree (its default)
     notes: list[str] = field(default_factory=list)
 
 
@@ -104,9 +105,10 @@ def run(config: BenchConfig, log=print) -> Path:
         span = config.concurrency if model == contract.ENSEMBLE else config.model_concurrency
         log(f"perf_analyzer: {model}, concurrency {span[0]}..{span[1]}")
         before = server_statistics(config.url, config.admin_key)
-        header = ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
+        extra = ["--stability-percentage", f"{config.stability_percentage:g}"]
+        extra += ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
         result = perf_analyzer.sweep(command, model, config.url, inputs[model], span, raw / f"{model}.csv",
-                                     config.request_count, extra=header)
+                                     config.request_count, extra=extra)
         stats = statistics_delta(before, server_statistics(config.url, config.admin_key))
         (raw / f"{model}.log").write_text(result.log)
         served[model] = {"rows": result.rows, "retries": result.retries, "request_count": result.request_count,

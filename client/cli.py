@@ -300,20 +300,28 @@ def ui(
     model: Model = contract.ENSEMBLE,
     model_version: ModelVersion = "",
     timeout: Timeout = 60.0,
-    host: Annotated[str, typer.Option(help="Address the page listens on; 0.0.0.0 exposes it to the network.")] = contract.DEFAULT_HOST,
+    host: Annotated[str, typer.Option(help="Address the page listens on; anything but loopback needs --auth-file.")] = contract.DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
+    auth_file: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_UI_AUTH_FILE", help="user:password lines; the page asks for a login.")] = None,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest upload accepted, in MB.")] = 20,
 ) -> None:
     """Web page (Gradio): upload an MRI slice, see label and probability, the slice with the
-    tumour in red, and the mask. Needs `pip install 'brainscan[ui]'` and a running server."""
+    tumour in red, and the mask. Needs `pip install 'brainscan[ui]'` and a running server.
+    Uploads are deleted once analysed; what the page shows is kept 10 minutes at most."""
     conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version,
                       timeout, retries=1)
     try:
         from brainscan.client import ui as page
     except ImportError as exc:
         fail(f"the web UI needs Gradio ({exc}): pip install 'brainscan[ui]'")
-    typer.echo(f"brainscan ui on http://{host}:{port} (server {conn.address}, model {conn.target}); Ctrl-C to stop",
-               err=True)
-    page.serve(conn, host, port)
+    try:
+        logins = page.read_logins(auth_file) if auth_file else None
+        page.launch_options(host, port, logins, max_upload_mb)  # refuse before anything starts
+    except page.UiError as exc:
+        fail(str(exc))
+    typer.echo(f"brainscan ui on http://{host}:{port} (server {conn.address}, model {conn.target}"
+               f"{', login required' if logins else ''}); Ctrl-C to stop", err=True)
+    page.serve(conn, host, port, logins, max_upload_mb)
 
 
 bench_app = typer.Typer(help="Load-test a server with perf_analyzer.", no_args_is_help=True)

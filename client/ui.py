@@ -7,7 +7,11 @@ or an unreachable server is said in words in the result box; the page keeps work
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import signal
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,51 @@ from brainscan.client.inference import Connection
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"]
 DEFAULT_PORT = 7860
+MAX_UPLOAD_MB = 20
+CACHE_SECONDS = 600  # what Gradio still holds (answers shown on the page) is deleted after this
+
+
+class UiError(ValueError):
+    """The page cannot be served as asked (e.g. exposed without a login); the message says why."""
+
+
+def read_logins(path: Path) -> list[tuple[str, str]]:
+    """``user:password`` lines of an auth file (blank lines and # comments ignored)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise UiError(f"cannot read the auth file {path}: {exc.strerror}") from None
+    logins = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, sep, password = line.strip().partition(":")
+        if not sep or not user or len(password) < 8:
+            raise UiError(f"{path}, line {number}: write user:password, with a password of at least 8 characters")
+        logins.append((user, password))
+    if not logins:
+        raise UiError(f"{path} holds no user:password line")
+    return logins
+
+
+def launch_options(host: str, port: int, logins: list[tuple[str, str]] | None, max_upload_mb: int) -> dict:
+    """Gradio's launch options: a login is required on anything but loopback, uploads are
+    bounded, nothing is shared through Gradio's tunnel."""
+    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    if not loopback and not logins:
+        raise UiError(f"--host {host} exposes the page to the network: give a login with --auth-file FILE "
+                      "(user:password lines), or keep the default 127.0.0.1")
+    return {"server_name": host, "server_port": port, "share": False, "inbrowser": False, "quiet": True,
+            "auth": logins or None, "max_file_size": f"{max_upload_mb}mb", "enable_monitoring": False}
+
+
+def private_cache() -> Path:
+    """Gradio keeps uploads and shown images in its cache folder: a private one, removed when
+    the page stops, so scans do not outlive it."""
+    folder = Path(tempfile.mkdtemp(prefix="brainscan-ui-"))  # mode 0700
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _payload(path: Path) -> bytes:
@@ -59,15 +108,24 @@ def analyse(connection: Connection, path: str | None) -> tuple[str, np.ndarray |
     return text, overlay(decode_image(data), prediction.mask), prediction.mask * 255
 
 
+def analyse_and_forget(connection: Connection, path: str | None):
+    """``analyse``, then the uploaded scan is deleted from Gradio's cache, answered or not."""
+    try:
+        return analyse(connection, path)
+    finally:
+        if path:
+            Path(path).unlink(missing_ok=True)
+
+
 def build(connection: Connection):
     """The Gradio page."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
     def run(path):
-        return analyse(connection, path)
+        return analyse_and_forget(connection, path)
 
-    with gr.Blocks(title="brainscan") as page:
+    with gr.Blocks(title="brainscan", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as page:
         gr.Markdown(
             "## brainscan: brain-tumour detection and segmentation on MRI\n"
             f"Upload one axial MRI slice. Answered by model `{connection.target}` at `{connection.address}`. "
@@ -85,7 +143,15 @@ def build(connection: Connection):
     return page
 
 
-def serve(connection: Connection, host: str, port: int) -> None:
+def serve(connection: Connection, host: str, port: int, logins: list[tuple[str, str]] | None = None,
+          max_upload_mb: int = MAX_UPLOAD_MB) -> None:
+    options = launch_options(host, port, logins, max_upload_mb)
+    private_cache()
+
+    def stop(_signum, _frame):  # SIGTERM ends the page like Ctrl-C, so the cache is removed
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     page = build(connection)
     page.queue(default_concurrency_limit=4)
-    page.launch(server_name=host, server_port=port, share=False, inbrowser=False, quiet=True)
+    page.launch(**options)

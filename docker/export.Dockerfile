@@ -20,7 +20,9 @@ COPY train train
 COPY export export
 COPY client client
 COPY benchmarks benchmarks
-RUN python3 -m pip install ".[export]" pytest pytest-timeout pyyaml
+COPY docker/export.lock docker/
+# Every dependency pinned by version and hash (make docker-locks), then the package alone.
+RUN python3 -m pip install --require-hashes -r docker/export.lock && python3 -m pip install --no-deps ".[export]"
 
 # The source checkout is mounted at /brainscan (not over the image's /workspace): engines go
 # into ./model_repository, the ONNX graphs and validation slices come from ./artifacts.

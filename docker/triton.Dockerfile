@@ -21,8 +21,11 @@ COPY train train
 COPY export export
 COPY client client
 COPY benchmarks benchmarks
-# numpy<2 comes with the package: the python backend's stub needs numpy 1.x.
-RUN python3 -m pip install . && python3 -c "import cv2, numpy, PIL, brainscan.preprocessing"
+COPY docker/triton.lock docker/
+# Every dependency pinned by version and hash (make docker-locks writes the lock), then the
+# package itself without resolving anything again. numpy<2: the python backend's stub.
+RUN python3 -m pip install --require-hashes -r docker/triton.lock && python3 -m pip install --no-deps . \
+ && python3 -c "import cv2, numpy, PIL, brainscan.preprocessing"
 
 # The onnxruntime flavour's TensorRT provider caches its engines one level below this
 # folder (docker/compose.yaml mounts a volume here; a fresh volume starts with its content,

@@ -83,13 +83,47 @@ def test_dockerfiles_build_from_the_pinned_release_and_copy_real_paths(dockerfil
                 assert (ROOT / source).exists(), f"{dockerfile}: COPY {source} does not exist"
 
 
+def _lock(name: str) -> dict[str, tuple[str, int]]:
+    """name -> (pinned version, number of hashes) of a docker/*.lock file."""
+    pins, current = {}, None
+    for line in (DOCKER / name).read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==([^ \\]+)", line)
+        if match:
+            current = match.group(1).lower().replace("_", "-")
+            pins[current] = (match.group(2), 0)
+        elif current and line.strip().startswith("--hash=sha256:"):
+            version, hashes = pins[current]
+            pins[current] = (version, hashes + 1)
+    return pins
+
+
+@pytest.mark.parametrize("lock,extras,tools", [("triton.lock", [], False), ("export.lock", ["export"], True)])
+def test_each_image_installs_hash_pinned_versions_of_every_dependency(lock, extras, tools):
+    """A dependency added to pyproject.toml without `make docker-locks` fails here, not in
+    an image build on a GPU host."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for extra in extras for r in project["optional-dependencies"][extra]]
+    if tools:
+        wanted += [Requirement(line) for line in (DOCKER / "export-tools.in").read_text().splitlines()
+                   if line.strip() and not line.startswith("#")]
+    pins = _lock(lock)
+    for requirement in wanted:
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not in docker/{lock}: run `make docker-locks`"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (name, pins[name][0], str(requirement))
+    assert all(hashes > 0 for _, hashes in pins.values())  # pip --require-hashes refuses anything else
+    text = (DOCKER / ("triton.Dockerfile" if lock == "triton.lock" else "export.Dockerfile")).read_text()
+    assert f"pip install --require-hashes -r docker/{lock}" in text and "pip install --no-deps" in text
+
+
 def test_images_install_what_their_code_imports():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    export_file = (DOCKER / "export.Dockerfile").read_text()
-    assert 'pip install ".[export]"' in export_file and "export" in extras
     assert "tensorflow-cpu" not in " ".join(extras["export"])  # engines are built from ONNX, not Keras
-    triton_file = (DOCKER / "triton.Dockerfile").read_text()
-    assert "pip install ." in triton_file and "import cv2, numpy, PIL, brainscan.preprocessing" in triton_file
+    assert "import cv2, numpy, PIL, brainscan.preprocessing" in (DOCKER / "triton.Dockerfile").read_text()
+    assert 'pip install --no-deps ".[export]"' in (DOCKER / "export.Dockerfile").read_text()
 
 
 def _triton_cmd() -> str:

@@ -101,3 +101,86 @@ def test_with_grpc_tls_http_and_metrics_stay_on_loopback(tmp_path):
     assert "--metrics-address=10.1.2.3" in chosen  # an explicit choice (e.g. a Prometheus scrape address)
     plain = TritonServer(tmp_path, host="127.0.0.1").command(Path("/b"))
     assert "--http-address=127.0.0.1" in plain and "--metrics-address=127.0.0.1" in plain
+
+
+# --- the web page -------------------------------------------------------------------------------
+
+def test_the_page_is_not_exposed_without_a_login(tmp_path):
+    result = run("ui", "--host", "0.0.0.0", "--port", "1")
+    assert result.returncode == 1 and "exposes the page to the network: give a login with --auth-file" in result.stderr
+    weak = tmp_path / "auth"
+    weak.write_text("alice:short\n")
+    result = run("ui", "--host", "0.0.0.0", "--auth-file", weak)
+    assert result.returncode == 1 and "password of at least 8 characters" in result.stderr
+
+
+def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "brainscan-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_the_page_asks_for_a_login_bounds_uploads_and_leaves_no_scan_behind(tmp_path):
+    import http.cookiejar
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pytest.importorskip("gradio", reason="the web page needs the ui extra (make venv installs it)")
+    from brainscan.server import free_port
+
+    (tmp_path / "auth").write_text("# the operators\nalice:correct-horse\n")
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # where the page's private cache goes
+    page = subprocess.Popen([str(Path(__import__("sys").executable).parent / "brainscan"), "ui", "--port", str(port),
+                             "--auth-file", str(tmp_path / "auth"), "--max-upload-mb", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(base + "/", timeout=2)
+                break
+            except OSError:
+                assert page.poll() is None and time.monotonic() < deadline, page.communicate()
+                time.sleep(0.5)
+        assert _status(base + "/config") == 401  # nothing but the login form without a login
+        body, kind = _multipart("scan.png", bytes(1000))
+        assert _status(base + "/gradio_api/upload", body, kind) == 401
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        opener.open(base + "/login", data=b"username=alice&password=correct-horse", timeout=10)
+        assert opener.open(base + "/config", timeout=10).status == 200
+        big, kind = _multipart("big.png", bytes(2 << 20))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(urllib.request.Request(base + "/gradio_api/upload", data=big, headers={"Content-Type": kind}))
+        assert refused.value.code == 413
+        cached = [p for p in tmp_path.iterdir() if p.name.startswith("brainscan-ui-")]
+        assert len(cached) == 1 and cached[0].stat().st_mode & 0o077 == 0  # private to the page's user
+    finally:
+        page.send_signal(signal.SIGTERM)
+        page.communicate(timeout=30)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("brainscan-ui-")]  # removed when the page stops
+
+
+def _status(url: str, data: bytes | None = None, kind: str | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": kind} if kind else {})
+    try:
+        return urllib.request.urlopen(request, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_an_uploaded_scan_is_deleted_once_analysed_even_when_it_fails(tmp_path):
+    pytest.importorskip("gradio", reason="the web page needs the ui extra (make venv installs it)")
+    from brainscan.client.inference import Connection
+    from brainscan.client.ui import analyse_and_forget
+    from brainscan.server import free_port
+
+    upload = tmp_path / "scan.png"
+    upload.write_bytes(b"not an image at all")
+    text, overlay, mask = analyse_and_forget(Connection(f"127.0.0.1:{free_port()}", retries=0), str(upload))
+    assert text.startswith("Error:") and overlay is None and mask is None
+    assert not upload.exists()
