@@ -45,7 +45,8 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TLS_KEY", help="The server certificate's private key (PEM).")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TLS_CLIENT_CA", help="Mutual TLS: accept only clients whose certificate this CA signed.")] = None,
     admin_key_file: Annotated[Path | None, typer.Option(envvar=contract.ADMIN_KEY_ENV, help="File holding the key that Triton's administrative APIs (repository, shared memory, statistics, trace, logging) require in the 'admin-key' header; without it they are off.")] = None,
-    metrics_host: Annotated[str | None, typer.Option(help="Address for the Prometheus metrics (default: --host; 127.0.0.1 with TLS).")] = None,
+    http_host: Annotated[str | None, typer.Option(help="Address for plain HTTP (default: --host; 127.0.0.1 with TLS or with the embedded server).")] = None,
+    metrics_host: Annotated[str | None, typer.Option(help="Address for the Prometheus metrics (default: as HTTP).")] = None,
     tritonserver: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TRITONSERVER", help="Another tritonserver binary, e.g. the NGC image's /opt/tritonserver/bin/tritonserver (default: the one in nvidia-pytriton).")] = None,
     backend_directory: Annotated[Path | None, typer.Option(help="Backends of --tritonserver (default: its ../backends).")] = None,
     watchdog: Annotated[bool, typer.Option(help="Send a real inference every --watchdog-interval seconds and restart the server when it keeps failing.")] = True,
@@ -66,7 +67,7 @@ def serve(
         fail(str(exc))
     server = TritonServer(repository, host, Ports(grpc_port, http_port, metrics_port), log_file, grpc_tls=tls,
                           binary=tritonserver, backend_directory=backend_directory, admin_key=admin_key,
-                          metrics_host=metrics_host)
+                          metrics_host=metrics_host, http_host=http_host)
     stop_requested = []
 
     def request_stop(signum, _frame):

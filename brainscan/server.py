@@ -173,7 +173,8 @@ class TritonServer:
     /opt/tritonserver); by default the embedded one, which serves only the local flavour.
     Triton's administrative APIs (contract.ADMIN_APIS) need ``admin_key``; without one they
     get a random key nobody knows, i.e. they are off. With gRPC TLS, HTTP (which can also
-    infer) and metrics listen on loopback only, unless ``metrics_host`` says otherwise."""
+    infer) and metrics listen on loopback only, and so they do for the embedded server (Triton
+    2.51 predates the 25.07 HTTP fixes), unless ``http_host`` / ``metrics_host`` say otherwise."""
 
     def __init__(
         self,
@@ -187,6 +188,7 @@ class TritonServer:
         backend_directory: Path | None = None,
         admin_key: str | None = None,
         metrics_host: str | None = None,
+        http_host: str | None = None,
     ):
         self.repository = Path(repository).resolve()
         self.host = host
@@ -200,8 +202,10 @@ class TritonServer:
         self.starts = 0
         self.admin_key = admin_key or secrets.token_urlsafe(32)
         self.admin_enabled = admin_key is not None
-        plain_host = contract.DEFAULT_HOST if grpc_tls else host
-        self.http_host = plain_host
+        # Plain HTTP (which can infer too) and metrics stay on loopback when gRPC is TLS, and
+        # when the embedded Triton 2.51 (older than the 25.07 HTTP fixes) would be exposed.
+        plain_host = contract.DEFAULT_HOST if grpc_tls or self.embedded else host
+        self.http_host = http_host or plain_host
         self.metrics_host = metrics_host or plain_host
 
     @property

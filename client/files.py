@@ -29,12 +29,16 @@ def natural_key(path: Path) -> list:
 
 
 def _walk(paths: list[Path]):
-    """Every file under ``paths``: files as given, folders recursively in natural order."""
+    """Every file under ``paths`` once: files as given, folders recursively in natural
+    order; a file named and also inside a named folder (or named twice) comes once."""
+    seen: set[Path] = set()
     for path in paths:
-        if path.is_dir():
-            yield from (c for c in sorted(path.rglob("*"), key=natural_key) if c.is_file())
-        else:
-            yield path
+        found = sorted((c for c in path.rglob("*") if c.is_file()), key=natural_key) if path.is_dir() else [path]
+        for item in found:
+            key = item.resolve()
+            if key not in seen:
+                seen.add(key)
+                yield item
 
 
 def _is_ground_truth(path: Path) -> bool:

@@ -103,6 +103,18 @@ def test_with_grpc_tls_http_and_metrics_stay_on_loopback(tmp_path):
     assert "--http-address=127.0.0.1" in plain and "--metrics-address=127.0.0.1" in plain
 
 
+def test_the_embedded_server_exposes_grpc_only_and_another_binary_all_three(tmp_path):
+    """The embedded Triton 2.51 predates the 25.07 fixes of its HTTP server (chunked-encoding
+    crash): on a non-loopback --host only gRPC follows; the NGC image's server is current."""
+    embedded = TritonServer(tmp_path, host="0.0.0.0").command(tmp_path)
+    assert "--grpc-address=0.0.0.0" in embedded
+    assert "--http-address=127.0.0.1" in embedded and "--metrics-address=127.0.0.1" in embedded
+    ngc = TritonServer(tmp_path, host="0.0.0.0", binary=tmp_path / "tritonserver").command(tmp_path)
+    assert "--http-address=0.0.0.0" in ngc and "--metrics-address=0.0.0.0" in ngc
+    asked = TritonServer(tmp_path, host="0.0.0.0", http_host="0.0.0.0").command(tmp_path)
+    assert "--http-address=0.0.0.0" in asked  # an explicit choice
+
+
 # --- the web page -------------------------------------------------------------------------------
 
 def test_the_page_is_not_exposed_without_a_login(tmp_path):

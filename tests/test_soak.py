@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 from brainscan import contract
+from test_faults import processes
 
 pytestmark = [pytest.mark.soak, pytest.mark.server]
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,18 +110,6 @@ def session_rss(leader: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
     return total
-
-
-def processes_with(*fragments: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if all(f in cmdline for f in fragments):
-            found.append(int(pid))
-    return found
 
 
 # --- load ----------------------------------------------------------------------------------
@@ -293,7 +282,7 @@ def faults(repository: Path, files: list[Path], report: SoakReport, work: Path) 
             if predict.poll() is not None:
                 break
             if what == "stub":
-                stubs = processes_with("triton_python_backend_stub", str(copy / "segmenter"))
+                stubs = processes("triton_python_backend_stub", str(copy / "segmenter"))
                 if stubs:
                     os.kill(stubs[0], signal.SIGKILL)
                     events.append(f"{time.monotonic() - started:.0f} s: kill -9 segmenter stub")
@@ -302,8 +291,8 @@ def faults(repository: Path, files: list[Path], report: SoakReport, work: Path) 
                 serve.wait()
                 events.append(f"{time.monotonic() - started:.0f} s: kill -9 brainscan serve")
                 time.sleep(3)
-                left = processes_with("tritonserver", f"--grpc-port={ports[0]}") + \
-                    processes_with("triton_python_backend_stub", str(copy))
+                left = processes("tritonserver", f"--grpc-port={ports[0]}") + \
+                    processes("triton_python_backend_stub", str(copy))
                 report.figures["orphans_after_serve_killed"] = len(left)
                 for pid in left:
                     os.kill(pid, signal.SIGKILL)
@@ -341,8 +330,10 @@ def hostile_files(server, files: list[Path], report: SoakReport, work: Path, add
         report.add("hostile files", "prlimit missing", "prlimit (util-linux) present", False)
         return
     started = time.monotonic()
-    result = subprocess.run(["prlimit", f"--as={address_space_gb << 30}", brainscan, "predict", str(folder), "--url",
-                             server.grpc_url, "--out", str(work / "hostile-out"), "--format", "json"],
+    # formats a folder walk does not pick up by their suffix are named on the command line
+    odd = [str(p) for p in sorted(folder.iterdir()) if p.suffix in (".webp", ".mpo", ".psd")]
+    result = subprocess.run(["prlimit", f"--as={address_space_gb << 30}", brainscan, "predict", str(folder), *odd,
+                             "--url", server.grpc_url, "--out", str(work / "hostile-out"), "--format", "json"],
                             capture_output=True, text=True, timeout=600)
     elapsed = time.monotonic() - started
     failures = json.loads((work / "hostile-out" / "failures.json").read_text())["failures"]

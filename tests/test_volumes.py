@@ -259,3 +259,13 @@ def test_a_deflated_dicom_that_inflates_past_the_limit_is_refused_unread(tmp_pat
     assert not series and "inflates past 1 MB" in rejected[0][1] and "refused before reading it" in rejected[0][1]
     monkeypatch.setattr(contract, "MAX_INFLATED_DICOM_BYTES", 64 << 20)
     assert read_dicom_series(group_series([bomb])[0][0]).data.shape[2] == 1  # under the limit it reads
+
+
+def test_a_file_named_and_inside_a_named_folder_is_one_input(tmp_path):
+    from conftest import encode
+    from test_preprocessing import brain_like
+
+    (tmp_path / "a.png").write_bytes(encode(brain_like(), "PNG"))
+    (tmp_path / "odd.webp").write_bytes(b"RIFF0000WEBP")
+    inputs, _, _ = collect_inputs([tmp_path, tmp_path / "odd.webp", tmp_path / "a.png", tmp_path / "a.png"])
+    assert [(i.path.name, i.stem) for i in inputs] == [("a.png", "a"), ("odd.webp", "odd")]
