@@ -14,7 +14,7 @@ EXIT_UNAVAILABLE = 3  # no server reachable
 
 Url = Annotated[
     str,
-    typer.Option("--url", envvar="BRAINSCAN_URL", help="Triton server as host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)."),
+    typer.Option("--url", envvar="BRAINSCAN_URL", help="Triton server as host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP); several, comma-separated, or dns:///NAME:PORT to spread requests round-robin (gRPC)."),
 ]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
 DataDir = Annotated[Path, typer.Option("--data", help="Dataset folder (kaggle_3m layout, or yes/ and no/).")]

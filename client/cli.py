@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -256,10 +257,26 @@ def health(
     infer: Annotated[bool, typer.Option("--infer", help="Also send a small real image through the model and check the answer (a liveness check that readiness flags cannot fake).")] = False,
 ) -> None:
     """Say whether the server and every model of the ensemble are ready (exit 0 if so,
-    1 if something is not ready or --infer fails, 3 if no server answers)."""
+    1 if something is not ready or --infer fails, 3 if no server answers); with several
+    servers, each of them."""
+    conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version, 10.0)
+    if conn.balanced and not conn.url.startswith("dns:"):  # each server of the list, one after the other
+        codes = []
+        for server in conn.servers:
+            typer.echo(f"{server}:")
+            codes.append(_health_of(replace(conn, url=server), wait, infer))
+        if any(codes):
+            raise typer.Exit(max(codes))
+        return
+    code = _health_of(conn, wait, infer)
+    if code:
+        raise typer.Exit(code)
+
+
+def _health_of(conn, wait: float, infer: bool) -> int:
+    """Print one server's state; the exit code it deserves."""
     from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
 
-    conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version, 10.0)
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -269,13 +286,14 @@ def health(
                 break
         except (ServerUnavailableError, InferenceError) as exc:
             if time.monotonic() >= deadline:
-                fail(str(exc), EXIT_UNAVAILABLE)
+                typer.echo(f"error: {exc}", err=True)
+                return EXIT_UNAVAILABLE
         time.sleep(0.5)
     typer.echo(f"server {conn.address}: live={state['live']} ready={state['ready']}")
     for name, ready in state["models"].items():
         typer.echo(f"  {name:<12} {'ready' if ready else 'NOT READY'}")
     if not (state["ready"] and all(state["models"].values())):
-        raise typer.Exit(EXIT_FAILED)
+        return EXIT_FAILED
     if infer:
         from brainscan.server import PROBE_SHAPE, probe_image
 
@@ -284,10 +302,14 @@ def health(
             with BrainscanClient(conn) as client:
                 answer = client.infer(probe_image())
         except (ServerUnavailableError, InferenceError) as exc:
-            fail(f"inference through {conn.target} failed: {exc}")
+            typer.echo(f"error: inference through {conn.target} failed: {exc}", err=True)
+            return EXIT_FAILED
         if answer.mask.shape != PROBE_SHAPE:
-            fail(f"inference through {conn.target} returned a {answer.mask.shape} mask for a {PROBE_SHAPE} image")
+            typer.echo(f"error: inference through {conn.target} returned a {answer.mask.shape} mask for a "
+                       f"{PROBE_SHAPE} image", err=True)
+            return EXIT_FAILED
         typer.echo(f"  inference    ok ({(time.monotonic() - started) * 1000:.0f} ms)")
+    return 0
 
 
 def ui(

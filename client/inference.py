@@ -18,6 +18,7 @@ import numpy as np
 from brainscan import contract
 
 PROTOCOLS = ("grpc", "http")
+DNS_SCHEME = "dns:///"  # every address of the name, e.g. a Kubernetes headless Service
 BACKOFF_CAP = 8.0  # seconds: the longest wait between two attempts
 
 
@@ -64,14 +65,52 @@ class Connection:
         if self.url is None:
             port = contract.GRPC_PORT if self.protocol == "grpc" else contract.HTTP_PORT
             object.__setattr__(self, "url", f"{contract.DEFAULT_HOST}:{port}")
-        if "://" in self.url:
-            raise ValueError(f"--url {self.url}: write host:port, without a scheme (use --ssl for TLS)")
+        if "://" in self.url and not self.url.startswith(DNS_SCHEME):
+            raise ValueError(f"--url {self.url}: write host:port (several, comma-separated, or {DNS_SCHEME}NAME:PORT), "
+                             "without a scheme (use --ssl for TLS)")
+        if self.balanced and self.protocol != "grpc":
+            raise ValueError(f"--url {self.url}: spreading requests over several servers needs --protocol grpc "
+                             "(for HTTP, put a load balancer in front and give its address)")
+        for server in self.servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"--url {self.url}: {server!r} is not host:port")
         for name in ("root_certificates", "private_key", "certificate_chain"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name.replace('_', ' ')} file {path} does not exist")
         if (self.private_key is None) != (self.certificate_chain is None):
             raise ValueError("mutual TLS needs both the client key and the client certificate chain")
+
+    @property
+    def servers(self) -> list[str]:
+        """The host:port of each server given (one for a dns:/// name: gRPC resolves it)."""
+        if self.url.startswith(DNS_SCHEME):
+            return [self.url[len(DNS_SCHEME):]]
+        return [part.strip() for part in self.url.split(",") if part.strip()]
+
+    @property
+    def balanced(self) -> bool:
+        """Requests go round-robin over several servers: a list, or every address of a DNS name."""
+        return self.url.startswith(DNS_SCHEME) or len(self.servers) > 1
+
+    @property
+    def grpc_target(self) -> str:
+        """The channel target: host:port, a dns:/// name, or ipv4:a:p,b:p for a list (each host
+        resolved to its IPv4 addresses now; gRPC balances over them)."""
+        if not self.balanced or self.url.startswith(DNS_SCHEME):
+            return self.url
+        import socket
+
+        addresses = []
+        for server in self.servers:
+            host, _, port = server.rpartition(":")
+            try:
+                found = {info[4][0] for info in socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)}
+            except socket.gaierror as exc:
+                raise ValueError(f"--url: cannot resolve {host}: {exc.strerror}") from None
+            addresses += [f"{address}:{port}" for address in sorted(found)]
+        return "ipv4:" + ",".join(dict.fromkeys(addresses))
 
     @property
     def target(self) -> str:
@@ -159,10 +198,13 @@ class AsyncBrainscanClient:
             # Large images: lift gRPC's 4 MB message limit.
             limit = 2**31 - 1
             path = lambda p: str(p) if p else None  # noqa: E731  (tritonclient opens the PEM files itself)
+            channel = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+            if connection.balanced:  # gRPC's own client-side balancing: each request to the next server
+                channel.append(("grpc.lb_policy_name", "round_robin"))
             self._client = module.InferenceServerClient(
-                connection.url, ssl=connection.ssl, root_certificates=path(connection.root_certificates),
+                connection.grpc_target, ssl=connection.ssl, root_certificates=path(connection.root_certificates),
                 private_key=path(connection.private_key), certificate_chain=path(connection.certificate_chain),
-                channel_args=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)],
+                channel_args=channel,
             )
         else:
             self._client = module.InferenceServerClient(
