@@ -23,7 +23,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[train,export,serve,ui,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[train,export,serve,ui,s3,dev]"
 	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/tensorrt-stubs $(TRT_STUBS)
 	touch $@
 
@@ -102,7 +102,7 @@ soak: venv repository
 LOCK := pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
 docker-locks:
 	rm -rf $(ART)/pip-tools && $(PYTHON) -m venv $(ART)/pip-tools && $(ART)/pip-tools/bin/pip install --quiet pip-tools
-	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --output-file triton.lock ../pyproject.toml
+	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra s3 --output-file triton.lock ../pyproject.toml
 	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra export --output-file export.lock ../pyproject.toml export-tools.in
 
 clean:

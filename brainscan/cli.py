@@ -34,7 +34,7 @@ app.command("ui")(ui)
 
 @app.command("serve")
 def serve(
-    repository: Annotated[Path, typer.Option(help="Model repository (default: the one `make demo` built).")] = contract.demo_repository(),
+    repository: Annotated[str, typer.Option(help="Model repository: a folder (default: the one `make demo` built) or s3://[http(s)://host:port/]bucket/path, with credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")] = str(contract.demo_repository()),
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")] = contract.DEFAULT_HOST,
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = contract.GRPC_PORT,
     http_port: Annotated[int, typer.Option(help="HTTP port.")] = contract.HTTP_PORT,

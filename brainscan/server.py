@@ -35,7 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from brainscan import contract
+from brainscan import contract, storage
+from brainscan.storage import is_s3
 
 PROBE_SHAPE = (48, 64)  # height, width of the watchdog's probe image
 
@@ -178,7 +179,7 @@ class TritonServer:
 
     def __init__(
         self,
-        repository: Path,
+        repository: Path | str,
         host: str = contract.DEFAULT_HOST,
         ports: Ports = Ports(),
         log_file: Path | None = None,
@@ -190,7 +191,8 @@ class TritonServer:
         metrics_host: str | None = None,
         http_host: str | None = None,
     ):
-        self.repository = Path(repository).resolve()
+        # s3://… is handed to Triton as written (it reads object storage itself)
+        self.repository: Path | str = str(repository) if is_s3(repository) else Path(repository).resolve()
         self.host = host
         self.ports = ports
         self.log_file = Path(log_file) if log_file else None
@@ -245,26 +247,36 @@ class TritonServer:
         restricted = f"{','.join(contract.ADMIN_APIS)}:{contract.ADMIN_HEADER}={self.admin_key}"
         return [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
 
-    def start(self) -> None:
+    def _check_repository(self, local: Path) -> None:
+        """Configs parse, the ensemble is wired, the flavour fits this server, weights exist."""
         from brainscan.export.repository import RepositoryError, flavour_of, validate_repository
 
         try:
-            configs = validate_repository(self.repository)
+            flavour = flavour_of(validate_repository(local))
+            if flavour != "local" and self.embedded:
+                raise ServerError(
+                    f"{self.repository} is the {flavour} flavour: its networks need Triton's {flavour} backend"
+                    + (" and a GPU" if flavour == "tensorrt" else "")
+                    + ", which the embedded CPU server does not have. Serve it with `docker compose -f "
+                    "docker/compose.yaml up -d triton` (README, 'On a GPU host'), or write a local repository "
+                    "with `brainscan export repository --flavour local`"
+                )
+            validate_repository(local, require_weights=True)
         except RepositoryError as exc:
-            raise ServerError(str(exc)) from None
-        flavour = flavour_of(configs)
-        if flavour != "local" and self.embedded:
-            raise ServerError(
-                f"{self.repository} is the {flavour} flavour: its networks need Triton's {flavour} backend"
-                + (" and a GPU" if flavour == "tensorrt" else "")
-                + ", which the embedded CPU server does not have. Serve it with `docker compose -f docker/compose.yaml"
-                " up -d triton` (README, 'On a GPU host'), or write a local repository with "
-                "`brainscan export repository --flavour local`"
-            )
+            # name the bucket, not the temporary skeleton the checks ran on
+            raise ServerError(str(exc).replace(str(local), str(self.repository))) from None
+
+    def start(self) -> None:
+        local = self.repository
         try:
-            validate_repository(self.repository, require_weights=True)
-        except RepositoryError as exc:
+            if is_s3(self.repository):  # the same checks, on a local skeleton of the bucket
+                local = storage.skeleton(str(self.repository))
+            self._check_repository(Path(local))
+        except storage.StorageError as exc:
             raise ServerError(str(exc)) from None
+        finally:
+            if local != self.repository:
+                shutil.rmtree(local, ignore_errors=True)
         for name, host, port in (("gRPC", self.host, self.ports.grpc), ("HTTP", self.http_host, self.ports.http),
                                  ("metrics", self.metrics_host, self.ports.metrics)):
             if port_in_use(host, port):

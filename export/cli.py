@@ -92,6 +92,26 @@ def repository(
         typer.echo(f"note: no ONNX given for {', '.join(missing)}: add it before serving", err=True)
 
 
+@export_app.command("upload")
+def upload(
+    repository: Annotated[Path, typer.Argument(help="Repository folder to upload (checked first, weights included).")],
+    destination: Annotated[str, typer.Argument(help="s3://bucket/path, or s3://http(s)://host:port/bucket/path for an S3-compatible server.")],
+) -> None:
+    """Copy a model repository to S3-compatible object storage, where Triton reads it with
+    `brainscan serve --repository s3://…` (or --model-repository in a container).
+    Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_DEFAULT_REGION
+    for AWS itself), never from the command line. Configs are written last."""
+    from brainscan.export.repository import RepositoryError, validate_repository
+    from brainscan.storage import StorageError, upload as upload_repository
+
+    try:
+        validate_repository(repository, require_weights=True)
+        keys = upload_repository(repository, destination)
+    except (RepositoryError, StorageError) as exc:
+        fail(str(exc))
+    typer.echo(f"uploaded {len(keys)} files to {destination}: serve it with `brainscan serve --repository {destination}`")
+
+
 GateProbDiff = Annotated[float, typer.Option("--max-prob-diff", help="Gate: largest tumour-probability difference FP16 vs FP32.")]
 GateMaskDice = Annotated[float, typer.Option("--min-mask-dice", help="Gate: smallest mean Dice of FP16 masks against FP32 masks.")]
 Samples = Annotated[int, typer.Option(help="Validation slices the FP16 gate runs on.")]

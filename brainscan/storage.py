@@ -1,0 +1,122 @@
+"""Model repositories in S3-compatible object storage, as Triton reads them.
+
+Triton takes ``s3://bucket/path`` (AWS, region from AWS_DEFAULT_REGION) or
+``s3://http://host:port/bucket/path`` / ``s3://https://host:port/bucket/path`` (any
+S3-compatible endpoint: MinIO, Ceph, …); ``s3://host:port/bucket/path`` is read as http.
+Credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_SESSION_TOKEN), for Triton and for this module alike: never from a command line.
+boto3 (the ``s3`` extra) is needed only to upload and to check a repository before serving.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+S3 = "s3://"
+
+
+class StorageError(RuntimeError):
+    """Object storage is unreachable, refuses the credentials, or holds no repository there."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    endpoint: str | None  # http(s)://host:port, or None for AWS itself
+    bucket: str
+    prefix: str  # without leading or trailing slash
+
+    @property
+    def uri(self) -> str:
+        """The form Triton's --model-repository takes."""
+        host = f"{self.endpoint}/" if self.endpoint else ""
+        return f"{S3}{host}{self.bucket}/{self.prefix}".rstrip("/")
+
+    def key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+
+def is_s3(location) -> bool:
+    return str(location).startswith(S3)
+
+
+def parse_s3(uri: str) -> S3Location:
+    if not is_s3(uri):
+        raise StorageError(f"{uri} is not an s3:// location")
+    rest = uri[len(S3):]
+    endpoint = None
+    for scheme in ("http://", "https://"):
+        if rest.startswith(scheme):
+            host, _, rest = rest[len(scheme):].partition("/")
+            endpoint = f"{scheme}{host}"
+            break
+    else:
+        first, _, after = rest.partition("/")
+        if ":" in first:  # host:port without a scheme, as Triton reads it
+            endpoint, rest = f"http://{first}", after
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket (write s3://[http(s)://host:port/]bucket/path)")
+    return S3Location(endpoint, bucket, prefix.strip("/"))
+
+
+def _client(location: S3Location):
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise StorageError("object storage needs boto3: pip install 'brainscan[s3]'") from None
+    return boto3.client("s3", endpoint_url=location.endpoint,
+                        config=Config(retries={"max_attempts": 3}, connect_timeout=10, read_timeout=60))
+
+
+def _failure(location: S3Location, exc: Exception) -> StorageError:
+    text = str(exc)
+    if "credentials" in text.lower():
+        text += " (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    return StorageError(f"{location.uri}: {text}")
+
+
+def upload(folder: Path, uri: str) -> list[str]:
+    """Copy every file of a repository folder under ``uri``; returns the keys written.
+    Files are uploaded configs last, so a server polling the bucket never sees a model
+    whose config exists but whose weights do not yet."""
+    location = parse_s3(uri)
+    client = _client(location)
+    files = sorted((p for p in Path(folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts),
+                   key=lambda p: (p.name == "config.pbtxt", str(p)))
+    written = []
+    try:
+        for path in files:
+            key = location.key(path.relative_to(folder).as_posix())
+            client.upload_file(str(path), location.bucket, key)
+            written.append(key)
+    except Exception as exc:  # botocore raises ClientError, EndpointConnectionError, NoCredentialsError…
+        raise _failure(location, exc) from None
+    return written
+
+
+def skeleton(uri: str) -> Path:
+    """A local folder mirroring the repository at ``uri``: every config.pbtxt with its
+    content, every other object as an empty file, so the local checks (configs parse, the
+    ensemble is wired, each model's files are there) run before a server is started."""
+    location = parse_s3(uri)
+    client = _client(location)
+    root = Path(tempfile.mkdtemp(prefix="brainscan-s3-"))
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix)
+        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        for key in keys:
+            target = root / key[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.name == "config.pbtxt":
+                target.write_bytes(client.get_object(Bucket=location.bucket, Key=key)["Body"].read())
+            else:
+                target.touch()
+    except Exception as exc:
+        raise _failure(location, exc) from None
+    if not keys:
+        raise StorageError(f"{location.uri} holds no objects: upload a repository with "
+                           f"`brainscan export upload DIR {location.uri}`")
+    return root

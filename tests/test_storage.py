@@ -1,0 +1,175 @@
+"""The model repository in object storage, run here: a real S3-compatible server (moto in
+server mode) on loopback, `brainscan export upload` into it, `brainscan serve --repository
+s3://…` from it, and an answer checked against a lesion drawn by hand. Credentials travel in
+the standard AWS variables only."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from brainscan.server import free_port
+from brainscan.storage import S3Location, StorageError, parse_s3
+from conftest import encode, write_threshold_segmenter
+from test_cli import BRAINSCAN, run
+
+pytestmark = pytest.mark.server
+
+MOTO = Path(sys.executable).parent / "moto_server"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "brainscan-test", "AWS_SECRET_ACCESS_KEY": "brainscan-test-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.mark.parametrize("uri,expected", [
+    ("s3://models/brainscan", S3Location(None, "models", "brainscan")),
+    ("s3://models", S3Location(None, "models", "")),
+    ("s3://http://127.0.0.1:9000/models/a/b/", S3Location("http://127.0.0.1:9000", "models", "a/b")),
+    ("s3://https://minio.storage:9000/models/x", S3Location("https://minio.storage:9000", "models", "x")),
+    ("s3://127.0.0.1:9000/models/x", S3Location("http://127.0.0.1:9000", "models", "x")),
+])
+def test_the_s3_forms_triton_reads(uri, expected):
+    assert parse_s3(uri) == expected
+    assert parse_s3(expected.uri) == expected  # written back in a form Triton takes
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3://http://127.0.0.1:9000/", "/models/x"])
+def test_an_s3_location_without_a_bucket_is_named(uri):
+    with pytest.raises(StorageError, match="no bucket|not an s3:// location"):
+        parse_s3(uri)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1, with one empty bucket 'models'; yields its endpoint."""
+    if not MOTO.exists():
+        pytest.fail("moto_server is missing: `make venv` installs the dev extra (moto[server])")
+    import boto3
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket="models")
+                break
+            except Exception:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise AssertionError(f"moto_server did not start:\n{log.read_text(errors='replace')}") from None
+                time.sleep(0.3)
+        yield endpoint, client
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def with_credentials(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return {**env, **CREDENTIALS, **extra}
+
+
+def brainscan(*args, env, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([BRAINSCAN, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def square_repository(tmp_path_factory, onnx_models) -> Path:
+    """A local repository whose segmenter marks the bright half of the intensity range."""
+    from brainscan.export.repository import write_repository
+
+    root = tmp_path_factory.mktemp("square")
+    segmenter = write_threshold_segmenter(root / "segmenter.onnx")
+    return write_repository(root / "model_repository", "local", onnx_models["classifier"], segmenter)
+
+
+def test_a_repository_uploaded_to_s3_is_served_from_there_and_answers(s3, square_repository, tmp_path):
+    endpoint, client = s3
+    uri = f"s3://{endpoint}/models/brainscan"
+    env = with_credentials()
+
+    uploaded = brainscan("export", "upload", square_repository, uri, env=env)
+    assert uploaded.returncode == 0, uploaded.stderr
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket="models", Prefix="brainscan/")["Contents"]}
+    local = {f"brainscan/{p.relative_to(square_repository).as_posix()}" for p in square_repository.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts}
+    assert keys == local
+    for name in ("segmenter/1/model.onnx", "segmenter/config.pbtxt", "preprocess/1/model.py"):
+        body = client.get_object(Bucket="models", Key=f"brainscan/{name}")["Body"].read()
+        assert body == (square_repository / name).read_bytes()
+
+    # a bright square drawn by hand on a dark head: the mask must be that square
+    pixels = np.full((128, 128), 40, np.uint8)
+    pixels[32:64, 48:96] = 230
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "square.png").write_bytes(encode(pixels, "PNG"))
+
+    grpc, http, metrics = free_port(), free_port(), free_port()
+    # Triton's own form without a scheme (host:port is read as http)
+    served_from = f"s3://{endpoint.removeprefix('http://')}/models/brainscan"
+    process = subprocess.Popen(
+        [BRAINSCAN, "serve", "--repository", served_from, "--grpc-port", str(grpc), "--http-port", str(http),
+         "--metrics-port", str(metrics), "--log-file", str(tmp_path / "tritonserver.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        waited = brainscan("health", "--url", f"127.0.0.1:{grpc}", "--wait", "120", env=env)
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        out = tmp_path / "out"
+        result = brainscan("predict", images, "--url", f"127.0.0.1:{grpc}", "--out", out, env=env)
+        assert result.returncode == 0, result.stderr
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    mask = np.asarray(Image.open(out / "square.mask.png")) > 0
+    truth = np.zeros_like(mask)
+    truth[32:64, 48:96] = True
+    overlap = (mask & truth).sum() / (mask | truth).sum()
+    assert overlap > 0.9, f"IoU with the drawn square {overlap:.3f}"
+
+
+def test_an_s3_repository_is_checked_before_the_server_starts(s3, square_repository, tmp_path):
+    endpoint, client = s3
+    env = with_credentials()
+    # nothing there
+    result = brainscan("serve", "--repository", f"s3://{endpoint}/models/nothing-here", env=env)
+    assert result.returncode == 1 and "holds no objects" in result.stderr and "export upload" in result.stderr
+    # a network missing: named by its place in the bucket, not a temporary folder
+    broken = Path(shutil.copytree(square_repository, tmp_path / "broken"))
+    (broken / "classifier" / "1" / "model.onnx").unlink()
+    assert brainscan("export", "upload", broken, f"s3://{endpoint}/models/broken", env=env).returncode == 1
+    for path in broken.rglob("*"):  # put it there anyway, as another tool might
+        if path.is_file():
+            client.upload_file(str(path), "models", f"broken/{path.relative_to(broken).as_posix()}")
+    result = brainscan("serve", "--repository", f"s3://{endpoint}/models/broken", env=env)
+    assert result.returncode == 1
+    assert f"s3://{endpoint}/models/broken/classifier" in result.stderr and "model.onnx is missing" in result.stderr
+    assert "/tmp/" not in result.stderr
+
+
+def test_missing_credentials_and_an_unreachable_endpoint_are_named(square_repository):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_SHARED_CREDENTIALS_FILE"] = env["AWS_CONFIG_FILE"] = "/nonexistent"
+    result = brainscan("export", "upload", square_repository, "s3://models/brainscan", env=env)
+    assert result.returncode == 1 and "AWS_ACCESS_KEY_ID" in result.stderr and "Traceback" not in result.stderr
+    result = brainscan("export", "upload", square_repository, f"s3://http://127.0.0.1:{port}/models/x",
+                       env=with_credentials(), timeout=120)
+    assert result.returncode == 1 and f"127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
