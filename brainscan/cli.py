@@ -102,7 +102,7 @@ def serve(
 
 @app.command("doctor")
 def doctor(
-    repository: Annotated[Path, typer.Option(help="Model repository to check.")] = Path(contract.PRODUCTION_REPOSITORY),
+    repository: Annotated[str, typer.Option(help="Model repository to check: a folder or s3://… (configs and engine records are read, no weights).")] = str(contract.PRODUCTION_REPOSITORY),
     tensorrt_version: Annotated[str | None, typer.Option(help="TensorRT version of the target server (default: found here, else the pinned NGC release's).")] = None,
     compute_capability: Annotated[str | None, typer.Option(help="Compute capability of the target GPU, e.g. 9.0 (default: nvidia-smi here).")] = None,
 ) -> None:
@@ -110,9 +110,17 @@ def doctor(
     TensorRT version, same GPU compute capability, batch profile equal to the config, built
     from the current ONNX. Says what to rebuild; exits 1 on any mismatch."""
     from brainscan.export.doctor import advice, detect_target, diagnose, table
+    from brainscan.storage import StorageError, local_view
 
     target = detect_target(tensorrt_version, compute_capability)
-    findings = diagnose(repository, target)
+    try:
+        with local_view(repository) as local:
+            findings = diagnose(local, target)
+    except StorageError as exc:
+        fail(str(exc))
+    if str(local) != repository:  # name the bucket, not the skeleton the checks ran on
+        for finding in findings:
+            finding.detail = finding.detail.replace(str(local), repository)
     typer.echo(table(findings))
     if any(f.bad for f in findings):
         fail(advice(findings, repository) or "the repository is not servable (see above)")

@@ -267,16 +267,11 @@ class TritonServer:
             raise ServerError(str(exc).replace(str(local), str(self.repository))) from None
 
     def start(self) -> None:
-        local = self.repository
         try:
-            if is_s3(self.repository):  # the same checks, on a local skeleton of the bucket
-                local = storage.skeleton(str(self.repository))
-            self._check_repository(Path(local))
+            with storage.local_view(self.repository) as local:  # an s3:// bucket: the same checks on its skeleton
+                self._check_repository(local)
         except storage.StorageError as exc:
             raise ServerError(str(exc)) from None
-        finally:
-            if local != self.repository:
-                shutil.rmtree(local, ignore_errors=True)
         for name, host, port in (("gRPC", self.host, self.ports.grpc), ("HTTP", self.http_host, self.ports.http),
                                  ("metrics", self.metrics_host, self.ports.metrics)):
             if port_in_use(host, port):

@@ -9,6 +9,8 @@ boto3 (the ``s3`` extra) is needed only to upload and to check a repository befo
 """
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +98,15 @@ def upload(folder: Path, uri: str) -> list[str]:
     return written
 
 
+# objects read whole into a skeleton: the configs, and the engines' records (a few kB each)
+READ_WHOLE = ("config.pbtxt", ".json")
+
+
 def skeleton(uri: str) -> Path:
-    """A local folder mirroring the repository at ``uri``: every config.pbtxt with its
-    content, every other object as an empty file, so the local checks (configs parse, the
-    ensemble is wired, each model's files are there) run before a server is started."""
+    """A local folder mirroring the repository at ``uri``: configs and engine records with
+    their content, every other object as an empty file, so the local checks (configs parse,
+    the ensemble is wired, each model's files are there, engines fit the server) run before
+    a server is started, without downloading weights."""
     location = parse_s3(uri)
     client = _client(location)
     root = Path(tempfile.mkdtemp(prefix="brainscan-s3-"))
@@ -110,7 +117,7 @@ def skeleton(uri: str) -> Path:
         for key in keys:
             target = root / key[len(prefix):]
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.name == "config.pbtxt":
+            if target.name.endswith(READ_WHOLE):
                 target.write_bytes(client.get_object(Bucket=location.bucket, Key=key)["Body"].read())
             else:
                 target.touch()
@@ -120,3 +127,17 @@ def skeleton(uri: str) -> Path:
         raise StorageError(f"{location.uri} holds no objects: upload a repository with "
                            f"`brainscan export upload DIR {location.uri}`")
     return root
+
+
+@contextlib.contextmanager
+def local_view(location: str | Path):
+    """A folder to run the local checks on: ``location`` itself, or the skeleton of an
+    s3:// repository (removed afterwards)."""
+    if not is_s3(location):
+        yield Path(location)
+        return
+    root = skeleton(str(location))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

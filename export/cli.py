@@ -169,7 +169,7 @@ def fp16(
 
 @export_app.command("tensorrt")
 def tensorrt(
-    repository: Annotated[Path, typer.Option(help="tensorrt-flavour repository whose version folders get model.plan.")] = contract.PRODUCTION_REPOSITORY,
+    repository: Annotated[Path, typer.Option(help="tensorrt-flavour repository whose version folders get the engines of this GPU (model.smXY.plan).")] = contract.PRODUCTION_REPOSITORY,
     classifier: Annotated[Path | None, typer.Option(help="Classifier FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's).")] = None,
     segmenter: Annotated[Path | None, typer.Option(help="Segmenter FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's).")] = None,
     data: ValidationData = None,
@@ -182,8 +182,9 @@ def tensorrt(
 ) -> None:
     """Build strongly typed TensorRT engines (TensorRT 10.12+ or 11.x) from the FP16 ONNX
     graphs into a tensorrt-flavour repository, gate each engine on real validation slices
-    against the FP32 ONNX, and write model.plan plus engine.json only when every gate
-    passes. Needs a GPU and TensorRT: run it in the export container (docker compose -f
+    against the FP32 ONNX, and write the plans named after this GPU's compute capability
+    (listed in the configs' cc_model_filenames, beside other GPUs' engines) only when every
+    gate passes. Needs a GPU and TensorRT: run it in the export container (docker compose -f
     docker/compose.yaml run --rm export)."""
     from brainscan.export.fp16 import GateFailedError
     from brainscan.export.gpu import GpuError

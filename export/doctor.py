@@ -3,8 +3,8 @@
 A TensorRT plan only loads on the TensorRT version that built it and only runs on GPUs of
 the compute capability it was built for; a plan built from an older ONNX, or for another
 batch range than its config, serves wrong or not at all. Triton reports these as opaque
-deserialization errors. The doctor compares each engine's ``engine.json`` with the target
-(this machine, or what is given) and says plainly what to rebuild.
+deserialization errors. The doctor compares the record of every engine a config lists with
+the target (this machine, or what is given) and says plainly what to rebuild.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from brainscan.digest import sha256_file
 from brainscan.export.compare import text_table
 from brainscan.export.gpu import cuda_visible, visible_gpus
 from brainscan.export.profiles import Profile, ProfileError, profile_from_config
-from brainscan.export.repository import VERSION, RepositoryError, flavour_of, validate_repository
-from brainscan.export.tensorrt import EXPORT_COMMAND, NETWORKS, PLAN, RECORD, installed_version, read_record
+from brainscan.export.repository import VERSION, RepositoryError, flavour_of, plan_files, validate_repository
+from brainscan.export.tensorrt import EXPORT_COMMAND, NETWORKS, installed_version, read_record, record_name
 
 PIN_FILE = Path(__file__).resolve().parent.parent / "docker" / ".env"
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/local/tensorrt/lib")
@@ -109,39 +109,41 @@ class Finding:
     check: str
     status: str  # ok | MISMATCH | MISSING | not checked
     detail: str
+    engine: str = ""  # the plan file, when the finding is about one engine of several
 
     @property
     def bad(self) -> bool:
         return self.status in ("MISMATCH", "MISSING")
 
 
-def _engine_findings(repository: Path, network: str, config, target: Target) -> list[Finding]:
-    version_dir = repository / network / VERSION
+def _one_engine(version_dir: Path, network: str, listed_for: str, plan: str, config, target: Target) -> list[Finding]:
+    """The checks of one plan: ``listed_for`` is the compute capability the config names it
+    for ('' when the config lists no engine per capability, so any GPU loads it)."""
     found: list[Finding] = []
 
     def add(check: str, ok: bool | None, detail: str) -> None:
-        found.append(Finding(network, check, "not checked" if ok is None else ("ok" if ok else "MISMATCH"), detail))
+        found.append(Finding(network, check, "not checked" if ok is None else ("ok" if ok else "MISMATCH"), detail, plan))
 
-    if not (version_dir / PLAN).exists():
-        found.append(Finding(network, "engine", "MISSING", f"{version_dir / PLAN} is missing: build it"))
-        return found
-    record = read_record(version_dir)
+    if not (version_dir / plan).exists():
+        return [Finding(network, "engine", "MISSING", f"{version_dir / plan} is missing: build it", plan)]
+    record = read_record(version_dir, plan)
     if record is None:
-        found.append(Finding(network, "engine record", "MISSING",
-                             f"{version_dir / RECORD} is missing, so how the plan was built is unknown: rebuild it"))
-        return found
+        return [Finding(network, "engine record", "MISSING", f"{version_dir / record_name(plan)} is missing, so how "
+                        "the plan was built is unknown: rebuild it", plan)]
     built_trt = str(record.get("tensorrt_version", "?"))
     if target.tensorrt_version:
         add("TensorRT version", same_tensorrt(built_trt, target.tensorrt_version),
             f"built with {built_trt}, target has {target.tensorrt_version} ({target.tensorrt_source})")
     else:
         add("TensorRT version", None, f"built with {built_trt}; no TensorRT found here and none given (--tensorrt-version)")
-    built_cc = str(record.get("compute_capability", "?"))
-    if target.compute_capability:
+    built_cc, gpu = str(record.get("compute_capability", "?")), record.get("gpu_name", "?")
+    if listed_for:
+        add("compute capability", built_cc == listed_for, f"built for {built_cc} ({gpu}), listed for {listed_for}")
+    elif target.compute_capability:
         add("compute capability", built_cc == target.compute_capability,
-            f"built for {built_cc} ({record.get('gpu_name', '?')}), target is {target.compute_capability} ({target.gpu_source})")
+            f"built for {built_cc} ({gpu}), target is {target.compute_capability} ({target.gpu_source})")
     else:
-        add("compute capability", None, f"built for {built_cc} ({record.get('gpu_name', '?')}); no GPU found here and none given (--compute-capability)")
+        add("compute capability", None, f"built for {built_cc} ({gpu}); no GPU found here and none given (--compute-capability)")
     try:
         expected = profile_from_config(config)
     except ProfileError as exc:
@@ -157,6 +159,29 @@ def _engine_findings(repository: Path, network: str, config, target: Target) -> 
         add("source ONNX", unchanged, f"{onnx} " + ("unchanged since the build" if unchanged else "changed since the build"))
     else:
         add("source ONNX", None, f"{onnx} is not here to compare")
+    return found
+
+
+def _engine_findings(repository: Path, network: str, config, target: Target) -> list[Finding]:
+    """Every engine the config lists, and whether one is there for the target's GPU."""
+    version_dir = repository / network / VERSION
+    engines = plan_files(config)
+    found: list[Finding] = []
+    if "" not in engines:  # engines per compute capability: the target's must be among them
+        listed = ", ".join(sorted(engines))
+        if target.compute_capability is None:
+            found.append(Finding(network, "engine for this GPU", "not checked",
+                                 f"engines for {listed}; no GPU found here and none given (--compute-capability)"))
+        elif target.compute_capability in engines:
+            found.append(Finding(network, "engine for this GPU", "ok",
+                                 f"{engines[target.compute_capability]} for {target.compute_capability} "
+                                 f"({target.gpu_source}); engines for {listed}"))
+        else:
+            found.append(Finding(network, "engine for this GPU", "MISSING",
+                                 f"none for compute capability {target.compute_capability} ({target.gpu_source}): "
+                                 f"the config lists {listed}; build one on such a GPU"))
+    for listed_for, plan in sorted(engines.items()):
+        found += _one_engine(version_dir, network, listed_for, plan, config, target)
     return found
 
 
@@ -189,6 +214,7 @@ def advice(findings: list[Finding], repository: Path) -> str:
 
 
 def table(findings: list[Finding]) -> str:
-    rows = [("model", "check", "status", "detail")] + [(f.model, f.check, f.status, f.detail) for f in findings]
+    rows = [("model", "engine", "check", "status", "detail")]
+    rows += [(f.model, f.engine, f.check, f.status, f.detail) for f in findings]
     return text_table(rows, rule=False)
 

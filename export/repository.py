@@ -22,6 +22,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from brainscan import contract
+from brainscan.atomic import write_bytes_atomic
 from brainscan.contract import TensorSpec
 from brainscan.export.profiles import ProfileError, batch_profile
 
@@ -281,6 +282,40 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
         raise RepositoryError(f"{path} is not a valid Triton model config: {exc}") from None
 
 
+def plan_name(compute_capability: str) -> str:
+    """The engine file of one GPU kind: model.sm89.plan for compute capability 8.9."""
+    return f"model.sm{compute_capability.replace('.', '')}.plan"
+
+
+def plan_files(config: model_config_pb2.ModelConfig) -> dict[str, str]:
+    """The engines a tensorrt_plan config names, by compute capability (Triton's
+    ``cc_model_filenames``: each server loads the one of its GPU). A config that lists none
+    has one plan for whatever GPU loads it, under the key ''."""
+    listed = dict(config.cc_model_filenames)
+    return listed or {"": config.default_model_filename or WEIGHT_FILES["tensorrt"]}
+
+
+def list_engine(config_path: Path, compute_capability: str, plan: str) -> None:
+    """Add (or replace) ``compute_capability -> plan`` in a config's cc_model_filenames,
+    keeping every other entry, so one repository serves a fleet of several GPU kinds."""
+    config = read_config(config_path)
+    config.cc_model_filenames[compute_capability] = plan
+    write_bytes_atomic(config_path, text_format.MessageToString(config).encode())
+
+
+def _listed_engines(out: Path, name: str) -> dict[str, str]:
+    """The engines an existing tensorrt config lists whose plans are still there: rewriting
+    the configs must not forget the engines already built for other GPU kinds."""
+    path = out / name / "config.pbtxt"
+    if not path.exists():
+        return {}
+    try:
+        listed = dict(read_config(path).cc_model_filenames)
+    except RepositoryError:
+        return {}
+    return {cc: plan for cc, plan in listed.items() if (out / name / VERSION / plan).exists()}
+
+
 def _python_source(name: str) -> bytes:
     return resources.files("brainscan.export.triton_models").joinpath(name).read_bytes()
 
@@ -341,7 +376,15 @@ def write_repository(
     if segmenter_onnx:
         spec_options["segmenter_size"] = onnx_input_size(segmenter_onnx, contract.SEGMENTER_INPUT)
     spec = RepositorySpec(flavour=flavour, **spec_options)
-    for relative, content in repository_files(spec).items():
+    files = repository_files(spec)
+    if flavour == "tensorrt":
+        for name in (contract.CLASSIFIER, contract.SEGMENTER):
+            listed = _listed_engines(out, name)
+            if listed:
+                config = to_model_config(model_configs(spec)[name])
+                config.cc_model_filenames.update(listed)
+                files[f"{name}/config.pbtxt"] = text_format.MessageToString(config).encode()
+    for relative, content in files.items():
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
@@ -400,7 +443,7 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
             if config.backend == "python":
                 needed.append("model.py")
             if name in (contract.CLASSIFIER, contract.SEGMENTER):
-                needed.append(WEIGHT_FILES[flavour])
+                needed += sorted(set(plan_files(config).values())) if flavour == "tensorrt" else [WEIGHT_FILES[flavour]]
             if name == contract.ENSEMBLE and not version.is_dir():
                 problems.append(f"{name}: version folder {version} is missing")
             problems += [f"{name}: {version / f} is missing" for f in needed if not (version / f).exists()]

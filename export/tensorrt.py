@@ -7,9 +7,12 @@ API (builder precision flags, per-layer precisions) is used. Per network: parse 
 ONNX, check its inputs against the model config, add ONE optimization profile spanning batch
 1 … the config's ``max_batch_size``, limit the workspace, reuse a timing cache, build; then
 run the engine on real validation slices and pass the FP16 gate against the FP32 ONNX before
-anything is written. ``model.plan`` lands in the network's version folder with
-``engine.json`` beside it (TensorRT version, GPU, compute capability, ONNX hash, profile) so
-``brainscan doctor`` can tell when an engine no longer fits its server.
+anything is written. A plan runs only on GPUs of the compute capability it was built on, so
+each lands in the network's version folder named after it (``model.sm89.plan``) with its
+record beside it (``model.sm89.json``: TensorRT version, GPU, ONNX hash, profile), and the
+config's ``cc_model_filenames`` gains that entry, keeping the others: building on each GPU
+kind in turn gives one repository that a mixed fleet serves, each server loading the plan of
+its GPU. ``brainscan doctor`` checks every listed engine against its server.
 
 The GPU-only part is small and not ours where it can be avoided: Polygraphy's loaders parse,
 configure and build, its TrtRunner runs the engine (device buffers, shapes and streams are
@@ -36,7 +39,9 @@ from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check
 from brainscan.export.gpu import Gpu, build_gpu
 from brainscan.export.precision import fp16_path, record_path
 from brainscan.export.profiles import Profile, profile_from_config
-from brainscan.export.repository import VERSION, RepositoryError, onnx_input_size, read_config
+from brainscan.export.repository import (
+    VERSION, RepositoryError, list_engine, onnx_input_size, plan_files, plan_name, read_config,
+)
 from brainscan.export.validation import NetworkInputs, run_onnx
 
 if TYPE_CHECKING:
@@ -44,9 +49,9 @@ if TYPE_CHECKING:
 
 MINIMUM_VERSION = (10, 12)  # STRONGLY_TYPED builds of FP16 graphs; weak typing was deprecated here
 ONLY_STRONGLY_TYPED = 11  # from this major on every network is strongly typed and the flag is ignored
-PLAN = "model.plan"
-RECORD = "engine.json"
-RECORD_FORMAT = 2
+PLAN = "model.plan"  # what Triton loads when a config lists no engine per compute capability
+RECORD = "engine.json"  # the record of such a plan
+RECORD_FORMAT = 3
 NETWORKS = (contract.CLASSIFIER, contract.SEGMENTER)
 EXPORT_COMMAND = "docker compose -f docker/compose.yaml run --rm export"
 CONTAINER_HINT = f"build engines in the export container on a GPU host: `{EXPORT_COMMAND}` (README, 'On a GPU host')"
@@ -251,7 +256,7 @@ class TensorRT:
 
 def engine_record(request: BuildRequest, trt_version: str, gpu: Gpu, given: NetworkInputs, seconds: float,
                   gate: GateReport) -> dict:
-    """What engine.json holds: enough to tell whether the plan still fits a server."""
+    """What an engine's record holds: enough to tell whether the plan still fits a server."""
     fp16_record = record_path(request.onnx)
     kept = json.loads(fp16_record.read_text()).get("fp32_nodes", []) if fp16_record.exists() else []
     return {
@@ -273,8 +278,13 @@ def engine_record(request: BuildRequest, trt_version: str, gpu: Gpu, given: Netw
     }
 
 
-def read_record(version_dir: Path) -> dict | None:
-    path = Path(version_dir) / RECORD
+def record_name(plan: str) -> str:
+    """Where the record of ``plan`` is: model.sm89.plan -> model.sm89.json."""
+    return RECORD if plan == PLAN else f"{plan.removesuffix('.plan')}.json"
+
+
+def read_record(version_dir: Path, plan: str = PLAN) -> dict | None:
+    path = Path(version_dir) / record_name(plan)
     if not path.exists():
         return None
     return json.loads(path.read_text())
@@ -335,9 +345,15 @@ def build_repository_engines(
         built[network] = (plan, engine_record(request, toolkit.version, gpu, given, seconds, report))
     if not all(r.passed for r in reports):
         raise GateFailedError(reports, REMEDY)
+    name = plan_name(gpu.compute_capability)
     for network, (plan, record) in built.items():
         version_dir = Path(repository) / network / VERSION
-        write_bytes_atomic(version_dir / PLAN, plan)
-        write_bytes_atomic(version_dir / RECORD, (json.dumps(record, indent=2) + "\n").encode())
-        log(f"wrote {version_dir / PLAN} ({len(plan) / 1e6:.1f} MB, built in {record['build_seconds']:.0f} s)")
+        # plan and record first, the config last: a server never reads a config naming a missing plan
+        write_bytes_atomic(version_dir / name, plan)
+        write_bytes_atomic(version_dir / record_name(name), (json.dumps(record, indent=2) + "\n").encode())
+        config_path = Path(repository) / network / "config.pbtxt"
+        list_engine(config_path, gpu.compute_capability, name)
+        others = sorted(cc for cc in plan_files(read_config(config_path)) if cc != gpu.compute_capability)
+        log(f"wrote {version_dir / name} ({len(plan) / 1e6:.1f} MB, built in {record['build_seconds']:.0f} s) for "
+            f"compute capability {gpu.compute_capability}" + (f"; engines for {', '.join(others)} kept" if others else ""))
     return reports

@@ -15,7 +15,11 @@ from brainscan import contract
 from brainscan.cli import app
 from brainscan.export import doctor
 from brainscan.export.repository import write_repository
-from brainscan.export.tensorrt import PLAN, RECORD, build_repository_engines
+from brainscan.export.gpu import Gpu
+from brainscan.export.repository import read_config
+from brainscan.export.tensorrt import build_repository_engines
+
+PLAN, RECORD = "model.sm89.plan", "model.sm89.json"  # written by hand: what an engine for 8.9 is called
 
 runner = CliRunner()
 
@@ -37,7 +41,7 @@ def test_matching_engines_pass(built):
     result = _doctor(built, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9")
     assert result.exit_code == 0, result.output
     assert "MISMATCH" not in result.output and "no mismatch found" in result.output
-    assert result.output.count(" ok ") >= 9  # layout + 4 checks per engine
+    assert result.output.count(" ok ") >= 11  # layout + per network: an engine for this GPU, 4 checks of it
 
 
 def test_another_tensorrt_version_is_a_mismatch_with_the_rebuild_command(built):
@@ -48,10 +52,56 @@ def test_another_tensorrt_version_is_a_mismatch_with_the_rebuild_command(built):
     assert "docker compose -f docker/compose.yaml run --rm export" in result.output
 
 
-def test_another_gpu_is_a_mismatch(built):
+def test_a_gpu_without_an_engine_is_named(built):
+    result = _doctor(built, "--tensorrt-version", "11.3.0", "--compute-capability", "9.0")
+    assert result.exit_code == 1
+    assert "none for compute capability 9.0 (given): the config lists 8.9; build one on such a GPU" in result.output
+
+
+def test_one_repository_serves_a_mixed_fleet(built, validation, onnx_models):
+    """Engines built on two GPU kinds in turn: the config lists both, rewriting the configs
+    keeps them, and the doctor passes a server of either kind and names a third."""
+    h100 = trt_standin.CpuToolkit("11.3.0.99", gpu=Gpu("Stand-in H100", "9.0"))
+    build_repository_engines(built, validation, toolkit=h100, log=lambda _: None)
+    write_repository(built, "tensorrt", onnx_models["classifier"], onnx_models["segmenter"])  # configs again
+    for network in (contract.CLASSIFIER, contract.SEGMENTER):
+        config = read_config(built / network / "config.pbtxt")
+        assert dict(config.cc_model_filenames) == {"8.9": "model.sm89.plan", "9.0": "model.sm90.plan"}
+        assert json.loads((built / network / "1" / "model.sm90.json").read_text())["gpu_name"] == "Stand-in H100"
+    for capability in ("8.9", "9.0"):
+        result = _doctor(built, "--tensorrt-version", "11.3.0", "--compute-capability", capability)
+        assert result.exit_code == 0, result.output
+        assert result.output.count("built for 9.0 (Stand-in H100), listed for 9.0") == 2
+    result = _doctor(built, "--tensorrt-version", "11.3.0", "--compute-capability", "8.6")
+    assert result.exit_code == 1 and "none for compute capability 8.6 (given): the config lists 8.9, 9.0" in result.output
+
+
+def test_an_engine_listed_for_another_gpu_than_it_was_built_on_is_a_mismatch(built):
+    record = json.loads((built / contract.CLASSIFIER / "1" / RECORD).read_text())
+    record["compute_capability"], record["gpu_name"] = "8.6", "Stand-in A10"
+    (built / contract.CLASSIFIER / "1" / RECORD).write_text(json.dumps(record))
+    findings = doctor.diagnose(built, doctor.Target("11.3.0", "given", "8.9", "given"))
+    (wrong,) = [f for f in findings if f.bad]
+    assert (wrong.model, wrong.engine, wrong.check) == (contract.CLASSIFIER, PLAN, "compute capability")
+    assert wrong.detail == "built for 8.6 (Stand-in A10), listed for 8.9"
+
+
+def test_a_plan_for_any_gpu_is_still_checked_against_the_target(built):
+    """A config without cc_model_filenames (an older repository): one model.plan that every
+    server loads, so its compute capability is compared with the target's."""
+    for network in (contract.CLASSIFIER, contract.SEGMENTER):
+        version = built / network / "1"
+        (version / PLAN).rename(version / "model.plan")
+        (version / RECORD).rename(version / "engine.json")
+        config = read_config(built / network / "config.pbtxt")
+        config.ClearField("cc_model_filenames")
+        from google.protobuf import text_format
+
+        (built / network / "config.pbtxt").write_text(text_format.MessageToString(config))
     result = _doctor(built, "--tensorrt-version", "11.3.0", "--compute-capability", "9.0")
     assert result.exit_code == 1
     assert "built for 8.9 (Stand-in GPU), target is 9.0 (given)" in result.output
+    assert _doctor(built, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9").exit_code == 0
 
 
 def test_a_config_with_another_batch_range_is_a_mismatch(built, onnx_models):
@@ -79,8 +129,8 @@ def test_missing_engines_and_records_are_named(built):
     (built / contract.SEGMENTER / "1" / RECORD).unlink()
     result = _doctor(built)
     assert result.exit_code == 1
-    assert "classifier/1/model.plan is missing: build it" in result.output
-    assert "segmenter/1/engine.json is missing" in result.output
+    assert f"classifier/1/{PLAN} is missing: build it" in result.output
+    assert f"segmenter/1/{RECORD} is missing" in result.output
 
 
 def test_without_a_target_the_hardware_checks_are_skipped_not_passed(built, monkeypatch):
@@ -89,7 +139,7 @@ def test_without_a_target_the_hardware_checks_are_skipped_not_passed(built, monk
     skipped = {(f.model, f.check) for f in findings if f.status == "not checked"}
     assert not any(f.bad for f in findings)
     if not shutil.which("nvidia-smi"):
-        assert (contract.CLASSIFIER, "compute capability") in skipped
+        assert (contract.CLASSIFIER, "engine for this GPU") in skipped
     if importlib.util.find_spec("tensorrt") is None and doctor._tensorrt_from_library() is None:
         assert (contract.SEGMENTER, "TensorRT version") in skipped
 

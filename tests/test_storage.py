@@ -173,3 +173,25 @@ def test_missing_credentials_and_an_unreachable_endpoint_are_named(square_reposi
     result = brainscan("export", "upload", square_repository, f"s3://http://127.0.0.1:{port}/models/x",
                        env=with_credentials(), timeout=120)
     assert result.returncode == 1 and f"127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_doctor_checks_engines_in_a_bucket_without_downloading_them(s3, tmp_path, onnx_models, validation, fp16_models):
+    """What the Kubernetes init step runs: engine records read from the bucket, plans only listed."""
+    import trt_standin
+    from brainscan.export.repository import write_repository
+    from brainscan.export.tensorrt import build_repository_engines
+
+    endpoint, client = s3
+    repository = write_repository(tmp_path / "trt", "tensorrt", onnx_models["classifier"], onnx_models["segmenter"])
+    build_repository_engines(repository, validation, toolkit=trt_standin.CpuToolkit("11.3.0.99"), log=lambda _: None)
+    uri = f"s3://{endpoint}/models/tensorrt"
+    env = with_credentials()
+    assert brainscan("export", "upload", repository, uri, env=env).returncode == 0
+    result = brainscan("doctor", "--repository", uri, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{uri}: no mismatch found" in result.stdout
+    assert result.stdout.count("built with 11.3.0.99, target has 11.3.0 (given)") == 2
+    client.delete_object(Bucket="models", Key="tensorrt/segmenter/1/model.sm89.plan")
+    result = brainscan("doctor", "--repository", uri, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9", env=env)
+    assert result.returncode == 1
+    assert f"{uri}/segmenter/1/model.sm89.plan is missing: build it" in result.stdout

@@ -24,10 +24,11 @@ from brainscan.export.gpu import Gpu, GpuError, build_gpu, cuda_visible, visible
 from brainscan.export.profiles import ProfileError, batch_profile, profile_from_config
 from brainscan.export.repository import RepositoryError, RepositorySpec, model_configs, read_config, to_model_config, write_repository
 from brainscan.export.tensorrt import (
-    PLAN, RECORD, BuildSettings, EngineBuildError, TensorRTUnavailableError, build_repository_engines, build_request,
+    BuildSettings, EngineBuildError, TensorRTUnavailableError, build_repository_engines, build_request,
     check_version, installed_version, needs_strongly_typed_flag, network_profile,
 )
 
+PLAN, RECORD = "model.sm89.plan", "model.sm89.json"  # an engine for compute capability 8.9, by hand
 COMMITTED = Path(__file__).resolve().parent.parent / "model_repository"
 HAS_TENSORRT = installed_version() is not None
 STUBS = Path(sys.prefix) / "tensorrt-stubs"
@@ -150,6 +151,8 @@ def test_engines_pass_the_gate_and_are_written_with_their_record(trt_repository,
     assert toolkit.batches == [4, 2, 4, 2]  # in chunks of the profile's maximum, per network
     for network, given in validation.items():
         version = trt_repository / network / "1"
+        # the stand-in GPU has compute capability 8.9: its engine is named for it and listed
+        assert dict(read_config(trt_repository / network / "config.pbtxt").cc_model_filenames) == {"8.9": PLAN}
         assert trt_standin.source_of(version / PLAN) == str(fp16_models[network])
         record = json.loads((version / RECORD).read_text())
         assert record["tensorrt_version"] == "10.13.3.9" and record["precision"] == "fp16 graph, strongly typed"
@@ -280,5 +283,7 @@ def test_real_fp16_engines_of_the_demo_pass_the_gate(tmp_path):
     reports = build_repository_engines(repository, inputs, BuildSettings(timing_cache=tmp_path / "timing.cache"), log=print)
     assert all(r.passed for r in reports)
     for network in inputs:
-        assert (repository / network / "1" / PLAN).stat().st_size > 0
-        assert json.loads((repository / network / "1" / RECORD).read_text())["precision"] == "fp16 graph, strongly typed"
+        (plan,) = read_config(repository / network / "config.pbtxt").cc_model_filenames.values()
+        assert (repository / network / "1" / plan).stat().st_size > 0
+        record = json.loads((repository / network / "1" / plan.replace(".plan", ".json")).read_text())
+        assert record["precision"] == "fp16 graph, strongly typed"
