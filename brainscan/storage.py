@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 S3 = "s3://"
 
@@ -79,23 +80,62 @@ def _failure(location: S3Location, exc: Exception) -> StorageError:
     return StorageError(f"{location.uri}: {text}")
 
 
-def upload(folder: Path, uri: str) -> list[str]:
-    """Copy every file of a repository folder under ``uri``; returns the keys written.
-    Files are uploaded configs last, so a server polling the bucket never sees a model
-    whose config exists but whose weights do not yet."""
+def upload(folder: Path, uri: str, only: Callable[[str], bool] | None = None) -> list[str]:
+    """Copy the files of ``folder`` (those whose relative path ``only`` accepts, default all)
+    under ``uri``; returns the keys written. Configs go last, so a server polling the bucket
+    never sees a model whose config exists but whose weights do not yet."""
     location = parse_s3(uri)
     client = _client(location)
-    files = sorted((p for p in Path(folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts),
+    folder = Path(folder)
+    files = sorted((p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts),
                    key=lambda p: (p.name == "config.pbtxt", str(p)))
     written = []
     try:
         for path in files:
-            key = location.key(path.relative_to(folder).as_posix())
-            client.upload_file(str(path), location.bucket, key)
-            written.append(key)
+            relative = path.relative_to(folder).as_posix()
+            if only is None or only(relative):
+                client.upload_file(str(path), location.bucket, location.key(relative))
+                written.append(location.key(relative))
     except Exception as exc:  # botocore raises ClientError, EndpointConnectionError, NoCredentialsError…
         raise _failure(location, exc) from None
     return written
+
+
+def _keys(client, location: S3Location) -> list[str]:
+    """Every object key under the location's prefix, relative to it."""
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix)
+    return [item["Key"][len(prefix):] for page in pages for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")]
+
+
+def download(uri: str, folder: Path, only: Callable[[str], bool] | None = None,
+             placeholders: bool = False) -> Path:
+    """Copy the objects under ``uri`` (those whose relative path ``only`` accepts, default
+    all) into ``folder``; with ``placeholders`` the others become empty files, so the layout
+    is complete without the weights. Raises StorageError when nothing is there."""
+    location = parse_s3(uri)
+    client = _client(location)
+    folder = Path(folder)
+    try:
+        keys = _keys(client, location)
+        for relative in keys:
+            target = folder / relative
+            if not target.resolve().is_relative_to(folder.resolve()):
+                raise StorageError(f"{location.uri}: object {relative!r} would land outside {folder}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if only is None or only(relative):
+                client.download_file(location.bucket, location.key(relative), str(target))
+            elif placeholders:
+                target.touch()
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise _failure(location, exc) from None
+    if not keys:
+        raise StorageError(f"{location.uri} holds no objects: upload a repository with "
+                           f"`brainscan export upload DIR {location.uri}`")
+    return folder
 
 
 # objects read whole into a skeleton: the configs, and the engines' records (a few kB each)
@@ -107,26 +147,12 @@ def skeleton(uri: str) -> Path:
     their content, every other object as an empty file, so the local checks (configs parse,
     the ensemble is wired, each model's files are there, engines fit the server) run before
     a server is started, without downloading weights."""
-    location = parse_s3(uri)
-    client = _client(location)
     root = Path(tempfile.mkdtemp(prefix="brainscan-s3-"))
-    prefix = f"{location.prefix}/" if location.prefix else ""
     try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix)
-        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
-        for key in keys:
-            target = root / key[len(prefix):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.name.endswith(READ_WHOLE):
-                target.write_bytes(client.get_object(Bucket=location.bucket, Key=key)["Body"].read())
-            else:
-                target.touch()
-    except Exception as exc:
-        raise _failure(location, exc) from None
-    if not keys:
-        raise StorageError(f"{location.uri} holds no objects: upload a repository with "
-                           f"`brainscan export upload DIR {location.uri}`")
-    return root
+        return download(uri, root, only=lambda relative: relative.endswith(READ_WHOLE), placeholders=True)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -94,22 +94,49 @@ def repository(
 
 @export_app.command("upload")
 def upload(
-    repository: Annotated[Path, typer.Argument(help="Repository folder to upload (checked first, weights included).")],
+    folder: Annotated[Path, typer.Argument(help="A model repository (checked first, weights included), or any folder, e.g. the ONNX and validation slices the engine-build Job reads.")],
     destination: Annotated[str, typer.Argument(help="s3://bucket/path, or s3://http(s)://host:port/bucket/path for an S3-compatible server.")],
 ) -> None:
-    """Copy a model repository to S3-compatible object storage, where Triton reads it with
-    `brainscan serve --repository s3://…` (or --model-repository in a container).
-    Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_DEFAULT_REGION
-    for AWS itself), never from the command line. Configs are written last."""
-    from brainscan.export.repository import RepositoryError, validate_repository
-    from brainscan.storage import StorageError, upload as upload_repository
+    """Copy a folder to S3-compatible object storage. A model repository (a folder holding
+    the `brainscan` ensemble) is checked first and its configs written last; Triton then
+    reads it with `brainscan serve --repository s3://…`. Credentials come from
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_DEFAULT_REGION for AWS itself), never
+    from the command line."""
+    from brainscan.export.repository import RepositoryError, flavour_of, validate_repository
+    from brainscan.storage import StorageError, upload as upload_folder
 
+    if not folder.is_dir():
+        fail(f"{folder} is not a folder")
+    note = ""
     try:
-        validate_repository(repository, require_weights=True)
-        keys = upload_repository(repository, destination)
+        if (folder / contract.ENSEMBLE / "config.pbtxt").exists():
+            try:
+                validate_repository(folder, require_weights=True)
+            except RepositoryError:
+                # a tensorrt repository may go up without engines: the engine-build Job adds them there
+                if flavour_of(validate_repository(folder)) != "tensorrt":
+                    raise
+                note = (f"; it has no engines yet: build them into the bucket with `brainscan export tensorrt "
+                        f"--repository {destination}` on each GPU kind (README, 'Running a fleet')")
+        keys = upload_folder(folder, destination)
     except (RepositoryError, StorageError) as exc:
         fail(str(exc))
-    typer.echo(f"uploaded {len(keys)} files to {destination}: serve it with `brainscan serve --repository {destination}`")
+    typer.echo(f"uploaded {len(keys)} files to {destination}{note}")
+
+
+@export_app.command("download")
+def download(
+    source: Annotated[str, typer.Argument(help="s3://[http(s)://host:port/]bucket/path")],
+    folder: Annotated[Path, typer.Argument(help="Folder to write (created; existing files are replaced).")],
+) -> None:
+    """Copy everything under an s3:// location into a folder (credentials as for upload)."""
+    from brainscan.storage import StorageError, download as download_folder
+
+    try:
+        download_folder(source, folder)
+    except StorageError as exc:
+        fail(str(exc))
+    typer.echo(f"downloaded {source} to {folder}")
 
 
 GateProbDiff = Annotated[float, typer.Option("--max-prob-diff", help="Gate: largest tumour-probability difference FP16 vs FP32.")]
@@ -169,7 +196,7 @@ def fp16(
 
 @export_app.command("tensorrt")
 def tensorrt(
-    repository: Annotated[Path, typer.Option(help="tensorrt-flavour repository whose version folders get the engines of this GPU (model.smXY.plan).")] = contract.PRODUCTION_REPOSITORY,
+    repository: Annotated[str, typer.Option(help="tensorrt-flavour repository whose version folders get the engines of this GPU (model.smXY.plan): a folder, or s3://… (engines and configs are published there).")] = str(contract.PRODUCTION_REPOSITORY),
     classifier: Annotated[Path | None, typer.Option(help="Classifier FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's).")] = None,
     segmenter: Annotated[Path | None, typer.Option(help="Segmenter FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's).")] = None,
     data: ValidationData = None,
@@ -190,7 +217,7 @@ def tensorrt(
     from brainscan.export.gpu import GpuError
     from brainscan.export.repository import RepositoryError
     from brainscan.export.tensorrt import (
-        BuildSettings, EngineBuildError, TensorRT, TensorRTUnavailableError, build_repository_engines,
+        BuildSettings, EngineBuildError, TensorRT, TensorRTUnavailableError, build_into_bucket, build_repository_engines,
     )
     from brainscan.export.validation import validation_inputs
 
@@ -206,12 +233,20 @@ def tensorrt(
         onnx[network] = path
     settings = BuildSettings(workspace_mib=workspace_mib,
                              timing_cache=timing_cache or contract.artifacts_dir() / "tensorrt" / "timing.cache")
+    from brainscan.storage import StorageError, is_s3
+
+    def build(local: Path) -> None:
+        build_repository_engines(local, inputs, settings, _tolerances(max_prob_diff, min_mask_dice), opt_batch,
+                                 toolkit=toolkit, log=typer.echo)
+
     try:
         inputs = {network: validation_inputs(network, path, data, samples) for network, path in onnx.items()}
-        build_repository_engines(repository, inputs, settings, _tolerances(max_prob_diff, min_mask_dice), opt_batch,
-                                 toolkit=toolkit, log=typer.echo)
+        if is_s3(repository):
+            build_into_bucket(repository, build, toolkit.gpu().compute_capability, log=typer.echo)
+        else:
+            build(Path(repository))
     except GateFailedError as exc:
         fail(str(exc))
-    except (GpuError, EngineBuildError, RepositoryError, FileNotFoundError, ValueError) as exc:
+    except (GpuError, EngineBuildError, RepositoryError, StorageError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     typer.echo(f"engines ready in {repository}: serve them with `docker compose -f docker/compose.yaml up -d triton`")

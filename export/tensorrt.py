@@ -357,3 +357,36 @@ def build_repository_engines(
         log(f"wrote {version_dir / name} ({len(plan) / 1e6:.1f} MB, built in {record['build_seconds']:.0f} s) for "
             f"compute capability {gpu.compute_capability}" + (f"; engines for {', '.join(others)} kept" if others else ""))
     return reports
+
+
+def build_into_bucket(uri: str, build: Callable[[Path], object], compute_capability: str,
+                      log: Callable[[str], None] = print) -> None:
+    """Build engines for a repository in object storage: ``build`` runs on a local copy of
+    its configs; the new plans and records are uploaded, then each network's config is read
+    from the bucket again and gains this GPU's entry, so entries that other GPU kinds' builds
+    added meanwhile are kept (run builds of several kinds one after another: two that finish
+    within the same moment may still overwrite each other's entry, which `brainscan doctor`
+    then names)."""
+    import shutil
+    import tempfile
+
+    from brainscan import storage
+
+    def is_config(relative: str) -> bool:
+        return relative.endswith("config.pbtxt")
+
+    name = plan_name(compute_capability)
+    new_files = {f"{network}/{VERSION}/{file}" for network in NETWORKS for file in (name, record_name(name))}
+    work = Path(tempfile.mkdtemp(prefix="brainscan-engines-"))
+    try:
+        storage.download(uri, work / "built", only=is_config)
+        build(work / "built")
+        storage.upload(work / "built", uri, only=new_files.__contains__)
+        fresh = storage.download(uri, work / "fresh", only=lambda relative: relative in {
+            f"{network}/config.pbtxt" for network in NETWORKS})
+        for network in NETWORKS:
+            list_engine(fresh / network / "config.pbtxt", compute_capability, name)
+        storage.upload(fresh, uri, only=is_config)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"published the {compute_capability} engines and their config entries to {uri}")

@@ -195,3 +195,40 @@ def test_the_doctor_checks_engines_in_a_bucket_without_downloading_them(s3, tmp_
     result = brainscan("doctor", "--repository", uri, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9", env=env)
     assert result.returncode == 1
     assert f"{uri}/segmenter/1/model.sm89.plan is missing: build it" in result.stdout
+
+
+def test_engines_built_on_two_gpu_kinds_land_in_one_bucket_repository(s3, tmp_path, onnx_models, validation,
+                                                                      fp16_models, monkeypatch):
+    """What the engine-build Job does, once per GPU kind: configs from the bucket, engines
+    built (by the CPU stand-in), plans and records uploaded, the config entry merged into the
+    bucket's current config; the second kind keeps the first kind's entry."""
+    import trt_standin
+    from brainscan.export.gpu import Gpu
+    from brainscan.export.repository import read_config, write_repository
+    from brainscan.export.tensorrt import build_into_bucket, build_repository_engines
+
+    endpoint, client = s3
+    uri = f"s3://{endpoint}/models/fleet"
+    repository = write_repository(tmp_path / "trt", "tensorrt", onnx_models["classifier"], onnx_models["segmenter"])
+    env = with_credentials()
+    uploaded = brainscan("export", "upload", repository, uri, env=env)  # configs only: engines come next
+    assert uploaded.returncode == 0 and "it has no engines yet" in uploaded.stdout, uploaded.stderr
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    for gpu in (Gpu("Stand-in L4", "8.9"), Gpu("Stand-in H100", "9.0")):
+        toolkit = trt_standin.CpuToolkit("11.3.0.99", gpu=gpu)
+        build_into_bucket(uri, lambda local: build_repository_engines(local, validation, toolkit=toolkit,
+                                                                      log=lambda _: None),
+                          gpu.compute_capability, log=lambda _: None)
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket="models", Prefix="fleet/")["Contents"]}
+    for network in ("classifier", "segmenter"):
+        for name in ("model.sm89.plan", "model.sm89.json", "model.sm90.plan", "model.sm90.json"):
+            assert f"fleet/{network}/1/{name}" in keys
+        text = client.get_object(Bucket="models", Key=f"fleet/{network}/config.pbtxt")["Body"].read().decode()
+        (tmp_path / "config.pbtxt").write_text(text)
+        assert dict(read_config(tmp_path / "config.pbtxt").cc_model_filenames) == {
+            "8.9": "model.sm89.plan", "9.0": "model.sm90.plan"}
+    for capability in ("8.9", "9.0"):
+        result = brainscan("doctor", "--repository", uri, "--tensorrt-version", "11.3", "--compute-capability",
+                           capability, env=env)
+        assert result.returncode == 0, result.stdout
