@@ -103,7 +103,7 @@ LOCK := pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no
 docker-locks:
 	rm -rf $(ART)/pip-tools && $(PYTHON) -m venv $(ART)/pip-tools && $(ART)/pip-tools/bin/pip install --quiet pip-tools
 	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra s3 --output-file triton.lock ../pyproject.toml
-	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra export --output-file export.lock ../pyproject.toml export-tools.in
+	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra export --extra s3 --output-file export.lock ../pyproject.toml export-tools.in
 
 clean:
 	rm -rf $(ART)

@@ -22,7 +22,7 @@ COPY client client
 COPY benchmarks benchmarks
 COPY docker/export.lock docker/
 # Every dependency pinned by version and hash (make docker-locks), then the package alone.
-RUN python3 -m pip install --require-hashes -r docker/export.lock && python3 -m pip install --no-deps ".[export]"
+RUN python3 -m pip install --require-hashes -r docker/export.lock && python3 -m pip install --no-deps ".[export,s3]"
 
 # The source checkout is mounted at /brainscan (not over the image's /workspace): engines go
 # into ./model_repository, the ONNX graphs and validation slices come from ./artifacts.
