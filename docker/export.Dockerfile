@@ -22,7 +22,8 @@ COPY client client
 COPY benchmarks benchmarks
 COPY docker/export.lock docker/
 # Every dependency pinned by version and hash (make docker-locks), then the package alone.
-RUN python3 -m pip install --require-hashes -r docker/export.lock && python3 -m pip install --no-deps ".[export,s3]"
+RUN python3 -m pip install --require-hashes -r docker/export.lock && python3 -m pip install --no-deps . \
+ && python3 -c "import boto3, onnx, onnxconverter_common, polygraphy, brainscan.export.tensorrt"
 
 # The source checkout is mounted at /brainscan (not over the image's /workspace): engines go
 # into ./model_repository, the ONNX graphs and validation slices come from ./artifacts.

@@ -25,7 +25,7 @@ COPY docker/triton.lock docker/
 # Every dependency pinned by version and hash (make docker-locks writes the lock), then the
 # package itself without resolving anything again. numpy<2: the python backend's stub.
 RUN python3 -m pip install --require-hashes -r docker/triton.lock && python3 -m pip install --no-deps . \
- && python3 -c "import cv2, numpy, PIL, brainscan.preprocessing"
+ && python3 -c "import boto3, cv2, numpy, PIL, brainscan.preprocessing"
 
 # The onnxruntime flavour's TensorRT provider caches its engines one level below this
 # folder (docker/compose.yaml mounts a volume here; a fresh volume starts with its content,
