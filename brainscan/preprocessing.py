@@ -157,6 +157,15 @@ def mask_to_target(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (binary >= 0.5).astype(np.float32)[:, :, None]
 
 
+def as_network_input(tensor: np.ndarray, dtype) -> np.ndarray:
+    """A model-input tensor (0..255 floats) in the dtype a network's config declares: as is
+    for FP32; rounded to the nearest level for UINT8 (a quarter of the bytes between steps,
+    the cast back to float then inside the network's graph)."""
+    if np.dtype(dtype) == np.uint8:
+        return np.clip(np.rint(tensor), 0, 255).astype(np.uint8)
+    return tensor.astype(dtype, copy=False)
+
+
 def preprocess_batch(
     encoded: np.ndarray | list[bytes],
     classifier_size: tuple[int, int],

@@ -428,3 +428,39 @@ def bench_run(
         run(config, log=lambda line: typer.echo(line, err=True))
     except (PerfAnalyzerError, FileNotFoundError, PermissionError) as exc:
         fail(str(exc))
+
+
+@bench_app.command("ceiling")
+def bench_ceiling(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive) to send.")],
+    out: Annotated[Path, typer.Option(help="Results folder; a <date>-<host>-ceiling folder is made inside.")] = Path("benchmarks/results"),
+    instances: Annotated[str, typer.Option(help="Instances of preprocess and of postprocess to compare, comma-separated.")] = "1,2",
+    concurrency: Annotated[str, typer.Option(help="Ensemble concurrency sweep, START:END[:STEP].")] = "1:8",
+    requests: Annotated[int, typer.Option(help="Requests per perf_analyzer measurement window (doubled when unstable).")] = 400,
+    limit: Annotated[int, typer.Option(help="Use at most this many image files.")] = 64,
+    stability: Annotated[float, typer.Option(help="perf_analyzer's --stability-percentage: how close its windows must agree (a shared machine needs slack).")] = 30.0,
+) -> None:
+    """The ensemble's ceiling when the networks cost nothing (what bounds a GPU deployment):
+    free networks in place of the real ones, 1, 2, … instances per python step, each served
+    by the embedded Triton on loopback and swept with perf_analyzer; reports images/s and
+    CPU ms per image of every step (images/s per core)."""
+    from brainscan.benchmarks.ceiling import CeilingConfig, measure
+    from brainscan.benchmarks.perf_analyzer import PerfAnalyzerError
+    from brainscan.client.files import expand_inputs
+    from brainscan.server import ServerError
+
+    files = [f for f in expand_inputs(inputs) if f.is_file()][:limit]
+    if not files:
+        fail(f"no image files found in {', '.join(map(str, inputs))}")
+    try:
+        counts = tuple(int(n) for n in instances.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{instances!r}: write counts separated by commas, e.g. 1,2") from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("instance counts must be at least 1")
+    config = CeilingConfig(files=files, out=out, instances=counts, concurrency=_span(concurrency), request_count=requests,
+                           stability_percentage=stability)
+    try:
+        measure(config, log=lambda line: typer.echo(line, err=True))
+    except (PerfAnalyzerError, ServerError) as exc:
+        fail(str(exc))

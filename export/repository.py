@@ -45,6 +45,12 @@ PYTHON_QUEUE_DELAY_US = 0
 # (~4x the classifier's FLOPs); a second instance lets it run beside the other steps:
 # +16 % throughput on 2 cores. More ONNX Runtime threads per instance oversubscribe the cores.
 DEFAULT_INSTANCES = {"local": {contract.SEGMENTER: 2}, "onnxruntime": {}, "tensorrt": {}}
+# On a GPU the networks are not the bound: the python steps are (benchmarks/results/
+# *-ceiling: with free networks one preprocess core sustains ~950 images/s of 256x256 slices,
+# fewer for larger ones, postprocess ~4800), while one GPU runs both networks at thousands
+# of images/s. So the GPU flavours run 4 preprocess and 2 postprocess processes, which the
+# Kubernetes GPU overlay gives the cores for; `--instances MODEL=N` sizes them otherwise.
+GPU_PYTHON_INSTANCES = {contract.PREPROCESS: 4, contract.POSTPROCESS: 2}
 # Every model's queue is bounded (contract.MAX_QUEUE_SIZE, contract.QUEUE_TIMEOUT_MS): a flood
 # then costs fast refusals, not unbounded memory and minutes of latency for everyone.
 # Where the onnxruntime flavour's TensorRT execution provider keeps its engines inside the
@@ -98,8 +104,13 @@ class RepositorySpec:
         if self.queue_delay_us is None:
             self.queue_delay_us = QUEUE_DELAY_US[self.flavour]
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.flavour == "tensorrt" or self.device == "gpu"
+
     def count(self, model: str) -> int:
-        return int(self.instances.get(model, DEFAULT_INSTANCES[self.flavour].get(model, 1)))
+        defaults = {**(GPU_PYTHON_INSTANCES if self.on_gpu else {}), **DEFAULT_INSTANCES[self.flavour]}
+        return int(self.instances.get(model, defaults.get(model, 1)))
 
 
 def _tensors(specs: list[TensorSpec]) -> list[dict]:

@@ -88,3 +88,43 @@ def test_a_perf_analyzer_wheel_that_is_not_the_published_one_is_refused(tmp_path
     cached = list((perf_analyzer.cache_root() / "downloads").glob("perf_analyzer-*.whl"))
     if cached:  # the one this machine downloaded passes
         perf_analyzer.verify(cached[0])
+
+
+@pytest.mark.parametrize("network,size", [(contract.CLASSIFIER, 32), (contract.SEGMENTER, 24)])
+def test_the_free_networks_take_and_give_what_the_real_ones_do(network, size, tmp_path):
+    """The ceiling benchmark's stand-ins: the real networks' tensor names and shapes, and the
+    same answer from UINT8 input as from the FP32 input it rounds."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from brainscan.benchmarks.ceiling import write_free_network
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3, size, size, 3)).astype(np.float32)
+    answers = {}
+    for dtype in ("fp32", "uint8"):
+        session = ort.InferenceSession(str(write_free_network(tmp_path / f"{dtype}.onnx", network, size, dtype)))
+        (given,), (given_out,) = session.get_inputs(), session.get_outputs()
+        assert given.name == (contract.CLASSIFIER_INPUT if network == contract.CLASSIFIER else contract.SEGMENTER_INPUT)
+        assert given_out.name == (contract.CLASSIFIER_OUTPUT if network == contract.CLASSIFIER else contract.SEGMENTER_OUTPUT)
+        (answers[dtype],) = session.run(None, {given.name: pixels.astype(np.uint8 if dtype == "uint8" else np.float32)})
+    expected = (3, 1) if network == contract.CLASSIFIER else (3, size, size, 1)
+    assert answers["fp32"].shape == expected and answers["fp32"].dtype == np.float32
+    np.testing.assert_allclose(answers["uint8"], answers["fp32"], atol=1e-6)
+
+
+@pytest.mark.server
+def test_a_short_ceiling_measurement(phantom_dir, tmp_path, perf_command):
+    """Free networks, one python instance, FP32 and UINT8 network inputs: each served by its
+    own Triton on loopback; every request answered and every step's CPU counted."""
+    from brainscan.benchmarks.ceiling import CeilingConfig, measure
+
+    folder = measure(CeilingConfig(files=phantom_slices(phantom_dir, 6), out=tmp_path, instances=(1,),
+                                   concurrency=(1, 1, 1), request_count=30, stability_percentage=999),
+                     log=lambda _: None)
+    summary = json.loads((folder / "ceiling.json").read_text())
+    assert [(r["instances"], r["dtype"]) for r in summary["runs"]] == [(1, "fp32"), (1, "uint8")]
+    for run in summary["runs"]:
+        assert run["images"] > 0 and all(s["failed"] == 0 for s in run["server"].values())
+        assert set(run["cpu_ms_per_image"]) == {"tritonserver", *contract.COMPOSING_MODELS}
+        assert all(ms > 0 for ms in run["cpu_ms_per_image"].values()), run["cpu_ms_per_image"]
+    assert "| 1 | uint8 |" in (folder / "ceiling.md").read_text()

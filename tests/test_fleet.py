@@ -82,6 +82,7 @@ def test_one_run_is_spread_over_two_servers_and_survives_one_stopping(two_server
     while len(list(out.glob("*.mask.png"))) < 60 and time.monotonic() < deadline:
         time.sleep(0.05)
     shares = [_answered(s, port) for s in servers]
+    print(f"answered by 127.0.0.1 and 127.0.0.2 after {sum(shares)} outputs: {shares}")
     assert all(share > 10 for share in shares), shares  # both took their part of the run
     servers[1].stop()  # one replica goes away mid-run
     assert client.poll() is None, "the run finished before the replica stopped: make it longer"
@@ -90,4 +91,5 @@ def test_one_run_is_spread_over_two_servers_and_survives_one_stopping(two_server
     reported = [json.loads(line)["file"] for line in stdout.splitlines()]
     assert sorted(reported) == sorted(str(p) for p in folder.iterdir())  # each input once, none lost
     assert len(list(out.glob("*.mask.png"))) == 240
+    print(f"after 127.0.0.2 stopped, 127.0.0.1 answered {_answered(servers[0], port) - shares[0]} more")
     assert _answered(servers[0], port) > shares[0]  # the rest went to the replica still up

@@ -50,9 +50,13 @@ def test_every_flavour_keeps_the_served_contract(flavour, tmp_path):
     assert outputs == {contract.TUMOR_PROBABILITY: (mc.TYPE_FP32, [1]), contract.MASK: (mc.TYPE_UINT8, [-1, -1])}
     steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
     assert steps == [contract.PREPROCESS, contract.CLASSIFIER, contract.SEGMENTER, contract.POSTPROCESS]
-    # preprocess, postprocess and the ensemble do not depend on the flavour
+    # the ensemble, preprocess and postprocess do not depend on the flavour, but for how many
+    # python processes run (more where a GPU runs the networks)
+    local = {name: to_model_config(c) for name, c in model_configs(RepositorySpec()).items()}
     for name in (contract.ENSEMBLE, contract.PREPROCESS, contract.POSTPROCESS):
-        assert (tmp_path / name / "config.pbtxt").read_text() == repository_files(RepositorySpec())[f"{name}/config.pbtxt"].decode()
+        config = configs[name]
+        config.ClearField("instance_group"), local[name].ClearField("instance_group")
+        assert config == local[name], name
 
 
 def test_flavours_run_the_networks_as_documented():
@@ -119,6 +123,16 @@ def test_tensorrt_flavour_batches_dynamically_with_cuda_graphs_and_configurable_
     assert configs[contract.SEGMENTER].instance_group[0].count == 2
     assert configs[contract.CLASSIFIER].instance_group[0].count == 1
     assert configs[contract.PREPROCESS].instance_group[0].count == 3
+    assert configs[contract.POSTPROCESS].instance_group[0].count == 2  # the GPU default, not overridden
+
+
+@pytest.mark.parametrize("flavour,device,python_steps", [
+    ("tensorrt", "cpu", (4, 2)), ("onnxruntime", "gpu", (4, 2)), ("onnxruntime", "cpu", (1, 1)), ("local", "cpu", (1, 1)),
+])
+def test_python_steps_get_more_instances_where_a_gpu_runs_the_networks(flavour, device, python_steps):
+    configs = model_configs(RepositorySpec(flavour=flavour, device=device))
+    counts = tuple(to_model_config(configs[m]).instance_group[0].count for m in (contract.PREPROCESS, contract.POSTPROCESS))
+    assert counts == python_steps
 
 
 @pytest.mark.parametrize("max_batch", [1, 4, 8, 16])

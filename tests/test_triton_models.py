@@ -43,6 +43,10 @@ def _utils() -> types.ModuleType:
     def get_output_config_by_name(config, name):
         return next(o for o in config["output"] if o["name"] == name)
 
+    def triton_string_to_numpy(name):  # Triton's mapping, for the two types a config here declares
+        return {"TYPE_FP32": np.float32, "TYPE_UINT8": np.uint8}[name]
+
+    utils.triton_string_to_numpy = triton_string_to_numpy
     utils.TritonError, utils.InferenceResponse, utils.Tensor = TritonError, InferenceResponse, Tensor
     utils.get_input_tensor_by_name, utils.get_output_config_by_name = get_input_tensor_by_name, get_output_config_by_name
     return utils
@@ -60,10 +64,27 @@ def _load(name: str, monkeypatch):
 def preprocess(monkeypatch):
     module = _load("preprocess", monkeypatch)
     model = module.TritonPythonModel()
-    config = {"output": [{"name": contract.CLASSIFIER_INPUT, "dims": [32, 32, 3]},
-                         {"name": contract.SEGMENTER_INPUT, "dims": [24, 24, 3]}]}
-    model.initialize({"model_config": json.dumps(config)})
+    model.initialize({"model_config": json.dumps(_preprocess_config("TYPE_FP32"))})
     return module, model
+
+
+def _preprocess_config(data_type: str) -> dict:
+    return {"output": [{"name": contract.CLASSIFIER_INPUT, "dims": [32, 32, 3], "data_type": data_type},
+                       {"name": contract.SEGMENTER_INPUT, "dims": [24, 24, 3], "data_type": data_type}]}
+
+
+def test_preprocess_emits_the_dtype_its_config_declares(preprocess, monkeypatch):
+    """UINT8 network inputs (the ceiling benchmark's variant): the same pixels, rounded."""
+    _, fp32 = preprocess
+    module = _load("preprocess", monkeypatch)
+    uint8 = module.TritonPythonModel()
+    uint8.initialize({"model_config": json.dumps(_preprocess_config("TYPE_UINT8"))})
+    request = _request(encode(brain_like(), "PNG"))
+    (wide,), (narrow,) = fp32.execute([request]), uint8.execute([request])
+    for a, b in zip(wide.output_tensors[:2], narrow.output_tensors[:2]):
+        assert a.array.dtype == np.float32 and b.array.dtype == np.uint8
+        assert np.abs(a.array - b.array).max() <= 0.5
+    np.testing.assert_array_equal(wide.output_tensors[2].array, narrow.output_tensors[2].array)
 
 
 def _request(data: bytes) -> dict:

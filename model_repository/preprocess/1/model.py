@@ -10,7 +10,7 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from brainscan import contract
-from brainscan.preprocessing import InvalidImageError, preprocess_batch
+from brainscan.preprocessing import InvalidImageError, as_network_input, preprocess_batch
 
 
 def failed(message: str):
@@ -20,8 +20,12 @@ def failed(message: str):
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        self.classifier_size = tuple(pb_utils.get_output_config_by_name(config, contract.CLASSIFIER_INPUT)["dims"][:2])
-        self.segmenter_size = tuple(pb_utils.get_output_config_by_name(config, contract.SEGMENTER_INPUT)["dims"][:2])
+        outputs = {name: pb_utils.get_output_config_by_name(config, name)
+                   for name in (contract.CLASSIFIER_INPUT, contract.SEGMENTER_INPUT)}
+        self.classifier_size = tuple(outputs[contract.CLASSIFIER_INPUT]["dims"][:2])
+        self.segmenter_size = tuple(outputs[contract.SEGMENTER_INPUT]["dims"][:2])
+        # the networks' input dtype is the config's (FP32; UINT8 when the cast is in their graphs)
+        self.dtypes = {name: pb_utils.triton_string_to_numpy(output["data_type"]) for name, output in outputs.items()}
 
     def execute(self, requests):
         responses = []
@@ -41,8 +45,8 @@ class TritonPythonModel:
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[
-                        pb_utils.Tensor(contract.CLASSIFIER_INPUT, cls),
-                        pb_utils.Tensor(contract.SEGMENTER_INPUT, seg),
+                        pb_utils.Tensor(contract.CLASSIFIER_INPUT, as_network_input(cls, self.dtypes[contract.CLASSIFIER_INPUT])),
+                        pb_utils.Tensor(contract.SEGMENTER_INPUT, as_network_input(seg, self.dtypes[contract.SEGMENTER_INPUT])),
                         pb_utils.Tensor(contract.ORIGINAL_SIZE, sizes),
                     ]
                 )
