@@ -4,6 +4,7 @@ s3://…` from it, and an answer checked against a lesion drawn by hand. Credent
 the standard AWS variables only."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -98,7 +99,7 @@ def square_repository(tmp_path_factory, onnx_models) -> Path:
     return write_repository(root / "model_repository", "local", onnx_models["classifier"], segmenter)
 
 
-def test_a_repository_uploaded_to_s3_is_served_from_there_and_answers(s3, square_repository, tmp_path):
+def test_a_repository_uploaded_to_s3_is_served_from_there_and_answers(s3, square_repository, server, tmp_path):
     endpoint, client = s3
     uri = f"s3://{endpoint}/models/brainscan"
     env = with_credentials()
@@ -132,8 +133,12 @@ def test_a_repository_uploaded_to_s3_is_served_from_there_and_answers(s3, square
         waited = brainscan("health", "--url", f"127.0.0.1:{grpc}", "--wait", "120", env=env)
         assert waited.returncode == 0, waited.stdout + waited.stderr
         out = tmp_path / "out"
-        result = brainscan("predict", images, "--url", f"127.0.0.1:{grpc}", "--out", out, env=env)
+        result = brainscan("predict", images, "--url", f"127.0.0.1:{grpc}", "--out", out, "--format", "json", env=env)
         assert result.returncode == 0, result.stderr
+        # the same demo classifier served from disk by the session's server gives the same probability
+        from_disk = brainscan("predict", images, "--url", server.grpc_url, "--format", "json", env=env)
+        assert from_disk.returncode == 0, from_disk.stderr
+        assert json.loads(result.stdout)["probability"] == json.loads(from_disk.stdout)["probability"]
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=60)
