@@ -38,7 +38,7 @@ def write_free_network(path: Path, network: str, size: int, dtype: str = "fp32")
     costs next to nothing: the classifier's probability is a sigmoid of the image mean, the
     segmenter's a sigmoid of each pixel's channel mean. With ``uint8`` its input is UINT8
     and the graph casts it to float first."""
-    import onnx
+    from brainscan.export.onnx import save_graph
     from onnx import TensorProto, helper
 
     if network == contract.CLASSIFIER:
@@ -65,10 +65,7 @@ def write_free_network(path: Path, network: str, size: int, dtype: str = "fp32")
         [helper.make_tensor("shape", TensorProto.INT64, [len(shape)], shape),
          helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 def narrow_network_inputs(repository: Path) -> None:
@@ -151,7 +148,7 @@ def measure(config: CeilingConfig, log=print) -> Path:
 def _one_run(command, inputs: Path, raw: Path, networks: dict[str, Path], count: int, dtype: str,
              config: CeilingConfig, log) -> dict:
     from brainscan.export.repository import write_repository
-    from brainscan.server import Ports, TritonServer, free_port
+    from brainscan.server import Ports, TritonServer
 
     name = f"{count}-{dtype}"
     repository = write_repository(raw / f"repository-{name}", "local", networks[contract.CLASSIFIER],
@@ -160,7 +157,7 @@ def _one_run(command, inputs: Path, raw: Path, networks: dict[str, Path], count:
                                              contract.SEGMENTER: 1}).resolve()
     if dtype == "uint8":
         narrow_network_inputs(repository)
-    ports = Ports(free_port(), free_port(), free_port())
+    ports = Ports.free()
     log(f"{count} instance(s) per python step, {dtype} network inputs: serving {repository} on 127.0.0.1:{ports.grpc}")
     with TritonServer(repository, ports=ports, log_file=raw / f"tritonserver-{name}.log", admin_key=ADMIN_KEY) as server:
         url = server.grpc_url

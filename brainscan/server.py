@@ -50,6 +50,12 @@ class Ports:
     grpc: int = contract.GRPC_PORT
     http: int = contract.HTTP_PORT
     metrics: int = contract.METRICS_PORT
+    # chosen by free_port (Ports.free): a server that finds one taken tries others
+    chosen: bool = field(default=False, compare=False)
+
+    @classmethod
+    def free(cls, host: str = contract.DEFAULT_HOST) -> "Ports":
+        return cls(free_port(host), free_port(host), free_port(host), chosen=True)
 
 
 def triton_home() -> Path:
@@ -114,10 +120,38 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = contract.DEFAULT_HOST) -> int:
-    """A port the OS says is free now (for tests and parallel servers)."""
-    with socket.socket() as sock:
+    """A port free now, for tests and parallel servers: never one this process handed out
+    before, and below the kernel's ephemeral range, so no outgoing connection can take it
+    between now and the moment a server binds it (a port from bind(0) could be)."""
+    import random
+
+    low = _ephemeral_range()[0]
+    candidates = random.Random().sample(range(10000, low), k=min(200, low - 10000)) if low > 10200 else []
+    for port in candidates:
+        if (host, port) in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add((host, port))
+        return port
+    with socket.socket() as sock:  # an unusual kernel setting: fall back to the OS's choice
         sock.bind((host, 0))
+        _HANDED_OUT.add((host, sock.getsockname()[1]))
         return sock.getsockname()[1]
 
 
@@ -378,13 +412,21 @@ class TritonServer:
                 client.close()
 
     def __enter__(self) -> "TritonServer":
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(3):
+            try:
+                self.start()
+                self.wait_ready()
+                return self
+            except ServerError as exc:
+                self.stop()
+                # ports this process chose were taken meanwhile by someone else: choose again
+                if not (self.ports.chosen and "already in use" in str(exc) and attempt < 2):
+                    raise
+                self.ports = Ports.free(self._local_host)
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def __exit__(self, *exc) -> None:
         self.stop()

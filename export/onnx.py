@@ -49,6 +49,17 @@ def keras_to_onnx(model, opset: int = OPSET):
     return model_proto
 
 
+def save_graph(graph, path: Path, opset: int = 13) -> Path:
+    """Write a hand-built ONNX graph (tests, benchmarks) as a checked model."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
 def onnx_session(path: Path | str | bytes, threads: int = 0):
     import onnxruntime as ort
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+pytest_plugins = ["pytester"]  # tests of this conftest's own process clean-up
 
 # Tests never read or write the user's artifacts/ (what `make demo` built): every default
 # path of the CLI points into a folder of this test session instead. The GPU test, which
@@ -23,6 +24,97 @@ from brainscan import contract  # noqa: E402
 DEMO_ARTIFACTS = contract.artifacts_dir().resolve()
 os.environ[contract.ARTIFACTS_ENV] = tempfile.mkdtemp(prefix="brainscan-test-artifacts-")
 atexit.register(shutil.rmtree, os.environ[contract.ARTIFACTS_ENV], ignore_errors=True)
+
+# Every process a test body starts ends with the test, passed or failed: the processes it
+# launched (subprocess.Popen while the test runs, not its fixtures') that are still running
+# are killed by pid, with their process group when they lead one (tritonserver and its
+# stubs). At the end of the session, any descendant still alive is killed and named.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    import signal
+    import subprocess
+
+    started: list[subprocess.Popen] = []
+    original = subprocess.Popen.__init__
+
+    def tracking(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        started.append(self)
+
+    subprocess.Popen.__init__ = tracking
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = original
+        for process in started:
+            if process.poll() is None:
+                try:
+                    if os.getpgid(process.pid) == process.pid:
+                        os.killpg(process.pid, signal.SIGKILL)
+                    else:
+                        process.kill()
+                except ProcessLookupError:
+                    pass
+                process.wait()
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, queue = [], [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import signal
+
+    left = _descendants(os.getpid())
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if left:
+        print(f"\nkilled {len(left)} process(es) the tests left running: {left}")
+
+
+# No test reaches the network: this process may connect to loopback addresses and Unix
+# sockets only (subprocesses are given loopback endpoints; perf_analyzer is fetched by
+# `make test` before pytest starts).
+def _loopback_only(connect):
+    import ipaddress
+    import socket
+
+    def guarded(self, address, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                local = host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
+            except ValueError:
+                local = False
+            if not local:
+                raise OSError(f"the tests may not reach the network ({host}:{address[1]})")
+        return connect(self, address, *args)
+
+    return guarded
+
+
+def pytest_configure(config):
+    import socket
+
+    socket.socket.connect = _loopback_only(socket.socket.connect)
+    socket.socket.connect_ex = _loopback_only(socket.socket.connect_ex)
+
 
 # the admin key of the session's server (its statistics are an admin API)
 ADMIN_KEY = "test-admin-key-" + os.urandom(12).hex()
@@ -105,9 +197,9 @@ def local_repository(tmp_path_factory, onnx_models) -> Path:
 
 @pytest.fixture(scope="session")
 def server(local_repository, tmp_path_factory):
-    from brainscan.server import Ports, TritonServer, free_port
+    from brainscan.server import Ports, TritonServer
 
-    ports = Ports(free_port(), free_port(), free_port())
+    ports = Ports.free()
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
     with TritonServer(local_repository, ports=ports, log_file=log, admin_key=ADMIN_KEY) as running:
         yield running
@@ -132,7 +224,7 @@ def write_threshold_segmenter(path: Path, size: int = 64, detour: float | None =
     trained segmenter finds nothing. With ``detour``, the mean is multiplied by it and
     divided back (nodes ``detour_up``/``detour_down``): the same answer in FP32, but an
     intermediate that overflows FP16 (max 65504) once mean x detour does."""
-    import onnx
+    from brainscan.export.onnx import save_graph
     from onnx import TensorProto, helper
 
     from brainscan import contract
@@ -154,21 +246,58 @@ def write_threshold_segmenter(path: Path, size: int = 64, detour: float | None =
         [helper.make_tensor_value_info(contract.SEGMENTER_OUTPUT, TensorProto.FLOAT, ["N", size, size, 1])],
         constants,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
+
+
+def write_threshold_classifier(path: Path, size: int = 96) -> Path:
+    """A real ONNX classifier whose answer is known without training: the tumour
+    probability is sigmoid((mean of the input - 128) / 10), so after the per-image stretch
+    to 0..255 an image of two levels whose bright part covers a fraction f of the pixels
+    gets sigmoid((255 f - 128) / 10): tumour above f = 0.502."""
+    from brainscan.export.onnx import save_graph
+    from onnx import TensorProto, helper
+
+    from brainscan import contract
+
+    nodes = [helper.make_node("ReduceMean", [contract.CLASSIFIER_INPUT], ["mean"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Unsqueeze", ["mean", "axis"], ["level"]),
+             helper.make_node("Sub", ["level", "middle"], ["centred"]),
+             helper.make_node("Mul", ["centred", "gain"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], [contract.CLASSIFIER_OUTPUT])]
+    graph = helper.make_graph(
+        nodes, "threshold_classifier",
+        [helper.make_tensor_value_info(contract.CLASSIFIER_INPUT, TensorProto.FLOAT, ["N", size, size, 3])],
+        [helper.make_tensor_value_info(contract.CLASSIFIER_OUTPUT, TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor("axis", TensorProto.INT64, [1], [1]), helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0]),
+         helper.make_tensor("gain", TensorProto.FLOAT, [], [0.1])],
+    )
+    return save_graph(graph, path)
+
+
+def hand_probability(bright_fraction: float) -> float:
+    """What the threshold classifier answers for a two-level image, computed by hand."""
+    return float(1.0 / (1.0 + np.exp(-(255.0 * bright_fraction - 128.0) / 10.0)))
 
 
 @pytest.fixture(scope="session")
-def bright_server(tmp_path_factory, onnx_models):
-    """A second real server whose segmenter is ``write_threshold_segmenter``."""
+def bright_networks(tmp_path_factory) -> dict[str, Path]:
+    """Both networks with answers computable from the image (brightness thresholds), at the
+    production input sizes."""
+    root = tmp_path_factory.mktemp("bright-networks")
+    return {"classifier": write_threshold_classifier(root / "classifier.onnx", contract.CLASSIFIER_SIZE),
+            "segmenter": write_threshold_segmenter(root / "segmenter.onnx", contract.SEGMENTER_SIZE)}
+
+
+@pytest.fixture(scope="session")
+def bright_server(tmp_path_factory, bright_networks):
+    """A second real server whose networks are ``write_threshold_classifier`` and
+    ``write_threshold_segmenter``: every answer it gives can be worked out by hand."""
     from brainscan.export.repository import write_repository
-    from brainscan.server import Ports, TritonServer, free_port
+    from brainscan.server import Ports, TritonServer
 
     root = tmp_path_factory.mktemp("bright")
-    segmenter = write_threshold_segmenter(root / "segmenter.onnx")
-    repository = write_repository(root / "model_repository", "local", onnx_models["classifier"], segmenter)
-    ports = Ports(free_port(), free_port(), free_port())
+    repository = write_repository(root / "model_repository", "local", bright_networks["classifier"],
+                                  bright_networks["segmenter"])
+    ports = Ports.free()
     with TritonServer(repository, ports=ports, log_file=root / "tritonserver.log") as running:
         yield running

@@ -54,9 +54,8 @@ def test_predict_a_folder_writes_masks_and_red_overlays_and_scores_against_groun
     overlay = np.asarray(Image.open(tmp_path / f"{stem}.overlay.png"))
     assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
     assert overlay.shape == (256, 256, 3)
-    if mask.any():  # tumour pixels are tinted red
-        red = overlay[mask > 0].astype(int)
-        assert (red[:, 0] > red[:, 1]).all()
+    # (where the overlay is red is checked against a lesion drawn by hand in test_answers.py:
+    # this session's tiny network finds no tumour, so its masks are empty)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 

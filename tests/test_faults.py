@@ -266,3 +266,57 @@ def test_a_full_disk_under_out_fails_the_inputs_cleanly(server, tmp_path):
     assert result.stdout.count("cannot write the outputs: File too large") == 4
     assert "Traceback" not in result.stderr
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written temporary file
+
+
+def test_ports_handed_out_are_never_repeated_and_stay_clear_of_the_ephemeral_range():
+    from brainscan.server import _ephemeral_range
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == 200
+    assert max(ports) < _ephemeral_range()[0]  # no outgoing connection can take one before its server binds it
+
+
+@pytest.mark.server
+def test_a_server_whose_chosen_port_was_taken_meanwhile_starts_on_others(local_repository, tmp_path):
+    """The race free_port cannot close alone: between choosing and binding, someone else
+    binds the port. A server whose ports it chose itself (Ports.free) picks others."""
+    import socket
+
+    from brainscan.server import Ports, TritonServer
+
+    ports = Ports.free()
+    with socket.socket() as thief:
+        thief.bind(("127.0.0.1", ports.grpc))
+        thief.listen()
+        with TritonServer(local_repository, ports=ports, log_file=tmp_path / "log") as server:
+            assert server.ports.grpc != ports.grpc
+            assert server.probe() is None
+
+
+def test_a_failing_test_leaves_no_process_behind(pytester):
+    """conftest ends what a test body started, passed or failed (here: a test that starts a
+    process and then fails)."""
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    marker = pytester.path / "started.pid"
+    pytester.makepyfile(f"""
+import subprocess
+def test_fails_with_a_child_running():
+    child = subprocess.Popen(["sleep", "300"])
+    open({str(marker)!r}, "w").write(str(child.pid))
+    assert False
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    pid = int(marker.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_the_tests_cannot_reach_the_network():
+    import socket
+
+    with pytest.raises(OSError, match="may not reach the network"):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)  # TEST-NET-1: never routed
+    with socket.socket() as listener:  # loopback stays open
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        socket.create_connection(listener.getsockname(), timeout=5).close()

@@ -42,14 +42,14 @@ def start_run_then_stop_its_server(local_repository, tmp_path, images: int, retr
     """Start `brainscan predict` on ``images`` slices against a fresh server and stop that
     server as soon as the first output is written. Returns the running client, the input
     folder, --out, the server's ports and the command."""
-    from brainscan.server import Ports, TritonServer, free_port
+    from brainscan.server import Ports, TritonServer
 
     folder = tmp_path / "slices"
     folder.mkdir()
     for k in range(images):
         (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(256, 256, seed=k), "PNG"))
     out = tmp_path / "out"
-    ports = Ports(free_port(), free_port(), free_port())
+    ports = Ports.free()
     command = [BRAINSCAN, "predict", str(folder), "--url", f"127.0.0.1:{ports.grpc}", "--out", str(out),
                "--format", "json", "--concurrency", "2", "--retries", str(retries)]
     with TritonServer(local_repository, ports=ports, log_file=tmp_path / "first.log"):
@@ -106,7 +106,11 @@ def test_a_nifti_volume_and_a_dicom_series_come_back_as_aligned_mask_volumes(bri
     assert summary["tumour_volume_ml"] == by_kind["nifti"]["tumour_volume_ml"]
 
 
-def test_concurrency_changes_speed_not_results(server, phantom_dir, tmp_path):
+def test_concurrency_changes_speed_not_results(bright_server, phantom_dir, tmp_path):
+    """Batched with others or sent alone, each file gets its own answer. On the server whose
+    networks answer from brightness, every mask is non-empty and the slices differ, so an
+    answer given to the wrong request of a batch would show."""
+    server = bright_server
     files = phantom_slices(phantom_dir, count=24)
     outputs = {}
     for concurrency in (1, 8):
@@ -121,8 +125,12 @@ def test_concurrency_changes_speed_not_results(server, phantom_dir, tmp_path):
     for a, b in zip(sequential, concurrent):
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
         assert (a["label"], a["area_pixels"]) == (b["label"], b["area_pixels"])
-    for f in files:
-        assert (out1 / f"{f.stem}.mask.png").read_bytes() == (out8 / f"{f.stem}.mask.png").read_bytes()
+    masks = [(out1 / f"{f.stem}.mask.png").read_bytes() for f in files]
+    for f, mask in zip(files, masks):
+        assert mask == (out8 / f"{f.stem}.mask.png").read_bytes()
+    assert all(r["area_pixels"] > 0 for r in sequential)
+    assert len(set(masks)) == len(files)  # no two answers alike: a swap could not hide
+    assert len({r["probability"] for r in sequential}) > len(files) // 2
 
 
 def test_a_server_restarted_mid_run_still_ends_with_every_output_written_once(local_repository, tmp_path):
@@ -213,13 +221,13 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command makes the test certificates")
 def test_mutual_tls_round_trip_with_certificates_made_here(local_repository, tmp_path):
-    from brainscan.server import GrpcTls, Ports, TritonServer, free_port
+    from brainscan.server import GrpcTls, Ports, TritonServer
 
     certs = make_certificates(tmp_path / "pki")
     image = tmp_path / "slice.png"
     image.write_bytes(encode(brain_like(), "PNG"))
     tls = GrpcTls(certs["server.pem"], certs["server.key"], client_ca=certs["ca.pem"])
-    ports = Ports(free_port(), free_port(), free_port())
+    ports = Ports.free()
     with TritonServer(local_repository, ports=ports, log_file=tmp_path / "tls.log", grpc_tls=tls) as server:
         client_tls = ["--root-certificates", certs["ca.pem"], "--private-key", certs["client.key"],
                       "--certificate-chain", certs["client.pem"]]

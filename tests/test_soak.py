@@ -409,12 +409,12 @@ def _soak_inputs() -> tuple[Path, list[Path]]:
 def soak(tmp_path_factory):
     """The demo repository served on loopback, its slices, a scratch folder and the report;
     the report is written when the module's runs are done (passed or not)."""
-    from brainscan.server import Ports, TritonServer, free_port
+    from brainscan.server import Ports, TritonServer
 
     repository, files = _soak_inputs()
     work = tmp_path_factory.mktemp("soak")
     report = SoakReport()
-    ports = Ports(free_port(), free_port(), free_port())
+    ports = Ports.free()
     with TritonServer(repository, ports=ports, log_file=work / "tritonserver.log") as server:
         yield server, repository, files, work, report
     folder = ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}-soak"

@@ -19,7 +19,7 @@ from PIL import Image
 from brainscan.server import free_port
 from brainscan.storage import S3Location, StorageError, parse_s3
 from conftest import encode, write_threshold_segmenter
-from test_cli import BRAINSCAN, run
+from test_cli import BRAINSCAN
 
 pytestmark = pytest.mark.server
 
@@ -173,6 +173,7 @@ def test_missing_credentials_and_an_unreachable_endpoint_are_named(square_reposi
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["AWS_SHARED_CREDENTIALS_FILE"] = env["AWS_CONFIG_FILE"] = "/nonexistent"
+    env["AWS_EC2_METADATA_DISABLED"] = "true"  # no asking 169.254.169.254 for credentials either
     result = brainscan("export", "upload", square_repository, "s3://models/brainscan", env=env)
     assert result.returncode == 1 and "AWS_ACCESS_KEY_ID" in result.stderr and "Traceback" not in result.stderr
     result = brainscan("export", "upload", square_repository, f"s3://http://127.0.0.1:{port}/models/x",

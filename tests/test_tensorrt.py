@@ -287,3 +287,47 @@ def test_real_fp16_engines_of_the_demo_pass_the_gate(tmp_path):
         assert (repository / network / "1" / plan).stat().st_size > 0
         record = json.loads((repository / network / "1" / plan.replace(".plan", ".json")).read_text())
         assert record["precision"] == "fp16 graph, strongly typed"
+
+
+# --- the command, with the CPU stand-in in TensorRT's place ---------------------------------
+
+def _cli_with_standin(monkeypatch, toolkit):
+    from typer.testing import CliRunner
+
+    import brainscan.export.tensorrt as tensorrt_module
+    from brainscan.cli import app
+
+    monkeypatch.setattr(tensorrt_module, "TensorRT", lambda: toolkit)
+    return lambda *args: CliRunner().invoke(app, ["export", "tensorrt", *map(str, args)])
+
+
+def test_export_tensorrt_through_the_cli_prints_the_gates_and_writes_the_engines(
+        trt_repository, onnx_models, fp16_models, tmp_path, monkeypatch):
+    invoke = _cli_with_standin(monkeypatch, trt_standin.CpuToolkit("11.3.0.99"))
+    result = invoke("--repository", trt_repository, "--classifier", onnx_models["classifier"],
+                    "--segmenter", onnx_models["segmenter"], "--samples", 4, "--timing-cache", tmp_path / "t.cache")
+    assert result.exit_code == 0, result.output
+    assert "TensorRT 11.3.0.99 on Stand-in GPU (compute capability 8.9)" in result.output
+    for network in (contract.CLASSIFIER, contract.SEGMENTER):
+        assert f"FP16 gate, {network}, 4 validation slices" in result.output
+        assert (trt_repository / network / "1" / PLAN).exists()
+    assert f"engines ready in {trt_repository}" in result.output
+
+
+def test_export_tensorrt_through_the_cli_exits_1_on_a_failed_gate_or_a_missing_fp16_graph(
+        trt_repository, onnx_models, fp16_models, tmp_path, monkeypatch):
+    failing = trt_standin.CpuToolkit(perturb=lambda out: np.full_like(out, np.nan) if out.ndim == 4 else out)
+    invoke = _cli_with_standin(monkeypatch, failing)
+    result = invoke("--repository", trt_repository, "--classifier", onnx_models["classifier"],
+                    "--segmenter", onnx_models["segmenter"], "--samples", 4)
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and "--keep-fp32" in result.output
+    assert not list(trt_repository.rglob("*.plan"))
+    lone = tmp_path / "lone" / "model.onnx"  # an FP32 graph without its FP16 graph beside it
+    lone.parent.mkdir()
+    shutil.copyfile(onnx_models["classifier"], lone)
+    shutil.copyfile(onnx_models["classifier"].parent / "run.json", lone.parent / "run.json")
+    invoke = _cli_with_standin(monkeypatch, trt_standin.CpuToolkit())
+    result = invoke("--repository", trt_repository, "--classifier", lone, "--segmenter", onnx_models["segmenter"])
+    assert result.exit_code == 1 and "model.fp16.onnx is missing" in result.output
+    assert "brainscan export fp16" in result.output
