@@ -16,7 +16,7 @@ FP16 := $(RUNS)/classifier/model.fp16.onnx $(RUNS)/segmenter/model.fp16.onnx
 # fails here as it does on any machine without TensorRT
 TRT_STUBS := tensorrt-stubs==10.13.0.35.1
 
-.PHONY: demo test soak venv data train export fp16 repository serve predict bench docker-locks clean
+.PHONY: demo test soak venv data train export fp16 repository serve gpu predict bench cli-docs docker-locks clean
 
 venv: $(VENV)/.installed
 
@@ -60,6 +60,15 @@ $(REPO)/.done: $(RUNS)/classifier/model.onnx $(RUNS)/segmenter/model.onnx
 serve: repository
 	$(BIN)/brainscan serve --repository $(REPO)
 
+# The production path on an NVIDIA GPU host (Docker, Compose v2, NVIDIA Container Toolkit):
+# both images of the pinned NGC release, strongly typed engines from the FP16 graphs, then
+# the server (doctor first), waiting until it is healthy. docs/gpu.md explains each step.
+COMPOSE := docker compose -f docker/compose.yaml
+gpu: fp16
+	$(COMPOSE) --profile tools build
+	$(COMPOSE) run --rm --user "$$(id -u):$$(id -g)" export
+	$(COMPOSE) up -d --wait triton
+
 # Runs $(1) while a server on the demo repository is up; stops the server afterwards.
 define with_server
 	@set -e; \
@@ -98,6 +107,10 @@ test: venv
 soak: venv repository
 	BRAINSCAN_SOAK_REPOSITORY=$(abspath $(REPO)) BRAINSCAN_SOAK_DATA=$(abspath $(DATA)) \
 		$(BIN)/python -m pytest -m soak tests/test_soak.py -p no:cacheprovider -v
+
+# docs/cli.md from the Typer app (tests/test_docs.py fails when it is stale)
+cli-docs: venv
+	$(BIN)/python -m brainscan.clidoc docs/cli.md
 
 # Hash-pinned dependencies of the two images (docker/*.lock), from pyproject.toml, with
 # pip-tools in a throw-away environment. Run after changing dependencies.

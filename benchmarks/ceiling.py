@@ -69,7 +69,8 @@ def write_free_network(path: Path, network: str, size: int, dtype: str = "fp32")
 
 
 def narrow_network_inputs(repository: Path) -> None:
-    """Declare the networks' inputs (preprocess's outputs) UINT8 in the configs."""
+    """Declare the networks' inputs (preprocess's outputs) UINT8 in the configs, their
+    warm-up samples included."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -82,6 +83,10 @@ def narrow_network_inputs(repository: Path) -> None:
         for tensor in getattr(config, field):
             if tensor.name in names:
                 tensor.data_type = model_config_pb2.TYPE_UINT8
+        for sample in config.model_warmup:
+            for name, given in sample.inputs.items():
+                if name in names:
+                    given.data_type = model_config_pb2.TYPE_UINT8
         path.write_text(text_format.MessageToString(config))
 
 

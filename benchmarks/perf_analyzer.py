@@ -111,7 +111,7 @@ def install(root: Path | None = None) -> list[str]:
     if not shutil.which("apt-get") or not shutil.which("dpkg"):
         raise PerfAnalyzerError(
             "perf_analyzer needs glibc 2.38 and this system is older, without apt-get to fetch a newer runtime: "
-            "run perf_analyzer in the NGC tritonserver -sdk image (README)"
+            "run perf_analyzer in the NGC tritonserver -sdk image (docs/benchmarks.md)"
         )
     apt = root / "apt"
     for sub in ("lists/partial", "cache/archives/partial"):

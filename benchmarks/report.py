@@ -79,7 +79,7 @@ def write_report(folder: Path, summary: dict) -> Path:
     numbers = headline(summary)
     images = plots(folder, summary)
     parts = [f"# brainscan benchmark, {summary['date']} on {summary['host']}",
-             f"Server `{summary['url']}`, repository `{summary['repository']}`, {summary['files']} real image files. "
+             f"Server `{summary['url']}` (networks: {', '.join(f'{n} {p}' for n, p in summary.get('served_platforms', {}).items()) or 'unknown'}), repository `{summary['repository'] or 'not here'}`, {summary['files']} real image files. "
              "perf_analyzer over gRPC in count-windows mode; baselines in the same run, same files, same "
              "preprocessing function.", ""]
     ens = summary["served"][contract.ENSEMBLE]
@@ -133,7 +133,7 @@ def write_report(folder: Path, summary: dict) -> Path:
         f"{H100_FP16_DENSE_FLOPS / total:,.0f} images/s. MobileNet's depthwise convolutions are memory-bound and "
         "reach a small fraction of the tensor-core peak, and the python preprocess/postprocess (CPU decode and "
         "resize) will bound the ensemble well before the engines do; measure with the perf_analyzer commands "
-        "of README, 'On a GPU host' (`-m classifier`, `-m segmenter` for the engines alone, `-m brainscan` for "
+        "of docs/benchmarks.md, 'A GPU server' (`-m classifier`, `-m segmenter` for the engines alone, `-m brainscan` for "
         "the whole ensemble):", "",
         "```bash",
         "docker compose -f docker/compose.yaml run --rm sdk perf_analyzer -m brainscan -u triton:8001 -i grpc \\",

@@ -16,7 +16,7 @@ from brainscan import contract
 from brainscan.benchmarks import baselines, perf_analyzer
 from brainscan.benchmarks.inputs import tensors, write_all
 from brainscan.benchmarks.report import write_report
-from brainscan.export.repository import VERSION, read_config
+from brainscan.export.repository import VERSION
 
 STAT_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -24,14 +24,14 @@ STAT_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
 @dataclass
 class BenchConfig:
     url: str
-    repository: Path  # the served repository (its ONNX networks are the in-process baseline's)
+    repository: Path | None  # the served repository, when it is a local folder holding the ONNX networks
     files: list[Path]
     out: Path
     concurrency: tuple[int, int, int] = (1, 8, 1)
     model_concurrency: tuple[int, int, int] = (1, 4, 1)
     request_count: int = 200
     composing: bool = True
-    keras_runs: Path | None = None  # folder with classifier/ and segmenter/ model.keras
+    keras_runs: Path | None = None  # training runs: classifier/ and segmenter/ with model.onnx, model.keras
     baseline_seconds: float = 3.0
     admin_key: str | None = None  # Triton's statistics API is an admin API (contract.ADMIN_APIS)
     stability_percentage: float = 10.0  # perf_analyzer's: how close 3 windows must agree (its default)
@@ -82,11 +82,33 @@ def statistics_delta(before: dict, after: dict) -> dict[str, dict]:
     return delta
 
 
-def _network_onnx(repository: Path, network: str) -> Path:
-    path = Path(repository) / network / VERSION / "model.onnx"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: benchmark a local or onnxruntime repository (it holds the ONNX)")
-    return path
+def network_onnx(repository: Path | None, runs: Path | None, network: str) -> Path:
+    """The FP32 ONNX of ``network`` for the inputs of the composing models and the
+    in-process baselines: the served repository's own (local, onnxruntime flavours), else
+    the training run's (the tensorrt flavour holds engines, a remote server nothing here)."""
+    candidates = [Path(folder) / network / sub / "model.onnx" for folder, sub in ((repository, VERSION), (runs, ""))
+                  if folder is not None]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no ONNX of the {network} found ({', '.join(map(str, candidates)) or 'nowhere given'}): "
+                            "give the training runs with --runs (folders classifier/ and segmenter/ with model.onnx)")
+
+
+def served_networks(url: str) -> dict[str, dict]:
+    """The networks' model configs as the server reports them (not an admin API): their
+    input sizes and platforms, whatever the repository's flavour or location."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return {n: client.get_model_config(n, as_json=True)["config"] for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+    finally:
+        client.close()
+
+
+def input_size(config: dict) -> tuple[int, int]:
+    return tuple(int(d) for d in config["input"][0]["dims"][:2])
 
 
 def run(config: BenchConfig, log=print) -> Path:
@@ -94,8 +116,12 @@ def run(config: BenchConfig, log=print) -> Path:
     folder = Path(config.out) / f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}"
     raw = folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    onnx = {n: _network_onnx(config.repository, n) for n in (contract.CLASSIFIER, contract.SEGMENTER)}
-    sizes = {n: tuple(read_config(Path(config.repository) / n / "config.pbtxt").input[0].dims[:2]) for n in onnx}
+    onnx = {n: network_onnx(config.repository, config.keras_runs, n) for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+    networks = served_networks(config.url)
+    sizes = {n: input_size(c) for n, c in networks.items()}
+    platforms = {n: c.get("platform") or c.get("backend", "?") for n, c in networks.items()}
+    log(f"served networks: {', '.join(f'{n} {p} {sizes[n][0]}x{sizes[n][1]}' for n, p in platforms.items())}; "
+        f"inputs and baselines from {', '.join(str(p) for p in onnx.values())}")
     pipeline = baselines.InProcessPipeline(onnx[contract.CLASSIFIER], onnx[contract.SEGMENTER], threads=1)
     inputs = write_all(tensors(config.files, sizes[contract.CLASSIFIER], sizes[contract.SEGMENTER], pipeline.segmenter), raw)
 
@@ -127,7 +153,8 @@ def run(config: BenchConfig, log=print) -> Path:
             config.notes.append(f"Keras baseline skipped: no model.keras under {config.keras_runs}")
     flops = {n: baselines.onnx_flops(p) for n, p in onnx.items()}
     summary = {
-        "url": config.url, "repository": str(config.repository), "files": len(config.files),
+        "url": config.url, "repository": str(config.repository) if config.repository else None,
+        "served_platforms": platforms, "baseline_onnx": {n: str(p) for n, p in onnx.items()}, "files": len(config.files),
         "host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M"),
         "served": served, "in_process": [asdict(b) for b in in_process],
         "keras": asdict(keras) if keras else None, "flops_per_image": flops, "notes": config.notes,

@@ -105,6 +105,7 @@ def doctor(
     repository: Annotated[str, typer.Option(help="Model repository to check: a folder or s3://… (configs and engine records are read, no weights).")] = str(contract.PRODUCTION_REPOSITORY),
     tensorrt_version: Annotated[str | None, typer.Option(help="TensorRT version of the target server (default: found here, else the pinned NGC release's).")] = None,
     compute_capability: Annotated[str | None, typer.Option(help="Compute capability of the target GPU, e.g. 9.0 (default: nvidia-smi here).")] = None,
+    sources: Annotated[list[Path] | None, typer.Option("--sources", envvar="BRAINSCAN_SOURCES", help="Folder of training runs (<network>/model.fp16.onnx) to compare the engines' source ONNX with when the path their record holds is not here, e.g. the runs mounted into the server container; repeatable.")] = None,
 ) -> None:
     """Check that a repository's TensorRT engines fit the server that will load them: same
     TensorRT version, same GPU compute capability, batch profile equal to the config, built
@@ -115,7 +116,7 @@ def doctor(
     target = detect_target(tensorrt_version, compute_capability)
     try:
         with local_view(repository) as local:
-            findings = diagnose(local, target)
+            findings = diagnose(local, target, sources=sources or [])
     except StorageError as exc:
         fail(str(exc))
     if str(local) != repository:  # name the bucket, not the skeleton the checks ran on

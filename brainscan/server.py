@@ -64,7 +64,7 @@ def triton_home() -> Path:
         import pytriton
     except ImportError:
         raise ServerError(
-            "the Triton server binary comes with nvidia-pytriton: pip install 'brainscan[serve]'"
+            "the Triton server binary comes with nvidia-pytriton: pip install '.[serve]' in the brainscan checkout (make demo does)"
         ) from None
     home = Path(pytriton.__file__).parent / "tritonserver"
     if not (home / "bin" / "tritonserver").exists():
@@ -292,7 +292,7 @@ class TritonServer:
                     f"{self.repository} is the {flavour} flavour: its networks need Triton's {flavour} backend"
                     + (" and a GPU" if flavour == "tensorrt" else "")
                     + ", which the embedded CPU server does not have. Serve it with `docker compose -f "
-                    "docker/compose.yaml up -d triton` (README, 'On a GPU host'), or write a local repository "
+                    "docker/compose.yaml up -d triton` (docs/gpu.md, 'On a GPU host'), or write a local repository "
                     "with `brainscan export repository --flavour local`"
                 )
             validate_repository(local, require_weights=True)
@@ -462,7 +462,9 @@ def probe_image() -> bytes:
         yy, xx = np.mgrid[: PROBE_SHAPE[0], : PROBE_SHAPE[1]]
         pixels = (60 + 120 * np.exp(-((yy - 20) ** 2 + (xx - 40) ** 2) / 60.0)).astype(np.uint8)
         buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
+        # stored, not deflated: the same bytes whatever zlib Pillow bundles (the committed
+        # repository's warm-up sample is this image)
+        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
         _PROBE = buffer.getvalue()
     return _PROBE
 

@@ -68,7 +68,7 @@ def _client(location: S3Location):
         import boto3
         from botocore.config import Config
     except ImportError:
-        raise StorageError("object storage needs boto3: pip install 'brainscan[s3]'") from None
+        raise StorageError("object storage needs boto3: pip install '.[s3]' in the brainscan checkout (make demo and make test do)") from None
     return boto3.client("s3", endpoint_url=location.endpoint,
                         config=Config(retries={"max_attempts": 3}, connect_timeout=10, read_timeout=60))
 

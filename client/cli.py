@@ -328,14 +328,14 @@ def ui(
     max_upload_mb: Annotated[int, typer.Option(help="Largest upload accepted, in MB.")] = 20,
 ) -> None:
     """Web page (Gradio): upload an MRI slice, see label and probability, the slice with the
-    tumour in red, and the mask. Needs `pip install 'brainscan[ui]'` and a running server.
+    tumour in red, and the mask. Needs the ui extra (`pip install '.[ui]'` in the checkout) and a running server.
     Uploads are deleted once analysed; what the page shows is kept 10 minutes at most."""
     conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version,
                       timeout, retries=1)
     try:
         from brainscan.client import ui as page
     except ImportError as exc:
-        fail(f"the web UI needs Gradio ({exc}): pip install 'brainscan[ui]'")
+        fail(f"the web UI needs Gradio ({exc}): pip install '.[ui]' in the brainscan checkout")
     try:
         logins = page.read_logins(auth_file) if auth_file else None
         page.launch_options(host, port, logins, max_upload_mb)  # refuse before anything starts
@@ -393,20 +393,20 @@ def _span(text: str) -> tuple[int, int, int]:
 def bench_run(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive) to send.")],
     url: Url = contract.DEFAULT_URL,
-    repository: Annotated[Path, typer.Option(help="The served repository (its ONNX networks run the in-process baseline).")] = contract.demo_repository(),
+    repository: Annotated[Path | None, typer.Option(help="The served repository, if it is a folder here holding the ONNX networks (local, onnxruntime flavours); otherwise they come from --runs.")] = None,
     out: Annotated[Path, typer.Option(help="Results folder; a <date>-<host> folder is made inside.")] = Path("benchmarks/results"),
     concurrency: Annotated[str, typer.Option(help="Ensemble concurrency sweep, START:END[:STEP].")] = "1:8",
     model_concurrency: Annotated[str, typer.Option(help="Sweep of each composing model.")] = "1:4",
     requests: Annotated[int, typer.Option(help="Requests per perf_analyzer measurement window (doubled when unstable).")] = 200,
     limit: Annotated[int, typer.Option(help="Use at most this many image files.")] = 64,
     composing: Annotated[bool, typer.Option(help="Also load-test each composing model on its own.")] = True,
-    keras_runs: Annotated[Path | None, typer.Option(help="Folder with classifier/ and segmenter/ model.keras for the Keras baseline (default: the demo's runs).")] = None,
+    runs: Annotated[Path | None, typer.Option("--runs", "--keras-runs", help="Training runs: classifier/ and segmenter/ with model.onnx (the composing models' inputs and the ONNX Runtime baseline when the served repository holds no ONNX: the tensorrt flavour, a remote server) and model.keras (the Keras baseline). Default: the demo's runs.")] = None,
     baseline_seconds: Annotated[float, typer.Option(help="Seconds each in-process baseline setting runs.")] = 3.0,
     admin_key_file: Annotated[Path | None, typer.Option(envvar=contract.ADMIN_KEY_ENV, help="File holding the server's admin key (Triton's statistics are an admin API).")] = None,
 ) -> None:
-    """Load-test a running server with perf_analyzer on real images (ensemble and each
-    composing model), collect Triton's per-model statistics, run the in-process baselines
-    on the same files, and write report.md, summary.json and plots."""
+    """Load-test a running server, of any flavour, with perf_analyzer on real images
+    (ensemble and each composing model), collect Triton's per-model statistics, run the
+    in-process baselines on the same files, and write report.md, summary.json and plots."""
     from brainscan.benchmarks.perf_analyzer import PerfAnalyzerError
     from brainscan.benchmarks.run import BenchConfig, run
     from brainscan.client.files import expand_inputs
@@ -422,7 +422,7 @@ def bench_run(
         fail(str(exc))
     config = BenchConfig(url=url, repository=repository, files=files, out=out, concurrency=_span(concurrency),
                          model_concurrency=_span(model_concurrency), request_count=requests, composing=composing,
-                         keras_runs=keras_runs or contract.artifacts_dir() / "runs", baseline_seconds=baseline_seconds,
+                         keras_runs=runs or contract.artifacts_dir() / "runs", baseline_seconds=baseline_seconds,
                          admin_key=admin_key)
     try:
         run(config, log=lambda line: typer.echo(line, err=True))

@@ -52,8 +52,8 @@ def repository(
     ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per model instance.")] = 1,
     device: Annotated[str, typer.Option(help="onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache).")] = "cpu",
     instances: Annotated[list[str] | None, typer.Option(help="Instances of a model, MODEL=N (e.g. preprocess=2). Repeatable.")] = None,
-    queue_delay_us: Annotated[int | None, typer.Option(help="The networks' dynamic-batching queue delay in µs (default: 100 tensorrt, 500 otherwise).")] = None,
-    python_queue_delay_us: Annotated[int | None, typer.Option(help="preprocess/postprocess queue delay in µs.")] = None,
+    queue_delay_us: Annotated[int | None, typer.Option(help="The networks' dynamic-batching queue delay in µs (default: 0 local, 500 onnxruntime, 100 tensorrt).")] = None,
+    python_queue_delay_us: Annotated[int | None, typer.Option(help="preprocess/postprocess queue delay in µs (default: 0).")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="Optimum batch of the TensorRT profile (onnxruntime on gpu).")] = None,
     max_queue_size: Annotated[int, typer.Option(help="Requests each model may hold waiting; more are refused at once (UNAVAILABLE).")] = contract.MAX_QUEUE_SIZE,
     queue_timeout_ms: Annotated[int, typer.Option(help="A request waiting longer than this in a model's queue is refused.")] = contract.QUEUE_TIMEOUT_MS,
@@ -117,7 +117,7 @@ def upload(
                 if flavour_of(validate_repository(folder)) != "tensorrt":
                     raise
                 note = (f"; it has no engines yet: build them into the bucket with `brainscan export tensorrt "
-                        f"--repository {destination}` on each GPU kind (README, 'Running a fleet')")
+                        f"--repository {destination}` on each GPU kind (docs/fleet.md)")
         keys = upload_folder(folder, destination)
     except (RepositoryError, StorageError) as exc:
         fail(str(exc))

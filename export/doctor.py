@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,8 @@ class Finding:
         return self.status in ("MISMATCH", "MISSING")
 
 
-def _one_engine(version_dir: Path, network: str, listed_for: str, plan: str, config, target: Target) -> list[Finding]:
+def _one_engine(version_dir: Path, network: str, listed_for: str, plan: str, config, target: Target,
+                sources: Sequence[Path] = ()) -> list[Finding]:
     """The checks of one plan: ``listed_for`` is the compute capability the config names it
     for ('' when the config lists no engine per capability, so any GPU loads it)."""
     found: list[Finding] = []
@@ -153,16 +155,32 @@ def _one_engine(version_dir: Path, network: str, listed_for: str, plan: str, con
         add("batch profile", recorded.min == expected.min and recorded.max == expected.max,
             f"engine {recorded.min[0]}..{recorded.max[0]} x {list(recorded.max[1:])}, "
             f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}")
-    onnx = Path(record.get("onnx_file", ""))
-    if onnx.is_file():
+    recorded = record.get("onnx_file", "")
+    onnx = source_onnx(recorded, sources)
+    if onnx is not None:
         unchanged = sha256_file(onnx) == record.get("onnx_sha256")
         add("source ONNX", unchanged, f"{onnx} " + ("unchanged since the build" if unchanged else "changed since the build"))
     else:
-        add("source ONNX", None, f"{onnx} is not here to compare")
+        where = f"nor under {', '.join(map(str, sources))}" if sources else "(give the training runs with --sources)"
+        add("source ONNX", None, f"{recorded} is not here to compare {where}")
     return found
 
 
-def _engine_findings(repository: Path, network: str, config, target: Target) -> list[Finding]:
+def source_onnx(recorded: str, sources: Sequence[Path] = ()) -> Path | None:
+    """The graph an engine was built from: at the path its record holds, else (built in
+    another container or machine) as <run>/<file> under one of ``sources``, the folders of
+    training runs visible here."""
+    path = Path(recorded)
+    if recorded and path.is_file():
+        return path
+    for folder in sources:
+        candidate = Path(folder) / path.parent.name / path.name
+        if recorded and candidate.is_file():
+            return candidate
+    return None
+
+
+def _engine_findings(repository: Path, network: str, config, target: Target, sources: Sequence[Path] = ()) -> list[Finding]:
     """Every engine the config lists, and whether one is there for the target's GPU."""
     version_dir = repository / network / VERSION
     engines = plan_files(config)
@@ -181,11 +199,11 @@ def _engine_findings(repository: Path, network: str, config, target: Target) -> 
                                  f"none for compute capability {target.compute_capability} ({target.gpu_source}): "
                                  f"the config lists {listed}; build one on such a GPU"))
     for listed_for, plan in sorted(engines.items()):
-        found += _one_engine(version_dir, network, listed_for, plan, config, target)
+        found += _one_engine(version_dir, network, listed_for, plan, config, target, sources)
     return found
 
 
-def diagnose(repository: Path, target: Target) -> list[Finding]:
+def diagnose(repository: Path, target: Target, sources: Sequence[Path] = ()) -> list[Finding]:
     repository = Path(repository)
     try:
         configs = validate_repository(repository)
@@ -200,7 +218,7 @@ def diagnose(repository: Path, target: Target) -> list[Finding]:
             return [Finding("repository", "layout", "MISMATCH", str(exc))]
     findings = [Finding("repository", "layout", "ok", "tensorrt flavour, configs parse and the ensemble is wired")]
     for network in NETWORKS:
-        findings += _engine_findings(repository, network, configs[network], target)
+        findings += _engine_findings(repository, network, configs[network], target, sources)
     return findings
 
 

@@ -53,6 +53,16 @@ DEFAULT_INSTANCES = {"local": {contract.SEGMENTER: 2}, "onnxruntime": {}, "tenso
 GPU_PYTHON_INSTANCES = {contract.PREPROCESS: 4, contract.POSTPROCESS: 2}
 # Every model's queue is bounded (contract.MAX_QUEUE_SIZE, contract.QUEUE_TIMEOUT_MS): a flood
 # then costs fast refusals, not unbounded memory and minutes of latency for everyone.
+# Warm-up (model_warmup): Triton runs these samples on every instance before the model is
+# ready, so the first real requests do not pay the cold path (ONNX Runtime's and TensorRT's
+# first runs, CUDA graph capture, python imports). preprocess gets a real PNG slice (the
+# watchdog's probe image) in Triton's serialized string form; the networks zeros at batch 1
+# and the maximum; postprocess a zero probability map sent back to 256 x 256. Triton runs
+# none for ensembles. A failing sample stops the model from loading.
+WARMUP_FOLDER = "warmup"  # Triton's name: <model>/warmup/<input_data_file>
+WARMUP_IMAGE = "image"
+WARMUP_ORIGINAL_SIZE = "original_size"
+WARMUP_SIZE = (256, 256)
 # Where the onnxruntime flavour's TensorRT execution provider keeps its engines inside the
 # Triton container: docker/compose.yaml mounts a volume exactly here, and each model's
 # cache is ONE level below it, because the provider creates only the last folder of its
@@ -213,6 +223,37 @@ def _ort_tensorrt(name: str, tensor: TensorSpec, spec: RepositorySpec) -> dict:
     }
 
 
+def _zeros(tensor: TensorSpec) -> dict:
+    return {"data_type": tensor.triton_dtype, "dims": list(tensor.dims), "zero_data": True}
+
+
+def _warmup(configs: dict[str, dict], cls_in: TensorSpec, seg_in: TensorSpec, seg_out: TensorSpec,
+            max_batch_size: int) -> None:
+    """Add the warm-up samples (see WARMUP_FOLDER) to the composing models' configs."""
+    image = {"data_type": contract.IMAGE_SPEC.triton_dtype, "dims": [1], "input_data_file": WARMUP_IMAGE}
+    configs[contract.PREPROCESS]["model_warmup"] = [
+        {"name": "a PNG slice", "batch_size": 1, "inputs": {contract.IMAGE: image}}]
+    for network, tensor in ((contract.CLASSIFIER, cls_in), (contract.SEGMENTER, seg_in)):
+        configs[network]["model_warmup"] = [{"name": f"zeros, batch {size}", "batch_size": size,
+                                             "inputs": {tensor.name: _zeros(tensor)}}
+                                            for size in sorted({1, max_batch_size})]
+    size = {"data_type": contract.ORIGINAL_SIZE_SPEC.triton_dtype, "dims": list(contract.ORIGINAL_SIZE_SPEC.dims),
+            "input_data_file": WARMUP_ORIGINAL_SIZE}
+    configs[contract.POSTPROCESS]["model_warmup"] = [
+        {"name": f"a mask back to {WARMUP_SIZE[0]} x {WARMUP_SIZE[1]}", "batch_size": 1,
+         "inputs": {seg_out.name: _zeros(seg_out), contract.ORIGINAL_SIZE: size}}]
+
+
+def _warmup_files() -> dict[str, bytes]:
+    import numpy as np
+
+    from brainscan.client.perf import serialized_string
+    from brainscan.server import probe_image
+
+    return {f"{contract.PREPROCESS}/{WARMUP_FOLDER}/{WARMUP_IMAGE}": serialized_string(probe_image()),
+            f"{contract.POSTPROCESS}/{WARMUP_FOLDER}/{WARMUP_ORIGINAL_SIZE}": np.array(WARMUP_SIZE, "<i4").tobytes()}
+
+
 def model_configs(spec: RepositorySpec) -> dict[str, dict]:
     """The five model configs (ModelConfig's JSON form), keyed by model name."""
     cls_in = contract.classifier_input(spec.classifier_size)
@@ -260,7 +301,7 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             ]
         },
     }
-    return {
+    configs = {
         contract.ENSEMBLE: ensemble,
         contract.PREPROCESS: _python_model(
             contract.PREPROCESS, [contract.IMAGE_SPEC], [cls_in, seg_in, contract.ORIGINAL_SIZE_SPEC], spec
@@ -271,6 +312,8 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             contract.POSTPROCESS, [seg_out, contract.ORIGINAL_SIZE_SPEC], [contract.MASK_SPEC], spec
         ),
     }
+    _warmup(configs, cls_in, seg_in, seg_out, spec.max_batch_size)
+    return configs
 
 
 def to_model_config(config: dict) -> model_config_pb2.ModelConfig:
@@ -339,6 +382,7 @@ def repository_files(spec: RepositorySpec) -> dict[str, bytes]:
         files[f"{name}/{VERSION}/{PLACEHOLDER}"] = b""
     for name, source in PYTHON_SOURCES.items():
         files[f"{name}/{VERSION}/model.py"] = _python_source(source)
+    files.update(_warmup_files())
     if spec.flavour == "local":
         for name in (contract.CLASSIFIER, contract.SEGMENTER):
             files[f"{name}/{VERSION}/model.py"] = _python_source(ONNX_RUNNER_SOURCE)

@@ -54,7 +54,7 @@ RECORD = "engine.json"  # the record of such a plan
 RECORD_FORMAT = 3
 NETWORKS = (contract.CLASSIFIER, contract.SEGMENTER)
 EXPORT_COMMAND = "docker compose -f docker/compose.yaml run --rm export"
-CONTAINER_HINT = f"build engines in the export container on a GPU host: `{EXPORT_COMMAND}` (README, 'On a GPU host')"
+CONTAINER_HINT = f"build engines in the export container on a GPU host: `{EXPORT_COMMAND}` (docs/gpu.md, 'On a GPU host')"
 REMEDY = ("The FP16 graphs passed the same gate on CPU, so the difference comes from TensorRT's kernels: keep the "
           "offending nodes in FP32 with `brainscan export fp16 RUN --keep-fp32 PATTERN` (--list-nodes prints them), "
           "then build again.")

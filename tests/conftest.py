@@ -301,3 +301,19 @@ def bright_server(tmp_path_factory, bright_networks):
     ports = Ports.free()
     with TritonServer(repository, ports=ports, log_file=root / "tritonserver.log") as running:
         yield running
+
+
+def metrics_after_one_request(server) -> str:
+    """A real Triton's Prometheus text after one image went through the ensemble."""
+    import urllib.request
+
+    import tritonclient.http as httpclient
+
+    from brainscan.server import probe_image
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    image = httpclient.InferInput(contract.IMAGE, [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[probe_image()]], dtype=np.object_))
+    client.infer(contract.ENSEMBLE, [image])
+    client.close()
+    return urllib.request.urlopen(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=10).read().decode()

@@ -9,7 +9,7 @@ import pytest
 
 from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
-from brainscan.benchmarks.run import BenchConfig, run
+from brainscan.benchmarks.run import BenchConfig, input_size, network_onnx, run, served_networks
 from conftest import ADMIN_KEY, phantom_slices
 
 
@@ -24,8 +24,10 @@ def perf_command():
 
 
 @pytest.mark.server
-def test_a_short_benchmark_of_the_served_ensemble(server, local_repository, phantom_dir, runs, tmp_path, perf_command):
-    config = BenchConfig(url=server.grpc_url, repository=local_repository, files=phantom_slices(phantom_dir, 6),
+def test_a_short_benchmark_of_the_served_ensemble(server, phantom_dir, runs, tmp_path, perf_command):
+    """As against any server (the production flavour's engines, a remote one): no repository
+    here, the networks' sizes from the server's configs, their ONNX from the training runs."""
+    config = BenchConfig(url=server.grpc_url, repository=None, files=phantom_slices(phantom_dir, 6),
                          out=tmp_path, concurrency=(1, 2, 1), model_concurrency=(1, 1, 1), request_count=40,
                          keras_runs=runs[contract.CLASSIFIER].parent, baseline_seconds=0.5, admin_key=ADMIN_KEY,
                          # a smoke test of the wiring: on a shared 2-core machine three windows need not
@@ -33,6 +35,8 @@ def test_a_short_benchmark_of_the_served_ensemble(server, local_repository, phan
                          stability_percentage=999)
     folder = run(config, log=lambda _: None)
     summary = json.loads((folder / "summary.json").read_text())
+    assert summary["baseline_onnx"] == {n: str(runs[n] / "model.onnx") for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+    assert summary["served_platforms"] == {contract.CLASSIFIER: "python", contract.SEGMENTER: "python"}  # the local flavour
     for model in (contract.ENSEMBLE, *contract.COMPOSING_MODELS):
         served = summary["served"][model]
         assert (folder / "raw" / f"{model}.csv").exists()
@@ -50,6 +54,27 @@ def test_a_short_benchmark_of_the_served_ensemble(server, local_repository, phan
         assert heading in report
     assert "| 1 | " in report and "served / in-process throughput" in report
     assert (folder / "throughput.png").stat().st_size > 0 and (folder / "latency.png").stat().st_size > 0
+
+
+def test_the_networks_come_from_the_served_repository_else_from_the_runs(tmp_path):
+    repository, runs = tmp_path / "repository", tmp_path / "runs"
+    for path in (repository / contract.SEGMENTER / "1" / "model.onnx", runs / contract.SEGMENTER / "model.onnx",
+                 runs / contract.CLASSIFIER / "model.onnx"):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"onnx")
+    assert network_onnx(repository, runs, contract.SEGMENTER) == repository / contract.SEGMENTER / "1" / "model.onnx"
+    assert network_onnx(repository, runs, contract.CLASSIFIER) == runs / contract.CLASSIFIER / "model.onnx"
+    with pytest.raises(FileNotFoundError, match="--runs"):
+        network_onnx(repository, None, contract.CLASSIFIER)
+
+
+@pytest.mark.server
+def test_the_served_sizes_are_read_from_the_server(server, onnx_models):
+    from brainscan.export.repository import onnx_input_size
+
+    sizes = {n: input_size(c) for n, c in served_networks(server.grpc_url).items()}
+    assert sizes[contract.CLASSIFIER] == onnx_input_size(onnx_models[contract.CLASSIFIER], contract.CLASSIFIER_INPUT)
+    assert sizes[contract.SEGMENTER] == onnx_input_size(onnx_models[contract.SEGMENTER], contract.SEGMENTER_INPUT)
 
 
 def test_an_unstable_measurement_is_retried_with_a_larger_window(tmp_path):

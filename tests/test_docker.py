@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.main import get_command
 from typer.testing import CliRunner
 
 from brainscan import contract
@@ -39,6 +40,11 @@ def _text_files():
 
 def _compose() -> dict:
     return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def export_runs() -> str:
+    """Where the export service's engine build reads the runs: its BRAINSCAN_ARTIFACTS/runs."""
+    return f"{_compose()['services']['export']['environment']['BRAINSCAN_ARTIFACTS']}/runs"
 
 
 def test_the_release_is_pinned_once():
@@ -200,6 +206,13 @@ def test_compose_wires_the_gpu_services_to_the_contract():
     triton = services["triton"]
     assert triton["shm_size"] == "1g"
     assert "${BRAINSCAN_REPOSITORY:-../model_repository}:/models:ro" in triton["volumes"]
+    # the doctor sees the runs the engines came from (the export service writes them under
+    # the checkout's artifacts/runs) through its --sources option's variable
+    mounted = {target: host for host, target, *_ in (re.split(r":(?![-?])", v) for v in triton["volumes"])}
+    sources = triton["environment"]["BRAINSCAN_SOURCES"]
+    assert mounted[sources] == "${BRAINSCAN_RUNS:-../artifacts/runs}" and export_runs() == "artifacts/runs"
+    (option,) = [p for p in get_command(app).commands["doctor"].params if p.name == "sources"]
+    assert option.envvar == "BRAINSCAN_SOURCES"
     ports = {p.rsplit(":", 1)[1] for p in triton["ports"]}
     assert ports == {str(contract.HTTP_PORT), str(contract.GRPC_PORT), str(contract.METRICS_PORT)}
     assert all(p.startswith("${BRAINSCAN_BIND:-127.0.0.1}:") for p in triton["ports"])  # loopback by default
@@ -278,19 +291,19 @@ def test_the_triton_image_build_stops_on_another_tensorrt(tmp_path, library, ok)
         assert "expected TensorRT 11 in this image: fix NGC_TENSORRT in docker/.env" in result.stderr
 
 
-def _readme_gpu_test_command() -> list[str]:
-    (line,) = [line for line in (ROOT / "README.md").read_text().splitlines() if "run --rm export" in line and "-m gpu" in line]
+def _docs_gpu_test_command() -> list[str]:
+    (line,) = [line for line in (ROOT / "docs" / "gpu.md").read_text().splitlines() if "run --rm export" in line and "-m gpu" in line]
     command = line.split("run --rm export", 1)[1].strip().strip("`")
     return shlex.split(command)
 
 
-def test_the_readme_gpu_test_command_imports_the_installed_package():
+def test_the_documented_gpu_test_command_imports_the_installed_package():
     """In the export container the package is installed (not editable) and the checkout is
     the working directory, whose ./brainscan has no export subpackage: `python3 -m pytest`
-    would import that folder and fail. The README's command runs here the same way: the
+    would import that folder and fail. The command in docs/gpu.md runs here the same way: the
     package as it installs, the checkout as working directory, site-packages without the
     editable hook (-S, dependencies on PYTHONPATH)."""
-    command = _readme_gpu_test_command()
+    command = _docs_gpu_test_command()
     assert command[0] == "python3" and "-m" in command and "pytest" in command
     with tempfile.TemporaryDirectory() as root:
         layout = installed_layout(Path(root))
@@ -319,3 +332,19 @@ def test_images_copy_every_package_folder_pip_needs(dockerfile):
     copied = {source for line in (DOCKER / dockerfile).read_text().splitlines() if line.startswith("COPY ")
               for source in line.split()[1:-1]}
     assert folders | {"pyproject.toml", "README.md"} <= copied, folders - copied
+
+
+def test_make_gpu_builds_the_images_then_the_engines_then_serves_the_compose_services(tmp_path):
+    """`make gpu` (the README's GPU path) as make would run it: after the FP16 graphs, the
+    compose commands of docs/gpu.md's steps 2-4 on services that exist, in that order."""
+    result = subprocess.run(["make", "-n", "gpu", f"ART={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    compose = [shlex.split(line) for line in lines if line.startswith("docker compose")]
+    assert any("export fp16" in line for line in lines[: lines.index(next(l for l in lines if l.startswith("docker")))])
+    services = _compose()["services"]
+    (build, engines, serve) = compose
+    assert build[-2:] == ["tools", "build"] and "tools" in services["export"]["profiles"]
+    assert engines[4:6] == ["run", "--rm"] and engines[-1] == "export" and "export" in services
+    assert serve[4:] == ["up", "-d", "--wait", "triton"] and "healthcheck" in services["triton"]
+    assert all(c[:4] == ["docker", "compose", "-f", "docker/compose.yaml"] for c in compose)

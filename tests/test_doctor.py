@@ -124,6 +124,32 @@ def test_a_changed_onnx_is_a_mismatch(built, tmp_path):
     assert changed.bad and "changed since the build" in changed.detail
 
 
+def test_a_container_finds_the_source_onnx_under_sources_by_run_and_file_name(built, tmp_path):
+    """The engines were built in the export container (the record holds its path, not one
+    of this host) and the server sees the runs mounted elsewhere: the doctor still compares."""
+    record_path = built / contract.SEGMENTER / "1" / RECORD
+    record = json.loads(record_path.read_text())
+    built_from = Path(record["onnx_file"])
+    record["onnx_file"] = f"/brainscan/artifacts/runs/segmenter/{built_from.name}"  # the container's path
+    record_path.write_text(json.dumps(record))
+    sources = tmp_path / "mounted-runs"
+    (sources / "segmenter").mkdir(parents=True)
+    shutil.copyfile(built_from, sources / "segmenter" / built_from.name)
+
+    def source_finding(**options):
+        (found,) = [f for f in doctor.diagnose(built, doctor.Target(), **options)
+                    if f.check == "source ONNX" and f.model == contract.SEGMENTER]
+        return found
+
+    assert source_finding().status == "not checked"  # nothing here at the recorded path
+    unchanged = source_finding(sources=[sources])
+    assert unchanged.status == "ok" and str(sources / "segmenter" / built_from.name) in unchanged.detail
+    (sources / "segmenter" / built_from.name).write_bytes(built_from.read_bytes() + b"\0")  # retrained since
+    assert source_finding(sources=[sources]).bad
+    result = _doctor(built, "--sources", str(sources), "--tensorrt-version", "11.3.0", "--compute-capability", "8.9")
+    assert result.exit_code == 1 and "changed since the build" in result.output
+
+
 def test_missing_engines_and_records_are_named(built):
     (built / contract.CLASSIFIER / "1" / PLAN).unlink()
     (built / contract.SEGMENTER / "1" / RECORD).unlink()

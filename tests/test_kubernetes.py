@@ -18,6 +18,7 @@ from typer.main import get_command
 from brainscan import contract
 from brainscan.cli import app
 from brainscan.export.doctor import read_pin
+from conftest import metrics_after_one_request
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -26,7 +27,7 @@ VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"
 # the oldest Kubernetes these manifests are for (preStop's sleep action is on by default from 1.30), and the newest schema here
 VERSIONS = ["1.30.0", "1.37.0"]
 # kinds of operators, not of Kubernetes: no schema here; held to the kit below instead
-CRD_KINDS = {"PodMonitor", "ServingRuntime", "InferenceService"}
+CRD_KINDS = {"PodMonitor", "PrometheusRule", "ServingRuntime", "InferenceService"}
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (1.30+, with its built-in kustomize) is not installed")
 
@@ -252,19 +253,7 @@ def test_the_autoscaler_metric_is_the_adapter_rule_over_the_ensemble_models(rend
 def test_the_metrics_the_adapter_reads_are_what_triton_exports(server):
     """Scraped from a real Triton after one request: the counters the rule divides exist,
     with the model labels the rule selects."""
-    import urllib.request
-
-    import numpy as np
-    import tritonclient.http as httpclient
-
-    from brainscan.server import probe_image
-
-    client = httpclient.InferenceServerClient(server.http_url)
-    image = httpclient.InferInput(contract.IMAGE, [1, 1], "BYTES")
-    image.set_data_from_numpy(np.array([[probe_image()]], dtype=np.object_))
-    client.infer(contract.ENSEMBLE, [image])
-    client.close()
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=10).read().decode()
+    text = metrics_after_one_request(server)
     for model in contract.COMPOSING_MODELS:
         assert f'nv_inference_queue_duration_us{{model="{model}"' in text, model
     line = next(l for l in text.splitlines() if l.startswith(f'nv_inference_request_success{{model="{contract.ENSEMBLE}"'))

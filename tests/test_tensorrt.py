@@ -263,8 +263,8 @@ DEMO_ONNX = {n: DEMO_ARTIFACTS / "runs" / n / "model.onnx" for n in (contract.CL
 
 def _gpu_skip_reason() -> str | None:
     if not HAS_TENSORRT:
-        return ("needs TensorRT 10.12+ and an NVIDIA GPU, absent here (ENVIRONMENT.md); "
-                "run it in the export container (README, 'On a GPU host')")
+        return ("needs TensorRT 10.12+ and an NVIDIA GPU, neither of which this machine has; "
+                "run it in the export container (docs/gpu.md, 'The GPU test')")
     if not all(p.exists() and p.with_name("model.fp16.onnx").exists() for p in DEMO_ONNX.values()):
         return "needs the FP32 and FP16 ONNX graphs of `make demo`"
     return None

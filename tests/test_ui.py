@@ -82,7 +82,7 @@ def red_fraction(png: bytes) -> float:
 def test_upload_shows_label_probability_red_overlay_and_mask_and_a_bad_file_is_explained(
     bright_server, phantom_dir, browser, tmp_path
 ):
-    pytest.importorskip("gradio", reason="pip install 'brainscan[ui]'")
+    pytest.importorskip("gradio", reason="the ui extra: pip install '.[ui]' in the checkout")
     process, address = start_ui(bright_server.grpc_url, tmp_path / "ui.log")
     try:
         page = browser.new_page()
@@ -109,7 +109,7 @@ def test_upload_shows_label_probability_red_overlay_and_mask_and_a_bad_file_is_e
 
 
 def test_an_unreachable_server_is_said_in_words(browser, phantom_dir, tmp_path):
-    pytest.importorskip("gradio", reason="pip install 'brainscan[ui]'")
+    pytest.importorskip("gradio", reason="the ui extra: pip install '.[ui]' in the checkout")
     process, address = start_ui(f"127.0.0.1:{free_port()}", tmp_path / "ui.log")
     try:
         page = browser.new_page()
