@@ -169,8 +169,8 @@ def _one_run(command, inputs: Path, raw: Path, networks: dict[str, Path], count:
         before, cpu_before = server_statistics(url, ADMIN_KEY), cpu_by_step(repository, ports.grpc)
         result = perf_analyzer.sweep(command, contract.ENSEMBLE, url, inputs, config.concurrency,
                                      raw / f"brainscan-{name}.csv", config.request_count,
-                                     extra=["--stability-percentage", f"{config.stability_percentage:g}",
-                                            "-H", f"{contract.GRPC_ADMIN_HEADER}:{ADMIN_KEY}"])
+                                     extra=["-H", f"{contract.GRPC_ADMIN_HEADER}:{ADMIN_KEY}"],
+                                     stability=config.stability_percentage)
         cpu_after = cpu_by_step(repository, ports.grpc)
         stats = statistics_delta(before, server_statistics(url, ADMIN_KEY))
     (raw / f"brainscan-{name}.log").write_text(result.log)

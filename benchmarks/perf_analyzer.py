@@ -141,6 +141,7 @@ class Sweep:
     retries: int
     request_count: int
     log: str
+    stability: float | None = None  # the --stability-percentage it was measured with, if given
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -151,23 +152,32 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def sweep(command: list[str], model: str, url: str, input_data: Path, concurrencies: tuple[int, int, int],
-          csv_path: Path, request_count: int = 200, max_retries: int = 3, extra: list[str] = ()) -> Sweep:
+          csv_path: Path, request_count: int = 200, max_retries: int = 3, extra: list[str] = (),
+          stability: float | None = None, loosen_to: float | None = None) -> Sweep:
     """A concurrency sweep over gRPC in count-windows mode. When perf_analyzer cannot get a
-    stable measurement it is run again with twice the window, up to ``max_retries`` times."""
+    stable measurement it is run again with twice the window, up to ``max_retries`` times;
+    then, with ``loosen_to``, once more with that --stability-percentage (a shared machine's
+    windows may never agree within 10 %: the result says which percentage it was measured with)."""
     start, end, step = concurrencies
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     logs = []
-    for attempt in range(max_retries + 1):
+    attempts = [(request_count << n, stability) for n in range(max_retries + 1)]
+    if loosen_to is not None:
+        attempts.append((request_count << max_retries, loosen_to))
+    for attempt, (count, percentage) in enumerate(attempts):
         args = [*command, "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
                 "--concurrency-range", f"{start}:{end}:{step}", "--measurement-mode", "count_windows",
-                "--measurement-request-count", str(request_count), "-f", str(csv_path), *extra]
+                "--measurement-request-count", str(count), "-f", str(csv_path), *extra]
+        if percentage is not None:
+            args += ["--stability-percentage", f"{percentage:g}"]
         result = subprocess.run(args, capture_output=True, text=True, timeout=1800)
         output = result.stdout + result.stderr
         logs.append(f"$ {' '.join(args)}\n{output}")
         if result.returncode == 0 and UNSTABLE not in output and csv_path.exists():
-            return Sweep(model, csv_path, read_csv(csv_path), attempt, request_count, "\n".join(logs))
+            return Sweep(model, csv_path, read_csv(csv_path), attempt, count, "\n".join(logs), percentage)
         if UNSTABLE not in output:
             raise PerfAnalyzerError(f"perf_analyzer failed on {model} (exit {result.returncode}):\n{output.strip()[-1500:]}")
-        request_count *= 2
     raise PerfAnalyzerError(f"perf_analyzer found no stable measurement for {model} even with "
-                            f"{request_count // 2} requests per window:\n{logs[-1][-1500:]}")
+                            f"{attempts[-1][0]} requests per window"
+                            + (f" and {attempts[-1][1]:g} % stability" if attempts[-1][1] is not None else "")
+                            + f":\n{logs[-1][-1500:]}")

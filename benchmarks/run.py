@@ -19,6 +19,9 @@ from brainscan.benchmarks.report import write_report
 from brainscan.export.repository import VERSION
 
 STAT_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
+# The last resort when three windows never agree within the requested percentage: measured
+# anyway, and the report's notes say so (a 2-core shared machine seldom holds 10 %).
+LOOSE_STABILITY = 30.0
 
 
 @dataclass
@@ -131,10 +134,14 @@ def run(config: BenchConfig, log=print) -> Path:
         span = config.concurrency if model == contract.ENSEMBLE else config.model_concurrency
         log(f"perf_analyzer: {model}, concurrency {span[0]}..{span[1]}")
         before = server_statistics(config.url, config.admin_key)
-        extra = ["--stability-percentage", f"{config.stability_percentage:g}"]
-        extra += ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
+        extra = ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
+        loose = max(LOOSE_STABILITY, config.stability_percentage)
         result = perf_analyzer.sweep(command, model, config.url, inputs[model], span, raw / f"{model}.csv",
-                                     config.request_count, extra=extra)
+                                     config.request_count, extra=extra, stability=config.stability_percentage,
+                                     loosen_to=loose if loose > config.stability_percentage else None)
+        if result.stability != config.stability_percentage:
+            config.notes.append(f"{model}: perf_analyzer's windows never agreed within {config.stability_percentage:g} % "
+                                f"(a busy or shared machine); measured with --stability-percentage {result.stability:g}")
         stats = statistics_delta(before, server_statistics(config.url, config.admin_key))
         (raw / f"{model}.log").write_text(result.log)
         served[model] = {"rows": result.rows, "retries": result.retries, "request_count": result.request_count,

@@ -403,6 +403,7 @@ def bench_run(
     runs: Annotated[Path | None, typer.Option("--runs", "--keras-runs", help="Training runs: classifier/ and segmenter/ with model.onnx (the composing models' inputs and the ONNX Runtime baseline when the served repository holds no ONNX: the tensorrt flavour, a remote server) and model.keras (the Keras baseline). Default: the demo's runs.")] = None,
     baseline_seconds: Annotated[float, typer.Option(help="Seconds each in-process baseline setting runs.")] = 3.0,
     admin_key_file: Annotated[Path | None, typer.Option(envvar=contract.ADMIN_KEY_ENV, help="File holding the server's admin key (Triton's statistics are an admin API).")] = None,
+    stability: Annotated[float, typer.Option(help="perf_analyzer's --stability-percentage; when its windows never agree within it, even with doubled windows, a sweep is measured with 30 % and the report's notes say so.")] = 10.0,
 ) -> None:
     """Load-test a running server, of any flavour, with perf_analyzer on real images
     (ensemble and each composing model), collect Triton's per-model statistics, run the
@@ -423,7 +424,7 @@ def bench_run(
     config = BenchConfig(url=url, repository=repository, files=files, out=out, concurrency=_span(concurrency),
                          model_concurrency=_span(model_concurrency), request_count=requests, composing=composing,
                          keras_runs=runs or contract.artifacts_dir() / "runs", baseline_seconds=baseline_seconds,
-                         admin_key=admin_key)
+                         admin_key=admin_key, stability_percentage=stability)
     try:
         run(config, log=lambda line: typer.echo(line, err=True))
     except (PerfAnalyzerError, FileNotFoundError, PermissionError) as exc:

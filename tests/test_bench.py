@@ -97,6 +97,29 @@ printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
     assert result.rows == [{"Concurrency": 1.0, "Inferences/Second": 10.0, "p50 latency": 1000.0}]
 
 
+def test_windows_that_never_agree_are_measured_with_a_looser_stability_and_say_so(tmp_path):
+    """A fake perf_analyzer that is stable only with --stability-percentage 30 (a shared
+    2-core machine): the window doublings fail, the loosened run measures, and the sweep
+    records the percentage it was measured with."""
+    calls = tmp_path / "calls"
+    script = tmp_path / "fake_perf_analyzer"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {calls}
+case "$*" in *"--stability-percentage 30"*) ;; *) echo "Failed to obtain stable measurement."; exit 1;; esac
+while [ $# -gt 0 ]; do [ "$1" = "-f" ] && out=$2; shift; done
+printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
+""")
+    script.chmod(0o755)
+    result = perf_analyzer.sweep([str(script)], "preprocess", "127.0.0.1:1", tmp_path / "in.json", (1, 1, 1),
+                                 tmp_path / "out.csv", request_count=50, max_retries=2, stability=10, loosen_to=30)
+    assert [line.split("--stability-percentage ")[1] for line in calls.read_text().splitlines()] == ["10", "10", "10", "30"]
+    assert result.stability == 30 and result.request_count == 200 and result.rows[0]["Inferences/Second"] == 10.0
+    calls.unlink()
+    with pytest.raises(perf_analyzer.PerfAnalyzerError, match="even with 200 requests per window and 10 % stability"):
+        perf_analyzer.sweep([str(script)], "preprocess", "127.0.0.1:1", tmp_path / "in.json", (1, 1, 1),
+                            tmp_path / "out.csv", request_count=50, max_retries=2, stability=10)
+
+
 def test_other_perf_analyzer_failures_are_reported_not_retried(tmp_path):
     script = tmp_path / "fake_perf_analyzer"
     script.write_text("#!/bin/sh\necho 'error: failed to get model metadata: unknown model'; exit 1\n")
