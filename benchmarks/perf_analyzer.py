@@ -35,6 +35,10 @@ class PerfAnalyzerError(RuntimeError):
     """perf_analyzer is missing, could not be installed, or failed; the message says which."""
 
 
+class UnstableMeasurement(PerfAnalyzerError):
+    """perf_analyzer's windows never agreed, whatever the window and the percentage."""
+
+
 def cache_root() -> Path:
     base = os.environ.get("BRAINSCAN_CACHE") or Path.home() / ".cache" / "brainscan"
     return Path(base) / f"perf_analyzer-{VERSION}"
@@ -177,7 +181,7 @@ def sweep(command: list[str], model: str, url: str, input_data: Path, concurrenc
             return Sweep(model, csv_path, read_csv(csv_path), attempt, count, "\n".join(logs), percentage)
         if UNSTABLE not in output:
             raise PerfAnalyzerError(f"perf_analyzer failed on {model} (exit {result.returncode}):\n{output.strip()[-1500:]}")
-    raise PerfAnalyzerError(f"perf_analyzer found no stable measurement for {model} even with "
+    raise UnstableMeasurement(f"perf_analyzer found no stable measurement for {model} even with "
                             f"{attempts[-1][0]} requests per window"
                             + (f" and {attempts[-1][1]:g} % stability" if attempts[-1][1] is not None else "")
                             + f":\n{logs[-1][-1500:]}")

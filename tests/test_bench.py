@@ -115,7 +115,7 @@ printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
     assert [line.split("--stability-percentage ")[1] for line in calls.read_text().splitlines()] == ["10", "10", "10", "30"]
     assert result.stability == 30 and result.request_count == 200 and result.rows[0]["Inferences/Second"] == 10.0
     calls.unlink()
-    with pytest.raises(perf_analyzer.PerfAnalyzerError, match="even with 200 requests per window and 10 % stability"):
+    with pytest.raises(perf_analyzer.UnstableMeasurement, match="even with 200 requests per window and 10 % stability"):
         perf_analyzer.sweep([str(script)], "preprocess", "127.0.0.1:1", tmp_path / "in.json", (1, 1, 1),
                             tmp_path / "out.csv", request_count=50, max_retries=2, stability=10)
 
