@@ -130,12 +130,12 @@ def run(config: BenchConfig, log=print) -> Path:
 
     served = {}
     models = [contract.ENSEMBLE] + (list(contract.COMPOSING_MODELS) if config.composing else [])
+    extra = ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
+    loose = max(LOOSE_STABILITY, config.stability_percentage)
     for model in models:
         span = config.concurrency if model == contract.ENSEMBLE else config.model_concurrency
         log(f"perf_analyzer: {model}, concurrency {span[0]}..{span[1]}")
         before = server_statistics(config.url, config.admin_key)
-        extra = ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
-        loose = max(LOOSE_STABILITY, config.stability_percentage)
         try:
             result = perf_analyzer.sweep(command, model, config.url, inputs[model], span, raw / f"{model}.csv",
                                          config.request_count, extra=extra, stability=config.stability_percentage,
