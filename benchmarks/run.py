@@ -33,8 +33,12 @@ class BenchConfig:
     concurrency: tuple[int, int, int] = (1, 8, 1)
     model_concurrency: tuple[int, int, int] = (1, 4, 1)
     request_count: int = 200
+    retries: int = 3  # window doublings of the ensemble's sweep when perf_analyzer finds no stable measurement
+    # ... and of each composing model's: their figures are detail, and on a busy machine every
+    # doubling of a sweep that will not settle costs minutes (make bench: 36 min with 3)
+    model_retries: int = 1
     composing: bool = True
-    keras_runs: Path | None = None  # training runs: classifier/ and segmenter/ with model.onnx, model.keras
+    runs: Path | None = None  # training runs: classifier/ and segmenter/ with model.onnx, model.keras
     baseline_seconds: float = 3.0
     admin_key: str | None = None  # Triton's statistics API is an admin API (contract.ADMIN_APIS)
     stability_percentage: float = 10.0  # perf_analyzer's: how close 3 windows must agree (its default)
@@ -119,7 +123,7 @@ def run(config: BenchConfig, log=print) -> Path:
     folder = Path(config.out) / f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}"
     raw = folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    onnx = {n: network_onnx(config.repository, config.keras_runs, n) for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+    onnx = {n: network_onnx(config.repository, config.runs, n) for n in (contract.CLASSIFIER, contract.SEGMENTER)}
     networks = served_networks(config.url)
     sizes = {n: input_size(c) for n, c in networks.items()}
     platforms = {n: c.get("platform") or c.get("backend", "?") for n, c in networks.items()}
@@ -133,12 +137,14 @@ def run(config: BenchConfig, log=print) -> Path:
     extra = ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
     loose = max(LOOSE_STABILITY, config.stability_percentage)
     for model in models:
-        span = config.concurrency if model == contract.ENSEMBLE else config.model_concurrency
+        span, retries = ((config.concurrency, config.retries) if model == contract.ENSEMBLE
+                         else (config.model_concurrency, config.model_retries))
         log(f"perf_analyzer: {model}, concurrency {span[0]}..{span[1]}")
         before = server_statistics(config.url, config.admin_key)
         try:
             result = perf_analyzer.sweep(command, model, config.url, inputs[model], span, raw / f"{model}.csv",
-                                         config.request_count, extra=extra, stability=config.stability_percentage,
+                                         config.request_count, max_retries=retries, extra=extra,
+                                         stability=config.stability_percentage,
                                          loosen_to=loose if loose > config.stability_percentage else None)
         except perf_analyzer.UnstableMeasurement as exc:
             if model == contract.ENSEMBLE:
@@ -160,13 +166,13 @@ def run(config: BenchConfig, log=print) -> Path:
     in_process = baselines.onnxruntime_sweep(onnx[contract.CLASSIFIER], onnx[contract.SEGMENTER], config.files,
                                              min_seconds=config.baseline_seconds)
     keras = None
-    if config.keras_runs:
-        keras_files = [Path(config.keras_runs) / n / "model.keras" for n in onnx]
+    if config.runs:
+        keras_files = [Path(config.runs) / n / "model.keras" for n in onnx]
         if all(p.exists() for p in keras_files):
             log("baseline: Keras model.predict per image")
             keras = baselines.keras_predict(*keras_files, config.files, min_seconds=config.baseline_seconds)
         else:
-            config.notes.append(f"Keras baseline skipped: no model.keras under {config.keras_runs}")
+            config.notes.append(f"Keras baseline skipped: no model.keras under {config.runs}")
     flops = {n: baselines.onnx_flops(p) for n, p in onnx.items()}
     summary = {
         "url": config.url, "repository": str(config.repository) if config.repository else None,

@@ -397,7 +397,7 @@ def bench_run(
     out: Annotated[Path, typer.Option(help="Results folder; a <date>-<host> folder is made inside.")] = Path("benchmarks/results"),
     concurrency: Annotated[str, typer.Option(help="Ensemble concurrency sweep, START:END[:STEP].")] = "1:8",
     model_concurrency: Annotated[str, typer.Option(help="Sweep of each composing model.")] = "1:4",
-    requests: Annotated[int, typer.Option(help="Requests per perf_analyzer measurement window (doubled when unstable).")] = 200,
+    requests: Annotated[int, typer.Option(help="Requests per perf_analyzer measurement window; when its windows never agree, doubled up to 3 times for the ensemble and once for each composing model.")] = 200,
     limit: Annotated[int, typer.Option(help="Use at most this many image files.")] = 64,
     composing: Annotated[bool, typer.Option(help="Also load-test each composing model on its own.")] = True,
     runs: Annotated[Path | None, typer.Option("--runs", "--keras-runs", help="Training runs: classifier/ and segmenter/ with model.onnx (the composing models' inputs and the ONNX Runtime baseline when the served repository holds no ONNX: the tensorrt flavour, a remote server) and model.keras (the Keras baseline). Default: the demo's runs.")] = None,
@@ -423,7 +423,7 @@ def bench_run(
         fail(str(exc))
     config = BenchConfig(url=url, repository=repository, files=files, out=out, concurrency=_span(concurrency),
                          model_concurrency=_span(model_concurrency), request_count=requests, composing=composing,
-                         keras_runs=runs or contract.artifacts_dir() / "runs", baseline_seconds=baseline_seconds,
+                         runs=runs or contract.artifacts_dir() / "runs", baseline_seconds=baseline_seconds,
                          admin_key=admin_key, stability_percentage=stability)
     try:
         run(config, log=lambda line: typer.echo(line, err=True))
@@ -437,7 +437,7 @@ def bench_ceiling(
     out: Annotated[Path, typer.Option(help="Results folder; a <date>-<host>-ceiling folder is made inside.")] = Path("benchmarks/results"),
     instances: Annotated[str, typer.Option(help="Instances of preprocess and of postprocess to compare, comma-separated.")] = "1,2",
     concurrency: Annotated[str, typer.Option(help="Ensemble concurrency sweep, START:END[:STEP].")] = "1:8",
-    requests: Annotated[int, typer.Option(help="Requests per perf_analyzer measurement window (doubled when unstable).")] = 400,
+    requests: Annotated[int, typer.Option(help="Requests per perf_analyzer measurement window (doubled up to 3 times when its windows never agree).")] = 400,
     limit: Annotated[int, typer.Option(help="Use at most this many image files.")] = 64,
     stability: Annotated[float, typer.Option(help="perf_analyzer's --stability-percentage: how close its windows must agree (a shared machine needs slack).")] = 30.0,
 ) -> None:
