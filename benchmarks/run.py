@@ -151,8 +151,9 @@ def run(config: BenchConfig, log=print) -> Path:
                 raise
             # one composing model alone is a detail of the report, not a reason to lose the rest
             (raw / f"{model}.log").write_text(str(exc))
-            config.notes.append(f"{model} alone: no stable measurement even at {loose:g} % (a busy or shared "
-                                f"machine); left out of the report, see raw/{model}.log")
+            config.notes.append(f"{model} alone: no stable measurement even at {loose:g} % (a busy or shared machine, "
+                                f"or one instance called back to back: docs/operations.md#troubleshooting); "
+                                f"left out of the report, see raw/{model}.log")
             continue
         if result.stability != config.stability_percentage:
             config.notes.append(f"{model}: perf_analyzer's windows never agreed within {config.stability_percentage:g} % "

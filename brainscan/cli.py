@@ -89,7 +89,7 @@ def serve(
         if watchdog:
             Watchdog(server, interval=watchdog_interval, log=lambda line: typer.echo(line, err=True)).run()
         code = server.process.wait()
-        fail(f"tritonserver exited with code {code}:\n{server.log_tail()}")
+        fail(f"tritonserver exited with code {code}:\n{server.log_report()}")
     except ServerError as exc:
         server.stop()
         fail(str(exc))

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import io
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -43,6 +44,17 @@ PROBE_SHAPE = (48, 64)  # height, width of the watchdog's probe image
 
 class ServerError(RuntimeError):
     """The server could not be started, or stopped before it was ready."""
+
+
+# Triton's (glog) error lines: E1122 09:25:36.736615 2530 model_lifecycle.cc:642] "message"
+TRITON_ERROR = re.compile(r'^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] ')
+# logged by every CPU-only start of the embedded server: not a reason for anything
+UNINFORMATIVE_ERRORS = ("CudaDriverHelper has not been initialized.",)
+
+
+def _triton_error(line: str) -> str:
+    message = TRITON_ERROR.sub("", line, count=1).strip()
+    return message[1:-1] if len(message) > 1 and message[0] == message[-1] == '"' else message
 
 
 @dataclass(frozen=True)
@@ -340,6 +352,20 @@ class TritonServer:
             return ""
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
+    def log_report(self, errors: int = 8, lines: int = 25) -> str:
+        """What to show when the server did not come up or died: Triton's error lines, which
+        say why a model did not load (no space for the python backend's shared memory, a
+        failed warm-up sample, a missing engine) and sit far above the options table that
+        ends its log; without any, the log's tail. Then where the whole log is."""
+        if not self.log_file or not self.log_file.is_file():
+            return ""
+        text = self.log_file.read_text(errors="replace").splitlines()
+        found = list(dict.fromkeys(_triton_error(line) for line in text if TRITON_ERROR.match(line)))
+        found = [e for e in found if e not in UNINFORMATIVE_ERRORS]
+        shown = [f"  {e}" for e in found[:errors]] + ([f"  … {len(found) - errors} more"] if len(found) > errors else [])
+        body = "Triton's errors:\n" + "\n".join(shown) if shown else "\n".join(text[-lines:])
+        return f"{body}\n(the whole log: {self.log_file})"
+
     def wait_ready(self, timeout: float = 180.0) -> None:
         """Block until the server and the ensemble are ready; raise with the log if not.
         (Asked over HTTP, which stays plain when gRPC uses TLS.)"""
@@ -351,7 +377,7 @@ class TritonServer:
             while time.monotonic() < deadline:
                 if self.process is None or self.process.poll() is not None:
                     code = None if self.process is None else self.process.returncode
-                    raise ServerError(f"tritonserver exited (code {code}) before it was ready:\n{self.log_tail()}")
+                    raise ServerError(f"tritonserver exited (code {code}) before it was ready:\n{self.log_report()}")
                 with contextlib.suppress(Exception):
                     if client.is_server_ready() and client.is_model_ready(contract.ENSEMBLE):
                         return
@@ -359,7 +385,7 @@ class TritonServer:
         finally:
             client.close()
         self.stop()
-        raise ServerError(f"tritonserver was not ready within {timeout:.0f} s:\n{self.log_tail()}")
+        raise ServerError(f"tritonserver was not ready within {timeout:.0f} s:\n{self.log_report()}")
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM the server, wait, then make sure no stub of its session is left. Ctrl-C
@@ -520,7 +546,7 @@ class Watchdog:
         self.restarts = [t for t in self.restarts if now - t < self.window] + [now]
         if len(self.restarts) > self.max_restarts:
             raise ServerError(f"tritonserver failed {len(self.restarts)} times within {self.window:.0f} s, last: "
-                              f"{reason}; giving up:\n{self.server.log_tail()}")
+                              f"{reason}; giving up:\n{self.server.log_report()}")
         self.log(f"watchdog: restarting tritonserver ({reason})")
         started = time.monotonic()
         self.server.restart()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from brainscan import contract
 from brainscan.server import free_port
 from conftest import encode
 from test_preprocessing import brain_like
@@ -133,10 +135,35 @@ def test_serve_says_when_a_port_is_taken(local_repository):
     assert f"port {port} (gRPC)" in result.stderr and "already in use" in result.stderr
 
 
+def _private_shm_works() -> bool:
+    """Whether this user may mount a tmpfs of its own (an unprivileged user and mount namespace)."""
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /dev/shm"],
+                           capture_output=True, timeout=30) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+@pytest.mark.server
+def test_serve_says_why_the_models_did_not_load_when_dev_shm_is_too_small(local_repository, tmp_path):
+    """Docker's 64 MB /dev/shm, shrunk further: every python backend instance needs 1 MB of
+    it. The reason is in Triton's error lines, far above the option table that ends its log;
+    serve must print those, not the table."""
+    if not _private_shm_works():
+        pytest.skip(reason="no unprivileged user and mount namespaces here (unshare -rm), so no private /dev/shm")
+    log = tmp_path / "triton.log"
+    serve = [BRAINSCAN, "serve", "--repository", str(local_repository), "--grpc-port", str(free_port()),
+             "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--log-file", str(log), "--timeout", "120"]
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=512k tmpfs /dev/shm && exec "$@"',
+                             "sh", *serve], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "before it was ready" in result.stderr and "Triton's errors:" in result.stderr
+    assert f"failed to load '{contract.PREPROCESS}' version 1" in result.stderr
+    assert "Unable to initialize shared memory key" in result.stderr and "No space left on device" in result.stderr
+    assert "strict_readiness" not in result.stderr  # the option table is not what the user reads
+    assert f"(the whole log: {log})" in result.stderr
+
+
 @pytest.mark.server
 def test_serve_stops_cleanly_on_sigterm_leaving_no_stub_behind(local_repository, tmp_path):
-    import shutil
-
     # a private copy, so the stubs of the session's server do not count
     repository = Path(shutil.copytree(local_repository, tmp_path / "repository")).resolve()
     grpc = free_port()
