@@ -149,7 +149,7 @@ class ScriptedServer:
     def restart(self) -> None:
         self.restarts += 1
 
-    def log_tail(self) -> str:
+    def log_report(self) -> str:
         return "(log)"
 
 
