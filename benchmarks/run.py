@@ -136,6 +136,7 @@ def run(config: BenchConfig, log=print) -> Path:
     models = [contract.ENSEMBLE] + (list(contract.COMPOSING_MODELS) if config.composing else [])
     extra = ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
     loose = max(LOOSE_STABILITY, config.stability_percentage)
+    loosen_to = loose if loose > config.stability_percentage else None
     for model in models:
         span, retries = ((config.concurrency, config.retries) if model == contract.ENSEMBLE
                          else (config.model_concurrency, config.model_retries))
@@ -145,7 +146,7 @@ def run(config: BenchConfig, log=print) -> Path:
             result = perf_analyzer.sweep(command, model, config.url, inputs[model], span, raw / f"{model}.csv",
                                          config.request_count, max_retries=retries, extra=extra,
                                          stability=config.stability_percentage,
-                                         loosen_to=loose if loose > config.stability_percentage else None)
+                                         loosen_to=loosen_to)
         except perf_analyzer.UnstableMeasurement as exc:
             if model == contract.ENSEMBLE:
                 raise

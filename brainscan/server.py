@@ -347,17 +347,12 @@ class TritonServer:
             )
         self.starts += 1
 
-    def log_tail(self, lines: int = 25) -> str:
-        if not self.log_file or not self.log_file.is_file():  # /dev/stdout in a container: nothing to read back
-            return ""
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-
     def log_report(self, errors: int = 8, lines: int = 25) -> str:
         """What to show when the server did not come up or died: Triton's error lines, which
         say why a model did not load (no space for the python backend's shared memory, a
         failed warm-up sample, a missing engine) and sit far above the options table that
         ends its log; without any, the log's tail. Then where the whole log is."""
-        if not self.log_file or not self.log_file.is_file():
+        if not self.log_file or not self.log_file.is_file():  # /dev/stdout in a container: nothing to read back
             return ""
         text = self.log_file.read_text(errors="replace").splitlines()
         found = list(dict.fromkeys(_triton_error(line) for line in text if TRITON_ERROR.match(line)))
