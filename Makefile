@@ -88,13 +88,7 @@ predict: repository
 	$(call with_server,$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) --evaluate --out $(ART)/predictions)
 
 # perf_analyzer sweeps + in-process baselines -> benchmarks/results/<date>-<host>/report.md
-# (Triton's statistics are an admin API: serve and bench share a key made here)
-ADMIN_KEY := $(ART)/admin-key
-$(ADMIN_KEY):
-	@mkdir -p $(@D) && umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
-
-bench: export BRAINSCAN_ADMIN_KEY_FILE := $(abspath $(ADMIN_KEY))
-bench: repository $(ADMIN_KEY)
+bench: repository
 	$(call with_server,$(BIN)/brainscan bench run $(DATA) --repository $(REPO))
 
 # perf_analyzer is fetched here (PyPI, checked against its SHA-256), not by the tests

@@ -1,8 +1,10 @@
-"""What serving is compared with, on the same files with the same preprocessing function:
+"""What serving is compared with, on the same files with the same preprocessing:
 
-- in-process ONNX Runtime: decode → preprocess → classifier and segmenter → postprocess in
-  one Python process, swept over batch size and intra-op threads;
-- the original app's way: Keras ``model.predict`` per image;
+- in-process ONNX Runtime: decode → the served classifier and segmenter graphs (resize,
+  scaling and the mask's way back inside them) in one Python process, swept over batch
+  size and intra-op threads;
+- the original app's way: Keras ``model.predict`` per image, with the same preprocessing and
+  mask graphs around it;
 
 and each network's FLOPs per image, counted from its ONNX graph.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
-from brainscan.preprocessing import postprocess_batch, preprocess_batch
+from brainscan.preprocessing import mask_from_probability, pixels_batch, to_model_input
 
 
 @dataclass
@@ -27,34 +29,28 @@ class Baseline:
     p50_ms: float  # per call (one batch)
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, network: str, threads: int):
     import onnxruntime as ort
+
+    from brainscan.export.repository import served_graph
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _input_size(session) -> tuple[int, int]:
-    shape = session.get_inputs()[0].shape
-    return int(shape[1]), int(shape[2])
+    return ort.InferenceSession(served_graph(path, network), options, providers=["CPUExecutionProvider"])
 
 
 class InProcessPipeline:
-    """The served pipeline without the server: the same functions, called directly."""
+    """The served pipeline without the server: the same decoding and the same graphs."""
 
     def __init__(self, classifier_onnx: Path, segmenter_onnx: Path, threads: int = 1):
-        self.classifier = _session(classifier_onnx, threads)
-        self.segmenter = _session(segmenter_onnx, threads)
-        self.classifier_size = _input_size(self.classifier)
-        self.segmenter_size = _input_size(self.segmenter)
+        self.classifier = _session(classifier_onnx, contract.CLASSIFIER, threads)
+        self.segmenter = _session(segmenter_onnx, contract.SEGMENTER, threads)
 
     def __call__(self, encoded: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        cls, seg, sizes = preprocess_batch(encoded, self.classifier_size, self.segmenter_size)
-        probability = self.classifier.run(None, {contract.CLASSIFIER_INPUT: cls})[0]
-        mask_probability = self.segmenter.run(None, {contract.SEGMENTER_INPUT: seg})[0]
-        return probability, postprocess_batch(mask_probability, sizes)
+        pixels = pixels_batch(encoded)
+        probability = self.classifier.run(None, {contract.PIXELS: pixels})[0]
+        return probability, self.segmenter.run(None, {contract.PIXELS: pixels})[0]
 
 
 def _timed(call, batches: list[list[bytes]], min_seconds: float) -> tuple[float, float]:
@@ -95,21 +91,26 @@ def keras_predict(classifier_keras: Path, segmenter_keras: Path, files: list[Pat
     cls_size, seg_size = tuple(classifier.input_shape[1:3]), tuple(segmenter.input_shape[1:3])
 
     def call(encoded):
-        cls, seg, sizes = preprocess_batch(encoded, cls_size, seg_size)
-        classifier.predict(cls, verbose=0)
-        return postprocess_batch(segmenter.predict(seg, verbose=0), sizes)
+        image = pixels_batch(encoded)[0]
+        classifier.predict(to_model_input(image, cls_size)[None], verbose=0)
+        return mask_from_probability(segmenter.predict(to_model_input(image, seg_size)[None], verbose=0)[0],
+                                     image.shape[:2])
 
     rate, p50 = _timed(call, _batches([Path(f).read_bytes() for f in files], 1), min_seconds)
     return Baseline("Keras model.predict", 1, 0, rate, p50)
 
 
 def onnx_flops(path: Path) -> float:
-    """Multiply-adds × 2 of the convolutions and matrix products for one image (the rest,
-    activations and additions, is a few percent of it)."""
+    """Multiply-adds × 2 of the network's convolutions and matrix products for one image (the
+    rest, activations and additions, is a few percent of it; the resize around a served
+    network is left out, its size depends on the image's)."""
     import onnx
     from onnx import shape_inference
 
+    from brainscan.export.serving import network_of, network_only
+
     model = onnx.load(str(path))
+    model = network_only(model) if network_of(model) else model
     graph = model.graph
     for tensor in graph.input:  # batch 1 for the count
         dim = tensor.type.tensor_type.shape.dim[0]

@@ -1,14 +1,22 @@
 """`brainscan bench ceiling`: what the ensemble can do when its networks cost nothing.
 
 On a GPU host, TensorRT runs both networks many times faster than one CPU core decodes and
-resizes images, so the python steps (``preprocess``, ``postprocess``) bound the ensemble.
-This measures that bound here: the two networks are replaced by free ones (a mean and a
-sigmoid: the same tensors in and out, next to no arithmetic), the repository is written
-with 1, 2, … instances of each python step, served by a real Triton on loopback, and
-perf_analyzer sweeps the ensemble with real image files. Besides images/s, the CPU time of
-every process (Triton, each python stub, read from /proc) is divided by the images served:
-CPU ms per image per step, i.e. images/s one core of each step sustains — the figure that
-sizes the python instances of a GPU host, whatever else shares this machine's cores.
+resizes images, so whatever runs on the CPU bounds the ensemble. This measures that bound
+here, for two designs in the same run:
+
+- ``python-steps`` (kit 0.1): python ``preprocess`` decodes, resizes to each network's size
+  and scales (two FP32 tensors), python ``postprocess`` brings the mask back to the image's
+  size (``benchmarks/python_steps.py``);
+- ``in-graph`` (now): python ``preprocess`` only decodes; the networks' graphs resize, scale
+  and threshold (``export.serving``), which a GPU runs.
+
+The two networks are replaced by free ones (the same tensors in and out, next to no
+arithmetic), the repository is written with 1, 2, … instances of each python step, served by
+a real Triton on loopback, and perf_analyzer sweeps the ensemble with real image files.
+Besides images/s, the CPU time of every process (Triton, each python stub, read from /proc)
+is divided by the images served: CPU ms per image per step, and in all outside the
+networks (tritonserver and the python steps), the figure that bounds a GPU host whatever
+else shares this machine's cores.
 
 Writes ``<out>/<date>-<host>-ceiling/``: ceiling.md, ceiling.json, raw/ (perf_analyzer CSVs, logs).
 """
@@ -27,67 +35,103 @@ from brainscan.benchmarks.run import server_statistics, statistics_delta
 from brainscan.client.perf import write_input_data
 
 TICKS = os.sysconf("SC_CLK_TCK")
-ADMIN_KEY = "ceiling-benchmark-admin-key"  # the servers it starts are its own, on loopback
 
 
-DTYPES = ("fp32", "uint8")  # the networks' input type: as served, or a quarter of the bytes with the cast in the graph
+DESIGNS = ("python-steps", "in-graph")
+PREVIOUS_POSTPROCESS = "postprocess"  # the python-steps design's fourth model
+OUTSIDE = ("tritonserver", contract.PREPROCESS, PREVIOUS_POSTPROCESS)  # what is not a network
 
 
-def write_free_network(path: Path, network: str, size: int, dtype: str = "fp32") -> Path:
-    """An ONNX network with the real one's input and output (names, shapes, FP32) that
-    costs next to nothing: the classifier's probability is a sigmoid of the image mean, the
-    segmenter's a sigmoid of each pixel's channel mean. With ``uint8`` its input is UINT8
-    and the graph casts it to float first."""
-    from brainscan.export.onnx import save_graph
+def write_free_network(path: Path, network: str, design: str) -> Path:
+    """An ONNX network with the real one's input and output for ``design`` that costs next
+    to nothing: the classifier's probability is a sigmoid of the image mean; the segmenter's
+    mask probability a sigmoid of each pixel's channel mean (python-steps), or its mask those
+    pixels above the middle (in-graph, at the image's own size)."""
     from onnx import TensorProto, helper
 
+    from brainscan.export.onnx import save_graph
+
+    served = design == "in-graph"
+    size = contract.CLASSIFIER_SIZE if network == contract.CLASSIFIER else contract.SEGMENTER_SIZE
+    source = contract.PIXELS if served else contract.NETWORK_INPUT[network]
+    shape = ["N", "H", "W", "C"] if served else ["N", size, size, contract.CHANNELS]
+    constants = [helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0])]
     if network == contract.CLASSIFIER:
-        source, target, axes, out_shape = contract.CLASSIFIER_INPUT, contract.CLASSIFIER_OUTPUT, [1, 2, 3], ["N", 1]
+        target = contract.CLASSIFIER_OUTPUT
+        nodes = [helper.make_node("ReduceMean", [source], ["mean"], axes=[1, 2, 3], keepdims=1),
+                 helper.make_node("Reshape", ["mean", "shape"], ["level"]),
+                 helper.make_node("Sub", ["level", "middle"], ["centred"]),
+                 helper.make_node("Sigmoid", ["centred"], [target])]
+        constants.append(helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1]))
+        output = helper.make_tensor_value_info(target, TensorProto.FLOAT, ["N", 1])
+    elif served:
+        target = contract.MASK
+        nodes = [helper.make_node("ReduceMean", [source], ["mean"], axes=[3], keepdims=0),
+                 helper.make_node("Greater", ["mean", "middle"], ["above"]),
+                 helper.make_node("Cast", ["above"], [target], to=TensorProto.UINT8)]
+        output = helper.make_tensor_value_info(target, TensorProto.UINT8, ["N", "H", "W"])
     else:
-        source, target, axes, out_shape = contract.SEGMENTER_INPUT, contract.SEGMENTER_OUTPUT, [3], ["N", size, size, 1]
-    pixels = source
-    nodes = []
-    if dtype == "uint8":
-        pixels = "pixels"
-        nodes.append(helper.make_node("Cast", [source], [pixels], to=TensorProto.FLOAT))
-    nodes += [
-        helper.make_node("ReduceMean", [pixels], ["mean"], axes=axes, keepdims=1),
-        helper.make_node("Reshape", ["mean", "shape"], ["level"]),
-        helper.make_node("Sub", ["level", "middle"], ["centred"]),
-        helper.make_node("Sigmoid", ["centred"], [target]),
-    ]
-    shape = [-1, 1] if network == contract.CLASSIFIER else [-1, size, size, 1]
-    graph = helper.make_graph(
-        nodes, f"free_{network}",
-        [helper.make_tensor_value_info(source, TensorProto.UINT8 if dtype == "uint8" else TensorProto.FLOAT,
-                                       ["N", size, size, contract.CHANNELS])],
-        [helper.make_tensor_value_info(target, TensorProto.FLOAT, out_shape)],
-        [helper.make_tensor("shape", TensorProto.INT64, [len(shape)], shape),
-         helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0])],
-    )
+        target = contract.SEGMENTER_OUTPUT
+        nodes = [helper.make_node("ReduceMean", [source], ["mean"], axes=[3], keepdims=1),
+                 helper.make_node("Sub", ["mean", "middle"], ["centred"]),
+                 helper.make_node("Sigmoid", ["centred"], [target])]
+        output = helper.make_tensor_value_info(target, TensorProto.FLOAT, ["N", size, size, 1])
+    graph = helper.make_graph(nodes, f"free_{network}", [helper.make_tensor_value_info(source, TensorProto.FLOAT, shape)],
+                              [output], constants)
     return save_graph(graph, path)
 
 
-def narrow_network_inputs(repository: Path) -> None:
-    """Declare the networks' inputs (preprocess's outputs) UINT8 in the configs, their
-    warm-up samples included."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+def previous_repository(out: Path, networks: dict[str, Path], count: int) -> Path:
+    """The python-steps design's repository: the local flavour's networks (``networks``,
+    bare), ``count`` instances of each python step."""
+    import shutil
+    from importlib import resources
 
-    from brainscan.export.repository import read_config
+    from brainscan.export.repository import (
+        ONNX_RUNNER_SOURCE, VERSION, RepositorySpec, model_configs, render_config,
+    )
 
-    names = (contract.CLASSIFIER_INPUT, contract.SEGMENTER_INPUT)
-    for model, field in ((contract.PREPROCESS, "output"), (contract.CLASSIFIER, "input"), (contract.SEGMENTER, "input")):
-        path = Path(repository) / model / "config.pbtxt"
-        config = read_config(path)
-        for tensor in getattr(config, field):
-            if tensor.name in names:
-                tensor.data_type = model_config_pb2.TYPE_UINT8
-        for sample in config.model_warmup:
-            for name, given in sample.inputs.items():
-                if name in names:
-                    given.data_type = model_config_pb2.TYPE_UINT8
-        path.write_text(text_format.MessageToString(config))
+    spec = RepositorySpec(flavour="local", instances={contract.PREPROCESS: count, contract.SEGMENTER: 1})
+    configs = model_configs(spec)
+    size = {contract.CLASSIFIER: contract.CLASSIFIER_SIZE, contract.SEGMENTER: contract.SEGMENTER_SIZE}
+    inputs = {n: {"name": contract.NETWORK_INPUT[n], "data_type": "TYPE_FP32", "dims": [size[n], size[n], 3]}
+              for n in contract.NETWORKS}
+    original = {"name": "ORIGINAL_SIZE", "data_type": "TYPE_INT32", "dims": [2]}
+    probability = {"name": contract.SEGMENTER_OUTPUT, "data_type": "TYPE_FP32", "dims": [size[contract.SEGMENTER]] * 2 + [1]}
+    for network in contract.NETWORKS:
+        configs[network].pop("model_warmup")
+        configs[network]["input"] = [inputs[network]]
+    configs[contract.SEGMENTER]["output"] = [probability]
+    preprocess = configs[contract.PREPROCESS]
+    preprocess.pop("model_warmup")
+    preprocess["output"] = [*inputs.values(), original]
+    preprocess["parameters"] = {"step": {"string_value": contract.PREPROCESS}}
+    postprocess = {**preprocess, "name": PREVIOUS_POSTPROCESS, "input": [probability, original],
+                   "output": [{"name": contract.MASK, "data_type": contract.MASK_SPEC.triton_dtype,
+                               "dims": list(contract.MASK_SPEC.dims)}],
+                   "instance_group": [{"kind": "KIND_CPU", "count": count}],
+                   "parameters": {"step": {"string_value": PREVIOUS_POSTPROCESS}}}
+    configs[PREVIOUS_POSTPROCESS] = postprocess
+    steps = configs[contract.ENSEMBLE]["ensemble_scheduling"]["step"]
+    steps[0]["output_map"] = {t["name"]: t["name"] for t in preprocess["output"]}
+    steps[1]["input_map"] = {contract.CLASSIFIER_INPUT: contract.CLASSIFIER_INPUT}
+    steps[2]["input_map"] = {contract.SEGMENTER_INPUT: contract.SEGMENTER_INPUT}
+    steps[2]["output_map"] = {contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT}
+    steps.append({"model_name": PREVIOUS_POSTPROCESS, "model_version": -1,
+                  "input_map": {contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT, "ORIGINAL_SIZE": "ORIGINAL_SIZE"},
+                  "output_map": {contract.MASK: contract.MASK}})
+    steps_source = resources.files("brainscan.benchmarks").joinpath("python_steps.py").read_bytes()
+    runner = resources.files("brainscan.export.triton_models").joinpath(ONNX_RUNNER_SOURCE).read_bytes()
+    for name, config in configs.items():
+        folder = Path(out) / name / VERSION
+        folder.mkdir(parents=True, exist_ok=True)
+        (Path(out) / name / "config.pbtxt").write_text(render_config(config))
+        if name in (contract.PREPROCESS, PREVIOUS_POSTPROCESS):
+            (folder / "model.py").write_bytes(steps_source)
+        elif name in networks:
+            (folder / "model.py").write_bytes(runner)
+            shutil.copyfile(networks[name], folder / "model.onnx")
+    return Path(out)
 
 
 def _process_ticks(fragments: tuple[str, ...]) -> dict[int, tuple[str, int]]:
@@ -123,7 +167,7 @@ class CeilingConfig:
     files: list[Path]
     out: Path
     instances: tuple[int, ...] = (1, 2)
-    dtypes: tuple[str, ...] = DTYPES
+    designs: tuple[str, ...] = DESIGNS
     concurrency: tuple[int, int, int] = (1, 8, 1)
     request_count: int = 400
     stability_percentage: float = 10.0
@@ -136,12 +180,10 @@ def measure(config: CeilingConfig, log=print) -> Path:
     raw.mkdir(parents=True, exist_ok=True)
     inputs = write_input_data(config.files, raw / "input-brainscan.json")
     runs = []
-    for dtype in config.dtypes:
-        networks = {n: write_free_network(raw / f"free-{n}-{dtype}.onnx", n, size, dtype)
-                    for n, size in ((contract.CLASSIFIER, contract.CLASSIFIER_SIZE),
-                                    (contract.SEGMENTER, contract.SEGMENTER_SIZE))}
-        for count in config.instances:
-            runs.append(_one_run(command, inputs, raw, networks, count, dtype, config, log))
+    for count in config.instances:
+        for design in config.designs:
+            networks = {n: write_free_network(raw / f"free-{n}-{design}.onnx", n, design) for n in contract.NETWORKS}
+            runs.append(_one_run(command, inputs, raw, networks, count, design, config, log))
     summary = {"host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(),
                "files": len(config.files), "runs": runs}
     (folder / "ceiling.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -150,35 +192,34 @@ def measure(config: CeilingConfig, log=print) -> Path:
     return folder
 
 
-def _one_run(command, inputs: Path, raw: Path, networks: dict[str, Path], count: int, dtype: str,
+def _one_run(command, inputs: Path, raw: Path, networks: dict[str, Path], count: int, design: str,
              config: CeilingConfig, log) -> dict:
     from brainscan.export.repository import write_repository
     from brainscan.server import Ports, TritonServer
 
-    name = f"{count}-{dtype}"
-    repository = write_repository(raw / f"repository-{name}", "local", networks[contract.CLASSIFIER],
-                                  networks[contract.SEGMENTER],
-                                  instances={contract.PREPROCESS: count, contract.POSTPROCESS: count,
-                                             contract.SEGMENTER: 1}).resolve()
-    if dtype == "uint8":
-        narrow_network_inputs(repository)
+    name = f"{count}-{design}"
+    if design == "in-graph":
+        repository = write_repository(raw / f"repository-{name}", "local", networks[contract.CLASSIFIER],
+                                      networks[contract.SEGMENTER],
+                                      instances={contract.PREPROCESS: count, contract.SEGMENTER: 1}).resolve()
+    else:
+        repository = previous_repository(raw / f"repository-{name}", networks, count).resolve()
     ports = Ports.free()
-    log(f"{count} instance(s) per python step, {dtype} network inputs: serving {repository} on 127.0.0.1:{ports.grpc}")
-    with TritonServer(repository, ports=ports, log_file=raw / f"tritonserver-{name}.log", admin_key=ADMIN_KEY) as server:
+    log(f"{design}, {count} instance(s) per python step: serving {repository} on 127.0.0.1:{ports.grpc}")
+    with TritonServer(repository, ports=ports, log_file=raw / f"tritonserver-{name}.log") as server:
         url = server.grpc_url
-        before, cpu_before = server_statistics(url, ADMIN_KEY), cpu_by_step(repository, ports.grpc)
+        before, cpu_before = server_statistics(url), cpu_by_step(repository, ports.grpc)
         result = perf_analyzer.sweep(command, contract.ENSEMBLE, url, inputs, config.concurrency,
                                      raw / f"brainscan-{name}.csv", config.request_count,
-                                     extra=["-H", f"{contract.GRPC_ADMIN_HEADER}:{ADMIN_KEY}"],
                                      stability=config.stability_percentage)
         cpu_after = cpu_by_step(repository, ports.grpc)
-        stats = statistics_delta(before, server_statistics(url, ADMIN_KEY))
+        stats = statistics_delta(before, server_statistics(url))
     (raw / f"brainscan-{name}.log").write_text(result.log)
     images = stats[contract.ENSEMBLE]["requests"]
     cpu_ms = {step: (cpu_after.get(step, 0.0) - cpu_before.get(step, 0.0)) * 1e3 / max(images, 1)
               for step in sorted(set(cpu_after) | set(cpu_before))}
-    return {"instances": count, "dtype": dtype, "rows": result.rows, "server": stats, "images": images,
-            "cpu_ms_per_image": cpu_ms}
+    return {"instances": count, "design": design, "rows": result.rows, "server": stats, "images": images,
+            "cpu_ms_per_image": cpu_ms, "outside_networks_ms": sum(cpu_ms.get(s, 0.0) for s in OUTSIDE)}
 
 
 def best(rows: list[dict]) -> dict:
@@ -188,36 +229,43 @@ def best(rows: list[dict]) -> dict:
 def report(summary: dict) -> str:
     lines = [f"# The ensemble's ceiling with free networks, {summary['date']} on {summary['host']}", "",
              f"{summary['cores']} cores; {summary['files']} real image files; the networks replaced by free ones "
-             "(same tensors, a mean and a sigmoid); local flavour served by the embedded Triton on loopback; "
-             "perf_analyzer sweeps the ensemble over gRPC in count-windows mode.", "",
-             "| python instances (pre/post) | network inputs | best images/s | at concurrency | p50 ms at concurrency 1 |",
-             "|---|---|---|---|---|"]
+             "(same tensors, a mean and a sigmoid or a threshold); local flavour served by the embedded Triton on "
+             "loopback; perf_analyzer sweeps the ensemble over gRPC in count-windows mode. Designs: python-steps "
+             "(python preprocess resizes and scales, python postprocess brings the mask back) and in-graph "
+             "(python preprocess only decodes; the networks' graphs do the rest on the GPU).", "",
+             "## CPU ms per image outside the networks (tritonserver and the python steps)", "",
+             "| python instances | " + " | ".join(summary_designs(summary)) + " |",
+             "|---|" + "---|" * len(summary_designs(summary))]
+    for count in sorted({r["instances"] for r in summary["runs"]}):
+        cells = [next((f"{r['outside_networks_ms']:.2f}" for r in summary["runs"]
+                       if r["instances"] == count and r["design"] == d), "-") for d in summary_designs(summary)]
+        lines.append(f"| {count} | " + " | ".join(cells) + " |")
+    lines += ["", "## Throughput", "",
+              "| design | python instances | best images/s | at concurrency | p50 ms at concurrency 1 |",
+              "|---|---|---|---|---|"]
     for run in summary["runs"]:
         top, first = best(run["rows"]), run["rows"][0]
-        lines.append(f"| {run['instances']} | {run['dtype']} | {top['Inferences/Second']:.1f} | {int(top['Concurrency'])} | "
-                     f"{first['p50 latency'] / 1e3:.2f} |")
-    steps = ["tritonserver", *contract.COMPOSING_MODELS]
-    lines += ["", "## CPU per image (ms), from /proc, over each sweep", "",
-              "| python instances | inputs | " + " | ".join(steps) + " | total |", "|---" * (len(steps) + 3) + "|"]
+        lines.append(f"| {run['design']} | {run['instances']} | {top['Inferences/Second']:.1f} | "
+                     f"{int(top['Concurrency'])} | {first['p50 latency'] / 1e3:.2f} |")
+    steps = ["tritonserver", contract.PREPROCESS, *contract.NETWORKS, PREVIOUS_POSTPROCESS]
+    lines += ["", "## CPU per image (ms) of every process, from /proc, over each sweep", "",
+              "| design | python instances | " + " | ".join(steps) + " | total |", "|---" * (len(steps) + 3) + "|"]
     for run in summary["runs"]:
         cpu = run["cpu_ms_per_image"]
-        lines.append(f"| {run['instances']} | {run['dtype']} | " + " | ".join(f"{cpu.get(s, 0.0):.2f}" for s in steps)
-                     + f" | {sum(cpu.values()):.2f} |")
-    lines += ["", "One core of a step sustains 1000 / (its CPU ms per image) images/s:", "",
-              "| python instances | inputs | preprocess images/s per core | postprocess images/s per core |",
-              "|---|---|---|---|"]
-    for run in summary["runs"]:
-        cpu = run["cpu_ms_per_image"]
-        per_core = [f"{1e3 / cpu[s]:.0f}" if cpu.get(s) else "-" for s in (contract.PREPROCESS, contract.POSTPROCESS)]
-        lines.append(f"| {run['instances']} | {run['dtype']} | {per_core[0]} | {per_core[1]} |")
+        lines.append(f"| {run['design']} | {run['instances']} | " + " | ".join(
+            f"{cpu[s]:.2f}" if s in cpu else "-" for s in steps) + f" | {sum(cpu.values()):.2f} |")
     fields = ("queue_us", "compute_input_us", "compute_infer_us", "compute_output_us")
     lines += ["", "## Triton's statistics during each sweep (µs per request)", "",
-              "| python instances | inputs | model | avg batch | queue | compute input | compute infer | compute output |",
+              "| design | python instances | model | avg batch | queue | compute input | compute infer | compute output |",
               "|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
-        for model in contract.COMPOSING_MODELS:
+        for model in (*contract.COMPOSING_MODELS, PREVIOUS_POSTPROCESS):
             s = run["server"].get(model)
             if s:
-                lines.append(f"| {run['instances']} | {run['dtype']} | {model} | {s['avg_batch']:.2f} | "
+                lines.append(f"| {run['design']} | {run['instances']} | {model} | {s['avg_batch']:.2f} | "
                              + " | ".join(f"{s[f]:.0f}" for f in fields) + " |")
     return "\n".join(lines) + "\n"
+
+
+def summary_designs(summary: dict) -> list[str]:
+    return list(dict.fromkeys(r["design"] for r in summary["runs"]))

@@ -155,14 +155,8 @@ def read_csv(path: Path) -> list[dict]:
     return sorted(rows, key=lambda r: r.get("Concurrency", 0))
 
 
-def redacted(args: list[str]) -> list[str]:
-    """A command line fit for a log that is kept and shared: the values of -H headers (the
-    server's admin key) replaced."""
-    return [f"{a.split(':', 1)[0]}:<redacted>" if i and args[i - 1] == "-H" else a for i, a in enumerate(args)]
-
-
 def sweep(command: list[str], model: str, url: str, input_data: Path, concurrencies: tuple[int, int, int],
-          csv_path: Path, request_count: int = 200, max_retries: int = 3, extra: list[str] = (),
+          csv_path: Path, request_count: int = 200, max_retries: int = 3,
           stability: float | None = None, loosen_to: float | None = None) -> Sweep:
     """A concurrency sweep over gRPC in count-windows mode. When perf_analyzer cannot get a
     stable measurement it is run again with twice the window, up to ``max_retries`` times;
@@ -177,12 +171,12 @@ def sweep(command: list[str], model: str, url: str, input_data: Path, concurrenc
     for attempt, (count, percentage) in enumerate(attempts):
         args = [*command, "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
                 "--concurrency-range", f"{start}:{end}:{step}", "--measurement-mode", "count_windows",
-                "--measurement-request-count", str(count), "-f", str(csv_path), *extra]
+                "--measurement-request-count", str(count), "-f", str(csv_path)]
         if percentage is not None:
             args += ["--stability-percentage", f"{percentage:g}"]
         result = subprocess.run(args, capture_output=True, text=True, timeout=1800)
         output = result.stdout + result.stderr
-        logs.append(f"$ {' '.join(redacted(args))}\n{output}")
+        logs.append(f"$ {' '.join(args)}\n{output}")
         if result.returncode == 0 and UNSTABLE not in output and csv_path.exists():
             return Sweep(model, csv_path, read_csv(csv_path), attempt, count, "\n".join(logs), percentage)
         if UNSTABLE not in output:

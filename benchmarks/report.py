@@ -119,7 +119,7 @@ def write_report(folder: Path, summary: dict) -> Path:
               f"Served best: {numbers['served_best']:.1f} images/s at concurrency {numbers['served_best_concurrency']}; "
               f"in-process best: {numbers['in_process_best']:.1f} images/s ({numbers['in_process_best_setting']}).", "",
               _table(["ratio", "value", "target", "verdict"], rows), "",
-              "Served can beat in-process: Triton runs the four steps in separate processes with their own "
+              "Served can beat in-process: Triton runs the three steps in separate processes with their own "
               "queues, so one image's preprocessing overlaps another's segmentation on the other core, while the "
               "in-process loop runs the steps one after another (and more ONNX Runtime threads per session only "
               "oversubscribe 2 cores: see the 2-thread rows).", ""]
@@ -131,8 +131,8 @@ def write_report(folder: Path, summary: dict) -> Path:
         f"An H100 SXM peaks at {H100_FP16_DENSE_FLOPS / 1e12:.0f} TFLOP/s in dense FP16: at "
         f"{total / 1e9:.2f} GFLOP per image that bounds the two networks at "
         f"{H100_FP16_DENSE_FLOPS / total:,.0f} images/s. MobileNet's depthwise convolutions are memory-bound and "
-        "reach a small fraction of the tensor-core peak, and the python preprocess/postprocess (CPU decode and "
-        "resize) will bound the ensemble well before the engines do; measure with the perf_analyzer commands "
+        "reach a small fraction of the tensor-core peak, and the python preprocess (CPU decode) will bound the "
+        "ensemble well before the engines do (`brainscan bench ceiling`); measure with the perf_analyzer commands "
         "of docs/benchmarks.md, 'A GPU server' (`-m classifier`, `-m segmenter` for the engines alone, `-m brainscan` for "
         "the whole ensemble):", "",
         "```bash",

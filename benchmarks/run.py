@@ -40,23 +40,23 @@ class BenchConfig:
     composing: bool = True
     runs: Path | None = None  # training runs: classifier/ and segmenter/ with model.onnx, model.keras
     baseline_seconds: float = 3.0
-    admin_key: str | None = None  # Triton's statistics API is an admin API (contract.ADMIN_APIS)
     stability_percentage: float = 10.0  # perf_analyzer's: how close 3 windows must agree (its default)
     notes: list[str] = field(default_factory=list)
 
 
-def server_statistics(url: str, admin_key: str | None = None) -> dict[str, dict]:
-    """Triton's cumulative per-model statistics (counts and nanoseconds)."""
+def server_statistics(url: str) -> dict[str, dict]:
+    """Triton's cumulative per-model statistics (counts and nanoseconds): open on a server
+    that brainscan starts, as perf_analyzer needs them (contract.ADMIN_APIS)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        headers = {contract.GRPC_ADMIN_HEADER: admin_key} if admin_key else None
-        stats = client.get_inference_statistics(as_json=True, headers=headers)
+        stats = client.get_inference_statistics(as_json=True)
     except InferenceServerException as exc:
-        raise PermissionError(f"the server refused its statistics ({exc.message()}): they are an admin API; give the "
-                              f"server's admin key with --admin-key-file or {contract.ADMIN_KEY_ENV}") from None
+        raise PermissionError(f"the server refused its statistics ({exc.message()}), which perf_analyzer needs as well: "
+                              "it restricts them (tritonserver --grpc-restricted-protocol=statistics:…); serve with "
+                              "`brainscan serve`, which keeps them open (docs/operations.md#security)") from None
     finally:
         client.close()
     out = {}
@@ -90,9 +90,9 @@ def statistics_delta(before: dict, after: dict) -> dict[str, dict]:
 
 
 def network_onnx(repository: Path | None, runs: Path | None, network: str) -> Path:
-    """The FP32 ONNX of ``network`` for the inputs of the composing models and the
-    in-process baselines: the served repository's own (local, onnxruntime flavours), else
-    the training run's (the tensorrt flavour holds engines, a remote server nothing here)."""
+    """The FP32 ONNX of ``network`` for the in-process baselines: the served repository's own
+    (local, onnxruntime flavours), else the training run's (the tensorrt flavour holds
+    engines, a remote server nothing here)."""
     candidates = [Path(folder) / network / sub / "model.onnx" for folder, sub in ((repository, VERSION), (runs, ""))
                   if folder is not None]
     for path in candidates:
@@ -104,18 +104,14 @@ def network_onnx(repository: Path | None, runs: Path | None, network: str) -> Pa
 
 def served_networks(url: str) -> dict[str, dict]:
     """The networks' model configs as the server reports them (not an admin API): their
-    input sizes and platforms, whatever the repository's flavour or location."""
+    platforms, whatever the repository's flavour or location."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        return {n: client.get_model_config(n, as_json=True)["config"] for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+        return {n: client.get_model_config(n, as_json=True)["config"] for n in contract.NETWORKS}
     finally:
         client.close()
-
-
-def input_size(config: dict) -> tuple[int, int]:
-    return tuple(int(d) for d in config["input"][0]["dims"][:2])
 
 
 def run(config: BenchConfig, log=print) -> Path:
@@ -123,28 +119,25 @@ def run(config: BenchConfig, log=print) -> Path:
     folder = Path(config.out) / f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}"
     raw = folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    onnx = {n: network_onnx(config.repository, config.runs, n) for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+    onnx = {n: network_onnx(config.repository, config.runs, n) for n in contract.NETWORKS}
     networks = served_networks(config.url)
-    sizes = {n: input_size(c) for n, c in networks.items()}
     platforms = {n: c.get("platform") or c.get("backend", "?") for n, c in networks.items()}
-    log(f"served networks: {', '.join(f'{n} {p} {sizes[n][0]}x{sizes[n][1]}' for n, p in platforms.items())}; "
-        f"inputs and baselines from {', '.join(str(p) for p in onnx.values())}")
-    pipeline = baselines.InProcessPipeline(onnx[contract.CLASSIFIER], onnx[contract.SEGMENTER], threads=1)
-    inputs = write_all(tensors(config.files, sizes[contract.CLASSIFIER], sizes[contract.SEGMENTER], pipeline.segmenter), raw)
+    log(f"served networks: {', '.join(f'{n} {p}' for n, p in platforms.items())}; "
+        f"baselines from {', '.join(str(p) for p in onnx.values())}")
+    inputs = write_all(tensors(config.files), raw)
 
     served = {}
     models = [contract.ENSEMBLE] + (list(contract.COMPOSING_MODELS) if config.composing else [])
-    extra = ["-H", f"{contract.GRPC_ADMIN_HEADER}:{config.admin_key}"] if config.admin_key else []
     loose = max(LOOSE_STABILITY, config.stability_percentage)
     loosen_to = loose if loose > config.stability_percentage else None
     for model in models:
         span, retries = ((config.concurrency, config.retries) if model == contract.ENSEMBLE
                          else (config.model_concurrency, config.model_retries))
         log(f"perf_analyzer: {model}, concurrency {span[0]}..{span[1]}")
-        before = server_statistics(config.url, config.admin_key)
+        before = server_statistics(config.url)
         try:
             result = perf_analyzer.sweep(command, model, config.url, inputs[model], span, raw / f"{model}.csv",
-                                         config.request_count, max_retries=retries, extra=extra,
+                                         config.request_count, max_retries=retries,
                                          stability=config.stability_percentage,
                                          loosen_to=loosen_to)
         except perf_analyzer.UnstableMeasurement as exc:
@@ -159,7 +152,7 @@ def run(config: BenchConfig, log=print) -> Path:
         if result.stability != config.stability_percentage:
             config.notes.append(f"{model}: perf_analyzer's windows never agreed within {config.stability_percentage:g} % "
                                 f"(a busy or shared machine); measured with --stability-percentage {result.stability:g}")
-        stats = statistics_delta(before, server_statistics(config.url, config.admin_key))
+        stats = statistics_delta(before, server_statistics(config.url))
         (raw / f"{model}.log").write_text(result.log)
         served[model] = {"rows": result.rows, "retries": result.retries, "request_count": result.request_count,
                          "server": stats}

@@ -108,7 +108,7 @@ def doctor(
     sources: Annotated[list[Path] | None, typer.Option("--sources", envvar="BRAINSCAN_SOURCES", help="Folder of training runs (<network>/model.fp16.onnx) to compare the engines' source ONNX with when the path their record holds is not here, e.g. the runs mounted into the server container; repeatable.")] = None,
 ) -> None:
     """Check that a repository's TensorRT engines fit the server that will load them: same
-    TensorRT version, same GPU compute capability, batch profile equal to the config, built
+    TensorRT version, same GPU compute capability, optimization profile equal to the config, built
     from the current ONNX. Says what to rebuild; exits 1 on any mismatch."""
     from brainscan.export.doctor import advice, detect_target, diagnose, table
     from brainscan.storage import StorageError, local_view

@@ -12,21 +12,24 @@ ENSEMBLE = "brainscan"
 PREPROCESS = "preprocess"
 CLASSIFIER = "classifier"
 SEGMENTER = "segmenter"
-POSTPROCESS = "postprocess"
-COMPOSING_MODELS = (PREPROCESS, CLASSIFIER, SEGMENTER, POSTPROCESS)
+NETWORKS = (CLASSIFIER, SEGMENTER)
+COMPOSING_MODELS = (PREPROCESS, *NETWORKS)
 
 # Ensemble inputs / outputs (the public contract: never rename).
 IMAGE = "IMAGE"  # TYPE_STRING [1]: encoded file bytes
 TUMOR_PROBABILITY = "TUMOR_PROBABILITY"  # TYPE_FP32 [1]
 MASK = "MASK"  # TYPE_UINT8 [-1, -1]: 0/1 at the input's own height x width
 
-# Internal tensors between the steps of the ensemble. They are also the Keras layer
-# names of the two networks, so the ONNX, TensorRT and Triton names agree.
-CLASSIFIER_INPUT = "classifier_input"  # FP32 [H, W, 3], pixel values 0..255
-SEGMENTER_INPUT = "segmenter_input"  # FP32 [H, W, 3], pixel values 0..255
-CLASSIFIER_OUTPUT = TUMOR_PROBABILITY  # the classifier's output feeds the ensemble output directly
-SEGMENTER_OUTPUT = "mask_probability"  # FP32 [H, W, 1]
-ORIGINAL_SIZE = "ORIGINAL_SIZE"  # INT32 [2]: input height, width
+# The one tensor between the steps of the ensemble: preprocess decodes the file, and both
+# networks take its pixels at the image's own size (their graphs resize and scale them, and
+# the segmenter's brings its mask back to that size: brainscan.preprocessing_graph).
+PIXELS = "PIXELS"  # FP32 [H, W, C], C = 1 (grey) or 3 (colour), values as decoded (8 or 16 bit)
+
+# Inside the networks' graphs: the Keras layer names, so the ONNX and TensorRT names agree.
+CLASSIFIER_INPUT = "classifier_input"  # FP32 [h, w, 3], pixel values 0..255
+SEGMENTER_INPUT = "segmenter_input"  # FP32 [h, w, 3], pixel values 0..255
+CLASSIFIER_OUTPUT = TUMOR_PROBABILITY  # the classifier's output is the ensemble output directly
+SEGMENTER_OUTPUT = "mask_probability"  # FP32 [h, w, 1], turned into MASK inside the segmenter's graph
 
 CHANNELS = 3
 
@@ -39,10 +42,12 @@ DEFAULT_URL = f"{DEFAULT_HOST}:{GRPC_PORT}"
 
 # Triton's administrative APIs: refused unless a request carries the admin header with the
 # server's admin key (HTTP header ADMIN_HEADER, gRPC metadata GRPC_ADMIN_HEADER). Inference,
-# health, metadata and model-config (which perf_analyzer reads) stay open.
+# health, metadata, model config and statistics stay open: perf_analyzer reads the last two in
+# every measurement window, statistics are read-only counters that the metrics port publishes
+# anyway, and a load test must work with the users' own tools and no key (docs/operations.md).
 ADMIN_HEADER = "admin-key"
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
-ADMIN_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")
 ADMIN_KEY_ENV = "BRAINSCAN_ADMIN_KEY_FILE"  # a file holding the key (never the key itself on a command line)
 
 # Served behaviour.
@@ -54,6 +59,14 @@ DECISION_THRESHOLD = 0.5  # probability above which an image is "tumour"
 # resize on one core (40 MP cost 1.4 s and 590 MB), so a flood of huge images stays bounded.
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_IMAGE_SIDE = 8192
+# A TensorRT engine (and ONNX Runtime's TensorRT provider) serves the shapes of its
+# optimization profile, and Triton's tensorrt backend allocates every input and output at the
+# profile's largest shape (instance_state.cc), so the GPU flavours take images up to this side:
+# 8 x 1024 x 1024 x 3 FP32 is 100 MB per network instance. `export repository --max-side`.
+GPU_MAX_IMAGE_SIDE = 1024
+# The config parameter of preprocess and of the networks that holds the largest side a
+# repository takes (preprocess refuses larger images by name, before the engines see them).
+MAX_SIDE_PARAMETER = "max_image_side"
 # The client reads a volume only if its header says it is at most this many voxels
 # (512 x 512 x 512; about 0.25 GB as 16-bit, 1 GB while rescaled to floats), and inflates a
 # deflated DICOM file only up to this many bytes: the header is checked before allocation.
@@ -83,25 +96,13 @@ class TensorSpec:
     dims: tuple[int, ...]
 
 
-def classifier_input(size: tuple[int, int]) -> TensorSpec:
-    return TensorSpec(CLASSIFIER_INPUT, "TYPE_FP32", (size[0], size[1], CHANNELS))
-
-
-def segmenter_input(size: tuple[int, int]) -> TensorSpec:
-    return TensorSpec(SEGMENTER_INPUT, "TYPE_FP32", (size[0], size[1], CHANNELS))
-
-
-CLASSIFIER_OUTPUT_SPEC = TensorSpec(CLASSIFIER_OUTPUT, "TYPE_FP32", (1,))
-
-
-def segmenter_output(size: tuple[int, int]) -> TensorSpec:
-    return TensorSpec(SEGMENTER_OUTPUT, "TYPE_FP32", (size[0], size[1], 1))
-
-
 IMAGE_SPEC = TensorSpec(IMAGE, "TYPE_STRING", (1,))
-ORIGINAL_SIZE_SPEC = TensorSpec(ORIGINAL_SIZE, "TYPE_INT32", (2,))
+PIXELS_SPEC = TensorSpec(PIXELS, "TYPE_FP32", (-1, -1, -1))
 TUMOR_PROBABILITY_SPEC = TensorSpec(TUMOR_PROBABILITY, "TYPE_FP32", (1,))
 MASK_SPEC = TensorSpec(MASK, "TYPE_UINT8", (-1, -1))
+# what each served network takes and gives (one input, one output)
+NETWORK_INPUT = {CLASSIFIER: CLASSIFIER_INPUT, SEGMENTER: SEGMENTER_INPUT}
+NETWORK_OUTPUT_SPEC = {CLASSIFIER: TUMOR_PROBABILITY_SPEC, SEGMENTER: MASK_SPEC}
 
 # Where `make demo` puts what it builds (override with BRAINSCAN_ARTIFACTS); `brainscan
 # serve` without --repository serves DEMO_REPOSITORY.

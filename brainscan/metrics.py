@@ -23,18 +23,20 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.logical_and(pred, truth).sum() / union)
 
 
-def segmentation_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Binary masks [N, ...] -> Dice and IoU (mean over slices with tumour, and over all
-    pixels), sensitivity, specificity and pixel accuracy over all pixels."""
-    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-    tp = float(np.logical_and(pred, truth).sum())
-    tn = float(np.logical_and(~pred, ~truth).sum())
-    fp = float(np.logical_and(pred, ~truth).sum())
-    fn = float(np.logical_and(~pred, truth).sum())
-    has_tumour = truth.reshape(len(truth), -1).any(axis=1)
-    per_slice_dice = [dice(p, t) for p, t in zip(pred[has_tumour], truth[has_tumour])]
-    per_slice_iou = [iou(p, t) for p, t in zip(pred[has_tumour], truth[has_tumour])]
-    empty = ~has_tumour
+def segmentation_metrics(pred, truth) -> dict[str, float]:
+    """Binary masks, one per slice ([N, ...] arrays, or sequences of masks of any sizes) ->
+    Dice and IoU (mean over slices with tumour, and over all pixels), sensitivity,
+    specificity and pixel accuracy over all pixels."""
+    pred = [np.asarray(p, bool).reshape(-1) for p in pred]
+    truth = [np.asarray(t, bool).reshape(-1) for t in truth]
+    tp = float(sum(np.logical_and(p, t).sum() for p, t in zip(pred, truth)))
+    tn = float(sum(np.logical_and(~p, ~t).sum() for p, t in zip(pred, truth)))
+    fp = float(sum(np.logical_and(p, ~t).sum() for p, t in zip(pred, truth)))
+    fn = float(sum(np.logical_and(~p, t).sum() for p, t in zip(pred, truth)))
+    has_tumour = [t.any() for t in truth]
+    per_slice_dice = [dice(p, t) for p, t, h in zip(pred, truth, has_tumour) if h]
+    per_slice_iou = [iou(p, t) for p, t, h in zip(pred, truth, has_tumour) if h]
+    empty = [not p.any() for p, h in zip(pred, has_tumour) if not h]
     return {
         "dice_tumour_slices": float(np.mean(per_slice_dice)) if per_slice_dice else float("nan"),
         "iou_tumour_slices": float(np.mean(per_slice_iou)) if per_slice_iou else float("nan"),
@@ -43,9 +45,9 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float
         "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
         "pixel_accuracy": (tp + tn) / (tp + tn + fp + fn),
-        "empty_slices_predicted_empty": float(np.mean([not p.any() for p in pred[empty]])) if empty.any() else float("nan"),
+        "empty_slices_predicted_empty": float(np.mean(empty)) if empty else float("nan"),
         "slices": int(len(truth)),
-        "tumour_slices": int(has_tumour.sum()),
+        "tumour_slices": int(sum(has_tumour)),
     }
 
 

@@ -1,25 +1,26 @@
-"""Decode, resize and normalise: the ONE preprocessing used by training, by the served
-``preprocess`` model and by in-process baselines, and the mask post-processing.
+"""Decode images, and turn them into network inputs: the ONE preprocessing of training, of
+the served ensemble and of the in-process baselines.
 
-Only numpy, Pillow and OpenCV are needed here, so the Triton python models import it
-without TensorFlow.
+Two parts, split where the served path splits them:
+
+- decoding (here, numpy and Pillow only): the served ``preprocess`` model checks and decodes
+  the file and sends its pixels on at their own size (``pixels_batch``); nothing else in
+  Python touches a request;
+- resizing and scaling (``brainscan.preprocessing_graph``): an ONNX graph that the served
+  networks carry in front of their layers, and that ``to_model_input`` runs with ONNX
+  Runtime for training, so both see the same tensor from the same file.
 """
 from __future__ import annotations
 
 import io
 import warnings
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from brainscan import contract
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF")
-
-# Each Triton python-model instance is single-threaded by design; OpenCV's own pool
-# would only fight the other instances for the cores.
-cv2.setNumThreads(1)
 
 
 class InvalidImageError(ValueError):
@@ -39,7 +40,7 @@ def _named_format(data: bytes) -> str | None:
     return next((name for offset, magic, name in _SIGNATURES if data[offset:offset + len(magic)] == magic), None)
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, max_side: int = contract.MAX_IMAGE_SIDE) -> Image.Image:
     """Parse the header only: format and size are known before any pixel is decoded."""
     if not data:
         raise InvalidImageError("empty input: no image bytes were sent")
@@ -70,24 +71,22 @@ def _open(data: bytes) -> Image.Image:
     if frames > 1:
         raise InvalidImageError(f"the {image.format} file holds {frames} images: send one slice per file "
                                 "(or a volume as NIfTI or a DICOM series)")
-    if (
-        width * height > contract.MAX_IMAGE_PIXELS
-        or max(width, height) > contract.MAX_IMAGE_SIDE
-    ):
+    if width * height > contract.MAX_IMAGE_PIXELS or max(width, height) > max_side:
         raise InvalidImageError(
             f"image too large: {width}x{height} = {width * height} pixels; the limit is "
-            f"{contract.MAX_IMAGE_PIXELS} pixels and {contract.MAX_IMAGE_SIDE} per side"
+            f"{contract.MAX_IMAGE_PIXELS} pixels and {max_side} per side"
         )
     return image
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, max_side: int = contract.MAX_IMAGE_SIDE) -> np.ndarray:
     """Decode PNG/JPEG/TIFF bytes (8/16-bit, grey/RGB/RGBA) into an HxW or HxWxC array.
 
-    Raises InvalidImageError for empty, non-image, truncated or oversized input; the size
-    is checked from the header, before the pixels are decoded.
+    Raises InvalidImageError for empty, non-image, truncated or oversized input (more than
+    ``max_side`` pixels on a side); the size is checked from the header, before the pixels
+    are decoded.
     """
-    image = _open(data)
+    image = _open(data, max_side)
     fmt = image.format
     try:
         image.load()
@@ -108,27 +107,26 @@ def decode_image(data: bytes) -> np.ndarray:
     return array
 
 
+def pixels(image: np.ndarray) -> np.ndarray:
+    """A decoded image (HxW or HxWx3, any dtype) as the served ``PIXELS`` of one image:
+    float32 [H, W, C], C = 1 for grey, 3 for colour (exact for 8- and 16-bit values)."""
+    array = np.asarray(image, dtype=np.float32)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
 def to_model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize an HxW or HxWx3 image to ``size`` (height, width) and scale it to 0..255.
 
-    Intensities are stretched per image (min -> 0, max -> 255), so an 8-bit file and the
-    same picture stored as 16-bit give the same tensor, and MRI scanners' arbitrary
-    intensity scales do not matter. Returns float32 [height, width, 3].
+    Area averaging when shrinking on both axes, else linear interpolation; intensities are
+    stretched per image (min -> 0, max -> 255), so an 8-bit file and the same picture stored
+    as 16-bit give the same tensor, and MRI scanners' arbitrary intensity scales do not
+    matter. Runs the preprocessing graph the served networks carry. Returns float32
+    [height, width, 3].
     """
-    pixels = image.astype(np.float32, copy=False)
-    height, width = size
-    interpolation = (
-        cv2.INTER_AREA if pixels.shape[0] >= height and pixels.shape[1] >= width else cv2.INTER_LINEAR
-    )
-    resized = cv2.resize(pixels, (width, height), interpolation=interpolation)
-    if resized.ndim == 2:
-        resized = np.repeat(resized[:, :, None], contract.CHANNELS, axis=2)
-    low, high = float(resized.min()), float(resized.max())
-    if high > low:
-        resized = (resized - low) * np.float32(255.0 / (high - low))
-    else:
-        resized = np.zeros_like(resized)
-    return np.ascontiguousarray(resized, dtype=np.float32)
+    from brainscan.preprocessing_graph import preprocessing_session
+
+    (tensor,) = preprocessing_session(tuple(size)).run(None, {contract.PIXELS: pixels(image)[None]})
+    return tensor[0]
 
 
 def preprocess(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
@@ -138,72 +136,52 @@ def preprocess(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray, tuple[in
 
 
 def mask_from_probability(probability: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-    """Segmenter probabilities [h, w] or [h, w, 1] -> binary uint8 mask at (height, width)."""
-    prob = np.asarray(probability, dtype=np.float32).reshape(probability.shape[0], probability.shape[1])
-    height, width = int(original_size[0]), int(original_size[1])
-    if (height, width) != prob.shape:
-        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-    return (prob > contract.MASK_THRESHOLD).astype(np.uint8)
+    """Segmenter probabilities [h, w] or [h, w, 1] -> binary uint8 mask at (height, width),
+    through the mask head the served segmenter carries."""
+    from brainscan.preprocessing_graph import SIZE, mask_session
+
+    prob = np.asarray(probability, dtype=np.float32).reshape(1, probability.shape[0], probability.shape[1], 1)
+    (mask,) = mask_session().run(None, {contract.SEGMENTER_OUTPUT: prob, SIZE: np.asarray(original_size, np.int64)})
+    return mask[0]
 
 
 def mask_to_target(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A ground-truth mask file's pixels (any non-zero is tumour) -> float32 [h, w, 1] of 0/1."""
+    """A ground-truth mask file's pixels (any non-zero is tumour) -> float32 [h, w, 1] of 0/1,
+    resized as the images are (a pixel is tumour when at least half its area was)."""
+    from brainscan.preprocessing_graph import resize_session
+
     if mask.ndim == 3:
         mask = mask.max(axis=2)
     binary = (mask > 0).astype(np.float32)
-    height, width = size
-    if binary.shape != (height, width):
-        binary = cv2.resize(binary, (width, height), interpolation=cv2.INTER_AREA)
+    if binary.shape != tuple(size):
+        (binary,) = resize_session(tuple(size)).run(None, {contract.PIXELS: binary[None, :, :, None]})
+        binary = binary[0, :, :, 0]
     return (binary >= 0.5).astype(np.float32)[:, :, None]
 
 
-def as_network_input(tensor: np.ndarray, dtype) -> np.ndarray:
-    """A model-input tensor (0..255 floats) in the dtype a network's config declares: as is
-    for FP32; rounded to the nearest level for UINT8 (a quarter of the bytes between steps,
-    the cast back to float then inside the network's graph)."""
-    if np.dtype(dtype) == np.uint8:
-        return np.clip(np.rint(tensor), 0, 255).astype(np.uint8)
-    return tensor.astype(dtype, copy=False)
-
-
-def preprocess_batch(
-    encoded: np.ndarray | list[bytes],
-    classifier_size: tuple[int, int],
-    segmenter_size: tuple[int, int],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What the served ``preprocess`` model does for one request of B encoded images.
-
-    Returns the classifier input [B, h, w, 3], the segmenter input [B, hs, ws, 3] and the
-    original sizes [B, 2] (int32). Each image is decoded once; when both networks use the
-    same size, the tensor is computed once. All images of one request must share one size,
-    because the request's MASK output is one [B, H, W] tensor.
-    """
+def pixels_batch(encoded: np.ndarray | list[bytes], max_side: int = contract.MAX_IMAGE_SIDE) -> np.ndarray:
+    """What the served ``preprocess`` model does for one request of B encoded images: check
+    and decode each, and return their ``PIXELS``, float32 [B, H, W, C]. All images of one
+    request must share one height and width (the request's MASK is one [B, H, W] tensor);
+    grey images beside colour ones are repeated into three channels, which the networks'
+    preprocessing does to a grey image anyway."""
     items = [bytes(x) for x in np.asarray(encoded, dtype=object).reshape(-1)]
     if not items:
         raise InvalidImageError("the request holds no image")
-    classifier_inputs, segmenter_inputs, sizes = [], [], []
+    images = []
     for i, data in enumerate(items):
         try:
-            image = decode_image(data)
+            images.append(pixels(decode_image(data, max_side)))
         except InvalidImageError as exc:
             raise InvalidImageError(f"image {i} of the request: {exc}" if len(items) > 1 else str(exc)) from None
-        cls = to_model_input(image, classifier_size)
-        seg = cls if tuple(segmenter_size) == tuple(classifier_size) else to_model_input(image, segmenter_size)
-        classifier_inputs.append(cls)
-        segmenter_inputs.append(seg)
-        sizes.append(image.shape[:2])
-    if len(set(sizes)) > 1:
+    sizes = {image.shape[:2] for image in images}
+    if len(sizes) > 1:
         raise InvalidImageError(
-            f"the images of one request must share one height and width (got {sorted(set(sizes))}); "
+            f"the images of one request must share one height and width (got {sorted(sizes)}); "
             "send one image per request"
         )
-    return np.stack(classifier_inputs), np.stack(segmenter_inputs), np.asarray(sizes, dtype=np.int32)
-
-
-def postprocess_batch(probabilities: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """What the served ``postprocess`` model does: probabilities [B, h, w, 1] and original
-    sizes [B, 2] -> binary masks [B, H, W] uint8."""
-    sizes = np.asarray(sizes).reshape(-1, 2)
-    if len({tuple(s) for s in sizes.tolist()}) > 1:
-        raise InvalidImageError("the images of one request must share one height and width")
-    return np.stack([mask_from_probability(p, tuple(s)) for p, s in zip(probabilities, sizes)])
+    if len(images) == 1:
+        return images[0][None]
+    if len({image.shape[2] for image in images}) > 1:
+        images = [np.repeat(image, contract.CHANNELS, axis=2) if image.shape[2] == 1 else image for image in images]
+    return np.stack(images)

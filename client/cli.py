@@ -402,7 +402,7 @@ def bench_run(
     composing: Annotated[bool, typer.Option(help="Also load-test each composing model on its own.")] = True,
     runs: Annotated[Path | None, typer.Option("--runs", "--keras-runs", help="Training runs: classifier/ and segmenter/ with model.onnx (the composing models' inputs and the ONNX Runtime baseline when the served repository holds no ONNX: the tensorrt flavour, a remote server) and model.keras (the Keras baseline). Default: the demo's runs.")] = None,
     baseline_seconds: Annotated[float, typer.Option(help="Seconds each in-process baseline setting runs.")] = 3.0,
-    admin_key_file: Annotated[Path | None, typer.Option(envvar=contract.ADMIN_KEY_ENV, help="File holding the server's admin key (Triton's statistics are an admin API).")] = None,
+    admin_key_file: Annotated[Path | None, typer.Option(hidden=True, help="Ignored: statistics need no key since 0.2.")] = None,
     stability: Annotated[float, typer.Option(help="perf_analyzer's --stability-percentage; when its windows never agree within it, even with doubled windows, a sweep is measured with 30 % and the report's notes say so.")] = 10.0,
 ) -> None:
     """Load-test a running server, of any flavour, with perf_analyzer on real images
@@ -415,16 +415,10 @@ def bench_run(
     files = [f for f in expand_inputs(inputs) if f.is_file()][:limit]
     if not files:
         fail(f"no image files found in {', '.join(map(str, inputs))}")
-    from brainscan.server import ServerError, read_admin_key
-
-    try:
-        admin_key = read_admin_key(admin_key_file) if admin_key_file else None
-    except ServerError as exc:
-        fail(str(exc))
     config = BenchConfig(url=url, repository=repository, files=files, out=out, concurrency=_span(concurrency),
                          model_concurrency=_span(model_concurrency), request_count=requests, composing=composing,
                          runs=runs or contract.artifacts_dir() / "runs", baseline_seconds=baseline_seconds,
-                         admin_key=admin_key, stability_percentage=stability)
+                         stability_percentage=stability)
     try:
         run(config, log=lambda line: typer.echo(line, err=True))
     except (PerfAnalyzerError, FileNotFoundError, PermissionError) as exc:
@@ -435,16 +429,18 @@ def bench_run(
 def bench_ceiling(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive) to send.")],
     out: Annotated[Path, typer.Option(help="Results folder; a <date>-<host>-ceiling folder is made inside.")] = Path("benchmarks/results"),
-    instances: Annotated[str, typer.Option(help="Instances of preprocess and of postprocess to compare, comma-separated.")] = "1,2",
+    instances: Annotated[str, typer.Option(help="Instances of each python step to compare, comma-separated.")] = "1,2",
     concurrency: Annotated[str, typer.Option(help="Ensemble concurrency sweep, START:END[:STEP].")] = "1:8",
     requests: Annotated[int, typer.Option(help="Requests per perf_analyzer measurement window (doubled up to 3 times when its windows never agree).")] = 400,
     limit: Annotated[int, typer.Option(help="Use at most this many image files.")] = 64,
     stability: Annotated[float, typer.Option(help="perf_analyzer's --stability-percentage: how close its windows must agree (a shared machine needs slack).")] = 30.0,
 ) -> None:
-    """The ensemble's ceiling when the networks cost nothing (what bounds a GPU deployment):
-    free networks in place of the real ones, 1, 2, … instances per python step, each served
-    by the embedded Triton on loopback and swept with perf_analyzer; reports images/s and
-    CPU ms per image of every step (images/s per core)."""
+    """The ensemble's ceiling when the networks cost nothing (what bounds a GPU deployment),
+    for the previous design (python resize and mask steps) and the current one (python only
+    decodes) in the same run: free networks in place of the real ones, 1, 2, … instances per
+    python step, each served by the embedded Triton on loopback and swept with
+    perf_analyzer; reports images/s and CPU ms per image of every step and outside the
+    networks."""
     from brainscan.benchmarks.ceiling import CeilingConfig, measure
     from brainscan.benchmarks.perf_analyzer import PerfAnalyzerError
     from brainscan.client.files import expand_inputs

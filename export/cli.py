@@ -20,25 +20,27 @@ def onnx(
     atol: Annotated[float, typer.Option(help="Largest absolute difference allowed.")] = 1e-4,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
 ) -> None:
-    """Convert a trained Keras model to ONNX (dynamic batch) and check it against Keras on
-    real validation slices; fails, writing nothing, if any output differs by more than
-    --atol or any decision changes."""
+    """Convert a trained Keras model to its served ONNX graph: the network (dynamic batch),
+    checked against Keras on real validation slices (fails, writing nothing, if any output
+    differs by more than --atol or any decision changes), with the preprocessing in front and
+    the mask head behind, checked against the reference preprocessing on the same slices at
+    256x256, 512x512, 240x240 and 150x220 (no decision may change, mean mask Dice >= 0.99)."""
     from brainscan.export.onnx import ParityError, export_onnx
     from brainscan.train import datasets
     from brainscan.train.training import load_model, load_run, split_samples
 
     try:
         config = load_run(run)
-        validation = split_samples(config)["val"][:samples]
-        images = datasets.load_images(validation, config.image_size)
+        images = datasets.decode_images(split_samples(config)["val"][:samples])
         model = load_model(Path(run) / "model.keras")
         target = out or Path(run) / "model.onnx"
-        report = export_onnx(model, target, images, atol=atol, opset=opset)
+        reports = export_onnx(model, target, images, atol=atol, opset=opset)
     except ParityError as exc:
         fail(str(exc))
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    typer.echo(report.table())
+    for report in reports:
+        typer.echo(report.table())
     typer.echo(f"wrote {target}")
 
 
@@ -53,14 +55,15 @@ def repository(
     device: Annotated[str, typer.Option(help="onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache).")] = "cpu",
     instances: Annotated[list[str] | None, typer.Option(help="Instances of a model, MODEL=N (e.g. preprocess=2). Repeatable.")] = None,
     queue_delay_us: Annotated[int | None, typer.Option(help="The networks' dynamic-batching queue delay in µs (default: 0 local, 500 onnxruntime, 100 tensorrt).")] = None,
-    python_queue_delay_us: Annotated[int | None, typer.Option(help="preprocess/postprocess queue delay in µs (default: 0).")] = None,
+    python_queue_delay_us: Annotated[int | None, typer.Option(help="preprocess's queue delay in µs (default: 0).")] = None,
     opt_batch: Annotated[int | None, typer.Option(help="Optimum batch of the TensorRT profile (onnxruntime on gpu).")] = None,
     max_queue_size: Annotated[int, typer.Option(help="Requests each model may hold waiting; more are refused at once (UNAVAILABLE).")] = contract.MAX_QUEUE_SIZE,
+    max_side: Annotated[int | None, typer.Option(help=f"Largest image side served (default: {contract.GPU_MAX_IMAGE_SIDE} on a GPU, where TensorRT profiles end and Triton allocates every input at it; {contract.MAX_IMAGE_SIDE} on the CPU).")] = None,
     queue_timeout_ms: Annotated[int, typer.Option(help="A request waiting longer than this in a model's queue is refused.")] = contract.QUEUE_TIMEOUT_MS,
 ) -> None:
-    """Write a Triton model repository whose `brainscan` ensemble runs preprocess ->
-    classifier and segmenter -> postprocess. Configs are generated from the contract and
-    checked against Triton's ModelConfig schema."""
+    """Write a Triton model repository whose `brainscan` ensemble runs preprocess (decode) ->
+    classifier and segmenter (served graphs: resize, scaling and the mask inside). Configs
+    are generated from the contract and checked against Triton's ModelConfig schema."""
     from brainscan.export.repository import RepositoryError, validate_repository, write_repository
 
     def default(given: Path | None, task: str) -> Path | None:
@@ -82,6 +85,7 @@ def repository(
         write_repository(out, flavour, classifier_onnx, segmenter_onnx, max_batch_size=max_batch_size,
                          ort_threads=ort_threads, device=device, instances=counts, queue_delay_us=queue_delay_us,
                          opt_batch=opt_batch, max_queue_size=max_queue_size, queue_timeout_ms=queue_timeout_ms,
+                         max_image_side=max_side,
                          **({} if python_queue_delay_us is None else {"python_queue_delay_us": python_queue_delay_us}))
         validate_repository(out)
     except RepositoryError as exc:
@@ -162,15 +166,17 @@ def fp16(
     out: Annotated[Path | None, typer.Option(help="FP16 ONNX to write (default: model.fp16.onnx beside the source).")] = None,
     list_nodes: Annotated[bool, typer.Option("--list-nodes", help="Print the graph's nodes (name and op type, for --keep-fp32) and exit.")] = False,
 ) -> None:
-    """Write the FP16 graph of a network: FP16 weights and compute, FP32 inputs and outputs,
-    chosen nodes kept in FP32. The FP16 gate runs first, on CPU with ONNX Runtime, against
-    the FP32 ONNX on real validation slices; nothing is written if it fails. TensorRT
-    engines and ONNX Runtime's TensorRT provider are built from this graph."""
+    """Write the FP16 graph of a served network: FP16 weights and compute, its inputs and
+    outputs in their own types, the preprocessing and mask head and chosen nodes kept in
+    FP32. The FP16 gate runs first, on CPU with ONNX Runtime, against the FP32 graph on real
+    validation slices; nothing is written if it fails. TensorRT engines and ONNX Runtime's
+    TensorRT provider are built from this graph."""
     import onnx
 
     from brainscan.export.fp16 import GateFailedError
-    from brainscan.export.precision import PrecisionError, export_fp16, graph_nodes, network_of
+    from brainscan.export.precision import PrecisionError, export_fp16, graph_nodes
     from brainscan.export.repository import RepositoryError
+    from brainscan.export.serving import ServingGraphError, network_of
     from brainscan.export.validation import validation_inputs
 
     source = run / "model.onnx" if run.is_dir() else run
@@ -187,7 +193,7 @@ def fp16(
         result = export_fp16(source, inputs, tuple(keep_fp32 or ()), _tolerances(max_prob_diff, min_mask_dice), out)
     except GateFailedError as exc:
         fail(str(exc))
-    except (PrecisionError, RepositoryError, FileNotFoundError, ValueError) as exc:
+    except (PrecisionError, RepositoryError, ServingGraphError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     typer.echo(result.report.table())
     typer.echo(result.summary())

@@ -149,10 +149,10 @@ def _one_engine(version_dir: Path, network: str, listed_for: str, plan: str, con
     try:
         expected = profile_from_config(config)
     except ProfileError as exc:
-        add("batch profile", False, str(exc))
+        add("optimization profile", False, str(exc))
     else:
         recorded = Profile.from_dict(record["profile"])
-        add("batch profile", recorded.min == expected.min and recorded.max == expected.max,
+        add("optimization profile", recorded.min == expected.min and recorded.max == expected.max,
             f"engine {recorded.min[0]}..{recorded.max[0]} x {list(recorded.max[1:])}, "
             f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}")
     recorded = record.get("onnx_file", "")

@@ -8,6 +8,7 @@ every value next to its limit, and ``passed`` is False as soon as one limit is e
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,15 +38,15 @@ class Check:
     passed: bool
 
 
-def _at_most(name: str, value: float, limit: float) -> Check:
+def at_most(name: str, value: float, limit: float) -> Check:
     return Check(name, value, f"<= {limit:g}", bool(np.isfinite(value) and value <= limit))
 
 
-def _at_least(name: str, value: float, limit: float) -> Check:
+def at_least(name: str, value: float, limit: float) -> Check:
     return Check(name, value, f">= {limit:g}", bool(np.isfinite(value) and value >= limit))
 
 
-def _info(name: str, value: float) -> Check:
+def info(name: str, value: float) -> Check:
     return Check(name, value, "", True)
 
 
@@ -54,6 +55,7 @@ class GateReport:
     network: str
     samples: int
     checks: tuple[Check, ...]
+    gate: str = "FP16 gate"
 
     @property
     def passed(self) -> bool:
@@ -74,7 +76,7 @@ class GateReport:
             value = f"{c.value:.4g}" if isinstance(c.value, float) else str(c.value)
             rows.append((c.name, value, c.limit or "(info)", "ok" if c.passed else "FAIL"))
         verdict = "passed" if self.passed else "FAILED"
-        return f"FP16 gate, {self.network}, {self.samples} validation slices: {verdict}\n{text_table(rows)}"
+        return f"{self.gate}, {self.network}, {self.samples} validation slices: {verdict}\n{text_table(rows)}"
 
 
 def _non_finite(array: np.ndarray) -> int:
@@ -88,52 +90,60 @@ def check_classifier(fp32: np.ndarray, fp16: np.ndarray, tolerances: Tolerances 
                                 contract.DECISION_THRESHOLD)
     agreement = 1.0 - comparison.decisions_differ / max(comparison.decisions, 1)
     checks = (
-        _at_most("non-finite outputs (NaN/Inf)", _non_finite(fp16), 0),
-        _at_most("max |probability diff|", comparison.max_abs_diff, tolerances.classifier_max_abs_diff),
-        _at_least("decision agreement", agreement, tolerances.classifier_min_agreement),
-        _info("mean |probability diff|", comparison.mean_abs_diff),
+        at_most("non-finite outputs (NaN/Inf)", _non_finite(fp16), 0),
+        at_most("max |probability diff|", comparison.max_abs_diff, tolerances.classifier_max_abs_diff),
+        at_least("decision agreement", agreement, tolerances.classifier_min_agreement),
+        info("mean |probability diff|", comparison.mean_abs_diff),
     )
     return GateReport(contract.CLASSIFIER, len(fp32), checks)
 
 
 def check_segmenter(
-    fp32: np.ndarray, fp16: np.ndarray, truth: np.ndarray | None = None, tolerances: Tolerances = Tolerances()
+    fp32: Sequence[np.ndarray], fp16: Sequence[np.ndarray], truth: Sequence[np.ndarray] | None = None,
+    tolerances: Tolerances = Tolerances(),
 ) -> GateReport:
-    """Mask probabilities [N, H, W(, 1)] of the FP32 reference and the FP16 engine, and the
-    ground-truth masks (0/1) at the same size when the dataset has them."""
-    fp32 = np.asarray(fp32, np.float64).reshape(len(fp32), -1)
-    fp16 = np.asarray(fp16, np.float64).reshape(len(fp16), -1)
-    if fp32.shape != fp16.shape:
-        raise ValueError(f"FP32 and FP16 outputs differ in shape: {fp32.shape} vs {fp16.shape}")
-    mask32 = fp32 > contract.MASK_THRESHOLD
-    mask16 = fp16 > contract.MASK_THRESHOLD  # NaN compares False: a NaN map is an empty mask
-    found32, found16 = mask32.any(axis=1), mask16.any(axis=1)
+    """The segmenter's outputs per slice, of the FP32 reference and of the FP16 graph or
+    engine: masks (0/1) or probabilities, any size, the same for both; and the ground-truth
+    masks (0/1) at that size when the dataset has them."""
+    if len(fp32) != len(fp16):
+        raise ValueError(f"{len(fp32)} FP32 outputs but {len(fp16)} FP16 ones")
+    fp32 = [np.asarray(a, np.float64).reshape(-1) for a in fp32]
+    fp16 = [np.asarray(a, np.float64).reshape(-1) for a in fp16]
+    for i, (a, b) in enumerate(zip(fp32, fp16)):
+        if a.shape != b.shape:
+            raise ValueError(f"slice {i}: FP32 and FP16 outputs differ in size: {a.size} vs {b.size}")
+    mask32 = [a > contract.MASK_THRESHOLD for a in fp32]
+    mask16 = [b > contract.MASK_THRESHOLD for b in fp16]  # NaN compares False: a NaN map is an empty mask
+    found32, found16 = np.array([m.any() for m in mask32]), np.array([m.any() for m in mask16])
     either = found32 | found16
-    dice_vs_fp32 = float(np.mean([dice(a, b) for a, b in zip(mask16[either], mask32[either])])) if either.any() else 1.0
+    dices = [dice(b, a) for a, b, keep in zip(mask32, mask16, either) if keep]
+    differ = [np.nan_to_num(np.abs(a - b), nan=np.inf).max(initial=0.0) for a, b in zip(fp32, fp16)]
     checks = [
-        _at_most("non-finite outputs (NaN/Inf)", _non_finite(fp16), 0),
-        _at_most("masks emptied by FP16", int(np.sum(found32 & ~found16)), tolerances.segmenter_max_emptied),
-        _at_least("mean Dice FP16 vs FP32 masks", dice_vs_fp32, tolerances.segmenter_min_dice_vs_fp32),
-        _info("max |probability diff|", float(np.nan_to_num(np.abs(fp32 - fp16), nan=np.inf).max(initial=0.0))),
+        at_most("non-finite outputs (NaN/Inf)", sum(_non_finite(b) for b in fp16), 0),
+        at_most("masks emptied by FP16", int(np.sum(found32 & ~found16)), tolerances.segmenter_max_emptied),
+        at_least("mean Dice FP16 vs FP32 masks", float(np.mean(dices)) if dices else 1.0,
+                 tolerances.segmenter_min_dice_vs_fp32),
+        info("max |output diff|", float(max(differ, default=0.0))),
     ]
     if truth is not None:
-        truth = np.asarray(truth, bool).reshape(len(truth), -1)
+        truth = [np.asarray(t, bool).reshape(-1) for t in truth]
         d32 = segmentation_metrics(mask32, truth)["dice_tumour_slices"]
         d16 = segmentation_metrics(mask16, truth)["dice_tumour_slices"]
         if np.isfinite(d32):
             checks += [
-                _info("mean Dice vs truth, FP32", d32),
-                _info("mean Dice vs truth, FP16", d16),
-                _at_most("Dice drop vs truth (FP32 - FP16)", d32 - d16, tolerances.segmenter_max_dice_drop),
+                info("mean Dice vs truth, FP32", d32),
+                info("mean Dice vs truth, FP16", d16),
+                at_most("Dice drop vs truth (FP32 - FP16)", d32 - d16, tolerances.segmenter_max_dice_drop),
             ]
     return GateReport(contract.SEGMENTER, len(fp32), tuple(checks))
 
 
-def check_network(network: str, fp32: np.ndarray, fp16: np.ndarray, truth: np.ndarray | None,
-                  tolerances: Tolerances = Tolerances()) -> GateReport:
-    """The gate of ``network`` (classifier or segmenter) on its FP32 and FP16 outputs."""
+def check_network(network: str, fp32: Sequence[np.ndarray], fp16: Sequence[np.ndarray],
+                  truth: Sequence[np.ndarray] | None, tolerances: Tolerances = Tolerances()) -> GateReport:
+    """The gate of ``network`` (classifier or segmenter) on its FP32 and FP16 outputs, one per slice."""
     if network == contract.CLASSIFIER:
-        return check_classifier(fp32, fp16, tolerances)
+        return check_classifier(np.concatenate([np.reshape(a, -1) for a in fp32]),
+                                np.concatenate([np.reshape(a, -1) for a in fp16]), tolerances)
     return check_segmenter(fp32, fp16, truth, tolerances)
 
 

@@ -1,4 +1,7 @@
-"""Keras -> ONNX with tf2onnx (dynamic batch), and the parity check against Keras."""
+"""Keras -> ONNX with tf2onnx (dynamic batch) and the parity check against Keras, then the
+served graph (the preprocessing and mask head around the network, ``export.serving``) and
+its parity gate against the reference preprocessing; only a graph that passes both is
+written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,10 +17,11 @@ PARITY_ATOL = 1e-4
 
 
 class ParityError(RuntimeError):
-    """ONNX Runtime disagrees with Keras beyond the tolerance; the message holds the table."""
+    """ONNX Runtime disagrees with Keras beyond the tolerance, or the served graph with the
+    reference preprocessing; the message holds the table."""
 
-    def __init__(self, report: ComparisonReport):
-        super().__init__(f"ONNX export does not match Keras:\n{report.table()}")
+    def __init__(self, report):
+        super().__init__(f"ONNX export does not match its reference:\n{report.table()}")
         self.report = report
 
 
@@ -88,13 +92,24 @@ def compare_onnx_keras(
     )
 
 
-def export_onnx(model, out: Path, images: np.ndarray, atol: float = PARITY_ATOL, opset: int = OPSET) -> ComparisonReport:
-    """Convert, check parity on ``images``, and only then write ``out`` (atomically).
-    Raises ParityError, leaving no file, when ONNX Runtime and Keras disagree."""
+def export_onnx(model, out: Path, images: list[np.ndarray], atol: float = PARITY_ATOL, opset: int = OPSET):
+    """Convert, check the network against Keras and the served graph against the reference
+    preprocessing on ``images`` (decoded validation slices, any sizes; resampled to
+    ``serving.PARITY_SIZES`` for the second check), and only then write the served graph to
+    ``out`` (atomically). Returns both reports. Raises ParityError, leaving no file, when
+    either check fails."""
+    from brainscan.export.serving import check_parity, resampled, serving_model
+    from brainscan.preprocessing import to_model_input
+
     model_proto = keras_to_onnx(model, opset)
-    serialized = model_proto.SerializeToString()
-    report = compare_onnx_keras(model, serialized, images, atol)
-    if not report.passed:
-        raise ParityError(report)
-    write_bytes_atomic(Path(out), serialized)
-    return report
+    size = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    tensors = np.stack([to_model_input(image, size) for image in images])
+    network = compare_onnx_keras(model, model_proto.SerializeToString(), tensors, atol)
+    if not network.passed:
+        raise ParityError(network)
+    served = serving_model(model_proto)
+    parity = check_parity(model_proto, served, resampled(images))
+    if not parity.passed:
+        raise ParityError(parity)
+    write_bytes_atomic(Path(out), served.SerializeToString())
+    return network, parity

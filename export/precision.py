@@ -39,6 +39,7 @@ from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
 from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check_network
+from brainscan.export.serving import added_nodes, network_of, serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx
 
 FP16_SUFFIX = ".fp16.onnx"
@@ -67,15 +68,6 @@ def record_path(fp16_onnx: Path) -> Path:
     return Path(fp16_onnx).with_suffix(".json")
 
 
-def network_of(model) -> str:
-    """classifier or segmenter, from the graph's input name (the contract's)."""
-    names = [i.name for i in model.graph.input]
-    for network, name in ((contract.CLASSIFIER, contract.CLASSIFIER_INPUT), (contract.SEGMENTER, contract.SEGMENTER_INPUT)):
-        if names == [name]:
-            return network
-    raise PrecisionError(f"the graph has inputs {names}; expected [{contract.CLASSIFIER_INPUT!r}] or [{contract.SEGMENTER_INPUT!r}]")
-
-
 def graph_nodes(model) -> list[tuple[str, str]]:
     """(name, op type) of every node, in graph order."""
     return [(node.name, node.op_type) for node in model.graph.node]
@@ -100,21 +92,24 @@ def resolve_block_list(model, patterns: tuple[str, ...]) -> list[str]:
 
 
 def convert_to_fp16(model, keep_fp32: tuple[str, ...] = ()):
-    """The FP16 graph of ``model``: FP16 initializers and compute, FP32 graph inputs and
-    outputs (so the served contract and the Triton configs do not change), the nodes that
-    ``keep_fp32`` names (and the converter's own list of ops without FP16 support) in FP32.
-    Returns (fp16 model, names of the nodes kept in FP32 on request)."""
+    """The FP16 graph of ``model`` (a served graph): FP16 initializers and compute, the graph's
+    inputs and outputs in their own types (so the served contract and the Triton configs do
+    not change), the preprocessing and the mask head in FP32 (16-bit pixel values overflow
+    FP16), the nodes that ``keep_fp32`` names (and the converter's own list of ops without
+    FP16 support) in FP32. Returns (fp16 model, names of the nodes kept in FP32 on request)."""
     import onnx
     from onnxconverter_common import float16
 
     kept = resolve_block_list(model, keep_fp32)
+    blocked = [*added_nodes(model), *(name for name in kept if name not in added_nodes(model))]
     with warnings.catch_warnings():
         # it warns once per weight it clamps to +-1e-7 (tiny values FP16 cannot hold)
         warnings.simplefilter("ignore", UserWarning)
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=kept or None)
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked or None)
+    given = {t.name: t.type.tensor_type.elem_type for t in [*model.graph.input, *model.graph.output]}
     for tensor in [*converted.graph.input, *converted.graph.output]:
-        if tensor.type.tensor_type.elem_type != _FLOAT:
-            raise PrecisionError(f"{tensor.name} is not FP32 after the conversion")
+        if tensor.type.tensor_type.elem_type != given.get(tensor.name):
+            raise PrecisionError(f"{tensor.name} changed type in the conversion")
     try:  # TensorRT's strongly typed parser needs every type to agree with ONNX's inference
         onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
@@ -178,16 +173,17 @@ def storage_view(fp16_model):
 
 
 def fp16_share(fp16_model) -> tuple[int, int]:
-    """(nodes that write FP16, nodes that write floating-point tensors): how much of the
-    graph computes in FP16."""
+    """(nodes that write FP16, nodes that write floating-point tensors) of the network: how
+    much of it computes in FP16 (the preprocessing and the mask head stay FP32 by design)."""
     types = _tensor_types(fp16_model)
-    floating = [n for n in fp16_model.graph.node if n.op_type != "Cast"
+    added = set(added_nodes(fp16_model))
+    floating = [n for n in fp16_model.graph.node if n.op_type != "Cast" and n.name not in added
                 and any(types.get(o) in (_FLOAT, _FLOAT16) for o in n.output)]
     return sum(any(types.get(o) == _FLOAT16 for o in n.output) for n in floating), len(floating)
 
 
-def run_fp16(fp16_model, images: np.ndarray) -> np.ndarray:
-    """The FP16 graph's output on ``images``, FP16 storage included (``storage_view``)."""
+def run_fp16(fp16_model, images: list[np.ndarray]) -> list[np.ndarray]:
+    """The FP16 graph's output on each of ``images``, FP16 storage included (``storage_view``)."""
     return run_onnx(storage_view(fp16_model).SerializeToString(), images)
 
 
@@ -207,18 +203,18 @@ class Fp16Result:
 
 def export_fp16(onnx_path: Path, inputs: NetworkInputs, keep_fp32: tuple[str, ...] = (),
                 tolerances: Tolerances = Tolerances(), out: Path | None = None) -> Fp16Result:
-    """Convert ``onnx_path`` to FP16, gate the FP16 graph against the FP32 one on CPU
-    (``inputs``: real validation slices), and only if the gate passes write it (default
-    beside the source, ``model.fp16.onnx``) with a ``model.fp16.json`` record. Raises
+    """Convert the served graph ``onnx_path`` to FP16, gate the FP16 graph against the FP32
+    one on CPU (``inputs``: real validation slices), and only if the gate passes write it
+    (default beside the source, ``model.fp16.onnx``) with a ``model.fp16.json`` record. Raises
     GateFailedError, writing nothing, when FP16 is outside the tolerances."""
     import onnx
 
     onnx_path = Path(onnx_path)
-    model = onnx.load(str(onnx_path))
+    model = serving_model(onnx.load(str(onnx_path)))
     network = network_of(model)
     converted, kept = convert_to_fp16(model, keep_fp32)
-    report = check_network(network, run_onnx(onnx_path, inputs.images), run_fp16(converted, inputs.images),
-                           inputs.truth, tolerances)
+    report = check_network(network, run_onnx(model.SerializeToString(), inputs.images),
+                           run_fp16(converted, inputs.images), inputs.truth, tolerances)
     if not report.passed:
         raise GateFailedError([report], REMEDY)
     target = Path(out) if out else fp16_path(onnx_path)

@@ -1,19 +1,20 @@
 """Write and check Triton model repositories: one ensemble contract, three flavours.
 
-| flavour       | classifier / segmenter                                  |
+| flavour       | classifier / segmenter (the served graphs, ``export.serving``) |
 |---------------|---------------------------------------------------------|
 | tensorrt      | tensorrt_plan FP16 engines, KIND_GPU (production)       |
 | onnxruntime   | onnxruntime_onnx: KIND_CPU, or KIND_GPU with the TensorRT |
-|               | execution provider in FP16 (engine cache on)            |
+|               | execution provider on the FP16 graph (engine cache on)  |
 | local         | python backend running ONNX Runtime (embedded default) |
 
-``preprocess``, ``postprocess`` (python) and the ensemble are the same in all three.
-Configs are built from the contract as dicts, parsed into Triton's own ModelConfig
-protobuf (which rejects unknown fields and wrong enum values) and written as text.
+The ensemble is ``preprocess`` (python: check and decode the file) -> ``classifier`` and
+``segmenter``, which take the decoded pixels at the image's own size and resize, scale and
+(segmenter) threshold inside their graphs; ``preprocess`` and the ensemble are the same in
+all three flavours. Configs are built from the contract as dicts, parsed into Triton's own
+ModelConfig protobuf (which rejects unknown fields and wrong enum values) and written as text.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,21 +24,21 @@ from tritonclient.grpc import model_config_pb2
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
-from brainscan.contract import TensorSpec
-from brainscan.export.profiles import ProfileError, batch_profile
+from brainscan.contract import MAX_SIDE_PARAMETER, TensorSpec
+from brainscan.export.profiles import OPT_IMAGE, ProfileError, image_profile
 
 FLAVOURS = ("local", "tensorrt", "onnxruntime")
 VERSION = "1"
 PLACEHOLDER = ".gitkeep"  # keeps a version folder whose weights are build outputs in git
 # python-model sources in brainscan.export.triton_models -> model.py of these models
-PYTHON_SOURCES = {contract.PREPROCESS: "preprocess.py", contract.POSTPROCESS: "postprocess.py"}
+PYTHON_SOURCES = {contract.PREPROCESS: "preprocess.py"}
 ONNX_RUNNER_SOURCE = "onnx_runner.py"
 WEIGHT_FILES = {"local": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 DEVICES = ("cpu", "gpu")
 # How long the dynamic batcher may hold a request to grow a batch: for the networks, per
-# flavour; preprocess and postprocess are the same python models in every flavour. With 0
+# flavour; preprocess is the same python model in every flavour. With 0
 # the batcher still batches whatever queued while a model was busy, and an idle server
-# adds no wait: on 2 CPU cores, 500 µs on each of the four steps cost 1.5 ms of p50 at
+# adds no wait: on 2 CPU cores, 500 µs on each of the steps cost 1.5 ms of p50 at
 # concurrency 1 and no throughput (benchmarks/results/, tuning table).
 QUEUE_DELAY_US = {"local": 0, "onnxruntime": 500, "tensorrt": 100}
 PYTHON_QUEUE_DELAY_US = 0
@@ -45,24 +46,23 @@ PYTHON_QUEUE_DELAY_US = 0
 # (~4x the classifier's FLOPs); a second instance lets it run beside the other steps:
 # +16 % throughput on 2 cores. More ONNX Runtime threads per instance oversubscribe the cores.
 DEFAULT_INSTANCES = {"local": {contract.SEGMENTER: 2}, "onnxruntime": {}, "tensorrt": {}}
-# On a GPU the networks are not the bound: the python steps are (benchmarks/results/
-# *-ceiling: with free networks one preprocess core sustains ~950 images/s of 256x256 slices,
-# fewer for larger ones, postprocess ~4800), while one GPU runs both networks at thousands
-# of images/s. So the GPU flavours run 4 preprocess and 2 postprocess processes, which the
-# Kubernetes GPU overlay gives the cores for; `--instances MODEL=N` sizes them otherwise.
-GPU_PYTHON_INSTANCES = {contract.PREPROCESS: 4, contract.POSTPROCESS: 2}
+# On a GPU the networks are not the bound: the one python step, which decodes the file, is
+# (benchmarks/results/*-ceiling: CPU ms per image of each step with free networks), while
+# one GPU runs both networks at thousands of images/s. So the GPU flavours run 4 preprocess
+# processes, which the Kubernetes GPU overlay gives the cores for; `--instances MODEL=N`
+# sizes them otherwise.
+GPU_PYTHON_INSTANCES = {contract.PREPROCESS: 4}
 # Every model's queue is bounded (contract.MAX_QUEUE_SIZE, contract.QUEUE_TIMEOUT_MS): a flood
 # then costs fast refusals, not unbounded memory and minutes of latency for everyone.
 # Warm-up (model_warmup): Triton runs these samples on every instance before the model is
 # ready, so the first real requests do not pay the cold path (ONNX Runtime's and TensorRT's
 # first runs, CUDA graph capture, python imports). preprocess gets a real PNG slice (the
-# watchdog's probe image) in Triton's serialized string form; the networks zeros at batch 1
-# and the maximum; postprocess a zero probability map sent back to 256 x 256. Triton runs
-# none for ensembles. A failing sample stops the model from loading.
+# watchdog's probe image) in Triton's serialized string form; the networks a zero 256 x 256
+# grey image at batch 1 and the maximum. Triton runs none for ensembles. A failing sample
+# stops the model from loading.
 WARMUP_FOLDER = "warmup"  # Triton's name: <model>/warmup/<input_data_file>
 WARMUP_IMAGE = "image"
-WARMUP_ORIGINAL_SIZE = "original_size"
-WARMUP_SIZE = (256, 256)
+WARMUP_SIZE = OPT_IMAGE[:2]
 # Where the onnxruntime flavour's TensorRT execution provider keeps its engines inside the
 # Triton container: docker/compose.yaml mounts a volume exactly here, and each model's
 # cache is ONE level below it, because the provider creates only the last folder of its
@@ -79,18 +79,17 @@ class RepositorySpec:
     """What varies between generated repositories."""
 
     flavour: str = "local"
-    classifier_size: tuple[int, int] = (contract.CLASSIFIER_SIZE, contract.CLASSIFIER_SIZE)
-    segmenter_size: tuple[int, int] = (contract.SEGMENTER_SIZE, contract.SEGMENTER_SIZE)
     max_batch_size: int = contract.MAX_BATCH_SIZE
     queue_delay_us: int | None = None  # the networks'; None: the flavour's default (QUEUE_DELAY_US)
-    python_queue_delay_us: int = PYTHON_QUEUE_DELAY_US  # preprocess and postprocess
+    python_queue_delay_us: int = PYTHON_QUEUE_DELAY_US  # preprocess
     max_queue_size: int = contract.MAX_QUEUE_SIZE  # per model
     queue_timeout_ms: int = contract.QUEUE_TIMEOUT_MS
     ort_threads: int = 1
     instances: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"  # onnxruntime flavour only: cpu, or gpu (TensorRT execution provider, FP16)
-    opt_batch: int | None = None  # optimum of the TensorRT batch profile (default: max_batch_size)
+    opt_batch: int | None = None  # optimum batch of the TensorRT profile (default: max_batch_size)
     workspace_mib: int = 1024  # TensorRT workspace of the onnxruntime flavour on GPU
+    max_image_side: int | None = None  # None: contract.GPU_MAX_IMAGE_SIDE on a GPU, else contract.MAX_IMAGE_SIDE
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -113,6 +112,11 @@ class RepositorySpec:
             raise RepositoryError("instance counts must be at least 1")
         if self.queue_delay_us is None:
             self.queue_delay_us = QUEUE_DELAY_US[self.flavour]
+        if self.max_image_side is None:
+            self.max_image_side = contract.GPU_MAX_IMAGE_SIDE if self.on_gpu else contract.MAX_IMAGE_SIDE
+        if not max(OPT_IMAGE[:2]) <= self.max_image_side <= contract.MAX_IMAGE_SIDE:
+            raise RepositoryError(f"the largest image side must be between {max(OPT_IMAGE[:2])} and "
+                                  f"{contract.MAX_IMAGE_SIDE}, got {self.max_image_side}")
 
     @property
     def on_gpu(self) -> bool:
@@ -139,8 +143,12 @@ def _dynamic_batching(delay_us: int, spec: RepositorySpec) -> dict:
     }
 
 
-def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: dict | None = None) -> dict:
-    config = {
+def _parameters(values: dict) -> dict:
+    return {k: {"string_value": str(v)} for k, v in values.items()}
+
+
+def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: dict) -> dict:
+    return {
         "name": name,
         "backend": "python",
         "max_batch_size": spec.max_batch_size,
@@ -148,23 +156,24 @@ def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: 
         "output": _tensors(outputs),
         "instance_group": [{"kind": "KIND_CPU", "count": spec.count(name)}],
         "dynamic_batching": _dynamic_batching(
-            spec.queue_delay_us if name in (contract.CLASSIFIER, contract.SEGMENTER) else spec.python_queue_delay_us, spec
+            spec.queue_delay_us if name in contract.NETWORKS else spec.python_queue_delay_us, spec
         ),
+        "parameters": _parameters(parameters),
     }
-    if parameters:
-        config["parameters"] = {k: {"string_value": str(v)} for k, v in parameters.items()}
-    return config
 
 
-def _network(name: str, inputs, outputs, spec: RepositorySpec) -> dict:
+def _network(name: str, spec: RepositorySpec) -> dict:
+    inputs, outputs = [contract.PIXELS_SPEC], [contract.NETWORK_OUTPUT_SPEC[name]]
+    side = {MAX_SIDE_PARAMETER: spec.max_image_side}
     if spec.flavour == "local":
-        return _python_model(name, inputs, outputs, spec, {"intra_op_threads": spec.ort_threads})
+        return _python_model(name, inputs, outputs, spec, {"intra_op_threads": spec.ort_threads, **side})
     config = {
         "name": name,
         "max_batch_size": spec.max_batch_size,
         "input": _tensors(inputs),
         "output": _tensors(outputs),
         "dynamic_batching": _dynamic_batching(spec.queue_delay_us, spec),
+        "parameters": _parameters(side),
     }
     if spec.flavour == "tensorrt":
         config["platform"] = "tensorrt_plan"
@@ -173,49 +182,53 @@ def _network(name: str, inputs, outputs, spec: RepositorySpec) -> dict:
     elif spec.device == "gpu":
         config["platform"] = "onnxruntime_onnx"
         config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
-        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [_ort_tensorrt(name, inputs[0], spec)]}}
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [_ort_tensorrt(name, spec)]}}
     else:
         config["platform"] = "onnxruntime_onnx"
         config["instance_group"] = [{"kind": "KIND_CPU", "count": spec.count(name)}]
-        config["parameters"] = {
-            "intra_op_thread_count": {"string_value": str(spec.ort_threads)},
-            "inter_op_thread_count": {"string_value": "1"},
-        }
+        config["parameters"].update(_parameters({"intra_op_thread_count": spec.ort_threads, "inter_op_thread_count": 1}))
     return config
 
 
 def _graph_specs(max_batch_size: int) -> list[dict]:
-    """One CUDA graph per batch size 1 … max_batch_size. Triton captures an engine's kernel
-    launches once per listed shape and replays them, which removes most of the per-request
-    CPU launch cost; a batch without a graph runs without one. With dynamic batching and no
-    graph_spec, Triton's tensorrt backend captures only batch 1 and max_batch_size (plus any
-    preferred_batch_size), so the batches in between, the common case under moderate load,
+    """One CUDA graph per batch size 1 … max_batch_size of OPT_IMAGE images. Triton captures
+    an engine's kernel launches once per listed shape and replays them, which removes most of
+    the per-request CPU launch cost; another shape runs without a graph (an inexact match,
+    graph_lower_bound, would pad the image and change what the resize sees). Without
+    graph_spec, Triton's tensorrt backend captures only a few batch sizes (instance_state.cc,
+    InitializeGraphSpecs), so the batches in between, the common case under moderate load,
     would miss them. Each graph costs a capture at model load and some device memory per
     instance: negligible for these small networks at the default maximum of 8."""
-    return [{"batch_size": size} for size in range(1, max_batch_size + 1)]
+    return [{"batch_size": size, "input": {contract.PIXELS: {"dim": list(OPT_IMAGE)}}}
+            for size in range(1, max_batch_size + 1)]
 
 
-def _ort_tensorrt(name: str, tensor: TensorSpec, spec: RepositorySpec) -> dict:
-    """ONNX Runtime's TensorRT execution provider on the FP16 graph, with its engine cache
-    on and the same batch profile as the tensorrt flavour's engines (so no shape forces a
-    rebuild). No precision_mode: the precision is the graph's (FP16 compute, FP32 I/O), and
-    TensorRT 11 builds strongly typed networks only, so a builder precision flag would
-    mean nothing there."""
+def _ort_tensorrt(name: str, spec: RepositorySpec) -> dict:
+    """ONNX Runtime's TensorRT execution provider on the FP16 graph, with its engine and
+    timing caches on and the same profile as the tensorrt flavour's engines (so no shape
+    forces a rebuild). No precision_mode: the precision is the graph's (FP16 compute, FP32 I/O),
+    and TensorRT 11 builds strongly typed networks only, so a builder precision flag would
+    mean nothing there. The timing cache is written beside the engines: without
+    trt_timing_cache_path the provider writes it to the working directory, /models in the
+    container, which is read-only (onnxruntime_backend passes trt_timing_cache_path through,
+    src/onnxruntime.cc; the provider creates that folder as it does the engine cache's)."""
     try:
-        profile = batch_profile(tensor.name, tensor.dims, spec.max_batch_size, spec.opt_batch)
+        profile = image_profile(contract.PIXELS, spec.max_batch_size, spec.max_image_side, spec.opt_batch)
     except ProfileError as exc:
         raise RepositoryError(str(exc)) from None
 
     def shapes(dims: tuple[int, ...]) -> str:
-        return f"{tensor.name}:{'x'.join(str(d) for d in dims)}"
+        return f"{contract.PIXELS}:{'x'.join(str(d) for d in dims)}"
 
+    cache = f"{ORT_TRT_CACHE}/{name}"
     return {
         "name": "tensorrt",
         "parameters": {
             "max_workspace_size_bytes": str(spec.workspace_mib << 20),
             "trt_engine_cache_enable": "1",
-            "trt_engine_cache_path": f"{ORT_TRT_CACHE}/{name}",
+            "trt_engine_cache_path": cache,
             "trt_timing_cache_enable": "1",
+            "trt_timing_cache_path": cache,
             "trt_profile_min_shapes": shapes(profile.min),
             "trt_profile_opt_shapes": shapes(profile.opt),
             "trt_profile_max_shapes": shapes(profile.max),
@@ -223,42 +236,27 @@ def _ort_tensorrt(name: str, tensor: TensorSpec, spec: RepositorySpec) -> dict:
     }
 
 
-def _zeros(tensor: TensorSpec) -> dict:
-    return {"data_type": tensor.triton_dtype, "dims": list(tensor.dims), "zero_data": True}
-
-
-def _warmup(configs: dict[str, dict], cls_in: TensorSpec, seg_in: TensorSpec, seg_out: TensorSpec,
-            max_batch_size: int) -> None:
+def _warmup(configs: dict[str, dict], max_batch_size: int) -> None:
     """Add the warm-up samples (see WARMUP_FOLDER) to the composing models' configs."""
     image = {"data_type": contract.IMAGE_SPEC.triton_dtype, "dims": [1], "input_data_file": WARMUP_IMAGE}
     configs[contract.PREPROCESS]["model_warmup"] = [
         {"name": "a PNG slice", "batch_size": 1, "inputs": {contract.IMAGE: image}}]
-    for network, tensor in ((contract.CLASSIFIER, cls_in), (contract.SEGMENTER, seg_in)):
-        configs[network]["model_warmup"] = [{"name": f"zeros, batch {size}", "batch_size": size,
-                                             "inputs": {tensor.name: _zeros(tensor)}}
-                                            for size in sorted({1, max_batch_size})]
-    size = {"data_type": contract.ORIGINAL_SIZE_SPEC.triton_dtype, "dims": list(contract.ORIGINAL_SIZE_SPEC.dims),
-            "input_data_file": WARMUP_ORIGINAL_SIZE}
-    configs[contract.POSTPROCESS]["model_warmup"] = [
-        {"name": f"a mask back to {WARMUP_SIZE[0]} x {WARMUP_SIZE[1]}", "batch_size": 1,
-         "inputs": {seg_out.name: _zeros(seg_out), contract.ORIGINAL_SIZE: size}}]
+    zeros = {"data_type": contract.PIXELS_SPEC.triton_dtype, "dims": [*WARMUP_SIZE, 1], "zero_data": True}
+    for network in contract.NETWORKS:
+        configs[network]["model_warmup"] = [
+            {"name": f"a {WARMUP_SIZE[0]} x {WARMUP_SIZE[1]} grey image, batch {size}", "batch_size": size,
+             "inputs": {contract.PIXELS: zeros}} for size in sorted({1, max_batch_size})]
 
 
 def _warmup_files() -> dict[str, bytes]:
-    import numpy as np
-
     from brainscan.client.perf import serialized_string
     from brainscan.server import probe_image
 
-    return {f"{contract.PREPROCESS}/{WARMUP_FOLDER}/{WARMUP_IMAGE}": serialized_string(probe_image()),
-            f"{contract.POSTPROCESS}/{WARMUP_FOLDER}/{WARMUP_ORIGINAL_SIZE}": np.array(WARMUP_SIZE, "<i4").tobytes()}
+    return {f"{contract.PREPROCESS}/{WARMUP_FOLDER}/{WARMUP_IMAGE}": serialized_string(probe_image())}
 
 
 def model_configs(spec: RepositorySpec) -> dict[str, dict]:
-    """The five model configs (ModelConfig's JSON form), keyed by model name."""
-    cls_in = contract.classifier_input(spec.classifier_size)
-    seg_in = contract.segmenter_input(spec.segmenter_size)
-    seg_out = contract.segmenter_output(spec.segmenter_size)
+    """The four model configs (ModelConfig's JSON form), keyed by model name."""
     ensemble = {
         "name": contract.ENSEMBLE,
         "platform": "ensemble",
@@ -271,48 +269,24 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
                     "model_name": contract.PREPROCESS,
                     "model_version": -1,
                     "input_map": {contract.IMAGE: contract.IMAGE},
-                    "output_map": {
-                        contract.CLASSIFIER_INPUT: contract.CLASSIFIER_INPUT,
-                        contract.SEGMENTER_INPUT: contract.SEGMENTER_INPUT,
-                        contract.ORIGINAL_SIZE: contract.ORIGINAL_SIZE,
-                    },
+                    "output_map": {contract.PIXELS: contract.PIXELS},
                 },
-                {
-                    "model_name": contract.CLASSIFIER,
+                *({
+                    "model_name": network,
                     "model_version": -1,
-                    "input_map": {contract.CLASSIFIER_INPUT: contract.CLASSIFIER_INPUT},
-                    "output_map": {contract.CLASSIFIER_OUTPUT: contract.TUMOR_PROBABILITY},
-                },
-                {
-                    "model_name": contract.SEGMENTER,
-                    "model_version": -1,
-                    "input_map": {contract.SEGMENTER_INPUT: contract.SEGMENTER_INPUT},
-                    "output_map": {contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT},
-                },
-                {
-                    "model_name": contract.POSTPROCESS,
-                    "model_version": -1,
-                    "input_map": {
-                        contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT,
-                        contract.ORIGINAL_SIZE: contract.ORIGINAL_SIZE,
-                    },
-                    "output_map": {contract.MASK: contract.MASK},
-                },
+                    "input_map": {contract.PIXELS: contract.PIXELS},
+                    "output_map": {output.name: output.name},
+                } for network, output in contract.NETWORK_OUTPUT_SPEC.items()),
             ]
         },
     }
     configs = {
         contract.ENSEMBLE: ensemble,
-        contract.PREPROCESS: _python_model(
-            contract.PREPROCESS, [contract.IMAGE_SPEC], [cls_in, seg_in, contract.ORIGINAL_SIZE_SPEC], spec
-        ),
-        contract.CLASSIFIER: _network(contract.CLASSIFIER, [cls_in], [contract.CLASSIFIER_OUTPUT_SPEC], spec),
-        contract.SEGMENTER: _network(contract.SEGMENTER, [seg_in], [seg_out], spec),
-        contract.POSTPROCESS: _python_model(
-            contract.POSTPROCESS, [seg_out, contract.ORIGINAL_SIZE_SPEC], [contract.MASK_SPEC], spec
-        ),
+        contract.PREPROCESS: _python_model(contract.PREPROCESS, [contract.IMAGE_SPEC], [contract.PIXELS_SPEC], spec,
+                                           {MAX_SIDE_PARAMETER: spec.max_image_side}),
+        **{network: _network(network, spec) for network in contract.NETWORKS},
     }
-    _warmup(configs, cls_in, seg_in, seg_out, spec.max_batch_size)
+    _warmup(configs, spec.max_batch_size)
     return configs
 
 
@@ -384,23 +358,27 @@ def repository_files(spec: RepositorySpec) -> dict[str, bytes]:
         files[f"{name}/{VERSION}/model.py"] = _python_source(source)
     files.update(_warmup_files())
     if spec.flavour == "local":
-        for name in (contract.CLASSIFIER, contract.SEGMENTER):
+        for name in contract.NETWORKS:
             files[f"{name}/{VERSION}/model.py"] = _python_source(ONNX_RUNNER_SOURCE)
     return files
 
 
-def onnx_input_size(onnx_path: Path, name: str) -> tuple[int, int]:
+def served_graph(path: Path, network: str) -> bytes:
+    """The served graph of ``network`` from ``path``: as it is when it is one (what
+    ``brainscan export onnx`` and ``export fp16`` write), else the network wrapped
+    (``export.serving``)."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    for tensor in model.graph.input:
-        if tensor.name == name:
-            dims = [d.dim_value for d in tensor.type.tensor_type.shape.dim]
-            if len(dims) != 4 or not all(dims[1:]):
-                raise RepositoryError(f"{onnx_path}: input {name} has shape {dims}, expected [batch, h, w, 3]")
-            return dims[1], dims[2]
-    names = [t.name for t in model.graph.input]
-    raise RepositoryError(f"{onnx_path} has no input named {name} (it has {names})")
+    from brainscan.export.serving import ServingGraphError, network_of, serving_model
+
+    try:
+        model = serving_model(onnx.load(str(path)))
+        found = network_of(model)
+    except (ServingGraphError, onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as exc:
+        raise RepositoryError(f"{path}: {exc}") from None
+    if found != network:
+        raise RepositoryError(f"{path} is the {found}, given as the {network}")
+    return model.SerializeToString()
 
 
 def write_repository(
@@ -410,12 +388,11 @@ def write_repository(
     segmenter_onnx: Path | None = None,
     **options,
 ) -> Path:
-    """Write a repository of ``flavour`` to ``out``. With ONNX files (the FP32 graphs), their
-    input sizes set the configs and (local, onnxruntime) they are copied in as the models'
-    weights; the onnxruntime flavour on a GPU serves the FP16 graph beside each instead
-    (``model.fp16.onnx``, written by ``brainscan export fp16``)."""
+    """Write a repository of ``flavour`` to ``out``. With ONNX files (the FP32 served graphs,
+    or bare networks, which get wrapped), the local and onnxruntime flavours serve them as
+    the networks' weights; the onnxruntime flavour on a GPU serves the FP16 graph beside each
+    instead (``model.fp16.onnx``, written by ``brainscan export fp16``)."""
     out = Path(out)
-    spec_options = dict(options)
     gpu = options.get("device") == "gpu"
     sources = {contract.CLASSIFIER: classifier_onnx, contract.SEGMENTER: segmenter_onnx}
     if flavour == "onnxruntime" and gpu:
@@ -426,14 +403,14 @@ def write_repository(
         if missing:
             raise RepositoryError(f"the onnxruntime flavour on a GPU serves the FP16 graphs, and {', '.join(missing)} "
                                   "is missing: write it with `brainscan export fp16 RUN` (make demo does)")
-    if classifier_onnx:
-        spec_options["classifier_size"] = onnx_input_size(classifier_onnx, contract.CLASSIFIER_INPUT)
-    if segmenter_onnx:
-        spec_options["segmenter_size"] = onnx_input_size(segmenter_onnx, contract.SEGMENTER_INPUT)
-    spec = RepositorySpec(flavour=flavour, **spec_options)
+    spec = RepositorySpec(flavour=flavour, **options)
     files = repository_files(spec)
+    if flavour in ("local", "onnxruntime"):
+        for name, source in sources.items():
+            if source:
+                files[f"{name}/{VERSION}/{WEIGHT_FILES[flavour]}"] = served_graph(source, name)
     if flavour == "tensorrt":
-        for name in (contract.CLASSIFIER, contract.SEGMENTER):
+        for name in contract.NETWORKS:
             listed = _listed_engines(out, name)
             if listed:
                 config = to_model_config(model_configs(spec)[name])
@@ -443,10 +420,6 @@ def write_repository(
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-    if flavour in ("local", "onnxruntime"):
-        for name, source in sources.items():
-            if source:
-                shutil.copyfile(source, out / name / VERSION / WEIGHT_FILES[flavour])
     return out
 
 
@@ -497,7 +470,7 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
             needed = []
             if config.backend == "python":
                 needed.append("model.py")
-            if name in (contract.CLASSIFIER, contract.SEGMENTER):
+            if name in contract.NETWORKS:
                 needed += sorted(set(plan_files(config).values())) if flavour == "tensorrt" else [WEIGHT_FILES[flavour]]
             if name == contract.ENSEMBLE and not version.is_dir():
                 problems.append(f"{name}: version folder {version} is missing")

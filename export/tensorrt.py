@@ -1,13 +1,15 @@
 """Strongly typed TensorRT engines from the FP16 ONNX graphs, for the ``tensorrt`` repository.
 
-Precision is in the graph (``brainscan export fp16`` writes ``model.fp16.onnx``): TensorRT
-11 builds only strongly typed networks, and on 10.12-10.x the network is created with the
+Precision is in the graph (``brainscan export fp16`` writes ``model.fp16.onnx``, the served
+graph: the preprocessing and the mask head in FP32 around the FP16 network): TensorRT 11
+builds only strongly typed networks, and on 10.12-10.x the network is created with the
 STRONGLY_TYPED flag, so every layer runs in the type the graph gives it and no weak-typing
 API (builder precision flags, per-layer precisions) is used. Per network: parse the FP16
-ONNX, check its inputs against the model config, add ONE optimization profile spanning batch
-1 … the config's ``max_batch_size``, limit the workspace, reuse a timing cache, build; then
-run the engine on real validation slices and pass the FP16 gate against the FP32 ONNX before
-anything is written. A plan runs only on GPUs of the compute capability it was built on, so
+ONNX, check its input and output against the model config, add ONE optimization profile
+spanning batch 1 … the config's ``max_batch_size`` of images 1 x 1 … its largest side,
+limit the workspace, reuse a timing cache, build; then run the engine on real validation
+slices (decoded, at their own size) and pass the FP16 gate against the FP32 served ONNX
+before anything is written. A plan runs only on GPUs of the compute capability it was built on, so
 each lands in the network's version folder named after it (``model.sm89.plan``) with its
 record beside it (``model.sm89.json``: TensorRT version, GPU, ONNX hash, profile), and the
 config's ``cc_model_filenames`` gains that entry, keeping the others: building on each GPU
@@ -39,9 +41,8 @@ from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check
 from brainscan.export.gpu import Gpu, build_gpu
 from brainscan.export.precision import fp16_path, record_path
 from brainscan.export.profiles import Profile, profile_from_config
-from brainscan.export.repository import (
-    VERSION, RepositoryError, list_engine, onnx_input_size, plan_files, plan_name, read_config,
-)
+from brainscan.export.repository import VERSION, RepositoryError, list_engine, plan_files, plan_name, read_config
+from brainscan.export.serving import by_shape
 from brainscan.export.validation import NetworkInputs, run_onnx
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ ONLY_STRONGLY_TYPED = 11  # from this major on every network is strongly typed a
 PLAN = "model.plan"  # what Triton loads when a config lists no engine per compute capability
 RECORD = "engine.json"  # the record of such a plan
 RECORD_FORMAT = 3
-NETWORKS = (contract.CLASSIFIER, contract.SEGMENTER)
+NETWORKS = contract.NETWORKS
 EXPORT_COMMAND = "docker compose -f docker/compose.yaml run --rm export"
 CONTAINER_HINT = f"build engines in the export container on a GPU host: `{EXPORT_COMMAND}` (docs/gpu.md, 'On a GPU host')"
 REMEDY = ("The FP16 graphs passed the same gate on CPU, so the difference comes from TensorRT's kernels: keep the "
@@ -148,22 +149,29 @@ def build_request(network: str, fp32_onnx: Path, profile: Profile, settings: Bui
 
 def check_parsed_network(network: tensorrt.INetworkDefinition, request: BuildRequest) -> None:
     """The parsed network must take and give what the Triton config declares: one FP32
-    input of the profile's per-image shape, one FP32 output."""
+    input of any image size, and the network's one output in its served type (FP32
+    probability, UINT8 mask)."""
     import tensorrt as trt
 
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     if [t.name for t in inputs] != [request.profile.input]:
         raise EngineBuildError(f"{request.onnx} has inputs {[t.name for t in inputs]}; the model config expects "
-                               f"[{request.profile.input!r}]")
-    dims = tuple(inputs[0].shape[1:])
-    if dims != request.profile.max[1:]:
-        raise EngineBuildError(f"{request.onnx} takes {list(dims)} per image; the model config says "
-                               f"{list(request.profile.max[1:])}")
+                               f"[{request.profile.input!r}] (write the served graph with `brainscan export onnx` "
+                               "and `export fp16`)")
+    dims = tuple(inputs[0].shape)
+    if len(dims) != len(request.profile.max) or any(d != -1 for d in dims):
+        raise EngineBuildError(f"{request.onnx} takes {list(dims)}; the model config takes any batch and image "
+                               "size ([-1, -1, -1, -1])")
+    expected = contract.NETWORK_OUTPUT_SPEC[request.network]
     outputs = [network.get_output(i) for i in range(network.num_outputs)]
-    for tensor in [*inputs, *outputs]:
-        if tensor.dtype != trt.DataType.FLOAT:
+    if [t.name for t in outputs] != [expected.name]:
+        raise EngineBuildError(f"{request.onnx} gives {[t.name for t in outputs]}; the model config expects "
+                               f"[{expected.name!r}]")
+    wanted = {"TYPE_FP32": trt.DataType.FLOAT, "TYPE_UINT8": trt.DataType.UINT8}
+    for tensor, declared in ((inputs[0], contract.PIXELS_SPEC.triton_dtype), (outputs[0], expected.triton_dtype)):
+        if tensor.dtype != wanted[declared]:
             raise EngineBuildError(f"{request.onnx}: {tensor.name} is {tensor.dtype}, but the model config declares "
-                                   "TYPE_FP32 (an FP16 graph must keep FP32 inputs and outputs)")
+                                   f"{declared} (an FP16 graph keeps its inputs and outputs in their own types)")
 
 
 def check_config(config: tensorrt.IBuilderConfig, request: BuildRequest) -> None:
@@ -205,22 +213,25 @@ def build_engine(request: BuildRequest) -> bytes:
     return bytes(memoryview(serialized))
 
 
-def run_engine(plan: bytes, input_name: str, images: np.ndarray, max_batch: int) -> np.ndarray:
-    """The engine's single output on ``images``, run in chunks of at most the profile's
-    maximum batch (needs TensorRT and a GPU)."""
+def run_engine(plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> list[np.ndarray]:
+    """The engine's single output for each of ``images`` (decoded, [H, W, C]), run in
+    batches of one shape and at most the profile's maximum batch (needs TensorRT and a GPU)."""
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.exception import PolygraphyException
 
-    outputs = []
+    outputs: list[np.ndarray | None] = [None] * len(images)
     try:
         with TrtRunner(EngineFromBytes(plan)) as runner:
-            for start in range(0, len(images), max_batch):
-                chunk = np.ascontiguousarray(images[start:start + max_batch], np.float32)
-                (array,) = runner.infer({input_name: chunk}).values()
-                outputs.append(np.asarray(array, np.float32))
+            for indices in by_shape(images).values():
+                for start in range(0, len(indices), max_batch):
+                    chunk = indices[start:start + max_batch]
+                    batch = np.ascontiguousarray(np.stack([images[i] for i in chunk]), np.float32)
+                    (array,) = runner.infer({input_name: batch}).values()
+                    for i, value in zip(chunk, np.asarray(array)):
+                        outputs[i] = value
     except PolygraphyException as exc:
         raise EngineBuildError(f"the engine built for {input_name} did not run: {exc}") from None
-    return np.concatenate(outputs)
+    return outputs  # type: ignore[return-value]
 
 
 class Toolkit(Protocol):
@@ -233,7 +244,7 @@ class Toolkit(Protocol):
 
     def build(self, request: BuildRequest) -> bytes: ...
 
-    def run(self, plan: bytes, input_name: str, images: np.ndarray, max_batch: int) -> np.ndarray: ...
+    def run(self, plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> list[np.ndarray]: ...
 
 
 class TensorRT:
@@ -248,7 +259,7 @@ class TensorRT:
     def build(self, request: BuildRequest) -> bytes:
         return build_engine(request)
 
-    def run(self, plan: bytes, input_name: str, images: np.ndarray, max_batch: int) -> np.ndarray:
+    def run(self, plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> list[np.ndarray]:
         return run_engine(plan, input_name, images, max_batch)
 
 
@@ -301,16 +312,6 @@ def network_profile(repository: Path, network: str, opt_batch: int | None = None
     return profile_from_config(config, opt_batch)
 
 
-def check_onnx_matches(repository: Path, network: str, onnx: Path, profile: Profile) -> None:
-    size = onnx_input_size(onnx, profile.input)
-    if tuple(size) != profile.max[1:3]:
-        raise RepositoryError(
-            f"{onnx} takes {size[0]}x{size[1]} images but {repository}/{network}/config.pbtxt says "
-            f"{profile.max[1]}x{profile.max[2]}: regenerate the configs with `brainscan export repository "
-            f"--flavour tensorrt --out {repository} --classifier … --segmenter …`"
-        )
-
-
 def build_repository_engines(
     repository: Path,
     inputs: dict[str, NetworkInputs],
@@ -328,13 +329,13 @@ def build_repository_engines(
     requests = {}
     for network, given in inputs.items():
         profile = network_profile(repository, network, opt_batch)
-        check_onnx_matches(repository, network, given.onnx, profile)
         requests[network] = build_request(network, given.onnx, profile, settings, toolkit.version, gpu)
     reports, built = [], {}
     for network, request in requests.items():
         given, profile = inputs[network], request.profile
-        log(f"{network}: building from {request.onnx} (strongly typed), batch profile min/opt/max "
-            f"{profile.min[0]}/{profile.opt[0]}/{profile.max[0]} of {list(profile.max[1:])}")
+        log(f"{network}: building from {request.onnx} (strongly typed), optimization profile min/opt/max batch "
+            f"{profile.min[0]}/{profile.opt[0]}/{profile.max[0]}, images {list(profile.min[1:])} … "
+            f"{list(profile.max[1:])} (tuned for {list(profile.opt[1:])})")
         started = time.perf_counter()
         plan = toolkit.build(request)
         seconds = time.perf_counter() - started

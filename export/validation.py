@@ -13,31 +13,27 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
+from brainscan.preprocessing import pixels
 
 
 @dataclass
 class NetworkInputs:
-    """What the gate of one network needs: its FP32 ONNX and real validation data at the
-    network's input size (ground-truth masks for the segmenter when the data has them)."""
+    """What the gate of one network needs: its FP32 served ONNX and real validation slices,
+    decoded (``PIXELS`` of one image each, [H, W, C]), with their ground-truth masks at the
+    same size for the segmenter when the data has them."""
 
     onnx: Path
-    images: np.ndarray
-    truth: np.ndarray | None = None
-
-
-def input_name(network: str) -> str:
-    return contract.CLASSIFIER_INPUT if network == contract.CLASSIFIER else contract.SEGMENTER_INPUT
+    images: list[np.ndarray]
+    truth: list[np.ndarray] | None = None
 
 
 def validation_inputs(network: str, onnx: Path, data: Path | None = None, samples: int = 64) -> NetworkInputs:
     """The first ``samples`` validation slices of the training run whose ``run.json`` sits
     beside ``onnx`` (its validation patients), or of the dataset folder ``data``."""
-    from brainscan.export.repository import onnx_input_size
     from brainscan.train import datasets
     from brainscan.train.training import load_run, split_samples
 
     onnx = Path(onnx)
-    size = onnx_input_size(onnx, input_name(network))
     if data is not None:
         chosen = datasets.find_samples(data)[:samples]
     elif (onnx.parent / "run.json").exists():
@@ -48,14 +44,14 @@ def validation_inputs(network: str, onnx: Path, data: Path | None = None, sample
         raise FileNotFoundError(f"no validation slices found for {network}")
     truth = None
     if network == contract.SEGMENTER and all(s.mask is not None for s in chosen):
-        truth = datasets.load_masks(chosen, size)
-    return NetworkInputs(onnx, datasets.load_images(chosen, size), truth)
+        truth = datasets.load_truth(chosen)
+    return NetworkInputs(onnx, [pixels(image) for image in datasets.decode_images(chosen)], truth)
 
 
-def run_onnx(model: Path | bytes, images: np.ndarray) -> np.ndarray:
-    """The single output of an ONNX network (a file or serialized bytes) on ``images``,
-    with ONNX Runtime on CPU."""
+def run_onnx(model: Path | bytes, images: list[np.ndarray]) -> list[np.ndarray]:
+    """The single output of a served graph (a file or serialized bytes) for each of
+    ``images`` (PIXELS, [H, W, C]), with ONNX Runtime on CPU."""
     from brainscan.export.onnx import onnx_session
+    from brainscan.export.serving import run_served
 
-    session = onnx_session(model)
-    return session.run(None, {session.get_inputs()[0].name: np.asarray(images, np.float32)})[0]
+    return run_served(onnx_session(model), images)

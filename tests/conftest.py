@@ -155,7 +155,7 @@ def onnx_models(runs) -> dict[str, Path]:
     out = {}
     for task, run in runs.items():
         config = load_run(run)
-        images = datasets.load_images(split_samples(config)["val"][:8], config.image_size)
+        images = datasets.decode_images(split_samples(config)["val"][:4])
         export_onnx(load_model(run / "model.keras"), run / "model.onnx", images)
         out[task] = run / "model.onnx"
     return out
@@ -164,18 +164,9 @@ def onnx_models(runs) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def validation(runs, onnx_models):
     """Each tiny network's validation slices (and masks), as the FP16 gate takes them."""
-    from brainscan import contract
-    from brainscan.export.validation import NetworkInputs
-    from brainscan.train import datasets
-    from brainscan.train.training import load_run, split_samples
+    from brainscan.export.validation import validation_inputs
 
-    out = {}
-    for name, run in runs.items():
-        config = load_run(run)
-        samples = split_samples(config)["val"]
-        truth = datasets.load_masks(samples, config.image_size) if name == contract.SEGMENTER else None
-        out[name] = NetworkInputs(onnx_models[name], datasets.load_images(samples, config.image_size), truth)
-    return out
+    return {name: validation_inputs(name, onnx_models[name]) for name in runs}
 
 
 @pytest.fixture(scope="session")

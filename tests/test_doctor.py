@@ -107,7 +107,7 @@ def test_a_plan_for_any_gpu_is_still_checked_against_the_target(built):
 def test_a_config_with_another_batch_range_is_a_mismatch(built, onnx_models):
     write_repository(built, "tensorrt", onnx_models["classifier"], onnx_models["segmenter"], max_batch_size=16)
     findings = doctor.diagnose(built, doctor.Target("11.3.0", "given", "8.9", "given"))
-    profile = [f for f in findings if f.check == "batch profile"]
+    profile = [f for f in findings if f.check == "optimization profile"]
     assert [f.status for f in profile] == ["MISMATCH", "MISMATCH"]
     assert "engine 1..8" in profile[0].detail and "config 1..16" in profile[0].detail
 

@@ -10,19 +10,23 @@ from brainscan.export.onnx import ParityError, export_onnx, onnx_session
 from conftest import TINY_SIZES
 
 
-def test_exported_networks_carry_the_contract_names_and_a_dynamic_batch(onnx_models):
-    for task, (input_name, output_name) in {
-        "classifier": (contract.CLASSIFIER_INPUT, contract.CLASSIFIER_OUTPUT),
-        "segmenter": (contract.SEGMENTER_INPUT, contract.SEGMENTER_OUTPUT),
-    }.items():
+def test_exported_graphs_take_any_image_and_give_the_ensemble_outputs(onnx_models):
+    """The served graphs: PIXELS of any batch, size and channel count in; the classifier's
+    probability, or the segmenter's mask at the image's own size, out."""
+    import onnx
+
+    from brainscan.export.serving import network_size
+
+    for task, output_name in {"classifier": contract.CLASSIFIER_OUTPUT, "segmenter": contract.MASK}.items():
         session = onnx_session(onnx_models[task])
-        assert [i.name for i in session.get_inputs()] == [input_name]
+        assert [i.name for i in session.get_inputs()] == [contract.PIXELS]
         assert [o.name for o in session.get_outputs()] == [output_name]
-        assert not isinstance(session.get_inputs()[0].shape[0], int)  # symbolic batch
-        size = TINY_SIZES[task]
-        for batch in (1, 3):
-            out = session.run(None, {input_name: np.zeros((batch, size, size, 3), np.float32)})[0]
-            assert out.shape[0] == batch
+        assert not any(isinstance(d, int) for d in session.get_inputs()[0].shape)  # all symbolic
+        assert network_size(onnx.load(str(onnx_models[task]))) == (TINY_SIZES[task],) * 2
+        for batch, height, width, channels in ((1, 50, 70, 1), (3, 300, 200, 3)):
+            pixels = np.random.default_rng(0).uniform(0, 4000, (batch, height, width, channels)).astype(np.float32)
+            out = session.run(None, {contract.PIXELS: pixels})[0]
+            assert out.shape == ((batch, 1) if task == "classifier" else (batch, height, width))
 
 
 def test_parity_failure_is_loud_has_a_table_and_writes_nothing(runs, tmp_path, monkeypatch):
@@ -33,7 +37,7 @@ def test_parity_failure_is_loud_has_a_table_and_writes_nothing(runs, tmp_path, m
     from brainscan.train.training import load_model, load_run, split_samples
 
     config = load_run(runs["classifier"])
-    images = datasets.load_images(split_samples(config)["val"][:4], config.image_size)
+    images = datasets.decode_images(split_samples(config)["val"][:4])
     trained = load_model(runs["classifier"] / "model.keras")
     stranger = keras.models.clone_model(trained)  # same graph, its head's bias moved
     stranger.set_weights(trained.get_weights())

@@ -90,5 +90,14 @@ def test_the_table_shows_every_value_next_to_its_limit():
 
 
 def test_shapes_must_match():
-    with pytest.raises(ValueError, match="differ in shape"):
+    with pytest.raises(ValueError, match="slice 0: FP32 and FP16 outputs differ in size"):
         check_segmenter(np.zeros((2, 8, 8, 1)), np.zeros((2, 4, 4, 1)))
+
+
+def test_served_masks_of_different_sizes_are_judged_slice_by_slice():
+    """The served segmenter gives 0/1 masks at each image's own size."""
+    big, small = np.zeros((40, 60), np.uint8), np.zeros((20, 20), np.uint8)
+    big[10:20, 10:30], small[5:10, 5:10] = 1, 1
+    assert check_segmenter([big, small], [big, small], [big, small]).passed
+    report = check_segmenter([big, small], [big, np.zeros_like(small)], [big, small])
+    assert {"masks emptied by FP16", "mean Dice FP16 vs FP32 masks"} <= _failed(report)

@@ -16,10 +16,13 @@ from typer.testing import CliRunner
 
 from brainscan.cli import app
 from brainscan.export.fp16 import GateFailedError
+from brainscan import contract
 from brainscan.export.precision import (
     PrecisionError, convert_to_fp16, export_fp16, fp16_path, record_path, run_fp16,
 )
+from brainscan.export.serving import serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx
+from brainscan.preprocessing import pixels
 from brainscan.train import datasets
 from conftest import write_threshold_segmenter
 
@@ -35,24 +38,30 @@ def _types(model) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def slices(phantom_dir):
-    """Real phantom slices at 64 x 64 and their ground-truth masks."""
+    """Real phantom slices, decoded at their own size, and their ground-truth masks."""
     samples = [s for s in datasets.find_kaggle3m(phantom_dir)][:12]
-    return datasets.load_images(samples, (SIZE, SIZE)), datasets.load_masks(samples, (SIZE, SIZE))
+    return [pixels(i) for i in datasets.decode_images(samples)], datasets.load_truth(samples)
 
 
-def test_the_fp16_graph_has_fp32_io_fp16_weights_and_passes_strict_type_inference(fp16_models, onnx_models):
+def test_the_fp16_graph_keeps_its_io_types_fp16_weights_fp32_pre_and_post_and_passes_strict_type_inference(
+        fp16_models, onnx_models):
     for network, path in fp16_models.items():
         source, converted = onnx.load(str(onnx_models[network])), onnx.load(str(path))
         assert path == fp16_path(onnx_models[network]) and path.name == "model.fp16.onnx"
-        assert [t.type.tensor_type.elem_type for t in [*converted.graph.input, *converted.graph.output]] == [TensorProto.FLOAT] * 2
+        output_type = TensorProto.FLOAT if network == contract.CLASSIFIER else TensorProto.UINT8
+        assert [t.type.tensor_type.elem_type for t in [*converted.graph.input, *converted.graph.output]] == [
+            TensorProto.FLOAT, output_type]
         assert [t.name for t in converted.graph.input] == [t.name for t in source.graph.input]  # the served names
         assert [t.name for t in converted.graph.output] == [t.name for t in source.graph.output]
-        floats = {t.name for t in source.graph.initializer if t.data_type == TensorProto.FLOAT}
+        added = ("preprocess/", "mask/")
+        weights = {t.name for t in source.graph.initializer if t.data_type == TensorProto.FLOAT and not t.name.startswith(added)}
         halves = {t.name for t in converted.graph.initializer if t.data_type == TensorProto.FLOAT16}
-        assert floats and floats == halves  # every weight is stored in FP16
+        assert weights and weights == halves  # every network weight is stored in FP16, nothing else
         convs = [n for n in converted.graph.node if n.op_type == "Conv"]
         types = _types(converted)
         assert convs and all(types[n.output[0]] == TensorProto.FLOAT16 for n in convs)  # and computed in FP16
+        resize = [n for n in converted.graph.node if n.name.startswith(added) and n.op_type == "MatMul"]
+        assert resize and all(types[n.output[0]] == TensorProto.FLOAT for n in resize)  # 16-bit pixels overflow FP16
         onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
         record = json.loads(record_path(path).read_text())
         assert record["network"] == network and record["gate"]["passed"] is True
@@ -92,16 +101,17 @@ def test_the_cpu_run_stores_every_fp16_tensor_as_numpy_says_fp16_does(tmp_path):
         logit = half((half(level.astype(np.float32) - 128).astype(np.float32)) * np.float32(half(0.1)))
         expected = half(1 / (1 + np.exp(-logit.astype(np.float32)))).astype(np.float32)
     assert np.isinf(up).any() and not np.isinf(up).all()
-    got = run_fp16(converted, x)
+    got = np.stack(run_fp16(converted, list(x)))
     np.testing.assert_allclose(got, expected, atol=1e-3)
-    fp32 = run_onnx(graph.SerializeToString(), x)
+    fp32 = np.stack(run_onnx(graph.SerializeToString(), list(x)))
     assert ((got > 0.5) != (fp32 > 0.5)).mean() > 0.2  # the overflow changes a good share of the mask
 
 
 def test_the_cpu_gate_passes_a_sound_graph_with_real_tumour_masks(tmp_path, slices):
     images, truth = slices
     source = write_threshold_segmenter(tmp_path / "model.onnx", SIZE)
-    assert (run_onnx(source, images) > 0.5).any()  # masks that are not empty: the comparison means something
+    served = serving_model(onnx.load(str(source))).SerializeToString()
+    assert any(mask.any() for mask in run_onnx(served, images))  # masks that are not empty: the comparison means something
     result = export_fp16(source, NetworkInputs(source, images, truth))
     assert result.report.passed and result.path == tmp_path / "model.fp16.onnx" and result.path.exists()
     checks = {c.name: c.value for c in result.report.checks}

@@ -14,9 +14,8 @@ from brainscan.preprocessing import (
     InvalidImageError,
     decode_image,
     mask_from_probability,
-    postprocess_batch,
+    pixels_batch,
     preprocess,
-    preprocess_batch,
 )
 from conftest import encode
 
@@ -170,25 +169,36 @@ def test_mask_comes_back_at_the_original_size_and_is_binary():
     assert mask[150, 100] == 1 and mask[10, 10] == 0
 
 
-def test_batch_of_one_request_must_share_one_size():
+def test_one_request_holds_images_of_one_size_and_mixes_grey_with_colour():
     a, b = encode(brain_like(90, 70), "PNG"), encode(brain_like(80, 80), "PNG")
-    cls, seg, sizes = preprocess_batch(np.array([[a], [a]], dtype=object), SIZE, (32, 32))
-    assert cls.shape == (2, *SIZE, 3) and seg.shape == (2, 32, 32, 3)
-    assert sizes.tolist() == [[90, 70], [90, 70]] and sizes.dtype == np.int32
+    colour = encode(np.stack([brain_like(90, 70, seed=1)] * 3, -1), "PNG")
+    grey = pixels_batch(np.array([[a], [a]], dtype=object))
+    assert grey.shape == (2, 90, 70, 1) and grey.dtype == np.float32
+    np.testing.assert_array_equal(grey[0, :, :, 0], brain_like(90, 70))  # the decoded values, as they are
+    mixed = pixels_batch(np.array([[a], [colour]], dtype=object))
+    assert mixed.shape == (2, 90, 70, 3)  # grey repeated into three channels beside a colour image
+    np.testing.assert_array_equal(mixed[0, :, :, 2], brain_like(90, 70))
     with pytest.raises(InvalidImageError, match="one height and width"):
-        preprocess_batch(np.array([[a], [b]], dtype=object), SIZE, SIZE)
+        pixels_batch(np.array([[a], [b]], dtype=object))
 
 
 def test_bad_image_in_a_batch_names_its_position():
     good = encode(brain_like(), "PNG")
     with pytest.raises(InvalidImageError, match="image 1 of the request: empty"):
-        preprocess_batch(np.array([[good], [b""]], dtype=object), SIZE, SIZE)
+        pixels_batch(np.array([[good], [b""]], dtype=object))
 
 
-def test_postprocess_batch_returns_one_mask_per_image():
-    probabilities = np.full((3, 64, 64, 1), 0.7, np.float32)
-    masks = postprocess_batch(probabilities, np.array([[100, 120]] * 3, np.int32))
-    assert masks.shape == (3, 100, 120) and masks.all()
+def test_sixteen_bit_values_reach_the_networks_exactly():
+    raw = np.array([[0, 4000], [65535, 12345]], np.uint16)
+    pixels = pixels_batch([encode(raw, "PNG")])
+    assert pixels.dtype == np.float32 and pixels[0, :, :, 0].tolist() == [[0, 4000], [65535, 12345]]
+
+
+def test_a_server_with_a_smaller_largest_side_refuses_larger_images_by_name():
+    data = encode(brain_like(90, 1100), "PNG")
+    with pytest.raises(InvalidImageError, match="90 = 99000 pixels; the limit is .* and 1024 per side"):
+        pixels_batch([data], max_side=1024)
+    assert pixels_batch([data]).shape == (1, 90, 1100, 1)
 
 
 def test_pixel_limit_is_the_contracts():

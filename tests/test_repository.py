@@ -49,14 +49,22 @@ def test_every_flavour_keeps_the_served_contract(flavour, tmp_path):
     outputs = {t.name: (t.data_type, list(t.dims)) for t in ensemble.output}
     assert outputs == {contract.TUMOR_PROBABILITY: (mc.TYPE_FP32, [1]), contract.MASK: (mc.TYPE_UINT8, [-1, -1])}
     steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
-    assert steps == [contract.PREPROCESS, contract.CLASSIFIER, contract.SEGMENTER, contract.POSTPROCESS]
-    # the ensemble, preprocess and postprocess do not depend on the flavour, but for how many
-    # python processes run (more where a GPU runs the networks)
+    assert steps == [contract.PREPROCESS, contract.CLASSIFIER, contract.SEGMENTER]
+    # the ensemble and preprocess do not depend on the flavour, but for how many python
+    # processes run (more where a GPU runs the networks) and the largest image side (where
+    # a TensorRT profile ends)
+    side = int(configs[contract.PREPROCESS].parameters[contract.MAX_SIDE_PARAMETER].string_value)
     local = {name: to_model_config(c) for name, c in model_configs(RepositorySpec()).items()}
-    for name in (contract.ENSEMBLE, contract.PREPROCESS, contract.POSTPROCESS):
+    for name in (contract.ENSEMBLE, contract.PREPROCESS):
         config = configs[name]
-        config.ClearField("instance_group"), local[name].ClearField("instance_group")
+        for each in (config, local[name]):
+            each.ClearField("instance_group"), each.parameters.pop(contract.MAX_SIDE_PARAMETER, None)
         assert config == local[name], name
+    assert side == (contract.GPU_MAX_IMAGE_SIDE if flavour == "tensorrt" else contract.MAX_IMAGE_SIDE)
+    for network in contract.NETWORKS:  # the networks take the decoded pixels at any size
+        assert [(t.name, t.data_type, list(t.dims)) for t in configs[network].input] == [
+            (contract.PIXELS, mc.TYPE_FP32, [-1, -1, -1])]
+        assert configs[network].parameters[contract.MAX_SIDE_PARAMETER].string_value == str(side)
 
 
 def test_flavours_run_the_networks_as_documented():
@@ -70,13 +78,24 @@ def test_flavours_run_the_networks_as_documented():
             assert config.HasField("dynamic_batching")
 
 
-def test_network_input_sizes_follow_the_onnx_models(onnx_models, tmp_path):
-    write_repository(tmp_path, "local", onnx_models["classifier"], onnx_models["segmenter"])
-    configs = validate_repository(tmp_path, require_weights=True)
-    assert list(configs[contract.CLASSIFIER].input[0].dims) == [96, 96, 3]
-    assert list(configs[contract.PREPROCESS].output[0].dims) == [96, 96, 3]
-    assert list(configs[contract.PREPROCESS].output[1].dims) == [64, 64, 3]
-    assert list(configs[contract.SEGMENTER].output[0].dims) == [64, 64, 1]
+def test_bare_networks_are_served_wrapped_and_a_swapped_pair_is_refused(onnx_models, tmp_path):
+    """An ONNX network taking the contract's input (a user's own export) goes in with the
+    preprocessing and mask head around it; giving the segmenter as the classifier is named."""
+    import onnx
+
+    from brainscan.export.serving import is_served, network_only
+
+    bare = {}
+    for name in contract.NETWORKS:
+        bare[name] = tmp_path / f"{name}-bare.onnx"
+        onnx.save(network_only(onnx.load(str(onnx_models[name]))), str(bare[name]))
+    write_repository(tmp_path / "repo", "local", bare[contract.CLASSIFIER], bare[contract.SEGMENTER])
+    validate_repository(tmp_path / "repo", require_weights=True)
+    for name in contract.NETWORKS:
+        served = onnx.load(str(tmp_path / "repo" / name / "1" / "model.onnx"))
+        assert is_served(served) and [o.name for o in served.graph.output] == [contract.NETWORK_OUTPUT_SPEC[name].name]
+    with pytest.raises(RepositoryError, match="is the segmenter, given as the classifier"):
+        write_repository(tmp_path / "swapped", "local", onnx_models[contract.SEGMENTER], onnx_models[contract.CLASSIFIER])
 
 
 def test_unknown_config_fields_are_rejected_by_the_schema():
@@ -92,8 +111,8 @@ def test_incomplete_repositories_are_explained(tmp_path):
     write_repository(tmp_path, "local")
     with pytest.raises(RepositoryError, match="classifier.*model.onnx is missing"):
         validate_repository(tmp_path, require_weights=True)
-    (tmp_path / contract.POSTPROCESS / "config.pbtxt").unlink()
-    with pytest.raises(RepositoryError, match="postprocess"):
+    (tmp_path / contract.PREPROCESS / "config.pbtxt").unlink()
+    with pytest.raises(RepositoryError, match="preprocess"):
         validate_repository(tmp_path)
 
 
@@ -123,34 +142,34 @@ def test_tensorrt_flavour_batches_dynamically_with_cuda_graphs_and_configurable_
     assert configs[contract.SEGMENTER].instance_group[0].count == 2
     assert configs[contract.CLASSIFIER].instance_group[0].count == 1
     assert configs[contract.PREPROCESS].instance_group[0].count == 3
-    assert configs[contract.POSTPROCESS].instance_group[0].count == 2  # the GPU default, not overridden
 
 
-@pytest.mark.parametrize("flavour,device,python_steps", [
-    ("tensorrt", "cpu", (4, 2)), ("onnxruntime", "gpu", (4, 2)), ("onnxruntime", "cpu", (1, 1)), ("local", "cpu", (1, 1)),
+@pytest.mark.parametrize("flavour,device,count", [
+    ("tensorrt", "cpu", 4), ("onnxruntime", "gpu", 4), ("onnxruntime", "cpu", 1), ("local", "cpu", 1),
 ])
-def test_python_steps_get_more_instances_where_a_gpu_runs_the_networks(flavour, device, python_steps):
+def test_the_python_step_gets_more_instances_where_a_gpu_runs_the_networks(flavour, device, count):
     configs = model_configs(RepositorySpec(flavour=flavour, device=device))
-    counts = tuple(to_model_config(configs[m]).instance_group[0].count for m in (contract.PREPROCESS, contract.POSTPROCESS))
-    assert counts == python_steps
+    assert to_model_config(configs[contract.PREPROCESS]).instance_group[0].count == count
 
 
 @pytest.mark.parametrize("max_batch", [1, 4, 8, 16])
 def test_every_batch_size_the_batcher_can_form_has_a_cuda_graph(max_batch):
-    """Triton's tensorrt backend, given no graph_spec, captures graphs only for batch 1 and
-    max_batch_size (with dynamic batching and no preferred sizes): every size in between
-    must be listed, each once, with no input shapes (the engine's own are used)."""
+    """Triton's tensorrt backend, given no graph_spec, captures graphs only for a few batch
+    sizes: every size must be listed, each once, for the common 256 x 256 grey slice (the
+    input is dynamic, so the shape must be given), without an inexact match (which would pad
+    the image the resize sees)."""
     for name in (contract.CLASSIFIER, contract.SEGMENTER):
         config = to_model_config(model_configs(RepositorySpec(flavour="tensorrt", max_batch_size=max_batch))[name])
         specs = config.optimization.cuda.graph_spec
         assert sorted(spec.batch_size for spec in specs) == list(range(1, max_batch + 1))
-        assert all(not spec.input and not spec.HasField("graph_lower_bound") for spec in specs)
+        assert all(list(spec.input[contract.PIXELS].dim) == [256, 256, 1] for spec in specs)
+        assert not any(spec.HasField("graph_lower_bound") for spec in specs)
 
 
 def test_the_onnxruntime_flavour_on_a_gpu_serves_the_fp16_graphs(tmp_path, onnx_models, fp16_models):
     out = write_repository(tmp_path / "ort", "onnxruntime", onnx_models["classifier"], onnx_models["segmenter"], device="gpu")
     validate_repository(out, require_weights=True)
-    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+    for name in contract.NETWORKS:
         assert (out / name / "1" / "model.onnx").read_bytes() == fp16_models[name].read_bytes()
     cpu = write_repository(tmp_path / "cpu", "onnxruntime", onnx_models["classifier"], onnx_models["segmenter"])
     assert (cpu / contract.CLASSIFIER / "1" / "model.onnx").read_bytes() == onnx_models["classifier"].read_bytes()
@@ -177,9 +196,13 @@ def test_onnxruntime_flavour_runs_on_cpu_or_on_gpu_with_the_tensorrt_provider(de
         assert "precision_mode" not in trt.parameters  # the precision is the FP16 graph's, not a builder flag
         assert trt.parameters["trt_engine_cache_enable"] == "1"
         assert trt.parameters["trt_engine_cache_path"] == f"{ORT_TRT_CACHE}/{name}"  # one level below the volume
-        dims = "x".join(str(d) for d in config.input[0].dims)
-        assert trt.parameters["trt_profile_min_shapes"] == f"{config.input[0].name}:1x{dims}"
-        assert trt.parameters["trt_profile_max_shapes"] == f"{config.input[0].name}:{config.max_batch_size}x{dims}"
+        # the timing cache beside the engines: without a path it goes to the working directory, /models, read-only
+        assert trt.parameters["trt_timing_cache_enable"] == "1"
+        assert trt.parameters["trt_timing_cache_path"] == f"{ORT_TRT_CACHE}/{name}"
+        side = contract.GPU_MAX_IMAGE_SIDE
+        assert trt.parameters["trt_profile_min_shapes"] == f"{contract.PIXELS}:1x1x1x1"
+        assert trt.parameters["trt_profile_opt_shapes"] == f"{contract.PIXELS}:16x256x256x1"
+        assert trt.parameters["trt_profile_max_shapes"] == f"{contract.PIXELS}:16x{side}x{side}x3"
 
 
 def test_flavour_options_that_do_not_apply_are_refused():

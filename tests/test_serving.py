@@ -12,7 +12,8 @@ from tritonclient.utils import InferenceServerException
 from brainscan import contract
 from brainscan.client.inference import BrainscanClient, Connection, InferenceError, image_input
 from brainscan.export.onnx import onnx_session
-from brainscan.preprocessing import decode_image, postprocess_batch, preprocess_batch
+from brainscan.export.serving import network_only
+from brainscan.preprocessing import decode_image, mask_from_probability, to_model_input
 from brainscan.train import datasets
 from brainscan.train.training import load_run
 from conftest import encode, phantom_slices
@@ -93,34 +94,53 @@ def test_bad_input_gets_invalid_argument_naming_the_problem_and_the_server_keeps
     assert triton.is_server_ready() and triton.is_model_ready(contract.ENSEMBLE)
 
 
-def test_served_preprocess_gives_the_tensor_training_uses(triton, runs, phantom_dir):
-    """Train/serve skew: the same file through training's input path and through the
-    served `preprocess` model gives the same tensor, bit for bit."""
+def _up_to(model, tensor: str):
+    """The part of a served graph from PIXELS to ``tensor``, as an ONNX Runtime session."""
+    import onnx
+    import onnx.utils
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return onnx_session(onnx.utils.Extractor(inferred).extract_model([contract.PIXELS], [tensor]).SerializeToString())
+
+
+def test_the_served_path_gives_the_tensor_training_uses(triton, runs, phantom_dir, local_repository):
+    """Train/serve skew: the same file through training's input path and through the served
+    `preprocess` model and the served classifier's own preprocessing gives the same tensor,
+    bit for bit."""
+    import onnx
+
     config = load_run(runs["classifier"])
     samples = datasets.find_kaggle3m(phantom_dir)[:3]
     trained_on = datasets.load_images(samples, config.image_size)
+    served_classifier = onnx.load(str(local_repository / contract.CLASSIFIER / "1" / "model.onnx"))
+    preprocessing = _up_to(served_classifier, contract.CLASSIFIER_INPUT)
     for sample, expected in zip(samples, trained_on):
-        result = triton.infer(contract.PREPROCESS, [image_input(sample.image.read_bytes())])
-        served = result.as_numpy(contract.CLASSIFIER_INPUT)[0]
-        np.testing.assert_array_equal(served, expected)
-        assert result.as_numpy(contract.ORIGINAL_SIZE).tolist() == [[256, 256]]
+        pixels = triton.infer(contract.PREPROCESS, [image_input(sample.image.read_bytes())]).as_numpy(contract.PIXELS)
+        assert pixels.shape == (1, 256, 256, 1) and pixels.dtype == np.float32
+        np.testing.assert_array_equal(pixels[0, :, :, 0], decode_image(sample.image.read_bytes()))
+        (served,) = preprocessing.run(None, {contract.PIXELS: pixels})
+        np.testing.assert_array_equal(served[0], expected)
 
 
-def test_served_results_equal_the_networks_run_in_process(triton, onnx_models, phantom_dir, local_repository):
-    """What the server answers is what the exported ONNX networks compute on the same input."""
-    from brainscan.export.repository import read_config
+def test_served_results_equal_the_networks_run_in_process(triton, onnx_models, phantom_dir):
+    """What the server answers is what the trained networks compute on training's input
+    tensors, with the mask brought back to the image's size."""
+    import onnx
 
-    configs = {n: read_config(local_repository / n / "config.pbtxt") for n in (contract.CLASSIFIER, contract.SEGMENTER)}
-    sizes = {n: tuple(c.input[0].dims[:2]) for n, c in configs.items()}
-    classifier, segmenter = onnx_session(onnx_models["classifier"]), onnx_session(onnx_models["segmenter"])
+    networks = {n: onnx.load(str(onnx_models[n])) for n in contract.NETWORKS}
+    sessions = {n: onnx_session(network_only(m).SerializeToString()) for n, m in networks.items()}
+    sizes = {n: tuple(s.get_inputs()[0].shape[1:3]) for n, s in sessions.items()}
     for path in phantom_slices(phantom_dir, 3):
         data = path.read_bytes()
-        cls, seg, original = preprocess_batch([data], sizes[contract.CLASSIFIER], sizes[contract.SEGMENTER])
-        expected_probability = classifier.run(None, {contract.CLASSIFIER_INPUT: cls})[0]
-        expected_mask = postprocess_batch(segmenter.run(None, {contract.SEGMENTER_INPUT: seg})[0], original)
+        image = decode_image(data)
+
+        def run(network):
+            return sessions[network].run(None, {contract.NETWORK_INPUT[network]: to_model_input(image, sizes[network])[None]})[0]
+
+        expected_mask = mask_from_probability(run(contract.SEGMENTER)[0], image.shape[:2])
         probability, mask = infer(triton, data)
-        np.testing.assert_allclose(probability, expected_probability, atol=1e-5)
-        assert (mask != expected_mask).mean() < 1e-3  # pixels within float noise of 0.5 may flip
+        np.testing.assert_allclose(probability, run(contract.CLASSIFIER), atol=1e-5)
+        assert (mask[0] != expected_mask).mean() < 1e-3  # pixels within float noise of 0.5 may flip
 
 
 def test_one_request_may_carry_a_batch_of_same_sized_images(triton):
@@ -136,8 +156,11 @@ def test_one_request_may_carry_a_batch_of_same_sized_images(triton):
         triton.infer(contract.ENSEMBLE, [mixed])
 
 
-def test_concurrent_requests_are_all_answered(triton, server):
-    data = [encode(brain_like(seed=s), "PNG") for s in range(12)]
+def test_concurrent_requests_of_many_sizes_are_all_answered_at_their_own_size(triton, server):
+    """Requests of different sizes arrive together; Triton batches only those of one shape,
+    and each gets its mask at its own size."""
+    shapes = [(90, 70), (64, 64), (90, 70), (120, 33), (64, 64), (90, 70)] * 2
+    data = [encode(brain_like(*shape, seed=s), "PNG") for s, shape in enumerate(shapes)]
     results = []
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
@@ -151,6 +174,7 @@ def test_concurrent_requests_are_all_answered(triton, server):
         client.close()
     assert len(results) == len(data)
     assert all(error is None for _, error in results)
+    assert sorted(r.as_numpy(contract.MASK).shape[1:] for r, _ in results) == sorted(shapes)
 
 
 def test_client_library_reports_refusals_and_health(server):

@@ -40,15 +40,8 @@ def _utils() -> types.ModuleType:
     def get_input_tensor_by_name(request, name):
         return types.SimpleNamespace(as_numpy=lambda: request[name])
 
-    def get_output_config_by_name(config, name):
-        return next(o for o in config["output"] if o["name"] == name)
-
-    def triton_string_to_numpy(name):  # Triton's mapping, for the two types a config here declares
-        return {"TYPE_FP32": np.float32, "TYPE_UINT8": np.uint8}[name]
-
-    utils.triton_string_to_numpy = triton_string_to_numpy
     utils.TritonError, utils.InferenceResponse, utils.Tensor = TritonError, InferenceResponse, Tensor
-    utils.get_input_tensor_by_name, utils.get_output_config_by_name = get_input_tensor_by_name, get_output_config_by_name
+    utils.get_input_tensor_by_name = get_input_tensor_by_name
     return utils
 
 
@@ -64,31 +57,21 @@ def _load(name: str, monkeypatch):
 def preprocess(monkeypatch):
     module = _load("preprocess", monkeypatch)
     model = module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(_preprocess_config("TYPE_FP32"))})
+    model.initialize({"model_config": json.dumps({"parameters": {contract.MAX_SIDE_PARAMETER: {"string_value": "95"}}})})
     return module, model
-
-
-def _preprocess_config(data_type: str) -> dict:
-    return {"output": [{"name": contract.CLASSIFIER_INPUT, "dims": [32, 32, 3], "data_type": data_type},
-                       {"name": contract.SEGMENTER_INPUT, "dims": [24, 24, 3], "data_type": data_type}]}
-
-
-def test_preprocess_emits_the_dtype_its_config_declares(preprocess, monkeypatch):
-    """UINT8 network inputs (the ceiling benchmark's variant): the same pixels, rounded."""
-    _, fp32 = preprocess
-    module = _load("preprocess", monkeypatch)
-    uint8 = module.TritonPythonModel()
-    uint8.initialize({"model_config": json.dumps(_preprocess_config("TYPE_UINT8"))})
-    request = _request(encode(brain_like(), "PNG"))
-    (wide,), (narrow,) = fp32.execute([request]), uint8.execute([request])
-    for a, b in zip(wide.output_tensors[:2], narrow.output_tensors[:2]):
-        assert a.array.dtype == np.float32 and b.array.dtype == np.uint8
-        assert np.abs(a.array - b.array).max() <= 0.5
-    np.testing.assert_array_equal(wide.output_tensors[2].array, narrow.output_tensors[2].array)
 
 
 def _request(data: bytes) -> dict:
     return {contract.IMAGE: np.array([[data]], dtype=object)}
+
+
+def test_preprocess_sends_the_decoded_pixels_and_refuses_what_its_config_says_is_too_large(preprocess):
+    _, model = preprocess
+    small, wide = brain_like(60, 70), brain_like(60, 100)
+    (answered, refused) = model.execute([_request(encode(small, "PNG")), _request(encode(wide, "PNG"))])
+    assert [t.name for t in answered.output_tensors] == [contract.PIXELS]
+    np.testing.assert_array_equal(answered.output_tensors[0].array, small[None, :, :, None].astype(np.float32))
+    assert "100x60" in str(refused.error) and "95 per side" in str(refused.error) and refused.error.code == "INVALID_ARG"
 
 
 @pytest.mark.parametrize("failure,words", [
@@ -98,31 +81,17 @@ def _request(data: bytes) -> dict:
 def test_any_failure_of_one_request_leaves_the_others_of_its_batch_answered(preprocess, monkeypatch, failure, words):
     module, model = preprocess
     good, poison = encode(brain_like(), "PNG"), encode(brain_like(seed=9), "PNG")
-    real = module.preprocess_batch
+    real = module.pixels_batch
 
-    def sometimes_failing(encoded, *sizes):
+    def sometimes_failing(encoded, *args):
         if bytes(np.asarray(encoded, dtype=object).reshape(-1)[0]) == poison:
             raise failure
-        return real(encoded, *sizes)
+        return real(encoded, *args)
 
-    monkeypatch.setattr(module, "preprocess_batch", sometimes_failing)
+    monkeypatch.setattr(module, "pixels_batch", sometimes_failing)
     responses = model.execute([_request(good), _request(poison), _request(b""), _request(good)])
     assert len(responses) == 4  # one per request, in order
     assert responses[0].error is None and responses[3].error is None
-    assert [t.name for t in responses[0].output_tensors] == [contract.CLASSIFIER_INPUT, contract.SEGMENTER_INPUT,
-                                                               contract.ORIGINAL_SIZE]
+    assert [t.name for t in responses[0].output_tensors] == [contract.PIXELS]
     assert words in str(responses[1].error) and responses[1].error.code == "INVALID_ARG"
     assert "empty input" in str(responses[2].error)
-
-
-def test_postprocess_fails_a_broken_request_alone(monkeypatch):
-    module = _load("postprocess", monkeypatch)
-    model = module.TritonPythonModel()
-    good = {contract.SEGMENTER_OUTPUT: np.full((1, 8, 8, 1), 0.9, np.float32),
-            contract.ORIGINAL_SIZE: np.array([[16, 12]], np.int32)}
-    broken = {contract.SEGMENTER_OUTPUT: np.full((1, 8, 8, 1), 0.9, np.float32),
-              contract.ORIGINAL_SIZE: np.array([[-5, 12]], np.int32)}  # cv2.resize raises on it
-    responses = model.execute([good, broken, good])
-    assert [r.error is None for r in responses] == [True, False, True]
-    assert responses[0].output_tensors[0].array.shape == (1, 16, 12)
-    assert str(responses[1].error).startswith("postprocess failed: error:") and responses[1].error.code == "INTERNAL"

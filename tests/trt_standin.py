@@ -17,6 +17,7 @@ import onnx
 
 from brainscan.export.gpu import Gpu
 from brainscan.export.precision import run_fp16
+from brainscan.export.serving import by_shape
 from brainscan.export.tensorrt import BuildRequest
 
 STANDIN_GPU = Gpu("Stand-in GPU", "8.9")
@@ -35,19 +36,20 @@ class CpuToolkit:
         self.requests.append(request)
         return json.dumps({"onnx": str(request.onnx), "profile": request.profile.as_dict()}).encode()
 
-    def run(self, plan: bytes, input_name: str, images: np.ndarray, max_batch: int) -> np.ndarray:
+    def run(self, plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> list[np.ndarray]:
         meta = json.loads(plan)
-        low, high = meta["profile"]["min"][0], meta["profile"]["max"][0]
+        low, high = meta["profile"]["min"], meta["profile"]["max"]
         model = onnx.load(meta["onnx"])
         outputs = []
-        for start in range(0, len(images), max_batch):
-            chunk = images[start:start + max_batch]
-            if not low <= len(chunk) <= high:  # what an engine does with a batch outside its profile
-                raise ValueError(f"batch {len(chunk)} is outside the profile {low}..{high}")
-            self.batches.append(len(chunk))
-            outputs.append(run_fp16(model, chunk))
-        out = np.concatenate(outputs)
-        return self.perturb(out) if self.perturb else out
+        for indices in by_shape(images).values():
+            for start in range(0, len(indices), max_batch):
+                chunk = [images[i] for i in indices[start:start + max_batch]]
+                shape = (len(chunk), *chunk[0].shape)
+                if not all(lo <= d <= hi for lo, d, hi in zip(low, shape, high)):  # what an engine does then
+                    raise ValueError(f"input {list(shape)} is outside the profile {low}..{high}")
+                self.batches.append(len(chunk))
+                outputs += run_fp16(model, chunk)
+        return [self.perturb(out) for out in outputs] if self.perturb else outputs
 
 
 def source_of(plan_path: Path) -> str:

@@ -125,5 +125,21 @@ def load_masks(samples: list[Sample], size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def decode_images(samples: list[Sample]) -> list[np.ndarray]:
+    """The samples' images as decoded, at their own size (what the served graphs take)."""
+    return [decode_image(sample.image.read_bytes()) for sample in samples]
+
+
+def load_truth(samples: list[Sample]) -> list[np.ndarray]:
+    """Ground-truth masks at each image's own size: uint8 [H, W] of 0/1."""
+    out = []
+    for sample in samples:
+        if sample.mask is None:
+            raise ValueError(f"{sample.image} has no mask: segmentation needs the kaggle_3m layout")
+        mask = decode_image(sample.mask.read_bytes())
+        out.append(((mask.max(axis=2) if mask.ndim == 3 else mask) > 0).astype(np.uint8))
+    return out
+
+
 def load_labels(samples: list[Sample]) -> np.ndarray:
     return np.array([s.label for s in samples], np.float32)

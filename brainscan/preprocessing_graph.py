@@ -1,0 +1,231 @@
+"""Resize and intensity scaling as ONNX graphs: the ONE definition of how a decoded image
+becomes a network's input, and of how the segmenter's probabilities become the mask at the
+image's own size.
+
+Training runs these graphs with ONNX Runtime (``brainscan.preprocessing.to_model_input``),
+and the served networks carry them in front of and behind their own layers
+(``brainscan.export.serving``), so on a GPU TensorRT runs them and the only Python left on a
+request's path decodes the file.
+
+Resizing multiplies the image by two small weight matrices, built inside the graph from the
+image's own height and width (any size, no rebuild):
+
+- shrinking on both axes: area averaging, each output pixel the mean of the input area it
+  covers, a pixel cut by its edge counting by the share inside (OpenCV's INTER_AREA);
+- otherwise: linear interpolation at half-pixel centres, clamped at the edges (OpenCV's
+  INTER_LINEAR).
+
+Then the intensities are stretched per image (lowest -> 0, highest -> 255; a constant image,
+or one that varies by less than ``CONSTANT_RANGE`` of its level, gives zeros) and a grey image is repeated into three channels. The mask head resizes the
+probabilities linearly to the image's size and keeps the pixels above
+``contract.MASK_THRESHOLD``.
+
+Every op is one that ONNX-TensorRT parses (Shape, Slice, Range, MatMul, Min/Max, Where,
+ReduceMin/ReduceMax with constant axes, Concat, Cast to UINT8 at the output). The nodes are
+named under ``PREPROCESS_PREFIX`` and ``MASK_PREFIX`` so that the FP16 conversion keeps them
+in FP32: a 16-bit pixel value overflows FP16 (largest 65504). ``onnx`` is imported lazily:
+only training, export and the benchmarks build graphs.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from brainscan import contract
+
+PREPROCESS_PREFIX = "preprocess/"
+MASK_PREFIX = "mask/"
+OPSET = 17  # the networks' (tf2onnx); ReduceMin/Max take their axes as an input from 18 on
+SIZE = "size"  # input of the stand-alone mask model: INT64 [2], the image's height and width
+# A resized image whose range is below this share of its level is constant (float rounding
+# of the resize weights is about 1e-7 of the level; a real image varies by far more).
+CONSTANT_RANGE = 1e-5
+
+
+class GraphBuilder:
+    """Nodes and constants of one subgraph, every name under ``prefix``."""
+
+    def __init__(self, prefix: str, opset: int = OPSET):
+        self.prefix, self.opset = prefix, opset
+        self.nodes: list = []
+        self.initializers: list = []
+        self._count = 0
+
+    def _name(self, what: str) -> str:
+        self._count += 1
+        return f"{self.prefix}{what}_{self._count}"
+
+    def const(self, value, dtype=np.float32) -> str:
+        from onnx import numpy_helper
+
+        name = self._name("const")
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, output: str | None = None, **attributes) -> str:
+        from onnx import helper
+
+        name = self._name(op_type)
+        out = output or name
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name, **attributes))
+        return out
+
+    def reduce(self, op_type: str, x: str, axes: list[int]) -> str:
+        if self.opset >= 18:
+            return self.op(op_type, x, self.const(axes, np.int64), keepdims=1)
+        return self.op(op_type, x, axes=axes, keepdims=1)
+
+
+def _dim(b: GraphBuilder, shape: str, axis: int) -> str:
+    """One dimension of a shape tensor, INT64 [1]."""
+    return b.op("Slice", shape, b.const([axis], np.int64), b.const([axis + 1], np.int64))
+
+
+def _float(b: GraphBuilder, dim: str) -> str:
+    """An INT64 [1] dimension as a FLOAT scalar."""
+    return b.op("Cast", b.op("Squeeze", dim, b.const([0], np.int64)), to=1)  # TensorProto.FLOAT
+
+
+def _weights(b: GraphBuilder, source: str, target: str, area: str) -> str:
+    """The [target, source] matrix that resizes one axis of length ``source`` to ``target``
+    (FLOAT scalars): area weights where ``area`` (BOOL scalar) holds, else linear ones."""
+    zero, one, half = b.const(0.0), b.const(1.0), b.const(0.5)
+    i = b.op("Unsqueeze", b.op("Range", zero, source, one), b.const([0], np.int64))  # [1, source]
+    j = b.op("Unsqueeze", b.op("Range", zero, target, one), b.const([1], np.int64))  # [target, 1]
+    scale = b.op("Div", source, target)
+    # area: the overlap of input pixel [i, i+1) with output pixel [j*scale, (j+1)*scale), over scale
+    start = b.op("Mul", j, scale)
+    end = b.op("Add", start, scale)
+    overlap = b.op("Relu", b.op("Sub", b.op("Min", b.op("Add", i, one), end), b.op("Max", i, start)))
+    area_weights = b.op("Div", overlap, scale)
+    # linear: a tent around the output pixel's centre in input coordinates, clamped to the image
+    centre = b.op("Sub", b.op("Mul", b.op("Add", j, half), scale), half)
+    centre = b.op("Min", b.op("Max", centre, zero), b.op("Sub", source, one))
+    linear_weights = b.op("Relu", b.op("Sub", one, b.op("Abs", b.op("Sub", i, centre))))
+    return b.op("Where", area, area_weights, linear_weights)
+
+
+def _resize(b: GraphBuilder, x: str, height: str, height_f: str, width_f: str, area: str | None) -> str:
+    """[N, H, W, C] -> [N, height, width, C], with ``height`` as INT64 [1] and as a FLOAT
+    scalar, ``width`` as a FLOAT scalar; area weights when ``area`` (None: when shrinking
+    on both axes)."""
+    shape = b.op("Shape", x)
+    n, h_in, w_in, c = (_dim(b, shape, axis) for axis in range(4))
+    h_in_f, w_in_f = _float(b, h_in), _float(b, w_in)
+    if area is None:
+        area = b.op("And", b.op("GreaterOrEqual", h_in_f, height_f), b.op("GreaterOrEqual", w_in_f, width_f))
+    rows = _weights(b, h_in_f, height_f, area)  # [height, H]
+    columns = _weights(b, w_in_f, width_f, area)  # [width, W]
+    flat = b.op("Reshape", x, b.op("Concat", n, h_in, b.const([-1], np.int64), axis=0))  # [N, H, W*C]
+    resized = b.op("MatMul", rows, flat)  # [N, height, W*C]
+    resized = b.op("Reshape", resized, b.op("Concat", n, height, w_in, c, axis=0))  # [N, height, W, C]
+    return b.op("MatMul", columns, resized)  # [N, height, width, C]
+
+
+def _to_size(b: GraphBuilder, x: str, size: tuple[int, int]) -> str:
+    """``x`` resized to the fixed ``size``, area or linear as the module says."""
+    return _resize(b, x, b.const([size[0]], np.int64), b.const(float(size[0])), b.const(float(size[1])), None)
+
+
+def add_preprocessing(b: GraphBuilder, pixels: str, size: tuple[int, int], output: str) -> str:
+    """Nodes taking ``pixels`` (FLOAT [N, H, W, C], C 1 or 3, any H and W) to ``output``,
+    the network input (FLOAT [N, size[0], size[1], 3], 0..255)."""
+    resized = _to_size(b, pixels, size)
+    low = b.reduce("ReduceMin", resized, [1, 2, 3])
+    high = b.reduce("ReduceMax", resized, [1, 2, 3])
+    span = b.op("Sub", high, low)
+    # an image whose range is within float rounding of its level is constant: zeros, not
+    # rounding noise stretched to 0..255
+    level = b.op("Max", b.op("Abs", high), b.op("Abs", low))
+    varies = b.op("Greater", span, b.op("Mul", level, b.const(CONSTANT_RANGE)))
+    zero = b.const(0.0)
+    scale = b.op("Where", varies, b.op("Div", b.const(255.0), b.op("Max", span, b.const(1e-30))), zero)
+    stretched = b.op("Mul", b.op("Sub", resized, low), scale)
+    tripled = b.op("Concat", stretched, stretched, stretched, axis=3)  # C=1: grey into 3 channels; C=3: kept below
+    return b.op("Slice", tripled, b.const([0], np.int64), b.const([contract.CHANNELS], np.int64), b.const([3], np.int64),
+                output=output)
+
+
+def add_resize(b: GraphBuilder, x: str, size: tuple[int, int], output: str) -> str:
+    """``x`` (FLOAT [N, H, W, C]) resized to ``size`` as above, without scaling: ``output``."""
+    return b.op("Identity", _to_size(b, x, size), output=output)
+
+
+def add_mask_head(b: GraphBuilder, probability: str, size: str, output: str) -> str:
+    """Nodes taking the segmenter's ``probability`` (FLOAT [N, h, w, 1]) and the image's
+    height and width (``size``, INT64 [2]) to ``output``, the mask (UINT8 [N, H, W] of 0/1)."""
+    height, width = _dim(b, size, 0), _dim(b, size, 1)
+    resized = _resize(b, probability, height, _float(b, height), _float(b, width), b.const(False, np.bool_))  # [N, H, W, 1]
+    above = b.op("Greater", b.op("Squeeze", resized, b.const([3], np.int64)), b.const(contract.MASK_THRESHOLD))
+    return b.op("Cast", above, to=2, output=output)  # TensorProto.UINT8
+
+
+def image_size(b: GraphBuilder, pixels: str) -> str:
+    """INT64 [2]: the height and width of ``pixels`` [N, H, W, C]."""
+    return b.op("Slice", b.op("Shape", pixels), b.const([1], np.int64), b.const([3], np.int64))
+
+
+def _model(b: GraphBuilder, inputs: list, outputs: list):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(b.nodes, b.prefix.strip("/") or "graph", inputs, outputs, b.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", b.opset)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def preprocessing_model(size: tuple[int, int]):
+    """PIXELS (FLOAT [N, H, W, C]) -> the network input at ``size`` (FLOAT [N, h, w, 3])."""
+    from onnx import TensorProto, helper
+
+    b = GraphBuilder(PREPROCESS_PREFIX)
+    add_preprocessing(b, contract.PIXELS, size, "model_input")
+    return _model(b, [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])],
+                  [helper.make_tensor_value_info("model_input", TensorProto.FLOAT, ["N", size[0], size[1], 3])])
+
+
+def resize_model(size: tuple[int, int]):
+    """PIXELS (FLOAT [N, H, W, C]) -> the same resized to ``size``, values as they are."""
+    from onnx import TensorProto, helper
+
+    b = GraphBuilder(PREPROCESS_PREFIX)
+    add_resize(b, contract.PIXELS, size, "resized")
+    return _model(b, [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])],
+                  [helper.make_tensor_value_info("resized", TensorProto.FLOAT, ["N", size[0], size[1], "C"])])
+
+
+def mask_model():
+    """mask_probability (FLOAT [N, h, w, 1]) and SIZE (INT64 [2]) -> MASK (UINT8 [N, H, W])."""
+    from onnx import TensorProto, helper
+
+    b = GraphBuilder(MASK_PREFIX)
+    add_mask_head(b, contract.SEGMENTER_OUTPUT, SIZE, contract.MASK)
+    return _model(b, [helper.make_tensor_value_info(contract.SEGMENTER_OUTPUT, TensorProto.FLOAT, ["N", "h", "w", 1]),
+                      helper.make_tensor_value_info(SIZE, TensorProto.INT64, [2])],
+                  [helper.make_tensor_value_info(contract.MASK, TensorProto.UINT8, ["N", "H", "W"])])
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # called in loops by training and tests: one core each
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@functools.lru_cache(maxsize=8)
+def preprocessing_session(size: tuple[int, int]):
+    return _session(preprocessing_model(size))
+
+
+@functools.lru_cache(maxsize=8)
+def resize_session(size: tuple[int, int]):
+    return _session(resize_model(size))
+
+
+@functools.lru_cache(maxsize=1)
+def mask_session():
+    return _session(mask_model())

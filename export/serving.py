@@ -1,0 +1,239 @@
+"""The served graphs: each network with the preprocessing in front of its layers and, for the
+segmenter, the mask head behind them, and the gate that holds them to the OpenCV
+preprocessing the kit used before the graphs took it over.
+
+A served graph takes ``PIXELS`` (FP32 [N, H, W, C], the decoded image at its own size) and
+gives the ensemble's outputs directly: ``TUMOR_PROBABILITY`` (classifier) or ``MASK`` (UINT8
+[N, H, W], segmenter). So the ensemble is preprocess (decode, in Python) -> classifier and
+segmenter, and on a GPU the resize, the intensity stretch and the mask's way back to the
+image's size run in the TensorRT engines. The nodes added here are named under
+``brainscan.preprocessing_graph``'s prefixes, which the FP16 conversion keeps in FP32.
+
+The parity gate runs real validation slices, resampled to several sizes, through the served
+graph and through the reference path (OpenCV's INTER_AREA / INTER_LINEAR resize and the same
+stretch, the network alone, OpenCV's linear mask resize), and requires the same decisions
+and masks (mean Dice against the reference's). ``brainscan export onnx`` writes a served
+graph only when it passes.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from brainscan import contract
+from brainscan.export.fp16 import Check, GateReport, at_least, at_most, info
+from brainscan.metrics import dice
+from brainscan.preprocessing_graph import (
+    MASK_PREFIX, PREPROCESS_PREFIX, GraphBuilder, add_mask_head, add_preprocessing, image_size,
+)
+
+# the image sizes the parity gate resamples each validation slice to (height, width)
+PARITY_SIZES = ((256, 256), (512, 512), (240, 240), (150, 220))
+MIN_PARITY_DICE = 0.99
+MAX_DECISIONS_CHANGED = 0
+
+
+class ServingGraphError(ValueError):
+    """A graph that is neither one of the kit's networks nor a served graph; the message says why."""
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def network_of(model) -> str:
+    """classifier or segmenter: from a served graph's output, or a network's input name."""
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if inputs == [contract.PIXELS]:
+        for network, spec in contract.NETWORK_OUTPUT_SPEC.items():
+            if outputs == [spec.name]:
+                return network
+    for network, name in contract.NETWORK_INPUT.items():
+        if inputs == [name]:
+            return network
+    raise ServingGraphError(f"the graph has inputs {inputs} and outputs {outputs}: expected a served graph "
+                            f"([{contract.PIXELS!r}] -> {contract.TUMOR_PROBABILITY!r} or {contract.MASK!r}) or a "
+                            f"network taking {contract.CLASSIFIER_INPUT!r} or {contract.SEGMENTER_INPUT!r}")
+
+
+def is_served(model) -> bool:
+    return [i.name for i in model.graph.input] == [contract.PIXELS]
+
+
+def network_size(model) -> tuple[int, int]:
+    """The (height, width) a network takes: from its input, or from a served graph's preprocessing."""
+    if is_served(model):
+        network = network_of(model)
+        for value in [*model.graph.value_info, *model.graph.output, *model.graph.input]:
+            if value.name == contract.NETWORK_INPUT[network]:
+                dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+                return dims[1], dims[2]
+        raise ServingGraphError(f"the served {network} graph does not record its network's input shape")
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not all(dims[1:3]) or dims[3] != contract.CHANNELS:
+        raise ServingGraphError(f"the network input {model.graph.input[0].name} has shape {dims}, expected "
+                                f"[batch, height, width, {contract.CHANNELS}]")
+    return dims[1], dims[2]
+
+
+def serving_model(model):
+    """The served graph of a network (ONNX ModelProto taking ``classifier_input`` or
+    ``segmenter_input``): preprocessing in front, the mask head behind the segmenter. A
+    served graph is returned as it is."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if is_served(model):
+        network_of(model)
+        return model
+    network = network_of(model)
+    size = network_size(model)
+    opset = _opset(model)
+    if not 13 <= opset:
+        raise ServingGraphError(f"the {network} graph uses opset {opset}; the served graph needs 13 or newer")
+    served = onnx.ModelProto()
+    served.CopyFrom(model)
+    graph = served.graph
+    network_input = graph.input[0]
+    pre = GraphBuilder(PREPROCESS_PREFIX, opset)
+    add_preprocessing(pre, contract.PIXELS, size, network_input.name)
+    nodes = [*pre.nodes, *graph.node]
+    initializers = [*pre.initializers]
+    outputs = [graph.output[0]]
+    if network == contract.SEGMENTER:
+        head = GraphBuilder(MASK_PREFIX, opset)
+        add_mask_head(head, graph.output[0].name, image_size(head, contract.PIXELS), contract.MASK)
+        nodes += head.nodes
+        initializers += head.initializers
+        outputs = [helper.make_tensor_value_info(contract.MASK, TensorProto.UINT8, ["N", "H", "W"])]
+    # the network's input shape stays on record (network_size reads it back)
+    graph.value_info.append(network_input)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"]))
+    del graph.output[:]
+    graph.output.extend(outputs)
+    onnx.checker.check_model(served, full_check=True)
+    return served
+
+
+def network_only(model):
+    """The network inside a served graph (its input to its probability output); a network
+    is returned as it is."""
+    import onnx.utils
+
+    if not is_served(model):
+        return model
+    network = network_of(model)
+    output = contract.CLASSIFIER_OUTPUT if network == contract.CLASSIFIER else contract.SEGMENTER_OUTPUT
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return onnx.utils.Extractor(inferred).extract_model([contract.NETWORK_INPUT[network]], [output])
+
+
+def added_nodes(model) -> list[str]:
+    """Names of the nodes the served graph adds to the network (kept in FP32 by ``export fp16``)."""
+    return [n.name for n in model.graph.node if n.name.startswith((PREPROCESS_PREFIX, MASK_PREFIX))]
+
+
+def by_shape(images: Sequence[np.ndarray]) -> dict[tuple, list[int]]:
+    """Indices of ``images`` grouped by shape: one batch per group."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, image in enumerate(images):
+        groups[tuple(image.shape)].append(index)
+    return groups
+
+
+def run_served(session, images: Sequence[np.ndarray], max_batch: int = 16) -> list[np.ndarray]:
+    """A graph's single output for each of ``images`` (one image each: PIXELS [H, W, C] for
+    a served graph), run in batches of one shape."""
+    name = session.get_inputs()[0].name
+    out: list[np.ndarray | None] = [None] * len(images)
+    for indices in by_shape(images).values():
+        for start in range(0, len(indices), max_batch):
+            chunk = indices[start:start + max_batch]
+            (result,) = session.run(None, {name: np.stack([images[i] for i in chunk]).astype(np.float32)})
+            for i, value in zip(chunk, result):
+                out[i] = value
+    return out  # type: ignore[return-value]
+
+
+# --- the reference: the OpenCV preprocessing the graphs replaced -----------------------------
+
+def reference_model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The kit's preprocessing before the graphs (OpenCV): the parity gate's reference."""
+    import cv2
+
+    pixels = image.astype(np.float32, copy=False)
+    height, width = size
+    interpolation = cv2.INTER_AREA if pixels.shape[0] >= height and pixels.shape[1] >= width else cv2.INTER_LINEAR
+    resized = cv2.resize(pixels, (width, height), interpolation=interpolation)
+    if resized.ndim == 2:
+        resized = np.repeat(resized[:, :, None], contract.CHANNELS, axis=2)
+    low, high = float(resized.min()), float(resized.max())
+    resized = (resized - low) * np.float32(255.0 / (high - low)) if high > low else np.zeros_like(resized)
+    return np.ascontiguousarray(resized, dtype=np.float32)
+
+
+def reference_mask(probability: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The kit's mask before the graphs (OpenCV): probabilities [h, w(, 1)] -> 0/1 at ``size``."""
+    import cv2
+
+    prob = np.asarray(probability, np.float32).reshape(probability.shape[0], probability.shape[1])
+    if tuple(size) != prob.shape:
+        prob = cv2.resize(prob, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+    return (prob > contract.MASK_THRESHOLD).astype(np.uint8)
+
+
+def resampled(images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] = PARITY_SIZES) -> list[np.ndarray]:
+    """Each image resampled (bicubic, clipped to its type's range) to each of ``sizes``: new
+    source images of other sizes with the content of real slices."""
+    import cv2
+
+    out = []
+    for size in sizes:
+        for image in images:
+            resized = cv2.resize(image.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+            if np.issubdtype(image.dtype, np.integer):
+                limits = np.iinfo(image.dtype)
+                resized = np.clip(np.rint(resized), limits.min, limits.max)
+            out.append(resized.astype(image.dtype))
+    return out
+
+
+def check_parity(network_model, served_model, images: Sequence[np.ndarray]) -> GateReport:
+    """The served graph against the reference path on decoded ``images`` (any sizes)."""
+    from brainscan.export.onnx import onnx_session
+    from brainscan.preprocessing import pixels
+
+    network = network_of(served_model)
+    size = network_size(network_model)
+    net = onnx_session(network_model.SerializeToString())
+    served = onnx_session(served_model.SerializeToString())
+    candidate = run_served(served, [pixels(image) for image in images])
+    reference = []
+    for image in images:
+        (output,) = net.run(None, {net.get_inputs()[0].name: reference_model_input(image, size)[None]})
+        reference.append(output[0] if network == contract.CLASSIFIER else reference_mask(output[0], image.shape[:2]))
+    shapes = sorted({f"{i.shape[0]}x{i.shape[1]}" for i in images})
+    if network == contract.CLASSIFIER:
+        ref, got = np.concatenate(reference).astype(np.float64), np.concatenate(candidate).astype(np.float64)
+        changed = int(np.sum((ref > contract.DECISION_THRESHOLD) != (got > contract.DECISION_THRESHOLD)))
+        checks: tuple[Check, ...] = (
+            at_most("decisions changed", changed, MAX_DECISIONS_CHANGED),
+            info("max |probability diff|", float(np.max(np.abs(ref - got), initial=0.0))),
+        )
+    else:
+        found = [(r.any(), c.any()) for r, c in zip(reference, candidate)]
+        changed = sum(a != b for a, b in found)
+        either = [dice(c, r) for (a, b), r, c in zip(found, reference, candidate) if a or b]
+        checks = (
+            at_most("decisions changed (tumour found or not)", changed, MAX_DECISIONS_CHANGED),
+            at_least("mean Dice vs the reference masks", float(np.mean(either)) if either else 1.0, MIN_PARITY_DICE),
+            info("pixels differing", float(sum(int((r != c).sum()) for r, c in zip(reference, candidate)))),
+        )
+    return GateReport(network, len(images), checks, gate=f"Preprocessing parity (graph vs OpenCV, {', '.join(shapes)})")

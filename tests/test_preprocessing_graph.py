@@ -1,0 +1,109 @@
+"""The preprocessing graph, the one definition of resize and scaling that training runs and
+the served networks carry: its answers on images small enough to work out by hand, its
+agreement with the OpenCV path it replaced, and the parity gate that guards it."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from brainscan import contract
+from brainscan.export.serving import (
+    PARITY_SIZES, check_parity, reference_mask, reference_model_input, resampled, serving_model,
+)
+from brainscan.preprocessing import mask_from_probability, mask_to_target, to_model_input
+from brainscan.train import datasets
+from conftest import write_threshold_classifier, write_threshold_segmenter
+
+
+def test_shrinking_averages_the_area_each_output_pixel_covers():
+    image = np.array([[0, 2, 4, 6],
+                      [2, 4, 6, 8],
+                      [10, 10, 0, 0],
+                      [10, 10, 0, 0]], np.uint8)
+    # 2 x 2 means, by hand: [[2, 6], [10, 0]]; stretched to 0..255: x * 25.5
+    tensor = to_model_input(image, (2, 2))
+    np.testing.assert_allclose(tensor[:, :, 0], [[51.0, 153.0], [255.0, 0.0]], atol=1e-4)
+    assert (tensor[:, :, 0] == tensor[:, :, 1]).all() and (tensor[:, :, 1] == tensor[:, :, 2]).all()
+
+
+def test_a_pixel_cut_by_an_output_edge_counts_by_its_share_inside():
+    row = np.array([[0, 30, 60]], np.uint8).repeat(2, axis=0)  # 3 columns into 2: each output covers 1.5
+    # left: (0 + 0.5 * 30) / 1.5 = 10; right: (0.5 * 30 + 60) / 1.5 = 50 -> stretched 0 and 255
+    resized = to_model_input(np.hstack([row, np.full((2, 3), 20, np.uint8)]), (1, 4))  # 6 -> 4 columns: 1.5 each
+    expected = np.array([10.0, 50.0, 20.0, 20.0])
+    np.testing.assert_allclose(resized[0, :, 0], (expected - 10) * 255 / 40, atol=1e-3)
+
+
+def test_growing_interpolates_linearly_between_pixel_centres():
+    image = np.array([[0, 100]], np.uint8)  # 1 x 2 -> 1 x 4: centres at 0.25, 0.75 of a pixel apart
+    tensor = to_model_input(image, (1, 4))
+    # output x centres map to input -0.25, 0.25, 0.75, 1.25 -> clamped 0, 0.25, 0.75, 1 -> 0, 25, 75, 100
+    np.testing.assert_allclose(tensor[0, :, 0], [0.0, 63.75, 191.25, 255.0], atol=1e-3)
+
+
+def test_a_constant_image_gives_zeros_and_colour_keeps_its_channels():
+    assert not to_model_input(np.full((30, 40), 77, np.uint16), (16, 16)).any()
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[..., 0] = 200  # red only
+    tensor = to_model_input(colour, (4, 4))
+    assert (tensor[..., 0] == 255).all() and (tensor[..., 1:] == 0).all()
+
+
+def test_values_beyond_fp16_range_are_resized_exactly():
+    image = np.array([[65535, 65535], [0, 0]], np.uint16)
+    tensor = to_model_input(image, (1, 1))  # one pixel: the mean, then stretched: a constant image
+    assert not tensor.any()
+    tall = to_model_input(np.array([[65535], [65535], [0], [65534]], np.uint16), (2, 1))
+    np.testing.assert_allclose(tall[:, 0, 0], [255.0, 0.0], atol=1e-6)  # 65535 and 32767 before the stretch
+
+
+def test_the_mask_head_brings_a_square_back_to_the_image_size():
+    probability = np.zeros((4, 4), np.float32)
+    probability[1:3, 1:3] = 1.0  # the middle quarter of a 4 x 4 map
+    mask = mask_from_probability(probability, (8, 8))
+    # linear interpolation at half-pixel centres: output pixel x maps to (x + 0.5) / 2 - 0.5
+    expected = np.zeros((8, 8), np.uint8)
+    expected[2:6, 2:6] = 1  # rows/columns 2..5 map to input 0.75..2.25, where the tent exceeds 0.5
+    np.testing.assert_array_equal(mask, expected)
+    assert mask_from_probability(probability, (3, 5)).shape == (3, 5)
+
+
+def test_training_targets_keep_a_pixel_that_is_at_least_half_tumour():
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, 0:2] = 255  # top-left 2 x 2 block half tumour, top-right none
+    target = mask_to_target(mask, (2, 2))
+    assert target.shape == (2, 2, 1) and target[:, :, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+@pytest.fixture(scope="module")
+def real_slices(phantom_dir):
+    return datasets.decode_images([s for s in datasets.find_kaggle3m(phantom_dir)][:6])
+
+
+@pytest.mark.parametrize("size", [(160, 160), (128, 128), (96, 64)])
+def test_the_graph_matches_the_opencv_path_it_replaced(real_slices, size):
+    for image in resampled(real_slices[:2]) + resampled([real_slices[2].astype(np.uint16) * 16], [(200, 300)]):
+        np.testing.assert_allclose(to_model_input(image, size), reference_model_input(image, size), atol=0.01)
+    probability = np.random.default_rng(0).random((*size, 1), dtype=np.float32)
+    for shape in PARITY_SIZES:
+        assert (mask_from_probability(probability, shape) != reference_mask(probability, shape)).sum() == 0
+
+
+def test_the_parity_gate_passes_the_graph_and_fails_a_wrong_one(tmp_path, real_slices):
+    classifier = onnx.load(str(write_threshold_classifier(tmp_path / "c.onnx", 96)))
+    segmenter = onnx.load(str(write_threshold_segmenter(tmp_path / "s.onnx", 64)))
+    images = resampled(real_slices[:3])
+    for network in (classifier, segmenter):
+        report = check_parity(network, serving_model(network), images)
+        assert report.passed, report.table()
+        assert report.samples == 3 * len(PARITY_SIZES) and "150x220" in report.table()
+    # a served graph whose mask head thresholds at 0.1 instead of 0.5 changes masks: the gate sees it
+    wrong = serving_model(segmenter)
+    (threshold,) = [n.input[1] for n in wrong.graph.node if n.name.startswith("mask/") and n.op_type == "Greater"]
+    for tensor in wrong.graph.initializer:
+        if tensor.name == threshold:
+            assert float(onnx.numpy_helper.to_array(tensor)) == contract.MASK_THRESHOLD
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.array(0.1, np.float32), tensor.name))
+    report = check_parity(segmenter, wrong, images)
+    assert not report.passed and "FAIL" in report.table()
