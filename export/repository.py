@@ -455,6 +455,9 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
             problems.append(str(exc))
     if not problems:
         for step in configs[contract.ENSEMBLE].ensemble_scheduling.step:
+            extra = path / step.model_name / "config.pbtxt"
+            if step.model_name not in configs and extra.exists():  # a model beyond the contract's (benchmarks)
+                configs[step.model_name] = read_config(extra)
             model = configs.get(step.model_name)
             if model is None:
                 problems.append(f"ensemble step names unknown model {step.model_name}")

@@ -4,14 +4,22 @@ summary and the Markdown report hold numbers. No timing thresholds."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
-from brainscan.benchmarks.run import BenchConfig, input_size, network_onnx, run, served_networks
-from conftest import ADMIN_KEY, phantom_slices
+from brainscan.benchmarks.run import BenchConfig, network_onnx, run
+from brainscan.server import free_port
+from conftest import phantom_slices
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BRAINSCAN = str(Path(sys.executable).with_name("brainscan"))
 
 
 @pytest.fixture(scope="module")
@@ -27,37 +35,37 @@ def perf_command():
 @pytest.mark.server
 def test_a_short_benchmark_of_the_served_ensemble(server, phantom_dir, runs, tmp_path, perf_command, monkeypatch):
     """As against any server (the production flavour's engines, a remote one): no repository
-    here, the networks' sizes from the server's configs, their ONNX from the training runs.
-    One composing model whose windows never agree (postprocess, through a perf_analyzer that
-    says so for it alone) is left out with a note after one doubling, and the rest is reported."""
-    calls = tmp_path / "postprocess-calls"
+    here, the networks' ONNX for the baselines from the training runs, no key (statistics are
+    open). One composing model whose windows never agree (preprocess, through a perf_analyzer
+    that says so for it alone) is left out with a note after one doubling, and the rest is
+    reported."""
+    calls = tmp_path / "preprocess-calls"
     wrapper = tmp_path / "perf_analyzer"
     wrapper.write_text(f"""#!/bin/sh
-case " $* " in *" -m {contract.POSTPROCESS} "*) echo "$*" >> {calls}; echo "Failed to obtain stable measurement."; exit 1;; esac
+case " $* " in *" -m {contract.PREPROCESS} "*) echo "$*" >> {calls}; echo "Failed to obtain stable measurement."; exit 1;; esac
 exec {shlex.join(perf_command)} "$@"
 """)
     wrapper.chmod(0o755)
     monkeypatch.setattr(perf_analyzer, "find", lambda: [str(wrapper)])
     config = BenchConfig(url=server.grpc_url, repository=None, files=phantom_slices(phantom_dir, 6),
                          out=tmp_path, concurrency=(1, 2, 1), model_concurrency=(1, 1, 1), request_count=40,
-                         runs=runs[contract.CLASSIFIER].parent, baseline_seconds=0.5, admin_key=ADMIN_KEY,
+                         runs=runs[contract.CLASSIFIER].parent, baseline_seconds=0.5,
                          # a smoke test of the wiring: on a shared 2-core machine three windows need not
                          # agree within perf_analyzer's 10 %, and this test must not depend on it
                          stability_percentage=999)
     folder = run(config, log=lambda _: None)
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["baseline_onnx"] == {n: str(runs[n] / "model.onnx") for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+    assert summary["baseline_onnx"] == {n: str(runs[n] / "model.onnx") for n in contract.NETWORKS}
     assert summary["served_platforms"] == {contract.CLASSIFIER: "python", contract.SEGMENTER: "python"}  # the local flavour
-    measured = [m for m in contract.COMPOSING_MODELS if m != contract.POSTPROCESS]
+    measured = list(contract.NETWORKS)
     assert set(summary["served"]) == {contract.ENSEMBLE, *measured}
     assert len(calls.read_text().splitlines()) == 2  # 40, then 80 requests per window (999 % is already looser than 30 %)
     (note,) = summary["notes"]
-    assert note.startswith(f"{contract.POSTPROCESS} alone: no stable measurement even at 999 %")
-    assert note.endswith(f"left out of the report, see raw/{contract.POSTPROCESS}.log")
-    assert "Failed to obtain stable measurement" in (folder / "raw" / f"{contract.POSTPROCESS}.log").read_text()
+    assert note.startswith(f"{contract.PREPROCESS} alone: no stable measurement even at 999 %")
+    assert note.endswith(f"left out of the report, see raw/{contract.PREPROCESS}.log")
+    assert "Failed to obtain stable measurement" in (folder / "raw" / f"{contract.PREPROCESS}.log").read_text()
     logs = [p.read_text() for p in (folder / "raw").glob("*.log")]
-    assert len(logs) == 5 and all(f"-H {contract.GRPC_ADMIN_HEADER}:<redacted>" in t for t in logs)
-    assert not any(ADMIN_KEY in t for t in logs)  # results get shared; the server's admin key must not be in them
+    assert len(logs) == 4 and not any(" -H " in t for t in logs)  # perf_analyzer as a user runs it: no header
     for model in (contract.ENSEMBLE, *measured):
         served = summary["served"][model]
         assert (folder / "raw" / f"{model}.csv").exists()
@@ -89,13 +97,49 @@ def test_the_networks_come_from_the_served_repository_else_from_the_runs(tmp_pat
         network_onnx(repository, None, contract.CLASSIFIER)
 
 
-@pytest.mark.server
-def test_the_served_sizes_are_read_from_the_server(server, onnx_models):
-    from brainscan.export.repository import onnx_input_size
+def _documented_perf_analyzer() -> tuple[list[str], list[str]]:
+    """The commands of docs/benchmarks.md's "perf_analyzer alone" block: the input data, then
+    the sweep (continuation lines joined)."""
+    text = DOCS.read_text()
+    block = re.search(r"<!-- perf_analyzer alone -->\s*```bash\n(.*?)```", text, re.S)
+    assert block, "docs/benchmarks.md lost its 'perf_analyzer alone' block"
+    lines = [line for line in block.group(1).replace("\\\n", " ").splitlines() if line and not line.startswith("#")]
+    data, sweep = (shlex.split(line) for line in lines)
+    return data, sweep
 
-    sizes = {n: input_size(c) for n, c in served_networks(server.grpc_url).items()}
-    assert sizes[contract.CLASSIFIER] == onnx_input_size(onnx_models[contract.CLASSIFIER], contract.CLASSIFIER_INPUT)
-    assert sizes[contract.SEGMENTER] == onnx_input_size(onnx_models[contract.SEGMENTER], contract.SEGMENTER_INPUT)
+
+@pytest.mark.server
+def test_the_documented_plain_perf_analyzer_run_works_against_a_default_server(
+        local_repository, phantom_dir, tmp_path, perf_command):
+    """What a user runs after `make serve`, as docs/benchmarks.md shows it: `brainscan serve`
+    with its defaults (no admin key), then perf_analyzer with no key and no header. Only the
+    addresses and paths are this test's; the sweep must end with every request answered."""
+    data, sweep = _documented_perf_analyzer()
+    assert data[:3] == [".venv/bin/brainscan", "bench", "input-data"] and sweep[0] == "perf_analyzer"
+    assert "-H" not in sweep and sweep[sweep.index("-u") + 1] == contract.DEFAULT_URL
+    grpc = free_port()
+    server = subprocess.Popen([BRAINSCAN, "serve", "--repository", str(local_repository), "--grpc-port", str(grpc),
+                               "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+                               "--log-file", str(tmp_path / "tritonserver.log")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        subprocess.run([BRAINSCAN, "health", "--url", f"127.0.0.1:{grpc}", "--wait", "180"], check=True,
+                       capture_output=True, timeout=240)
+        inputs, out = tmp_path / "input.json", tmp_path / "local.csv"
+        given = {"artifacts/data/phantom": str(phantom_dir), "artifacts/perf/input.json": str(inputs)}
+        subprocess.run([BRAINSCAN, *[given.get(a, a) for a in data[1:]]], check=True, capture_output=True, timeout=120)
+        given = {contract.DEFAULT_URL: f"127.0.0.1:{grpc}", "artifacts/perf/input.json": str(inputs),
+                 "artifacts/perf/local.csv": str(out)}
+        # the one addition: a shared 2-core machine's windows need not agree within perf_analyzer's 10 %
+        result = subprocess.run([*perf_command, *[given.get(a, a) for a in sweep[1:]], "--stability-percentage", "999"],
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        server.terminate()
+        server.wait(60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "restricted" not in result.stdout + result.stderr
+    rows = perf_analyzer.read_csv(out)
+    assert [int(r["Concurrency"]) for r in rows] == [1, 2, 3, 4] and all(r["Inferences/Second"] > 0 for r in rows)
 
 
 def test_an_unstable_measurement_is_retried_with_a_larger_window(tmp_path):
@@ -161,41 +205,59 @@ def test_a_perf_analyzer_wheel_that_is_not_the_published_one_is_refused(tmp_path
         perf_analyzer.verify(cached[0])
 
 
-@pytest.mark.parametrize("network,size", [(contract.CLASSIFIER, 32), (contract.SEGMENTER, 24)])
-def test_the_free_networks_take_and_give_what_the_real_ones_do(network, size, tmp_path):
-    """The ceiling benchmark's stand-ins: the real networks' tensor names and shapes, and the
-    same answer from UINT8 input as from the FP32 input it rounds."""
+@pytest.mark.parametrize("design", ["python-steps", "in-graph"])
+@pytest.mark.parametrize("network", list(contract.NETWORKS))
+def test_the_free_networks_take_and_give_what_each_designs_networks_do(network, design, tmp_path):
+    """The ceiling benchmark's stand-ins: the tensor names, types and shapes of the networks
+    of each design, and answers computable by hand (mean and threshold)."""
     import numpy as np
     import onnxruntime as ort
 
     from brainscan.benchmarks.ceiling import write_free_network
 
-    pixels = np.random.default_rng(0).integers(0, 256, (3, size, size, 3)).astype(np.float32)
-    answers = {}
-    for dtype in ("fp32", "uint8"):
-        session = ort.InferenceSession(str(write_free_network(tmp_path / f"{dtype}.onnx", network, size, dtype)))
-        (given,), (given_out,) = session.get_inputs(), session.get_outputs()
-        assert given.name == (contract.CLASSIFIER_INPUT if network == contract.CLASSIFIER else contract.SEGMENTER_INPUT)
-        assert given_out.name == (contract.CLASSIFIER_OUTPUT if network == contract.CLASSIFIER else contract.SEGMENTER_OUTPUT)
-        (answers[dtype],) = session.run(None, {given.name: pixels.astype(np.uint8 if dtype == "uint8" else np.float32)})
-    expected = (3, 1) if network == contract.CLASSIFIER else (3, size, size, 1)
-    assert answers["fp32"].shape == expected and answers["fp32"].dtype == np.float32
-    np.testing.assert_allclose(answers["uint8"], answers["fp32"], atol=1e-6)
+    session = ort.InferenceSession(str(write_free_network(tmp_path / "free.onnx", network, design)))
+    (given,), (given_out,) = session.get_inputs(), session.get_outputs()
+    size = contract.CLASSIFIER_SIZE if network == contract.CLASSIFIER else contract.SEGMENTER_SIZE
+    if design == "in-graph":
+        assert given.name == contract.PIXELS and given_out.name == contract.NETWORK_OUTPUT_SPEC[network].name
+        pixels = np.zeros((2, 30, 40, 1), np.float32)
+        pixels[:, :10] = 200.0  # a bright top third
+    else:
+        assert given.name == contract.NETWORK_INPUT[network]
+        pixels = np.zeros((2, size, size, 3), np.float32)
+        pixels[:, : size // 3] = 200.0
+    (answer,) = session.run(None, {given.name: pixels})
+    if network == contract.CLASSIFIER:
+        assert answer.shape == (2, 1) and answer.dtype == np.float32
+        mean = pixels.mean()
+        np.testing.assert_allclose(answer, np.full((2, 1), 1 / (1 + np.exp(-(mean - 128)))), atol=1e-6)
+    elif design == "in-graph":
+        assert answer.shape == (2, 30, 40) and answer.dtype == np.uint8
+        assert answer[:, :10].all() and not answer[:, 10:].any()
+    else:
+        assert answer.shape == (2, size, size, 1) and answer.dtype == np.float32
+        assert (answer[:, : size // 3] > 0.5).all() and (answer[:, size // 3:] < 0.5).all()
 
 
 @pytest.mark.server
-def test_a_short_ceiling_measurement(phantom_dir, tmp_path, perf_command):
-    """Free networks, one python instance, FP32 and UINT8 network inputs: each served by its
-    own Triton on loopback; every request answered and every step's CPU counted."""
-    from brainscan.benchmarks.ceiling import CeilingConfig, measure
+def test_a_short_ceiling_measurement_of_both_designs(phantom_dir, tmp_path, perf_command):
+    """Free networks, one python instance, the previous design (python resize and mask
+    steps) and the current one (python decodes): each served by its own Triton on loopback;
+    every request answered and every process's CPU counted."""
+    from brainscan.benchmarks.ceiling import PREVIOUS_POSTPROCESS, CeilingConfig, measure
 
     folder = measure(CeilingConfig(files=phantom_slices(phantom_dir, 6), out=tmp_path, instances=(1,),
                                    concurrency=(1, 1, 1), request_count=30, stability_percentage=999),
                      log=lambda _: None)
     summary = json.loads((folder / "ceiling.json").read_text())
-    assert [(r["instances"], r["dtype"]) for r in summary["runs"]] == [(1, "fp32"), (1, "uint8")]
+    assert [(r["instances"], r["design"]) for r in summary["runs"]] == [(1, "python-steps"), (1, "in-graph")]
+    steps = {"python-steps": {"tritonserver", *contract.COMPOSING_MODELS, PREVIOUS_POSTPROCESS},
+             "in-graph": {"tritonserver", *contract.COMPOSING_MODELS}}
     for measured in summary["runs"]:
         assert measured["images"] > 0 and all(s["failed"] == 0 for s in measured["server"].values())
-        assert set(measured["cpu_ms_per_image"]) == {"tritonserver", *contract.COMPOSING_MODELS}
+        assert set(measured["cpu_ms_per_image"]) == steps[measured["design"]]
         assert all(ms > 0 for ms in measured["cpu_ms_per_image"].values()), measured["cpu_ms_per_image"]
-    assert "| 1 | uint8 |" in (folder / "ceiling.md").read_text()
+        outside = sum(v for k, v in measured["cpu_ms_per_image"].items() if k not in contract.NETWORKS)
+        assert measured["outside_networks_ms"] == pytest.approx(outside)
+    report = (folder / "ceiling.md").read_text()
+    assert "| python instances | python-steps | in-graph |" in report and "| in-graph | 1 |" in report

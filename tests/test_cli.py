@@ -93,7 +93,7 @@ def test_predict_without_a_server_says_so_in_one_line(tmp_path):
 def test_health_lists_every_model(server):
     result = run("health", "--url", server.grpc_url)
     assert result.returncode == 0
-    for name in ("brainscan", "preprocess", "classifier", "segmenter", "postprocess"):
+    for name in ("brainscan", "preprocess", "classifier", "segmenter"):
         assert name in result.stdout
 
 

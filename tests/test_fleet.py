@@ -11,7 +11,7 @@ import pytest
 
 from brainscan import contract
 from brainscan.client.inference import Connection
-from conftest import ADMIN_KEY, encode
+from conftest import encode
 from test_cli import BRAINSCAN, run
 from test_preprocessing import brain_like
 
@@ -41,7 +41,7 @@ def two_servers(local_repository, tmp_path):
 
     port = free_port()
     servers = [TritonServer(local_repository, host=host, ports=Ports(port, free_port(host), free_port(host)),
-                            log_file=tmp_path / f"{host}.log", admin_key=ADMIN_KEY)
+                            log_file=tmp_path / f"{host}.log")
                for host in ("127.0.0.1", "127.0.0.2")]
     for server in servers:
         server.start()
@@ -59,8 +59,7 @@ def _answered(server, port: int) -> int:
 
     client = grpcclient.InferenceServerClient(f"{server.host}:{port}")
     try:
-        stats = client.get_inference_statistics(contract.ENSEMBLE, headers={contract.GRPC_ADMIN_HEADER: ADMIN_KEY},
-                                                as_json=True)
+        stats = client.get_inference_statistics(contract.ENSEMBLE, as_json=True)
     finally:
         client.close()
     return int(stats["model_stats"][0]["inference_stats"]["success"]["count"])

@@ -1,6 +1,7 @@
 """What a server started by brainscan exposes: Triton's administrative APIs refused without
-the admin key (HTTP and gRPC) while inference, health and metadata work; the key read from a
-file only; HTTP and metrics kept on loopback when gRPC is TLS."""
+the admin key (HTTP and gRPC) while inference, health, metadata and statistics (which
+perf_analyzer reads) work; the key read from a file only; HTTP and metrics kept on loopback
+when gRPC is TLS."""
 from __future__ import annotations
 
 import urllib.error
@@ -20,7 +21,6 @@ ADMIN_CALLS = [  # one per restricted API group, with the method Triton's HTTP e
     ("GET", "/v2/systemsharedmemory/status"),  # shared-memory: register host memory regions
     ("POST", "/v2/logging"),  # logging: turn verbose logging on, redirect the log
     ("GET", "/v2/trace/setting"),  # trace
-    ("GET", "/v2/models/stats"),  # statistics
 ]
 
 
@@ -51,13 +51,16 @@ def test_inference_health_metadata_and_config_stay_open(server):
 
     from brainscan.server import probe_image
 
-    for path in ("/v2/health/ready", f"/v2/models/{contract.ENSEMBLE}", f"/v2/models/{contract.ENSEMBLE}/config"):
+    for path in ("/v2/health/ready", f"/v2/models/{contract.ENSEMBLE}", f"/v2/models/{contract.ENSEMBLE}/config",
+                 "/v2/models/stats"):  # read-only counters, as on the metrics port; perf_analyzer needs them
         assert _http(server, "GET", path)[0] == 200, path
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         image = grpcclient.InferInput(contract.IMAGE, [1, 1], "BYTES")
         image.set_data_from_numpy(np.array([[probe_image()]], dtype=np.object_))
         assert client.infer(contract.ENSEMBLE, [image]).as_numpy(contract.MASK) is not None
+        stats = client.get_inference_statistics(contract.ENSEMBLE, as_json=True)  # no header, as perf_analyzer asks
+        assert int(stats["model_stats"][0]["inference_count"]) > 0
         with pytest.raises(Exception, match="restricted"):
             client.get_model_repository_index()
         index = client.get_model_repository_index(headers={contract.GRPC_ADMIN_HEADER: ADMIN_KEY})
