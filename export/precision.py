@@ -39,7 +39,7 @@ from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
 from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check_network
-from brainscan.export.serving import added_nodes, network_of, serving_model
+from brainscan.export.serving import added_nodes, is_served, network_of, network_only, serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx
 
 FP16_SUFFIX = ".fp16.onnx"
@@ -92,24 +92,29 @@ def resolve_block_list(model, patterns: tuple[str, ...]) -> list[str]:
 
 
 def convert_to_fp16(model, keep_fp32: tuple[str, ...] = ()):
-    """The FP16 graph of ``model`` (a served graph): FP16 initializers and compute, the graph's
-    inputs and outputs in their own types (so the served contract and the Triton configs do
-    not change), the preprocessing and the mask head in FP32 (16-bit pixel values overflow
-    FP16), the nodes that ``keep_fp32`` names (and the converter's own list of ops without
-    FP16 support) in FP32. Returns (fp16 model, names of the nodes kept in FP32 on request)."""
+    """The FP16 graph of ``model`` (a served graph, or a bare network): the network converted
+    (FP16 initializers and compute, FP32 at its input and output), the nodes that
+    ``keep_fp32`` names (and the converter's own list of ops without FP16 support) in FP32;
+    then, for a served graph, the preprocessing and the mask head put around it again in FP32
+    (16-bit pixel values overflow FP16). The converter is given the network alone: handed the
+    whole served graph it casts the graph input to FP16 before the preprocessing, and a Cast
+    to float inside it to FP16, whatever its block list says. The graph's inputs and outputs
+    keep their types, so the served contract and the Triton configs do not change. Returns
+    (fp16 model, names of the nodes kept in FP32 on request)."""
     import onnx
     from onnxconverter_common import float16
 
-    kept = resolve_block_list(model, keep_fp32)
-    blocked = [*added_nodes(model), *(name for name in kept if name not in added_nodes(model))]
+    network = network_only(model)
+    kept = resolve_block_list(network, keep_fp32)
     with warnings.catch_warnings():
         # it warns once per weight it clamps to +-1e-7 (tiny values FP16 cannot hold)
         warnings.simplefilter("ignore", UserWarning)
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked or None)
-    given = {t.name: t.type.tensor_type.elem_type for t in [*model.graph.input, *model.graph.output]}
+        converted = float16.convert_float_to_float16(network, keep_io_types=True, node_block_list=kept or None)
     for tensor in [*converted.graph.input, *converted.graph.output]:
-        if tensor.type.tensor_type.elem_type != given.get(tensor.name):
-            raise PrecisionError(f"{tensor.name} changed type in the conversion")
+        if tensor.type.tensor_type.elem_type != _FLOAT:
+            raise PrecisionError(f"{tensor.name} is not FP32 after the conversion")
+    if is_served(model):
+        converted = serving_model(converted)
     try:  # TensorRT's strongly typed parser needs every type to agree with ONNX's inference
         onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:

@@ -109,7 +109,10 @@ def serving_model(model):
         nodes += head.nodes
         initializers += head.initializers
         outputs = [helper.make_tensor_value_info(contract.MASK, TensorProto.UINT8, ["N", "H", "W"])]
-    # the network's input shape stays on record (network_size reads it back)
+    # shapes inferred for the bare network (a converter may leave stale ones, e.g. an FP16
+    # type for its output, which becomes an inner tensor here) go; the network's input shape
+    # stays on record (network_size reads it back)
+    del graph.value_info[:]
     graph.value_info.append(network_input)
     del graph.node[:]
     graph.node.extend(nodes)

@@ -66,11 +66,24 @@ def test_small_drift_passes_and_large_drift_fails():
     fp32 = _probabilities()
     assert check_classifier(fp32, fp32 + 0.015).passed  # inside 0.02, no decision changes
     large = check_classifier(fp32, np.clip(fp32 + 0.3, 0, 1))
-    assert {"max |probability diff|", "decision agreement"} <= _failed(large)
+    assert {"max |probability diff|", "decision agreement, clear cases"} <= _failed(large)
     maps = _mask_probabilities()
     shifted = np.roll(maps, 4, axis=2)  # masks drift by 4 pixels
     assert "mean Dice FP16 vs FP32 masks" in _failed(check_segmenter(maps, shifted))
     assert check_segmenter(maps, np.clip(maps + 0.01, 0, 1)).passed
+
+
+def test_a_borderline_slice_may_cross_the_threshold_a_clear_one_may_not():
+    fp32 = _probabilities()
+    fp32[5] = 0.505  # within 0.02 of the threshold: FP16 rounding may move it across
+    borderline = fp32.copy()
+    borderline[5] = 0.497
+    report = check_classifier(fp32, borderline)
+    assert report.passed, report.table()
+    assert next(c for c in report.checks if c.name.startswith("decisions changed within")).value == 1
+    clear = fp32.copy()
+    clear[0] = 1.0 - clear[0]  # a confident tumour read as a confident no-tumour
+    assert "decision agreement, clear cases" in _failed(check_classifier(fp32, clear))
 
 
 def test_tolerances_are_the_ones_given():
