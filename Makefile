@@ -61,11 +61,13 @@ serve: repository
 	$(BIN)/brainscan serve --repository $(REPO)
 
 # The production path on an NVIDIA GPU host (Docker, Compose v2, NVIDIA Container Toolkit):
-# both images of the pinned NGC release, strongly typed engines from the FP16 graphs, then
-# the server (doctor first), waiting until it is healthy. docs/gpu.md explains each step.
+# both images of the pinned NGC release (refused unless both hold the same TensorRT x.y.z),
+# strongly typed engines from the FP16 graphs, then the server (doctor first), waiting until
+# it is healthy. docs/gpu.md explains each step.
 COMPOSE := docker compose -f docker/compose.yaml
 gpu: fp16
 	$(COMPOSE) --profile tools build
+	COMPOSE="$(COMPOSE)" sh docker/same-tensorrt.sh
 	$(COMPOSE) run --rm --user "$$(id -u):$$(id -g)" export
 	$(COMPOSE) up -d --wait triton
 
@@ -106,13 +108,15 @@ soak: venv repository
 cli-docs: venv
 	$(BIN)/python -m brainscan.clidoc docs/cli.md
 
-# Hash-pinned dependencies of the two images (docker/*.lock), from pyproject.toml, with
-# pip-tools in a throw-away environment. Run after changing dependencies.
+# Hash-pinned dependencies of the two images (docker/*.lock), from pyproject.toml and the
+# release's pins (docker/release.in), with pip-tools in a throw-away environment of the
+# images' Python (NGC_PYTHON in docker/.env). Run after changing dependencies or the release.
+LOCK_PYTHON ?= python$(shell sed -n 's/^NGC_PYTHON=//p' docker/.env)
 LOCK := pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
 docker-locks:
-	rm -rf $(ART)/pip-tools && $(PYTHON) -m venv $(ART)/pip-tools && $(ART)/pip-tools/bin/pip install --quiet pip-tools
-	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra s3 --output-file triton.lock ../pyproject.toml
-	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra export --extra s3 --output-file export.lock ../pyproject.toml export-tools.in
+	rm -rf $(ART)/pip-tools && $(LOCK_PYTHON) -m venv $(ART)/pip-tools && $(ART)/pip-tools/bin/pip install --quiet pip-tools
+	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra s3 --output-file triton.lock ../pyproject.toml release.in
+	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra export --extra s3 --output-file export.lock ../pyproject.toml release.in export-tools.in
 
 clean:
 	rm -rf $(ART)

@@ -10,8 +10,11 @@ ARG NGC_TENSORRT
 ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # Some TensorRT images ship the Python bindings as a setup script rather than installed.
 RUN python3 -c "import tensorrt" 2>/dev/null || /opt/tensorrt/python/python_setup.sh
+# The bindings' version, recorded for `make gpu` (docker/same-tensorrt.sh compares it with the
+# server image's before any engine is built).
 RUN python3 -c "import sys, tensorrt; v, pin = tensorrt.__version__, '${NGC_TENSORRT}'; print('TensorRT', v); \
-sys.exit(0 if v == pin or v.startswith(pin + '.') else f'expected TensorRT {pin}, image has {v}: fix NGC_TENSORRT in docker/.env')"
+sys.exit(0 if v == pin or v.startswith(pin + '.') else f'expected TensorRT {pin}, image has {v}: fix NGC_TENSORRT in docker/.env')" \
+ && mkdir -p /opt/brainscan && python3 -c "import tensorrt; print(tensorrt.__version__)" > /opt/brainscan/tensorrt-version
 
 WORKDIR /opt/brainscan
 COPY pyproject.toml README.md ./

@@ -1,6 +1,6 @@
 # Triton Inference Server for the brainscan ensemble: the NGC tritonserver image plus the
-# brainscan package, which the python models `preprocess` and `postprocess` import (the
-# same preprocessing function training used). The model repository is mounted, not copied.
+# brainscan package, which the python model `preprocess` imports (the same decoding training
+# uses). The model repository is mounted, not copied.
 #
 # Build through Compose (it passes the pinned release from docker/.env):
 #   docker compose -f docker/compose.yaml build triton
@@ -8,10 +8,17 @@ ARG NGC_RELEASE
 FROM nvcr.io/nvidia/tritonserver:${NGC_RELEASE}-py3
 ARG NGC_TENSORRT
 
-# Stop here, not at model load, if this release's TensorRT is not the pinned one.
-RUN found=$(ls /usr/lib/*-linux-gnu/libnvinfer.so.*.*.* 2>/dev/null | head -n 1); echo "TensorRT: ${found:-none}"; \
-    case "${found##*libnvinfer.so.}" in "${NGC_TENSORRT}"|"${NGC_TENSORRT}".*) ;; \
-      *) echo "expected TensorRT ${NGC_TENSORRT} in this image: fix NGC_TENSORRT in docker/.env" >&2; exit 1;; esac
+# Stop here, not at model load, if this release's TensorRT is not the pinned one. The
+# version is that of the libnvinfer the loader uses: found through ldconfig's cache (no
+# source says which folder the -py3 image puts it in), the real file's name after its links.
+# It is recorded for `make gpu`, which refuses to build engines unless the export image
+# holds the same TensorRT x.y.z (docker/same-tensorrt.sh).
+RUN library=$(ldconfig -p | awk '$1 ~ /^libnvinfer\.so\.[0-9]+$/ {print $NF; exit}'); \
+    version=$(readlink -f "$library" 2>/dev/null | sed -n 's/.*libnvinfer\.so\.\([0-9.]*\)$/\1/p'); \
+    echo "TensorRT: ${version:-none} (${library:-no libnvinfer in ldconfig's cache})"; \
+    case "$version" in "${NGC_TENSORRT}"|"${NGC_TENSORRT}".*) ;; \
+      *) echo "expected TensorRT ${NGC_TENSORRT} in this image: fix NGC_TENSORRT in docker/.env" >&2; exit 1;; esac; \
+    mkdir -p /opt/brainscan && echo "$version" > /opt/brainscan/tensorrt-version
 
 ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/brainscan

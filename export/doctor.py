@@ -11,6 +11,8 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from brainscan.export.repository import VERSION, RepositoryError, flavour_of, pl
 from brainscan.export.tensorrt import EXPORT_COMMAND, NETWORKS, installed_version, read_record, record_name
 
 PIN_FILE = Path(__file__).resolve().parent.parent / "docker" / ".env"
-LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/local/tensorrt/lib")
+LDCONFIG = ("ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig")
 
 
 def read_pin(path: Path | None = None) -> dict[str, str]:
@@ -51,13 +53,31 @@ class Target:
     gpu_source: str = ""
 
 
+def _ldconfig_libraries(name: str) -> list[str]:
+    """Paths of ``name`` (e.g. libnvinfer.so) in the dynamic linker's cache, as `ldconfig -p`
+    lists them: where the loader finds a library in any image, whatever folder its
+    distribution put it in."""
+    for command in LDCONFIG:
+        found = shutil.which(command)
+        if found:
+            try:
+                listing = subprocess.run([found, "-p"], capture_output=True, text=True, timeout=30).stdout
+            except (OSError, subprocess.SubprocessError):
+                continue
+            return [line.rsplit("=>", 1)[1].strip() for line in listing.splitlines()
+                    if line.strip().startswith(f"{name}.") and "=>" in line]
+    return []
+
+
 def _tensorrt_from_library() -> tuple[str, str] | None:
-    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d] + list(LIBRARY_DIRS)
-    for directory in dirs:
-        for path in sorted(glob.glob(os.path.join(directory, "libnvinfer.so.*.*.*"))):
-            match = re.search(r"libnvinfer\.so\.(\d+\.\d+\.\d+)", path)
-            if match:
-                return match.group(1), path
+    """The version of the libnvinfer the loader would use: LD_LIBRARY_PATH first, then the
+    linker cache; the version is the real file's name (libnvinfer.so.11 -> libnvinfer.so.11.3.0)."""
+    candidates = [p for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d
+                  for p in sorted(glob.glob(os.path.join(d, "libnvinfer.so.*")))]
+    for path in [*candidates, *_ldconfig_libraries("libnvinfer.so")]:
+        match = re.search(r"libnvinfer\.so\.(\d+\.\d+\.\d+)", os.path.realpath(path))
+        if match:
+            return match.group(1), path
     return None
 
 

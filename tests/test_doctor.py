@@ -170,6 +170,31 @@ def test_without_a_target_the_hardware_checks_are_skipped_not_passed(built, monk
         assert (contract.SEGMENTER, "TensorRT version") in skipped
 
 
+def test_the_server_images_tensorrt_is_found_through_the_linker_cache(tmp_path, monkeypatch):
+    """In the NGC image libnvinfer sits wherever its packages put it; the loader finds it
+    through ldconfig's cache, and so does the doctor: `ldconfig -p` names libnvinfer.so.11,
+    a link to the versioned file whose name holds the version."""
+    libraries = tmp_path / "opt" / "somewhere"
+    libraries.mkdir(parents=True)
+    (libraries / "libnvinfer.so.11.3.0").write_bytes(b"\x7fELF")
+    (libraries / "libnvinfer.so.11").symlink_to("libnvinfer.so.11.3.0")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    fake = tools / "ldconfig"
+    fake.write_text(f"""#!/bin/sh
+[ "$1" = "-p" ] || exit 2
+echo "1234 libs found in cache \\`/etc/ld.so.cache'"
+echo "	libnvonnxparser.so.11 (libc6,x86-64) => {libraries}/libnvonnxparser.so.11"
+echo "	libnvinfer.so.11 (libc6,x86-64) => {libraries / 'libnvinfer.so.11'}"
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    assert doctor._tensorrt_from_library() == ("11.3.0", str(libraries / "libnvinfer.so.11"))
+    fake.write_text("#!/bin/sh\necho '0 libs found in cache'\n")
+    assert doctor._tensorrt_from_library() is None
+
+
 def test_the_pinned_release_is_the_fallback_target():
     pin = doctor.read_pin()
     target = doctor.detect_target()
