@@ -15,16 +15,21 @@ FP16 := $(RUNS)/classifier/model.fp16.onnx $(RUNS)/segmenter/model.fp16.onnx
 # the bindings' type stubs, for mypy only: outside site-packages, so `import tensorrt` still
 # fails here as it does on any machine without TensorRT
 TRT_STUBS := tensorrt-stubs==10.13.0.35.1
+# the Kubernetes policy scanner tests/test_kubernetes.py runs, pinned, in an environment of its
+# own: its dependencies (boto3, packaging, …) clash with the kit's
+CHECKOV := checkov==3.3.30
 
 .PHONY: demo test soak venv data train export fp16 repository serve gpu predict bench cli-docs docker-locks clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[train,export,serve,ui,s3,dev]"
 	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/tensorrt-stubs $(TRT_STUBS)
+	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet $(CHECKOV)
 	touch $@
 
 # --- the demo: phantom data -> train -> ONNX (FP32, FP16) -> Triton (local flavour) -> gRPC predictions
