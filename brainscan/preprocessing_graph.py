@@ -38,8 +38,8 @@ PREPROCESS_PREFIX = "preprocess/"
 MASK_PREFIX = "mask/"
 OPSET = 17  # the networks' (tf2onnx); ReduceMin/Max take their axes as an input from 18 on
 SIZE = "size"  # input of the stand-alone mask model: INT64 [2], the image's height and width
-# A resized image whose range is below this share of its level is constant (float rounding
-# of the resize weights is about 1e-7 of the level; a real image varies by far more).
+# A resized image whose range is below this share of its level is constant (the resize's
+# float rounding is about 1e-7 of the level per tap; a real image varies by far more).
 CONSTANT_RANGE = 1e-5
 
 
@@ -89,20 +89,28 @@ def _float(b: GraphBuilder, dim: str) -> str:
 
 def _weights(b: GraphBuilder, source: str, target: str, area: str) -> str:
     """The [target, source] matrix that resizes one axis of length ``source`` to ``target``
-    (FLOAT scalars): area weights where ``area`` (BOOL scalar) holds, else linear ones."""
-    zero, one, half = b.const(0.0), b.const(1.0), b.const(0.5)
+    (FLOAT scalars): area weights where ``area`` (BOOL scalar) holds, else linear ones.
+
+    Positions are kept as whole numbers until one final division (input pixel i spans
+    [i * target, (i + 1) * target) and output pixel j spans [j * source, (j + 1) * source), in
+    units of 1 / (source * target) of the axis), so they are exact in FP32 for the sizes
+    served (products below 2^24) and each row of weights sums to 1 within a rounding."""
+    zero, one, two = b.const(0.0), b.const(1.0), b.const(2.0)
     i = b.op("Unsqueeze", b.op("Range", zero, source, one), b.const([0], np.int64))  # [1, source]
     j = b.op("Unsqueeze", b.op("Range", zero, target, one), b.const([1], np.int64))  # [target, 1]
-    scale = b.op("Div", source, target)
-    # area: the overlap of input pixel [i, i+1) with output pixel [j*scale, (j+1)*scale), over scale
-    start = b.op("Mul", j, scale)
-    end = b.op("Add", start, scale)
-    overlap = b.op("Relu", b.op("Sub", b.op("Min", b.op("Add", i, one), end), b.op("Max", i, start)))
-    area_weights = b.op("Div", overlap, scale)
-    # linear: a tent around the output pixel's centre in input coordinates, clamped to the image
-    centre = b.op("Sub", b.op("Mul", b.op("Add", j, half), scale), half)
-    centre = b.op("Min", b.op("Max", centre, zero), b.op("Sub", source, one))
-    linear_weights = b.op("Relu", b.op("Sub", one, b.op("Abs", b.op("Sub", i, centre))))
+    # area: the overlap of input pixel i with output pixel j, over the output pixel's width
+    in_start = b.op("Mul", i, target)
+    out_start = b.op("Mul", j, source)
+    overlap = b.op("Relu", b.op("Sub", b.op("Min", b.op("Add", in_start, target), b.op("Add", out_start, source)),
+                                b.op("Max", in_start, out_start)))
+    area_weights = b.op("Div", overlap, source)
+    # linear: a tent around the output pixel's centre in input coordinates, (j + 0.5) *
+    # source / target - 0.5, clamped to the image; everything times 2 * target
+    twice_target = b.op("Mul", two, target)
+    centre = b.op("Sub", b.op("Mul", b.op("Add", b.op("Mul", two, j), one), source), target)
+    centre = b.op("Min", b.op("Max", centre, zero), b.op("Mul", twice_target, b.op("Sub", source, one)))
+    distance = b.op("Abs", b.op("Sub", b.op("Mul", twice_target, i), centre))
+    linear_weights = b.op("Div", b.op("Relu", b.op("Sub", twice_target, distance)), twice_target)
     return b.op("Where", area, area_weights, linear_weights)
 
 

@@ -158,7 +158,7 @@ def check_parsed_network(network: tensorrt.INetworkDefinition, request: BuildReq
         raise EngineBuildError(f"{request.onnx} has inputs {[t.name for t in inputs]}; the model config expects "
                                f"[{request.profile.input!r}] (write the served graph with `brainscan export onnx` "
                                "and `export fp16`)")
-    dims = tuple(inputs[0].shape)
+    dims: tuple[int, ...] = tuple(inputs[0].shape[:])
     if len(dims) != len(request.profile.max) or any(d != -1 for d in dims):
         raise EngineBuildError(f"{request.onnx} takes {list(dims)}; the model config takes any batch and image "
                                "size ([-1, -1, -1, -1])")
