@@ -81,9 +81,9 @@ def write_free_network(path: Path, network: str, design: str) -> Path:
     return save_graph(graph, path)
 
 
-def previous_repository(out: Path, networks: dict[str, Path], count: int) -> Path:
+def previous_repository(out: Path, networks: dict[str, Path], count: int, segmenters: int = 1) -> Path:
     """The python-steps design's repository: the local flavour's networks (``networks``,
-    bare), ``count`` instances of each python step."""
+    bare), ``count`` instances of each python step, ``segmenters`` of the segmenter."""
     import shutil
     from importlib import resources
 
@@ -91,7 +91,7 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int) -> Pat
         ONNX_RUNNER_SOURCE, VERSION, RepositorySpec, model_configs, render_config,
     )
 
-    spec = RepositorySpec(flavour="local", instances={contract.PREPROCESS: count, contract.SEGMENTER: 1})
+    spec = RepositorySpec(flavour="local", instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters})
     configs = model_configs(spec)
     size = {contract.CLASSIFIER: contract.CLASSIFIER_SIZE, contract.SEGMENTER: contract.SEGMENTER_SIZE}
     inputs = {n: {"name": contract.NETWORK_INPUT[n], "data_type": "TYPE_FP32", "dims": [size[n], size[n], 3]}
@@ -171,21 +171,45 @@ class CeilingConfig:
     concurrency: tuple[int, int, int] = (1, 8, 1)
     request_count: int = 400
     stability_percentage: float = 10.0
+    # the trained networks' served graphs (classifier, segmenter) instead of free ones: what a
+    # CPU-only server of each design does, the networks' own work included
+    networks: dict[str, Path] | None = None
+
+
+def design_networks(design: str, served: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """The trained networks as each design serves them: the served graphs (in-graph), or the
+    bare networks inside them (python-steps)."""
+    import onnx
+
+    from brainscan.export.serving import network_only
+
+    if design == "in-graph":
+        return dict(served)
+    bare = {}
+    for network, path in served.items():
+        bare[network] = folder / f"{network}-bare.onnx"
+        onnx.save(network_only(onnx.load(str(path))), str(bare[network]))
+    return bare
 
 
 def measure(config: CeilingConfig, log=print) -> Path:
     command = perf_analyzer.find() or perf_analyzer.install()
-    folder = Path(config.out) / f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}-ceiling"
+    kind = "designs" if config.networks else "ceiling"
+    folder = Path(config.out) / f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}-{kind}"
     raw = folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     inputs = write_input_data(config.files, raw / "input-brainscan.json")
     runs = []
     for count in config.instances:
         for design in config.designs:
-            networks = {n: write_free_network(raw / f"free-{n}-{design}.onnx", n, design) for n in contract.NETWORKS}
+            if config.networks:
+                networks = design_networks(design, config.networks, raw)
+            else:
+                networks = {n: write_free_network(raw / f"free-{n}-{design}.onnx", n, design) for n in contract.NETWORKS}
             runs.append(_one_run(command, inputs, raw, networks, count, design, config, log))
     summary = {"host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(),
-               "files": len(config.files), "runs": runs}
+               "files": len(config.files), "runs": runs,
+               "networks": {n: str(p) for n, p in config.networks.items()} if config.networks else "free"}
     (folder / "ceiling.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "ceiling.md").write_text(report(summary))
     log(f"wrote {folder / 'ceiling.md'}")
@@ -194,16 +218,18 @@ def measure(config: CeilingConfig, log=print) -> Path:
 
 def _one_run(command, inputs: Path, raw: Path, networks: dict[str, Path], count: int, design: str,
              config: CeilingConfig, log) -> dict:
-    from brainscan.export.repository import write_repository
+    from brainscan.export.repository import DEFAULT_INSTANCES, write_repository
     from brainscan.server import Ports, TritonServer
 
     name = f"{count}-{design}"
+    # free networks: one instance each; trained ones: the local flavour's (a second segmenter)
+    segmenters = 1 if config.networks is None else DEFAULT_INSTANCES["local"][contract.SEGMENTER]
     if design == "in-graph":
         repository = write_repository(raw / f"repository-{name}", "local", networks[contract.CLASSIFIER],
                                       networks[contract.SEGMENTER],
-                                      instances={contract.PREPROCESS: count, contract.SEGMENTER: 1}).resolve()
+                                      instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters}).resolve()
     else:
-        repository = previous_repository(raw / f"repository-{name}", networks, count).resolve()
+        repository = previous_repository(raw / f"repository-{name}", networks, count, segmenters).resolve()
     ports = Ports.free()
     log(f"{design}, {count} instance(s) per python step: serving {repository} on 127.0.0.1:{ports.grpc}")
     with TritonServer(repository, ports=ports, log_file=raw / f"tritonserver-{name}.log") as server:
@@ -227,9 +253,12 @@ def best(rows: list[dict]) -> dict:
 
 
 def report(summary: dict) -> str:
-    lines = [f"# The ensemble's ceiling with free networks, {summary['date']} on {summary['host']}", "",
-             f"{summary['cores']} cores; {summary['files']} real image files; the networks replaced by free ones "
-             "(same tensors, a mean and a sigmoid or a threshold); local flavour served by the embedded Triton on "
+    free = summary.get("networks", "free") == "free"
+    title = "The ensemble's ceiling with free networks" if free else "The two designs with the trained networks"
+    networks = ("the networks replaced by free ones (same tensors, a mean and a sigmoid or a threshold)" if free
+                else f"the trained networks ({', '.join(summary['networks'].values())})")
+    lines = [f"# {title}, {summary['date']} on {summary['host']}", "",
+             f"{summary['cores']} cores; {summary['files']} real image files; {networks}; local flavour served by the embedded Triton on "
              "loopback; perf_analyzer sweeps the ensemble over gRPC in count-windows mode. Designs: python-steps "
              "(python preprocess resizes and scales, python postprocess brings the mask back) and in-graph "
              "(python preprocess only decodes; the networks' graphs do the rest on the GPU).", "",
@@ -241,7 +270,7 @@ def report(summary: dict) -> str:
                        if r["instances"] == count and r["design"] == d), "-") for d in summary_designs(summary)]
         lines.append(f"| {count} | " + " | ".join(cells) + " |")
     lines += ["", "## Throughput", "",
-              "| design | python instances | best images/s | at concurrency | p50 ms at concurrency 1 |",
+              "| design | python instances | best images/s | at concurrency | p50 ms at the lowest concurrency |",
               "|---|---|---|---|---|"]
     for run in summary["runs"]:
         top, first = best(run["rows"]), run["rows"][0]

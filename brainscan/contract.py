@@ -67,6 +67,12 @@ GPU_MAX_IMAGE_SIDE = 1024
 # The config parameter of preprocess and of the networks that holds the largest side a
 # repository takes (preprocess refuses larger images by name, before the engines see them).
 MAX_SIDE_PARAMETER = "max_image_side"
+# Config parameters of the networks that say what answers, which clients read (model config
+# is not an admin API) to name the served models in their results: the SHA-256 of the served
+# ONNX graph (local, onnxruntime), and per GPU kind the engine's TensorRT version, GPU and
+# source digest (tensorrt: engine_sm89 for compute capability 8.9).
+MODEL_SHA256_PARAMETER = "model_sha256"
+ENGINE_PARAMETER_PREFIX = "engine_sm"
 # The client reads a volume only if its header says it is at most this many voxels
 # (512 x 512 x 512; about 0.25 GB as 16-bit, 1 GB while rescaled to floats), and inflates a
 # deflated DICOM file only up to this many bytes: the header is checked before allocation.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from brainscan.client.audit import AuditLog
 from brainscan.client.files import Input, inside, safe_stems
 from brainscan.client.inference import (
     AsyncBrainscanClient,
@@ -25,6 +26,7 @@ from brainscan.client.inference import (
 
 
 NOT_SENT = "not sent: the server stayed unreachable"
+AUDIT_FILE = "audit.jsonl"
 VOLUMES_IN_FLIGHT = 2  # volumes read and held at once (a DICOM series can take a GB while sliced)
 
 
@@ -43,6 +45,11 @@ class RunOptions:
     concurrency: int = 4
     skip_existing: bool = False
     evaluate: bool = False
+    audit: Path | None = None  # JSON lines, one per DICOM series (default: OUT/audit.jsonl)
+
+    @property
+    def audit_path(self) -> Path | None:
+        return self.audit or (self.out / AUDIT_FILE if self.out is not None else None)
 
 
 @dataclass
@@ -66,6 +73,8 @@ class Outcome:
 
 
 def output_names(item: Input, name: str) -> list[str]:
+    if item.kind == "dicom":  # the DICOM SEG and SR go back to where the series came from
+        return [f"{name}.mask.nii.gz", f"{name}.summary.json", f"{name}.seg.dcm", f"{name}.sr.dcm"]
     if item.is_volume:
         return [f"{name}.mask.nii.gz", f"{name}.summary.json"]
     return [f"{name}.mask.png", f"{name}.overlay.png"]
@@ -93,7 +102,8 @@ class _Job:
 
 def _prepare(job: _Job) -> None:
     """Read the input into the requests it needs (runs in a worker thread)."""
-    from brainscan.client.volumes import read_dicom_series, read_nifti
+    from brainscan.client.dicom import read_dicom_series
+    from brainscan.client.volumes import read_nifti
 
     item = job.input
     if item.kind == "image":
@@ -119,7 +129,7 @@ def _ground_truth(path: Path):
     return (truth.max(axis=2) if truth.ndim == 3 else truth) > 0
 
 
-def _finish(job: _Job, options: RunOptions) -> Outcome:
+def _finish(job: _Job, options: RunOptions, identity=None) -> Outcome:
     """Turn the answers into a record and write the outputs (runs in a worker thread)."""
     from brainscan.client import files as io
     from brainscan.metrics import dice
@@ -167,10 +177,23 @@ def _finish(job: _Job, options: RunOptions) -> Outcome:
         }
         if volume.notes:
             record["notes"] = volume.notes
+        results = None
+        if item.kind == "dicom":
+            from brainscan.client.dicom_results import series_results
+
+            results = series_results(volume, mask, probability, identity)
+            record.update(study=item.series.study, series=item.series.uid,
+                          seg=str(results.seg.SOPInstanceUID), sr=str(results.sr.SOPInstanceUID),
+                          tumour_volume_mm3=round(results.tumour_volume_mm3, 3))
         if out is not None:
             from brainscan.atomic import write_bytes_atomic
 
             volume.write_mask(paths[0], mask)
+            if results is not None:
+                from brainscan.client.dicom_results import write_dataset
+
+                write_dataset(paths[2], results.seg)
+                write_dataset(paths[3], results.sr)
             write_bytes_atomic(paths[1], (json.dumps(record, indent=1) + "\n").encode())
     if out is not None:
         record["outputs"] = [str(p) for p in paths]
@@ -201,6 +224,9 @@ async def run_inputs(
 
     async with AsyncBrainscanClient(connection, on_retry) as client:
         await client.check_ready()
+        dicom = any(item.kind == "dicom" for item in inputs)
+        identity = await client.model_identity() if dicom else None
+        audit = AuditLog(options.audit_path) if dicom and options.audit_path is not None else None
 
         async def send(job: _Job, k: int, payload: bytes) -> None:
             try:
@@ -257,13 +283,24 @@ async def run_inputs(
             if job.outcome is not None:
                 return job.outcome
             try:
-                return await asyncio.to_thread(_finish, job, options)
+                outcome = await asyncio.to_thread(_finish, job, options, identity)
             except OSError as exc:  # disk full, unwritable --out
-                return Outcome(job.input, job.name, error=f"cannot write the outputs: {exc.strerror or exc}",
-                               status="WRITE", requests=len(job.payloads))
+                outcome = Outcome(job.input, job.name, error=f"cannot write the outputs: {exc.strerror or exc}",
+                                  status="WRITE", requests=len(job.payloads))
+            except ValueError as exc:  # a volume whose results cannot be built (names the series)
+                outcome = Outcome(job.input, job.name, error=str(exc), status="WRITE", requests=len(job.payloads))
             except Exception as exc:  # whatever else, it is this input's failure
-                return Outcome(job.input, job.name, error=f"cannot finish: {type(exc).__name__}: {exc}",
-                               status="WRITE", requests=len(job.payloads))
+                outcome = Outcome(job.input, job.name, error=f"cannot finish: {type(exc).__name__}: {exc}",
+                                  status="WRITE", requests=len(job.payloads))
+            return outcome
+
+        def audited(outcome: Outcome) -> Outcome:
+            if audit is not None and outcome.input.kind == "dicom" and not outcome.skipped:
+                series = outcome.input.series
+                audit.write(series.study, series.uid, "ok" if outcome.ok else "failed", identity,
+                            error=outcome.error, seg=(outcome.record or {}).get("seg"),
+                            sr=(outcome.record or {}).get("sr"))
+            return outcome
 
         def producer_stopped(task: asyncio.Task) -> None:
             """A bug in preparing must end the run with errors, never leave it waiting."""
@@ -286,7 +323,7 @@ async def run_inputs(
                 job.payloads, job.context, job.results = [], None, []
                 if job.holds_slot:
                     volume_slots.release()
-                outcomes.append(outcome)
+                outcomes.append(audited(outcome))
                 report(outcome)
                 window.release()
             await asyncio.wait([producer])  # a failed producer has already failed what it did not prepare

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -155,7 +156,7 @@ def write_failures(path: Path, conn, outcomes, rejected, aborted: bool) -> None:
 
 
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Image files, NIfTI volumes (.nii, .nii.gz), DICOM files or folders (searched recursively; DICOM files are grouped into series).")],
+    paths: Annotated[list[Path] | None, typer.Argument(help="Image files, NIfTI volumes (.nii, .nii.gz), DICOM files or folders (searched recursively; DICOM files are grouped into series).")] = None,
     url: Url = None,
     protocol: Protocol = "grpc",
     ssl: Ssl = False,
@@ -174,13 +175,23 @@ def predict(
     failures: Annotated[Path | None, typer.Option(help="JSON report of every failure (default: <out>/failures.json with --out).")] = None,
     evaluate: Annotated[bool, typer.Option(help="Compare with X_mask.* ground truth beside each X.* (kaggle_3m layout).")] = False,
     progress: Annotated[bool | None, typer.Option(help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
+    dicomweb: Annotated[str | None, typer.Option(rich_help_panel="PACS", help="DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web): predict the image series of --study, found with QIDO-RS and fetched with WADO-RS, instead of PATHS.")] = None,
+    study: Annotated[str | None, typer.Option(rich_help_panel="PACS", help="StudyInstanceUID to fetch from --dicomweb.")] = None,
+    series: Annotated[list[str] | None, typer.Option("--series", rich_help_panel="PACS", help="Only this SeriesInstanceUID of --study (repeatable; default: its MR/CT/PT/OT series).")] = None,
+    store: Annotated[bool, typer.Option(rich_help_panel="PACS", help="Send each series' DICOM SEG and SR to the PACS with STOW-RS (--store-url, default --dicomweb).")] = False,
+    store_url: Annotated[str | None, typer.Option(rich_help_panel="PACS", help="DICOMweb root to store the results in, if not --dicomweb.")] = None,
+    dicomweb_auth_file: Annotated[Path | None, typer.Option(rich_help_panel="PACS", envvar="BRAINSCAN_DICOMWEB_AUTH_FILE", help="File holding 'basic USER:PASSWORD' or 'bearer TOKEN' for the PACS (or the credentials themselves in BRAINSCAN_DICOMWEB_AUTH); never on the command line.")] = None,
+    dicomweb_ca_file: Annotated[Path | None, typer.Option(rich_help_panel="PACS", envvar="BRAINSCAN_DICOMWEB_CA_FILE", help="CA certificate (PEM) to verify the PACS's TLS certificate with.")] = None,
+    audit: Annotated[Path | None, typer.Option(rich_help_panel="PACS", help="JSON-lines audit file, one line per DICOM series (default: <out>/audit.jsonl).")] = None,
 ) -> None:
     """Send images and volumes to the `brainscan` ensemble (one request per image or axial
     slice, --concurrency in flight) and report, in input order, probability, label and
     tumour area; for volumes also tumour volume (ml), slices with tumour and the largest
-    cross-section. Writes masks, red overlays and NIfTI mask volumes with --out.
-    Exit codes: 0 all done, 1 some inputs failed (the others finished), 2 bad usage,
-    3 server unreachable (before the run, or for longer than the retries mid-run)."""
+    cross-section. Writes masks, red overlays and NIfTI mask volumes with --out, and for each
+    DICOM series a DICOM SEG and SR. With --dicomweb the series come from a PACS, and --store
+    sends their SEG and SR back; series that already have a result of the same served models
+    there are skipped. Exit codes: 0 all done, 1 some inputs failed (the others finished),
+    2 bad usage, 3 server unreachable (before the run, or for longer than the retries mid-run)."""
     import asyncio
     import sys
 
@@ -195,6 +206,32 @@ def predict(
         raise typer.BadParameter("--skip-existing needs --out (it looks for the outputs there)")
     conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version,
                       timeout, retries)
+    pacs = None
+    if dicomweb is not None or store:
+        from brainscan.client import dicomweb as web
+
+        if dicomweb is None:
+            raise typer.BadParameter("--store sends results back to a PACS: give --dicomweb")
+        if paths:
+            raise typer.BadParameter("give PATHS or --dicomweb, not both")
+        if not study:
+            raise typer.BadParameter("--dicomweb needs --study UID")
+        out = out or Path(tempfile.mkdtemp(prefix="brainscan-dicomweb-"))
+        try:
+            credentials = web.load_credentials(dicomweb_auth_file)
+            pacs = web.Pacs(dicomweb, credentials, dicomweb_ca_file)
+            paths = fetch_from_pacs(pacs, study, series or [], conn, out)
+        except web.DicomWebError as exc:
+            fail(str(exc))
+        except ServerUnavailableError as exc:
+            fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
+        except ModelNotReadyError as exc:
+            fail(str(exc))
+        if not paths:
+            typer.echo(f"study {study}: every image series already has a result from the served models", err=True)
+            return
+    if not paths:
+        raise typer.BadParameter("give the images, volumes or DICOM folders to predict, or --dicomweb")
     inputs, rejected, ignored = collect_inputs(paths)
     for _, reason in rejected:
         typer.echo(f"failed: {reason}", err=True)
@@ -207,12 +244,14 @@ def predict(
     show_progress = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     try:
-        outcomes = asyncio.run(_run_with_progress(inputs, conn, RunOptions(out, concurrency, skip_existing, evaluate),
+        outcomes = asyncio.run(_run_with_progress(inputs, conn, RunOptions(out, concurrency, skip_existing, evaluate, audit),
                                                   reporter, show_progress))
     except ServerUnavailableError as exc:
         fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
     except ModelNotReadyError as exc:
         fail(str(exc))
+    if pacs is not None and store:
+        outcomes = store_in_pacs(web.Pacs(store_url, credentials, dicomweb_ca_file) if store_url else pacs, outcomes)
     aborted = any(o.status == "UNAVAILABLE" for o in outcomes)
     if failures is not None:
         write_failures(failures, conn, outcomes, rejected, aborted)
@@ -223,6 +262,49 @@ def predict(
         if failures is not None:
             typer.echo(f"failures listed in {failures}", err=True)
         raise typer.Exit(EXIT_FAILED)
+
+
+def fetch_from_pacs(pacs, study: str, wanted: list[str], conn, out: Path) -> list[Path]:
+    """The study's image series to predict, fetched into OUT/dicomweb/<study>/: all of them,
+    or the wanted ones, less those that already have a result of the served models."""
+    from brainscan.client import dicomweb as web
+    from brainscan.client.inference import BrainscanClient
+
+    web.check_uid(study, "study")
+    with BrainscanClient(conn) as client:
+        client.check_ready()
+        identity = client.model_identity()
+    folders = []
+    for uid in pacs.image_series(study, [web.check_uid(u, "series") for u in wanted]):
+        if pacs.has_result(study, uid, identity.digest):
+            typer.echo(f"series {uid}: already has a result of these models ({identity.digest}) in the PACS; skipped",
+                       err=True)
+            continue
+        folders.append(pacs.fetch_series(study, uid, out / "dicomweb" / study))
+        typer.echo(f"series {uid}: fetched {len(list(folders[-1].glob('*.dcm')))} instances", err=True)
+    return folders
+
+
+def store_in_pacs(pacs, outcomes):
+    """STOW-RS of each DICOM series' SEG and SR; a refusal fails that series alone."""
+    import pydicom
+
+    from brainscan.client.dicomweb import DicomWebError
+
+    for outcome in outcomes:
+        record = outcome.record
+        if outcome.input.kind != "dicom" or record is None:
+            continue
+        files = [Path(p) for p in record.get("outputs", []) if p.endswith((".seg.dcm", ".sr.dcm"))]
+        try:
+            pacs.store([pydicom.dcmread(str(f)) for f in files], f"the SEG and SR of series {record['series']}")
+        except DicomWebError as exc:
+            outcome.error, outcome.status, outcome.record = str(exc), "STORE", None
+            typer.echo(f"failed: {exc}", err=True)
+            continue
+        record["stored"] = pacs.url
+        typer.echo(f"series {record['series']}: SEG {record['seg']} and SR {record['sr']} stored in {pacs.url}", err=True)
+    return outcomes
 
 
 async def _run_with_progress(inputs, conn, options, reporter, show: bool):
@@ -434,6 +516,7 @@ def bench_ceiling(
     requests: Annotated[int, typer.Option(help="Requests per perf_analyzer measurement window (doubled up to 3 times when its windows never agree).")] = 400,
     limit: Annotated[int, typer.Option(help="Use at most this many image files.")] = 64,
     stability: Annotated[float, typer.Option(help="perf_analyzer's --stability-percentage: how close its windows must agree (a shared machine needs slack).")] = 30.0,
+    runs: Annotated[Path | None, typer.Option(help="Training runs (classifier/ and segmenter/ with model.onnx): compare the two designs with these trained networks instead of free ones, as a CPU-only server runs them; writes a <date>-<host>-designs folder.")] = None,
 ) -> None:
     """The ensemble's ceiling when the networks cost nothing (what bounds a GPU deployment),
     for the previous design (python resize and mask steps) and the current one (python only
@@ -455,8 +538,14 @@ def bench_ceiling(
         raise typer.BadParameter(f"{instances!r}: write counts separated by commas, e.g. 1,2") from None
     if not counts or min(counts) < 1:
         raise typer.BadParameter("instance counts must be at least 1")
+    networks = None
+    if runs is not None:
+        networks = {n: runs / n / "model.onnx" for n in contract.NETWORKS}
+        missing = [str(p) for p in networks.values() if not p.is_file()]
+        if missing:
+            fail(f"{', '.join(missing)} missing: export the runs first (`brainscan export onnx RUN`, make demo does)")
     config = CeilingConfig(files=files, out=out, instances=counts, concurrency=_span(concurrency), request_count=requests,
-                           stability_percentage=stability)
+                           stability_percentage=stability, networks=networks)
     try:
         measure(config, log=lambda line: typer.echo(line, err=True))
     except (PerfAnalyzerError, ServerError) as exc:

@@ -64,7 +64,7 @@ class Input:
     kind: str  # "image", "nifti" or "dicom"
     path: Path  # the file; for a DICOM series, its folder
     stem: str  # the name its outputs are derived from (made safe by ``safe_stems``)
-    series: object | None = None  # volumes.DicomSeries
+    series: object | None = None  # dicom.DicomSeries
 
     @property
     def is_volume(self) -> bool:
@@ -83,7 +83,8 @@ def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[tuple[Path, str
     """Images, NIfTI volumes and DICOM series (grouped by SeriesInstanceUID) under
     ``paths``, in the order they are found. Returns the inputs, the unreadable DICOM files
     and the DICOM files that are not image slices (DICOMDIR, reports), with the reason."""
-    from brainscan.client.volumes import group_series, is_dicom, is_nifti, nifti_stem
+    from brainscan.client.dicom import group_series, is_dicom
+    from brainscan.client.volumes import is_nifti, nifti_stem
 
     order: list[tuple[str, object]] = []
     dicom_files: list[Path] = []

@@ -8,8 +8,10 @@ loop for callers that are not asynchronous (``brainscan health``, the web UI).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -145,6 +147,54 @@ class Prediction:
     @property
     def area_fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
+
+
+def kit_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("brainscan")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What answered, as the server's own model configs describe it (model config is not an
+    admin API): each network's platform, the SHA-256 of its served ONNX graph, and on a GPU
+    each listed engine's TensorRT version, GPU and source digest. Results carry it (DICOM SR,
+    audit lines), and a re-run compares it to tell a result of the same models."""
+
+    networks: dict[str, dict[str, str]]
+    kit: str = field(default_factory=kit_version)
+
+    @property
+    def digest(self) -> str:
+        """16 hex digits that change whenever a served network does."""
+        text = json.dumps(self.networks, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def describe(self) -> list[str]:
+        """One line per network, for people."""
+        lines = []
+        for network, facts in sorted(self.networks.items()):
+            details = [facts.get("platform", "?")]
+            if facts.get(contract.MODEL_SHA256_PARAMETER):
+                details.append(f"ONNX sha256 {facts[contract.MODEL_SHA256_PARAMETER]}")
+            details += [value for key, value in sorted(facts.items()) if key.startswith(contract.ENGINE_PARAMETER_PREFIX)]
+            lines.append(f"{network}: {'; '.join(details)}")
+        return lines
+
+    def as_dict(self) -> dict:
+        return {"kit": f"brainscan {self.kit}", "digest": self.digest, "networks": self.networks}
+
+
+def _identity_facts(config: dict) -> dict[str, str]:
+    facts = {"platform": config.get("platform") or config.get("backend") or "?"}
+    for key, value in (config.get("parameters") or {}).items():
+        if key == contract.MODEL_SHA256_PARAMETER or key.startswith(contract.ENGINE_PARAMETER_PREFIX):
+            facts[key] = value.get("string_value", "") if isinstance(value, dict) else str(value)
+    return facts
 
 
 def _module(protocol: str, aio: bool = True):
@@ -293,6 +343,16 @@ class AsyncBrainscanClient:
 
         return await self._with_retries(state, retries)
 
+    async def model_identity(self) -> ModelIdentity:
+        """The served networks' identity (``ModelIdentity``), from their configs."""
+        networks = {}
+        for network in contract.NETWORKS:
+            answer = await self._with_retries(lambda n=network: self._client.get_model_config(n, as_json=True)
+                                              if self.connection.protocol == "grpc" else self._client.get_model_config(n),
+                                              self.connection.retries)
+            networks[network] = _identity_facts(answer.get("config", answer))
+        return ModelIdentity(networks)
+
     async def check_ready(self) -> None:
         """Before a run: ServerUnavailableError if nothing answers, ModelNotReadyError if
         the server does not serve the target model."""
@@ -333,6 +393,9 @@ class BrainscanClient:
 
     def check_ready(self) -> None:
         self._loop.run_until_complete(self._client.check_ready())
+
+    def model_identity(self) -> ModelIdentity:
+        return self._loop.run_until_complete(self._client.model_identity())
 
     def close(self) -> None:
         if not self._loop.is_closed():

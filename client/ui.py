@@ -69,7 +69,8 @@ def private_cache() -> Path:
 
 def _payload(path: Path) -> bytes:
     """The bytes to send: the file itself, or a DICOM slice as a 16-bit PNG."""
-    from brainscan.client.volumes import VolumeError, group_series, is_dicom, read_dicom_series
+    from brainscan.client.dicom import group_series, is_dicom, read_dicom_series
+    from brainscan.client.volumes import VolumeError
 
     if not is_dicom(path):
         return path.read_bytes()

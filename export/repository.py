@@ -15,6 +15,7 @@ ModelConfig protobuf (which rejects unknown fields and wrong enum values) and wr
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +25,7 @@ from tritonclient.grpc import model_config_pb2
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
-from brainscan.contract import MAX_SIDE_PARAMETER, TensorSpec
+from brainscan.contract import ENGINE_PARAMETER_PREFIX, MAX_SIDE_PARAMETER, MODEL_SHA256_PARAMETER, TensorSpec
 from brainscan.export.profiles import OPT_IMAGE, ProfileError, image_profile
 
 FLAVOURS = ("local", "tensorrt", "onnxruntime")
@@ -323,25 +324,38 @@ def plan_files(config: model_config_pb2.ModelConfig) -> dict[str, str]:
     return listed or {"": config.default_model_filename or WEIGHT_FILES["tensorrt"]}
 
 
-def list_engine(config_path: Path, compute_capability: str, plan: str) -> None:
-    """Add (or replace) ``compute_capability -> plan`` in a config's cc_model_filenames,
+def engine_parameter(compute_capability: str) -> str:
+    """The config parameter describing the engine of one GPU kind: what a client reads to
+    say which engine answered (``engine_sm89`` for compute capability 8.9)."""
+    return f"{ENGINE_PARAMETER_PREFIX}{compute_capability.replace('.', '')}"
+
+
+def list_engine(config_path: Path, compute_capability: str, plan: str, description: str = "") -> None:
+    """Add (or replace) ``compute_capability -> plan`` in a config's cc_model_filenames, and
+    the engine's description (TensorRT version, GPU, source ONNX digest) in its parameters,
     keeping every other entry, so one repository serves a fleet of several GPU kinds."""
     config = read_config(config_path)
     config.cc_model_filenames[compute_capability] = plan
+    if description:
+        config.parameters[engine_parameter(compute_capability)].string_value = description
     write_bytes_atomic(config_path, text_format.MessageToString(config).encode())
 
 
-def _listed_engines(out: Path, name: str) -> dict[str, str]:
-    """The engines an existing tensorrt config lists whose plans are still there: rewriting
-    the configs must not forget the engines already built for other GPU kinds."""
+def _listed_engines(out: Path, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The engines an existing tensorrt config lists whose plans are still there, and their
+    description parameters: rewriting the configs must not forget the engines already built
+    for other GPU kinds."""
     path = out / name / "config.pbtxt"
     if not path.exists():
-        return {}
+        return {}, {}
     try:
-        listed = dict(read_config(path).cc_model_filenames)
+        config = read_config(path)
     except RepositoryError:
-        return {}
-    return {cc: plan for cc, plan in listed.items() if (out / name / VERSION / plan).exists()}
+        return {}, {}
+    listed = {cc: plan for cc, plan in config.cc_model_filenames.items() if (out / name / VERSION / plan).exists()}
+    described = {engine_parameter(cc): config.parameters[engine_parameter(cc)].string_value
+                 for cc in listed if engine_parameter(cc) in config.parameters}
+    return listed, described
 
 
 def _python_source(name: str) -> bytes:
@@ -408,13 +422,20 @@ def write_repository(
     if flavour in ("local", "onnxruntime"):
         for name, source in sources.items():
             if source:
-                files[f"{name}/{VERSION}/{WEIGHT_FILES[flavour]}"] = served_graph(source, name)
+                graph = served_graph(source, name)
+                files[f"{name}/{VERSION}/{WEIGHT_FILES[flavour]}"] = graph
+                # the served graph's digest, for clients to name what answered (DICOM SR, audit)
+                config = to_model_config(model_configs(spec)[name])
+                config.parameters[MODEL_SHA256_PARAMETER].string_value = hashlib.sha256(graph).hexdigest()
+                files[f"{name}/config.pbtxt"] = text_format.MessageToString(config).encode()
     if flavour == "tensorrt":
         for name in contract.NETWORKS:
-            listed = _listed_engines(out, name)
+            listed, described = _listed_engines(out, name)
             if listed:
                 config = to_model_config(model_configs(spec)[name])
                 config.cc_model_filenames.update(listed)
+                for key, value in described.items():
+                    config.parameters[key].string_value = value
                 files[f"{name}/config.pbtxt"] = text_format.MessageToString(config).encode()
     for relative, content in files.items():
         path = out / relative

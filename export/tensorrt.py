@@ -289,6 +289,13 @@ def engine_record(request: BuildRequest, trt_version: str, gpu: Gpu, given: Netw
     }
 
 
+def engine_description(record: dict) -> str:
+    """One line a client can read from the config about an engine (its record stays beside
+    the plan): TensorRT version, GPU, compute capability, digest of the FP16 graph."""
+    return (f"TensorRT {record['tensorrt_version']}; {record['gpu_name']}; compute capability "
+            f"{record['compute_capability']}; FP16 ONNX sha256 {record['onnx_sha256']}")
+
+
 def record_name(plan: str) -> str:
     """Where the record of ``plan`` is: model.sm89.plan -> model.sm89.json."""
     return RECORD if plan == PLAN else f"{plan.removesuffix('.plan')}.json"
@@ -353,7 +360,7 @@ def build_repository_engines(
         write_bytes_atomic(version_dir / name, plan)
         write_bytes_atomic(version_dir / record_name(name), (json.dumps(record, indent=2) + "\n").encode())
         config_path = Path(repository) / network / "config.pbtxt"
-        list_engine(config_path, gpu.compute_capability, name)
+        list_engine(config_path, gpu.compute_capability, name, engine_description(record))
         others = sorted(cc for cc in plan_files(read_config(config_path)) if cc != gpu.compute_capability)
         log(f"wrote {version_dir / name} ({len(plan) / 1e6:.1f} MB, built in {record['build_seconds']:.0f} s) for "
             f"compute capability {gpu.compute_capability}" + (f"; engines for {', '.join(others)} kept" if others else ""))
@@ -386,7 +393,8 @@ def build_into_bucket(uri: str, build: Callable[[Path], object], compute_capabil
         fresh = storage.download(uri, work / "fresh", only=lambda relative: relative in {
             f"{network}/config.pbtxt" for network in NETWORKS})
         for network in NETWORKS:
-            list_engine(fresh / network / "config.pbtxt", compute_capability, name)
+            record = json.loads((work / "built" / network / VERSION / record_name(name)).read_text())
+            list_engine(fresh / network / "config.pbtxt", compute_capability, name, engine_description(record))
         storage.upload(fresh, uri, only=is_config)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -12,14 +12,8 @@ import pytest
 from PIL import Image
 
 from brainscan.client.files import collect_inputs, inside, safe_stem, safe_stems
-from brainscan.client.volumes import (
-    VolumeError,
-    group_series,
-    is_dicom,
-    read_dicom_series,
-    read_nifti,
-    to_uint16,
-)
+from brainscan.client.dicom import group_series, is_dicom, read_dicom_series
+from brainscan.client.volumes import VolumeError, read_nifti, to_uint16
 from brainscan.preprocessing import decode_image
 from volume_files import axial_dicom_pixels, write_dicom_series, write_multiframe_dicom, write_nifti
 

@@ -1,0 +1,179 @@
+"""The results of a DICOM series as DICOM objects a PACS stores and a viewer shows beside the
+study: a Segmentation (SEG) and a Structured Report (SR, TID 1500), built with highdicom from
+the source datasets, never by setting tags by hand.
+
+- The SEG is BINARY with one segment, "tumour": SNOMED CT Neoplasm in the category
+  Morphologically Abnormal Structure, algorithm type AUTOMATIC, its algorithm identification
+  naming the kit's version and the served models. Its frames are the source slices' own
+  (each mask frame references its source instance and shares the source's Frame of
+  Reference and orientation: no reformat). Empty frames are omitted (highdicom's default,
+  valid for SEG; a SEG whose mask is empty everywhere keeps one empty frame).
+- The SR holds the finding (tumour present or absent) with the classifier's probability, the
+  tumour volume in mm³ counted from the mask, references to the SEG and the source series,
+  and the served models' identity (``ModelIdentity``) in its algorithm identification and in
+  the device observer context, so the clinical record says what produced it.
+
+Nothing here reads patient names or IDs into messages: objects are named by UIDs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brainscan.client.inference import ModelIdentity
+from brainscan.client.volumes import Volume, VolumeError
+
+MANUFACTURER = "brainscan"
+SEG_SERIES_NUMBER = 9101
+SR_SERIES_NUMBER = 9102
+SERIES_DESCRIPTION_PREFIX = "brainscan"  # SEG and SR series descriptions start with it
+
+
+class DicomResultError(VolumeError):
+    """The SEG or SR of a series cannot be built; the message names the series and why."""
+
+
+@dataclass
+class SeriesResults:
+    seg: object  # highdicom.seg.Segmentation
+    sr: object  # highdicom.sr.Comprehensive3DSR
+    tumour_volume_mm3: float
+
+
+# Type 2 attributes of the patient and study that a SEG or SR copies from its source: some
+# exporters leave them out; the results carry them empty then (valid for Type 2)
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _source_datasets(volume: Volume) -> list:
+    """The source datasets in the volume's slice order (pixel data not needed), with the
+    Type 2 attributes results copy present (empty where the source leaves them out)."""
+    import pydicom
+
+    if not volume.sources:
+        raise DicomResultError(f"{volume.source}: not a DICOM series, no SEG to write")
+    files = list(dict.fromkeys(path for path, _ in volume.sources))
+    datasets = {path: pydicom.dcmread(str(path), stop_before_pixels=True, force=True) for path in files}
+    for ds in datasets.values():
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    if len(files) == 1 and len(volume.sources) > 1:  # one enhanced multi-frame image
+        return [datasets[files[0]]]
+    if len(files) != len(volume.sources):
+        raise DicomResultError(f"{volume.source}: a series mixing multi-frame and single-frame files; "
+                               "no SEG written (the NIfTI mask is)")
+    return [datasets[path] for path, _ in volume.sources]
+
+
+def _frames_in_source_order(volume: Volume, mask: np.ndarray) -> np.ndarray:
+    """The mask as frames of the source slices: [slice, row, column] (the volume holds
+    voxel [column, row, slice]); multi-frame sources in their frame order."""
+    frames = np.transpose(mask, (2, 1, 0)).astype(np.uint8)
+    if len({path for path, _ in volume.sources}) == 1 and len(volume.sources) > 1:
+        order = np.argsort([number for _, number in volume.sources])
+        frames = frames[order]
+    return np.ascontiguousarray(frames)
+
+
+def algorithm(identity: ModelIdentity):
+    from highdicom import AlgorithmIdentificationSequence
+    from pydicom.sr.codedict import codes
+
+    return AlgorithmIdentificationSequence(
+        name="brainscan tumour segmentation", version=f"{identity.kit} models {identity.digest}",
+        family=codes.cid7162.ArtificialIntelligence, parameters={"served models": "; ".join(identity.describe())})
+
+
+def build_seg(volume: Volume, mask: np.ndarray, identity: ModelIdentity, datasets: list | None = None):
+    """The DICOM SEG of ``mask`` (the volume's own voxel grid, 0/1) on the series' slices."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    datasets = datasets if datasets is not None else _source_datasets(volume)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="tumour",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm(identity))
+    try:
+        return hd.seg.Segmentation(
+            source_images=datasets, pixel_array=_frames_in_source_order(volume, mask),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+            series_instance_uid=generate_uid(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=generate_uid(),
+            instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name="brainscan tumour segmentation",
+            software_versions=identity.kit, device_serial_number=identity.digest,
+            series_description=f"{SERIES_DESCRIPTION_PREFIX} tumour SEG",
+            content_description="tumour mask", content_label="TUMOUR", omit_empty_frames=True)
+    except (ValueError, TypeError, AttributeError) as exc:
+        series = getattr(datasets[0], "SeriesInstanceUID", volume.source)
+        raise DicomResultError(f"series {series}: cannot build the SEG ({exc})") from None
+
+
+def tumour_volume_mm3(volume: Volume, mask: np.ndarray) -> float:
+    return float(mask.sum()) * abs(float(np.linalg.det(volume.affine[:3, :3])))
+
+
+def build_sr(volume: Volume, seg, probability: float, mask: np.ndarray, identity: ModelIdentity,
+             datasets: list | None = None):
+    """The TID 1500 report of one series: finding, probability, tumour volume, references
+    to the SEG and the source series, and what produced them."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    datasets = datasets if datasets is not None else _source_datasets(volume)
+    volume_mm3 = tumour_volume_mm3(volume, mask)
+    present = bool(mask.any())
+    algorithm_id = hd.sr.AlgorithmIdentification(name="brainscan", version=f"{identity.kit} models {identity.digest}",
+                                                 parameters=identity.describe())
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(), name="brainscan", manufacturer_name=MANUFACTURER,
+        model_name=f"served models {identity.digest}", serial_number=identity.digest)
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    finding = hd.sr.QualitativeEvaluation(name=codes.DCM.Finding,
+                                          value=codes.SCT.Present if present else codes.SCT.Absent)
+    measurements = [
+        hd.sr.Measurement(name=codes.SCT.Volume, value=volume_mm3, unit=codes.UCUM.CubicMillimeter,
+                          algorithm_id=algorithm_id),
+        hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(probability), 6),
+                          unit=hd.sr.CodedConcept("1", "UCUM", "no units"), algorithm_id=algorithm_id),
+    ]
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="tumour", uid=generate_uid()),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=1,
+            source_series=hd.sr.SourceSeriesForSegmentation(str(datasets[0].SeriesInstanceUID))),
+        finding_type=codes.SCT.Neoplasm, algorithm_id=algorithm_id, measurements=measurements,
+        qualitative_evaluations=[finding])
+    report = hd.sr.MeasurementReport(observation_context=context,
+                                     procedure_reported=codes.cid100.MRIUnspecifiedBodyRegion,
+                                     imaging_measurements=[group])
+    try:
+        return hd.sr.Comprehensive3DSR(
+            evidence=[*datasets, seg], content=report[0], series_instance_uid=generate_uid(),
+            series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+            manufacturer=MANUFACTURER, is_complete=True, series_description=f"{SERIES_DESCRIPTION_PREFIX} tumour report")
+    except (ValueError, TypeError, AttributeError) as exc:
+        series = getattr(datasets[0], "SeriesInstanceUID", volume.source)
+        raise DicomResultError(f"series {series}: cannot build the SR ({exc})") from None
+
+
+def series_results(volume: Volume, mask: np.ndarray, probability: float, identity: ModelIdentity) -> SeriesResults:
+    datasets = _source_datasets(volume)
+    seg = build_seg(volume, mask, identity, datasets)
+    sr = build_sr(volume, seg, probability, mask, identity, datasets)
+    return SeriesResults(seg, sr, tumour_volume_mm3(volume, mask))
+
+
+def write_dataset(path: Path, dataset) -> None:
+    """A DICOM object to a Part-10 file, atomically."""
+    from brainscan.atomic import write_atomic
+
+    write_atomic(Path(path), lambda tmp: dataset.save_as(tmp, enforce_file_format=True))

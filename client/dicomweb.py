@@ -1,0 +1,172 @@
+"""A PACS over DICOMweb: find a study's image series (QIDO-RS), fetch them (WADO-RS) into a
+folder the prediction run reads as usual, and send the results back (STOW-RS).
+
+Credentials never come from the command line: a file (``--dicomweb-auth-file``) or the
+environment (``BRAINSCAN_DICOMWEB_AUTH``) holds ``basic USER:PASSWORD`` or ``bearer TOKEN``;
+TLS is verified against the system's CAs or a CA file. Every failure names the server, what
+was asked and the series, never a patient.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+AUTH_ENV = "BRAINSCAN_DICOMWEB_AUTH"  # the credentials themselves: "basic USER:PASSWORD" or "bearer TOKEN"
+AUTH_FILE_ENV = "BRAINSCAN_DICOMWEB_AUTH_FILE"  # a file holding them
+CA_FILE_ENV = "BRAINSCAN_DICOMWEB_CA_FILE"
+TIMEOUT = 60.0  # seconds for any one request to the PACS
+IMAGE_MODALITIES = ("MR", "CT", "PT", "OT")  # series worth predicting; SEG, SR, PR … are not images
+UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # a DICOM UID: digits and dots (PS3.5 9.1), used as a folder name
+
+
+class DicomWebError(RuntimeError):
+    """The PACS could not be reached, refused, or answered something unusable."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    kind: str  # "basic" or "bearer"
+    value: str
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> "Credentials":
+        kind, _, value = text.strip().partition(" ")
+        kind, value = kind.lower(), value.strip()
+        if kind not in ("basic", "bearer") or not value or (kind == "basic" and ":" not in value):
+            raise DicomWebError(f"{where} must hold 'basic USER:PASSWORD' or 'bearer TOKEN'")
+        return cls(kind, value)
+
+
+def load_credentials(auth_file: Path | None) -> Credentials | None:
+    """From ``auth_file``, else BRAINSCAN_DICOMWEB_AUTH_FILE, else BRAINSCAN_DICOMWEB_AUTH."""
+    path = auth_file or (Path(os.environ[AUTH_FILE_ENV]) if os.environ.get(AUTH_FILE_ENV) else None)
+    if path is not None:
+        try:
+            return Credentials.parse(Path(path).read_text(), f"the credentials file {path}")
+        except OSError as exc:
+            raise DicomWebError(f"cannot read the credentials file {path}: {exc.strerror}") from None
+    if os.environ.get(AUTH_ENV):
+        return Credentials.parse(os.environ[AUTH_ENV], AUTH_ENV)
+    return None
+
+
+def check_uid(uid: str, what: str) -> str:
+    if not UID.fullmatch(uid or "") or len(uid) > 64:
+        raise DicomWebError(f"{what} {uid!r} is not a DICOM UID (digits and dots, at most 64)")
+    return uid
+
+
+class Pacs:
+    """One DICOMweb server (dicomweb-client over a requests session)."""
+
+    def __init__(self, url: str, credentials: Credentials | None = None, ca_file: Path | None = None,
+                 timeout: float = TIMEOUT):
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        self.url = url.rstrip("/")
+        session = requests.Session()
+        if credentials is not None and credentials.kind == "basic":
+            session.auth = tuple(credentials.value.split(":", 1))
+        elif credentials is not None:
+            session.headers["Authorization"] = f"Bearer {credentials.value}"
+        ca_file = ca_file or (Path(os.environ[CA_FILE_ENV]) if os.environ.get(CA_FILE_ENV) else None)
+        if ca_file is not None:
+            if not Path(ca_file).is_file():
+                raise DicomWebError(f"the CA file {ca_file} does not exist")
+            session.verify = str(ca_file)
+        original = session.request
+        session.request = lambda *args, **kwargs: original(*args, **{"timeout": timeout, **kwargs})  # type: ignore[method-assign]
+        self.client = DICOMwebClient(url=self.url, session=session)
+
+    def _call(self, what: str, function, *args, **kwargs):
+        import requests
+
+        try:
+            return function(*args, **kwargs)
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            hint = {401: ": the credentials were refused", 403: ": not allowed for these credentials"}.get(status, "")
+            raise DicomWebError(f"the PACS at {self.url} answered {status} to {what}{hint}") from None
+        except requests.Timeout:
+            raise DicomWebError(f"the PACS at {self.url} did not answer {what} within the timeout") from None
+        except requests.ConnectionError as exc:
+            raise DicomWebError(f"cannot reach the PACS at {self.url} for {what} ({type(exc).__name__})") from None
+        except ValueError as exc:  # an answer dicomweb-client cannot parse
+            raise DicomWebError(f"the PACS at {self.url} answered {what} with something unreadable ({exc})") from None
+
+    def series_of(self, study: str) -> list[dict]:
+        """The study's series, as QIDO-RS lists them (DICOM JSON)."""
+        return self._call(f"the search for the series of study {study}", self.client.search_for_series,
+                          study_instance_uid=study) or []
+
+    def image_series(self, study: str, wanted: list[str] | None = None) -> list[str]:
+        """UIDs of the study's image series (``wanted`` ones only, when given)."""
+        found = {_value(s, "0020000E"): _value(s, "00080060") for s in self.series_of(study)}
+        if wanted:
+            missing = [uid for uid in wanted if uid not in found]
+            if missing:
+                raise DicomWebError(f"study {study} on {self.url} has no series {', '.join(missing)}")
+            return list(wanted)
+        return [uid for uid, modality in found.items() if modality in IMAGE_MODALITIES]
+
+    def fetch_series(self, study: str, series: str, folder: Path) -> Path:
+        """Every instance of one series into ``folder``/<series UID>/<SOP instance UID>.dcm.
+        The instances are listed (QIDO-RS) and fetched one by one (WADO-RS), each written
+        with its file meta header."""
+        check_uid(study, "study"), check_uid(series, "series")
+        target = Path(folder) / series
+        staging = Path(folder) / f".{series}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        instances = self._call(f"the search for the instances of series {series}", self.client.search_for_instances,
+                               study_instance_uid=study, series_instance_uid=series) or []
+        for item in instances:
+            sop = check_uid(_value(item, "00080018"), "SOP instance")
+            dataset = self._call(f"the retrieval of an instance of series {series}", self.client.retrieve_instance,
+                                 study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop)
+            _with_file_meta(dataset).save_as(staging / f"{sop}.dcm", enforce_file_format=True)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        return target
+
+    def has_result(self, study: str, series: str, digest: str) -> bool:
+        """Whether a SEG of ``series`` made by the same served models (its device serial
+        number is the models' digest) is already stored in the study."""
+        for item in self.series_of(study):
+            if _value(item, "00080060") != "SEG":
+                continue
+            metadata = self._call(f"the metadata of SEG series {_value(item, '0020000E')}",
+                                  self.client.retrieve_series_metadata, study_instance_uid=study,
+                                  series_instance_uid=_value(item, "0020000E"))
+            for instance in metadata or []:
+                references = instance.get("00081115", {}).get("Value", [])  # ReferencedSeriesSequence
+                sources = {_value(r, "0020000E") for r in references}
+                if series in sources and _value(instance, "00181000") == digest:  # DeviceSerialNumber
+                    return True
+        return False
+
+    def store(self, datasets: list, what: str) -> None:
+        self._call(f"the storage of {what}", self.client.store_instances, datasets=datasets)
+
+
+def _value(item: dict, tag: str) -> str:
+    values = item.get(tag, {}).get("Value") or [""]
+    return str(values[0])
+
+
+def _with_file_meta(dataset):
+    """A dataset as WADO-RS returns it, made a Part-10 file (a file meta group)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if not getattr(dataset, "file_meta", None) or "TransferSyntaxUID" not in dataset.file_meta:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset.file_meta = meta
+    return dataset
