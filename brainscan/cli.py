@@ -14,6 +14,7 @@ from brainscan import contract
 # TensorFlow prints C++ start-up chatter unless told otherwise; users can still override.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from brainscan.client.cli import bench_app, health, predict, ui
+from brainscan.client.pacs_cli import listen
 from brainscan.console import fail
 from brainscan.export.cli import export_app
 from brainscan.train.cli import data_app, train_app
@@ -30,6 +31,7 @@ app.add_typer(bench_app, name="bench")
 app.command("predict")(predict)
 app.command("health")(health)
 app.command("ui")(ui)
+app.command("listen")(listen)
 
 
 @app.command("serve")

@@ -46,6 +46,9 @@ class RunOptions:
     skip_existing: bool = False
     evaluate: bool = False
     audit: Path | None = None  # JSON lines, one per DICOM series (default: OUT/audit.jsonl)
+    # Called in a worker thread with each DICOM series' outcome once its files are written and
+    # before it is audited and reported (e.g. the SEG and SR stored in a PACS); returns it.
+    deliver: Callable[[Outcome], Outcome] | None = None
 
     @property
     def audit_path(self) -> Path | None:
@@ -292,6 +295,8 @@ async def run_inputs(
             except Exception as exc:  # whatever else, it is this input's failure
                 outcome = Outcome(job.input, job.name, error=f"cannot finish: {type(exc).__name__}: {exc}",
                                   status="WRITE", requests=len(job.payloads))
+            if options.deliver is not None and outcome.ok and job.input.kind == "dicom":
+                outcome = await asyncio.to_thread(options.deliver, outcome)
             return outcome
 
         def audited(outcome: Outcome) -> Outcome:
@@ -299,7 +304,7 @@ async def run_inputs(
                 series = outcome.input.series
                 audit.write(series.study, series.uid, "ok" if outcome.ok else "failed", identity,
                             error=outcome.error, seg=(outcome.record or {}).get("seg"),
-                            sr=(outcome.record or {}).get("sr"))
+                            sr=(outcome.record or {}).get("sr"), stored=(outcome.record or {}).get("stored"))
             return outcome
 
         def producer_stopped(task: asyncio.Task) -> None:

@@ -182,6 +182,7 @@ def predict(
     store_url: Annotated[str | None, typer.Option(rich_help_panel="PACS", help="DICOMweb root to store the results in, if not --dicomweb.")] = None,
     dicomweb_auth_file: Annotated[Path | None, typer.Option(rich_help_panel="PACS", envvar="BRAINSCAN_DICOMWEB_AUTH_FILE", help="File holding 'basic USER:PASSWORD' or 'bearer TOKEN' for the PACS (or the credentials themselves in BRAINSCAN_DICOMWEB_AUTH); never on the command line.")] = None,
     dicomweb_ca_file: Annotated[Path | None, typer.Option(rich_help_panel="PACS", envvar="BRAINSCAN_DICOMWEB_CA_FILE", help="CA certificate (PEM) to verify the PACS's TLS certificate with.")] = None,
+    dicomweb_timeout: Annotated[float, typer.Option(rich_help_panel="PACS", min=1, help="Seconds to wait for each answer of the PACS (a request is tried 3 times).")] = 60.0,
     audit: Annotated[Path | None, typer.Option(rich_help_panel="PACS", help="JSON-lines audit file, one line per DICOM series (default: <out>/audit.jsonl).")] = None,
 ) -> None:
     """Send images and volumes to the `brainscan` ensemble (one request per image or axial
@@ -206,9 +207,10 @@ def predict(
         raise typer.BadParameter("--skip-existing needs --out (it looks for the outputs there)")
     conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version,
                       timeout, retries)
-    pacs = None
+    deliver = None
     if dicomweb is not None or store:
         from brainscan.client import dicomweb as web
+        from brainscan.client.pacs_cli import fetch_from_pacs, storer
 
         if dicomweb is None:
             raise typer.BadParameter("--store sends results back to a PACS: give --dicomweb")
@@ -219,7 +221,10 @@ def predict(
         out = out or Path(tempfile.mkdtemp(prefix="brainscan-dicomweb-"))
         try:
             credentials = web.load_credentials(dicomweb_auth_file)
-            pacs = web.Pacs(dicomweb, credentials, dicomweb_ca_file)
+            pacs = web.Pacs(dicomweb, credentials, dicomweb_ca_file, dicomweb_timeout)
+            if store:
+                deliver = storer(web.Pacs(store_url, credentials, dicomweb_ca_file, dicomweb_timeout)
+                                 if store_url else pacs)
             paths = fetch_from_pacs(pacs, study, series or [], conn, out)
         except web.DicomWebError as exc:
             fail(str(exc))
@@ -244,14 +249,12 @@ def predict(
     show_progress = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     try:
-        outcomes = asyncio.run(_run_with_progress(inputs, conn, RunOptions(out, concurrency, skip_existing, evaluate, audit),
-                                                  reporter, show_progress))
+        options = RunOptions(out, concurrency, skip_existing, evaluate, audit, deliver)
+        outcomes = asyncio.run(_run_with_progress(inputs, conn, options, reporter, show_progress))
     except ServerUnavailableError as exc:
         fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
     except ModelNotReadyError as exc:
         fail(str(exc))
-    if pacs is not None and store:
-        outcomes = store_in_pacs(web.Pacs(store_url, credentials, dicomweb_ca_file) if store_url else pacs, outcomes)
     aborted = any(o.status == "UNAVAILABLE" for o in outcomes)
     if failures is not None:
         write_failures(failures, conn, outcomes, rejected, aborted)
@@ -262,49 +265,6 @@ def predict(
         if failures is not None:
             typer.echo(f"failures listed in {failures}", err=True)
         raise typer.Exit(EXIT_FAILED)
-
-
-def fetch_from_pacs(pacs, study: str, wanted: list[str], conn, out: Path) -> list[Path]:
-    """The study's image series to predict, fetched into OUT/dicomweb/<study>/: all of them,
-    or the wanted ones, less those that already have a result of the served models."""
-    from brainscan.client import dicomweb as web
-    from brainscan.client.inference import BrainscanClient
-
-    web.check_uid(study, "study")
-    with BrainscanClient(conn) as client:
-        client.check_ready()
-        identity = client.model_identity()
-    folders = []
-    for uid in pacs.image_series(study, [web.check_uid(u, "series") for u in wanted]):
-        if pacs.has_result(study, uid, identity.digest):
-            typer.echo(f"series {uid}: already has a result of these models ({identity.digest}) in the PACS; skipped",
-                       err=True)
-            continue
-        folders.append(pacs.fetch_series(study, uid, out / "dicomweb" / study))
-        typer.echo(f"series {uid}: fetched {len(list(folders[-1].glob('*.dcm')))} instances", err=True)
-    return folders
-
-
-def store_in_pacs(pacs, outcomes):
-    """STOW-RS of each DICOM series' SEG and SR; a refusal fails that series alone."""
-    import pydicom
-
-    from brainscan.client.dicomweb import DicomWebError
-
-    for outcome in outcomes:
-        record = outcome.record
-        if outcome.input.kind != "dicom" or record is None:
-            continue
-        files = [Path(p) for p in record.get("outputs", []) if p.endswith((".seg.dcm", ".sr.dcm"))]
-        try:
-            pacs.store([pydicom.dcmread(str(f)) for f in files], f"the SEG and SR of series {record['series']}")
-        except DicomWebError as exc:
-            outcome.error, outcome.status, outcome.record = str(exc), "STORE", None
-            typer.echo(f"failed: {exc}", err=True)
-            continue
-        record["stored"] = pacs.url
-        typer.echo(f"series {record['series']}: SEG {record['seg']} and SR {record['sr']} stored in {pacs.url}", err=True)
-    return outcomes
 
 
 async def _run_with_progress(inputs, conn, options, reporter, show: bool):

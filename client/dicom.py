@@ -246,12 +246,16 @@ def read_dicom_series(series: DicomSeries) -> Volume:
             raise VolumeError(f"{where}: {int((steps < 1e-4).sum()) + 1} slices share a position (several "
                               "echoes or acquisitions in one series?); pass them as separate series")
         if steps.max() - steps.min() > 0.01 * steps.mean():
-            notes.append(f"uneven slice spacing {steps.min():.3g}-{steps.max():.3g} mm; the mean is used")
+            notes.append(f"series {series.number or series.uid}: uneven slice spacing {steps.min():.3g}-"
+                         f"{steps.max():.3g} mm (a missing slice?); the NIfTI mask uses the mean, the DICOM SEG "
+                         "each slice's own position, the tumour volume the median spacing")
         slice_step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
+        spacing = float(np.median(steps))
     else:
         ds = _header(series.files[0])
         thickness = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
         slice_step = normal * thickness
+        spacing = thickness
     row_spacing, col_spacing = frames[0].spacing
     lps = np.eye(4)
     lps[:3, 0] = row_cos * col_spacing  # along a row: the column index grows
@@ -260,4 +264,5 @@ def read_dicom_series(series: DicomSeries) -> Volume:
     lps[:3, 3] = frames[0].position
     # voxel [i, j, k] = pixel (row j, column i) of slice k
     data = np.stack([f.pixels.T for f in frames], axis=2)
-    return Volume(where, "dicom", data, LPS_TO_RAS @ lps, None, notes, sources=[(f.path, f.number) for f in frames])
+    return Volume(where, "dicom", data, LPS_TO_RAS @ lps, None, notes, sources=[(f.path, f.number) for f in frames],
+                  slice_spacing=spacing)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainscan import contract
 from brainscan.client.inference import ModelIdentity
 from brainscan.client.volumes import Volume, VolumeError
 
@@ -116,20 +117,27 @@ def build_seg(volume: Volume, mask: np.ndarray, identity: ModelIdentity, dataset
 
 
 def tumour_volume_mm3(volume: Volume, mask: np.ndarray) -> float:
-    return float(mask.sum()) * abs(float(np.linalg.det(volume.affine[:3, :3])))
+    """Mask voxels x pixel area x the distance between slices (the median, so a missing
+    slice does not inflate it as the affine's mean spacing would)."""
+    axes = volume.affine[:3, :3]
+    pixel_mm2 = float(np.linalg.norm(np.cross(axes[:, 0], axes[:, 1])))  # DICOM voxel order: column, row, slice
+    spacing = volume.slice_spacing or float(np.linalg.norm(axes[:, 2]))
+    return float(mask.sum()) * pixel_mm2 * spacing
 
 
 def build_sr(volume: Volume, seg, probability: float, mask: np.ndarray, identity: ModelIdentity,
              datasets: list | None = None):
-    """The TID 1500 report of one series: finding, probability, tumour volume, references
-    to the SEG and the source series, and what produced them."""
+    """The TID 1500 report of one series: the finding as the classifier decided it (present
+    when the series' highest slice probability is above contract.DECISION_THRESHOLD, as
+    `predict` labels it), that probability, the tumour volume counted from the mask,
+    references to the SEG and the source series, and what produced them."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
     datasets = datasets if datasets is not None else _source_datasets(volume)
     volume_mm3 = tumour_volume_mm3(volume, mask)
-    present = bool(mask.any())
+    present = probability > contract.DECISION_THRESHOLD
     algorithm_id = hd.sr.AlgorithmIdentification(name="brainscan", version=f"{identity.kit} models {identity.digest}",
                                                  parameters=identity.describe())
     device = hd.sr.DeviceObserverIdentifyingAttributes(

@@ -17,7 +17,7 @@ from pathlib import Path
 AUTH_ENV = "BRAINSCAN_DICOMWEB_AUTH"  # the credentials themselves: "basic USER:PASSWORD" or "bearer TOKEN"
 AUTH_FILE_ENV = "BRAINSCAN_DICOMWEB_AUTH_FILE"  # a file holding them
 CA_FILE_ENV = "BRAINSCAN_DICOMWEB_CA_FILE"
-TIMEOUT = 60.0  # seconds for any one request to the PACS
+TIMEOUT = 60.0  # seconds for any one attempt of a request to the PACS
 IMAGE_MODALITIES = ("MR", "CT", "PT", "OT")  # series worth predicting; SEG, SR, PR … are not images
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # a DICOM UID: digits and dots (PS3.5 9.1), used as a folder name
 
@@ -59,6 +59,9 @@ def check_uid(uid: str, what: str) -> str:
     return uid
 
 
+ATTEMPTS = 3
+
+
 class Pacs:
     """One DICOMweb server (dicomweb-client over a requests session)."""
 
@@ -78,9 +81,10 @@ class Pacs:
             if not Path(ca_file).is_file():
                 raise DicomWebError(f"the CA file {ca_file} does not exist")
             session.verify = str(ca_file)
-        original = session.request
-        session.request = lambda *args, **kwargs: original(*args, **{"timeout": timeout, **kwargs})  # type: ignore[method-assign]
-        self.client = DICOMwebClient(url=self.url, session=session)
+        self.client = DICOMwebClient(url=self.url, session=session, timeout=timeout)
+        # dicomweb-client retries a request on any exception and on 429/503/504 answers:
+        # ATTEMPTS tries in all, so a silent PACS costs at most ATTEMPTS x timeout (+1.5 s waits)
+        self.client.set_http_retry_params(retry=True, max_attempts=ATTEMPTS, wait_exponential_multiplier=500)
 
     def _call(self, what: str, function, *args, **kwargs):
         import requests
@@ -92,7 +96,7 @@ class Pacs:
             hint = {401: ": the credentials were refused", 403: ": not allowed for these credentials"}.get(status, "")
             raise DicomWebError(f"the PACS at {self.url} answered {status} to {what}{hint}") from None
         except requests.Timeout:
-            raise DicomWebError(f"the PACS at {self.url} did not answer {what} within the timeout") from None
+            raise DicomWebError(f"the PACS at {self.url} did not answer {what} within the timeout ({ATTEMPTS} attempts)") from None
         except requests.ConnectionError as exc:
             raise DicomWebError(f"cannot reach the PACS at {self.url} for {what} ({type(exc).__name__})") from None
         except ValueError as exc:  # an answer dicomweb-client cannot parse

@@ -111,8 +111,10 @@ class Volume:
     affine: np.ndarray
     header: object | None = None  # the NIfTI header of a NIfTI source
     notes: list[str] = field(default_factory=list)
-    # a DICOM source: the file and frame (1-based) of each slice along the volume's third axis
+    # a DICOM source: the file and frame (1-based) of each slice along the volume's third axis,
+    # and the distance between neighbouring slices (the median: a missing slice does not move it)
     sources: list[tuple[Path, int]] = field(default_factory=list)
+    slice_spacing: float | None = None
 
     def _orientation(self):
         from nibabel import orientations

@@ -123,3 +123,53 @@ def write_multiframe_dicom(path: Path, images: list[np.ndarray], pixel_spacing=(
     lps = np.array([[pixel_spacing[1], 0, 0, origin[0]], [0, pixel_spacing[0], 0, origin[1]],
                     [0, 0, thickness, origin[2]], [0, 0, 0, 1]])
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+PATIENT_NAME, PATIENT_ID = "Doe^Jane^Q", "PAT-20931-X"  # what must never appear in logs or messages
+
+
+def write_mr_series(folder: Path, images: list[np.ndarray], row_direction=(1.0, 0.0, 0.0), column_direction=(0.0, 1.0, 0.0),
+                    origin=(-100.0, -120.0, -30.0), pixel_spacing=(0.9, 0.8), thickness=3.0, reverse: bool = False,
+                    skip: tuple[int, ...] = (), study: str | None = None, number: int = 4,
+                    description: str = "T2 FLAIR") -> list:
+    """An MR series as a scanner writes it, every patient and study attribute filled in:
+    slice k's pixel array is ``images[k]`` as stored (rows down the column direction), its
+    position origin + k * thickness along the normal (row x column). ``reverse`` numbers and
+    writes the instances from the last position to the first; ``skip`` leaves slices out
+    (a missing slice). Returns the datasets written, in slice order (k), None for a skipped one."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    row, column = np.asarray(row_direction, float), np.asarray(column_direction, float)
+    normal = np.cross(row, column)
+    study, series, frame = study or generate_uid(), generate_uid(), generate_uid()
+    order = list(range(len(images)))[::-1] if reverse else list(range(len(images)))
+    written: list = [None] * len(images)
+    for instance, k in enumerate(order, start=1):
+        if k in skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{instance:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = PATIENT_NAME, PATIENT_ID, "19700101", "F"
+        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study, "20261130", "101500", "42"
+        ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyDescription = "ACC42", "Ref^Doctor", "MR brain"
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, number, description
+        ds.Modality, ds.Manufacturer, ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = "MR", "phantom", frame, ""
+        ds.InstanceNumber, ds.ImageType = instance, ["ORIGINAL", "PRIMARY", "M"]
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
+        ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength, ds.MagneticFieldStrength = 90, 9000, 1, 3
+        ds.ImageOrientationPatient = [*map(float, row), *map(float, column)]
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + k * thickness * normal]
+        ds.PixelSpacing, ds.SliceThickness = list(pixel_spacing), thickness
+        stored = np.asarray(images[k], np.uint16)
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = stored.tobytes()
+        ds.save_as(ds.filename, enforce_file_format=True)
+        written[k] = ds
+    return written
