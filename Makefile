@@ -90,9 +90,14 @@ define with_server
 	$(1)
 endef
 
-# Sends the held-out test patients through the ensemble.
+# Sends the held-out test patients through the ensemble, then the first of them as an MR
+# DICOM series: its DICOM SEG and SR (and audit line) land in $(ART)/predictions-dicom.
+PATIENT_DICOM = $(BIN)/brainscan data dicom $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED) | head -1) --out $(ART)/dicom/series
 predict: repository
-	$(call with_server,$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) --evaluate --out $(ART)/predictions)
+	@rm -rf $(ART)/dicom $(ART)/predictions-dicom
+	$(call with_server,$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) --evaluate --out $(ART)/predictions \
+		&& $(PATIENT_DICOM) && $(BIN)/brainscan predict $(ART)/dicom/series --out $(ART)/predictions-dicom \
+		&& echo "DICOM SEG and SR of the series:" && ls $(ART)/predictions-dicom/*.seg.dcm $(ART)/predictions-dicom/*.sr.dcm)
 
 # perf_analyzer sweeps + in-process baselines -> benchmarks/results/<date>-<host>/report.md
 bench: repository

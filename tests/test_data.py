@@ -91,3 +91,22 @@ def test_no_patient_has_slices_in_two_splits(phantom_dir):
     for name in datasets.SPLITS:
         for sample in datasets.select(samples, split[name]):
             assert owners.setdefault(sample.patient, name) == name
+
+
+def test_a_patient_becomes_an_mr_series_read_back_in_slice_order(tmp_path):
+    from brainscan.client.dicom import group_series, read_dicom_series
+    from brainscan.train.phantom_dicom import write_phantom_series
+
+    patient = tmp_path / "P"
+    patient.mkdir()
+    for k in (1, 2, 10):  # 10 sorts before 2 as text; slice k is filled with 20 * k
+        Image.fromarray(np.full((8, 6), 20 * k, np.uint8)).save(patient / f"P_{k}.tif")
+        Image.fromarray(np.zeros((8, 6), np.uint8)).save(patient / f"P_{k}_mask.tif")
+    files = write_phantom_series(patient, tmp_path / "series")
+    assert len(files) == 3
+    series, rejected, ignored = group_series(files)
+    assert len(series) == 1 and not rejected and not ignored
+    volume = read_dicom_series(series[0])
+    assert volume.slice_spacing == 5.0
+    means = [float(volume.data[..., k].mean()) for k in range(volume.data.shape[-1])]
+    assert means in ([20.0, 40.0, 200.0], [200.0, 40.0, 20.0])

@@ -40,6 +40,21 @@ def phantom(
     typer.echo(f"wrote {len(files)} slices of {patients} patients to {out}")
 
 
+@data_app.command("dicom")
+def dicom(
+    patient: Annotated[Path, typer.Argument(help="A phantom patient's folder (<patient>_<k>.tif slices).")],
+    out: Annotated[Path, typer.Option(help="Folder to write the series into (NNNN.dcm).")],
+) -> None:
+    """Write one phantom patient as an MR DICOM series (to try the SEG/SR output and a PACS)."""
+    from brainscan.train.phantom_dicom import write_phantom_series
+
+    try:
+        files = write_phantom_series(patient, out)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote an MR series of {len(files)} slices to {out}")
+
+
 @data_app.command("split")
 def split(
     data: DataDir,
