@@ -110,3 +110,11 @@ def test_a_patient_becomes_an_mr_series_read_back_in_slice_order(tmp_path):
     assert volume.slice_spacing == 5.0
     means = [float(volume.data[..., k].mean()) for k in range(volume.data.shape[-1])]
     assert means in ([20.0, 40.0, 200.0], [200.0, 40.0, 20.0])
+
+
+def test_more_slices_than_the_volume_holds_is_named(tmp_path):
+    from brainscan.train.phantom import MAX_SLICES_PER_PATIENT
+
+    with pytest.raises(ValueError, match=f"at most {MAX_SLICES_PER_PATIENT} slices per patient"):
+        write_phantom_dataset(tmp_path, 1, 0, slices_per_patient=MAX_SLICES_PER_PATIENT + 1)
+    assert not list(tmp_path.rglob("*.tif"))  # refused before anything is written

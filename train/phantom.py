@@ -27,6 +27,8 @@ SLICE_SIZE = 256
 MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 # Axial MNI slices with a large cross-section of brain (the volume has 189 slices, 1 mm).
 Z_RANGE = (48, 128)
+# Slices are 2-3 MNI slices apart, so a patient spans at most this many inside the volume.
+MAX_SLICES_PER_PATIENT = 1 + (188 - Z_RANGE[0]) // 3
 MIN_TUMOUR_RADIUS = 7.0  # pixels at 256 x 256; smaller cross-sections are not drawn
 
 
@@ -225,6 +227,9 @@ def write_phantom_dataset(
     """Write ``patients`` synthetic patients under ``out``; same seed -> same files."""
     if patients < 1 or slices_per_patient < 1:
         raise ValueError("need at least one patient and one slice per patient")
+    if slices_per_patient > MAX_SLICES_PER_PATIENT:
+        raise ValueError(f"at most {MAX_SLICES_PER_PATIENT} slices per patient: the MNI volume has 189 axial "
+                         f"slices and a patient's slices are 2-3 of them apart")
     volume = load_mni_t1()
     out = Path(out)
     written = []
