@@ -7,6 +7,7 @@ bad objects and a failing PACS named, with nothing lost and nothing duplicated; 
 patient name or ID in any output a person or a log reads."""
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -166,6 +167,12 @@ def test_a_series_without_tumour_gets_an_empty_seg_and_an_absent_finding(bright_
     assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
     content = sr_content(sr_path)
     assert content["Finding"] == "Absent" and content["Volume"] == 0.0
+    # provenance: the SHA-256 of each graph the server loaded, hashed here from the repository's
+    # files, is in the SR's algorithm fields
+    texts = [e.value for e in pydicom.dcmread(str(sr_path)).iterall() if e.keyword == "TextValue"]
+    for network in ("classifier", "segmenter"):
+        served = hashlib.sha256((bright_server.repository / network / "1" / "model.onnx").read_bytes()).hexdigest()
+        assert any(network in text and served in text for text in texts), texts
 
 
 def test_bad_series_and_objects_are_named_and_the_others_finish(bright_server, tmp_path):
