@@ -19,7 +19,7 @@ TRT_STUBS := tensorrt-stubs==10.13.0.35.1
 # own: its dependencies (boto3, packaging, …) clash with the kit's
 CHECKOV := checkov==3.3.30
 
-.PHONY: demo test soak venv data train export fp16 repository serve gpu predict bench cli-docs docker-locks clean
+.PHONY: demo test soak venv data train export fp16 repository serve gpu predict viewer-shot bench cli-docs docker-locks clean
 
 venv: $(VENV)/.installed
 
@@ -98,6 +98,10 @@ predict: repository
 	$(call with_server,$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) --evaluate --out $(ART)/predictions \
 		&& $(PATIENT_DICOM) && $(BIN)/brainscan predict $(ART)/dicom/series --out $(ART)/predictions-dicom \
 		&& echo "DICOM SEG and SR of the series:" && ls $(ART)/predictions-dicom/*.seg.dcm $(ART)/predictions-dicom/*.sr.dcm)
+
+# docs/img/seg-in-dwv.png: the demo's SEG over its MR series in the dwv viewer (needs npm, chromium)
+viewer-shot: predict
+	docs/viewer/screenshot.sh $(ART)/dicom/series $$(ls $(ART)/predictions-dicom/*.seg.dcm) docs/img/seg-in-dwv.png $(ART)/viewer
 
 # perf_analyzer sweeps + in-process baselines -> benchmarks/results/<date>-<host>/report.md
 bench: repository

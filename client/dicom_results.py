@@ -17,6 +17,7 @@ Nothing here reads patient names or IDs into messages: objects are named by UIDs
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +102,9 @@ def build_seg(volume: Volume, mask: np.ndarray, identity: ModelIdentity, dataset
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Neoplasm,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm(identity))
+        algorithm_identification=algorithm(identity), display_color=hd.color.CIELabColor(53.2, 80.1, 67.2))
     try:
-        return hd.seg.Segmentation(
+        seg = hd.seg.Segmentation(
             source_images=datasets, pixel_array=_frames_in_source_order(volume, mask),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
             series_instance_uid=generate_uid(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=generate_uid(),
@@ -114,6 +115,23 @@ def build_seg(volume: Volume, mask: np.ndarray, identity: ModelIdentity, dataset
     except (ValueError, TypeError, AttributeError) as exc:
         series = getattr(datasets[0], "SeriesInstanceUID", volume.source)
         raise DicomResultError(f"series {series}: cannot build the SEG ({exc})") from None
+    _segment_in_each_frame(seg)
+    return seg
+
+
+def _segment_in_each_frame(seg) -> None:
+    """Move the Segment Identification from the shared functional groups into every frame.
+
+    DICOM allows either place. highdicom shares it when there is one segment; dwv (0.36) reads
+    it only per frame and otherwise draws no mask, and per-frame is what most SEG readers expect.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "SegmentIdentificationSequence" not in shared:
+        return
+    identification = shared.SegmentIdentificationSequence
+    del shared.SegmentIdentificationSequence
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        frame.SegmentIdentificationSequence = copy.deepcopy(identification)
 
 
 def tumour_volume_mm3(volume: Volume, mask: np.ndarray) -> float:

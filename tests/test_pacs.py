@@ -95,6 +95,8 @@ def check_seg_on_sources(seg_path: Path, written: list) -> None:
     np.testing.assert_allclose([float(v) for v in orientation], [float(v) for v in sources[0].ImageOrientationPatient])
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     for item in seg.PerFrameFunctionalGroupsSequence:  # every frame sits where its source slice is
+        # and names its segment itself: dwv 0.36 draws no mask when that is only shared (docs/pacs.md)
+        assert item.SegmentIdentificationSequence[0].ReferencedSegmentNumber == 1
         source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         position = item.PlanePositionSequence[0].ImagePositionPatient
         np.testing.assert_allclose([float(v) for v in position],
