@@ -25,7 +25,8 @@ def available() -> bool:
 
 
 class Orthanc:
-    def __init__(self, root: Path, modalities: dict | None = None, users: dict | None = None):
+    def __init__(self, root: Path, modalities: dict | None = None, users: dict | None = None,
+                 lua_scripts: list[Path] | None = None):
         self.root = Path(root)
         self.http_port, self.dicom_port = free_port(), free_port()
         self.users = users or {}
@@ -35,7 +36,7 @@ class Orthanc:
             "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
             "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "DicomModalities": modalities or {}, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
-            "HttpTimeout": 60, "StableAge": 1,
+            "HttpTimeout": 60, "StableAge": 1, "LuaScripts": [str(Path(p).resolve()) for p in lua_scripts or []],
         }
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "orthanc.json").write_text(json.dumps(config, indent=1))

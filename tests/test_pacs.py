@@ -7,6 +7,7 @@ bad objects and a failing PACS named, with nothing lost and nothing duplicated; 
 patient name or ID in any output a person or a log reads."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -27,6 +28,7 @@ from conftest import hand_probability
 from orthanc import Orthanc
 from volume_files import PATIENT_ID, PATIENT_NAME, write_mr_series
 
+ROOT = Path(__file__).resolve().parents[1]
 BRAINSCAN = str(Path(sys.executable).with_name("brainscan"))
 DCIODVFY = shutil.which("dciodvfy")
 USER, PASSWORD = "brainscan", "correct-horse-battery-staple"
@@ -233,6 +235,29 @@ def stow(pacs: Orthanc, written: list) -> str:
     return str(next(d for d in written if d is not None).StudyInstanceUID)
 
 
+@contextlib.contextmanager
+def listening(port: int, triton_url: str, pacs: Orthanc, spool: Path, log: Path):
+    """`brainscan listen` on ``port``, sending results back to ``pacs`` by C-STORE; ended by its pid."""
+    listener = subprocess.Popen(
+        [BRAINSCAN, "listen", "--port", str(port), "--url", triton_url, "--idle", "2",
+         "--store-to", f"ORTHANC@127.0.0.1:{pacs.dicom_port}", "--spool", str(spool)],
+        stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        deadline = time.monotonic() + 30
+        while "listening as BRAINSCAN" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield listener
+    finally:
+        listener.terminate()
+        listener.wait(60)
+
+
+def wait_for_results(pacs: Orthanc, study: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while modalities(pacs, study) != ["MR", "SEG", "SR"] and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def modalities(pacs: Orthanc, study: str) -> list[str]:
     from brainscan.client.dicomweb import Credentials, Pacs
 
@@ -305,14 +330,7 @@ def test_the_listener_answers_a_routed_series_and_refuses_what_it_must(pacs, bri
     written = write_mr_series(tmp_path / "series", lesion_images(), number=11)
     study = stow(pacs, written)
     log = tmp_path / "listen.log"
-    listener = subprocess.Popen(
-        [BRAINSCAN, "listen", "--port", str(LISTENER_PORT), "--url", bright_server.grpc_url, "--idle", "2",
-         "--store-to", f"ORTHANC@127.0.0.1:{pacs.dicom_port}", "--spool", str(tmp_path / "spool")],
-        stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-    try:
-        deadline = time.monotonic() + 30
-        while "listening as BRAINSCAN" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
+    with listening(LISTENER_PORT, bright_server.grpc_url, pacs, tmp_path / "spool", log):
         # an SR is not an image, and an object without valid UIDs cannot be filed: both refused
         ae = AE(ae_title="SOMEONE")
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.88.22")
@@ -331,12 +349,7 @@ def test_the_listener_answers_a_routed_series_and_refuses_what_it_must(pacs, bri
         series = next(s for s in pacs.get("/series")
                       if pacs.get(f"/series/{s}")["MainDicomTags"]["SeriesInstanceUID"] == written[0].SeriesInstanceUID)
         pacs.post(f"/modalities/brainscan/store", {"Resources": [series], "Synchronous": True})
-        deadline = time.monotonic() + 120
-        while modalities(pacs, study) != ["MR", "SEG", "SR"] and time.monotonic() < deadline:
-            time.sleep(1)
-    finally:
-        listener.terminate()
-        listener.wait(60)
+        wait_for_results(pacs, study)
     text = log.read_text()
     assert modalities(pacs, study) == ["MR", "SEG", "SR"], text
     assert "not an image (SR)" in text and "is not a DICOM UID" in text
@@ -346,3 +359,28 @@ def test_the_listener_answers_a_routed_series_and_refuses_what_it_must(pacs, bri
     audit = [json.loads(line) for line in (tmp_path / "spool" / "audit.jsonl").read_text().splitlines()]
     assert [(a["series"], a["outcome"]) for a in audit] == [(str(written[0].SeriesInstanceUID), "ok")]
     assert_private(text, json.dumps(audit))
+
+
+def test_orthanc_routes_each_stable_mr_series_with_the_shipped_lua_script(bright_server, tmp_path):
+    """deploy/orthanc/route-mr.lua, as docs/pacs.md tells a PACS administrator to install it:
+    a series stored into Orthanc by a modality reaches the node by itself, and the SEG and SR
+    that come back are not routed again."""
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={"brainscan": ["BRAINSCAN", "127.0.0.1", port]},
+                      users={USER: PASSWORD}, lua_scripts=[ROOT / "deploy" / "orthanc" / "route-mr.lua"]).start()
+    log = tmp_path / "listen.log"
+    try:
+        with listening(port, bright_server.grpc_url, orthanc, tmp_path / "spool", log):
+            written = write_mr_series(tmp_path / "series", lesion_images(), number=12)
+            orthanc.upload(sorted((tmp_path / "series").glob("*.dcm")))  # as a scanner would store it
+            study = str(written[0].StudyInstanceUID)
+            wait_for_results(orthanc, study)
+            time.sleep(4)  # StableAge (1 s) and the listener's idle time (2 s) again: nothing more arrives
+            found = modalities(orthanc, study)
+    finally:
+        orthanc.stop()
+    text = log.read_text()
+    assert found == ["MR", "SEG", "SR"], text  # one SEG and one SR: nothing duplicated
+    assert "not an image" not in text  # the SEG and SR were not sent back to the node
+    audit = [json.loads(line) for line in (tmp_path / "spool" / "audit.jsonl").read_text().splitlines()]
+    assert [(a["series"], a["outcome"]) for a in audit] == [(str(written[0].SeriesInstanceUID), "ok")]
