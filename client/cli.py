@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -218,6 +219,7 @@ def predict(
             raise typer.BadParameter("give PATHS or --dicomweb, not both")
         if not study:
             raise typer.BadParameter("--dicomweb needs --study UID")
+        made_out = out is None
         out = out or Path(tempfile.mkdtemp(prefix="brainscan-dicomweb-"))
         try:
             credentials = web.load_credentials(dicomweb_auth_file)
@@ -226,14 +228,16 @@ def predict(
                 deliver = storer(web.Pacs(store_url, credentials, dicomweb_ca_file, dicomweb_timeout)
                                  if store_url else pacs)
             paths = fetch_from_pacs(pacs, study, series or [], conn, out)
-        except web.DicomWebError as exc:
-            fail(str(exc))
-        except ServerUnavailableError as exc:
-            fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
-        except ModelNotReadyError as exc:
+        except (web.DicomWebError, ServerUnavailableError, ModelNotReadyError) as exc:
+            if made_out:  # nothing of this run is worth keeping
+                shutil.rmtree(out, ignore_errors=True)
+            if isinstance(exc, ServerUnavailableError):
+                fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
             fail(str(exc))
         if not paths:
             typer.echo(f"study {study}: every image series already has a result from the served models", err=True)
+            if made_out:
+                shutil.rmtree(out, ignore_errors=True)
             return
     if not paths:
         raise typer.BadParameter("give the images, volumes or DICOM folders to predict, or --dicomweb")
