@@ -109,6 +109,7 @@ bench: repository
 
 # perf_analyzer is fetched here (PyPI, checked against its SHA-256), not by the tests
 test: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/brainscan bench setup || echo "perf_analyzer could not be set up: the benchmark tests will skip"
 	$(BIN)/python -m pytest
 

@@ -8,6 +8,7 @@
 
 and each network's FLOPs per image, counted from its ONNX graph.
 """
+
 from __future__ import annotations
 
 import time
@@ -71,8 +72,14 @@ def _batches(data: list[bytes], size: int) -> list[list[bytes]]:
     return [data[i : i + size] for i in range(0, len(data) - size + 1, size)] or [data[:size]]
 
 
-def onnxruntime_sweep(classifier_onnx: Path, segmenter_onnx: Path, files: list[Path],
-                      batches=(1, 4, 8), threads=(1, 2), min_seconds: float = 3.0) -> list[Baseline]:
+def onnxruntime_sweep(
+    classifier_onnx: Path,
+    segmenter_onnx: Path,
+    files: list[Path],
+    batches=(1, 4, 8),
+    threads=(1, 2),
+    min_seconds: float = 3.0,
+) -> list[Baseline]:
     data = [Path(f).read_bytes() for f in files]
     results = []
     for n_threads in threads:
@@ -83,7 +90,9 @@ def onnxruntime_sweep(classifier_onnx: Path, segmenter_onnx: Path, files: list[P
     return results
 
 
-def keras_predict(classifier_keras: Path, segmenter_keras: Path, files: list[Path], min_seconds: float = 3.0) -> Baseline:
+def keras_predict(
+    classifier_keras: Path, segmenter_keras: Path, files: list[Path], min_seconds: float = 3.0
+) -> Baseline:
     """The original app: one ``model.predict`` per network per image."""
     from brainscan.train.training import load_model
 
@@ -93,8 +102,9 @@ def keras_predict(classifier_keras: Path, segmenter_keras: Path, files: list[Pat
     def call(encoded):
         image = pixels_batch(encoded)[0]
         classifier.predict(to_model_input(image, cls_size)[None], verbose=0)
-        return mask_from_probability(segmenter.predict(to_model_input(image, seg_size)[None], verbose=0)[0],
-                                     image.shape[:2])
+        return mask_from_probability(
+            segmenter.predict(to_model_input(image, seg_size)[None], verbose=0)[0], image.shape[:2]
+        )
 
     rate, p50 = _timed(call, _batches([Path(f).read_bytes() for f in files], 1), min_seconds)
     return Baseline("Keras model.predict", 1, 0, rate, p50)
@@ -117,8 +127,10 @@ def onnx_flops(path: Path) -> float:
         dim.ClearField("dim_param")
         dim.dim_value = 1
     graph = shape_inference.infer_shapes(model).graph
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*graph.value_info, *graph.input, *graph.output]}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.value_info, *graph.input, *graph.output]
+    }
     weights = {t.name: list(t.dims) for t in graph.initializer}
     flops = 0.0
     for node in graph.node:

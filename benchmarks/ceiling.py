@@ -20,6 +20,7 @@ else shares this machine's cores.
 
 Writes ``<out>/<date>-<host>-ceiling/``: ceiling.md, ceiling.json, raw/ (perf_analyzer CSVs, logs).
 """
+
 from __future__ import annotations
 
 import json
@@ -58,26 +59,33 @@ def write_free_network(path: Path, network: str, design: str) -> Path:
     constants = [helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0])]
     if network == contract.CLASSIFIER:
         target = contract.CLASSIFIER_OUTPUT
-        nodes = [helper.make_node("ReduceMean", [source], ["mean"], axes=[1, 2, 3], keepdims=1),
-                 helper.make_node("Reshape", ["mean", "shape"], ["level"]),
-                 helper.make_node("Sub", ["level", "middle"], ["centred"]),
-                 helper.make_node("Sigmoid", ["centred"], [target])]
+        nodes = [
+            helper.make_node("ReduceMean", [source], ["mean"], axes=[1, 2, 3], keepdims=1),
+            helper.make_node("Reshape", ["mean", "shape"], ["level"]),
+            helper.make_node("Sub", ["level", "middle"], ["centred"]),
+            helper.make_node("Sigmoid", ["centred"], [target]),
+        ]
         constants.append(helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1]))
         output = helper.make_tensor_value_info(target, TensorProto.FLOAT, ["N", 1])
     elif served:
         target = contract.MASK
-        nodes = [helper.make_node("ReduceMean", [source], ["mean"], axes=[3], keepdims=0),
-                 helper.make_node("Greater", ["mean", "middle"], ["above"]),
-                 helper.make_node("Cast", ["above"], [target], to=TensorProto.UINT8)]
+        nodes = [
+            helper.make_node("ReduceMean", [source], ["mean"], axes=[3], keepdims=0),
+            helper.make_node("Greater", ["mean", "middle"], ["above"]),
+            helper.make_node("Cast", ["above"], [target], to=TensorProto.UINT8),
+        ]
         output = helper.make_tensor_value_info(target, TensorProto.UINT8, ["N", "H", "W"])
     else:
         target = contract.SEGMENTER_OUTPUT
-        nodes = [helper.make_node("ReduceMean", [source], ["mean"], axes=[3], keepdims=1),
-                 helper.make_node("Sub", ["mean", "middle"], ["centred"]),
-                 helper.make_node("Sigmoid", ["centred"], [target])]
+        nodes = [
+            helper.make_node("ReduceMean", [source], ["mean"], axes=[3], keepdims=1),
+            helper.make_node("Sub", ["mean", "middle"], ["centred"]),
+            helper.make_node("Sigmoid", ["centred"], [target]),
+        ]
         output = helper.make_tensor_value_info(target, TensorProto.FLOAT, ["N", size, size, 1])
-    graph = helper.make_graph(nodes, f"free_{network}", [helper.make_tensor_value_info(source, TensorProto.FLOAT, shape)],
-                              [output], constants)
+    graph = helper.make_graph(
+        nodes, f"free_{network}", [helper.make_tensor_value_info(source, TensorProto.FLOAT, shape)], [output], constants
+    )
     return save_graph(graph, path)
 
 
@@ -88,16 +96,26 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
     from importlib import resources
 
     from brainscan.export.repository import (
-        ONNX_RUNNER_SOURCE, VERSION, RepositorySpec, model_configs, render_config,
+        ONNX_RUNNER_SOURCE,
+        VERSION,
+        RepositorySpec,
+        model_configs,
+        render_config,
     )
 
     spec = RepositorySpec(flavour="local", instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters})
     configs = model_configs(spec)
     size = {contract.CLASSIFIER: contract.CLASSIFIER_SIZE, contract.SEGMENTER: contract.SEGMENTER_SIZE}
-    inputs = {n: {"name": contract.NETWORK_INPUT[n], "data_type": "TYPE_FP32", "dims": [size[n], size[n], 3]}
-              for n in contract.NETWORKS}
+    inputs = {
+        n: {"name": contract.NETWORK_INPUT[n], "data_type": "TYPE_FP32", "dims": [size[n], size[n], 3]}
+        for n in contract.NETWORKS
+    }
     original = {"name": "ORIGINAL_SIZE", "data_type": "TYPE_INT32", "dims": [2]}
-    probability = {"name": contract.SEGMENTER_OUTPUT, "data_type": "TYPE_FP32", "dims": [size[contract.SEGMENTER]] * 2 + [1]}
+    probability = {
+        "name": contract.SEGMENTER_OUTPUT,
+        "data_type": "TYPE_FP32",
+        "dims": [size[contract.SEGMENTER]] * 2 + [1],
+    }
     for network in contract.NETWORKS:
         configs[network].pop("model_warmup")
         configs[network]["input"] = [inputs[network]]
@@ -106,20 +124,30 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
     preprocess.pop("model_warmup")
     preprocess["output"] = [*inputs.values(), original]
     preprocess["parameters"] = {"step": {"string_value": contract.PREPROCESS}}
-    postprocess = {**preprocess, "name": PREVIOUS_POSTPROCESS, "input": [probability, original],
-                   "output": [{"name": contract.MASK, "data_type": contract.MASK_SPEC.triton_dtype,
-                               "dims": list(contract.MASK_SPEC.dims)}],
-                   "instance_group": [{"kind": "KIND_CPU", "count": count}],
-                   "parameters": {"step": {"string_value": PREVIOUS_POSTPROCESS}}}
+    postprocess = {
+        **preprocess,
+        "name": PREVIOUS_POSTPROCESS,
+        "input": [probability, original],
+        "output": [
+            {"name": contract.MASK, "data_type": contract.MASK_SPEC.triton_dtype, "dims": list(contract.MASK_SPEC.dims)}
+        ],
+        "instance_group": [{"kind": "KIND_CPU", "count": count}],
+        "parameters": {"step": {"string_value": PREVIOUS_POSTPROCESS}},
+    }
     configs[PREVIOUS_POSTPROCESS] = postprocess
     steps = configs[contract.ENSEMBLE]["ensemble_scheduling"]["step"]
     steps[0]["output_map"] = {t["name"]: t["name"] for t in preprocess["output"]}
     steps[1]["input_map"] = {contract.CLASSIFIER_INPUT: contract.CLASSIFIER_INPUT}
     steps[2]["input_map"] = {contract.SEGMENTER_INPUT: contract.SEGMENTER_INPUT}
     steps[2]["output_map"] = {contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT}
-    steps.append({"model_name": PREVIOUS_POSTPROCESS, "model_version": -1,
-                  "input_map": {contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT, "ORIGINAL_SIZE": "ORIGINAL_SIZE"},
-                  "output_map": {contract.MASK: contract.MASK}})
+    steps.append(
+        {
+            "model_name": PREVIOUS_POSTPROCESS,
+            "model_version": -1,
+            "input_map": {contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT, "ORIGINAL_SIZE": "ORIGINAL_SIZE"},
+            "output_map": {contract.MASK: contract.MASK},
+        }
+    )
     steps_source = resources.files("brainscan.benchmarks").joinpath("python_steps.py").read_bytes()
     runner = resources.files("brainscan.export.triton_models").joinpath(ONNX_RUNNER_SOURCE).read_bytes()
     for name, config in configs.items():
@@ -205,19 +233,27 @@ def measure(config: CeilingConfig, log=print) -> Path:
             if config.networks:
                 networks = design_networks(design, config.networks, raw)
             else:
-                networks = {n: write_free_network(raw / f"free-{n}-{design}.onnx", n, design) for n in contract.NETWORKS}
+                networks = {
+                    n: write_free_network(raw / f"free-{n}-{design}.onnx", n, design) for n in contract.NETWORKS
+                }
             runs.append(_one_run(command, inputs, raw, networks, count, design, config, log))
-    summary = {"host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(),
-               "files": len(config.files), "runs": runs,
-               "networks": {n: str(p) for n, p in config.networks.items()} if config.networks else "free"}
+    summary = {
+        "host": socket.gethostname(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cores": os.cpu_count(),
+        "files": len(config.files),
+        "runs": runs,
+        "networks": {n: str(p) for n, p in config.networks.items()} if config.networks else "free",
+    }
     (folder / "ceiling.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "ceiling.md").write_text(report(summary))
     log(f"wrote {folder / 'ceiling.md'}")
     return folder
 
 
-def _one_run(command, inputs: Path, raw: Path, networks: dict[str, Path], count: int, design: str,
-             config: CeilingConfig, log) -> dict:
+def _one_run(
+    command, inputs: Path, raw: Path, networks: dict[str, Path], count: int, design: str, config: CeilingConfig, log
+) -> dict:
     from brainscan.export.repository import DEFAULT_INSTANCES, write_repository
     from brainscan.server import Ports, TritonServer
 
@@ -225,9 +261,13 @@ def _one_run(command, inputs: Path, raw: Path, networks: dict[str, Path], count:
     # free networks: one instance each; trained ones: the local flavour's (a second segmenter)
     segmenters = 1 if config.networks is None else DEFAULT_INSTANCES["local"][contract.SEGMENTER]
     if design == "in-graph":
-        repository = write_repository(raw / f"repository-{name}", "local", networks[contract.CLASSIFIER],
-                                      networks[contract.SEGMENTER],
-                                      instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters}).resolve()
+        repository = write_repository(
+            raw / f"repository-{name}",
+            "local",
+            networks[contract.CLASSIFIER],
+            networks[contract.SEGMENTER],
+            instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters},
+        ).resolve()
     else:
         repository = previous_repository(raw / f"repository-{name}", networks, count, segmenters).resolve()
     ports = Ports.free()
@@ -235,17 +275,33 @@ def _one_run(command, inputs: Path, raw: Path, networks: dict[str, Path], count:
     with TritonServer(repository, ports=ports, log_file=raw / f"tritonserver-{name}.log") as server:
         url = server.grpc_url
         before, cpu_before = server_statistics(url), cpu_by_step(repository, ports.grpc)
-        result = perf_analyzer.sweep(command, contract.ENSEMBLE, url, inputs, config.concurrency,
-                                     raw / f"brainscan-{name}.csv", config.request_count,
-                                     stability=config.stability_percentage)
+        result = perf_analyzer.sweep(
+            command,
+            contract.ENSEMBLE,
+            url,
+            inputs,
+            config.concurrency,
+            raw / f"brainscan-{name}.csv",
+            config.request_count,
+            stability=config.stability_percentage,
+        )
         cpu_after = cpu_by_step(repository, ports.grpc)
         stats = statistics_delta(before, server_statistics(url))
     (raw / f"brainscan-{name}.log").write_text(result.log)
     images = stats[contract.ENSEMBLE]["requests"]
-    cpu_ms = {step: (cpu_after.get(step, 0.0) - cpu_before.get(step, 0.0)) * 1e3 / max(images, 1)
-              for step in sorted(set(cpu_after) | set(cpu_before))}
-    return {"instances": count, "design": design, "rows": result.rows, "server": stats, "images": images,
-            "cpu_ms_per_image": cpu_ms, "outside_networks_ms": sum(cpu_ms.get(s, 0.0) for s in OUTSIDE)}
+    cpu_ms = {
+        step: (cpu_after.get(step, 0.0) - cpu_before.get(step, 0.0)) * 1e3 / max(images, 1)
+        for step in sorted(set(cpu_after) | set(cpu_before))
+    }
+    return {
+        "instances": count,
+        "design": design,
+        "rows": result.rows,
+        "server": stats,
+        "images": images,
+        "cpu_ms_per_image": cpu_ms,
+        "outside_networks_ms": sum(cpu_ms.get(s, 0.0) for s in OUTSIDE),
+    }
 
 
 def best(rows: list[dict]) -> dict:
@@ -255,44 +311,83 @@ def best(rows: list[dict]) -> dict:
 def report(summary: dict) -> str:
     free = summary.get("networks", "free") == "free"
     title = "The ensemble's ceiling with free networks" if free else "The two designs with the trained networks"
-    networks = ("the networks replaced by free ones (same tensors, a mean and a sigmoid or a threshold)" if free
-                else f"the trained networks ({', '.join(summary['networks'].values())})")
-    lines = [f"# {title}, {summary['date']} on {summary['host']}", "",
-             f"{summary['cores']} cores; {summary['files']} real image files; {networks}; local flavour served by the embedded Triton on "
-             "loopback; perf_analyzer sweeps the ensemble over gRPC in count-windows mode. Designs: python-steps "
-             "(python preprocess resizes and scales, python postprocess brings the mask back) and in-graph "
-             "(python preprocess only decodes; the networks' graphs do the rest on the GPU).", "",
-             "## CPU ms per image outside the networks (tritonserver and the python steps)", "",
-             "| python instances | " + " | ".join(summary_designs(summary)) + " |",
-             "|---|" + "---|" * len(summary_designs(summary))]
+    networks = (
+        "the networks replaced by free ones (same tensors, a mean and a sigmoid or a threshold)"
+        if free
+        else f"the trained networks ({', '.join(summary['networks'].values())})"
+    )
+    lines = [
+        f"# {title}, {summary['date']} on {summary['host']}",
+        "",
+        f"{summary['cores']} cores; {summary['files']} real image files; {networks}; "
+        "local flavour served by the embedded Triton on loopback; perf_analyzer sweeps the ensemble over gRPC in "
+        "count-windows mode. Designs: python-steps "
+        "(python preprocess resizes and scales, python postprocess brings the mask back) and in-graph "
+        "(python preprocess only decodes; the networks' graphs do the rest on the GPU).",
+        "",
+        "## CPU ms per image outside the networks (tritonserver and the python steps)",
+        "",
+        "| python instances | " + " | ".join(summary_designs(summary)) + " |",
+        "|---|" + "---|" * len(summary_designs(summary)),
+    ]
     for count in sorted({r["instances"] for r in summary["runs"]}):
-        cells = [next((f"{r['outside_networks_ms']:.2f}" for r in summary["runs"]
-                       if r["instances"] == count and r["design"] == d), "-") for d in summary_designs(summary)]
+        cells = [
+            next(
+                (
+                    f"{r['outside_networks_ms']:.2f}"
+                    for r in summary["runs"]
+                    if r["instances"] == count and r["design"] == d
+                ),
+                "-",
+            )
+            for d in summary_designs(summary)
+        ]
         lines.append(f"| {count} | " + " | ".join(cells) + " |")
-    lines += ["", "## Throughput", "",
-              "| design | python instances | best images/s | at concurrency | p50 ms at the lowest concurrency |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Throughput",
+        "",
+        "| design | python instances | best images/s | at concurrency | p50 ms at the lowest concurrency |",
+        "|---|---|---|---|---|",
+    ]
     for run in summary["runs"]:
         top, first = best(run["rows"]), run["rows"][0]
-        lines.append(f"| {run['design']} | {run['instances']} | {top['Inferences/Second']:.1f} | "
-                     f"{int(top['Concurrency'])} | {first['p50 latency'] / 1e3:.2f} |")
+        lines.append(
+            f"| {run['design']} | {run['instances']} | {top['Inferences/Second']:.1f} | "
+            f"{int(top['Concurrency'])} | {first['p50 latency'] / 1e3:.2f} |"
+        )
     steps = ["tritonserver", contract.PREPROCESS, *contract.NETWORKS, PREVIOUS_POSTPROCESS]
-    lines += ["", "## CPU per image (ms) of every process, from /proc, over each sweep", "",
-              "| design | python instances | " + " | ".join(steps) + " | total |", "|---" * (len(steps) + 3) + "|"]
+    lines += [
+        "",
+        "## CPU per image (ms) of every process, from /proc, over each sweep",
+        "",
+        "| design | python instances | " + " | ".join(steps) + " | total |",
+        "|---" * (len(steps) + 3) + "|",
+    ]
     for run in summary["runs"]:
         cpu = run["cpu_ms_per_image"]
-        lines.append(f"| {run['design']} | {run['instances']} | " + " | ".join(
-            f"{cpu[s]:.2f}" if s in cpu else "-" for s in steps) + f" | {sum(cpu.values()):.2f} |")
+        lines.append(
+            f"| {run['design']} | {run['instances']} | "
+            + " | ".join(f"{cpu[s]:.2f}" if s in cpu else "-" for s in steps)
+            + f" | {sum(cpu.values()):.2f} |"
+        )
     fields = ("queue_us", "compute_input_us", "compute_infer_us", "compute_output_us")
-    lines += ["", "## Triton's statistics during each sweep (µs per request)", "",
-              "| design | python instances | model | avg batch | queue | compute input | compute infer | compute output |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Triton's statistics during each sweep (µs per request)",
+        "",
+        "| design | python instances | model | avg batch | queue | compute input | compute infer | compute output |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in summary["runs"]:
         for model in (*contract.COMPOSING_MODELS, PREVIOUS_POSTPROCESS):
             s = run["server"].get(model)
             if s:
-                lines.append(f"| {run['design']} | {run['instances']} | {model} | {s['avg_batch']:.2f} | "
-                             + " | ".join(f"{s[f]:.0f}" for f in fields) + " |")
+                lines.append(
+                    f"| {run['design']} | {run['instances']} | {model} | {s['avg_batch']:.2f} | "
+                    + " | ".join(f"{s[f]:.0f}" for f in fields)
+                    + " |"
+                )
     return "\n".join(lines) + "\n"
 
 

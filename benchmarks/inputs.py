@@ -1,6 +1,7 @@
 """perf_analyzer --input-data for the ensemble and for each composing model, all made from
 the same real image files: the ensemble and ``preprocess`` get the encoded files, the
 networks the pixels ``preprocess`` makes of them (at each image's own size)."""
+
 from __future__ import annotations
 
 import base64

@@ -8,6 +8,7 @@ folder, and the binary runs through that runtime's own dynamic loader. Nothing i
 installed system-wide. Where a working ``perf_analyzer`` is on PATH (the NGC ``-sdk``
 image, Ubuntu 24.04+) it is used as is.
 """
+
 from __future__ import annotations
 
 import csv
@@ -88,8 +89,10 @@ def verify(wheel: Path, expected: str = WHEEL_SHA256) -> None:
     found = sha256_file(wheel)
     if found != expected:
         Path(wheel).unlink(missing_ok=True)
-        raise PerfAnalyzerError(f"{Path(wheel).name} has SHA-256 {found}, not the published {expected}: "
-                                "refused (a damaged download, or not the file PyPI publishes)")
+        raise PerfAnalyzerError(
+            f"{Path(wheel).name} has SHA-256 {found}, not the published {expected}: "
+            "refused (a damaged download, or not the file PyPI publishes)"
+        )
 
 
 def install(root: Path | None = None) -> list[str]:
@@ -101,9 +104,25 @@ def install(root: Path | None = None) -> list[str]:
         return found
     root.mkdir(parents=True, exist_ok=True)
     downloads = root / "downloads"
-    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-          "--platform", WHEEL_PLATFORM, "--python-version", "3.11", "--dest", str(downloads),
-          f"perf-analyzer=={VERSION}"], "pip download perf-analyzer")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            WHEEL_PLATFORM,
+            "--python-version",
+            "3.11",
+            "--dest",
+            str(downloads),
+            f"perf-analyzer=={VERSION}",
+        ],
+        "pip download perf-analyzer",
+    )
     (wheel,) = downloads.glob("perf_analyzer-*.whl")
     verify(wheel)
     with zipfile.ZipFile(wheel) as archive:
@@ -121,8 +140,13 @@ def install(root: Path | None = None) -> list[str]:
     for sub in ("lists/partial", "cache/archives/partial"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
     (apt / "sources.list").write_text(f"deb [signed-by={KEYRING}] http://deb.debian.org/debian {RUNTIME_SUITE} main\n")
-    options = [f"-o=Dir::Etc::sourcelist={apt / 'sources.list'}", "-o=Dir::Etc::sourceparts=/dev/null",
-               f"-o=Dir::State::Lists={apt / 'lists'}", f"-o=Dir::Cache={apt / 'cache'}", "-o=Debug::NoLocking=1"]
+    options = [
+        f"-o=Dir::Etc::sourcelist={apt / 'sources.list'}",
+        "-o=Dir::Etc::sourceparts=/dev/null",
+        f"-o=Dir::State::Lists={apt / 'lists'}",
+        f"-o=Dir::Cache={apt / 'cache'}",
+        "-o=Debug::NoLocking=1",
+    ]
     if os.geteuid() == 0:  # root's apt drops to user _apt, who cannot write into this cache folder
         options.append("-o=APT::Sandbox::User=root")
     _run(["apt-get", *options, "update"], f"apt-get update ({RUNTIME_SUITE})")
@@ -151,13 +175,24 @@ class Sweep:
 def read_csv(path: Path) -> list[dict]:
     """perf_analyzer's CSV as dicts of floats (latencies in µs), sorted by concurrency."""
     with open(path, newline="") as handle:
-        rows = [{k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")} for row in csv.DictReader(handle)]
+        rows = [
+            {k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")} for row in csv.DictReader(handle)
+        ]
     return sorted(rows, key=lambda r: r.get("Concurrency", 0))
 
 
-def sweep(command: list[str], model: str, url: str, input_data: Path, concurrencies: tuple[int, int, int],
-          csv_path: Path, request_count: int = 200, max_retries: int = 3,
-          stability: float | None = None, loosen_to: float | None = None) -> Sweep:
+def sweep(
+    command: list[str],
+    model: str,
+    url: str,
+    input_data: Path,
+    concurrencies: tuple[int, int, int],
+    csv_path: Path,
+    request_count: int = 200,
+    max_retries: int = 3,
+    stability: float | None = None,
+    loosen_to: float | None = None,
+) -> Sweep:
     """A concurrency sweep over gRPC in count-windows mode. When perf_analyzer cannot get a
     stable measurement it is run again with twice the window, up to ``max_retries`` times;
     then, with ``loosen_to``, once more with that --stability-percentage (a shared machine's
@@ -169,9 +204,25 @@ def sweep(command: list[str], model: str, url: str, input_data: Path, concurrenc
     if loosen_to is not None:
         attempts.append((request_count << max_retries, loosen_to))
     for attempt, (count, percentage) in enumerate(attempts):
-        args = [*command, "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
-                "--concurrency-range", f"{start}:{end}:{step}", "--measurement-mode", "count_windows",
-                "--measurement-request-count", str(count), "-f", str(csv_path)]
+        args = [
+            *command,
+            "-m",
+            model,
+            "-u",
+            url,
+            "-i",
+            "grpc",
+            "--input-data",
+            str(input_data),
+            "--concurrency-range",
+            f"{start}:{end}:{step}",
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            str(count),
+            "-f",
+            str(csv_path),
+        ]
         if percentage is not None:
             args += ["--stability-percentage", f"{percentage:g}"]
         result = subprocess.run(args, capture_output=True, text=True, timeout=1800)
@@ -180,8 +231,12 @@ def sweep(command: list[str], model: str, url: str, input_data: Path, concurrenc
         if result.returncode == 0 and UNSTABLE not in output and csv_path.exists():
             return Sweep(model, csv_path, read_csv(csv_path), attempt, count, "\n".join(logs), percentage)
         if UNSTABLE not in output:
-            raise PerfAnalyzerError(f"perf_analyzer failed on {model} (exit {result.returncode}):\n{output.strip()[-1500:]}")
-    raise UnstableMeasurement(f"perf_analyzer found no stable measurement for {model} even with "
-                            f"{attempts[-1][0]} requests per window"
-                            + (f" and {attempts[-1][1]:g} % stability" if attempts[-1][1] is not None else "")
-                            + f":\n{logs[-1][-1500:]}")
+            raise PerfAnalyzerError(
+                f"perf_analyzer failed on {model} (exit {result.returncode}):\n{output.strip()[-1500:]}"
+            )
+    raise UnstableMeasurement(
+        f"perf_analyzer found no stable measurement for {model} even with "
+        f"{attempts[-1][0]} requests per window"
+        + (f" and {attempts[-1][1]:g} % stability" if attempts[-1][1] is not None else "")
+        + f":\n{logs[-1][-1500:]}"
+    )

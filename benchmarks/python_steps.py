@@ -7,6 +7,7 @@ with OpenCV, thresholded), telling them apart by the config's ``step`` parameter
 resize and the stretch are ``export.serving``'s reference functions, the parity gate's
 OpenCV path.
 """
+
 import json
 
 import numpy as np
@@ -28,8 +29,11 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.step = config["parameters"]["step"]["string_value"]
         outputs = {o["name"]: o for o in config["output"]}
-        self.sizes = {name: tuple(outputs[name]["dims"][:2]) for name in (contract.CLASSIFIER_INPUT, contract.SEGMENTER_INPUT)
-                      if name in outputs}
+        self.sizes = {
+            name: tuple(outputs[name]["dims"][:2])
+            for name in (contract.CLASSIFIER_INPUT, contract.SEGMENTER_INPUT)
+            if name in outputs
+        }
 
     def _preprocess(self, request):
         data = pb_utils.get_input_tensor_by_name(request, contract.IMAGE).as_numpy().reshape(-1)[0]

@@ -1,4 +1,5 @@
 """report.md and plots from a benchmark's summary.json."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +34,8 @@ def headline(summary: dict) -> dict:
     batch_one = min((b for b in in_process if b["batch"] == 1), key=lambda b: b["p50_ms"])
     keras = summary.get("keras")
     out = {
-        "served_best": best["Inferences/Second"], "served_best_concurrency": int(best["Concurrency"]),
+        "served_best": best["Inferences/Second"],
+        "served_best_concurrency": int(best["Concurrency"]),
         "served_p50_c1_ms": at_one["p50 latency"] / 1e3,
         "in_process_best": best_in_process["images_per_s"],
         "in_process_best_setting": f"batch {best_in_process['batch']}, {best_in_process['threads']} thread(s)",
@@ -78,63 +80,148 @@ def plots(folder: Path, summary: dict) -> list[str]:
 def write_report(folder: Path, summary: dict) -> Path:
     numbers = headline(summary)
     images = plots(folder, summary)
-    parts = [f"# brainscan benchmark, {summary['date']} on {summary['host']}",
-             f"Server `{summary['url']}` (networks: {', '.join(f'{n} {p}' for n, p in summary.get('served_platforms', {}).items()) or 'unknown'}), repository `{summary['repository'] or 'not here'}`, {summary['files']} real image files. "
-             "perf_analyzer over gRPC in count-windows mode; baselines in the same run, same files, same "
-             "preprocessing function.", ""]
+    served = ", ".join(f"{n} {p}" for n, p in summary.get("served_platforms", {}).items()) or "unknown"
+    parts = [
+        f"# brainscan benchmark, {summary['date']} on {summary['host']}",
+        f"Server `{summary['url']}` (networks: {served}), repository `{summary['repository'] or 'not here'}`, "
+        f"{summary['files']} real image files. "
+        "perf_analyzer over gRPC in count-windows mode; baselines in the same run, same files, same "
+        "preprocessing function.",
+        "",
+    ]
     ens = summary["served"][contract.ENSEMBLE]
-    parts += ["## The ensemble under load", "", _table(
-        ["concurrency", "images/s", "p50 ms", "p90 ms", "p99 ms"],
-        [[int(r["Concurrency"]), f"{r['Inferences/Second']:.1f}", _ms(r["p50 latency"]), _ms(r["p90 latency"]),
-          _ms(r["p99 latency"])] for r in ens["rows"]]), "", *[f"![{i}]({i})" for i in images], ""]
-    parts += ["## Where the time goes (Triton's statistics during the ensemble sweep, µs per request)", "", _table(
-        ["model", "requests", "failed", "avg batch", "queue", "compute input", "compute infer", "compute output"],
-        [[m, s["requests"], s["failed"], f"{s['avg_batch']:.2f}", f"{s['queue_us']:.0f}", f"{s['compute_input_us']:.0f}",
-          f"{s['compute_infer_us']:.0f}", f"{s['compute_output_us']:.0f}"] for m, s in ens["server"].items()]), ""]
+    parts += [
+        "## The ensemble under load",
+        "",
+        _table(
+            ["concurrency", "images/s", "p50 ms", "p90 ms", "p99 ms"],
+            [
+                [
+                    int(r["Concurrency"]),
+                    f"{r['Inferences/Second']:.1f}",
+                    _ms(r["p50 latency"]),
+                    _ms(r["p90 latency"]),
+                    _ms(r["p99 latency"]),
+                ]
+                for r in ens["rows"]
+            ],
+        ),
+        "",
+        *[f"![{i}]({i})" for i in images],
+        "",
+    ]
+    parts += [
+        "## Where the time goes (Triton's statistics during the ensemble sweep, µs per request)",
+        "",
+        _table(
+            ["model", "requests", "failed", "avg batch", "queue", "compute input", "compute infer", "compute output"],
+            [
+                [
+                    m,
+                    s["requests"],
+                    s["failed"],
+                    f"{s['avg_batch']:.2f}",
+                    f"{s['queue_us']:.0f}",
+                    f"{s['compute_input_us']:.0f}",
+                    f"{s['compute_infer_us']:.0f}",
+                    f"{s['compute_output_us']:.0f}",
+                ]
+                for m, s in ens["server"].items()
+            ],
+        ),
+        "",
+    ]
     composing = [m for m in contract.COMPOSING_MODELS if m in summary["served"]]
     if composing:
-        parts += ["## Each composing model alone (best over its sweep)", "", _table(
-            ["model", "images/s", "at concurrency", "p50 ms at concurrency 1"],
-            [[m, f"{max(r['Inferences/Second'] for r in summary['served'][m]['rows']):.1f}",
-              int(max(summary["served"][m]["rows"], key=lambda r: r["Inferences/Second"])["Concurrency"]),
-              _ms(summary["served"][m]["rows"][0]["p50 latency"])] for m in composing]), ""]
-    base_rows = [[b["name"], b["batch"], b["threads"], f"{b['images_per_s']:.1f}", f"{b['p50_ms']:.2f}"]
-                 for b in summary["in_process"]]
+        parts += [
+            "## Each composing model alone (best over its sweep)",
+            "",
+            _table(
+                ["model", "images/s", "at concurrency", "p50 ms at concurrency 1"],
+                [
+                    [
+                        m,
+                        f"{max(r['Inferences/Second'] for r in summary['served'][m]['rows']):.1f}",
+                        int(max(summary["served"][m]["rows"], key=lambda r: r["Inferences/Second"])["Concurrency"]),
+                        _ms(summary["served"][m]["rows"][0]["p50 latency"]),
+                    ]
+                    for m in composing
+                ],
+            ),
+            "",
+        ]
+    base_rows = [
+        [b["name"], b["batch"], b["threads"], f"{b['images_per_s']:.1f}", f"{b['p50_ms']:.2f}"]
+        for b in summary["in_process"]
+    ]
     if summary.get("keras"):
         k = summary["keras"]
         base_rows.append([k["name"], 1, "TF default", f"{k['images_per_s']:.1f}", f"{k['p50_ms']:.2f}"])
-    parts += ["## Baselines (same files, same preprocessing)", "",
-              _table(["baseline", "batch", "threads", "images/s", "p50 ms per call"], base_rows), ""]
+    parts += [
+        "## Baselines (same files, same preprocessing)",
+        "",
+        _table(["baseline", "batch", "threads", "images/s", "p50 ms per call"], base_rows),
+        "",
+    ]
     flops = summary["flops_per_image"]
     total = sum(flops.values())
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    rows = [["served / in-process throughput", f"{numbers['served_vs_in_process']:.2f}",
-             f">= {TARGET_SERVED_VS_IN_PROCESS}", verdict(numbers["served_vs_in_process"] >= TARGET_SERVED_VS_IN_PROCESS)],
-            ["p50 at concurrency 1 minus in-process batch 1 (ms)", f"{numbers['p50_gap_ms']:.2f}",
-             f"<= {TARGET_P50_GAP_MS}", verdict(numbers["p50_gap_ms"] <= TARGET_P50_GAP_MS)]]
+    rows = [
+        [
+            "served / in-process throughput",
+            f"{numbers['served_vs_in_process']:.2f}",
+            f">= {TARGET_SERVED_VS_IN_PROCESS}",
+            verdict(numbers["served_vs_in_process"] >= TARGET_SERVED_VS_IN_PROCESS),
+        ],
+        [
+            "p50 at concurrency 1 minus in-process batch 1 (ms)",
+            f"{numbers['p50_gap_ms']:.2f}",
+            f"<= {TARGET_P50_GAP_MS}",
+            verdict(numbers["p50_gap_ms"] <= TARGET_P50_GAP_MS),
+        ],
+    ]
     if "served_vs_keras" in numbers:
-        rows.append(["served / Keras predict throughput", f"{numbers['served_vs_keras']:.1f}",
-                     f">= {TARGET_SERVED_VS_KERAS}", verdict(numbers["served_vs_keras"] >= TARGET_SERVED_VS_KERAS)])
-    parts += ["## Ratios and targets", "",
-              f"Served best: {numbers['served_best']:.1f} images/s at concurrency {numbers['served_best_concurrency']}; "
-              f"in-process best: {numbers['in_process_best']:.1f} images/s ({numbers['in_process_best_setting']}).", "",
-              _table(["ratio", "value", "target", "verdict"], rows), "",
-              "Served can beat in-process: Triton runs the three steps in separate processes with their own "
-              "queues, so one image's preprocessing overlaps another's segmentation on the other core, while the "
-              "in-process loop runs the steps one after another (and more ONNX Runtime threads per session only "
-              "oversubscribe 2 cores: see the 2-thread rows).", ""]
-    parts += ["## FLOPs", "", _table(
-        ["network", "GFLOP per image", "achieved GFLOP/s served (best)"],
-        [[n, f"{f / 1e9:.3f}", f"{f * numbers['served_best'] / 1e9:.1f}"] for n, f in flops.items()]
-        + [["both", f"{total / 1e9:.3f}", f"{total * numbers['served_best'] / 1e9:.1f}"]]), "",
-        "## A GPU on paper", "",
+        rows.append(
+            [
+                "served / Keras predict throughput",
+                f"{numbers['served_vs_keras']:.1f}",
+                f">= {TARGET_SERVED_VS_KERAS}",
+                verdict(numbers["served_vs_keras"] >= TARGET_SERVED_VS_KERAS),
+            ]
+        )
+    parts += [
+        "## Ratios and targets",
+        "",
+        f"Served best: {numbers['served_best']:.1f} images/s at concurrency {numbers['served_best_concurrency']}; "
+        f"in-process best: {numbers['in_process_best']:.1f} images/s ({numbers['in_process_best_setting']}).",
+        "",
+        _table(["ratio", "value", "target", "verdict"], rows),
+        "",
+        "Served can beat in-process: Triton runs the three steps in separate processes with their own "
+        "queues, so one image's preprocessing overlaps another's segmentation on the other core, while the "
+        "in-process loop runs the steps one after another (and more ONNX Runtime threads per session only "
+        "oversubscribe 2 cores: see the 2-thread rows).",
+        "",
+    ]
+    parts += [
+        "## FLOPs",
+        "",
+        _table(
+            ["network", "GFLOP per image", "achieved GFLOP/s served (best)"],
+            [[n, f"{f / 1e9:.3f}", f"{f * numbers['served_best'] / 1e9:.1f}"] for n, f in flops.items()]
+            + [["both", f"{total / 1e9:.3f}", f"{total * numbers['served_best'] / 1e9:.1f}"]],
+        ),
+        "",
+        "## A GPU on paper",
+        "",
         f"An H100 SXM peaks at {H100_FP16_DENSE_FLOPS / 1e12:.0f} TFLOP/s in dense FP16: at "
         f"{total / 1e9:.2f} GFLOP per image that bounds the two networks at "
         f"{H100_FP16_DENSE_FLOPS / total:,.0f} images/s. MobileNet's depthwise convolutions are memory-bound and "
         "reach a small fraction of the tensor-core peak, and the python preprocess (CPU decode) will bound the "
         "ensemble well before the engines do (`brainscan bench ceiling`); measure with the perf_analyzer commands "
-        "of docs/benchmarks.md, 'A GPU server' (`-m classifier`, `-m segmenter` for the engines alone, `-m brainscan` for "
-        "the whole ensemble):", "",
+        "of docs/benchmarks.md, 'A GPU server' (`-m classifier`, `-m segmenter` for the engines alone, "
+        "`-m brainscan` for the whole ensemble):",
+        "",
         "```bash",
         "docker compose -f docker/compose.yaml run --rm sdk perf_analyzer -m brainscan -u triton:8001 -i grpc \\",
         "    --input-data artifacts/perf/input.json --concurrency-range 1:64:8 \\",
@@ -142,7 +229,9 @@ def write_report(folder: Path, summary: dict) -> Path:
         "# the engines alone: input data for classifier/segmenter from `brainscan bench run`'s raw/ folder",
         "docker compose -f docker/compose.yaml run --rm sdk perf_analyzer -m segmenter -u triton:8001 -i grpc \\",
         "    --input-data benchmarks/results/<run>/raw/input-segmenter.json -b 8 --concurrency-range 1:16:4",
-        "```", ""]
+        "```",
+        "",
+    ]
     if summary.get("notes"):
         parts += ["## Notes", "", *[f"- {n}" for n in summary["notes"]], ""]
     path = Path(folder) / "report.md"

@@ -4,6 +4,7 @@ in-process baselines measured in the same run, on the same files.
 Writes ``<out>/<date>-<host>/``: report.md (tables, ratios, targets), summary.json,
 throughput.png and latency.png, and raw/ (perf_analyzer CSVs, logs, input data).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,11 @@ def server_statistics(url: str) -> dict[str, dict]:
     try:
         stats = client.get_inference_statistics(as_json=True)
     except InferenceServerException as exc:
-        raise PermissionError(f"the server refused its statistics ({exc.message()}), which perf_analyzer needs as well: "
-                              "it restricts them (tritonserver --grpc-restricted-protocol=statistics:…); serve with "
-                              "`brainscan serve`, which keeps them open (docs/operations.md#security)") from None
+        raise PermissionError(
+            f"the server refused its statistics ({exc.message()}), which perf_analyzer needs as well: "
+            "it restricts them (tritonserver --grpc-restricted-protocol=statistics:…); serve with "
+            "`brainscan serve`, which keeps them open (docs/operations.md#security)"
+        ) from None
     finally:
         client.close()
     out = {}
@@ -82,7 +85,8 @@ def statistics_delta(before: dict, after: dict) -> dict[str, dict]:
             continue
         requests = max(d["success"], 1)
         delta[name] = {
-            "requests": d["success"], "failed": d["fail"],
+            "requests": d["success"],
+            "failed": d["fail"],
             "avg_batch": d["inferences"] / max(d["executions"], 1),
             **{f"{k}_us": d[f"{k}_ns"] / requests / 1e3 for k in STAT_FIELDS},
         }
@@ -93,13 +97,18 @@ def network_onnx(repository: Path | None, runs: Path | None, network: str) -> Pa
     """The FP32 ONNX of ``network`` for the in-process baselines: the served repository's own
     (local, onnxruntime flavours), else the training run's (the tensorrt flavour holds
     engines, a remote server nothing here)."""
-    candidates = [Path(folder) / network / sub / "model.onnx" for folder, sub in ((repository, VERSION), (runs, ""))
-                  if folder is not None]
+    candidates = [
+        Path(folder) / network / sub / "model.onnx"
+        for folder, sub in ((repository, VERSION), (runs, ""))
+        if folder is not None
+    ]
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"no ONNX of the {network} found ({', '.join(map(str, candidates)) or 'nowhere given'}): "
-                            "give the training runs with --runs (folders classifier/ and segmenter/ with model.onnx)")
+    raise FileNotFoundError(
+        f"no ONNX of the {network} found ({', '.join(map(str, candidates)) or 'nowhere given'}): "
+        "give the training runs with --runs (folders classifier/ and segmenter/ with model.onnx)"
+    )
 
 
 def served_networks(url: str) -> dict[str, dict]:
@@ -122,8 +131,10 @@ def run(config: BenchConfig, log=print) -> Path:
     onnx = {n: network_onnx(config.repository, config.runs, n) for n in contract.NETWORKS}
     networks = served_networks(config.url)
     platforms = {n: c.get("platform") or c.get("backend", "?") for n, c in networks.items()}
-    log(f"served networks: {', '.join(f'{n} {p}' for n, p in platforms.items())}; "
-        f"baselines from {', '.join(str(p) for p in onnx.values())}")
+    log(
+        f"served networks: {', '.join(f'{n} {p}' for n, p in platforms.items())}; "
+        f"baselines from {', '.join(str(p) for p in onnx.values())}"
+    )
     inputs = write_all(tensors(config.files), raw)
 
     served = {}
@@ -131,35 +142,55 @@ def run(config: BenchConfig, log=print) -> Path:
     loose = max(LOOSE_STABILITY, config.stability_percentage)
     loosen_to = loose if loose > config.stability_percentage else None
     for model in models:
-        span, retries = ((config.concurrency, config.retries) if model == contract.ENSEMBLE
-                         else (config.model_concurrency, config.model_retries))
+        span, retries = (
+            (config.concurrency, config.retries)
+            if model == contract.ENSEMBLE
+            else (config.model_concurrency, config.model_retries)
+        )
         log(f"perf_analyzer: {model}, concurrency {span[0]}..{span[1]}")
         before = server_statistics(config.url)
         try:
-            result = perf_analyzer.sweep(command, model, config.url, inputs[model], span, raw / f"{model}.csv",
-                                         config.request_count, max_retries=retries,
-                                         stability=config.stability_percentage,
-                                         loosen_to=loosen_to)
+            result = perf_analyzer.sweep(
+                command,
+                model,
+                config.url,
+                inputs[model],
+                span,
+                raw / f"{model}.csv",
+                config.request_count,
+                max_retries=retries,
+                stability=config.stability_percentage,
+                loosen_to=loosen_to,
+            )
         except perf_analyzer.UnstableMeasurement as exc:
             if model == contract.ENSEMBLE:
                 raise
             # one composing model alone is a detail of the report, not a reason to lose the rest
             (raw / f"{model}.log").write_text(str(exc))
-            config.notes.append(f"{model} alone: no stable measurement even at {loose:g} % (a busy or shared machine, "
-                                f"or one instance called back to back: docs/operations.md#troubleshooting); "
-                                f"left out of the report, see raw/{model}.log")
+            config.notes.append(
+                f"{model} alone: no stable measurement even at {loose:g} % (a busy or shared machine, "
+                f"or one instance called back to back: docs/operations.md#troubleshooting); "
+                f"left out of the report, see raw/{model}.log"
+            )
             continue
         if result.stability != config.stability_percentage:
-            config.notes.append(f"{model}: perf_analyzer's windows never agreed within {config.stability_percentage:g} % "
-                                f"(a busy or shared machine); measured with --stability-percentage {result.stability:g}")
+            config.notes.append(
+                f"{model}: perf_analyzer's windows never agreed within {config.stability_percentage:g} % "
+                f"(a busy or shared machine); measured with --stability-percentage {result.stability:g}"
+            )
         stats = statistics_delta(before, server_statistics(config.url))
         (raw / f"{model}.log").write_text(result.log)
-        served[model] = {"rows": result.rows, "retries": result.retries, "request_count": result.request_count,
-                         "server": stats}
+        served[model] = {
+            "rows": result.rows,
+            "retries": result.retries,
+            "request_count": result.request_count,
+            "server": stats,
+        }
 
     log("in-process baselines: ONNX Runtime (batch x threads)")
-    in_process = baselines.onnxruntime_sweep(onnx[contract.CLASSIFIER], onnx[contract.SEGMENTER], config.files,
-                                             min_seconds=config.baseline_seconds)
+    in_process = baselines.onnxruntime_sweep(
+        onnx[contract.CLASSIFIER], onnx[contract.SEGMENTER], config.files, min_seconds=config.baseline_seconds
+    )
     keras = None
     if config.runs:
         keras_files = [Path(config.runs) / n / "model.keras" for n in onnx]
@@ -170,11 +201,18 @@ def run(config: BenchConfig, log=print) -> Path:
             config.notes.append(f"Keras baseline skipped: no model.keras under {config.runs}")
     flops = {n: baselines.onnx_flops(p) for n, p in onnx.items()}
     summary = {
-        "url": config.url, "repository": str(config.repository) if config.repository else None,
-        "served_platforms": platforms, "baseline_onnx": {n: str(p) for n, p in onnx.items()}, "files": len(config.files),
-        "host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "served": served, "in_process": [asdict(b) for b in in_process],
-        "keras": asdict(keras) if keras else None, "flops_per_image": flops, "notes": config.notes,
+        "url": config.url,
+        "repository": str(config.repository) if config.repository else None,
+        "served_platforms": platforms,
+        "baseline_onnx": {n: str(p) for n, p in onnx.items()},
+        "files": len(config.files),
+        "host": socket.gethostname(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "served": served,
+        "in_process": [asdict(b) for b in in_process],
+        "keras": asdict(keras) if keras else None,
+        "flops_per_image": flops,
+        "notes": config.notes,
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_report(folder, summary)

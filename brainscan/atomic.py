@@ -1,10 +1,11 @@
 """Atomic file writes: a reader (or a crash) never sees a half-written file."""
+
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _new_temporary(path: Path) -> Path:

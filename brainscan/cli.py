@@ -1,5 +1,6 @@
 """The `brainscan` command: one sub-app per command group; heavy imports stay inside the
 commands so `--help` is instant."""
+
 from __future__ import annotations
 
 import os
@@ -36,22 +37,78 @@ app.command("listen")(listen)
 
 @app.command("serve")
 def serve(
-    repository: Annotated[str, typer.Option(help="Model repository: a folder (default: the one `make demo` built) or s3://[http(s)://host:port/]bucket/path, with credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")] = str(contract.demo_repository()),
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")] = contract.DEFAULT_HOST,
+    repository: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "Model repository: a folder (default: the one `make demo` built) or "
+                "s3://[http(s)://host:port/]bucket/path, with credentials in AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY."
+            )
+        ),
+    ] = str(contract.demo_repository()),
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")
+    ] = contract.DEFAULT_HOST,
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = contract.GRPC_PORT,
     http_port: Annotated[int, typer.Option(help="HTTP port.")] = contract.HTTP_PORT,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = contract.METRICS_PORT,
     log_file: Annotated[Path | None, typer.Option(help="Where tritonserver's log goes (default: a temp file).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the ensemble to become ready.")] = 180.0,
-    tls_certificate: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TLS_CERTIFICATE", help="Serve gRPC over TLS with this server certificate (PEM); HTTP and metrics then listen on loopback only.")] = None,
-    tls_key: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TLS_KEY", help="The server certificate's private key (PEM).")] = None,
-    tls_client_ca: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TLS_CLIENT_CA", help="Mutual TLS: accept only clients whose certificate this CA signed.")] = None,
-    admin_key_file: Annotated[Path | None, typer.Option(envvar=contract.ADMIN_KEY_ENV, help="File holding the key that Triton's administrative APIs (repository, shared memory, statistics, trace, logging) require in the 'admin-key' header; without it they are off.")] = None,
-    http_host: Annotated[str | None, typer.Option(help="Address for plain HTTP (default: --host; 127.0.0.1 with TLS or with the embedded server).")] = None,
-    metrics_host: Annotated[str | None, typer.Option(help="Address for the Prometheus metrics (default: as HTTP).")] = None,
-    tritonserver: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_TRITONSERVER", help="Another tritonserver binary, e.g. the NGC image's /opt/tritonserver/bin/tritonserver (default: the one in nvidia-pytriton).")] = None,
-    backend_directory: Annotated[Path | None, typer.Option(help="Backends of --tritonserver (default: its ../backends).")] = None,
-    watchdog: Annotated[bool, typer.Option(help="Send a real inference every --watchdog-interval seconds and restart the server when it keeps failing.")] = True,
+    tls_certificate: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BRAINSCAN_TLS_CERTIFICATE",
+            help=(
+                "Serve gRPC over TLS with this server certificate (PEM); HTTP and metrics then listen on loopback only."
+            ),
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="BRAINSCAN_TLS_KEY", help="The server certificate's private key (PEM).")
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BRAINSCAN_TLS_CLIENT_CA", help="Mutual TLS: accept only clients whose certificate this CA signed."
+        ),
+    ] = None,
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=contract.ADMIN_KEY_ENV,
+            help=(
+                "File holding the key that Triton's administrative APIs (repository, shared memory, statistics, "
+                "trace, logging) require in the 'admin-key' header; without it they are off."
+            ),
+        ),
+    ] = None,
+    http_host: Annotated[
+        str | None,
+        typer.Option(help="Address for plain HTTP (default: --host; 127.0.0.1 with TLS or with the embedded server)."),
+    ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option(help="Address for the Prometheus metrics (default: as HTTP).")
+    ] = None,
+    tritonserver: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BRAINSCAN_TRITONSERVER",
+            help=(
+                "Another tritonserver binary, e.g. the NGC image's /opt/tritonserver/bin/tritonserver (default: the "
+                "one in nvidia-pytriton)."
+            ),
+        ),
+    ] = None,
+    backend_directory: Annotated[
+        Path | None, typer.Option(help="Backends of --tritonserver (default: its ../backends).")
+    ] = None,
+    watchdog: Annotated[
+        bool,
+        typer.Option(
+            help="Send a real inference every --watchdog-interval seconds and restart the server when it keeps failing."
+        ),
+    ] = True,
     watchdog_interval: Annotated[float, typer.Option(help="Seconds between two watchdog probes.")] = 5.0,
 ) -> None:
     """Run Triton Inference Server on a model repository until Ctrl-C, SIGTERM or SIGHUP:
@@ -67,9 +124,18 @@ def serve(
         admin_key = read_admin_key(admin_key_file) if admin_key_file else None
     except ServerError as exc:
         fail(str(exc))
-    server = TritonServer(repository, host, Ports(grpc_port, http_port, metrics_port), log_file, grpc_tls=tls,
-                          binary=tritonserver, backend_directory=backend_directory, admin_key=admin_key,
-                          metrics_host=metrics_host, http_host=http_host)
+    server = TritonServer(
+        repository,
+        host,
+        Ports(grpc_port, http_port, metrics_port),
+        log_file,
+        grpc_tls=tls,
+        binary=tritonserver,
+        backend_directory=backend_directory,
+        admin_key=admin_key,
+        metrics_host=metrics_host,
+        http_host=http_host,
+    )
     stop_requested = []
 
     def request_stop(signum, _frame):
@@ -85,7 +151,8 @@ def serve(
         admin = f"with the key in {admin_key_file}" if admin_key else f"off (no {contract.ADMIN_KEY_ENV})"
         typer.echo(
             f"ready: gRPC{'+TLS' if tls else ''} {host}:{grpc_port}, HTTP {server.http_host}:{http_port}, "
-            f"metrics {server.metrics_host}:{metrics_port} - model '{contract.ENSEMBLE}'; admin APIs {admin} (Ctrl-C to stop)",
+            f"metrics {server.metrics_host}:{metrics_port} - model '{contract.ENSEMBLE}'; admin APIs {admin} "
+            "(Ctrl-C to stop)",
             err=True,
         )
         if watchdog:
@@ -104,10 +171,33 @@ def serve(
 
 @app.command("doctor")
 def doctor(
-    repository: Annotated[str, typer.Option(help="Model repository to check: a folder or s3://… (configs and engine records are read, no weights).")] = str(contract.PRODUCTION_REPOSITORY),
-    tensorrt_version: Annotated[str | None, typer.Option(help="TensorRT version of the target server (default: found here, else the pinned NGC release's).")] = None,
-    compute_capability: Annotated[str | None, typer.Option(help="Compute capability of the target GPU, e.g. 9.0 (default: nvidia-smi here).")] = None,
-    sources: Annotated[list[Path] | None, typer.Option("--sources", envvar="BRAINSCAN_SOURCES", help="Folder of training runs (<network>/model.fp16.onnx) to compare the engines' source ONNX with when the path their record holds is not here, e.g. the runs mounted into the server container; repeatable.")] = None,
+    repository: Annotated[
+        str,
+        typer.Option(
+            help="Model repository to check: a folder or s3://… (configs and engine records are read, no weights)."
+        ),
+    ] = str(contract.PRODUCTION_REPOSITORY),
+    tensorrt_version: Annotated[
+        str | None,
+        typer.Option(
+            help="TensorRT version of the target server (default: found here, else the pinned NGC release's)."
+        ),
+    ] = None,
+    compute_capability: Annotated[
+        str | None, typer.Option(help="Compute capability of the target GPU, e.g. 9.0 (default: nvidia-smi here).")
+    ] = None,
+    sources: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sources",
+            envvar="BRAINSCAN_SOURCES",
+            help=(
+                "Folder of training runs (<network>/model.fp16.onnx) to compare the engines' source ONNX with when "
+                "the path their record holds is not here, e.g. the runs mounted into the server container; "
+                "repeatable."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Check that a repository's TensorRT engines fit the server that will load them: same
     TensorRT version, same GPU compute capability, optimization profile equal to the config, built
@@ -128,7 +218,10 @@ def doctor(
     if any(f.bad for f in findings):
         fail(advice(findings, repository) or "the repository is not servable (see above)")
     skipped = [f for f in findings if f.status == "not checked"]
-    typer.echo(f"{repository}: no mismatch found" + (f" ({len(skipped)} checks skipped: nothing to compare with here)" if skipped else ""))
+    typer.echo(
+        f"{repository}: no mismatch found"
+        + (f" ({len(skipped)} checks skipped: nothing to compare with here)" if skipped else "")
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The CLI reference (docs/cli.md), generated from the Typer app itself so that no option
 can go missing from the docs: `make cli-docs` rewrites it, and a test fails when the
 committed page differs from what the app would write."""
+
 from __future__ import annotations
 
 import sys
@@ -38,7 +39,7 @@ def _default(param) -> str:
     text = str(default)
     artifacts = str(contract.artifacts_dir())
     if text.startswith(artifacts):  # the value of BRAINSCAN_ARTIFACTS when the page is made
-        text = contract.DEFAULT_ARTIFACTS + text[len(artifacts):]
+        text = contract.DEFAULT_ARTIFACTS + text[len(artifacts) :]
     return f"`{text}`"
 
 
@@ -51,7 +52,9 @@ def _kind(param, ctx) -> str:
 
 def _names(param) -> str:
     if param.param_type_name == "argument":
-        return f"`{param.name.upper()}`" + ("" if param.required else " (optional)") + (" …" if param.nargs == -1 else "")
+        return (
+            f"`{param.name.upper()}`" + ("" if param.required else " (optional)") + (" …" if param.nargs == -1 else "")
+        )
     names = " / ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
     return names + (" (repeatable)" if getattr(param, "multiple", False) else "")
 
@@ -68,8 +71,10 @@ def _command(path: list[str], command) -> list[str]:
         lines += ["| argument / option | type | default | environment | meaning |", "|---|---|---|---|---|"]
         for param in params:
             envvar = param.envvar if isinstance(param.envvar, str) else ", ".join(param.envvar or [])
-            lines.append(f"| {_names(param)} | {_kind(param, ctx)} | {_default(param)} | "
-                         f"{f'`{envvar}`' if envvar else ''} | {_cell(getattr(param, 'help', '') or '')} |")
+            lines.append(
+                f"| {_names(param)} | {_kind(param, ctx)} | {_default(param)} | "
+                f"{f'`{envvar}`' if envvar else ''} | {_cell(getattr(param, 'help', '') or '')} |"
+            )
         lines.append("")
     return lines
 

@@ -3,6 +3,7 @@
 Everything that talks to Triton (the repository writer, the python models, the client, the
 tests, the benchmarks) reads its names from here; nothing else spells a tensor name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

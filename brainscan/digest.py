@@ -1,4 +1,5 @@
 """File digests: one SHA-256 helper for engine records, FP16 records and downloads."""
+
 from __future__ import annotations
 
 import hashlib

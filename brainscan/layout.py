@@ -1,5 +1,6 @@
 """The kaggle_3m naming rule, shared by the dataset readers and the client: the ground
 truth of ``X.tif`` is ``X_mask.tif`` beside it."""
+
 from __future__ import annotations
 
 from pathlib import Path

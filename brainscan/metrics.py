@@ -1,5 +1,6 @@
 """Numpy metrics shared by training's evaluation, the export checks and the client's
 ``--evaluate``: one definition of Dice, IoU and friends."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -10,6 +10,7 @@ Two parts, split where the served path splits them:
   networks carry in front of their layers, and that ``to_model_input`` runs with ONNX
   Runtime for training, so both see the same tensor from the same file.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,15 +30,21 @@ class InvalidImageError(ValueError):
 
 # Signatures of formats people send by mistake, to name them without running their parsers.
 _SIGNATURES = (
-    (0, b"BM", "BMP"), (0, b"GIF8", "GIF"), (0, b"8BPS", "PSD (Photoshop)"), (8, b"WEBP", "WebP"),
-    (4, b"ftypavif", "AVIF"), (4, b"ftypheic", "HEIC"), (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (128, b"DICM", "DICOM (send it as a file to `brainscan predict`, which reads DICOM)"), (0, b"%PDF", "PDF"),
+    (0, b"BM", "BMP"),
+    (0, b"GIF8", "GIF"),
+    (0, b"8BPS", "PSD (Photoshop)"),
+    (8, b"WEBP", "WebP"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftypheic", "HEIC"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (128, b"DICM", "DICOM (send it as a file to `brainscan predict`, which reads DICOM)"),
+    (0, b"%PDF", "PDF"),
     (344, b"n+1\x00", "NIfTI (send it to `brainscan predict`, which cuts volumes into slices)"),
 )
 
 
 def _named_format(data: bytes) -> str | None:
-    return next((name for offset, magic, name in _SIGNATURES if data[offset:offset + len(magic)] == magic), None)
+    return next((name for offset, magic, name in _SIGNATURES if data[offset : offset + len(magic)] == magic), None)
 
 
 def _open(data: bytes, max_side: int = contract.MAX_IMAGE_SIDE) -> Image.Image:
@@ -55,22 +62,20 @@ def _open(data: bytes, max_side: int = contract.MAX_IMAGE_SIDE) -> Image.Image:
         named = _named_format(data)
         if named:
             raise InvalidImageError(f"unsupported image format {named}: send PNG, JPEG or TIFF") from None
-        raise InvalidImageError(
-            f"not an image: the {len(data)} bytes are not a PNG, JPEG or TIFF file"
-        ) from None
+        raise InvalidImageError(f"not an image: the {len(data)} bytes are not a PNG, JPEG or TIFF file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"unreadable image header: {exc}") from None
     if image.format not in SUPPORTED_FORMATS:
-        raise InvalidImageError(
-            f"unsupported image format {image.format}: send PNG, JPEG or TIFF"
-        )
+        raise InvalidImageError(f"unsupported image format {image.format}: send PNG, JPEG or TIFF")
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImageError(f"image has no pixels ({width}x{height})")
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
-        raise InvalidImageError(f"the {image.format} file holds {frames} images: send one slice per file "
-                                "(or a volume as NIfTI or a DICOM series)")
+        raise InvalidImageError(
+            f"the {image.format} file holds {frames} images: send one slice per file "
+            "(or a volume as NIfTI or a DICOM series)"
+        )
     if width * height > contract.MAX_IMAGE_PIXELS or max(width, height) > max_side:
         raise InvalidImageError(
             f"image too large: {width}x{height} = {width * height} pixels; the limit is "

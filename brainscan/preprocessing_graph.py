@@ -16,9 +16,9 @@ image's own height and width (any size, no rebuild):
   INTER_LINEAR).
 
 Then the intensities are stretched per image (lowest -> 0, highest -> 255; a constant image,
-or one that varies by less than ``CONSTANT_RANGE`` of its level, gives zeros) and a grey image is repeated into three channels. The mask head resizes the
-probabilities linearly to the image's size and keeps the pixels above
-``contract.MASK_THRESHOLD``.
+or one that varies by less than ``CONSTANT_RANGE`` of its level, gives zeros) and a grey image
+is repeated into three channels. The mask head resizes the probabilities linearly to the
+image's size and keeps the pixels above ``contract.MASK_THRESHOLD``.
 
 Every op is one that ONNX-TensorRT parses (Shape, Slice, Range, MatMul, Min/Max, Where,
 ReduceMin/ReduceMax with constant axes, Concat, Cast to UINT8 at the output). The nodes are
@@ -26,6 +26,7 @@ named under ``PREPROCESS_PREFIX`` and ``MASK_PREFIX`` so that the FP16 conversio
 in FP32: a 16-bit pixel value overflows FP16 (largest 65504). ``onnx`` is imported lazily:
 only training, export and the benchmarks build graphs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -101,8 +102,14 @@ def _weights(b: GraphBuilder, source: str, target: str, area: str) -> str:
     # area: the overlap of input pixel i with output pixel j, over the output pixel's width
     in_start = b.op("Mul", i, target)
     out_start = b.op("Mul", j, source)
-    overlap = b.op("Relu", b.op("Sub", b.op("Min", b.op("Add", in_start, target), b.op("Add", out_start, source)),
-                                b.op("Max", in_start, out_start)))
+    overlap = b.op(
+        "Relu",
+        b.op(
+            "Sub",
+            b.op("Min", b.op("Add", in_start, target), b.op("Add", out_start, source)),
+            b.op("Max", in_start, out_start),
+        ),
+    )
     area_weights = b.op("Div", overlap, source)
     # linear: a tent around the output pixel's centre in input coordinates, (j + 0.5) *
     # source / target - 0.5, clamped to the image; everything times 2 * target
@@ -155,8 +162,14 @@ def add_preprocessing(b: GraphBuilder, pixels: str, size: tuple[int, int], outpu
     scale = b.op("Where", varies, b.op("Div", b.const(255.0), b.op("Max", span, b.const(1e-30))), zero)
     stretched = b.op("Mul", b.op("Sub", resized, low), scale)
     tripled = b.op("Concat", stretched, stretched, stretched, axis=3)  # C=1: grey into 3 channels; C=3: kept below
-    return b.op("Slice", tripled, b.const([0], np.int64), b.const([contract.CHANNELS], np.int64), b.const([3], np.int64),
-                output=output)
+    return b.op(
+        "Slice",
+        tripled,
+        b.const([0], np.int64),
+        b.const([contract.CHANNELS], np.int64),
+        b.const([3], np.int64),
+        output=output,
+    )
 
 
 def add_resize(b: GraphBuilder, x: str, size: tuple[int, int], output: str) -> str:
@@ -168,7 +181,9 @@ def add_mask_head(b: GraphBuilder, probability: str, size: str, output: str) -> 
     """Nodes taking the segmenter's ``probability`` (FLOAT [N, h, w, 1]) and the image's
     height and width (``size``, INT64 [2]) to ``output``, the mask (UINT8 [N, H, W] of 0/1)."""
     height, width = _dim(b, size, 0), _dim(b, size, 1)
-    resized = _resize(b, probability, height, _float(b, height), _float(b, width), b.const(False, np.bool_))  # [N, H, W, 1]
+    resized = _resize(
+        b, probability, height, _float(b, height), _float(b, width), b.const(False, np.bool_)
+    )  # [N, H, W, 1]
     above = b.op("Greater", b.op("Squeeze", resized, b.const([3], np.int64)), b.const(contract.MASK_THRESHOLD))
     return b.op("Cast", above, to=2, output=output)  # TensorProto.UINT8
 
@@ -194,8 +209,11 @@ def preprocessing_model(size: tuple[int, int]):
 
     b = GraphBuilder(PREPROCESS_PREFIX)
     add_preprocessing(b, contract.PIXELS, size, "model_input")
-    return _model(b, [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])],
-                  [helper.make_tensor_value_info("model_input", TensorProto.FLOAT, ["N", size[0], size[1], 3])])
+    return _model(
+        b,
+        [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])],
+        [helper.make_tensor_value_info("model_input", TensorProto.FLOAT, ["N", size[0], size[1], 3])],
+    )
 
 
 def resize_model(size: tuple[int, int]):
@@ -204,8 +222,11 @@ def resize_model(size: tuple[int, int]):
 
     b = GraphBuilder(PREPROCESS_PREFIX)
     add_resize(b, contract.PIXELS, size, "resized")
-    return _model(b, [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])],
-                  [helper.make_tensor_value_info("resized", TensorProto.FLOAT, ["N", size[0], size[1], "C"])])
+    return _model(
+        b,
+        [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])],
+        [helper.make_tensor_value_info("resized", TensorProto.FLOAT, ["N", size[0], size[1], "C"])],
+    )
 
 
 def mask_model():
@@ -214,9 +235,14 @@ def mask_model():
 
     b = GraphBuilder(MASK_PREFIX)
     add_mask_head(b, contract.SEGMENTER_OUTPUT, SIZE, contract.MASK)
-    return _model(b, [helper.make_tensor_value_info(contract.SEGMENTER_OUTPUT, TensorProto.FLOAT, ["N", "h", "w", 1]),
-                      helper.make_tensor_value_info(SIZE, TensorProto.INT64, [2])],
-                  [helper.make_tensor_value_info(contract.MASK, TensorProto.UINT8, ["N", "H", "W"])])
+    return _model(
+        b,
+        [
+            helper.make_tensor_value_info(contract.SEGMENTER_OUTPUT, TensorProto.FLOAT, ["N", "h", "w", 1]),
+            helper.make_tensor_value_info(SIZE, TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info(contract.MASK, TensorProto.UINT8, ["N", "H", "W"])],
+    )
 
 
 def _session(model):

@@ -13,6 +13,7 @@ healthy", and Triton 2.51 (the embedded server) still answers ready. ``Watchdog`
 sends a real inference through the ensemble at intervals and restarts the server when it
 keeps failing; clients retry meanwhile.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,10 +30,10 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class ServerError(RuntimeError):
 
 
 # Triton's (glog) error lines: E1122 09:25:36.736615 2530 model_lifecycle.cc:642] "message"
-TRITON_ERROR = re.compile(r'^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] ')
+TRITON_ERROR = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] ")
 # logged by every CPU-only start of the embedded server: not a reason for anything
 UNINFORMATIVE_ERRORS = ("CudaDriverHelper has not been initialized.",)
 
@@ -66,7 +67,7 @@ class Ports:
     chosen: bool = field(default=False, compare=False)
 
     @classmethod
-    def free(cls, host: str = contract.DEFAULT_HOST) -> "Ports":
+    def free(cls, host: str = contract.DEFAULT_HOST) -> Ports:
         return cls(free_port(host), free_port(host), free_port(host), chosen=True)
 
 
@@ -76,7 +77,8 @@ def triton_home() -> Path:
         import pytriton
     except ImportError:
         raise ServerError(
-            "the Triton server binary comes with nvidia-pytriton: pip install '.[serve]' in the brainscan checkout (make demo does)"
+            "the Triton server binary comes with nvidia-pytriton: pip install '.[serve]' in the brainscan "
+            "checkout (make demo does)"
         ) from None
     home = Path(pytriton.__file__).parent / "tritonserver"
     if not (home / "bin" / "tritonserver").exists():
@@ -180,8 +182,11 @@ class GrpcTls:
         for what, path in (("certificate", self.certificate), ("key", self.key), ("client CA", self.client_ca)):
             if path is not None and not Path(path).is_file():
                 raise ServerError(f"TLS {what} file {path} does not exist")
-        flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(self.certificate).resolve()}",
-                 f"--grpc-server-key={Path(self.key).resolve()}"]
+        flags = [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={Path(self.certificate).resolve()}",
+            f"--grpc-server-key={Path(self.key).resolve()}",
+        ]
         if self.client_ca is not None:
             flags += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={Path(self.client_ca).resolve()}"]
         return flags
@@ -207,8 +212,9 @@ def read_admin_key(path: Path) -> str:
     except OSError as exc:
         raise ServerError(f"cannot read the admin key file {path}: {exc.strerror}") from None
     if len(key) < MIN_ADMIN_KEY or any(c.isspace() or c in ":=," for c in key):
-        raise ServerError(f"the admin key in {path} must be at least {MIN_ADMIN_KEY} characters, without spaces, "
-                          "':', '=' or ','")
+        raise ServerError(
+            f"the admin key in {path} must be at least {MIN_ADMIN_KEY} characters, without spaces, ':', '=' or ','"
+        )
     return key
 
 
@@ -318,8 +324,11 @@ class TritonServer:
                 self._check_repository(local)
         except storage.StorageError as exc:
             raise ServerError(str(exc)) from None
-        for name, host, port in (("gRPC", self.host, self.ports.grpc), ("HTTP", self.http_host, self.ports.http),
-                                 ("metrics", self.metrics_host, self.ports.metrics)):
+        for name, host, port in (
+            ("gRPC", self.host, self.ports.grpc),
+            ("HTTP", self.http_host, self.ports.http),
+            ("metrics", self.metrics_host, self.ports.metrics),
+        ):
             if port_in_use(host, port):
                 raise ServerError(
                     f"port {port} ({name}) on {self.host} is already in use: stop what uses it "
@@ -357,7 +366,9 @@ class TritonServer:
         text = self.log_file.read_text(errors="replace").splitlines()
         found = list(dict.fromkeys(_triton_error(line) for line in text if TRITON_ERROR.match(line)))
         found = [e for e in found if e not in UNINFORMATIVE_ERRORS]
-        shown = [f"  {e}" for e in found[:errors]] + ([f"  … {len(found) - errors} more"] if len(found) > errors else [])
+        shown = [f"  {e}" for e in found[:errors]] + (
+            [f"  … {len(found) - errors} more"] if len(found) > errors else []
+        )
         body = "Triton's errors:\n" + "\n".join(shown) if shown else "\n".join(text[-lines:])
         return f"{body}\n(the whole log: {self.log_file})"
 
@@ -432,7 +443,7 @@ class TritonServer:
             with contextlib.suppress(Exception):
                 client.close()
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         for attempt in range(3):
             try:
                 self.start()
@@ -540,8 +551,10 @@ class Watchdog:
         now = time.monotonic()
         self.restarts = [t for t in self.restarts if now - t < self.window] + [now]
         if len(self.restarts) > self.max_restarts:
-            raise ServerError(f"tritonserver failed {len(self.restarts)} times within {self.window:.0f} s, last: "
-                              f"{reason}; giving up:\n{self.server.log_report()}")
+            raise ServerError(
+                f"tritonserver failed {len(self.restarts)} times within {self.window:.0f} s, last: "
+                f"{reason}; giving up:\n{self.server.log_report()}"
+            )
         self.log(f"watchdog: restarting tritonserver ({reason})")
         started = time.monotonic()
         self.server.restart()

@@ -7,14 +7,15 @@ Credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_
 AWS_SESSION_TOKEN), for Triton and for this module alike: never from a command line.
 boto3 (the ``s3`` extra) is needed only to upload and to check a repository before serving.
 """
+
 from __future__ import annotations
 
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 S3 = "s3://"
 
@@ -46,11 +47,11 @@ def is_s3(location) -> bool:
 def parse_s3(uri: str) -> S3Location:
     if not is_s3(uri):
         raise StorageError(f"{uri} is not an s3:// location")
-    rest = uri[len(S3):]
+    rest = uri[len(S3) :]
     endpoint = None
     for scheme in ("http://", "https://"):
         if rest.startswith(scheme):
-            host, _, rest = rest[len(scheme):].partition("/")
+            host, _, rest = rest[len(scheme) :].partition("/")
             endpoint = f"{scheme}{host}"
             break
     else:
@@ -68,9 +69,14 @@ def _client(location: S3Location):
         import boto3
         from botocore.config import Config
     except ImportError:
-        raise StorageError("object storage needs boto3: pip install '.[s3]' in the brainscan checkout (make demo and make test do)") from None
-    return boto3.client("s3", endpoint_url=location.endpoint,
-                        config=Config(retries={"max_attempts": 3}, connect_timeout=10, read_timeout=60))
+        raise StorageError(
+            "object storage needs boto3: pip install '.[s3]' in the brainscan checkout (make demo and make test do)"
+        ) from None
+    return boto3.client(
+        "s3",
+        endpoint_url=location.endpoint,
+        config=Config(retries={"max_attempts": 3}, connect_timeout=10, read_timeout=60),
+    )
 
 
 def _failure(location: S3Location, exc: Exception) -> StorageError:
@@ -87,8 +93,10 @@ def upload(folder: Path, uri: str, only: Callable[[str], bool] | None = None) ->
     location = parse_s3(uri)
     client = _client(location)
     folder = Path(folder)
-    files = sorted((p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts),
-                   key=lambda p: (p.name == "config.pbtxt", str(p)))
+    files = sorted(
+        (p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts),
+        key=lambda p: (p.name == "config.pbtxt", str(p)),
+    )
     written = []
     try:
         for path in files:
@@ -105,12 +113,15 @@ def _keys(client, location: S3Location) -> list[str]:
     """Every object key under the location's prefix, relative to it."""
     prefix = f"{location.prefix}/" if location.prefix else ""
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix)
-    return [item["Key"][len(prefix):] for page in pages for item in page.get("Contents", [])
-            if not item["Key"].endswith("/")]
+    return [
+        item["Key"][len(prefix) :]
+        for page in pages
+        for item in page.get("Contents", [])
+        if not item["Key"].endswith("/")
+    ]
 
 
-def download(uri: str, folder: Path, only: Callable[[str], bool] | None = None,
-             placeholders: bool = False) -> Path:
+def download(uri: str, folder: Path, only: Callable[[str], bool] | None = None, placeholders: bool = False) -> Path:
     """Copy the objects under ``uri`` (those whose relative path ``only`` accepts, default
     all) into ``folder``; with ``placeholders`` the others become empty files, so the layout
     is complete without the weights. Raises StorageError when nothing is there."""
@@ -133,8 +144,9 @@ def download(uri: str, folder: Path, only: Callable[[str], bool] | None = None,
     except Exception as exc:
         raise _failure(location, exc) from None
     if not keys:
-        raise StorageError(f"{location.uri} holds no objects: upload a repository with "
-                           f"`brainscan export upload DIR {location.uri}`")
+        raise StorageError(
+            f"{location.uri} holds no objects: upload a repository with `brainscan export upload DIR {location.uri}`"
+        )
     return folder
 
 

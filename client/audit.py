@@ -2,6 +2,7 @@
 series by UID, which served models, what came of it), appended to a file that is flushed
 and synced line by line, so a crash loses at most the line being written. Patient names and
 IDs never go into it: UIDs identify what was processed."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def write(self, study: str, series: str, outcome: str, identity=None, **details) -> None:
-        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "study": study, "series": series,
-                "outcome": outcome}
+        line = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "study": study,
+            "series": series,
+            "outcome": outcome,
+        }
         if identity is not None:
             line["models"] = identity.as_dict()
         line.update({k: v for k, v in details.items() if v is not None})

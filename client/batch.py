@@ -6,13 +6,14 @@ Inputs are prepared lazily (a volume is read and sliced only when its turn comes
 most ``window`` inputs are held between preparation and reporting, so memory stays flat
 on runs of thousands of slices.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from brainscan.client.audit import AuditLog
 from brainscan.client.files import Input, inside, safe_stems
@@ -23,7 +24,6 @@ from brainscan.client.inference import (
     Prediction,
     ServerUnavailableError,
 )
-
 
 NOT_SENT = "not sent: the server stayed unreachable"
 AUDIT_FILE = "audit.jsonl"
@@ -152,10 +152,14 @@ def _finish(job: _Job, options: RunOptions, identity=None) -> Outcome:
     if item.kind == "image":
         prediction = job.results[0]
         record = {
-            "file": str(item.path), "kind": "image",
-            "probability": round(prediction.probability, 6), "label": prediction.label,
-            "area_pixels": prediction.area_pixels, "area_fraction": round(prediction.area_fraction, 6),
-            "height": int(prediction.mask.shape[0]), "width": int(prediction.mask.shape[1]),
+            "file": str(item.path),
+            "kind": "image",
+            "probability": round(prediction.probability, 6),
+            "label": prediction.label,
+            "area_pixels": prediction.area_pixels,
+            "area_fraction": round(prediction.area_fraction, 6),
+            "height": int(prediction.mask.shape[0]),
+            "width": int(prediction.mask.shape[1]),
         }
         truth = _ground_truth(item.path) if options.evaluate else None
         if truth is not None:
@@ -171,10 +175,12 @@ def _finish(job: _Job, options: RunOptions, identity=None) -> Outcome:
         probability = max(r.probability for r in job.results)
         summary = volume.summary(mask).as_dict()
         record = {
-            "file": item.display, "kind": item.kind,
+            "file": item.display,
+            "kind": item.kind,
             "probability": round(probability, 6),
             "label": "tumour" if any(r.tumour for r in job.results) else "no tumour",
-            "area_pixels": int(mask.sum()), "area_fraction": round(float(mask.mean()), 6),
+            "area_pixels": int(mask.sum()),
+            "area_fraction": round(float(mask.mean()), 6),
             **summary,
             "slice_probabilities": [round(r.probability, 4) for r in job.results],
         }
@@ -185,9 +191,13 @@ def _finish(job: _Job, options: RunOptions, identity=None) -> Outcome:
             from brainscan.client.dicom_results import series_results
 
             results = series_results(volume, mask, probability, identity)
-            record.update(study=item.series.study, series=item.series.uid,
-                          seg=str(results.seg.SOPInstanceUID), sr=str(results.sr.SOPInstanceUID),
-                          tumour_volume_mm3=round(results.tumour_volume_mm3, 3))
+            record.update(
+                study=item.series.study,
+                series=item.series.uid,
+                seg=str(results.seg.SOPInstanceUID),
+                sr=str(results.sr.SOPInstanceUID),
+                tumour_volume_mm3=round(results.tumour_volume_mm3, 3),
+            )
         if out is not None:
             from brainscan.atomic import write_bytes_atomic
 
@@ -250,8 +260,10 @@ async def run_inputs(
                     job.outcome = Outcome(job.input, job.name, error=NOT_SENT, status="UNAVAILABLE")
                     job.done.set()
                     continue
-                if options.skip_existing and options.out is not None and all(
-                    (options.out / n).exists() for n in output_names(job.input, job.name)
+                if (
+                    options.skip_existing
+                    and options.out is not None
+                    and all((options.out / n).exists() for n in output_names(job.input, job.name))
                 ):
                     job.outcome = Outcome(job.input, job.name, skipped=True)
                     job.done.set()
@@ -288,13 +300,23 @@ async def run_inputs(
             try:
                 outcome = await asyncio.to_thread(_finish, job, options, identity)
             except OSError as exc:  # disk full, unwritable --out
-                outcome = Outcome(job.input, job.name, error=f"cannot write the outputs: {exc.strerror or exc}",
-                                  status="WRITE", requests=len(job.payloads))
+                outcome = Outcome(
+                    job.input,
+                    job.name,
+                    error=f"cannot write the outputs: {exc.strerror or exc}",
+                    status="WRITE",
+                    requests=len(job.payloads),
+                )
             except ValueError as exc:  # a volume whose results cannot be built (names the series)
                 outcome = Outcome(job.input, job.name, error=str(exc), status="WRITE", requests=len(job.payloads))
             except Exception as exc:  # whatever else, it is this input's failure
-                outcome = Outcome(job.input, job.name, error=f"cannot finish: {type(exc).__name__}: {exc}",
-                                  status="WRITE", requests=len(job.payloads))
+                outcome = Outcome(
+                    job.input,
+                    job.name,
+                    error=f"cannot finish: {type(exc).__name__}: {exc}",
+                    status="WRITE",
+                    requests=len(job.payloads),
+                )
             if options.deliver is not None and outcome.ok and job.input.kind == "dicom":
                 outcome = await asyncio.to_thread(options.deliver, outcome)
             return outcome
@@ -302,9 +324,16 @@ async def run_inputs(
         def audited(outcome: Outcome) -> Outcome:
             if audit is not None and outcome.input.kind == "dicom" and not outcome.skipped:
                 series = outcome.input.series
-                audit.write(series.study, series.uid, "ok" if outcome.ok else "failed", identity,
-                            error=outcome.error, seg=(outcome.record or {}).get("seg"),
-                            sr=(outcome.record or {}).get("sr"), stored=(outcome.record or {}).get("stored"))
+                audit.write(
+                    series.study,
+                    series.uid,
+                    "ok" if outcome.ok else "failed",
+                    identity,
+                    error=outcome.error,
+                    seg=(outcome.record or {}).get("seg"),
+                    sr=(outcome.record or {}).get("sr"),
+                    stored=(outcome.record or {}).get("stored"),
+                )
             return outcome
 
         def producer_stopped(task: asyncio.Task) -> None:
@@ -314,8 +343,12 @@ async def run_inputs(
             exc = task.exception()
             for job in jobs:
                 if job.outcome is None and not job.results and not job.done.is_set():
-                    job.outcome = Outcome(job.input, job.name, status="READ",
-                                          error=f"not sent: preparing the inputs failed ({type(exc).__name__}: {exc})")
+                    job.outcome = Outcome(
+                        job.input,
+                        job.name,
+                        status="READ",
+                        error=f"not sent: preparing the inputs failed ({type(exc).__name__}: {exc})",
+                    )
                     job.done.set()
 
         producer = asyncio.create_task(produce())

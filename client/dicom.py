@@ -3,6 +3,7 @@ read (size, deflated payloads), and a series turned into a ``Volume`` whose affi
 from the DICOM geometry (slices sorted along their normal, whatever order they arrive in)
 and which remembers the file and frame of every slice, so results can point back at them
 (``brainscan.client.dicom_results``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -68,14 +69,16 @@ def _check_deflated(path: Path) -> None:
     if not group_end:
         raise VolumeError(f"{path}: a deflated DICOM file without a file meta group length: refused unread")
     inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0  # raw deflate after group 0002 (PS3.5 A.5)
-    stream = memoryview(data)[offset + group_end:]
+    stream = memoryview(data)[offset + group_end :]
     for start in range(0, len(stream), 1 << 20):
-        pending = bytes(stream[start:start + (1 << 20)])
+        pending = bytes(stream[start : start + (1 << 20)])
         while pending:
             size += len(inflater.decompress(pending, 1 << 24))
             if size > contract.MAX_INFLATED_DICOM_BYTES:
-                raise VolumeError(f"{path}: a deflated DICOM file of {len(data) >> 10} KB that inflates past "
-                                  f"{contract.MAX_INFLATED_DICOM_BYTES >> 20} MB: refused before reading it")
+                raise VolumeError(
+                    f"{path}: a deflated DICOM file of {len(data) >> 10} KB that inflates past "
+                    f"{contract.MAX_INFLATED_DICOM_BYTES >> 20} MB: refused before reading it"
+                )
             pending = inflater.unconsumed_tail
 
 
@@ -123,10 +126,15 @@ def group_series(files: list[Path]) -> tuple[list[DicomSeries], list[tuple[Path,
         if instance:
             instances[instance] = uid
         if uid not in series:
-            series[uid] = DicomSeries(uid, [], str(getattr(ds, "SeriesDescription", "") or ""),
-                                      str(getattr(ds, "SeriesNumber", "") or ""), path.parent,
-                                      study=str(getattr(ds, "StudyInstanceUID", "") or ""),
-                                      modality=str(getattr(ds, "Modality", "") or ""))
+            series[uid] = DicomSeries(
+                uid,
+                [],
+                str(getattr(ds, "SeriesDescription", "") or ""),
+                str(getattr(ds, "SeriesNumber", "") or ""),
+                path.parent,
+                study=str(getattr(ds, "StudyInstanceUID", "") or ""),
+                modality=str(getattr(ds, "Modality", "") or ""),
+            )
         series[uid].files.append(path)
     return list(series.values()), rejected, ignored
 
@@ -184,7 +192,9 @@ def _frames(path: Path) -> list[Frame]:
         pixels = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None), "name", "")
-        hint = f" ({syntax}: pylibjpeg-libjpeg/-openjpeg decode most compressed syntaxes; gdcm the rest)" if syntax else ""
+        hint = (
+            f" ({syntax}: pylibjpeg-libjpeg/-openjpeg decode most compressed syntaxes; gdcm the rest)" if syntax else ""
+        )
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VolumeError(f"{path}: cannot decode the pixel data: {first_line}{hint}") from None
     if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
@@ -202,39 +212,61 @@ def _frames(path: Path) -> list[Frame]:
         shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         geometry = []
         for item in ds.get("PerFrameFunctionalGroupsSequence", []):
-            def find(keyword, seq):
+
+            def find(keyword, seq, item=item):
                 for group in (item, shared):
                     inner = _first_item(group, seq) if group is not None else None
                     if inner is not None and keyword in inner:
                         return inner[keyword].value
                 return None
 
-            geometry.append((find("ImagePositionPatient", "PlanePositionSequence"),
-                             find("ImageOrientationPatient", "PlaneOrientationSequence"),
-                             find("PixelSpacing", "PixelMeasuresSequence")))
+            geometry.append(
+                (
+                    find("ImagePositionPatient", "PlanePositionSequence"),
+                    find("ImageOrientationPatient", "PlaneOrientationSequence"),
+                    find("PixelSpacing", "PixelMeasuresSequence"),
+                )
+            )
         if len(geometry) != frames:
             raise VolumeError(f"{path}: multi-frame file without per-frame geometry")
-    return [Frame(pixels, _float_list(position, 3, "ImagePositionPatient", path),
-                  _float_list(orientation, 6, "ImageOrientationPatient", path),
-                  _float_list(spacing, 2, "PixelSpacing", path), path, number)
-            for number, (pixels, (position, orientation, spacing)) in enumerate(zip(values, geometry), start=1)]
+    return [
+        Frame(
+            pixels,
+            _float_list(position, 3, "ImagePositionPatient", path),
+            _float_list(orientation, 6, "ImageOrientationPatient", path),
+            _float_list(spacing, 2, "PixelSpacing", path),
+            path,
+            number,
+        )
+        for number, (pixels, (position, orientation, spacing)) in enumerate(zip(values, geometry), start=1)
+    ]
 
 
 def read_dicom_series(series: DicomSeries) -> Volume:
     """One series -> a volume with the DICOM geometry turned into a RAS+ affine."""
     headers = [_header(path) for path in series.files]
-    check_size(series.folder, (max(int(getattr(h, "Columns", 0) or 0) for h in headers),
-                               max(int(getattr(h, "Rows", 0) or 0) for h in headers),
-                               sum(int(getattr(h, "NumberOfFrames", 1) or 1) for h in headers)), "DICOM series")
+    check_size(
+        series.folder,
+        (
+            max(int(getattr(h, "Columns", 0) or 0) for h in headers),
+            max(int(getattr(h, "Rows", 0) or 0) for h in headers),
+            sum(int(getattr(h, "NumberOfFrames", 1) or 1) for h in headers),
+        ),
+        "DICOM series",
+    )
     frames = [frame for path in series.files for frame in _frames(path)]
     where = series.folder
     orientations = {tuple(np.round(f.orientation, 4)) for f in frames}
     if len(orientations) > 1:
-        raise VolumeError(f"{where}: series {series.number or series.uid} mixes {len(orientations)} slice orientations "
-                          "(a localizer?); pass one volume per series")
+        raise VolumeError(
+            f"{where}: series {series.number or series.uid} mixes {len(orientations)} slice orientations "
+            "(a localizer?); pass one volume per series"
+        )
     shapes = {f.pixels.shape for f in frames}
     if len(shapes) > 1:
-        raise VolumeError(f"{where}: the slices of series {series.number or series.uid} differ in size: {sorted(shapes)}")
+        raise VolumeError(
+            f"{where}: the slices of series {series.number or series.uid} differ in size: {sorted(shapes)}"
+        )
     row_cos, col_cos = frames[0].orientation[:3], frames[0].orientation[3:]
     normal = np.cross(row_cos, col_cos)
     frames.sort(key=lambda f: float(np.dot(f.position, normal)))
@@ -243,12 +275,16 @@ def read_dicom_series(series: DicomSeries) -> Volume:
     if len(frames) > 1:
         steps = np.diff(positions)
         if (steps < 1e-4).any():
-            raise VolumeError(f"{where}: {int((steps < 1e-4).sum()) + 1} slices share a position (several "
-                              "echoes or acquisitions in one series?); pass them as separate series")
+            raise VolumeError(
+                f"{where}: {int((steps < 1e-4).sum()) + 1} slices share a position (several "
+                "echoes or acquisitions in one series?); pass them as separate series"
+            )
         if steps.max() - steps.min() > 0.01 * steps.mean():
-            notes.append(f"series {series.number or series.uid}: uneven slice spacing {steps.min():.3g}-"
-                         f"{steps.max():.3g} mm (a missing slice?); the NIfTI mask uses the mean, the DICOM SEG "
-                         "each slice's own position, the tumour volume the median spacing")
+            notes.append(
+                f"series {series.number or series.uid}: uneven slice spacing {steps.min():.3g}-"
+                f"{steps.max():.3g} mm (a missing slice?); the NIfTI mask uses the mean, the DICOM SEG "
+                "each slice's own position, the tumour volume the median spacing"
+            )
         slice_step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
         spacing = float(np.median(steps))
     else:
@@ -264,5 +300,13 @@ def read_dicom_series(series: DicomSeries) -> Volume:
     lps[:3, 3] = frames[0].position
     # voxel [i, j, k] = pixel (row j, column i) of slice k
     data = np.stack([f.pixels.T for f in frames], axis=2)
-    return Volume(where, "dicom", data, LPS_TO_RAS @ lps, None, notes, sources=[(f.path, f.number) for f in frames],
-                  slice_spacing=spacing)
+    return Volume(
+        where,
+        "dicom",
+        data,
+        LPS_TO_RAS @ lps,
+        None,
+        notes,
+        sources=[(f.path, f.number) for f in frames],
+        slice_spacing=spacing,
+    )

@@ -15,6 +15,7 @@ the source datasets, never by setting tags by hand.
 
 Nothing here reads patient names or IDs into messages: objects are named by UIDs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,8 +47,17 @@ class SeriesResults:
 
 # Type 2 attributes of the patient and study that a SEG or SR copies from its source: some
 # exporters leave them out; the results carry them empty then (valid for Type 2)
-TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def _source_datasets(volume: Volume) -> list:
@@ -66,8 +76,9 @@ def _source_datasets(volume: Volume) -> list:
     if len(files) == 1 and len(volume.sources) > 1:  # one enhanced multi-frame image
         return [datasets[files[0]]]
     if len(files) != len(volume.sources):
-        raise DicomResultError(f"{volume.source}: a series mixing multi-frame and single-frame files; "
-                               "no SEG written (the NIfTI mask is)")
+        raise DicomResultError(
+            f"{volume.source}: a series mixing multi-frame and single-frame files; no SEG written (the NIfTI mask is)"
+        )
     return [datasets[path] for path, _ in volume.sources]
 
 
@@ -86,8 +97,11 @@ def algorithm(identity: ModelIdentity):
     from pydicom.sr.codedict import codes
 
     return AlgorithmIdentificationSequence(
-        name="brainscan tumour segmentation", version=f"{identity.kit} models {identity.digest}",
-        family=codes.cid7162.ArtificialIntelligence, parameters={"served models": "; ".join(identity.describe())})
+        name="brainscan tumour segmentation",
+        version=f"{identity.kit} models {identity.digest}",
+        family=codes.cid7162.ArtificialIntelligence,
+        parameters={"served models": "; ".join(identity.describe())},
+    )
 
 
 def build_seg(volume: Volume, mask: np.ndarray, identity: ModelIdentity, datasets: list | None = None):
@@ -98,20 +112,33 @@ def build_seg(volume: Volume, mask: np.ndarray, identity: ModelIdentity, dataset
 
     datasets = datasets if datasets is not None else _source_datasets(volume)
     segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="tumour",
+        segment_number=1,
+        segment_label="tumour",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Neoplasm,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm(identity), display_color=hd.color.CIELabColor(53.2, 80.1, 67.2))
+        algorithm_identification=algorithm(identity),
+        display_color=hd.color.CIELabColor(53.2, 80.1, 67.2),
+    )
     try:
         seg = hd.seg.Segmentation(
-            source_images=datasets, pixel_array=_frames_in_source_order(volume, mask),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
-            series_instance_uid=generate_uid(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=generate_uid(),
-            instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name="brainscan tumour segmentation",
-            software_versions=identity.kit, device_serial_number=identity.digest,
+            source_images=datasets,
+            pixel_array=_frames_in_source_order(volume, mask),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[segment],
+            series_instance_uid=generate_uid(),
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name="brainscan tumour segmentation",
+            software_versions=identity.kit,
+            device_serial_number=identity.digest,
             series_description=f"{SERIES_DESCRIPTION_PREFIX} tumour SEG",
-            content_description="tumour mask", content_label="TUMOUR", omit_empty_frames=True)
+            content_description="tumour mask",
+            content_label="TUMOUR",
+            omit_empty_frames=True,
+        )
     except (ValueError, TypeError, AttributeError) as exc:
         series = getattr(datasets[0], "SeriesInstanceUID", volume.source)
         raise DicomResultError(f"series {series}: cannot build the SEG ({exc})") from None
@@ -143,8 +170,9 @@ def tumour_volume_mm3(volume: Volume, mask: np.ndarray) -> float:
     return float(mask.sum()) * pixel_mm2 * spacing
 
 
-def build_sr(volume: Volume, seg, probability: float, mask: np.ndarray, identity: ModelIdentity,
-             datasets: list | None = None):
+def build_sr(
+    volume: Volume, seg, probability: float, mask: np.ndarray, identity: ModelIdentity, datasets: list | None = None
+):
     """The TID 1500 report of one series: the finding as the classifier decided it (present
     when the series' highest slice probability is above contract.DECISION_THRESHOLD, as
     `predict` labels it), that probability, the tumour volume counted from the mask,
@@ -156,36 +184,65 @@ def build_sr(volume: Volume, seg, probability: float, mask: np.ndarray, identity
     datasets = datasets if datasets is not None else _source_datasets(volume)
     volume_mm3 = tumour_volume_mm3(volume, mask)
     present = probability > contract.DECISION_THRESHOLD
-    algorithm_id = hd.sr.AlgorithmIdentification(name="brainscan", version=f"{identity.kit} models {identity.digest}",
-                                                 parameters=identity.describe())
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name="brainscan", version=f"{identity.kit} models {identity.digest}", parameters=identity.describe()
+    )
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=generate_uid(), name="brainscan", manufacturer_name=MANUFACTURER,
-        model_name=f"served models {identity.digest}", serial_number=identity.digest)
-    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
-    finding = hd.sr.QualitativeEvaluation(name=codes.DCM.Finding,
-                                          value=codes.SCT.Present if present else codes.SCT.Absent)
+        uid=generate_uid(),
+        name="brainscan",
+        manufacturer_name=MANUFACTURER,
+        model_name=f"served models {identity.digest}",
+        serial_number=identity.digest,
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    finding = hd.sr.QualitativeEvaluation(
+        name=codes.DCM.Finding, value=codes.SCT.Present if present else codes.SCT.Absent
+    )
     measurements = [
-        hd.sr.Measurement(name=codes.SCT.Volume, value=volume_mm3, unit=codes.UCUM.CubicMillimeter,
-                          algorithm_id=algorithm_id),
-        hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(probability), 6),
-                          unit=hd.sr.CodedConcept("1", "UCUM", "no units"), algorithm_id=algorithm_id),
+        hd.sr.Measurement(
+            name=codes.SCT.Volume, value=volume_mm3, unit=codes.UCUM.CubicMillimeter, algorithm_id=algorithm_id
+        ),
+        hd.sr.Measurement(
+            name=codes.DCM.Probability,
+            value=round(float(probability), 6),
+            unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
+            algorithm_id=algorithm_id,
+        ),
     ]
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(identifier="tumour", uid=generate_uid()),
         referenced_segment=hd.sr.ReferencedSegment(
-            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=1,
-            source_series=hd.sr.SourceSeriesForSegmentation(str(datasets[0].SeriesInstanceUID))),
-        finding_type=codes.SCT.Neoplasm, algorithm_id=algorithm_id, measurements=measurements,
-        qualitative_evaluations=[finding])
-    report = hd.sr.MeasurementReport(observation_context=context,
-                                     procedure_reported=codes.cid100.MRIUnspecifiedBodyRegion,
-                                     imaging_measurements=[group])
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=1,
+            source_series=hd.sr.SourceSeriesForSegmentation(str(datasets[0].SeriesInstanceUID)),
+        ),
+        finding_type=codes.SCT.Neoplasm,
+        algorithm_id=algorithm_id,
+        measurements=measurements,
+        qualitative_evaluations=[finding],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=codes.cid100.MRIUnspecifiedBodyRegion,
+        imaging_measurements=[group],
+    )
     try:
         return hd.sr.Comprehensive3DSR(
-            evidence=[*datasets, seg], content=report[0], series_instance_uid=generate_uid(),
-            series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
-            manufacturer=MANUFACTURER, is_complete=True, series_description=f"{SERIES_DESCRIPTION_PREFIX} tumour report")
+            evidence=[*datasets, seg],
+            content=report[0],
+            series_instance_uid=generate_uid(),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            series_description=f"{SERIES_DESCRIPTION_PREFIX} tumour report",
+        )
     except (ValueError, TypeError, AttributeError) as exc:
         series = getattr(datasets[0], "SeriesInstanceUID", volume.source)
         raise DicomResultError(f"series {series}: cannot build the SR ({exc})") from None

@@ -6,6 +6,7 @@ environment (``BRAINSCAN_DICOMWEB_AUTH``) holds ``basic USER:PASSWORD`` or ``bea
 TLS is verified against the system's CAs or a CA file. Every failure names the server, what
 was asked and the series, never a patient.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ class Credentials:
     value: str
 
     @classmethod
-    def parse(cls, text: str, where: str) -> "Credentials":
+    def parse(cls, text: str, where: str) -> Credentials:
         kind, _, value = text.strip().partition(" ")
         kind, value = kind.lower(), value.strip()
         if kind not in ("basic", "bearer") or not value or (kind == "basic" and ":" not in value):
@@ -65,8 +66,9 @@ ATTEMPTS = 3
 class Pacs:
     """One DICOMweb server (dicomweb-client over a requests session)."""
 
-    def __init__(self, url: str, credentials: Credentials | None = None, ca_file: Path | None = None,
-                 timeout: float = TIMEOUT):
+    def __init__(
+        self, url: str, credentials: Credentials | None = None, ca_file: Path | None = None, timeout: float = TIMEOUT
+    ):
         import requests
         from dicomweb_client.api import DICOMwebClient
 
@@ -96,7 +98,9 @@ class Pacs:
             hint = {401: ": the credentials were refused", 403: ": not allowed for these credentials"}.get(status, "")
             raise DicomWebError(f"the PACS at {self.url} answered {status} to {what}{hint}") from None
         except requests.Timeout:
-            raise DicomWebError(f"the PACS at {self.url} did not answer {what} within the timeout ({ATTEMPTS} attempts)") from None
+            raise DicomWebError(
+                f"the PACS at {self.url} did not answer {what} within the timeout ({ATTEMPTS} attempts)"
+            ) from None
         except requests.ConnectionError as exc:
             raise DicomWebError(f"cannot reach the PACS at {self.url} for {what} ({type(exc).__name__})") from None
         except ValueError as exc:  # an answer dicomweb-client cannot parse
@@ -104,8 +108,12 @@ class Pacs:
 
     def series_of(self, study: str) -> list[dict]:
         """The study's series, as QIDO-RS lists them (DICOM JSON)."""
-        return self._call(f"the search for the series of study {study}", self.client.search_for_series,
-                          study_instance_uid=study) or []
+        return (
+            self._call(
+                f"the search for the series of study {study}", self.client.search_for_series, study_instance_uid=study
+            )
+            or []
+        )
 
     def image_series(self, study: str, wanted: list[str] | None = None) -> list[str]:
         """UIDs of the study's image series (``wanted`` ones only, when given)."""
@@ -126,12 +134,24 @@ class Pacs:
         staging = Path(folder) / f".{series}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        instances = self._call(f"the search for the instances of series {series}", self.client.search_for_instances,
-                               study_instance_uid=study, series_instance_uid=series) or []
+        instances = (
+            self._call(
+                f"the search for the instances of series {series}",
+                self.client.search_for_instances,
+                study_instance_uid=study,
+                series_instance_uid=series,
+            )
+            or []
+        )
         for item in instances:
             sop = check_uid(_value(item, "00080018"), "SOP instance")
-            dataset = self._call(f"the retrieval of an instance of series {series}", self.client.retrieve_instance,
-                                 study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop)
+            dataset = self._call(
+                f"the retrieval of an instance of series {series}",
+                self.client.retrieve_instance,
+                study_instance_uid=study,
+                series_instance_uid=series,
+                sop_instance_uid=sop,
+            )
             _with_file_meta(dataset).save_as(staging / f"{sop}.dcm", enforce_file_format=True)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
@@ -143,9 +163,12 @@ class Pacs:
         for item in self.series_of(study):
             if _value(item, "00080060") != "SEG":
                 continue
-            metadata = self._call(f"the metadata of SEG series {_value(item, '0020000E')}",
-                                  self.client.retrieve_series_metadata, study_instance_uid=study,
-                                  series_instance_uid=_value(item, "0020000E"))
+            metadata = self._call(
+                f"the metadata of SEG series {_value(item, '0020000E')}",
+                self.client.retrieve_series_metadata,
+                study_instance_uid=study,
+                series_instance_uid=_value(item, "0020000E"),
+            )
             for instance in metadata or []:
                 references = instance.get("00081115", {}).get("Value", [])  # ReferencedSeriesSequence
                 sources = {_value(r, "0020000E") for r in references}

@@ -1,5 +1,6 @@
 """Input discovery and output writing for the client: masks and red overlays as PNG,
 written atomically (a crash never leaves half a file)."""
+
 from __future__ import annotations
 
 import re

@@ -5,15 +5,16 @@ with TLS, a per-request timeout and retries with back-off while the server is un
 requests can be in flight from one thread); ``BrainscanClient`` runs it on a private event
 loop for callers that are not asynchronous (``brainscan health``, the web UI).
 """
+
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -68,11 +69,15 @@ class Connection:
             port = contract.GRPC_PORT if self.protocol == "grpc" else contract.HTTP_PORT
             object.__setattr__(self, "url", f"{contract.DEFAULT_HOST}:{port}")
         if "://" in self.url and not self.url.startswith(DNS_SCHEME):
-            raise ValueError(f"--url {self.url}: write host:port (several, comma-separated, or {DNS_SCHEME}NAME:PORT), "
-                             "without a scheme (use --ssl for TLS)")
+            raise ValueError(
+                f"--url {self.url}: write host:port (several, comma-separated, or {DNS_SCHEME}NAME:PORT), "
+                "without a scheme (use --ssl for TLS)"
+            )
         if self.balanced and self.protocol != "grpc":
-            raise ValueError(f"--url {self.url}: spreading requests over several servers needs --protocol grpc "
-                             "(for HTTP, put a load balancer in front and give its address)")
+            raise ValueError(
+                f"--url {self.url}: spreading requests over several servers needs --protocol grpc "
+                "(for HTTP, put a load balancer in front and give its address)"
+            )
         for server in self.servers:
             host, _, port = server.rpartition(":")
             if not host or not port.isdigit():
@@ -88,7 +93,7 @@ class Connection:
     def servers(self) -> list[str]:
         """The host:port of each server given (one for a dns:/// name: gRPC resolves it)."""
         if self.url.startswith(DNS_SCHEME):
-            return [self.url[len(DNS_SCHEME):]]
+            return [self.url[len(DNS_SCHEME) :]]
         return [part.strip() for part in self.url.split(",") if part.strip()]
 
     @property
@@ -181,7 +186,9 @@ class ModelIdentity:
             details = [facts.get("platform", "?")]
             if facts.get(contract.MODEL_SHA256_PARAMETER):
                 details.append(f"ONNX sha256 {facts[contract.MODEL_SHA256_PARAMETER]}")
-            details += [value for key, value in sorted(facts.items()) if key.startswith(contract.ENGINE_PARAMETER_PREFIX)]
+            details += [
+                value for key, value in sorted(facts.items()) if key.startswith(contract.ENGINE_PARAMETER_PREFIX)
+            ]
             lines.append(f"{network}: {'; '.join(details)}")
         return lines
 
@@ -217,10 +224,23 @@ def image_input(data: bytes, protocol: str = "grpc"):
 # Messages of a server that is stopping, starting, not there, shedding load, or whose python
 # stub died (its watchdog restarts it) — gRPC and HTTP alike. Worth a retry after a wait.
 _TRANSIENT = (
-    "failed to connect", "connection refused", "connect call failed", "cannot connect", "socket closed",
-    "connection reset", "server disconnected", "broken pipe", "unknown model", "not ready",
-    "no available versions", "is not found", "server is shutting down", "end of tcp stream",
-    "stub process", "is not healthy", "exceeds maximum queue size",
+    "failed to connect",
+    "connection refused",
+    "connect call failed",
+    "cannot connect",
+    "socket closed",
+    "connection reset",
+    "server disconnected",
+    "broken pipe",
+    "unknown model",
+    "not ready",
+    "no available versions",
+    "is not found",
+    "server is shutting down",
+    "end of tcp stream",
+    "stub process",
+    "is not healthy",
+    "exceeds maximum queue size",
 )
 
 
@@ -240,7 +260,9 @@ class AsyncBrainscanClient:
     through every retry. ``on_retry(error, delay, attempt)`` is told about each wait.
     """
 
-    def __init__(self, connection: Connection = Connection(), on_retry: Callable[[str, float, int], None] | None = None):
+    def __init__(
+        self, connection: Connection = Connection(), on_retry: Callable[[str, float, int], None] | None = None
+    ):
         self.connection = connection
         self.on_retry = on_retry
         module = _module(connection.protocol)
@@ -252,17 +274,25 @@ class AsyncBrainscanClient:
             if connection.balanced:  # gRPC's own client-side balancing: each request to the next server
                 channel.append(("grpc.lb_policy_name", "round_robin"))
             self._client = module.InferenceServerClient(
-                connection.grpc_target, ssl=connection.ssl, root_certificates=path(connection.root_certificates),
-                private_key=path(connection.private_key), certificate_chain=path(connection.certificate_chain),
+                connection.grpc_target,
+                ssl=connection.ssl,
+                root_certificates=path(connection.root_certificates),
+                private_key=path(connection.private_key),
+                certificate_chain=path(connection.certificate_chain),
                 channel_args=channel,
             )
         else:
             self._client = module.InferenceServerClient(
-                connection.url, ssl=connection.ssl, ssl_context=self._ssl_context() if connection.ssl else None,
+                connection.url,
+                ssl=connection.ssl,
+                ssl_context=self._ssl_context() if connection.ssl else None,
                 conn_timeout=connection.timeout,
             )
         sync = _module(connection.protocol, aio=False)
-        self._outputs = [sync.InferRequestedOutput(contract.TUMOR_PROBABILITY), sync.InferRequestedOutput(contract.MASK)]
+        self._outputs = [
+            sync.InferRequestedOutput(contract.TUMOR_PROBABILITY),
+            sync.InferRequestedOutput(contract.MASK),
+        ]
 
     def _ssl_context(self):
         import ssl
@@ -313,7 +343,10 @@ class AsyncBrainscanClient:
         c = self.connection
         result = await self._with_retries(
             lambda: self._client.infer(
-                c.model, [image_input(data, c.protocol)], model_version=c.model_version, outputs=self._outputs,
+                c.model,
+                [image_input(data, c.protocol)],
+                model_version=c.model_version,
+                outputs=self._outputs,
                 # the server drops the request from its queues once the client has stopped waiting
                 timeout=int(c.timeout * 1_000_000),
             ),
@@ -323,7 +356,8 @@ class AsyncBrainscanClient:
         mask = result.as_numpy(contract.MASK)
         if probability is None or mask is None:
             raise InferenceError(
-                f"{c.target} did not return {contract.TUMOR_PROBABILITY} and {contract.MASK}: is it a brainscan ensemble?"
+                f"{c.target} did not return {contract.TUMOR_PROBABILITY} and {contract.MASK}: is it a brainscan "
+                f"ensemble?"
             )
         return Prediction(float(probability.reshape(-1)[0]), mask[0])
 
@@ -347,9 +381,14 @@ class AsyncBrainscanClient:
         """The served networks' identity (``ModelIdentity``), from their configs."""
         networks = {}
         for network in contract.NETWORKS:
-            answer = await self._with_retries(lambda n=network: self._client.get_model_config(n, as_json=True)
-                                              if self.connection.protocol == "grpc" else self._client.get_model_config(n),
-                                              self.connection.retries)
+            answer = await self._with_retries(
+                lambda n=network: (
+                    self._client.get_model_config(n, as_json=True)
+                    if self.connection.protocol == "grpc"
+                    else self._client.get_model_config(n)
+                ),
+                self.connection.retries,
+            )
             networks[network] = _identity_facts(answer.get("config", answer))
         return ModelIdentity(networks)
 
@@ -366,7 +405,7 @@ class AsyncBrainscanClient:
     async def close(self) -> None:
         await self._client.close()
 
-    async def __aenter__(self) -> "AsyncBrainscanClient":
+    async def __aenter__(self) -> AsyncBrainscanClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -402,7 +441,7 @@ class BrainscanClient:
             self._loop.run_until_complete(self._client.close())
             self._loop.close()
 
-    def __enter__(self) -> "BrainscanClient":
+    def __enter__(self) -> BrainscanClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,6 +12,7 @@ What it accepts is bounded: calling AE titles (``allow_ae``; none given: any cal
 loopback, none from elsewhere), objects that are images, the size of a series and the whole
 spool. Messages name series and objects by UID, never a patient.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,9 +21,9 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from brainscan.client.dicomweb import UID
 
@@ -43,7 +44,7 @@ class Destination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "Destination":
+    def parse(cls, text: str) -> Destination:
         title, _, address = text.partition("@")
         host, _, port = address.rpartition(":")
         if not title or not host or not port.isdigit() or len(title) > 16:
@@ -84,8 +85,13 @@ class Listener:
     """The SCP and the worker that predicts complete series. ``process(folder, study,
     series)`` returns the paths of the SEG and SR, or raises with the reason."""
 
-    def __init__(self, config: ListenerConfig, process: Callable[[Path, str, str], list[Path]],
-                 send: Callable[[list[Path], str], None], log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        config: ListenerConfig,
+        process: Callable[[Path, str, str], list[Path]],
+        send: Callable[[list[Path], str], None],
+        log: Callable[[str], None] = print,
+    ):
         self.config, self.process, self.send, self.log = config, process, send, log
         self.series: dict[str, _Series] = {}
         self._lock = threading.Lock()
@@ -106,7 +112,9 @@ class Listener:
                 self.log(f"refused an association from AE {calling!r} at {requestor.address}: not in --allow-ae")
                 event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected permanently: calling AE not recognised
         elif not _loopback(requestor.address):
-            self.log(f"refused an association from {requestor.address}: with no --allow-ae only loopback callers are taken")
+            self.log(
+                f"refused an association from {requestor.address}: with no --allow-ae only loopback callers are taken"
+            )
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
 
     def _spool_bytes(self) -> int:
@@ -116,8 +124,9 @@ class Listener:
         try:
             dataset = event.dataset
             dataset.file_meta = event.file_meta
-            sop, series, study = (str(getattr(dataset, k, "") or "") for k in
-                                  ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
+            sop, series, study = (
+                str(getattr(dataset, k, "") or "") for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+            )
         except Exception as exc:  # a malformed object: refuse it, keep listening
             self.log(f"refused an object that cannot be decoded ({type(exc).__name__})")
             return CANNOT_UNDERSTAND
@@ -135,8 +144,10 @@ class Listener:
                 self.log(f"refused object {sop}: series {series} would exceed {self.config.max_series_bytes >> 20} MB")
                 return OUT_OF_RESOURCES
             if self._spool_bytes() + len(encoded) > self.config.max_spool_bytes:
-                self.log(f"refused object {sop} of series {series}: the spool is full "
-                         f"({self.config.max_spool_bytes >> 20} MB)")
+                self.log(
+                    f"refused object {sop} of series {series}: the spool is full "
+                    f"({self.config.max_spool_bytes >> 20} MB)"
+                )
                 return OUT_OF_RESOURCES
             if known is None:
                 known = self.series[series] = _Series(self.spool / series, study)
@@ -191,10 +202,15 @@ class Listener:
         self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         self._worker = threading.Thread(target=self._work, name="brainscan-listener", daemon=True)
         self._worker.start()
-        who = (f"calling AE titles {', '.join(self.config.allow_ae)}" if self.config.allow_ae
-               else "any caller on loopback, none from elsewhere (--allow-ae to name callers)")
-        self.log(f"listening as {self.config.ae_title} on {self.config.host}:{self.config.port}; accepting {who}; "
-                 f"a series is complete after {self.config.idle:g} s without a new object; spool {self.spool}")
+        who = (
+            f"calling AE titles {', '.join(self.config.allow_ae)}"
+            if self.config.allow_ae
+            else "any caller on loopback, none from elsewhere (--allow-ae to name callers)"
+        )
+        self.log(
+            f"listening as {self.config.ae_title} on {self.config.host}:{self.config.port}; accepting {who}; "
+            f"a series is complete after {self.config.idle:g} s without a new object; spool {self.spool}"
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -205,6 +221,7 @@ class Listener:
 
 
 # --- what the CLI plugs in -------------------------------------------------------------------
+
 
 def predict_series(connection, spool: Path, audit_path: Path) -> Callable[[Path, str, str], list[Path]]:
     """Predict one spooled series with the usual run; the SEG and SR paths, or an error."""
@@ -239,15 +256,19 @@ def c_store(destination: Destination, ae_title: str) -> Callable[[list[Path], st
         ae.add_requested_context(Comprehensive3DSRStorage)
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
         if not assoc.is_established:
-            raise ConnectionError(f"series {uid}: {destination.ae_title}@{destination.host}:{destination.port} "
-                                  "refused or did not answer the association for the results")
+            raise ConnectionError(
+                f"series {uid}: {destination.ae_title}@{destination.host}:{destination.port} "
+                "refused or did not answer the association for the results"
+            )
         try:
             for path in paths:
                 status = assoc.send_c_store(pydicom.dcmread(str(path)))
                 code = getattr(status, "Status", None)
                 if code != SUCCESS:
-                    raise ConnectionError(f"series {uid}: {destination.ae_title} answered status "
-                                          f"{'none' if code is None else hex(code)} to {path.name}")
+                    raise ConnectionError(
+                        f"series {uid}: {destination.ae_title} answered status "
+                        f"{'none' if code is None else hex(code)} to {path.name}"
+                    )
         finally:
             assoc.release()
 

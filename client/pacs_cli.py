@@ -1,5 +1,6 @@
 """The hospital loop's commands and glue: a study fetched from a PACS for `predict`, the
 results stored back, and `brainscan listen`, the DICOM node a PACS routes series to."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from brainscan import contract
 from brainscan.console import Url, fail
 
 
@@ -24,8 +24,9 @@ def fetch_from_pacs(pacs, study: str, wanted: list[str], conn, out: Path) -> lis
     folders = []
     for uid in pacs.image_series(study, [web.check_uid(u, "series") for u in wanted]):
         if pacs.has_result(study, uid, identity.digest):
-            typer.echo(f"series {uid}: already has a result of these models ({identity.digest}) in the PACS; skipped",
-                       err=True)
+            typer.echo(
+                f"series {uid}: already has a result of these models ({identity.digest}) in the PACS; skipped", err=True
+            )
             continue
         folders.append(pacs.fetch_series(study, uid, out / "dicomweb" / study))
         typer.echo(f"series {uid}: fetched {len(list(folders[-1].glob('*.dcm')))} instances", err=True)
@@ -57,18 +58,54 @@ def storer(pacs):
 def listen(
     ae_title: Annotated[str, typer.Option(help="This node's AE title (at most 16 characters).")] = "BRAINSCAN",
     port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 takes callers from the network (then name them with --allow-ae).")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(help="Address to bind; 0.0.0.0 takes callers from the network (then name them with --allow-ae)."),
+    ] = "127.0.0.1",
     url: Url = None,
-    allow_ae: Annotated[list[str] | None, typer.Option("--allow-ae", help="A calling AE title allowed to send (repeatable). None given: any caller on loopback, none from elsewhere.")] = None,
-    store_to: Annotated[str | None, typer.Option(help="Send each series' SEG and SR by C-STORE to AET@HOST:PORT (e.g. the PACS that routed it).")] = None,
+    allow_ae: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-ae",
+            help=(
+                "A calling AE title allowed to send (repeatable). None given: any caller on loopback, none from "
+                "elsewhere."
+            ),
+        ),
+    ] = None,
+    store_to: Annotated[
+        str | None,
+        typer.Option(help="Send each series' SEG and SR by C-STORE to AET@HOST:PORT (e.g. the PACS that routed it)."),
+    ] = None,
     store_url: Annotated[str | None, typer.Option(help="Send them by STOW-RS to this DICOMweb root instead.")] = None,
-    dicomweb_auth_file: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_DICOMWEB_AUTH_FILE", help="Credentials for --store-url: a file holding 'basic USER:PASSWORD' or 'bearer TOKEN' (or BRAINSCAN_DICOMWEB_AUTH).")] = None,
-    dicomweb_ca_file: Annotated[Path | None, typer.Option(envvar="BRAINSCAN_DICOMWEB_CA_FILE", help="CA certificate (PEM) for --store-url's TLS.")] = None,
-    spool: Annotated[Path, typer.Option(help="Folder for the series being received (and failed/ with the reason of those that failed).")] = Path("brainscan-spool"),
-    idle: Annotated[float, typer.Option(min=0.5, help="Seconds without a new object after which a series is complete.")] = 10.0,
-    max_series_mb: Annotated[int, typer.Option(min=1, help="Largest series accepted, MB; more is refused (Out of Resources).")] = 2048,
+    dicomweb_auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BRAINSCAN_DICOMWEB_AUTH_FILE",
+            help=(
+                "Credentials for --store-url: a file holding 'basic USER:PASSWORD' or 'bearer TOKEN' (or "
+                "BRAINSCAN_DICOMWEB_AUTH)."
+            ),
+        ),
+    ] = None,
+    dicomweb_ca_file: Annotated[
+        Path | None,
+        typer.Option(envvar="BRAINSCAN_DICOMWEB_CA_FILE", help="CA certificate (PEM) for --store-url's TLS."),
+    ] = None,
+    spool: Annotated[
+        Path,
+        typer.Option(help="Folder for the series being received (and failed/ with the reason of those that failed)."),
+    ] = Path("brainscan-spool"),
+    idle: Annotated[
+        float, typer.Option(min=0.5, help="Seconds without a new object after which a series is complete.")
+    ] = 10.0,
+    max_series_mb: Annotated[
+        int, typer.Option(min=1, help="Largest series accepted, MB; more is refused (Out of Resources).")
+    ] = 2048,
     max_spool_mb: Annotated[int, typer.Option(min=1, help="Disk the spool may use, MB.")] = 20480,
-    audit: Annotated[Path | None, typer.Option(help="JSON-lines audit file, one line per series (default: <spool>/audit.jsonl).")] = None,
+    audit: Annotated[
+        Path | None, typer.Option(help="JSON-lines audit file, one line per series (default: <spool>/audit.jsonl).")
+    ] = None,
 ) -> None:
     """A DICOM node (C-STORE SCP) for a PACS to route MR series to: each series is predicted
     once complete (--idle seconds without a new object) and its DICOM SEG and SR go back by
@@ -83,8 +120,18 @@ def listen(
         raise typer.BadParameter("give one of --store-to AET@HOST:PORT or --store-url URL: where the results go")
     try:
         destination = node.Destination.parse(store_to) if store_to else None
-        config = node.ListenerConfig(ae_title, port, spool, host, tuple(allow_ae or ()), idle, max_series_mb << 20,
-                                     max_spool_mb << 20, destination, audit)
+        config = node.ListenerConfig(
+            ae_title,
+            port,
+            spool,
+            host,
+            tuple(allow_ae or ()),
+            idle,
+            max_series_mb << 20,
+            max_spool_mb << 20,
+            destination,
+            audit,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if len(ae_title) > 16:
@@ -100,8 +147,12 @@ def listen(
             send = node.stow(web.Pacs(store_url, web.load_credentials(dicomweb_auth_file), dicomweb_ca_file))
         except web.DicomWebError as exc:
             fail(str(exc))
-    listener = node.Listener(config, node.predict_series(conn, Path(spool).resolve(), audit_path), send,
-                             log=lambda line: typer.echo(line, err=True))
+    listener = node.Listener(
+        config,
+        node.predict_series(conn, Path(spool).resolve(), audit_path),
+        send,
+        log=lambda line: typer.echo(line, err=True),
+    )
     try:
         listener.start()
     except OSError as exc:

@@ -6,6 +6,7 @@ would fail in ``preprocess``. ``--input-data FILE.json`` gives it real files ins
 serialized tensor, i.e. a 4-byte little-endian length followed by the bytes, so the
 prefix is part of what gets base64-encoded.
 """
+
 from __future__ import annotations
 
 import base64

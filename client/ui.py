@@ -5,6 +5,7 @@ Upload an MRI slice (PNG, JPEG or TIFF, 8 or 16 bit; or a single-slice DICOM fil
 the label and probability, the slice with the tumour tinted red, and the mask. A bad file
 or an unreachable server is said in words in the result box; the page keeps working.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -52,10 +53,20 @@ def launch_options(host: str, port: int, logins: list[tuple[str, str]] | None, m
     bounded, nothing is shared through Gradio's tunnel."""
     loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
     if not loopback and not logins:
-        raise UiError(f"--host {host} exposes the page to the network: give a login with --auth-file FILE "
-                      "(user:password lines), or keep the default 127.0.0.1")
-    return {"server_name": host, "server_port": port, "share": False, "inbrowser": False, "quiet": True,
-            "auth": logins or None, "max_file_size": f"{max_upload_mb}mb", "enable_monitoring": False}
+        raise UiError(
+            f"--host {host} exposes the page to the network: give a login with --auth-file FILE "
+            "(user:password lines), or keep the default 127.0.0.1"
+        )
+    return {
+        "server_name": host,
+        "server_port": port,
+        "share": False,
+        "inbrowser": False,
+        "quiet": True,
+        "auth": logins or None,
+        "max_file_size": f"{max_upload_mb}mb",
+        "enable_monitoring": False,
+    }
 
 
 def private_cache() -> Path:
@@ -98,8 +109,12 @@ def analyse(connection: Connection, path: str | None) -> tuple[str, np.ndarray |
         with BrainscanClient(connection) as client:
             prediction = client.infer(data)
     except ServerUnavailableError:
-        return (f"Error: the Triton server at {connection.address} does not answer. Start it with "
-                "`brainscan serve` (or check --url) and upload again.", None, None)
+        return (
+            f"Error: the Triton server at {connection.address} does not answer. Start it with "
+            "`brainscan serve` (or check --url) and upload again.",
+            None,
+            None,
+        )
     except (InferenceError, VolumeError, OSError) as exc:
         return f"Error: {name} could not be analysed: {exc}", None, None
     text = (
@@ -133,19 +148,26 @@ def build(connection: Connection):
             "Research use only: not a medical device."
         )
         with gr.Row():
-            upload = gr.File(label="MRI slice (PNG, JPEG, TIFF, DICOM)", file_types=UPLOAD_TYPES,
-                             type="filepath", elem_id="upload")
+            upload = gr.File(
+                label="MRI slice (PNG, JPEG, TIFF, DICOM)", file_types=UPLOAD_TYPES, type="filepath", elem_id="upload"
+            )
             result = gr.Textbox(label="Result", lines=3, interactive=False, elem_id="result")
         with gr.Row():
-            highlighted = gr.Image(label="Tumour highlighted in red", type="numpy", format="png",
-                                   interactive=False, elem_id="overlay")
+            highlighted = gr.Image(
+                label="Tumour highlighted in red", type="numpy", format="png", interactive=False, elem_id="overlay"
+            )
             mask = gr.Image(label="Mask", type="numpy", format="png", interactive=False, elem_id="mask")
         upload.change(run, inputs=upload, outputs=[result, highlighted, mask])
     return page
 
 
-def serve(connection: Connection, host: str, port: int, logins: list[tuple[str, str]] | None = None,
-          max_upload_mb: int = MAX_UPLOAD_MB) -> None:
+def serve(
+    connection: Connection,
+    host: str,
+    port: int,
+    logins: list[tuple[str, str]] | None = None,
+    max_upload_mb: int = MAX_UPLOAD_MB,
+) -> None:
     options = launch_options(host, port, logins, max_upload_mb)
     private_cache()
 

@@ -8,6 +8,7 @@ LPS-ordered series is sliced like the MNI volume the networks were trained on): 
 N runs inferior -> superior, and its image has anterior at the top (``axial_image``, which
 the phantom generator uses too).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -199,12 +200,16 @@ def check_size(path: Path, shape: tuple[int, ...], what: str = "volume") -> None
     to hold, or slices the server would refuse (contract.MAX_IMAGE_PIXELS)."""
     voxels = int(np.prod([max(int(n), 0) for n in shape], dtype=np.int64))
     if voxels > contract.MAX_VOLUME_VOXELS:
-        raise VolumeError(f"{path}: a {what} of {'x'.join(map(str, shape))} = {voxels} voxels; the limit is "
-                          f"{contract.MAX_VOLUME_VOXELS} (split it, or raise brainscan.contract.MAX_VOLUME_VOXELS)")
+        raise VolumeError(
+            f"{path}: a {what} of {'x'.join(map(str, shape))} = {voxels} voxels; the limit is "
+            f"{contract.MAX_VOLUME_VOXELS} (split it, or raise brainscan.contract.MAX_VOLUME_VOXELS)"
+        )
     sides = sorted((int(n) for n in shape[:3]), reverse=True)[:2]
     if len(sides) == 2 and (sides[0] > contract.MAX_IMAGE_SIDE or sides[0] * sides[1] > contract.MAX_IMAGE_PIXELS):
-        raise VolumeError(f"{path}: slices up to {sides[0]}x{sides[1]} pixels; the server takes at most "
-                          f"{contract.MAX_IMAGE_PIXELS} pixels and {contract.MAX_IMAGE_SIDE} per side")
+        raise VolumeError(
+            f"{path}: slices up to {sides[0]}x{sides[1]} pixels; the server takes at most "
+            f"{contract.MAX_IMAGE_PIXELS} pixels and {contract.MAX_IMAGE_SIDE} per side"
+        )
 
 
 def read_nifti(path: Path) -> Volume:

@@ -1,4 +1,5 @@
 """`brainscan export …`: ONNX with a parity check, and Triton model repositories."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,19 +48,48 @@ def onnx(
 @export_app.command("repository")
 def repository(
     out: Annotated[Path, typer.Option(help="Repository folder to write.")] = contract.demo_repository(),
-    flavour: Annotated[str, typer.Option(help="local (python+ONNX Runtime, no GPU), onnxruntime, or tensorrt.")] = "local",
+    flavour: Annotated[
+        str, typer.Option(help="local (python+ONNX Runtime, no GPU), onnxruntime, or tensorrt.")
+    ] = "local",
     classifier: Annotated[Path | None, typer.Option(help="Classifier ONNX (default: the demo's, if built).")] = None,
     segmenter: Annotated[Path | None, typer.Option(help="Segmenter ONNX (default: the demo's, if built).")] = None,
-    max_batch_size: Annotated[int, typer.Option(help="max_batch_size of every model (and the TensorRT profile's maximum).")] = contract.MAX_BATCH_SIZE,
+    max_batch_size: Annotated[
+        int, typer.Option(help="max_batch_size of every model (and the TensorRT profile's maximum).")
+    ] = contract.MAX_BATCH_SIZE,
     ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per model instance.")] = 1,
-    device: Annotated[str, typer.Option(help="onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache).")] = "cpu",
-    instances: Annotated[list[str] | None, typer.Option(help="Instances of a model, MODEL=N (e.g. preprocess=2). Repeatable.")] = None,
-    queue_delay_us: Annotated[int | None, typer.Option(help="The networks' dynamic-batching queue delay in µs (default: 0 local, 500 onnxruntime, 100 tensorrt).")] = None,
-    python_queue_delay_us: Annotated[int | None, typer.Option(help="preprocess's queue delay in µs (default: 0).")] = None,
-    opt_batch: Annotated[int | None, typer.Option(help="Optimum batch of the TensorRT profile (onnxruntime on gpu).")] = None,
-    max_queue_size: Annotated[int, typer.Option(help="Requests each model may hold waiting; more are refused at once (UNAVAILABLE).")] = contract.MAX_QUEUE_SIZE,
-    max_side: Annotated[int | None, typer.Option(help=f"Largest image side served (default: {contract.GPU_MAX_IMAGE_SIDE} on a GPU, where TensorRT profiles end and Triton allocates every input at it; {contract.MAX_IMAGE_SIDE} on the CPU).")] = None,
-    queue_timeout_ms: Annotated[int, typer.Option(help="A request waiting longer than this in a model's queue is refused.")] = contract.QUEUE_TIMEOUT_MS,
+    device: Annotated[
+        str, typer.Option(help="onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache).")
+    ] = "cpu",
+    instances: Annotated[
+        list[str] | None, typer.Option(help="Instances of a model, MODEL=N (e.g. preprocess=2). Repeatable.")
+    ] = None,
+    queue_delay_us: Annotated[
+        int | None,
+        typer.Option(
+            help="The networks' dynamic-batching queue delay in µs (default: 0 local, 500 onnxruntime, 100 tensorrt)."
+        ),
+    ] = None,
+    python_queue_delay_us: Annotated[
+        int | None, typer.Option(help="preprocess's queue delay in µs (default: 0).")
+    ] = None,
+    opt_batch: Annotated[
+        int | None, typer.Option(help="Optimum batch of the TensorRT profile (onnxruntime on gpu).")
+    ] = None,
+    max_queue_size: Annotated[
+        int, typer.Option(help="Requests each model may hold waiting; more are refused at once (UNAVAILABLE).")
+    ] = contract.MAX_QUEUE_SIZE,
+    max_side: Annotated[
+        int | None,
+        typer.Option(
+            help=(
+                f"Largest image side served (default: {contract.GPU_MAX_IMAGE_SIDE} on a GPU, where TensorRT profiles "
+                f"end and Triton allocates every input at it; {contract.MAX_IMAGE_SIDE} on the CPU)."
+            )
+        ),
+    ] = None,
+    queue_timeout_ms: Annotated[
+        int, typer.Option(help="A request waiting longer than this in a model's queue is refused.")
+    ] = contract.QUEUE_TIMEOUT_MS,
 ) -> None:
     """Write a Triton model repository whose `brainscan` ensemble runs preprocess (decode) ->
     classifier and segmenter (served graphs: resize, scaling and the mask inside). Configs
@@ -82,11 +112,22 @@ def repository(
         counts[model] = int(count)
     classifier_onnx, segmenter_onnx = default(classifier, "classifier"), default(segmenter, "segmenter")
     try:
-        write_repository(out, flavour, classifier_onnx, segmenter_onnx, max_batch_size=max_batch_size,
-                         ort_threads=ort_threads, device=device, instances=counts, queue_delay_us=queue_delay_us,
-                         opt_batch=opt_batch, max_queue_size=max_queue_size, queue_timeout_ms=queue_timeout_ms,
-                         max_image_side=max_side,
-                         **({} if python_queue_delay_us is None else {"python_queue_delay_us": python_queue_delay_us}))
+        write_repository(
+            out,
+            flavour,
+            classifier_onnx,
+            segmenter_onnx,
+            max_batch_size=max_batch_size,
+            ort_threads=ort_threads,
+            device=device,
+            instances=counts,
+            queue_delay_us=queue_delay_us,
+            opt_batch=opt_batch,
+            max_queue_size=max_queue_size,
+            queue_timeout_ms=queue_timeout_ms,
+            max_image_side=max_side,
+            **({} if python_queue_delay_us is None else {"python_queue_delay_us": python_queue_delay_us}),
+        )
         validate_repository(out)
     except RepositoryError as exc:
         fail(str(exc))
@@ -98,8 +139,19 @@ def repository(
 
 @export_app.command("upload")
 def upload(
-    folder: Annotated[Path, typer.Argument(help="A model repository (checked first, weights included), or any folder, e.g. the ONNX and validation slices the engine-build Job reads.")],
-    destination: Annotated[str, typer.Argument(help="s3://bucket/path, or s3://http(s)://host:port/bucket/path for an S3-compatible server.")],
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help=(
+                "A model repository (checked first, weights included), or any folder, e.g. the ONNX and validation "
+                "slices the engine-build Job reads."
+            )
+        ),
+    ],
+    destination: Annotated[
+        str,
+        typer.Argument(help="s3://bucket/path, or s3://http(s)://host:port/bucket/path for an S3-compatible server."),
+    ],
 ) -> None:
     """Copy a folder to S3-compatible object storage. A model repository (a folder holding
     the `brainscan` ensemble) is checked first and its configs written last; Triton then
@@ -107,7 +159,8 @@ def upload(
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_DEFAULT_REGION for AWS itself), never
     from the command line."""
     from brainscan.export.repository import RepositoryError, flavour_of, validate_repository
-    from brainscan.storage import StorageError, upload as upload_folder
+    from brainscan.storage import StorageError
+    from brainscan.storage import upload as upload_folder
 
     if not folder.is_dir():
         fail(f"{folder} is not a folder")
@@ -120,8 +173,10 @@ def upload(
                 # a tensorrt repository may go up without engines: the engine-build Job adds them there
                 if flavour_of(validate_repository(folder)) != "tensorrt":
                     raise
-                note = (f"; it has no engines yet: build them into the bucket with `brainscan export tensorrt "
-                        f"--repository {destination}` on each GPU kind (docs/fleet.md)")
+                note = (
+                    f"; it has no engines yet: build them into the bucket with `brainscan export tensorrt "
+                    f"--repository {destination}` on each GPU kind (docs/fleet.md)"
+                )
         keys = upload_folder(folder, destination)
     except (RepositoryError, StorageError) as exc:
         fail(str(exc))
@@ -134,7 +189,8 @@ def download(
     folder: Annotated[Path, typer.Argument(help="Folder to write (created; existing files are replaced).")],
 ) -> None:
     """Copy everything under an s3:// location into a folder (credentials as for upload)."""
-    from brainscan.storage import StorageError, download as download_folder
+    from brainscan.storage import StorageError
+    from brainscan.storage import download as download_folder
 
     try:
         download_folder(source, folder)
@@ -143,10 +199,17 @@ def download(
     typer.echo(f"downloaded {source} to {folder}")
 
 
-GateProbDiff = Annotated[float, typer.Option("--max-prob-diff", help="Gate: largest tumour-probability difference FP16 vs FP32.")]
-GateMaskDice = Annotated[float, typer.Option("--min-mask-dice", help="Gate: smallest mean Dice of FP16 masks against FP32 masks.")]
+GateProbDiff = Annotated[
+    float, typer.Option("--max-prob-diff", help="Gate: largest tumour-probability difference FP16 vs FP32.")
+]
+GateMaskDice = Annotated[
+    float, typer.Option("--min-mask-dice", help="Gate: smallest mean Dice of FP16 masks against FP32 masks.")
+]
 Samples = Annotated[int, typer.Option(help="Validation slices the FP16 gate runs on.")]
-ValidationData = Annotated[Path | None, typer.Option("--data", help="Validation images for the FP16 gate (default: the run's validation patients).")]
+ValidationData = Annotated[
+    Path | None,
+    typer.Option("--data", help="Validation images for the FP16 gate (default: the run's validation patients)."),
+]
 
 
 def _tolerances(max_prob_diff: float, min_mask_dice: float):
@@ -158,13 +221,20 @@ def _tolerances(max_prob_diff: float, min_mask_dice: float):
 @export_app.command("fp16")
 def fp16(
     run: Annotated[Path, typer.Argument(help="Training run folder holding model.onnx, or an ONNX file.")],
-    keep_fp32: Annotated[list[str] | None, typer.Option(help="Keep matching nodes in FP32: a node-name glob, or op:TYPE (e.g. op:Sigmoid). Repeatable.")] = None,
+    keep_fp32: Annotated[
+        list[str] | None,
+        typer.Option(help="Keep matching nodes in FP32: a node-name glob, or op:TYPE (e.g. op:Sigmoid). Repeatable."),
+    ] = None,
     data: ValidationData = None,
     samples: Samples = 64,
     max_prob_diff: GateProbDiff = 0.02,
     min_mask_dice: GateMaskDice = 0.97,
-    out: Annotated[Path | None, typer.Option(help="FP16 ONNX to write (default: model.fp16.onnx beside the source).")] = None,
-    list_nodes: Annotated[bool, typer.Option("--list-nodes", help="Print the graph's nodes (name and op type, for --keep-fp32) and exit.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="FP16 ONNX to write (default: model.fp16.onnx beside the source).")
+    ] = None,
+    list_nodes: Annotated[
+        bool, typer.Option("--list-nodes", help="Print the graph's nodes (name and op type, for --keep-fp32) and exit.")
+    ] = False,
 ) -> None:
     """Write the FP16 graph of a served network: FP16 weights and compute, its inputs and
     outputs in their own types, the preprocessing and mask head and chosen nodes kept in
@@ -202,14 +272,32 @@ def fp16(
 
 @export_app.command("tensorrt")
 def tensorrt(
-    repository: Annotated[str, typer.Option(help="tensorrt-flavour repository whose version folders get the engines of this GPU (model.smXY.plan): a folder, or s3://… (engines and configs are published there).")] = str(contract.PRODUCTION_REPOSITORY),
-    classifier: Annotated[Path | None, typer.Option(help="Classifier FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's).")] = None,
-    segmenter: Annotated[Path | None, typer.Option(help="Segmenter FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's).")] = None,
+    repository: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "tensorrt-flavour repository whose version folders get the engines of this GPU (model.smXY.plan): a "
+                "folder, or s3://… (engines and configs are published there)."
+            )
+        ),
+    ] = str(contract.PRODUCTION_REPOSITORY),
+    classifier: Annotated[
+        Path | None,
+        typer.Option(help="Classifier FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's)."),
+    ] = None,
+    segmenter: Annotated[
+        Path | None,
+        typer.Option(help="Segmenter FP32 ONNX; its model.fp16.onnx beside it is built (default: the demo's)."),
+    ] = None,
     data: ValidationData = None,
     samples: Samples = 64,
     workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace memory-pool limit, MiB.")] = 1024,
-    opt_batch: Annotated[int | None, typer.Option(help="Optimum batch of the profile (default: the config's max_batch_size).")] = None,
-    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache reused across builds (one file per TensorRT version and GPU).")] = None,
+    opt_batch: Annotated[
+        int | None, typer.Option(help="Optimum batch of the profile (default: the config's max_batch_size).")
+    ] = None,
+    timing_cache: Annotated[
+        Path | None, typer.Option(help="Timing cache reused across builds (one file per TensorRT version and GPU).")
+    ] = None,
     max_prob_diff: GateProbDiff = 0.02,
     min_mask_dice: GateMaskDice = 0.97,
 ) -> None:
@@ -223,7 +311,12 @@ def tensorrt(
     from brainscan.export.gpu import GpuError
     from brainscan.export.repository import RepositoryError
     from brainscan.export.tensorrt import (
-        BuildSettings, EngineBuildError, TensorRT, TensorRTUnavailableError, build_into_bucket, build_repository_engines,
+        BuildSettings,
+        EngineBuildError,
+        TensorRT,
+        TensorRTUnavailableError,
+        build_into_bucket,
+        build_repository_engines,
     )
     from brainscan.export.validation import validation_inputs
 
@@ -237,13 +330,21 @@ def tensorrt(
         if not path.exists():
             fail(f"{path} does not exist: run `make demo` first or pass --{network} FILE")
         onnx[network] = path
-    settings = BuildSettings(workspace_mib=workspace_mib,
-                             timing_cache=timing_cache or contract.artifacts_dir() / "tensorrt" / "timing.cache")
+    settings = BuildSettings(
+        workspace_mib=workspace_mib, timing_cache=timing_cache or contract.artifacts_dir() / "tensorrt" / "timing.cache"
+    )
     from brainscan.storage import StorageError, is_s3
 
     def build(local: Path) -> None:
-        build_repository_engines(local, inputs, settings, _tolerances(max_prob_diff, min_mask_dice), opt_batch,
-                                 toolkit=toolkit, log=typer.echo)
+        build_repository_engines(
+            local,
+            inputs,
+            settings,
+            _tolerances(max_prob_diff, min_mask_dice),
+            opt_batch,
+            toolkit=toolkit,
+            log=typer.echo,
+        )
 
     try:
         inputs = {network: validation_inputs(network, path, data, samples) for network, path in onnx.items()}

@@ -1,5 +1,6 @@
 """Framework-neutral accuracy comparison of two runs of a network: a result object with
 explicit tolerances, per-output verdicts and a readable table (never a bare boolean)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,7 +65,9 @@ def text_table(rows: list[tuple[str, ...]], rule: bool = True) -> str:
     return "\n".join(lines)
 
 
-def compare_output(name: str, reference: np.ndarray, candidate: np.ndarray, atol: float, threshold: float) -> OutputComparison:
+def compare_output(
+    name: str, reference: np.ndarray, candidate: np.ndarray, atol: float, threshold: float
+) -> OutputComparison:
     reference = np.asarray(reference, np.float64)
     candidate = np.asarray(candidate, np.float64)
     if reference.shape != candidate.shape:

@@ -6,6 +6,7 @@ batch range than its config, serves wrong or not at all. Triton reports these as
 deserialization errors. The doctor compares the record of every engine a config lists with
 the target (this machine, or what is given) and says plainly what to rebuild.
 """
+
 from __future__ import annotations
 
 import glob
@@ -64,16 +65,23 @@ def _ldconfig_libraries(name: str) -> list[str]:
                 listing = subprocess.run([found, "-p"], capture_output=True, text=True, timeout=30).stdout
             except (OSError, subprocess.SubprocessError):
                 continue
-            return [line.rsplit("=>", 1)[1].strip() for line in listing.splitlines()
-                    if line.strip().startswith(f"{name}.") and "=>" in line]
+            return [
+                line.rsplit("=>", 1)[1].strip()
+                for line in listing.splitlines()
+                if line.strip().startswith(f"{name}.") and "=>" in line
+            ]
     return []
 
 
 def _tensorrt_from_library() -> tuple[str, str] | None:
     """The version of the libnvinfer the loader would use: LD_LIBRARY_PATH first, then the
     linker cache; the version is the real file's name (libnvinfer.so.11 -> libnvinfer.so.11.3.0)."""
-    candidates = [p for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d
-                  for p in sorted(glob.glob(os.path.join(d, "libnvinfer.so.*")))]
+    candidates = [
+        p
+        for d in os.environ.get("LD_LIBRARY_PATH", "").split(":")
+        if d
+        for p in sorted(glob.glob(os.path.join(d, "libnvinfer.so.*")))
+    ]
     for path in [*candidates, *_ldconfig_libraries("libnvinfer.so")]:
         match = re.search(r"libnvinfer\.so\.(\d+\.\d+\.\d+)", os.path.realpath(path))
         if match:
@@ -137,49 +145,80 @@ class Finding:
         return self.status in ("MISMATCH", "MISSING")
 
 
-def _one_engine(version_dir: Path, network: str, listed_for: str, plan: str, config, target: Target,
-                sources: Sequence[Path] = ()) -> list[Finding]:
+def _one_engine(
+    version_dir: Path, network: str, listed_for: str, plan: str, config, target: Target, sources: Sequence[Path] = ()
+) -> list[Finding]:
     """The checks of one plan: ``listed_for`` is the compute capability the config names it
     for ('' when the config lists no engine per capability, so any GPU loads it)."""
     found: list[Finding] = []
 
     def add(check: str, ok: bool | None, detail: str) -> None:
-        found.append(Finding(network, check, "not checked" if ok is None else ("ok" if ok else "MISMATCH"), detail, plan))
+        found.append(
+            Finding(network, check, "not checked" if ok is None else ("ok" if ok else "MISMATCH"), detail, plan)
+        )
 
     if not (version_dir / plan).exists():
         return [Finding(network, "engine", "MISSING", f"{version_dir / plan} is missing: build it", plan)]
     record = read_record(version_dir, plan)
     if record is None:
-        return [Finding(network, "engine record", "MISSING", f"{version_dir / record_name(plan)} is missing, so how "
-                        "the plan was built is unknown: rebuild it", plan)]
+        return [
+            Finding(
+                network,
+                "engine record",
+                "MISSING",
+                f"{version_dir / record_name(plan)} is missing, so how the plan was built is unknown: rebuild it",
+                plan,
+            )
+        ]
     built_trt = str(record.get("tensorrt_version", "?"))
     if target.tensorrt_version:
-        add("TensorRT version", same_tensorrt(built_trt, target.tensorrt_version),
-            f"built with {built_trt}, target has {target.tensorrt_version} ({target.tensorrt_source})")
+        add(
+            "TensorRT version",
+            same_tensorrt(built_trt, target.tensorrt_version),
+            f"built with {built_trt}, target has {target.tensorrt_version} ({target.tensorrt_source})",
+        )
     else:
-        add("TensorRT version", None, f"built with {built_trt}; no TensorRT found here and none given (--tensorrt-version)")
+        add(
+            "TensorRT version",
+            None,
+            f"built with {built_trt}; no TensorRT found here and none given (--tensorrt-version)",
+        )
     built_cc, gpu = str(record.get("compute_capability", "?")), record.get("gpu_name", "?")
     if listed_for:
         add("compute capability", built_cc == listed_for, f"built for {built_cc} ({gpu}), listed for {listed_for}")
     elif target.compute_capability:
-        add("compute capability", built_cc == target.compute_capability,
-            f"built for {built_cc} ({gpu}), target is {target.compute_capability} ({target.gpu_source})")
+        add(
+            "compute capability",
+            built_cc == target.compute_capability,
+            f"built for {built_cc} ({gpu}), target is {target.compute_capability} ({target.gpu_source})",
+        )
     else:
-        add("compute capability", None, f"built for {built_cc} ({gpu}); no GPU found here and none given (--compute-capability)")
+        add(
+            "compute capability",
+            None,
+            f"built for {built_cc} ({gpu}); no GPU found here and none given (--compute-capability)",
+        )
     try:
         expected = profile_from_config(config)
     except ProfileError as exc:
         add("optimization profile", False, str(exc))
     else:
         recorded = Profile.from_dict(record["profile"])
-        add("optimization profile", recorded.min == expected.min and recorded.max == expected.max,
+        add(
+            "optimization profile",
+            recorded.min == expected.min and recorded.max == expected.max,
             f"engine {recorded.min[0]}..{recorded.max[0]} x {list(recorded.max[1:])}, "
-            f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}")
+            f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}",
+        )
     recorded = record.get("onnx_file", "")
     onnx = source_onnx(recorded, sources)
     if onnx is not None:
         unchanged = sha256_file(onnx) == record.get("onnx_sha256")
-        add("source ONNX", unchanged, f"{onnx} " + ("unchanged since the build" if unchanged else "changed since the build"))
+        add(
+            "source ONNX",
+            unchanged,
+            f"{onnx} " + ("unchanged since the build" if unchanged else "changed since the build"),
+        )
     else:
         where = f"nor under {', '.join(map(str, sources))}" if sources else "(give the training runs with --sources)"
         add("source ONNX", None, f"{recorded} is not here to compare {where}")
@@ -200,7 +239,9 @@ def source_onnx(recorded: str, sources: Sequence[Path] = ()) -> Path | None:
     return None
 
 
-def _engine_findings(repository: Path, network: str, config, target: Target, sources: Sequence[Path] = ()) -> list[Finding]:
+def _engine_findings(
+    repository: Path, network: str, config, target: Target, sources: Sequence[Path] = ()
+) -> list[Finding]:
     """Every engine the config lists, and whether one is there for the target's GPU."""
     version_dir = repository / network / VERSION
     engines = plan_files(config)
@@ -208,16 +249,34 @@ def _engine_findings(repository: Path, network: str, config, target: Target, sou
     if "" not in engines:  # engines per compute capability: the target's must be among them
         listed = ", ".join(sorted(engines))
         if target.compute_capability is None:
-            found.append(Finding(network, "engine for this GPU", "not checked",
-                                 f"engines for {listed}; no GPU found here and none given (--compute-capability)"))
+            found.append(
+                Finding(
+                    network,
+                    "engine for this GPU",
+                    "not checked",
+                    f"engines for {listed}; no GPU found here and none given (--compute-capability)",
+                )
+            )
         elif target.compute_capability in engines:
-            found.append(Finding(network, "engine for this GPU", "ok",
-                                 f"{engines[target.compute_capability]} for {target.compute_capability} "
-                                 f"({target.gpu_source}); engines for {listed}"))
+            found.append(
+                Finding(
+                    network,
+                    "engine for this GPU",
+                    "ok",
+                    f"{engines[target.compute_capability]} for {target.compute_capability} "
+                    f"({target.gpu_source}); engines for {listed}",
+                )
+            )
         else:
-            found.append(Finding(network, "engine for this GPU", "MISSING",
-                                 f"none for compute capability {target.compute_capability} ({target.gpu_source}): "
-                                 f"the config lists {listed}; build one on such a GPU"))
+            found.append(
+                Finding(
+                    network,
+                    "engine for this GPU",
+                    "MISSING",
+                    f"none for compute capability {target.compute_capability} ({target.gpu_source}): "
+                    f"the config lists {listed}; build one on such a GPU",
+                )
+            )
     for listed_for, plan in sorted(engines.items()):
         found += _one_engine(version_dir, network, listed_for, plan, config, target, sources)
     return found
@@ -233,7 +292,14 @@ def diagnose(repository: Path, target: Target, sources: Sequence[Path] = ()) -> 
     if flavour != "tensorrt":
         try:
             validate_repository(repository, require_weights=True)
-            return [Finding("repository", "layout", "ok", f"{flavour} flavour, every model's files are present (no engines to check)")]
+            return [
+                Finding(
+                    "repository",
+                    "layout",
+                    "ok",
+                    f"{flavour} flavour, every model's files are present (no engines to check)",
+                )
+            ]
         except RepositoryError as exc:
             return [Finding("repository", "layout", "MISMATCH", str(exc))]
     findings = [Finding("repository", "layout", "ok", "tensorrt flavour, configs parse and the ensemble is wired")]
@@ -246,13 +312,14 @@ def advice(findings: list[Finding], repository: Path) -> str:
     bad = sorted({f.model for f in findings if f.bad and f.model in NETWORKS})
     if not bad:
         return ""
-    return (f"build the {' and '.join(bad)} engine(s) again for this server: on the GPU host that runs it, "
-            f"`{EXPORT_COMMAND}` (builds with the same NGC release as the server), "
-            f"or `brainscan export tensorrt --repository {repository}` inside that container")
+    return (
+        f"build the {' and '.join(bad)} engine(s) again for this server: on the GPU host that runs it, "
+        f"`{EXPORT_COMMAND}` (builds with the same NGC release as the server), "
+        f"or `brainscan export tensorrt --repository {repository}` inside that container"
+    )
 
 
 def table(findings: list[Finding]) -> str:
     rows = [("model", "engine", "check", "status", "detail")]
     rows += [(f.model, f.engine, f.check, f.status, f.detail) for f in findings]
     return text_table(rows, rule=False)
-

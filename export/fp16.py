@@ -6,6 +6,7 @@ FP16 U-Nets are known to fail quietly: overflow gives NaN or saturates the mask 
 every mask comes out black. Each check below catches one of those ways; the report prints
 every value next to its limit, and ``passed`` is False as soon as one limit is exceeded.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -67,8 +68,11 @@ class GateReport:
 
     def as_dict(self) -> dict:
         """The verdict and every check's value and limit, for the JSON records."""
-        return {"passed": self.passed, "samples": self.samples,
-                "checks": {c.name: {"value": float(c.value), "limit": c.limit} for c in self.checks}}
+        return {
+            "passed": self.passed,
+            "samples": self.samples,
+            "checks": {c.name: {"value": float(c.value), "limit": c.limit} for c in self.checks},
+        }
 
     def table(self) -> str:
         rows = [("check", "value", "limit", "verdict")]
@@ -89,8 +93,9 @@ def check_classifier(fp32: np.ndarray, fp16: np.ndarray, tolerances: Tolerances 
     probability difference of the threshold may cross it under FP16 rounding (it is counted,
     for information), one further away may not."""
     fp32, fp16 = np.asarray(fp32, np.float64).reshape(-1), np.asarray(fp16, np.float64).reshape(-1)
-    comparison = compare_output(contract.CLASSIFIER_OUTPUT, fp32, fp16, tolerances.classifier_max_abs_diff,
-                                contract.DECISION_THRESHOLD)
+    comparison = compare_output(
+        contract.CLASSIFIER_OUTPUT, fp32, fp16, tolerances.classifier_max_abs_diff, contract.DECISION_THRESHOLD
+    )
     clear = np.abs(fp32 - contract.DECISION_THRESHOLD) > tolerances.classifier_max_abs_diff
     changed = (fp32 > contract.DECISION_THRESHOLD) != (fp16 > contract.DECISION_THRESHOLD)
     agreement = 1.0 - np.sum(changed & clear) / max(int(clear.sum()), 1)
@@ -98,15 +103,19 @@ def check_classifier(fp32: np.ndarray, fp16: np.ndarray, tolerances: Tolerances 
         at_most("non-finite outputs (NaN/Inf)", _non_finite(fp16), 0),
         at_most("max |probability diff|", comparison.max_abs_diff, tolerances.classifier_max_abs_diff),
         at_least("decision agreement, clear cases", agreement, tolerances.classifier_min_agreement),
-        info(f"decisions changed within {tolerances.classifier_max_abs_diff:g} of the threshold",
-             float(np.sum(changed & ~clear))),
+        info(
+            f"decisions changed within {tolerances.classifier_max_abs_diff:g} of the threshold",
+            float(np.sum(changed & ~clear)),
+        ),
         info("mean |probability diff|", comparison.mean_abs_diff),
     )
     return GateReport(contract.CLASSIFIER, len(fp32), checks)
 
 
 def check_segmenter(
-    fp32: Sequence[np.ndarray], fp16: Sequence[np.ndarray], truth: Sequence[np.ndarray] | None = None,
+    fp32: Sequence[np.ndarray],
+    fp16: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray] | None = None,
     tolerances: Tolerances = Tolerances(),
 ) -> GateReport:
     """The segmenter's outputs per slice, of the FP32 reference and of the FP16 graph or
@@ -128,8 +137,11 @@ def check_segmenter(
     checks = [
         at_most("non-finite outputs (NaN/Inf)", sum(_non_finite(b) for b in fp16), 0),
         at_most("masks emptied by FP16", int(np.sum(found32 & ~found16)), tolerances.segmenter_max_emptied),
-        at_least("mean Dice FP16 vs FP32 masks", float(np.mean(dices)) if dices else 1.0,
-                 tolerances.segmenter_min_dice_vs_fp32),
+        at_least(
+            "mean Dice FP16 vs FP32 masks",
+            float(np.mean(dices)) if dices else 1.0,
+            tolerances.segmenter_min_dice_vs_fp32,
+        ),
         info("max |output diff|", float(max(differ, default=0.0))),
     ]
     if truth is not None:
@@ -145,12 +157,20 @@ def check_segmenter(
     return GateReport(contract.SEGMENTER, len(fp32), tuple(checks))
 
 
-def check_network(network: str, fp32: Sequence[np.ndarray], fp16: Sequence[np.ndarray],
-                  truth: Sequence[np.ndarray] | None, tolerances: Tolerances = Tolerances()) -> GateReport:
+def check_network(
+    network: str,
+    fp32: Sequence[np.ndarray],
+    fp16: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray] | None,
+    tolerances: Tolerances = Tolerances(),
+) -> GateReport:
     """The gate of ``network`` (classifier or segmenter) on its FP32 and FP16 outputs, one per slice."""
     if network == contract.CLASSIFIER:
-        return check_classifier(np.concatenate([np.reshape(a, -1) for a in fp32]),
-                                np.concatenate([np.reshape(a, -1) for a in fp16]), tolerances)
+        return check_classifier(
+            np.concatenate([np.reshape(a, -1) for a in fp32]),
+            np.concatenate([np.reshape(a, -1) for a in fp16]),
+            tolerances,
+        )
     return check_segmenter(fp32, fp16, truth, tolerances)
 
 
@@ -160,6 +180,8 @@ class GateFailedError(RuntimeError):
 
     def __init__(self, reports: list[GateReport], remedy: str):
         names = ", ".join(r.network for r in reports if not r.passed)
-        super().__init__("\n\n".join(r.table() for r in reports)
-                         + f"\n\nthe FP16 {names} is outside the tolerances; nothing was written. {remedy}")
+        super().__init__(
+            "\n\n".join(r.table() for r in reports)
+            + f"\n\nthe FP16 {names} is outside the tolerances; nothing was written. {remedy}"
+        )
         self.reports = reports

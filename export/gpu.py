@@ -1,6 +1,7 @@
 """Which NVIDIA GPU is here, from ``nvidia-smi`` (shipped with the driver and mounted into
 containers by the NVIDIA Container Toolkit). TensorRT plans run only on the compute
 capability they were built for, so both the engine builder and the doctor need it."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ def visible_gpus(timeout: float = 20.0) -> list[Gpu]:
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap,name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=timeout, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=compute_cap,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
     except (subprocess.SubprocessError, OSError):
         return []
     gpus = []
@@ -52,10 +58,14 @@ def build_gpu(gpus: list[Gpu] | None = None) -> Gpu:
     the wrong one."""
     gpus = cuda_visible(visible_gpus()) if gpus is None else gpus
     if not gpus:
-        raise GpuError("no NVIDIA GPU is visible (nvidia-smi is missing or lists none): build engines on the GPU host, "
-                       "in the export container")
+        raise GpuError(
+            "no NVIDIA GPU is visible (nvidia-smi is missing or lists none): build engines on the GPU host, "
+            "in the export container"
+        )
     if len({g.compute_capability for g in gpus}) > 1:
         listed = ", ".join(f"{g.name} ({g.compute_capability})" for g in gpus)
-        raise GpuError(f"GPUs of different compute capabilities are visible ({listed}): make one kind visible, e.g. "
-                       "CUDA_VISIBLE_DEVICES=0 with CUDA_DEVICE_ORDER=PCI_BUS_ID, and build once per kind")
+        raise GpuError(
+            f"GPUs of different compute capabilities are visible ({listed}): make one kind visible, e.g. "
+            "CUDA_VISIBLE_DEVICES=0 with CUDA_DEVICE_ORDER=PCI_BUS_ID, and build once per kind"
+        )
     return gpus[0]

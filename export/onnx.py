@@ -2,6 +2,7 @@
 served graph (the preprocessing and mask head around the network, ``export.serving``) and
 its parity gate against the reference preprocessing; only a graph that passes both is
 written."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,7 +71,9 @@ def onnx_session(path: Path | str | bytes, threads: int = 0):
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def compare_onnx_keras(

@@ -23,6 +23,7 @@ all show in the gate. What it cannot show is how TensorRT's kernels compute insi
 (accumulator width, tactic choice, fusions that keep intermediates in higher precision):
 the same gate runs again on the built engine (``brainscan export tensorrt``).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -35,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
 from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check_network
@@ -45,8 +45,10 @@ from brainscan.export.validation import NetworkInputs, run_onnx
 FP16_SUFFIX = ".fp16.onnx"
 RECORD_FORMAT = 1
 OP_PREFIX = "op:"
-REMEDY = ("Keep the nodes that overflow or drift in FP32 with --keep-fp32 PATTERN (a node-name glob, or op:TYPE "
-          "such as op:Sigmoid; `brainscan export fp16 RUN --list-nodes` prints the names) and convert again.")
+REMEDY = (
+    "Keep the nodes that overflow or drift in FP32 with --keep-fp32 PATTERN (a node-name glob, or op:TYPE "
+    "such as op:Sigmoid; `brainscan export fp16 RUN --list-nodes` prints the names) and convert again."
+)
 # Names of what storage_view adds around each FP16 tensor.
 _RAW, _HALF = "__fp32_raw", "__fp16_stored"
 _FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT, FLOAT16
@@ -80,13 +82,15 @@ def resolve_block_list(model, patterns: tuple[str, ...]) -> list[str]:
     kept: list[str] = []
     for pattern in patterns:
         if pattern.startswith(OP_PREFIX):
-            hits = [name for name, op in nodes if op == pattern[len(OP_PREFIX):]]
+            hits = [name for name, op in nodes if op == pattern[len(OP_PREFIX) :]]
         else:
             hits = [name for name, _ in nodes if fnmatch.fnmatchcase(name, pattern)]
         if not hits:
             ops = sorted({op for _, op in nodes})
-            raise PrecisionError(f"--keep-fp32 {pattern!r} matches no node (op types here: {', '.join(ops)}; "
-                                 "--list-nodes prints every name)")
+            raise PrecisionError(
+                f"--keep-fp32 {pattern!r} matches no node (op types here: {', '.join(ops)}; "
+                "--list-nodes prints every name)"
+            )
         kept += [name for name in hits if name not in kept]
     return kept
 
@@ -118,8 +122,10 @@ def convert_to_fp16(model, keep_fp32: tuple[str, ...] = ()):
     try:  # TensorRT's strongly typed parser needs every type to agree with ONNX's inference
         onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        raise PrecisionError(f"the FP16 graph fails ONNX's strict type inference, which TensorRT's strongly typed "
-                             f"parser relies on: {exc}") from None
+        raise PrecisionError(
+            f"the FP16 graph fails ONNX's strict type inference, which TensorRT's strongly typed "
+            f"parser relies on: {exc}"
+        ) from None
     return converted, kept
 
 
@@ -141,7 +147,9 @@ def _lift_attribute(attribute) -> None:
     if attribute.type == AttributeProto.GRAPH or attribute.type == AttributeProto.GRAPHS:
         raise PrecisionError("control flow (If/Loop/Scan) is not supported by the FP16 storage view")
     if attribute.type == AttributeProto.TENSOR and attribute.t.data_type == _FLOAT16:
-        attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float32), attribute.t.name))
+        attribute.t.CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float32), attribute.t.name)
+        )
     if attribute.type == AttributeProto.INT and attribute.name in ("to", "dtype") and attribute.i == _FLOAT16:
         attribute.i = _FLOAT
 
@@ -160,7 +168,9 @@ def storage_view(fp16_model):
     graph = view.graph
     for index, tensor in enumerate(graph.initializer):
         if tensor.data_type == _FLOAT16:
-            graph.initializer[index].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
+            graph.initializer[index].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+            )
     nodes = []
     for node in graph.node:
         for attribute in node.attribute:
@@ -169,7 +179,9 @@ def storage_view(fp16_model):
         node.output[:] = [name + _RAW if name in stored else name for name in node.output]
         nodes.append(node)
         for name in stored:
-            nodes.append(helper.make_node("Cast", [name + _RAW], [name + _HALF], to=_FLOAT16, name=f"{name}/fp16_store"))
+            nodes.append(
+                helper.make_node("Cast", [name + _RAW], [name + _HALF], to=_FLOAT16, name=f"{name}/fp16_store")
+            )
             nodes.append(helper.make_node("Cast", [name + _HALF], [name], to=_FLOAT, name=f"{name}/fp16_load"))
     del graph.node[:]
     graph.node.extend(nodes)
@@ -182,8 +194,11 @@ def fp16_share(fp16_model) -> tuple[int, int]:
     much of it computes in FP16 (the preprocessing and the mask head stay FP32 by design)."""
     types = _tensor_types(fp16_model)
     added = set(added_nodes(fp16_model))
-    floating = [n for n in fp16_model.graph.node if n.op_type != "Cast" and n.name not in added
-                and any(types.get(o) in (_FLOAT, _FLOAT16) for o in n.output)]
+    floating = [
+        n
+        for n in fp16_model.graph.node
+        if n.op_type != "Cast" and n.name not in added and any(types.get(o) in (_FLOAT, _FLOAT16) for o in n.output)
+    ]
     return sum(any(types.get(o) == _FLOAT16 for o in n.output) for n in floating), len(floating)
 
 
@@ -206,8 +221,13 @@ class Fp16Result:
         return f"{self.network}: {self.fp16_nodes} of {self.float_nodes} nodes compute in FP16{kept}"
 
 
-def export_fp16(onnx_path: Path, inputs: NetworkInputs, keep_fp32: tuple[str, ...] = (),
-                tolerances: Tolerances = Tolerances(), out: Path | None = None) -> Fp16Result:
+def export_fp16(
+    onnx_path: Path,
+    inputs: NetworkInputs,
+    keep_fp32: tuple[str, ...] = (),
+    tolerances: Tolerances = Tolerances(),
+    out: Path | None = None,
+) -> Fp16Result:
     """Convert the served graph ``onnx_path`` to FP16, gate the FP16 graph against the FP32
     one on CPU (``inputs``: real validation slices), and only if the gate passes write it
     (default beside the source, ``model.fp16.onnx``) with a ``model.fp16.json`` record. Raises
@@ -218,8 +238,13 @@ def export_fp16(onnx_path: Path, inputs: NetworkInputs, keep_fp32: tuple[str, ..
     model = serving_model(onnx.load(str(onnx_path)))
     network = network_of(model)
     converted, kept = convert_to_fp16(model, keep_fp32)
-    report = check_network(network, run_onnx(model.SerializeToString(), inputs.images),
-                           run_fp16(converted, inputs.images), inputs.truth, tolerances)
+    report = check_network(
+        network,
+        run_onnx(model.SerializeToString(), inputs.images),
+        run_fp16(converted, inputs.images),
+        inputs.truth,
+        tolerances,
+    )
     if not report.passed:
         raise GateFailedError([report], REMEDY)
     target = Path(out) if out else fp16_path(onnx_path)

@@ -8,12 +8,12 @@ engine built for batch 1 only is the classic "dimension 0 between 1 and 1" error
 TensorRT engines and the onnxruntime flavour's TensorRT execution provider take their
 profile from here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from brainscan.contract import MAX_SIDE_PARAMETER
-
 
 # The image the profiles are tuned for (TensorRT's "opt"): MRI slices are most often
 # 256 x 256, one channel.
@@ -39,12 +39,17 @@ class Profile:
         return {"input": self.input, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Profile":
+    def from_dict(cls, data: dict) -> Profile:
         return cls(data["input"], tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
 
 
-def image_profile(input_name: str, max_batch_size: int, max_side: int, opt_batch: int | None = None,
-                  opt_image: tuple[int, int, int] = OPT_IMAGE) -> Profile:
+def image_profile(
+    input_name: str,
+    max_batch_size: int,
+    max_side: int,
+    opt_batch: int | None = None,
+    opt_image: tuple[int, int, int] = OPT_IMAGE,
+) -> Profile:
     """Batch 1 … ``max_batch_size`` of images from 1 x 1 to ``max_side`` x ``max_side`` with
     one to three channels. The optimum is ``opt_image`` (a 256 x 256 grey slice, the common
     MRI case) at ``max_batch_size``: under load Triton's dynamic batcher fills batches towards
@@ -66,7 +71,9 @@ def profile_from_config(config, opt_batch: int | None = None) -> Profile:
     if len(config.input) != 1:
         raise ProfileError(f"{config.name}: expected one input, the config has {len(config.input)}")
     if MAX_SIDE_PARAMETER not in config.parameters:
-        raise ProfileError(f"{config.name}: the config has no {MAX_SIDE_PARAMETER} parameter; write the configs again "
-                           "with `brainscan export repository --flavour tensorrt`")
+        raise ProfileError(
+            f"{config.name}: the config has no {MAX_SIDE_PARAMETER} parameter; write the configs again "
+            "with `brainscan export repository --flavour tensorrt`"
+        )
     side = int(config.parameters[MAX_SIDE_PARAMETER].string_value)
     return image_profile(config.input[0].name, config.max_batch_size, side, opt_batch)

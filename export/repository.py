@@ -13,6 +13,7 @@ The ensemble is ``preprocess`` (python: check and decode the file) -> ``classifi
 all three flavours. Configs are built from the contract as dicts, parsed into Triton's own
 ModelConfig protobuf (which rejects unknown fields and wrong enum values) and written as text.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -108,7 +109,9 @@ class RepositorySpec:
             )
         unknown = sorted(set(self.instances) - set(contract.COMPOSING_MODELS))
         if unknown:
-            raise RepositoryError(f"instances given for unknown model(s) {unknown}: models are {', '.join(contract.COMPOSING_MODELS)}")
+            raise RepositoryError(
+                f"instances given for unknown model(s) {unknown}: models are {', '.join(contract.COMPOSING_MODELS)}"
+            )
         if any(int(n) < 1 for n in self.instances.values()):
             raise RepositoryError("instance counts must be at least 1")
         if self.queue_delay_us is None:
@@ -116,8 +119,10 @@ class RepositorySpec:
         if self.max_image_side is None:
             self.max_image_side = contract.GPU_MAX_IMAGE_SIDE if self.on_gpu else contract.MAX_IMAGE_SIDE
         if not max(OPT_IMAGE[:2]) <= self.max_image_side <= contract.MAX_IMAGE_SIDE:
-            raise RepositoryError(f"the largest image side must be between {max(OPT_IMAGE[:2])} and "
-                                  f"{contract.MAX_IMAGE_SIDE}, got {self.max_image_side}")
+            raise RepositoryError(
+                f"the largest image side must be between {max(OPT_IMAGE[:2])} and "
+                f"{contract.MAX_IMAGE_SIDE}, got {self.max_image_side}"
+            )
 
     @property
     def on_gpu(self) -> bool:
@@ -187,7 +192,9 @@ def _network(name: str, spec: RepositorySpec) -> dict:
     else:
         config["platform"] = "onnxruntime_onnx"
         config["instance_group"] = [{"kind": "KIND_CPU", "count": spec.count(name)}]
-        config["parameters"].update(_parameters({"intra_op_thread_count": spec.ort_threads, "inter_op_thread_count": 1}))
+        config["parameters"].update(
+            _parameters({"intra_op_thread_count": spec.ort_threads, "inter_op_thread_count": 1})
+        )
     return config
 
 
@@ -200,8 +207,10 @@ def _graph_specs(max_batch_size: int) -> list[dict]:
     InitializeGraphSpecs), so the batches in between, the common case under moderate load,
     would miss them. Each graph costs a capture at model load and some device memory per
     instance: negligible for these small networks at the default maximum of 8."""
-    return [{"batch_size": size, "input": {contract.PIXELS: {"dim": list(OPT_IMAGE)}}}
-            for size in range(1, max_batch_size + 1)]
+    return [
+        {"batch_size": size, "input": {contract.PIXELS: {"dim": list(OPT_IMAGE)}}}
+        for size in range(1, max_batch_size + 1)
+    ]
 
 
 def _ort_tensorrt(name: str, spec: RepositorySpec) -> dict:
@@ -241,12 +250,18 @@ def _warmup(configs: dict[str, dict], max_batch_size: int) -> None:
     """Add the warm-up samples (see WARMUP_FOLDER) to the composing models' configs."""
     image = {"data_type": contract.IMAGE_SPEC.triton_dtype, "dims": [1], "input_data_file": WARMUP_IMAGE}
     configs[contract.PREPROCESS]["model_warmup"] = [
-        {"name": "a PNG slice", "batch_size": 1, "inputs": {contract.IMAGE: image}}]
+        {"name": "a PNG slice", "batch_size": 1, "inputs": {contract.IMAGE: image}}
+    ]
     zeros = {"data_type": contract.PIXELS_SPEC.triton_dtype, "dims": [*WARMUP_SIZE, 1], "zero_data": True}
     for network in contract.NETWORKS:
         configs[network]["model_warmup"] = [
-            {"name": f"a {WARMUP_SIZE[0]} x {WARMUP_SIZE[1]} grey image, batch {size}", "batch_size": size,
-             "inputs": {contract.PIXELS: zeros}} for size in sorted({1, max_batch_size})]
+            {
+                "name": f"a {WARMUP_SIZE[0]} x {WARMUP_SIZE[1]} grey image, batch {size}",
+                "batch_size": size,
+                "inputs": {contract.PIXELS: zeros},
+            }
+            for size in sorted({1, max_batch_size})
+        ]
 
 
 def _warmup_files() -> dict[str, bytes]:
@@ -272,19 +287,27 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
                     "input_map": {contract.IMAGE: contract.IMAGE},
                     "output_map": {contract.PIXELS: contract.PIXELS},
                 },
-                *({
-                    "model_name": network,
-                    "model_version": -1,
-                    "input_map": {contract.PIXELS: contract.PIXELS},
-                    "output_map": {output.name: output.name},
-                } for network, output in contract.NETWORK_OUTPUT_SPEC.items()),
+                *(
+                    {
+                        "model_name": network,
+                        "model_version": -1,
+                        "input_map": {contract.PIXELS: contract.PIXELS},
+                        "output_map": {output.name: output.name},
+                    }
+                    for network, output in contract.NETWORK_OUTPUT_SPEC.items()
+                ),
             ]
         },
     }
     configs = {
         contract.ENSEMBLE: ensemble,
-        contract.PREPROCESS: _python_model(contract.PREPROCESS, [contract.IMAGE_SPEC], [contract.PIXELS_SPEC], spec,
-                                           {MAX_SIDE_PARAMETER: spec.max_image_side}),
+        contract.PREPROCESS: _python_model(
+            contract.PREPROCESS,
+            [contract.IMAGE_SPEC],
+            [contract.PIXELS_SPEC],
+            spec,
+            {MAX_SIDE_PARAMETER: spec.max_image_side},
+        ),
         **{network: _network(network, spec) for network in contract.NETWORKS},
     }
     _warmup(configs, spec.max_batch_size)
@@ -353,8 +376,11 @@ def _listed_engines(out: Path, name: str) -> tuple[dict[str, str], dict[str, str
     except RepositoryError:
         return {}, {}
     listed = {cc: plan for cc, plan in config.cc_model_filenames.items() if (out / name / VERSION / plan).exists()}
-    described = {engine_parameter(cc): config.parameters[engine_parameter(cc)].string_value
-                 for cc in listed if engine_parameter(cc) in config.parameters}
+    described = {
+        engine_parameter(cc): config.parameters[engine_parameter(cc)].string_value
+        for cc in listed
+        if engine_parameter(cc) in config.parameters
+    }
     return listed, described
 
 
@@ -388,7 +414,11 @@ def served_graph(path: Path, network: str) -> bytes:
     try:
         model = serving_model(onnx.load(str(path)))
         found = network_of(model)
-    except (ServingGraphError, onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as exc:
+    except (
+        ServingGraphError,
+        onnx.checker.ValidationError,
+        onnx.onnx_cpp2py_export.shape_inference.InferenceError,
+    ) as exc:
         raise RepositoryError(f"{path}: {exc}") from None
     if found != network:
         raise RepositoryError(f"{path} is the {found}, given as the {network}")
@@ -415,8 +445,10 @@ def write_repository(
         sources = {name: fp16_path(path) if path else None for name, path in sources.items()}
         missing = [str(path) for path in sources.values() if path and not path.exists()]
         if missing:
-            raise RepositoryError(f"the onnxruntime flavour on a GPU serves the FP16 graphs, and {', '.join(missing)} "
-                                  "is missing: write it with `brainscan export fp16 RUN` (make demo does)")
+            raise RepositoryError(
+                f"the onnxruntime flavour on a GPU serves the FP16 graphs, and {', '.join(missing)} "
+                "is missing: write it with `brainscan export fp16 RUN` (make demo does)"
+            )
     spec = RepositorySpec(flavour=flavour, **options)
     files = repository_files(spec)
     if flavour in ("local", "onnxruntime"):

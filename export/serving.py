@@ -15,6 +15,7 @@ stretch, the network alone, OpenCV's linear mask resize), and requires the same 
 and masks (mean Dice against the reference's). ``brainscan export onnx`` writes a served
 graph only when it passes.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -26,7 +27,12 @@ from brainscan import contract
 from brainscan.export.fp16 import Check, GateReport, at_least, at_most, info
 from brainscan.metrics import dice
 from brainscan.preprocessing_graph import (
-    MASK_PREFIX, PREPROCESS_PREFIX, GraphBuilder, add_mask_head, add_preprocessing, image_size,
+    MASK_PREFIX,
+    PREPROCESS_PREFIX,
+    GraphBuilder,
+    add_mask_head,
+    add_preprocessing,
+    image_size,
 )
 
 # the image sizes the parity gate resamples each validation slice to (height, width)
@@ -54,9 +60,11 @@ def network_of(model) -> str:
     for network, name in contract.NETWORK_INPUT.items():
         if inputs == [name]:
             return network
-    raise ServingGraphError(f"the graph has inputs {inputs} and outputs {outputs}: expected a served graph "
-                            f"([{contract.PIXELS!r}] -> {contract.TUMOR_PROBABILITY!r} or {contract.MASK!r}) or a "
-                            f"network taking {contract.CLASSIFIER_INPUT!r} or {contract.SEGMENTER_INPUT!r}")
+    raise ServingGraphError(
+        f"the graph has inputs {inputs} and outputs {outputs}: expected a served graph "
+        f"([{contract.PIXELS!r}] -> {contract.TUMOR_PROBABILITY!r} or {contract.MASK!r}) or a "
+        f"network taking {contract.CLASSIFIER_INPUT!r} or {contract.SEGMENTER_INPUT!r}"
+    )
 
 
 def is_served(model) -> bool:
@@ -74,8 +82,10 @@ def network_size(model) -> tuple[int, int]:
         raise ServingGraphError(f"the served {network} graph does not record its network's input shape")
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or not all(dims[1:3]) or dims[3] != contract.CHANNELS:
-        raise ServingGraphError(f"the network input {model.graph.input[0].name} has shape {dims}, expected "
-                                f"[batch, height, width, {contract.CHANNELS}]")
+        raise ServingGraphError(
+            f"the network input {model.graph.input[0].name} has shape {dims}, expected "
+            f"[batch, height, width, {contract.CHANNELS}]"
+        )
     return dims[1], dims[2]
 
 
@@ -92,7 +102,7 @@ def serving_model(model):
     network = network_of(model)
     size = network_size(model)
     opset = _opset(model)
-    if not 13 <= opset:
+    if not opset >= 13:
         raise ServingGraphError(f"the {network} graph uses opset {opset}; the served graph needs 13 or newer")
     served = onnx.ModelProto()
     served.CopyFrom(model)
@@ -158,7 +168,7 @@ def run_served(session, images: Sequence[np.ndarray], max_batch: int = 16) -> li
     out: list[np.ndarray | None] = [None] * len(images)
     for indices in by_shape(images).values():
         for start in range(0, len(indices), max_batch):
-            chunk = indices[start:start + max_batch]
+            chunk = indices[start : start + max_batch]
             (result,) = session.run(None, {name: np.stack([images[i] for i in chunk]).astype(np.float32)})
             for i, value in zip(chunk, result):
                 out[i] = value
@@ -166,6 +176,7 @@ def run_served(session, images: Sequence[np.ndarray], max_batch: int = 16) -> li
 
 
 # --- the reference: the OpenCV preprocessing the graphs replaced -----------------------------
+
 
 def reference_model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The kit's preprocessing before the graphs (OpenCV): the parity gate's reference."""

@@ -23,14 +23,16 @@ types, and ``make test`` type-checks them against ``tensorrt-stubs`` (the 10.x s
 the 11.x surface without weak typing). ``tensorrt`` and ``polygraphy`` are imported lazily:
 everything else here runs, and is tested, on machines without a GPU.
 """
+
 from __future__ import annotations
 
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -55,10 +57,14 @@ RECORD = "engine.json"  # the record of such a plan
 RECORD_FORMAT = 3
 NETWORKS = contract.NETWORKS
 EXPORT_COMMAND = "docker compose -f docker/compose.yaml run --rm export"
-CONTAINER_HINT = f"build engines in the export container on a GPU host: `{EXPORT_COMMAND}` (docs/gpu.md, 'On a GPU host')"
-REMEDY = ("The FP16 graphs passed the same gate on CPU, so the difference comes from TensorRT's kernels: keep the "
-          "offending nodes in FP32 with `brainscan export fp16 RUN --keep-fp32 PATTERN` (--list-nodes prints them), "
-          "then build again.")
+CONTAINER_HINT = (
+    f"build engines in the export container on a GPU host: `{EXPORT_COMMAND}` (docs/gpu.md, 'On a GPU host')"
+)
+REMEDY = (
+    "The FP16 graphs passed the same gate on CPU, so the difference comes from TensorRT's kernels: keep the "
+    "offending nodes in FP32 with `brainscan export fp16 RUN --keep-fp32 PATTERN` (--list-nodes prints them), "
+    "then build again."
+)
 
 
 class TensorRTUnavailableError(RuntimeError):
@@ -79,7 +85,8 @@ def check_version(version: str) -> None:
         need = ".".join(str(n) for n in MINIMUM_VERSION)
         raise TensorRTUnavailableError(
             f"TensorRT {version} is too old: brainscan builds strongly typed engines from FP16 graphs, which needs "
-            f"TensorRT {need} or newer (11.x builds only strongly typed networks); {CONTAINER_HINT}.")
+            f"TensorRT {need} or newer (11.x builds only strongly typed networks); {CONTAINER_HINT}."
+        )
 
 
 def installed_version() -> str | None:
@@ -134,18 +141,24 @@ def timing_cache_file(cache: Path, trt_version: str, gpu: Gpu) -> Path:
     return cache.with_name(f"{cache.stem}-trt{trt_version}-sm{gpu.compute_capability}{cache.suffix}")
 
 
-def build_request(network: str, fp32_onnx: Path, profile: Profile, settings: BuildSettings, trt_version: str,
-                  gpu: Gpu) -> BuildRequest:
+def build_request(
+    network: str, fp32_onnx: Path, profile: Profile, settings: BuildSettings, trt_version: str, gpu: Gpu
+) -> BuildRequest:
     """The build of ``network`` from the FP16 graph beside ``fp32_onnx``."""
     fp16 = fp16_path(fp32_onnx)
     if not fp16.exists():
-        raise EngineBuildError(f"{fp16} is missing: precision lives in the ONNX graph, so write it first with "
-                               f"`brainscan export fp16 {Path(fp32_onnx).parent}` (make demo does)")
+        raise EngineBuildError(
+            f"{fp16} is missing: precision lives in the ONNX graph, so write it first with "
+            f"`brainscan export fp16 {Path(fp32_onnx).parent}` (make demo does)"
+        )
     cache = timing_cache_file(settings.timing_cache, trt_version, gpu) if settings.timing_cache else None
-    return BuildRequest(network, fp16, profile, settings.workspace_mib << 20, needs_strongly_typed_flag(trt_version), cache)
+    return BuildRequest(
+        network, fp16, profile, settings.workspace_mib << 20, needs_strongly_typed_flag(trt_version), cache
+    )
 
 
 # --- GPU-only: TensorRT through Polygraphy (type-checked against tensorrt-stubs) -----------
+
 
 def check_parsed_network(network: tensorrt.INetworkDefinition, request: BuildRequest) -> None:
     """The parsed network must take and give what the Triton config declares: one FP32
@@ -155,23 +168,29 @@ def check_parsed_network(network: tensorrt.INetworkDefinition, request: BuildReq
 
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     if [t.name for t in inputs] != [request.profile.input]:
-        raise EngineBuildError(f"{request.onnx} has inputs {[t.name for t in inputs]}; the model config expects "
-                               f"[{request.profile.input!r}] (write the served graph with `brainscan export onnx` "
-                               "and `export fp16`)")
+        raise EngineBuildError(
+            f"{request.onnx} has inputs {[t.name for t in inputs]}; the model config expects "
+            f"[{request.profile.input!r}] (write the served graph with `brainscan export onnx` "
+            "and `export fp16`)"
+        )
     dims: tuple[int, ...] = tuple(inputs[0].shape[:])
     if len(dims) != len(request.profile.max) or any(d != -1 for d in dims):
-        raise EngineBuildError(f"{request.onnx} takes {list(dims)}; the model config takes any batch and image "
-                               "size ([-1, -1, -1, -1])")
+        raise EngineBuildError(
+            f"{request.onnx} takes {list(dims)}; the model config takes any batch and image size ([-1, -1, -1, -1])"
+        )
     expected = contract.NETWORK_OUTPUT_SPEC[request.network]
     outputs = [network.get_output(i) for i in range(network.num_outputs)]
     if [t.name for t in outputs] != [expected.name]:
-        raise EngineBuildError(f"{request.onnx} gives {[t.name for t in outputs]}; the model config expects "
-                               f"[{expected.name!r}]")
+        raise EngineBuildError(
+            f"{request.onnx} gives {[t.name for t in outputs]}; the model config expects [{expected.name!r}]"
+        )
     wanted = {"TYPE_FP32": trt.DataType.FLOAT, "TYPE_UINT8": trt.DataType.UINT8}
     for tensor, declared in ((inputs[0], contract.PIXELS_SPEC.triton_dtype), (outputs[0], expected.triton_dtype)):
         if tensor.dtype != wanted[declared]:
-            raise EngineBuildError(f"{request.onnx}: {tensor.name} is {tensor.dtype}, but the model config declares "
-                                   f"{declared} (an FP16 graph keeps its inputs and outputs in their own types)")
+            raise EngineBuildError(
+                f"{request.onnx}: {tensor.name} is {tensor.dtype}, but the model config declares "
+                f"{declared} (an FP16 graph keeps its inputs and outputs in their own types)"
+            )
 
 
 def check_config(config: tensorrt.IBuilderConfig, request: BuildRequest) -> None:
@@ -179,13 +198,17 @@ def check_config(config: tensorrt.IBuilderConfig, request: BuildRequest) -> None
     import tensorrt as trt
 
     if config.num_optimization_profiles != 1:
-        raise EngineBuildError(f"the builder config has {config.num_optimization_profiles} optimization profiles, not 1")
+        raise EngineBuildError(
+            f"the builder config has {config.num_optimization_profiles} optimization profiles, not 1"
+        )
     workspace = config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE)
     if workspace != request.workspace_bytes:
         raise EngineBuildError(f"TensorRT set the workspace limit to {workspace} bytes, not {request.workspace_bytes}")
     if request.timing_cache and config.get_timing_cache() is None:
-        raise EngineBuildError(f"TensorRT refused the timing cache {request.timing_cache} (damaged, or from another "
-                               "TensorRT or GPU): delete it, or give another file with --timing-cache")
+        raise EngineBuildError(
+            f"TensorRT refused the timing cache {request.timing_cache} (damaged, or from another "
+            "TensorRT or GPU): delete it, or give another file with --timing-cache"
+        )
 
 
 def build_engine(request: BuildRequest) -> bytes:
@@ -201,15 +224,21 @@ def build_engine(request: BuildRequest) -> bytes:
     try:
         builder, network, parser = NetworkFromOnnxPath(str(request.onnx), strongly_typed=request.strongly_typed_flag)()
         check_parsed_network(network, request)
-        shapes = ShapeProfile().add(request.profile.input, min=request.profile.min, opt=request.profile.opt,
-                                    max=request.profile.max)
-        config = CreateConfig(profiles=[shapes], load_timing_cache=cache,
-                              memory_pool_limits={trt.MemoryPoolType.WORKSPACE: request.workspace_bytes})(builder, network)
+        shapes = ShapeProfile().add(
+            request.profile.input, min=request.profile.min, opt=request.profile.opt, max=request.profile.max
+        )
+        config = CreateConfig(
+            profiles=[shapes],
+            load_timing_cache=cache,
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: request.workspace_bytes},
+        )(builder, network)
         check_config(config, request)
         serialized = EngineBytesFromNetwork((builder, network, parser), config=config, save_timing_cache=cache)()
     except PolygraphyException as exc:
-        raise EngineBuildError(f"TensorRT could not build the {request.network} engine from {request.onnx}: {exc} "
-                               "(TensorRT's log above says more)") from None
+        raise EngineBuildError(
+            f"TensorRT could not build the {request.network} engine from {request.onnx}: {exc} "
+            "(TensorRT's log above says more)"
+        ) from None
     return bytes(memoryview(serialized))
 
 
@@ -224,7 +253,7 @@ def run_engine(plan: bytes, input_name: str, images: list[np.ndarray], max_batch
         with TrtRunner(EngineFromBytes(plan)) as runner:
             for indices in by_shape(images).values():
                 for start in range(0, len(indices), max_batch):
-                    chunk = indices[start:start + max_batch]
+                    chunk = indices[start : start + max_batch]
                     batch = np.ascontiguousarray(np.stack([images[i] for i in chunk]), np.float32)
                     (array,) = runner.infer({input_name: batch}).values()
                     for i, value in zip(chunk, np.asarray(array)):
@@ -265,8 +294,10 @@ class TensorRT:
 
 # --- the flow around the build, the same with any toolkit ----------------------------------
 
-def engine_record(request: BuildRequest, trt_version: str, gpu: Gpu, given: NetworkInputs, seconds: float,
-                  gate: GateReport) -> dict:
+
+def engine_record(
+    request: BuildRequest, trt_version: str, gpu: Gpu, given: NetworkInputs, seconds: float, gate: GateReport
+) -> dict:
     """What an engine's record holds: enough to tell whether the plan still fits a server."""
     fp16_record = record_path(request.onnx)
     kept = json.loads(fp16_record.read_text()).get("fp32_nodes", []) if fp16_record.exists() else []
@@ -292,8 +323,10 @@ def engine_record(request: BuildRequest, trt_version: str, gpu: Gpu, given: Netw
 def engine_description(record: dict) -> str:
     """One line a client can read from the config about an engine (its record stays beside
     the plan): TensorRT version, GPU, compute capability, digest of the FP16 graph."""
-    return (f"TensorRT {record['tensorrt_version']}; {record['gpu_name']}; compute capability "
-            f"{record['compute_capability']}; FP16 ONNX sha256 {record['onnx_sha256']}")
+    return (
+        f"TensorRT {record['tensorrt_version']}; {record['gpu_name']}; compute capability "
+        f"{record['compute_capability']}; FP16 ONNX sha256 {record['onnx_sha256']}"
+    )
 
 
 def record_name(plan: str) -> str:
@@ -340,9 +373,11 @@ def build_repository_engines(
     reports, built = [], {}
     for network, request in requests.items():
         given, profile = inputs[network], request.profile
-        log(f"{network}: building from {request.onnx} (strongly typed), optimization profile min/opt/max batch "
+        log(
+            f"{network}: building from {request.onnx} (strongly typed), optimization profile min/opt/max batch "
             f"{profile.min[0]}/{profile.opt[0]}/{profile.max[0]}, images {list(profile.min[1:])} … "
-            f"{list(profile.max[1:])} (tuned for {list(profile.opt[1:])})")
+            f"{list(profile.max[1:])} (tuned for {list(profile.opt[1:])})"
+        )
         started = time.perf_counter()
         plan = toolkit.build(request)
         seconds = time.perf_counter() - started
@@ -362,13 +397,17 @@ def build_repository_engines(
         config_path = Path(repository) / network / "config.pbtxt"
         list_engine(config_path, gpu.compute_capability, name, engine_description(record))
         others = sorted(cc for cc in plan_files(read_config(config_path)) if cc != gpu.compute_capability)
-        log(f"wrote {version_dir / name} ({len(plan) / 1e6:.1f} MB, built in {record['build_seconds']:.0f} s) for "
-            f"compute capability {gpu.compute_capability}" + (f"; engines for {', '.join(others)} kept" if others else ""))
+        log(
+            f"wrote {version_dir / name} ({len(plan) / 1e6:.1f} MB, built in {record['build_seconds']:.0f} s) for "
+            f"compute capability {gpu.compute_capability}"
+            + (f"; engines for {', '.join(others)} kept" if others else "")
+        )
     return reports
 
 
-def build_into_bucket(uri: str, build: Callable[[Path], object], compute_capability: str,
-                      log: Callable[[str], None] = print) -> None:
+def build_into_bucket(
+    uri: str, build: Callable[[Path], object], compute_capability: str, log: Callable[[str], None] = print
+) -> None:
     """Build engines for a repository in object storage: ``build`` runs on a local copy of
     its configs; the new plans and records are uploaded, then each network's config is read
     from the bucket again and gains this GPU's entry, so entries that other GPU kinds' builds
@@ -390,8 +429,9 @@ def build_into_bucket(uri: str, build: Callable[[Path], object], compute_capabil
         storage.download(uri, work / "built", only=is_config)
         build(work / "built")
         storage.upload(work / "built", uri, only=new_files.__contains__)
-        fresh = storage.download(uri, work / "fresh", only=lambda relative: relative in {
-            f"{network}/config.pbtxt" for network in NETWORKS})
+        fresh = storage.download(
+            uri, work / "fresh", only=lambda relative: relative in {f"{network}/config.pbtxt" for network in NETWORKS}
+        )
         for network in NETWORKS:
             record = json.loads((work / "built" / network / VERSION / record_name(name)).read_text())
             list_engine(fresh / network / "config.pbtxt", compute_capability, name, engine_description(record))

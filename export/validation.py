@@ -5,6 +5,7 @@ Both the CPU gate of ``brainscan export fp16`` and the engine gate of ``brainsca
 tensorrt`` read their inputs here, so they judge the same slices the same way. Nothing here
 imports TensorFlow: the export image installs only the ``export`` extra.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

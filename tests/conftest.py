@@ -1,8 +1,10 @@
 """Shared fixtures: a small phantom dataset, tiny trained networks exported to ONNX, a
 `local` model repository and a real tritonserver on loopback (all built once per session)."""
+
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import os
 import shutil
@@ -24,6 +26,7 @@ from brainscan import contract  # noqa: E402
 DEMO_ARTIFACTS = contract.artifacts_dir().resolve()
 os.environ[contract.ARTIFACTS_ENV] = tempfile.mkdtemp(prefix="brainscan-test-artifacts-")
 atexit.register(shutil.rmtree, os.environ[contract.ARTIFACTS_ENV], ignore_errors=True)
+
 
 # Every process a test body starts ends with the test, passed or failed: the processes it
 # launched (subprocess.Popen while the test runs, not its fixtures') that are still running
@@ -80,10 +83,8 @@ def pytest_sessionfinish(session, exitstatus):
 
     left = _descendants(os.getpid())
     for pid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     if left:
         print(f"\nkilled {len(left)} process(es) the tests left running: {left}")
 
@@ -135,8 +136,19 @@ def phantom_dir(tmp_path_factory) -> Path:
 def _train_tiny(task: str, data: Path, out: Path) -> Path:
     from brainscan.train.training import TrainConfig, train
 
-    train(TrainConfig(task=task, data=str(data), out=str(out), size=TINY_SIZES[task], epochs=2, batch_size=8,
-                      alpha=0.35, seed=3, steps_per_epoch=2))
+    train(
+        TrainConfig(
+            task=task,
+            data=str(data),
+            out=str(out),
+            size=TINY_SIZES[task],
+            epochs=2,
+            batch_size=8,
+            alpha=0.35,
+            seed=3,
+            steps_per_epoch=2,
+        )
+    )
     return out
 
 
@@ -215,24 +227,32 @@ def write_threshold_segmenter(path: Path, size: int = 64, detour: float | None =
     trained segmenter finds nothing. With ``detour``, the mean is multiplied by it and
     divided back (nodes ``detour_up``/``detour_down``): the same answer in FP32, but an
     intermediate that overflows FP16 (max 65504) once mean x detour does."""
-    from brainscan.export.onnx import save_graph
     from onnx import TensorProto, helper
 
     from brainscan import contract
+    from brainscan.export.onnx import save_graph
 
     nodes = [helper.make_node("ReduceMean", [contract.SEGMENTER_INPUT], ["mean"], axes=[3], keepdims=1, name="mean")]
-    constants = [helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0]), helper.make_tensor("gain", TensorProto.FLOAT, [], [0.1])]
+    constants = [
+        helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0]),
+        helper.make_tensor("gain", TensorProto.FLOAT, [], [0.1]),
+    ]
     level = "mean"
     if detour is not None:
-        nodes += [helper.make_node("Mul", ["mean", "detour"], ["detoured"], name="detour_up"),
-                  helper.make_node("Div", ["detoured", "detour"], ["level"], name="detour_down")]
+        nodes += [
+            helper.make_node("Mul", ["mean", "detour"], ["detoured"], name="detour_up"),
+            helper.make_node("Div", ["detoured", "detour"], ["level"], name="detour_down"),
+        ]
         constants.append(helper.make_tensor("detour", TensorProto.FLOAT, [], [detour]))
         level = "level"
-    nodes += [helper.make_node("Sub", [level, "middle"], ["centred"], name="centre"),
-              helper.make_node("Mul", ["centred", "gain"], ["logit"], name="scale"),
-              helper.make_node("Sigmoid", ["logit"], [contract.SEGMENTER_OUTPUT], name="probability")]
+    nodes += [
+        helper.make_node("Sub", [level, "middle"], ["centred"], name="centre"),
+        helper.make_node("Mul", ["centred", "gain"], ["logit"], name="scale"),
+        helper.make_node("Sigmoid", ["logit"], [contract.SEGMENTER_OUTPUT], name="probability"),
+    ]
     graph = helper.make_graph(
-        nodes, "threshold_segmenter",
+        nodes,
+        "threshold_segmenter",
         [helper.make_tensor_value_info(contract.SEGMENTER_INPUT, TensorProto.FLOAT, ["N", size, size, 3])],
         [helper.make_tensor_value_info(contract.SEGMENTER_OUTPUT, TensorProto.FLOAT, ["N", size, size, 1])],
         constants,
@@ -245,22 +265,28 @@ def write_threshold_classifier(path: Path, size: int = 96) -> Path:
     probability is sigmoid((mean of the input - 128) / 10), so after the per-image stretch
     to 0..255 an image of two levels whose bright part covers a fraction f of the pixels
     gets sigmoid((255 f - 128) / 10): tumour above f = 0.502."""
-    from brainscan.export.onnx import save_graph
     from onnx import TensorProto, helper
 
     from brainscan import contract
+    from brainscan.export.onnx import save_graph
 
-    nodes = [helper.make_node("ReduceMean", [contract.CLASSIFIER_INPUT], ["mean"], axes=[1, 2, 3], keepdims=0),
-             helper.make_node("Unsqueeze", ["mean", "axis"], ["level"]),
-             helper.make_node("Sub", ["level", "middle"], ["centred"]),
-             helper.make_node("Mul", ["centred", "gain"], ["logit"]),
-             helper.make_node("Sigmoid", ["logit"], [contract.CLASSIFIER_OUTPUT])]
+    nodes = [
+        helper.make_node("ReduceMean", [contract.CLASSIFIER_INPUT], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["mean", "axis"], ["level"]),
+        helper.make_node("Sub", ["level", "middle"], ["centred"]),
+        helper.make_node("Mul", ["centred", "gain"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], [contract.CLASSIFIER_OUTPUT]),
+    ]
     graph = helper.make_graph(
-        nodes, "threshold_classifier",
+        nodes,
+        "threshold_classifier",
         [helper.make_tensor_value_info(contract.CLASSIFIER_INPUT, TensorProto.FLOAT, ["N", size, size, 3])],
         [helper.make_tensor_value_info(contract.CLASSIFIER_OUTPUT, TensorProto.FLOAT, ["N", 1])],
-        [helper.make_tensor("axis", TensorProto.INT64, [1], [1]), helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0]),
-         helper.make_tensor("gain", TensorProto.FLOAT, [], [0.1])],
+        [
+            helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0]),
+            helper.make_tensor("gain", TensorProto.FLOAT, [], [0.1]),
+        ],
     )
     return save_graph(graph, path)
 
@@ -275,8 +301,10 @@ def bright_networks(tmp_path_factory) -> dict[str, Path]:
     """Both networks with answers computable from the image (brightness thresholds), at the
     production input sizes."""
     root = tmp_path_factory.mktemp("bright-networks")
-    return {"classifier": write_threshold_classifier(root / "classifier.onnx", contract.CLASSIFIER_SIZE),
-            "segmenter": write_threshold_segmenter(root / "segmenter.onnx", contract.SEGMENTER_SIZE)}
+    return {
+        "classifier": write_threshold_classifier(root / "classifier.onnx", contract.CLASSIFIER_SIZE),
+        "segmenter": write_threshold_segmenter(root / "segmenter.onnx", contract.SEGMENTER_SIZE),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -287,8 +315,9 @@ def bright_server(tmp_path_factory, bright_networks):
     from brainscan.server import Ports, TritonServer
 
     root = tmp_path_factory.mktemp("bright")
-    repository = write_repository(root / "model_repository", "local", bright_networks["classifier"],
-                                  bright_networks["segmenter"])
+    repository = write_repository(
+        root / "model_repository", "local", bright_networks["classifier"], bright_networks["segmenter"]
+    )
     ports = Ports.free()
     with TritonServer(repository, ports=ports, log_file=root / "tritonserver.log") as running:
         yield running

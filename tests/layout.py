@@ -1,11 +1,13 @@
 """The package as it installs, without installing it: pyproject's package-dir mapping as a
 tree of symlinks. mypy reads it (it cannot follow an editable install's import hook), and
 the GPU-test command is tried on it the way the export image sees a non-editable install."""
+
 from __future__ import annotations
 
 import sysconfig
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,7 @@
 """A real Orthanc PACS (Debian's `orthanc` with its DICOMweb plugin) started by the tests on
 free loopback ports from a JSON config and a storage folder of their own, and ended by
 process id."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ from brainscan.server import free_port
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-MISSING = ("needs Debian's orthanc and orthanc-dicomweb (apt-get install orthanc orthanc-dicomweb dicom3tools; "
-           ".ci/run installs them)")
+MISSING = (
+    "needs Debian's orthanc and orthanc-dicomweb (apt-get install orthanc orthanc-dicomweb dicom3tools; "
+    ".ci/run installs them)"
+)
 
 
 def available() -> bool:
@@ -25,18 +28,34 @@ def available() -> bool:
 
 
 class Orthanc:
-    def __init__(self, root: Path, modalities: dict | None = None, users: dict | None = None,
-                 lua_scripts: list[Path] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        modalities: dict | None = None,
+        users: dict | None = None,
+        lua_scripts: list[Path] | None = None,
+    ):
         self.root = Path(root)
         self.http_port, self.dicom_port = free_port(), free_port()
         self.users = users or {}
         config = {
-            "Name": "brainscan-test", "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
-            "StorageDirectory": str(self.root / "storage"), "IndexDirectory": str(self.root / "index"),
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
-            "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "DicomModalities": modalities or {}, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
-            "HttpTimeout": 60, "StableAge": 1, "LuaScripts": [str(Path(p).resolve()) for p in lua_scripts or []],
+            "Name": "brainscan-test",
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": "ORTHANC",
+            "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomModalities": modalities or {},
+            "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False,
+            "HttpTimeout": 60,
+            "StableAge": 1,
+            "LuaScripts": [str(Path(p).resolve()) for p in lua_scripts or []],
         }
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "orthanc.json").write_text(json.dumps(config, indent=1))
@@ -50,12 +69,13 @@ class Orthanc:
     def dicomweb(self) -> str:
         return f"{self.url}/dicom-web"
 
-    def start(self) -> "Orthanc":
+    def start(self) -> Orthanc:
         if not available():
             pytest.skip(reason=MISSING)
         log = open(self.root / "orthanc.log", "ab")
-        self.process = subprocess.Popen([ORTHANC, str(self.root / "orthanc.json")], stdout=log, stderr=log,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [ORTHANC, str(self.root / "orthanc.json")], stdout=log, stderr=log, start_new_session=True
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

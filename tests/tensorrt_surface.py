@@ -9,6 +9,7 @@ and output types, writable tensor types, dynamic ranges) and the EXPLICIT_BATCH 
 flag. That list was read from NVIDIA/TensorRT at tag v11.1 (python/src/infer/pyCore.cpp,
 pyGraph.cpp) against v10.13.3.
 """
+
 from __future__ import annotations
 
 import keyword
@@ -17,11 +18,26 @@ import shutil
 from pathlib import Path
 
 REMOVED_IN_11 = {
-    "BuilderFlag": ["BF16", "FP16", "FP4", "FP8", "INT4", "INT8", "OBEY_PRECISION_CONSTRAINTS",
-                    "PREFER_PRECISION_CONSTRAINTS", "WEIGHTLESS"],
+    "BuilderFlag": [
+        "BF16",
+        "FP16",
+        "FP4",
+        "FP8",
+        "INT4",
+        "INT8",
+        "OBEY_PRECISION_CONSTRAINTS",
+        "PREFER_PRECISION_CONSTRAINTS",
+        "WEIGHTLESS",
+    ],
     "NetworkDefinitionCreationFlag": ["EXPLICIT_BATCH"],
-    "ILayer": ["precision", "precision_is_set", "reset_precision", "set_output_type", "output_type_is_set",
-               "reset_output_type"],
+    "ILayer": [
+        "precision",
+        "precision_is_set",
+        "reset_precision",
+        "set_output_type",
+        "output_type_is_set",
+        "reset_output_type",
+    ],
     "ITensor": ["dynamic_range", "set_dynamic_range", "reset_dynamic_range"],
 }
 READ_ONLY_IN_11 = {"ITensor": ["dtype"]}  # the setter is gone; reading stays
@@ -62,8 +78,12 @@ def _mend_signature(line: str) -> str:
 
 
 def _class_blocks(lines: list[str]) -> dict[str, tuple[int, int]]:
-    starts = [(i, re.match(r"^class (\w+)", line).group(1)) for i, line in enumerate(lines) if re.match(r"^class \w+", line)]
-    return {name: (start, starts[k + 1][0] if k + 1 < len(starts) else len(lines)) for k, (start, name) in enumerate(starts)}
+    starts = [
+        (i, re.match(r"^class (\w+)", line).group(1)) for i, line in enumerate(lines) if re.match(r"^class \w+", line)
+    ]
+    return {
+        name: (start, starts[k + 1][0] if k + 1 < len(starts) else len(lines)) for k, (start, name) in enumerate(starts)
+    }
 
 
 def _without_members(lines: list[str], cls: str, members: list[str], read_only: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ parser GreptimeDB uses), every metric it reads is one a real Triton exports afte
 request (or a GPU / kube-state-metrics series named here with where it comes from), every
 model it selects is a model of the served contract, and every alert has the fields the
 operations page and Alertmanager rely on, with a runbook anchor that exists."""
+
 from __future__ import annotations
 
 import re
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import metrics_after_one_request
 
 from brainscan import contract
-from conftest import metrics_after_one_request
 
 promql = pytest.importorskip("promql_parser", reason="pip install promql-parser (the dev extra)")
 

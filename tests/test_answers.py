@@ -9,16 +9,16 @@ NIfTI volume's mask lands on the lesion's own voxels whatever the affine written
 calibration moves the classifier's decisions the right way. A mirrored, transposed or
 shifted mask, an inverted decision or a sign error in the calibration fails one of them.
 """
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from conftest import encode, hand_probability
 from PIL import Image
 from scipy import ndimage
-
-from conftest import encode, hand_probability
 from test_cli import run
 
 pytestmark = pytest.mark.server
@@ -88,13 +88,17 @@ def test_evaluate_prints_the_accuracy_and_dice_counted_by_hand(bright_server, tm
         (patient / f"P1_{k}.tif").write_bytes(encode(image, "TIFF"))
         truth = np.zeros((256, 256), np.uint8)
         if truth_rows[k]:
-            truth[truth_rows[k][0]:truth_rows[k][1]] = 255
+            truth[truth_rows[k][0] : truth_rows[k][1]] = 255
         (patient / f"P1_{k}_mask.tif").write_bytes(encode(truth, "TIFF"))
     result = run("predict", patient, "--url", bright_server.grpc_url, "--evaluate", "--format", "json")
     assert result.returncode == 0, result.stderr
     records = {json.loads(line)["file"].rsplit("_", 1)[1]: json.loads(line) for line in result.stdout.splitlines()}
     assert {k: r["label"] for k, r in records.items()} == {
-        "1.tif": "tumour", "2.tif": "no tumour", "3.tif": "no tumour", "4.tif": "tumour"}
+        "1.tif": "tumour",
+        "2.tif": "no tumour",
+        "3.tif": "no tumour",
+        "4.tif": "tumour",
+    }
     assert records["1.tif"]["dice"] == pytest.approx(1.0) and records["2.tif"]["dice"] == pytest.approx(0.5)
     assert "dice" not in records["3.tif"] and "dice" not in records["4.tif"]
     assert "accuracy 0.500 on 4 labelled images, mean Dice 0.750 on 2 tumour images" in result.stderr
@@ -130,8 +134,9 @@ def lesion_volume() -> np.ndarray:
 
 
 @pytest.mark.parametrize("name,affine,voxel_mm3,slices,lesion_slices", AFFINES, ids=[a[0] for a in AFFINES])
-def test_a_nifti_mask_lands_on_the_lesions_voxels_whatever_the_affine(bright_server, tmp_path, name, affine,
-                                                                      voxel_mm3, slices, lesion_slices):
+def test_a_nifti_mask_lands_on_the_lesions_voxels_whatever_the_affine(
+    bright_server, tmp_path, name, affine, voxel_mm3, slices, lesion_slices
+):
     import nibabel
 
     lesion = lesion_volume()

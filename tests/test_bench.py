@@ -1,6 +1,7 @@
 """A short benchmark against the real local server: perf_analyzer accepts the input data
 built from real images, the sweeps end with zero failed requests, and the CSVs, the
 summary and the Markdown report hold numbers. No timing thresholds."""
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import phantom_slices
 
 from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
 from brainscan.benchmarks.run import BenchConfig, network_onnx, run
 from brainscan.server import free_port
-from conftest import phantom_slices
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 BRAINSCAN = str(Path(sys.executable).with_name("brainscan"))
@@ -42,24 +43,39 @@ def test_a_short_benchmark_of_the_served_ensemble(server, phantom_dir, runs, tmp
     calls = tmp_path / "preprocess-calls"
     wrapper = tmp_path / "perf_analyzer"
     wrapper.write_text(f"""#!/bin/sh
-case " $* " in *" -m {contract.PREPROCESS} "*) echo "$*" >> {calls}; echo "Failed to obtain stable measurement."; exit 1;; esac
+case " $* " in
+  *" -m {contract.PREPROCESS} "*) echo "$*" >> {calls}; echo "Failed to obtain stable measurement."; exit 1;;
+esac
 exec {shlex.join(perf_command)} "$@"
 """)
     wrapper.chmod(0o755)
     monkeypatch.setattr(perf_analyzer, "find", lambda: [str(wrapper)])
-    config = BenchConfig(url=server.grpc_url, repository=None, files=phantom_slices(phantom_dir, 6),
-                         out=tmp_path, concurrency=(1, 2, 1), model_concurrency=(1, 1, 1), request_count=40,
-                         runs=runs[contract.CLASSIFIER].parent, baseline_seconds=0.5,
-                         # a smoke test of the wiring: on a shared 2-core machine three windows need not
-                         # agree within perf_analyzer's 10 %, and this test must not depend on it
-                         stability_percentage=999)
+    config = BenchConfig(
+        url=server.grpc_url,
+        repository=None,
+        files=phantom_slices(phantom_dir, 6),
+        out=tmp_path,
+        concurrency=(1, 2, 1),
+        model_concurrency=(1, 1, 1),
+        request_count=40,
+        runs=runs[contract.CLASSIFIER].parent,
+        baseline_seconds=0.5,
+        # a smoke test of the wiring: on a shared 2-core machine three windows need not
+        # agree within perf_analyzer's 10 %, and this test must not depend on it
+        stability_percentage=999,
+    )
     folder = run(config, log=lambda _: None)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["baseline_onnx"] == {n: str(runs[n] / "model.onnx") for n in contract.NETWORKS}
-    assert summary["served_platforms"] == {contract.CLASSIFIER: "python", contract.SEGMENTER: "python"}  # the local flavour
+    assert summary["served_platforms"] == {
+        contract.CLASSIFIER: "python",
+        contract.SEGMENTER: "python",
+    }  # the local flavour
     measured = list(contract.NETWORKS)
     assert set(summary["served"]) == {contract.ENSEMBLE, *measured}
-    assert len(calls.read_text().splitlines()) == 2  # 40, then 80 requests per window (999 % is already looser than 30 %)
+    assert (
+        len(calls.read_text().splitlines()) == 2
+    )  # 40, then 80 requests per window (999 % is already looser than 30 %)
     (note,) = summary["notes"]
     assert note.startswith(f"{contract.PREPROCESS} alone: no stable measurement even at 999 %")
     assert note.endswith(f"left out of the report, see raw/{contract.PREPROCESS}.log")
@@ -79,7 +95,13 @@ exec {shlex.join(perf_command)} "$@"
     assert summary["keras"]["images_per_s"] > 0
     assert all(f > 0 for f in summary["flops_per_image"].values())
     report = (folder / "report.md").read_text()
-    for heading in ("## The ensemble under load", "## Where the time goes", "## Baselines", "## Ratios and targets", "## FLOPs"):
+    for heading in (
+        "## The ensemble under load",
+        "## Where the time goes",
+        "## Baselines",
+        "## Ratios and targets",
+        "## FLOPs",
+    ):
         assert heading in report
     assert "| 1 | " in report and "served / in-process throughput" in report
     assert (folder / "throughput.png").stat().st_size > 0 and (folder / "latency.png").stat().st_size > 0
@@ -87,8 +109,11 @@ exec {shlex.join(perf_command)} "$@"
 
 def test_the_networks_come_from_the_served_repository_else_from_the_runs(tmp_path):
     repository, runs = tmp_path / "repository", tmp_path / "runs"
-    for path in (repository / contract.SEGMENTER / "1" / "model.onnx", runs / contract.SEGMENTER / "model.onnx",
-                 runs / contract.CLASSIFIER / "model.onnx"):
+    for path in (
+        repository / contract.SEGMENTER / "1" / "model.onnx",
+        runs / contract.SEGMENTER / "model.onnx",
+        runs / contract.CLASSIFIER / "model.onnx",
+    ):
         path.parent.mkdir(parents=True)
         path.write_bytes(b"onnx")
     assert network_onnx(repository, runs, contract.SEGMENTER) == repository / contract.SEGMENTER / "1" / "model.onnx"
@@ -110,7 +135,8 @@ def _documented_perf_analyzer() -> tuple[list[str], list[str]]:
 
 @pytest.mark.server
 def test_the_documented_plain_perf_analyzer_run_works_against_a_default_server(
-        local_repository, phantom_dir, tmp_path, perf_command):
+    local_repository, phantom_dir, tmp_path, perf_command
+):
     """What a user runs after `make serve`, as docs/benchmarks.md shows it: `brainscan serve`
     with its defaults (no admin key), then perf_analyzer with no key and no header. Only the
     addresses and paths are this test's; the sweep must end with every request answered."""
@@ -118,21 +144,47 @@ def test_the_documented_plain_perf_analyzer_run_works_against_a_default_server(
     assert data[:3] == [".venv/bin/brainscan", "bench", "input-data"] and sweep[0] == "perf_analyzer"
     assert "-H" not in sweep and sweep[sweep.index("-u") + 1] == contract.DEFAULT_URL
     grpc = free_port()
-    server = subprocess.Popen([BRAINSCAN, "serve", "--repository", str(local_repository), "--grpc-port", str(grpc),
-                               "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-                               "--log-file", str(tmp_path / "tritonserver.log")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            BRAINSCAN,
+            "serve",
+            "--repository",
+            str(local_repository),
+            "--grpc-port",
+            str(grpc),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--log-file",
+            str(tmp_path / "tritonserver.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        subprocess.run([BRAINSCAN, "health", "--url", f"127.0.0.1:{grpc}", "--wait", "180"], check=True,
-                       capture_output=True, timeout=240)
+        subprocess.run(
+            [BRAINSCAN, "health", "--url", f"127.0.0.1:{grpc}", "--wait", "180"],
+            check=True,
+            capture_output=True,
+            timeout=240,
+        )
         inputs, out = tmp_path / "input.json", tmp_path / "local.csv"
         given = {"artifacts/data/phantom": str(phantom_dir), "artifacts/perf/input.json": str(inputs)}
         subprocess.run([BRAINSCAN, *[given.get(a, a) for a in data[1:]]], check=True, capture_output=True, timeout=120)
-        given = {contract.DEFAULT_URL: f"127.0.0.1:{grpc}", "artifacts/perf/input.json": str(inputs),
-                 "artifacts/perf/local.csv": str(out)}
+        given = {
+            contract.DEFAULT_URL: f"127.0.0.1:{grpc}",
+            "artifacts/perf/input.json": str(inputs),
+            "artifacts/perf/local.csv": str(out),
+        }
         # the one addition: a shared 2-core machine's windows need not agree within perf_analyzer's 10 %
-        result = subprocess.run([*perf_command, *[given.get(a, a) for a in sweep[1:]], "--stability-percentage", "999"],
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [*perf_command, *[given.get(a, a) for a in sweep[1:]], "--stability-percentage", "999"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         server.terminate()
         server.wait(60)
@@ -149,13 +201,22 @@ def test_an_unstable_measurement_is_retried_with_a_larger_window(tmp_path):
     script = tmp_path / "fake_perf_analyzer"
     script.write_text(f"""#!/bin/sh
 echo "$@" >> {calls}
-if [ $(wc -l < {calls}) -eq 1 ]; then echo "Failed to obtain stable measurement within 10 measurement windows"; exit 1; fi
+if [ $(wc -l < {calls}) -eq 1 ]; then
+  echo "Failed to obtain stable measurement within 10 measurement windows"; exit 1
+fi
 while [ $# -gt 0 ]; do [ "$1" = "-f" ] && out=$2; shift; done
 printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
 """)
     script.chmod(0o755)
-    result = perf_analyzer.sweep([str(script)], "brainscan", "127.0.0.1:1", tmp_path / "in.json", (1, 1, 1),
-                                 tmp_path / "out.csv", request_count=50)
+    result = perf_analyzer.sweep(
+        [str(script)],
+        "brainscan",
+        "127.0.0.1:1",
+        tmp_path / "in.json",
+        (1, 1, 1),
+        tmp_path / "out.csv",
+        request_count=50,
+    )
     first, second = calls.read_text().splitlines()
     assert "--measurement-request-count 50" in first and "--measurement-request-count 100" in second
     assert result.retries == 1 and result.request_count == 100
@@ -175,14 +236,38 @@ while [ $# -gt 0 ]; do [ "$1" = "-f" ] && out=$2; shift; done
 printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
 """)
     script.chmod(0o755)
-    result = perf_analyzer.sweep([str(script)], "preprocess", "127.0.0.1:1", tmp_path / "in.json", (1, 1, 1),
-                                 tmp_path / "out.csv", request_count=50, max_retries=2, stability=10, loosen_to=30)
-    assert [line.split("--stability-percentage ")[1] for line in calls.read_text().splitlines()] == ["10", "10", "10", "30"]
+    result = perf_analyzer.sweep(
+        [str(script)],
+        "preprocess",
+        "127.0.0.1:1",
+        tmp_path / "in.json",
+        (1, 1, 1),
+        tmp_path / "out.csv",
+        request_count=50,
+        max_retries=2,
+        stability=10,
+        loosen_to=30,
+    )
+    assert [line.split("--stability-percentage ")[1] for line in calls.read_text().splitlines()] == [
+        "10",
+        "10",
+        "10",
+        "30",
+    ]
     assert result.stability == 30 and result.request_count == 200 and result.rows[0]["Inferences/Second"] == 10.0
     calls.unlink()
     with pytest.raises(perf_analyzer.UnstableMeasurement, match="even with 200 requests per window and 10 % stability"):
-        perf_analyzer.sweep([str(script)], "preprocess", "127.0.0.1:1", tmp_path / "in.json", (1, 1, 1),
-                            tmp_path / "out.csv", request_count=50, max_retries=2, stability=10)
+        perf_analyzer.sweep(
+            [str(script)],
+            "preprocess",
+            "127.0.0.1:1",
+            tmp_path / "in.json",
+            (1, 1, 1),
+            tmp_path / "out.csv",
+            request_count=50,
+            max_retries=2,
+            stability=10,
+        )
 
 
 def test_other_perf_analyzer_failures_are_reported_not_retried(tmp_path):
@@ -236,7 +321,7 @@ def test_the_free_networks_take_and_give_what_each_designs_networks_do(network, 
         assert answer[:, :10].all() and not answer[:, 10:].any()
     else:
         assert answer.shape == (2, size, size, 1) and answer.dtype == np.float32
-        assert (answer[:, : size // 3] > 0.5).all() and (answer[:, size // 3:] < 0.5).all()
+        assert (answer[:, : size // 3] > 0.5).all() and (answer[:, size // 3 :] < 0.5).all()
 
 
 @pytest.mark.server
@@ -246,13 +331,23 @@ def test_a_short_ceiling_measurement_of_both_designs(phantom_dir, tmp_path, perf
     every request answered and every process's CPU counted."""
     from brainscan.benchmarks.ceiling import PREVIOUS_POSTPROCESS, CeilingConfig, measure
 
-    folder = measure(CeilingConfig(files=phantom_slices(phantom_dir, 6), out=tmp_path, instances=(1,),
-                                   concurrency=(1, 1, 1), request_count=30, stability_percentage=999),
-                     log=lambda _: None)
+    folder = measure(
+        CeilingConfig(
+            files=phantom_slices(phantom_dir, 6),
+            out=tmp_path,
+            instances=(1,),
+            concurrency=(1, 1, 1),
+            request_count=30,
+            stability_percentage=999,
+        ),
+        log=lambda _: None,
+    )
     summary = json.loads((folder / "ceiling.json").read_text())
     assert [(r["instances"], r["design"]) for r in summary["runs"]] == [(1, "python-steps"), (1, "in-graph")]
-    steps = {"python-steps": {"tritonserver", *contract.COMPOSING_MODELS, PREVIOUS_POSTPROCESS},
-             "in-graph": {"tritonserver", *contract.COMPOSING_MODELS}}
+    steps = {
+        "python-steps": {"tritonserver", *contract.COMPOSING_MODELS, PREVIOUS_POSTPROCESS},
+        "in-graph": {"tritonserver", *contract.COMPOSING_MODELS},
+    }
     for measured in summary["runs"]:
         assert measured["images"] > 0 and all(s["failed"] == 0 for s in measured["server"].values())
         assert set(measured["cpu_ms_per_image"]) == steps[measured["design"]]

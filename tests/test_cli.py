@@ -1,5 +1,6 @@
 """The `brainscan` command as a user runs it: predict, health and serve against real
 servers, with exit codes and one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import encode
 from PIL import Image
+from test_preprocessing import brain_like
 
 from brainscan import contract
 from brainscan.server import free_port
-from conftest import encode
-from test_preprocessing import brain_like
 
 BRAINSCAN = str(Path(sys.executable).parent / "brainscan")
 
@@ -129,16 +130,30 @@ def test_serve_says_when_a_port_is_taken(local_repository):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run("serve", "--repository", local_repository, "--grpc-port", port,
-                     "--http-port", free_port(), "--metrics-port", free_port())
+        result = run(
+            "serve",
+            "--repository",
+            local_repository,
+            "--grpc-port",
+            port,
+            "--http-port",
+            free_port(),
+            "--metrics-port",
+            free_port(),
+        )
     assert result.returncode == 1
     assert f"port {port} (gRPC)" in result.stderr and "already in use" in result.stderr
 
 
 def _private_shm_works() -> bool:
     """Whether this user may mount a tmpfs of its own (an unprivileged user and mount namespace)."""
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /dev/shm"],
-                           capture_output=True, timeout=30) if shutil.which("unshare") else None
+    probe = (
+        subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /dev/shm"], capture_output=True, timeout=30
+        )
+        if shutil.which("unshare")
+        else None
+    )
     return probe is not None and probe.returncode == 0
 
 
@@ -150,10 +165,28 @@ def test_serve_says_why_the_models_did_not_load_when_dev_shm_is_too_small(local_
     if not _private_shm_works():
         pytest.skip(reason="no unprivileged user and mount namespaces here (unshare -rm), so no private /dev/shm")
     log = tmp_path / "triton.log"
-    serve = [BRAINSCAN, "serve", "--repository", str(local_repository), "--grpc-port", str(free_port()),
-             "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--log-file", str(log), "--timeout", "120"]
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=512k tmpfs /dev/shm && exec "$@"',
-                             "sh", *serve], capture_output=True, text=True, timeout=300)
+    serve = [
+        BRAINSCAN,
+        "serve",
+        "--repository",
+        str(local_repository),
+        "--grpc-port",
+        str(free_port()),
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+        "--log-file",
+        str(log),
+        "--timeout",
+        "120",
+    ]
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=512k tmpfs /dev/shm && exec "$@"', "sh", *serve],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "before it was ready" in result.stderr and "Triton's errors:" in result.stderr
     assert f"failed to load '{contract.PREPROCESS}' version 1" in result.stderr
@@ -168,9 +201,23 @@ def test_serve_stops_cleanly_on_sigterm_leaving_no_stub_behind(local_repository,
     repository = Path(shutil.copytree(local_repository, tmp_path / "repository")).resolve()
     grpc = free_port()
     process = subprocess.Popen(
-        [BRAINSCAN, "serve", "--repository", str(repository), "--grpc-port", str(grpc),
-         "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--log-file", str(tmp_path / "log")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            BRAINSCAN,
+            "serve",
+            "--repository",
+            str(repository),
+            "--grpc-port",
+            str(grpc),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--log-file",
+            str(tmp_path / "log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert run("health", "--url", f"127.0.0.1:{grpc}", "--wait", "120").returncode == 0

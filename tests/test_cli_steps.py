@@ -1,11 +1,13 @@
 """Each step of the README's "on its own" section, run as the `brainscan` command."""
+
 from __future__ import annotations
 
 import json
 
+from test_cli import run
+
 from brainscan.export.repository import validate_repository
 from brainscan.train.datasets import find_kaggle3m
-from test_cli import run
 
 
 def test_data_phantom_and_split_commands(tmp_path):
@@ -22,8 +24,22 @@ def test_data_phantom_and_split_commands(tmp_path):
 
 def test_train_export_and_repository_commands(phantom_dir, tmp_path):
     run_dir = tmp_path / "seg"
-    trained = run("train", "segmenter", "--data", phantom_dir, "--out", run_dir, "--size", 64, "--epochs", 1,
-                  "--alpha", 0.35, "--batch-size", 8)
+    trained = run(
+        "train",
+        "segmenter",
+        "--data",
+        phantom_dir,
+        "--out",
+        run_dir,
+        "--size",
+        64,
+        "--epochs",
+        1,
+        "--alpha",
+        0.35,
+        "--batch-size",
+        8,
+    )
     assert trained.returncode == 0, trained.stderr
     assert "dice_tumour_slices=" in trained.stdout
     assert "dice_tumour_slices" in json.loads((run_dir / "metrics.json").read_text())
@@ -31,8 +47,9 @@ def test_train_export_and_repository_commands(phantom_dir, tmp_path):
     assert exported.returncode == 0, exported.stderr
     assert "mask_probability" in exported.stdout and "ok" in exported.stdout
     repository = tmp_path / "repo"
-    written = run("export", "repository", "--flavour", "onnxruntime", "--out", repository,
-                  "--segmenter", run_dir / "model.onnx")
+    written = run(
+        "export", "repository", "--flavour", "onnxruntime", "--out", repository, "--segmenter", run_dir / "model.onnx"
+    )
     assert written.returncode == 0 and "no ONNX given for classifier" in written.stderr
     assert (repository / "segmenter" / "1" / "model.onnx").exists()
     assert validate_repository(repository)["segmenter"].platform == "onnxruntime_onnx"

@@ -1,5 +1,6 @@
 """Phantom generation and dataset readers: reproducible files, the kaggle_3m layout,
 splits by patient."""
+
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,7 @@
 `brainscan …` command written in the README and docs/ names a real command and real options
 of it, every `make` target they name exists, every page of docs/ is reachable from the
 README, and every relative link (and its #anchor) resolves."""
+
 from __future__ import annotations
 
 import re
@@ -33,13 +34,16 @@ def commands_in(page: Path) -> list[str]:
     """Every `brainscan …` invocation in the page's code blocks and inline code, with
     backslash continuations joined."""
     text = page.read_text()
-    lines = [line.split(" # ")[0] for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S)
-             for line in block.replace("\\\n", " ").splitlines()]
+    lines = [
+        line.split(" # ")[0]
+        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S)
+        for line in block.replace("\\\n", " ").splitlines()
+    ]
     lines += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
     found = []
     for line in lines:
         for match in re.finditer(r"(?:^|[\s/(])(brainscan (?:[a-z][\w-]*)(?: [^|;&#)`$]*)?)", line):
-            if not line[:match.start(1)].rstrip().endswith(("-n", "--namespace")):  # kubectl's namespace
+            if not line[: match.start(1)].rstrip().endswith(("-n", "--namespace")):  # kubectl's namespace
                 found.append(match.group(1))
     return found
 
@@ -86,13 +90,20 @@ def test_every_brainscan_command_in_the_docs_is_real_with_real_options(page):
         except ValueError:
             words = invocation.split()
         command, rest = resolve(words)
-        assert not hasattr(command, "commands") or not rest or rest[0].startswith("-") or rest[0] in ("…", "..."), \
+        assert not hasattr(command, "commands") or not rest or rest[0].startswith("-") or rest[0] in ("…", "..."), (
             f"{page.name}: `{invocation}` names no command"
-        options = {opt for param in command.params for opt in (*getattr(param, "opts", []), *getattr(param, "secondary_opts", []))}
+        )
+        options = {
+            opt
+            for param in command.params
+            for opt in (*getattr(param, "opts", []), *getattr(param, "secondary_opts", []))
+        }
         for word in rest:
             option = word.split("=")[0]
             if option.startswith("--"):
-                assert option in options, f"{page.name}: `{invocation}`: {option} is not an option of `{' '.join(words[:2])}…`"
+                assert option in options, (
+                    f"{page.name}: `{invocation}`: {option} is not an option of `{' '.join(words[:2])}…`"
+                )
         checked += 1
     if page.name in ("README.md", "predicting.md", "gpu.md", "fleet.md", "benchmarks.md"):
         assert checked, f"{page.name} shows no brainscan command"

@@ -1,5 +1,6 @@
 """`brainscan doctor`: engines checked against the target server's TensorRT and GPU, their
 config's batch range and their source ONNX; a plain answer on what to rebuild."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,15 +9,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import trt_standin
 from typer.testing import CliRunner
 
-import trt_standin
 from brainscan import contract
 from brainscan.cli import app
 from brainscan.export import doctor
-from brainscan.export.repository import write_repository
 from brainscan.export.gpu import Gpu
-from brainscan.export.repository import read_config
+from brainscan.export.repository import read_config, write_repository
 from brainscan.export.tensorrt import build_repository_engines
 
 PLAN, RECORD = "model.sm89.plan", "model.sm89.json"  # written by hand: what an engine for 8.9 is called
@@ -73,7 +73,9 @@ def test_one_repository_serves_a_mixed_fleet(built, validation, onnx_models):
         assert result.exit_code == 0, result.output
         assert result.output.count("built for 9.0 (Stand-in H100), listed for 9.0") == 2
     result = _doctor(built, "--tensorrt-version", "11.3.0", "--compute-capability", "8.6")
-    assert result.exit_code == 1 and "none for compute capability 8.6 (given): the config lists 8.9, 9.0" in result.output
+    assert (
+        result.exit_code == 1 and "none for compute capability 8.6 (given): the config lists 8.9, 9.0" in result.output
+    )
 
 
 def test_an_engine_listed_for_another_gpu_than_it_was_built_on_is_a_mismatch(built):
@@ -137,8 +139,11 @@ def test_a_container_finds_the_source_onnx_under_sources_by_run_and_file_name(bu
     shutil.copyfile(built_from, sources / "segmenter" / built_from.name)
 
     def source_finding(**options):
-        (found,) = [f for f in doctor.diagnose(built, doctor.Target(), **options)
-                    if f.check == "source ONNX" and f.model == contract.SEGMENTER]
+        (found,) = [
+            f
+            for f in doctor.diagnose(built, doctor.Target(), **options)
+            if f.check == "source ONNX" and f.model == contract.SEGMENTER
+        ]
         return found
 
     assert source_finding().status == "not checked"  # nothing here at the recorded path
@@ -185,7 +190,7 @@ def test_the_server_images_tensorrt_is_found_through_the_linker_cache(tmp_path, 
 [ "$1" = "-p" ] || exit 2
 echo "1234 libs found in cache \\`/etc/ld.so.cache'"
 echo "	libnvonnxparser.so.11 (libc6,x86-64) => {libraries}/libnvonnxparser.so.11"
-echo "	libnvinfer.so.11 (libc6,x86-64) => {libraries / 'libnvinfer.so.11'}"
+echo "	libnvinfer.so.11 (libc6,x86-64) => {libraries / "libnvinfer.so.11"}"
 """)
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
@@ -204,10 +209,16 @@ def test_the_pinned_release_is_the_fallback_target():
     assert target.tensorrt_source == f"NGC {pin['NGC_RELEASE']} images (docker/.env)"
 
 
-@pytest.mark.parametrize("built_version,target,same", [
-    ("10.7.0.23", "10.7.0", True), ("10.7.0.23", "10.7.0.23", True), ("10.7.0.23", "10.8.0", False),
-    ("10.7.0.23", "10.7.1", False), ("8.6.1", "10.7.0", False),
-])
+@pytest.mark.parametrize(
+    "built_version,target,same",
+    [
+        ("10.7.0.23", "10.7.0", True),
+        ("10.7.0.23", "10.7.0.23", True),
+        ("10.7.0.23", "10.8.0", False),
+        ("10.7.0.23", "10.7.1", False),
+        ("8.6.1", "10.7.0", False),
+    ],
+)
 def test_tensorrt_versions_match_to_the_patch_release(built_version, target, same):
     assert doctor.same_tensorrt(built_version, target) is same
 

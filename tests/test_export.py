@@ -1,13 +1,14 @@
 """Keras -> ONNX: names, dynamic batch, and a parity check that can fail."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import TINY_SIZES
 
 from brainscan import contract
 from brainscan.export import onnx as onnx_export
 from brainscan.export.onnx import ParityError, export_onnx, onnx_session
-from conftest import TINY_SIZES
 
 
 def test_exported_graphs_take_any_image_and_give_the_ensemble_outputs(onnx_models):
@@ -84,6 +85,8 @@ def test_imagenet_weights_without_internet_fail_with_a_clear_message(tmp_path, m
         raise URLError(f"network disabled in the tests ({url})")
 
     monkeypatch.setattr(file_utils, "urlretrieve", no_network)
-    monkeypatch.setattr(file_utils.os.path, "expanduser", lambda p: str(tmp_path / "home") + p[1:] if p.startswith("~") else p)
+    monkeypatch.setattr(
+        file_utils.os.path, "expanduser", lambda p: str(tmp_path / "home") + p[1:] if p.startswith("~") else p
+    )
     with pytest.raises(WeightsUnavailableError, match="--weights none"):
         build_classifier((128, 128, 3), weights="imagenet", alpha=0.5)

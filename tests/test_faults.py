@@ -2,6 +2,7 @@
 the OOM killer kills it (the watchdog restarts the server, the run loses nothing), `brainscan
 serve` killed or hung up on (nothing outlives it, the next one starts), and the watchdog's
 own rules (what restarts, what is only load, when it gives up)."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from brainscan.server import ServerError, Watchdog, classify, free_port
 from conftest import encode
 from test_cli import BRAINSCAN, run
 from test_preprocessing import brain_like
+
+from brainscan.server import ServerError, Watchdog, classify, free_port
 
 pytestmark = pytest.mark.server
 
@@ -43,12 +44,24 @@ class Serve:
         self.repository = Path(shutil.copytree(repository, folder / "repository")).resolve()
         self.grpc, self.http, self.metrics = ports or (free_port(), free_port(), free_port())
         self.log = folder / "tritonserver.log"
-        self.command = [BRAINSCAN, "serve", "--repository", str(self.repository), "--grpc-port", str(self.grpc),
-                        "--http-port", str(self.http), "--metrics-port", str(self.metrics),
-                        "--log-file", str(self.log), *options]
+        self.command = [
+            BRAINSCAN,
+            "serve",
+            "--repository",
+            str(self.repository),
+            "--grpc-port",
+            str(self.grpc),
+            "--http-port",
+            str(self.http),
+            "--metrics-port",
+            str(self.metrics),
+            "--log-file",
+            str(self.log),
+            *options,
+        ]
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Serve":
+    def start(self) -> Serve:
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert run("health", "--url", f"127.0.0.1:{self.grpc}", "--wait", "120").returncode == 0, self.stop()
         return self
@@ -66,7 +79,9 @@ class Serve:
         return stderr
 
     def server_processes(self) -> list[int]:
-        return processes("tritonserver", f"--grpc-port={self.grpc}") + processes("triton_python_backend_stub", str(self.repository))
+        return processes("tritonserver", f"--grpc-port={self.grpc}") + processes(
+            "triton_python_backend_stub", str(self.repository)
+        )
 
 
 def slices(folder: Path, count: int) -> Path:
@@ -80,9 +95,24 @@ def test_a_killed_stub_is_restarted_by_the_watchdog_and_the_run_loses_nothing(lo
     serve = Serve(local_repository, tmp_path, "--watchdog-interval", "1").start()
     try:
         inputs, out = slices(tmp_path / "slices", 300), tmp_path / "out"
-        client = subprocess.Popen([BRAINSCAN, "predict", str(inputs), "--url", f"127.0.0.1:{serve.grpc}", "--out", str(out),
-                                   "--format", "json", "--concurrency", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
+        client = subprocess.Popen(
+            [
+                BRAINSCAN,
+                "predict",
+                str(inputs),
+                "--url",
+                f"127.0.0.1:{serve.grpc}",
+                "--out",
+                str(out),
+                "--format",
+                "json",
+                "--concurrency",
+                "2",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         while len(list(out.glob("*.mask.png"))) < 5 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -136,6 +166,7 @@ def test_a_hangup_stops_serve_cleanly(local_repository, tmp_path):
 
 # --- the watchdog's rules, on a server whose answers are scripted ----------------------------
 
+
 class ScriptedServer:
     """Answers the watchdog's probes from a list; counts restarts."""
 
@@ -153,13 +184,16 @@ class ScriptedServer:
         return "(log)"
 
 
-@pytest.mark.parametrize("message,kind", [
-    (None, "ok"),
-    ("[500] in ensemble 'brainscan', Stub process 'preprocess_0_0' is not healthy.", "fatal"),
-    ("in ensemble 'brainscan', Exceeds maximum queue size", "busy"),
-    ("timed out", "timeout"),
-    ("[Errno 111] Connection refused", "error"),
-])
+@pytest.mark.parametrize(
+    "message,kind",
+    [
+        (None, "ok"),
+        ("[500] in ensemble 'brainscan', Stub process 'preprocess_0_0' is not healthy.", "fatal"),
+        ("in ensemble 'brainscan', Exceeds maximum queue size", "busy"),
+        ("timed out", "timeout"),
+        ("[Errno 111] Connection refused", "error"),
+    ],
+)
 def test_probe_answers_are_classified(message, kind):
     assert classify(message) == kind
 
@@ -167,8 +201,9 @@ def test_probe_answers_are_classified(message, kind):
 def test_a_dead_stub_restarts_at_once_but_load_never_does():
     stub = "Stub process 'preprocess_0_0' is not healthy."
     queue = "Exceeds maximum queue size"
-    server = ScriptedServer([stub, None, queue, queue, queue, queue, queue, queue, queue, "refused", None, "refused",
-                             "refused"])
+    server = ScriptedServer(
+        [stub, None, queue, queue, queue, queue, queue, queue, queue, "refused", None, "refused", "refused"]
+    )
     try:
         watchdog = Watchdog(server, interval=0.01, failures=2, log=lambda _: None)
         watchdog.run(stop=lambda: not server.answers)
@@ -191,12 +226,12 @@ def test_a_crash_loop_gives_up_so_an_outer_supervisor_takes_over():
 
 # --- the client: any input's failure is that input's, never the run's ---------------------------
 
+
 def test_malformed_dicoms_beside_a_good_image_end_the_run_with_the_good_one_done(server, tmp_path):
     """Both files hung `brainscan predict` before (its input preparation died): now each is
     one failure with its reason, and the PNG beside them is answered."""
     import pydicom
     from pydicom.sequence import Sequence
-
     from test_volumes import twelve_bit_slices
     from volume_files import write_dicom_series, write_multiframe_dicom
 
@@ -212,14 +247,19 @@ def test_malformed_dicoms_beside_a_good_image_end_the_run_with_the_good_one_done
     ds.RescaleSlope = [1, 2]
     ds.save_as(str(first))
     (folder / "good.png").write_bytes(encode(brain_like(), "PNG"))
-    result = run("predict", folder, "--url", server.grpc_url, "--out", tmp_path / "out", "--format", "json",
-                 timeout=120)
+    result = run(
+        "predict", folder, "--url", server.grpc_url, "--out", tmp_path / "out", "--format", "json", timeout=120
+    )
     assert result.returncode == 1, result.stderr
     done = [json.loads(line) for line in result.stdout.splitlines() if "probability" in line]
     assert [Path(r["file"]).name for r in done] == ["good.png"]
     failures = json.loads((tmp_path / "out" / "failures.json").read_text())["failures"]
     reasons = " | ".join(f["error"] for f in failures)
-    assert len(failures) == 2 and "ImageOrientationPatient is missing" in reasons and "RescaleSlope must hold one number" in reasons
+    assert (
+        len(failures) == 2
+        and "ImageOrientationPatient is missing" in reasons
+        and "RescaleSlope must hold one number" in reasons
+    )
     assert all(f["status"] == "READ" for f in failures)
 
 
@@ -241,8 +281,11 @@ def test_an_unexpected_error_while_reading_fails_that_input_only(server, tmp_pat
 
     monkeypatch.setattr(batch, "_prepare", flaky)
     inputs, _, _ = collect_inputs([tmp_path])
-    outcomes = asyncio.run(asyncio.wait_for(batch.run_inputs(inputs, Connection(server.grpc_url), batch.RunOptions(),
-                                                             report=lambda _: None), 60))
+    outcomes = asyncio.run(
+        asyncio.wait_for(
+            batch.run_inputs(inputs, Connection(server.grpc_url), batch.RunOptions(), report=lambda _: None), 60
+        )
+    )
     assert [o.ok for o in outcomes] == [True, False, True]
     assert outcomes[1].status == "READ" and "cannot read it (KeyError: 'a bug in a reader')" in outcomes[1].error
 
@@ -260,8 +303,13 @@ def test_a_full_disk_under_out_fails_the_inputs_cleanly(server, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    result = subprocess.run([BRAINSCAN, "predict", str(inputs), "--url", server.grpc_url, "--out", str(out),
-                             "--format", "csv"], capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    result = subprocess.run(
+        [BRAINSCAN, "predict", str(inputs), "--url", server.grpc_url, "--out", str(out), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_files,
+    )
     assert result.returncode == 1
     assert result.stdout.count("cannot write the outputs: File too large") == 4
     assert "Traceback" not in result.stderr

@@ -1,6 +1,7 @@
 """Past one machine, run here: one `brainscan predict` spread round-robin over two real
 servers (on 127.0.0.1 and 127.0.0.2, the same port), surviving one of them stopping; the
 connection forms a user gives (a list, a DNS name) and the ones refused."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,12 @@ import subprocess
 import time
 
 import pytest
-
-from brainscan import contract
-from brainscan.client.inference import Connection
 from conftest import encode
 from test_cli import BRAINSCAN, run
 from test_preprocessing import brain_like
+
+from brainscan import contract
+from brainscan.client.inference import Connection
 
 pytestmark = pytest.mark.server
 
@@ -40,9 +41,15 @@ def two_servers(local_repository, tmp_path):
     from brainscan.server import Ports, TritonServer, free_port
 
     port = free_port()
-    servers = [TritonServer(local_repository, host=host, ports=Ports(port, free_port(host), free_port(host)),
-                            log_file=tmp_path / f"{host}.log")
-               for host in ("127.0.0.1", "127.0.0.2")]
+    servers = [
+        TritonServer(
+            local_repository,
+            host=host,
+            ports=Ports(port, free_port(host), free_port(host)),
+            log_file=tmp_path / f"{host}.log",
+        )
+        for host in ("127.0.0.1", "127.0.0.2")
+    ]
     for server in servers:
         server.start()
     try:
@@ -75,8 +82,12 @@ def test_one_run_is_spread_over_two_servers_and_survives_one_stopping(two_server
     for k in range(240):
         (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(160, 160, seed=k), "PNG"))
     out = tmp_path / "out"
-    client = subprocess.Popen([BRAINSCAN, "predict", str(folder), "--url", url, "--out", str(out), "--format", "json",
-                               "--concurrency", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        [BRAINSCAN, "predict", str(folder), "--url", url, "--out", str(out), "--format", "json", "--concurrency", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while len(list(out.glob("*.mask.png"))) < 60 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -1,5 +1,6 @@
 """The FP16 accuracy gate's verdicts on prepared outputs: what FP16 rounding does (passes)
 and the ways FP16 engines are known to fail (NaN, black masks, drift)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,9 @@ RNG = np.random.default_rng(0)
 
 def _probabilities(n=64):
     # clear cases on both sides of 0.5, as a trained classifier gives
-    return np.where(np.arange(n) % 2 == 0, RNG.uniform(0.75, 0.99, n), RNG.uniform(0.01, 0.25, n)).astype(np.float32)[:, None]
+    return np.where(np.arange(n) % 2 == 0, RNG.uniform(0.75, 0.99, n), RNG.uniform(0.01, 0.25, n)).astype(np.float32)[
+        :, None
+    ]
 
 
 def _mask_probabilities(n=16, size=64):
@@ -57,7 +60,9 @@ def test_black_masks_fail():
     maps = _mask_probabilities()
     black = np.zeros_like(maps)  # a saturated FP16 mask head: every mask empty
     report = check_segmenter(maps, black, maps > 0.5)
-    assert {"masks emptied by FP16", "mean Dice FP16 vs FP32 masks", "Dice drop vs truth (FP32 - FP16)"} <= _failed(report)
+    assert {"masks emptied by FP16", "mean Dice FP16 vs FP32 masks", "Dice drop vs truth (FP32 - FP16)"} <= _failed(
+        report
+    )
     emptied = next(c for c in report.checks if c.name == "masks emptied by FP16")
     assert emptied.value == 12  # every slice that had a tumour
 

@@ -4,6 +4,7 @@ kustomize` and its objects validate strictly against the Kubernetes schemas
 rest of the kit says (ports, labels, metric names, CLI options). Truths written by hand:
 the "restricted" Pod Security Standard's rules, the labels of a kube-dns pod, the options
 `brainscan` really accepts (parsed by its own CLI)."""
+
 from __future__ import annotations
 
 import json
@@ -14,18 +15,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import metrics_after_one_request
 from typer.main import get_command
 
 from brainscan import contract
 from brainscan.cli import app
 from brainscan.export.doctor import read_pin
-from conftest import metrics_after_one_request
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = ["overlays/tensorrt", "overlays/onnxruntime", "build-engines", "kserve"]
 VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"
-# the oldest Kubernetes these manifests are for (preStop's sleep action is on by default from 1.30), and the newest schema here
+# the oldest Kubernetes these manifests are for (preStop's sleep action is on by default from 1.30),
+# and the newest schema here
 VERSIONS = ["1.30.0", "1.37.0"]
 # kinds of operators, not of Kubernetes: no schema here; held to the kit below instead
 CRD_KINDS = {"PodMonitor", "PrometheusRule", "ServingRuntime", "InferenceService"}
@@ -53,8 +55,11 @@ def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
 
 
 def pod_templates(objects: list[dict]) -> list[tuple[str, dict]]:
-    return [(f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]) for o in objects
-            if o["kind"] in ("Deployment", "Job")]
+    return [
+        (f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"])
+        for o in objects
+        if o["kind"] in ("Deployment", "Job")
+    ]
 
 
 def selects(selector: dict, labels: dict) -> bool:
@@ -77,8 +82,9 @@ def test_every_kustomization_renders_and_validates_strictly(name, version, tmp_p
     assert result.returncode == 0, result.stderr
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(result.stdout)
-    checked = subprocess.run([str(VALIDATOR), "--strict", "-k", version, str(manifest)], capture_output=True,
-                             text=True, timeout=300)
+    checked = subprocess.run(
+        [str(VALIDATOR), "--strict", "-k", version, str(manifest)], capture_output=True, text=True, timeout=300
+    )
     output = checked.stdout + checked.stderr
     assert checked.returncode == 0, output
     objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -91,13 +97,15 @@ def test_every_kustomization_renders_and_validates_strictly(name, version, tmp_p
 
 def test_a_misspelt_field_fails_the_validation(tmp_path):
     """The check above can fail: strict validation rejects what Kubernetes would silently drop."""
-    text = subprocess.run([KUBECTL, "kustomize", str(DEPLOY / "overlays/tensorrt")], capture_output=True, text=True,
-                          timeout=120).stdout
+    text = subprocess.run(
+        [KUBECTL, "kustomize", str(DEPLOY / "overlays/tensorrt")], capture_output=True, text=True, timeout=120
+    ).stdout
     assert "readinessProbe:" in text
     manifest = tmp_path / "typo.yaml"
     manifest.write_text(text.replace("readinessProbe:", "readinesProbe:", 1))
-    checked = subprocess.run([str(VALIDATOR), "--strict", "-k", VERSIONS[0], str(manifest)], capture_output=True,
-                             text=True, timeout=300)
+    checked = subprocess.run(
+        [str(VALIDATOR), "--strict", "-k", VERSIONS[0], str(manifest)], capture_output=True, text=True, timeout=300
+    )
     assert checked.returncode == 1 and "'readinesProbe' was unexpected" in checked.stdout + checked.stderr
 
 
@@ -116,7 +124,9 @@ def test_images_are_the_kits_two_at_the_pinned_ngc_release(rendered):
 def _brainscan_commands(rendered) -> list[tuple[str, list[str]]]:
     commands = []
     for name, objects in rendered.items():
-        containers = [c for _, t in pod_templates(objects) for c in t["spec"].get("initContainers", []) + t["spec"]["containers"]]
+        containers = [
+            c for _, t in pod_templates(objects) for c in t["spec"].get("initContainers", []) + t["spec"]["containers"]
+        ]
         containers += [c for o in objects if o["kind"] == "ServingRuntime" for c in o["spec"]["containers"]]
         commands += [(f"{name}:{c['name']}", c["args"]) for c in containers]
     return commands
@@ -124,12 +134,20 @@ def _brainscan_commands(rendered) -> list[tuple[str, list[str]]]:
 
 def test_every_container_runs_a_brainscan_command_its_cli_accepts(rendered):
     commands = _brainscan_commands(rendered)
-    assert {label.split(":")[1] for label, _ in commands} >= {"doctor", "triton", "sources", "build", "kserve-container"}
+    assert {label.split(":")[1] for label, _ in commands} >= {
+        "doctor",
+        "triton",
+        "sources",
+        "build",
+        "kserve-container",
+    }
     root = get_command(app)
     for label, args in commands:
         assert args[0] == "brainscan", label
-        words = [a.replace("$(BRAINSCAN_REPOSITORY)", "s3://bucket/path").replace("$(BRAINSCAN_SOURCES)", "s3://b/s")
-                 for a in args[1:]]
+        words = [
+            a.replace("$(BRAINSCAN_REPOSITORY)", "s3://bucket/path").replace("$(BRAINSCAN_SOURCES)", "s3://b/s")
+            for a in args[1:]
+        ]
         command, context, name = root, None, "brainscan"
         while hasattr(command, "resolve_command"):  # a group: down to the subcommand
             context = command.make_context(name, list(words), parent=context, resilient_parsing=True)
@@ -186,7 +204,9 @@ def test_services_probes_and_policies_reach_the_server_pods(rendered, name):
         assert selects({"matchLabels": service["spec"]["selector"]}, labels), service["metadata"]["name"]
         assert all(p["targetPort"] in ports for p in service["spec"]["ports"])
     headless = one(objects, "Service", "brainscan-headless")
-    assert headless["spec"]["clusterIP"] == "None" and [p["port"] for p in headless["spec"]["ports"]] == [contract.GRPC_PORT]
+    assert headless["spec"]["clusterIP"] == "None" and [p["port"] for p in headless["spec"]["ports"]] == [
+        contract.GRPC_PORT
+    ]
     assert selects(one(objects, "PodDisruptionBudget")["spec"]["selector"], labels)
     assert selects(one(objects, "PodMonitor")["spec"]["selector"], labels)
     assert one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"] in ports
@@ -211,8 +231,9 @@ def test_the_network_policy_admits_clients_and_prometheus_and_lets_the_servers_r
             if port not in [p["port"] for p in rule["ports"]]:
                 continue
             for peer in rule["from"]:
-                if selects(peer.get("namespaceSelector", {}), namespace_labels) and \
-                        selects(peer.get("podSelector", {}), pod_labels):
+                if selects(peer.get("namespaceSelector", {}), namespace_labels) and selects(
+                    peer.get("podSelector", {}), pod_labels
+                ):
                     return True
         return False
 
@@ -223,9 +244,12 @@ def test_the_network_policy_admits_clients_and_prometheus_and_lets_the_servers_r
     assert not admitted({"brainscan.io/client": "true"}, elsewhere, "metrics")
     kube_dns = {"k8s-app": "kube-dns", "pod-template-hash": "5d78c9869d"}  # a CoreDNS pod as kubeadm deploys it
     dns = [rule for rule in policy["egress"] if 53 in [p["port"] for p in rule["ports"]]]
-    assert any(selects(peer["podSelector"], kube_dns) and
-               selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": "kube-system"})
-               for rule in dns for peer in rule["to"])
+    assert any(
+        selects(peer["podSelector"], kube_dns)
+        and selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": "kube-system"})
+        for rule in dns
+        for peer in rule["to"]
+    )
 
 
 def test_the_gpu_overlay_asks_for_one_gpu_and_the_engine_job_for_a_gpu_product(rendered):
@@ -259,7 +283,9 @@ def test_the_metrics_the_adapter_reads_are_what_triton_exports(server):
     text = metrics_after_one_request(server)
     for model in contract.COMPOSING_MODELS:
         assert f'nv_inference_queue_duration_us{{model="{model}"' in text, model
-    line = next(l for l in text.splitlines() if l.startswith(f'nv_inference_request_success{{model="{contract.ENSEMBLE}"'))
+    line = next(
+        x for x in text.splitlines() if x.startswith(f'nv_inference_request_success{{model="{contract.ENSEMBLE}"')
+    )
     assert float(line.rsplit(" ", 1)[1]) >= 1
 
 
@@ -272,8 +298,12 @@ def test_a_policy_scanner_finds_no_unexplained_failure(tmp_path):
     for name in KUSTOMIZATIONS:
         result = subprocess.run([KUBECTL, "kustomize", str(DEPLOY / name)], capture_output=True, text=True, timeout=120)
         (tmp_path / f"{name.replace('/', '-')}.yaml").write_text(result.stdout)
-    scan = subprocess.run([str(CHECKOV), "-d", str(tmp_path), "--framework", "kubernetes", "--compact", "-o", "json"],
-                          capture_output=True, text=True, timeout=600)
+    scan = subprocess.run(
+        [str(CHECKOV), "-d", str(tmp_path), "--framework", "kubernetes", "--compact", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     report = json.loads(scan.stdout)
     failed = [(c["check_id"], c["resource"], c["check_name"]) for c in report["results"]["failed_checks"]]
     assert report["summary"]["failed"] == 0 and not failed, failed

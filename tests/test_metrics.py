@@ -1,4 +1,5 @@
 """The shared metric definitions."""
+
 import numpy as np
 import pytest
 

@@ -5,6 +5,7 @@ reversed, oblique, with a slice missing); a study fetched over DICOMweb and its 
 stored back; series routed by the PACS to `brainscan listen` and answered there; bad series,
 bad objects and a failing PACS named, with nothing lost and nothing duplicated; and no
 patient name or ID in any output a person or a log reads."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
-from brainscan.server import free_port
 from conftest import hand_probability
 from orthanc import Orthanc
 from volume_files import PATIENT_ID, PATIENT_NAME, write_mr_series
+
+from brainscan.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BRAINSCAN = str(Path(sys.executable).with_name("brainscan"))
@@ -62,8 +63,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def brainscan(*args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([BRAINSCAN, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [BRAINSCAN, *map(str, args)], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -101,12 +103,15 @@ def check_seg_on_sources(seg_path: Path, written: list) -> None:
         assert item.SegmentIdentificationSequence[0].ReferencedSegmentNumber == 1
         source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         position = item.PlanePositionSequence[0].ImagePositionPatient
-        np.testing.assert_allclose([float(v) for v in position],
-                                   [float(v) for v in by_uid[source].ImagePositionPatient], atol=1e-4)
+        np.testing.assert_allclose(
+            [float(v) for v in position], [float(v) for v in by_uid[source].ImagePositionPatient], atol=1e-4
+        )
     segment = seg.SegmentSequence[0]
     assert segment.SegmentLabel == "tumour" and segment.SegmentAlgorithmType == "AUTOMATIC"
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"  # SNOMED CT Neoplasm
-    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"  # Morphologically Abnormal Structure
+    assert (
+        segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    )  # Morphologically Abnormal Structure
 
 
 def sr_content(sr_path: Path) -> dict:
@@ -128,6 +133,7 @@ def sr_content(sr_path: Path) -> dict:
 
 # --- the objects themselves ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("geometry", ["axial", "reversed", "oblique", "missing-slice"])
 def test_the_seg_frames_lie_on_their_source_slices_and_both_objects_are_valid(bright_server, tmp_path, geometry):
     options = {
@@ -138,8 +144,9 @@ def test_the_seg_frames_lie_on_their_source_slices_and_both_objects_are_valid(br
         "missing-slice": {"skip": (6,)},
     }[geometry]
     written = write_mr_series(tmp_path / "series", lesion_images(), **options)
-    result = brainscan("predict", tmp_path / "series", "--url", bright_server.grpc_url, "--out", tmp_path / "out",
-                       "--format", "json")
+    result = brainscan(
+        "predict", tmp_path / "series", "--url", bright_server.grpc_url, "--out", tmp_path / "out", "--format", "json"
+    )
     assert result.returncode == 0, result.stderr
     (record,) = [json.loads(line) for line in result.stdout.splitlines()]
     seg_path, sr_path = (Path(p) for p in record["outputs"] if p.endswith((".seg.dcm", ".sr.dcm")))
@@ -162,8 +169,9 @@ def test_the_seg_frames_lie_on_their_source_slices_and_both_objects_are_valid(br
 def test_a_series_without_tumour_gets_an_empty_seg_and_an_absent_finding(bright_server, tmp_path):
     images = [np.full(SHAPE, 300, np.uint16) for _ in range(4)]
     write_mr_series(tmp_path / "series", images)
-    result = brainscan("predict", tmp_path / "series", "--url", bright_server.grpc_url, "--out", tmp_path / "out",
-                       "--format", "json")
+    result = brainscan(
+        "predict", tmp_path / "series", "--url", bright_server.grpc_url, "--out", tmp_path / "out", "--format", "json"
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     sr_path = next(Path(p) for p in record["outputs"] if p.endswith(".sr.dcm"))
@@ -215,8 +223,9 @@ LISTENER_PORT = free_port()
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     root = tmp_path_factory.mktemp("orthanc")
-    orthanc = Orthanc(root, modalities={"brainscan": ["BRAINSCAN", "127.0.0.1", LISTENER_PORT]},
-                      users={USER: PASSWORD}).start()
+    orthanc = Orthanc(
+        root, modalities={"brainscan": ["BRAINSCAN", "127.0.0.1", LISTENER_PORT]}, users={USER: PASSWORD}
+    ).start()
     yield orthanc
     orthanc.stop()
 
@@ -231,7 +240,9 @@ def credentials(tmp_path) -> dict:
 def stow(pacs: Orthanc, written: list) -> str:
     from brainscan.client.dicomweb import Credentials, Pacs
 
-    Pacs(pacs.dicomweb, Credentials("basic", f"{USER}:{PASSWORD}")).store([d for d in written if d is not None], "a test series")
+    Pacs(pacs.dicomweb, Credentials("basic", f"{USER}:{PASSWORD}")).store(
+        [d for d in written if d is not None], "a test series"
+    )
     return str(next(d for d in written if d is not None).StudyInstanceUID)
 
 
@@ -239,9 +250,23 @@ def stow(pacs: Orthanc, written: list) -> str:
 def listening(port: int, triton_url: str, pacs: Orthanc, spool: Path, log: Path):
     """`brainscan listen` on ``port``, sending results back to ``pacs`` by C-STORE; ended by its pid."""
     listener = subprocess.Popen(
-        [BRAINSCAN, "listen", "--port", str(port), "--url", triton_url, "--idle", "2",
-         "--store-to", f"ORTHANC@127.0.0.1:{pacs.dicom_port}", "--spool", str(spool)],
-        stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        [
+            BRAINSCAN,
+            "listen",
+            "--port",
+            str(port),
+            "--url",
+            triton_url,
+            "--idle",
+            "2",
+            "--store-to",
+            f"ORTHANC@127.0.0.1:{pacs.dicom_port}",
+            "--spool",
+            str(spool),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),
+    )
     try:
         deadline = time.monotonic() + 30
         while "listening as BRAINSCAN" not in log.read_text() and time.monotonic() < deadline:
@@ -268,8 +293,20 @@ def modalities(pacs: Orthanc, study: str) -> list[str]:
 def test_a_study_goes_round_the_loop_through_dicomweb(pacs, bright_server, credentials, tmp_path):
     written = write_mr_series(tmp_path / "series", lesion_images())
     study = stow(pacs, written)
-    command = ["predict", "--dicomweb", pacs.dicomweb, "--study", study, "--store", "--url", bright_server.grpc_url,
-               "--out", tmp_path / "out", "--format", "json"]
+    command = [
+        "predict",
+        "--dicomweb",
+        pacs.dicomweb,
+        "--study",
+        study,
+        "--store",
+        "--url",
+        bright_server.grpc_url,
+        "--out",
+        tmp_path / "out",
+        "--format",
+        "json",
+    ]
     first = brainscan(*command, env=credentials)
     assert first.returncode == 0, first.stderr
     assert modalities(pacs, study) == ["MR", "SEG", "SR"]
@@ -287,8 +324,16 @@ def test_a_study_goes_round_the_loop_through_dicomweb(pacs, bright_server, crede
 def test_a_wrong_password_is_named_without_echoing_it(pacs, bright_server, tmp_path):
     path = tmp_path / "wrong"
     path.write_text(f"basic {USER}:not-the-password\n")
-    result = brainscan("predict", "--dicomweb", pacs.dicomweb, "--study", "1.2.3.4", "--url", bright_server.grpc_url,
-                       env={"BRAINSCAN_DICOMWEB_AUTH_FILE": str(path)})
+    result = brainscan(
+        "predict",
+        "--dicomweb",
+        pacs.dicomweb,
+        "--study",
+        "1.2.3.4",
+        "--url",
+        bright_server.grpc_url,
+        env={"BRAINSCAN_DICOMWEB_AUTH_FILE": str(path)},
+    )
     assert result.returncode == 1 and "answered 401" in result.stderr and "credentials were refused" in result.stderr
     assert "not-the-password" not in result.stderr + result.stdout
 
@@ -306,8 +351,13 @@ class _Failing(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("mode,words", [("500", "answered 500 to the search for the series of study"),
-                                        ("silent", "did not answer the search for the series of study")])
+@pytest.mark.parametrize(
+    "mode,words",
+    [
+        ("500", "answered 500 to the search for the series of study"),
+        ("silent", "did not answer the search for the series of study"),
+    ],
+)
 def test_a_pacs_that_fails_or_never_answers_is_named(bright_server, tmp_path, mode, words):
     handler = type("Handler", (_Failing,), {"mode": mode})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
@@ -315,8 +365,17 @@ def test_a_pacs_that_fails_or_never_answers_is_named(bright_server, tmp_path, mo
     thread.start()
     try:
         started = time.monotonic()
-        result = brainscan("predict", "--dicomweb", f"http://127.0.0.1:{server.server_address[1]}/dicom-web",
-                           "--study", "1.2.3.4", "--url", bright_server.grpc_url, "--dicomweb-timeout", "2")
+        result = brainscan(
+            "predict",
+            "--dicomweb",
+            f"http://127.0.0.1:{server.server_address[1]}/dicom-web",
+            "--study",
+            "1.2.3.4",
+            "--url",
+            bright_server.grpc_url,
+            "--dicomweb-timeout",
+            "2",
+        )
         assert time.monotonic() - started < 60
     finally:
         server.shutdown()
@@ -346,16 +405,20 @@ def test_the_listener_answers_a_routed_series_and_refuses_what_it_must(pacs, bri
         assert assoc.send_c_store(bad).Status == 0xC000
         assoc.release()
         # the PACS routes the series (Orthanc's REST, as its routing rules do)
-        series = next(s for s in pacs.get("/series")
-                      if pacs.get(f"/series/{s}")["MainDicomTags"]["SeriesInstanceUID"] == written[0].SeriesInstanceUID)
-        pacs.post(f"/modalities/brainscan/store", {"Resources": [series], "Synchronous": True})
+        series = next(
+            s
+            for s in pacs.get("/series")
+            if pacs.get(f"/series/{s}")["MainDicomTags"]["SeriesInstanceUID"] == written[0].SeriesInstanceUID
+        )
+        pacs.post("/modalities/brainscan/store", {"Resources": [series], "Synchronous": True})
         wait_for_results(pacs, study)
     text = log.read_text()
     assert modalities(pacs, study) == ["MR", "SEG", "SR"], text
     assert "not an image (SR)" in text and "is not a DICOM UID" in text
     assert f"series {written[0].SeriesInstanceUID}: SEG and SR sent" in text
-    assert not any(p.is_dir() for p in (tmp_path / "spool").iterdir() if p.name not in ("results",)), \
-        list((tmp_path / "spool").iterdir())  # the spooled series is gone once answered; nothing written elsewhere
+    assert not any(p.is_dir() for p in (tmp_path / "spool").iterdir() if p.name not in ("results",)), list(
+        (tmp_path / "spool").iterdir()
+    )  # the spooled series is gone once answered; nothing written elsewhere
     audit = [json.loads(line) for line in (tmp_path / "spool" / "audit.jsonl").read_text().splitlines()]
     assert [(a["series"], a["outcome"]) for a in audit] == [(str(written[0].SeriesInstanceUID), "ok")]
     assert_private(text, json.dumps(audit))
@@ -366,8 +429,12 @@ def test_orthanc_routes_each_stable_mr_series_with_the_shipped_lua_script(bright
     a series stored into Orthanc by a modality reaches the node by itself, and the SEG and SR
     that come back are not routed again."""
     port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", modalities={"brainscan": ["BRAINSCAN", "127.0.0.1", port]},
-                      users={USER: PASSWORD}, lua_scripts=[ROOT / "deploy" / "orthanc" / "route-mr.lua"]).start()
+    orthanc = Orthanc(
+        tmp_path / "orthanc",
+        modalities={"brainscan": ["BRAINSCAN", "127.0.0.1", port]},
+        users={USER: PASSWORD},
+        lua_scripts=[ROOT / "deploy" / "orthanc" / "route-mr.lua"],
+    ).start()
     log = tmp_path / "listen.log"
     try:
         with listening(port, bright_server.grpc_url, orthanc, tmp_path / "spool", log):

@@ -1,5 +1,6 @@
 """perf_analyzer --input-data made from real images: TYPE_STRING elements carry their
 4-byte length prefix inside the base64."""
+
 from __future__ import annotations
 
 import base64
@@ -8,16 +9,21 @@ import struct
 import subprocess
 import sys
 
+from conftest import phantom_slices
+
 from brainscan import contract
 from brainscan.preprocessing import decode_image
-from conftest import phantom_slices
 
 
 def test_input_data_holds_each_file_length_prefixed(phantom_dir, tmp_path):
     files = phantom_slices(phantom_dir, 3)
     out = tmp_path / "perf.json"
-    result = subprocess.run([sys.executable, "-m", "brainscan.cli", "bench", "input-data", *map(str, files),
-                             "--out", str(out)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "brainscan.cli", "bench", "input-data", *map(str, files), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())["data"]
     assert len(data) == 3
@@ -31,6 +37,10 @@ def test_input_data_holds_each_file_length_prefixed(phantom_dir, tmp_path):
 
 
 def test_input_data_refuses_an_empty_selection(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "brainscan.cli", "bench", "input-data", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "brainscan.cli", "bench", "input-data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "no image files found" in result.stderr

@@ -3,6 +3,7 @@ FP32 inputs and outputs, computes in FP16, keeps chosen nodes in FP32, passes th
 type inference TensorRT's strongly typed parser relies on; the CPU gate sees FP16 storage
 (checked against a numpy emulation written here), passes sound graphs and refuses one
 that overflows FP16, writing nothing."""
+
 from __future__ import annotations
 
 import json
@@ -11,20 +12,25 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from conftest import write_threshold_segmenter
 from onnx import TensorProto
 from typer.testing import CliRunner
 
+from brainscan import contract
 from brainscan.cli import app
 from brainscan.export.fp16 import GateFailedError
-from brainscan import contract
 from brainscan.export.precision import (
-    PrecisionError, convert_to_fp16, export_fp16, fp16_path, record_path, run_fp16,
+    PrecisionError,
+    convert_to_fp16,
+    export_fp16,
+    fp16_path,
+    record_path,
+    run_fp16,
 )
 from brainscan.export.serving import serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx
 from brainscan.preprocessing import pixels
 from brainscan.train import datasets
-from conftest import write_threshold_segmenter
 
 runner = CliRunner()
 SIZE = 64
@@ -44,17 +50,24 @@ def slices(phantom_dir):
 
 
 def test_the_fp16_graph_keeps_its_io_types_fp16_weights_fp32_pre_and_post_and_passes_strict_type_inference(
-        fp16_models, onnx_models):
+    fp16_models, onnx_models
+):
     for network, path in fp16_models.items():
         source, converted = onnx.load(str(onnx_models[network])), onnx.load(str(path))
         assert path == fp16_path(onnx_models[network]) and path.name == "model.fp16.onnx"
         output_type = TensorProto.FLOAT if network == contract.CLASSIFIER else TensorProto.UINT8
         assert [t.type.tensor_type.elem_type for t in [*converted.graph.input, *converted.graph.output]] == [
-            TensorProto.FLOAT, output_type]
+            TensorProto.FLOAT,
+            output_type,
+        ]
         assert [t.name for t in converted.graph.input] == [t.name for t in source.graph.input]  # the served names
         assert [t.name for t in converted.graph.output] == [t.name for t in source.graph.output]
         added = ("preprocess/", "mask/")
-        weights = {t.name for t in source.graph.initializer if t.data_type == TensorProto.FLOAT and not t.name.startswith(added)}
+        weights = {
+            t.name
+            for t in source.graph.initializer
+            if t.data_type == TensorProto.FLOAT and not t.name.startswith(added)
+        }
         halves = {t.name for t in converted.graph.initializer if t.data_type == TensorProto.FLOAT16}
         assert weights and weights == halves  # every network weight is stored in FP16, nothing else
         convs = [n for n in converted.graph.node if n.op_type == "Conv"]
@@ -65,7 +78,9 @@ def test_the_fp16_graph_keeps_its_io_types_fp16_weights_fp32_pre_and_post_and_pa
         onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
         record = json.loads(record_path(path).read_text())
         assert record["network"] == network and record["gate"]["passed"] is True
-        assert record["fp16_nodes"] == record["float_nodes"] > 10 and record["converter"].startswith("onnxconverter-common")
+        assert record["fp16_nodes"] == record["float_nodes"] > 10 and record["converter"].startswith(
+            "onnxconverter-common"
+        )
 
 
 def test_keep_fp32_by_node_name_or_op_type(onnx_models):
@@ -111,7 +126,9 @@ def test_the_cpu_gate_passes_a_sound_graph_with_real_tumour_masks(tmp_path, slic
     images, truth = slices
     source = write_threshold_segmenter(tmp_path / "model.onnx", SIZE)
     served = serving_model(onnx.load(str(source))).SerializeToString()
-    assert any(mask.any() for mask in run_onnx(served, images))  # masks that are not empty: the comparison means something
+    assert any(
+        mask.any() for mask in run_onnx(served, images)
+    )  # masks that are not empty: the comparison means something
     result = export_fp16(source, NetworkInputs(source, images, truth))
     assert result.report.passed and result.path == tmp_path / "model.fp16.onnx" and result.path.exists()
     checks = {c.name: c.value for c in result.report.checks}

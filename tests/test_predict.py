@@ -2,6 +2,7 @@
 NIfTI volumes and DICOM series back as aligned mask volumes, concurrency that changes
 nothing but speed, a server restarted mid-run, resumable runs, output formats, HTTP, and
 mutual TLS with certificates made here."""
+
 from __future__ import annotations
 
 import csv
@@ -15,14 +16,14 @@ from pathlib import Path
 import nibabel
 import numpy as np
 import pytest
-from PIL import Image
-
-from brainscan.client.volumes import axial_mask_to_ras
-from brainscan.preprocessing import decode_image
 from conftest import encode, phantom_slices
+from PIL import Image
 from test_cli import BRAINSCAN, run
 from test_preprocessing import brain_like
 from volume_files import axial_dicom_pixels, write_dicom_series, write_nifti
+
+from brainscan.client.volumes import axial_mask_to_ras
+from brainscan.preprocessing import decode_image
 
 pytestmark = pytest.mark.server
 
@@ -50,8 +51,21 @@ def start_run_then_stop_its_server(local_repository, tmp_path, images: int, retr
         (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(256, 256, seed=k), "PNG"))
     out = tmp_path / "out"
     ports = Ports.free()
-    command = [BRAINSCAN, "predict", str(folder), "--url", f"127.0.0.1:{ports.grpc}", "--out", str(out),
-               "--format", "json", "--concurrency", "2", "--retries", str(retries)]
+    command = [
+        BRAINSCAN,
+        "predict",
+        str(folder),
+        "--url",
+        f"127.0.0.1:{ports.grpc}",
+        "--out",
+        str(out),
+        "--format",
+        "json",
+        "--concurrency",
+        "2",
+        "--retries",
+        str(retries),
+    ]
     with TritonServer(local_repository, ports=ports, log_file=tmp_path / "first.log"):
         client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
@@ -64,7 +78,9 @@ def start_run_then_stop_its_server(local_repository, tmp_path, images: int, retr
 def patient_slices(phantom_dir) -> list[Path]:
     """The six slices of the first phantom patient (tumour in most of them)."""
     patient = sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0]
-    return sorted((f for f in patient.glob("*.tif") if not f.stem.endswith("_mask")), key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+    return sorted(
+        (f for f in patient.glob("*.tif") if not f.stem.endswith("_mask")), key=lambda f: int(f.stem.rsplit("_", 1)[1])
+    )
 
 
 def test_a_nifti_volume_and_a_dicom_series_come_back_as_aligned_mask_volumes(bright_server, patient_slices, tmp_path):
@@ -115,8 +131,9 @@ def test_concurrency_changes_speed_not_results(bright_server, phantom_dir, tmp_p
     outputs = {}
     for concurrency in (1, 8):
         out = tmp_path / f"c{concurrency}"
-        result = run("predict", *files, "--url", server.grpc_url, "--out", out, "--format", "json",
-                     "--concurrency", concurrency)
+        result = run(
+            "predict", *files, "--url", server.grpc_url, "--out", out, "--format", "json", "--concurrency", concurrency
+        )
         assert result.returncode == 0, result.stderr
         assert "images/s" in result.stderr
         outputs[concurrency] = (records(result.stdout), out)
@@ -182,7 +199,9 @@ def test_hostile_names_in_a_dicom_header_stay_inside_out(server, phantom_dir, tm
     out = tmp_path / "work" / "out"
     result = run("predict", tmp_path / "in", "--url", server.grpc_url, "--out", out)
     assert result.returncode == 0, result.stderr
-    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file() and "in" != p.relative_to(tmp_path).parts[0]}
+    written = {
+        p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file() and p.relative_to(tmp_path).parts[0] != "in"
+    }
     assert written and all(p.parts[:2] == ("work", "out") for p in written), written
     assert not Path("/tmp/escaped.mask.nii.gz").exists()
 
@@ -191,7 +210,9 @@ def test_http_gives_the_grpc_answer_and_a_missing_model_or_version_is_named(serv
     image = tmp_path / "slice.png"
     image.write_bytes(encode(brain_like(), "PNG"))
     grpc = run("predict", image, "--url", server.grpc_url, "--format", "json")
-    http = run("predict", image, "--protocol", "http", "--url", server.http_url, "--format", "json", "--model-version", "1")
+    http = run(
+        "predict", image, "--protocol", "http", "--url", server.http_url, "--format", "json", "--model-version", "1"
+    )
     assert grpc.returncode == http.returncode == 0, http.stderr
     assert records(grpc.stdout)[0]["probability"] == pytest.approx(records(http.stdout)[0]["probability"], abs=1e-6)
     missing = run("predict", image, "--url", server.grpc_url, "--model-version", "7")
@@ -207,15 +228,56 @@ def _openssl(*args, cwd: Path) -> None:
 def make_certificates(folder: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, signed by it."""
     folder.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=brainscan test CA", cwd=folder)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=brainscan test CA",
+        cwd=folder,
+    )
     (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     (folder / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={'127.0.0.1' if name == 'server' else 'brainscan client'}", cwd=folder)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={'127.0.0.1' if name == 'server' else 'brainscan client'}",
+            cwd=folder,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=folder,
+        )
     return {name: folder / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
@@ -229,15 +291,23 @@ def test_mutual_tls_round_trip_with_certificates_made_here(local_repository, tmp
     tls = GrpcTls(certs["server.pem"], certs["server.key"], client_ca=certs["ca.pem"])
     ports = Ports.free()
     with TritonServer(local_repository, ports=ports, log_file=tmp_path / "tls.log", grpc_tls=tls) as server:
-        client_tls = ["--root-certificates", certs["ca.pem"], "--private-key", certs["client.key"],
-                      "--certificate-chain", certs["client.pem"]]
+        client_tls = [
+            "--root-certificates",
+            certs["ca.pem"],
+            "--private-key",
+            certs["client.key"],
+            "--certificate-chain",
+            certs["client.pem"],
+        ]
         secure = run("predict", image, "--url", server.grpc_url, "--format", "json", *client_tls)
         assert secure.returncode == 0, secure.stderr
         assert 0 <= records(secure.stdout)[0]["probability"] <= 1
         assert run("health", "--url", server.grpc_url, "--ssl", *client_tls).returncode == 0
         plain = run("predict", image, "--url", server.grpc_url, "--timeout", "10")
         assert plain.returncode == 3 and "no Triton server reachable" in plain.stderr
-        no_client_cert = run("predict", image, "--url", server.grpc_url, "--ssl", "--root-certificates", certs["ca.pem"])
+        no_client_cert = run(
+            "predict", image, "--url", server.grpc_url, "--ssl", "--root-certificates", certs["ca.pem"]
+        )
         assert no_client_cert.returncode == 3
 
 

@@ -1,5 +1,6 @@
 """The one preprocessing function: formats the contract accepts, and bad input refused
 with a message naming the problem, before any large allocation."""
+
 from __future__ import annotations
 
 import struct
@@ -8,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import encode
 
 from brainscan import contract
 from brainscan.preprocessing import (
@@ -17,7 +19,6 @@ from brainscan.preprocessing import (
     pixels_batch,
     preprocess,
 )
-from conftest import encode
 
 SIZE = (64, 64)
 
@@ -35,7 +36,9 @@ def brain_like(height=90, width=70, seed=0) -> np.ndarray:
 )
 def test_accepted_formats_decode_to_model_input_and_keep_original_size(fmt, mode):
     grey = brain_like()
-    pixels = {"L": grey, "RGB": np.stack([grey] * 3, -1), "RGBA": np.dstack([grey] * 3 + [np.full_like(grey, 255)])}[mode]
+    pixels = {"L": grey, "RGB": np.stack([grey] * 3, -1), "RGBA": np.dstack([grey] * 3 + [np.full_like(grey, 255)])}[
+        mode
+    ]
     tensor, original = preprocess(encode(pixels, fmt), SIZE)
     assert original == (90, 70)
     assert tensor.shape == (*SIZE, 3) and tensor.dtype == np.float32
@@ -60,11 +63,14 @@ def test_rgba_alpha_channel_is_ignored():
     grey = brain_like()
     opaque = np.dstack([grey] * 3 + [np.full_like(grey, 255)])
     transparent = np.dstack([grey] * 3 + [np.zeros_like(grey)])
-    np.testing.assert_array_equal(preprocess(encode(opaque, "PNG"), SIZE)[0], preprocess(encode(transparent, "PNG"), SIZE)[0])
+    np.testing.assert_array_equal(
+        preprocess(encode(opaque, "PNG"), SIZE)[0], preprocess(encode(transparent, "PNG"), SIZE)[0]
+    )
 
 
 def png_header_claiming(width: int, height: int) -> bytes:
     """A syntactically valid PNG whose IHDR claims width x height (and holds one tiny IDAT)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
@@ -106,8 +112,9 @@ def test_gigapixel_header_is_refused_without_allocating_the_claimed_size():
 
 
 def test_unsupported_format_is_named():
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(brain_like()).save(buffer, format="BMP")
@@ -140,20 +147,25 @@ def test_several_images_in_one_file_are_refused():
     from PIL import Image
 
     pages = [Image.fromarray(brain_like(seed=k)).convert("RGB") for k in range(3)]
-    for fmt, words in (("TIFF", "the TIFF file holds 3 images: send one slice per file"),
-                       ("MPO", "unsupported image format MPO")):  # a JPEG with more pictures in it
+    for fmt, words in (
+        ("TIFF", "the TIFF file holds 3 images: send one slice per file"),
+        ("MPO", "unsupported image format MPO"),
+    ):  # a JPEG with more pictures in it
         buffer = io.BytesIO()
         pages[0].save(buffer, format=fmt, save_all=True, append_images=pages[1:])
         with pytest.raises(InvalidImageError, match=words):
             decode_image(buffer.getvalue())
 
 
-@pytest.mark.parametrize("make,name", [
-    (lambda: encode(brain_like(), "WEBP"), "WebP"),
-    (lambda: b"8BPS\x00\x01" + bytes(20), "PSD"),
-    (lambda: encode(brain_like(), "GIF"), "GIF"),
-    (lambda: bytes(128) + b"DICM" + bytes(64), "DICOM"),
-])
+@pytest.mark.parametrize(
+    "make,name",
+    [
+        (lambda: encode(brain_like(), "WEBP"), "WebP"),
+        (lambda: b"8BPS\x00\x01" + bytes(20), "PSD"),
+        (lambda: encode(brain_like(), "GIF"), "GIF"),
+        (lambda: bytes(128) + b"DICM" + bytes(64), "DICOM"),
+    ],
+)
 def test_other_formats_are_named_without_running_their_parsers(make, name):
     with pytest.raises(InvalidImageError, match=f"unsupported image format {name}.*send PNG, JPEG or TIFF"):
         decode_image(make())

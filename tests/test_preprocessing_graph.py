@@ -1,26 +1,29 @@
 """The preprocessing graph, the one definition of resize and scaling that training runs and
 the served networks carry: its answers on images small enough to work out by hand, its
 agreement with the OpenCV path it replaced, and the parity gate that guards it."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
+from conftest import write_threshold_classifier, write_threshold_segmenter
 
 from brainscan import contract
 from brainscan.export.serving import (
-    PARITY_SIZES, check_parity, reference_mask, reference_model_input, resampled, serving_model,
+    PARITY_SIZES,
+    check_parity,
+    reference_mask,
+    reference_model_input,
+    resampled,
+    serving_model,
 )
 from brainscan.preprocessing import mask_from_probability, mask_to_target, to_model_input
 from brainscan.train import datasets
-from conftest import write_threshold_classifier, write_threshold_segmenter
 
 
 def test_shrinking_averages_the_area_each_output_pixel_covers():
-    image = np.array([[0, 2, 4, 6],
-                      [2, 4, 6, 8],
-                      [10, 10, 0, 0],
-                      [10, 10, 0, 0]], np.uint8)
+    image = np.array([[0, 2, 4, 6], [2, 4, 6, 8], [10, 10, 0, 0], [10, 10, 0, 0]], np.uint8)
     # 2 x 2 means, by hand: [[2, 6], [10, 0]]; stretched to 0..255: x * 25.5
     tensor = to_model_input(image, (2, 2))
     np.testing.assert_allclose(tensor[:, :, 0], [[51.0, 153.0], [255.0, 0.0]], atol=1e-4)

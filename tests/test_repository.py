@@ -1,11 +1,11 @@
 """Generated Triton configs: Triton's own ModelConfig schema, the served contract, the
 ensemble wiring, and the committed production repository."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from tritonclient.grpc import model_config_pb2 as mc
 
 from brainscan import contract
@@ -36,7 +36,9 @@ def test_committed_repository_is_exactly_what_the_writer_generates():
     }
     assert sorted(on_disk) == sorted(expected)
     for name, content in expected.items():
-        assert on_disk[name] == content, f"{name} differs: run `brainscan export repository --flavour tensorrt --out model_repository`"
+        assert on_disk[name] == content, (
+            f"{name} differs: run `brainscan export repository --flavour tensorrt --out model_repository`"
+        )
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -63,13 +65,17 @@ def test_every_flavour_keeps_the_served_contract(flavour, tmp_path):
     assert side == (contract.GPU_MAX_IMAGE_SIDE if flavour == "tensorrt" else contract.MAX_IMAGE_SIDE)
     for network in contract.NETWORKS:  # the networks take the decoded pixels at any size
         assert [(t.name, t.data_type, list(t.dims)) for t in configs[network].input] == [
-            (contract.PIXELS, mc.TYPE_FP32, [-1, -1, -1])]
+            (contract.PIXELS, mc.TYPE_FP32, [-1, -1, -1])
+        ]
         assert configs[network].parameters[contract.MAX_SIDE_PARAMETER].string_value == str(side)
 
 
 def test_flavours_run_the_networks_as_documented():
-    expected = {"local": ("", "python", "KIND_CPU"), "onnxruntime": ("onnxruntime_onnx", "", "KIND_CPU"),
-                "tensorrt": ("tensorrt_plan", "", "KIND_GPU")}
+    expected = {
+        "local": ("", "python", "KIND_CPU"),
+        "onnxruntime": ("onnxruntime_onnx", "", "KIND_CPU"),
+        "tensorrt": ("tensorrt_plan", "", "KIND_GPU"),
+    }
     for flavour, (platform, backend, kind) in expected.items():
         for name in (contract.CLASSIFIER, contract.SEGMENTER):
             config = to_model_config(model_configs(RepositorySpec(flavour=flavour))[name])
@@ -95,7 +101,9 @@ def test_bare_networks_are_served_wrapped_and_a_swapped_pair_is_refused(onnx_mod
         served = onnx.load(str(tmp_path / "repo" / name / "1" / "model.onnx"))
         assert is_served(served) and [o.name for o in served.graph.output] == [contract.NETWORK_OUTPUT_SPEC[name].name]
     with pytest.raises(RepositoryError, match="is the segmenter, given as the classifier"):
-        write_repository(tmp_path / "swapped", "local", onnx_models[contract.SEGMENTER], onnx_models[contract.CLASSIFIER])
+        write_repository(
+            tmp_path / "swapped", "local", onnx_models[contract.SEGMENTER], onnx_models[contract.CLASSIFIER]
+        )
 
 
 def test_unknown_config_fields_are_rejected_by_the_schema():
@@ -144,9 +152,15 @@ def test_tensorrt_flavour_batches_dynamically_with_cuda_graphs_and_configurable_
     assert configs[contract.PREPROCESS].instance_group[0].count == 3
 
 
-@pytest.mark.parametrize("flavour,device,count", [
-    ("tensorrt", "cpu", 4), ("onnxruntime", "gpu", 4), ("onnxruntime", "cpu", 1), ("local", "cpu", 1),
-])
+@pytest.mark.parametrize(
+    "flavour,device,count",
+    [
+        ("tensorrt", "cpu", 4),
+        ("onnxruntime", "gpu", 4),
+        ("onnxruntime", "cpu", 1),
+        ("local", "cpu", 1),
+    ],
+)
 def test_the_python_step_gets_more_instances_where_a_gpu_runs_the_networks(flavour, device, count):
     configs = model_configs(RepositorySpec(flavour=flavour, device=device))
     assert to_model_config(configs[contract.PREPROCESS]).instance_group[0].count == count
@@ -167,7 +181,9 @@ def test_every_batch_size_the_batcher_can_form_has_a_cuda_graph(max_batch):
 
 
 def test_the_onnxruntime_flavour_on_a_gpu_serves_the_fp16_graphs(tmp_path, onnx_models, fp16_models):
-    out = write_repository(tmp_path / "ort", "onnxruntime", onnx_models["classifier"], onnx_models["segmenter"], device="gpu")
+    out = write_repository(
+        tmp_path / "ort", "onnxruntime", onnx_models["classifier"], onnx_models["segmenter"], device="gpu"
+    )
     validate_repository(out, require_weights=True)
     for name in contract.NETWORKS:
         assert (out / name / "1" / "model.onnx").read_bytes() == fp16_models[name].read_bytes()
@@ -176,7 +192,9 @@ def test_the_onnxruntime_flavour_on_a_gpu_serves_the_fp16_graphs(tmp_path, onnx_
     lone = tmp_path / "lone" / "model.onnx"
     lone.parent.mkdir()
     lone.write_bytes(onnx_models["segmenter"].read_bytes())
-    with pytest.raises(RepositoryError, match=r"lone/model\.fp16\.onnx is missing: write it with `brainscan export fp16"):
+    with pytest.raises(
+        RepositoryError, match=r"lone/model\.fp16\.onnx is missing: write it with `brainscan export fp16"
+    ):
         write_repository(tmp_path / "bad", "onnxruntime", segmenter_onnx=lone, device="gpu")
 
 

@@ -2,6 +2,7 @@
 the admin key (HTTP and gRPC) while inference, health, metadata and statistics (which
 perf_analyzer reads) work; the key read from a file only; HTTP and metrics kept on loopback
 when gRPC is TLS."""
+
 from __future__ import annotations
 
 import urllib.error
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ADMIN_KEY
+from test_cli import run
 
 from brainscan import contract
 from brainscan.server import GrpcTls, Ports, ServerError, TritonServer, read_admin_key
-from conftest import ADMIN_KEY
-from test_cli import run
 
 ADMIN_CALLS = [  # one per restricted API group, with the method Triton's HTTP endpoint takes
     ("POST", "/v2/repository/index"),  # model-repository: would list, load and unload models
@@ -25,8 +26,12 @@ ADMIN_CALLS = [  # one per restricted API group, with the method Triton's HTTP e
 
 
 def _http(server, method: str, path: str, headers: dict | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"http://{server.http_url}{path}", method=method, headers=headers or {},
-                                     data=b"{}" if method == "POST" else None)
+    request = urllib.request.Request(
+        f"http://{server.http_url}{path}",
+        method=method,
+        headers=headers or {},
+        data=b"{}" if method == "POST" else None,
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read()
@@ -51,8 +56,12 @@ def test_inference_health_metadata_and_config_stay_open(server):
 
     from brainscan.server import probe_image
 
-    for path in ("/v2/health/ready", f"/v2/models/{contract.ENSEMBLE}", f"/v2/models/{contract.ENSEMBLE}/config",
-                 "/v2/models/stats"):  # read-only counters, as on the metrics port; perf_analyzer needs them
+    for path in (
+        "/v2/health/ready",
+        f"/v2/models/{contract.ENSEMBLE}",
+        f"/v2/models/{contract.ENSEMBLE}/config",
+        "/v2/models/stats",
+    ):  # read-only counters, as on the metrics port; perf_analyzer needs them
         assert _http(server, "GET", path)[0] == 200, path
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
@@ -74,7 +83,9 @@ def test_without_a_key_the_admin_apis_get_one_nobody_knows(tmp_path):
     other = TritonServer(tmp_path, ports=Ports(1, 2, 3))
     assert not server.admin_enabled and len(server.admin_key) >= 32 and server.admin_key != other.admin_key
     (http_flag,) = [f for f in server.command(tmp_path) if f.startswith("--http-restricted-api=")]
-    assert http_flag == f"--http-restricted-api={','.join(contract.ADMIN_APIS)}:{contract.ADMIN_HEADER}={server.admin_key}"
+    assert (
+        http_flag == f"--http-restricted-api={','.join(contract.ADMIN_APIS)}:{contract.ADMIN_HEADER}={server.admin_key}"
+    )
     assert any(f.startswith("--grpc-restricted-protocol=") for f in server.command(tmp_path))
 
 
@@ -120,6 +131,7 @@ def test_the_embedded_server_exposes_grpc_only_and_another_binary_all_three(tmp_
 
 # --- the web page -------------------------------------------------------------------------------
 
+
 def test_the_page_is_not_exposed_without_a_login(tmp_path):
     result = run("ui", "--host", "0.0.0.0", "--port", "1")
     assert result.returncode == 1 and "exposes the page to the network: give a login with --auth-file" in result.stderr
@@ -131,8 +143,14 @@ def test_the_page_is_not_exposed_without_a_login(tmp_path):
 
 def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
     boundary = "brainscan-test-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -149,9 +167,22 @@ def test_the_page_asks_for_a_login_bounds_uploads_and_leaves_no_scan_behind(tmp_
     (tmp_path / "auth").write_text("# the operators\nalice:correct-horse\n")
     port = free_port()
     env = dict(os.environ, TMPDIR=str(tmp_path))  # where the page's private cache goes
-    page = subprocess.Popen([str(Path(__import__("sys").executable).parent / "brainscan"), "ui", "--port", str(port),
-                             "--auth-file", str(tmp_path / "auth"), "--max-upload-mb", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    page = subprocess.Popen(
+        [
+            str(Path(__import__("sys").executable).parent / "brainscan"),
+            "ui",
+            "--port",
+            str(port),
+            "--auth-file",
+            str(tmp_path / "auth"),
+            "--max-upload-mb",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90

@@ -1,5 +1,6 @@
 """A real tritonserver on loopback serving the `local` repository with tiny trained
 networks: the served contract, bad input, train/serve parity, batching, the python models."""
+
 from __future__ import annotations
 
 import time
@@ -7,6 +8,8 @@ import time
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from conftest import encode, phantom_slices
+from test_preprocessing import _tiff_float, brain_like, png_header_claiming
 from tritonclient.utils import InferenceServerException
 
 from brainscan import contract
@@ -16,8 +19,6 @@ from brainscan.export.serving import network_only
 from brainscan.preprocessing import decode_image, mask_from_probability, to_model_input
 from brainscan.train import datasets
 from brainscan.train.training import load_run
-from conftest import encode, phantom_slices
-from test_preprocessing import _tiff_float, brain_like, png_header_claiming
 
 pytestmark = pytest.mark.server
 
@@ -134,8 +135,10 @@ def test_served_results_equal_the_networks_run_in_process(triton, onnx_models, p
         data = path.read_bytes()
         image = decode_image(data)
 
-        def run(network):
-            return sessions[network].run(None, {contract.NETWORK_INPUT[network]: to_model_input(image, sizes[network])[None]})[0]
+        def run(network, image=image):
+            return sessions[network].run(
+                None, {contract.NETWORK_INPUT[network]: to_model_input(image, sizes[network])[None]}
+            )[0]
 
         expected_mask = mask_from_probability(run(contract.SEGMENTER)[0], image.shape[:2])
         probability, mask = infer(triton, data)
@@ -166,7 +169,13 @@ def test_concurrent_requests_of_many_sizes_are_all_answered_at_their_own_size(tr
     try:
         handles = []
         for item in data:
-            handles.append(client.async_infer(contract.ENSEMBLE, [image_input(item)], callback=lambda result, error: results.append((result, error))))
+            handles.append(
+                client.async_infer(
+                    contract.ENSEMBLE,
+                    [image_input(item)],
+                    callback=lambda result, error: results.append((result, error)),
+                )
+            )
         deadline = time.monotonic() + 60
         while len(results) < len(data) and time.monotonic() < deadline:
             time.sleep(0.05)

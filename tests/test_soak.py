@@ -17,6 +17,7 @@ minutes. They run on the demo's networks (BRAINSCAN_SOAK_REPOSITORY, BRAINSCAN_S
 Everything runs on 127.0.0.1, is bounded in count and time, and ends only the processes it
 started, by pid.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_faults import processes
 
 from brainscan import contract
-from test_faults import processes
 
 pytestmark = [pytest.mark.soak, pytest.mark.server]
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,11 +67,24 @@ class SoakReport:
         rows += [(c.name, c.value, c.criterion, "pass" if c.passed else "FAIL") for c in self.checks]
         md = ["| " + " | ".join(r) + " |" for r in rows]
         md.insert(1, "|" + "---|" * len(rows[0]))
-        return "\n".join(["# Soak and fault runs", "", *md, "", "Figures:", "",
-                          "```json", json.dumps(self.figures, indent=2), "```", ""])
+        return "\n".join(
+            [
+                "# Soak and fault runs",
+                "",
+                *md,
+                "",
+                "Figures:",
+                "",
+                "```json",
+                json.dumps(self.figures, indent=2),
+                "```",
+                "",
+            ]
+        )
 
 
 # --- inputs ---------------------------------------------------------------------------------
+
 
 def _png(pixels: np.ndarray) -> bytes:
     from PIL import Image
@@ -86,7 +100,7 @@ def normal_images(files: list[Path], count: int = 32) -> list[bytes]:
 
 def huge_image() -> bytes:
     """A slice at the pixel limit (4096 x 4096), textured so it is not trivially compressible."""
-    side = int(contract.MAX_IMAGE_PIXELS ** 0.5)
+    side = int(contract.MAX_IMAGE_PIXELS**0.5)
     yy, xx = np.mgrid[:side, :side].astype(np.float32)
     return _png(((np.sin(xx / 37.0) + np.cos(yy / 23.0)) * 60 + 120).astype(np.uint8))
 
@@ -97,6 +111,7 @@ def broken_images() -> list[bytes]:
 
 
 # --- the server's footprint ------------------------------------------------------------------
+
 
 def session_rss(leader: int) -> int:
     """Resident bytes of every process in the session of ``leader`` (tritonserver + stubs)."""
@@ -113,6 +128,7 @@ def session_rss(leader: int) -> int:
 
 
 # --- load ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Result:
@@ -134,20 +150,28 @@ async def _one(client, kind: str, data: bytes, timeout: float) -> Result:
         outcome = "ok"
     except InferenceServerException as exc:
         status = str(exc.status() or "")
-        outcome = ("invalid" if "INVALID_ARGUMENT" in status else
-                   "refused" if "UNAVAILABLE" in status or "maximum queue size" in str(exc).lower() else
-                   "timeout" if "DEADLINE" in status else "error")
+        outcome = (
+            "invalid"
+            if "INVALID_ARGUMENT" in status
+            else "refused"
+            if "UNAVAILABLE" in status or "maximum queue size" in str(exc).lower()
+            else "timeout"
+            if "DEADLINE" in status
+            else "error"
+        )
     return Result(kind, started, time.monotonic() - started, outcome)
 
 
-async def load(url: str, seconds: float, concurrency: int, mix: list[tuple[str, bytes]],
-               timeout: float = 60.0) -> list[Result]:
+async def load(
+    url: str, seconds: float, concurrency: int, mix: list[tuple[str, bytes]], timeout: float = 60.0
+) -> list[Result]:
     """``concurrency`` workers send from ``mix`` round-robin for ``seconds``."""
     import tritonclient.grpc.aio as aioclient
 
     limit = 2**31 - 1
-    client = aioclient.InferenceServerClient(url, channel_args=[("grpc.max_send_message_length", limit),
-                                                                ("grpc.max_receive_message_length", limit)])
+    client = aioclient.InferenceServerClient(
+        url, channel_args=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    )
     results: list[Result] = []
     deadline = time.monotonic() + seconds
 
@@ -170,6 +194,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 # --- the runs ------------------------------------------------------------------------------
+
 
 def flood(server, files: list[Path], report: SoakReport, seconds: float = 60.0, concurrency: int = 64) -> None:
     normal = normal_images(files)
@@ -194,26 +219,57 @@ def flood(server, files: list[Path], report: SoakReport, seconds: float = 60.0, 
     first = after[0].started if after else 0.0
     recovered = [r for r in after if r.outcome == "ok" and r.started - first > 5.0]
     p50_after = _percentile([r.seconds for r in recovered], 50)
-    counts = {kind: {o: sum(1 for r in during if r.kind == kind and r.outcome == o)
-                     for o in ("ok", "refused", "invalid", "timeout", "error")} for kind in ("normal", "huge", "broken")}
+    counts = {
+        kind: {
+            o: sum(1 for r in during if r.kind == kind and r.outcome == o)
+            for o in ("ok", "refused", "invalid", "timeout", "error")
+        }
+        for kind in ("normal", "huge", "broken")
+    }
     report.figures["flood"] = {
-        "seconds": seconds, "concurrency": concurrency, "requests": len(during), "outcomes": counts,
+        "seconds": seconds,
+        "concurrency": concurrency,
+        "requests": len(during),
+        "outcomes": counts,
         "normal_p50_s": _percentile([r.seconds for r in normal_during if r.outcome == "ok"], 50),
-        "normal_p99_s": _percentile([r.seconds for r in normal_during], 99), "normal_slowest_s": slowest,
-        "baseline_p50_s": base_p50, "p50_after_s": p50_after,
-        "server_rss_mb_before": rss_before / 2**20, "server_rss_mb_max": max(samples, default=0) / 2**20,
+        "normal_p99_s": _percentile([r.seconds for r in normal_during], 99),
+        "normal_slowest_s": slowest,
+        "baseline_p50_s": base_p50,
+        "p50_after_s": p50_after,
+        "server_rss_mb_before": rss_before / 2**20,
+        "server_rss_mb_max": max(samples, default=0) / 2**20,
     }
     limit = contract.QUEUE_TIMEOUT_MS / 1000 + 15
-    report.add("flood: normal requests answered or refused", f"{len(answered)} of {len(normal_during)}",
-               "all (no stall, no internal error)", len(answered) == len(normal_during) and normal_during)
-    report.add("flood: slowest normal request", f"{slowest:.1f} s", f"<= {limit:.0f} s (queue timeout + 15 s)",
-               slowest <= limit)
-    report.add("flood: server memory, max", f"{max(samples, default=0) / 2**20:.0f} MB (from {rss_before / 2**20:.0f})",
-               "<= 4096 MB", max(samples, default=0) <= 4 * 2**30)
-    report.add("flood: latency 5-15 s after", f"p50 {p50_after * 1000:.0f} ms (before {base_p50 * 1000:.0f} ms)",
-               "<= 2 x before + 50 ms", p50_after <= 2 * base_p50 + 0.05)
-    report.add("flood: broken files", f"{counts['broken']['invalid']} INVALID_ARGUMENT, {counts['broken']['error']} other",
-               "all refused as invalid", counts["broken"]["error"] == 0 and counts["broken"]["invalid"] > 0)
+    report.add(
+        "flood: normal requests answered or refused",
+        f"{len(answered)} of {len(normal_during)}",
+        "all (no stall, no internal error)",
+        len(answered) == len(normal_during) and normal_during,
+    )
+    report.add(
+        "flood: slowest normal request",
+        f"{slowest:.1f} s",
+        f"<= {limit:.0f} s (queue timeout + 15 s)",
+        slowest <= limit,
+    )
+    report.add(
+        "flood: server memory, max",
+        f"{max(samples, default=0) / 2**20:.0f} MB (from {rss_before / 2**20:.0f})",
+        "<= 4096 MB",
+        max(samples, default=0) <= 4 * 2**30,
+    )
+    report.add(
+        "flood: latency 5-15 s after",
+        f"p50 {p50_after * 1000:.0f} ms (before {base_p50 * 1000:.0f} ms)",
+        "<= 2 x before + 50 ms",
+        p50_after <= 2 * base_p50 + 0.05,
+    )
+    report.add(
+        "flood: broken files",
+        f"{counts['broken']['invalid']} INVALID_ARGUMENT, {counts['broken']['error']} other",
+        "all refused as invalid",
+        counts["broken"]["error"] == 0 and counts["broken"]["invalid"] > 0,
+    )
 
 
 def long_run(server, files: list[Path], report: SoakReport, requests: int = 10_000, concurrency: int = 8) -> None:
@@ -245,11 +301,21 @@ def long_run(server, files: list[Path], report: SoakReport, requests: int = 10_0
     results, sizes, elapsed = asyncio.run(counted())
     ok = sum(r.outcome == "ok" for r in results)
     growth = (sizes[-1] - sizes[0]) / sizes[0] if len(sizes) == 2 and sizes[0] else float("nan")
-    report.figures["long_run"] = {"requests": requests, "ok": ok, "seconds": elapsed, "images_per_s": requests / elapsed,
-                                  "rss_mb_after_warmup": sizes[0] / 2**20 if sizes else None,
-                                  "rss_mb_end": sizes[-1] / 2**20 if sizes else None, "rss_growth": growth}
-    report.add(f"long run: {requests} requests", f"{ok} ok in {elapsed:.0f} s ({requests / elapsed:.0f} images/s)",
-               "all ok", ok == requests)
+    report.figures["long_run"] = {
+        "requests": requests,
+        "ok": ok,
+        "seconds": elapsed,
+        "images_per_s": requests / elapsed,
+        "rss_mb_after_warmup": sizes[0] / 2**20 if sizes else None,
+        "rss_mb_end": sizes[-1] / 2**20 if sizes else None,
+        "rss_growth": growth,
+    }
+    report.add(
+        f"long run: {requests} requests",
+        f"{ok} ok in {elapsed:.0f} s ({requests / elapsed:.0f} images/s)",
+        "all ok",
+        ok == requests,
+    )
     report.add("long run: memory growth after warm-up", f"{growth * 100:+.1f} %", "< 10 %", growth < 0.10)
 
 
@@ -260,8 +326,22 @@ def faults(repository: Path, files: list[Path], report: SoakReport, work: Path) 
     brainscan = str(Path(sys.executable).parent / "brainscan")
     copy = Path(shutil.copytree(repository, work / "repository")).resolve()
     ports = [str(free_port()) for _ in range(3)]
-    serve_command = [brainscan, "serve", "--repository", str(copy), "--grpc-port", ports[0], "--http-port", ports[1],
-                     "--metrics-port", ports[2], "--watchdog-interval", "1", "--log-file", str(work / "serve.log")]
+    serve_command = [
+        brainscan,
+        "serve",
+        "--repository",
+        str(copy),
+        "--grpc-port",
+        ports[0],
+        "--http-port",
+        ports[1],
+        "--metrics-port",
+        ports[2],
+        "--watchdog-interval",
+        "1",
+        "--log-file",
+        str(work / "serve.log"),
+    ]
     inputs = work / "inputs"
     inputs.mkdir()
     for k in range(1500):
@@ -270,11 +350,29 @@ def faults(repository: Path, files: list[Path], report: SoakReport, work: Path) 
     events = []
     serve = subprocess.Popen(serve_command, stdout=subprocess.DEVNULL, stderr=open(work / "serve.err", "w"))
     try:
-        subprocess.run([brainscan, "health", "--url", f"127.0.0.1:{ports[0]}", "--wait", "120"], check=True,
-                       capture_output=True)
-        predict = subprocess.Popen([brainscan, "predict", str(inputs), "--url", f"127.0.0.1:{ports[0]}", "--out", str(out),
-                                    "--format", "json", "--concurrency", "4", "--retries", "12"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.run(
+            [brainscan, "health", "--url", f"127.0.0.1:{ports[0]}", "--wait", "120"], check=True, capture_output=True
+        )
+        predict = subprocess.Popen(
+            [
+                brainscan,
+                "predict",
+                str(inputs),
+                "--url",
+                f"127.0.0.1:{ports[0]}",
+                "--out",
+                str(out),
+                "--format",
+                "json",
+                "--concurrency",
+                "4",
+                "--retries",
+                "12",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started = time.monotonic()
         for when, what in ((4, "stub"), (20, "stub"), (36, "serve")):
             while time.monotonic() - started < when and predict.poll() is None:
@@ -291,12 +389,15 @@ def faults(repository: Path, files: list[Path], report: SoakReport, work: Path) 
                 serve.wait()
                 events.append(f"{time.monotonic() - started:.0f} s: kill -9 brainscan serve")
                 time.sleep(3)
-                left = processes("tritonserver", f"--grpc-port={ports[0]}") + \
-                    processes("triton_python_backend_stub", str(copy))
+                left = processes("tritonserver", f"--grpc-port={ports[0]}") + processes(
+                    "triton_python_backend_stub", str(copy)
+                )
                 report.figures["orphans_after_serve_killed"] = len(left)
                 for pid in left:
                     os.kill(pid, signal.SIGKILL)
-                serve = subprocess.Popen(serve_command, stdout=subprocess.DEVNULL, stderr=open(work / "serve2.err", "w"))
+                serve = subprocess.Popen(
+                    serve_command, stdout=subprocess.DEVNULL, stderr=open(work / "serve2.err", "w")
+                )
                 events.append(f"{time.monotonic() - started:.0f} s: brainscan serve started again")
         stdout, stderr = predict.communicate(timeout=900)
     finally:
@@ -307,15 +408,27 @@ def faults(repository: Path, files: list[Path], report: SoakReport, work: Path) 
             serve.kill()
     reported = [json.loads(line)["file"] for line in stdout.splitlines() if line.strip()]
     masks = len(list(out.glob("*.mask.png")))
-    report.figures["faults"] = {"inputs": 1500, "exit": predict.returncode, "reported": len(reported),
-                                "distinct": len(set(reported)), "masks": masks, "events": events,
-                                "watchdog": [line for line in (work / "serve.err").read_text().splitlines()
-                                             if "watchdog" in line]}
-    report.add("faults: 2 stubs killed, serve killed and restarted", f"{masks} of 1500 outputs, exit {predict.returncode}",
-               "1500 outputs, each input once, exit 0",
-               predict.returncode == 0 and masks == 1500 and len(reported) == len(set(reported)) == 1500)
-    report.add("faults: processes left after kill -9 of serve", str(report.figures.get("orphans_after_serve_killed")),
-               "0", report.figures.get("orphans_after_serve_killed") == 0)
+    report.figures["faults"] = {
+        "inputs": 1500,
+        "exit": predict.returncode,
+        "reported": len(reported),
+        "distinct": len(set(reported)),
+        "masks": masks,
+        "events": events,
+        "watchdog": [line for line in (work / "serve.err").read_text().splitlines() if "watchdog" in line],
+    }
+    report.add(
+        "faults: 2 stubs killed, serve killed and restarted",
+        f"{masks} of 1500 outputs, exit {predict.returncode}",
+        "1500 outputs, each input once, exit 0",
+        predict.returncode == 0 and masks == 1500 and len(reported) == len(set(reported)) == 1500,
+    )
+    report.add(
+        "faults: processes left after kill -9 of serve",
+        str(report.figures.get("orphans_after_serve_killed")),
+        "0",
+        report.figures.get("orphans_after_serve_killed") == 0,
+    )
 
 
 def hostile_files(server, files: list[Path], report: SoakReport, work: Path, address_space_gb: int = 4) -> None:
@@ -332,20 +445,44 @@ def hostile_files(server, files: list[Path], report: SoakReport, work: Path, add
     started = time.monotonic()
     # formats a folder walk does not pick up by their suffix are named on the command line
     odd = [str(p) for p in sorted(folder.iterdir()) if p.suffix in (".webp", ".mpo", ".psd")]
-    result = subprocess.run(["prlimit", f"--as={address_space_gb << 30}", brainscan, "predict", str(folder), *odd,
-                             "--url", server.grpc_url, "--out", str(work / "hostile-out"), "--format", "json"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            "prlimit",
+            f"--as={address_space_gb << 30}",
+            brainscan,
+            "predict",
+            str(folder),
+            *odd,
+            "--url",
+            server.grpc_url,
+            "--out",
+            str(work / "hostile-out"),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     elapsed = time.monotonic() - started
     failures = json.loads((work / "hostile-out" / "failures.json").read_text())["failures"]
     good = len(list((work / "hostile-out").glob("good_*.mask.png")))
-    report.figures["hostile"] = {"files": made, "address_space_gb": address_space_gb, "seconds": elapsed,
-                                 "exit": result.returncode, "good_done": good,
-                                 "failures": [{"file": Path(f["file"]).name, "status": f["status"],
-                                               "error": f["error"][-160:]} for f in failures]}
-    report.add(f"hostile files under prlimit --as={address_space_gb}G", f"{len(failures)} failures named, {good} of 5 "
-               f"good done, exit {result.returncode}, {elapsed:.0f} s",
-               "every hostile file one failure, every good file done, exit 1, no traceback",
-               good == 5 and len(failures) == len(made) and result.returncode == 1 and "Traceback" not in result.stderr)
+    report.figures["hostile"] = {
+        "files": made,
+        "address_space_gb": address_space_gb,
+        "seconds": elapsed,
+        "exit": result.returncode,
+        "good_done": good,
+        "failures": [
+            {"file": Path(f["file"]).name, "status": f["status"], "error": f["error"][-160:]} for f in failures
+        ],
+    }
+    report.add(
+        f"hostile files under prlimit --as={address_space_gb}G",
+        f"{len(failures)} failures named, {good} of 5 good done, exit {result.returncode}, {elapsed:.0f} s",
+        "every hostile file one failure, every good file done, exit 1, no traceback",
+        good == 5 and len(failures) == len(made) and result.returncode == 1 and "Traceback" not in result.stderr,
+    )
 
 
 def write_hostile_files(folder: Path) -> list[str]:
@@ -355,7 +492,6 @@ def write_hostile_files(folder: Path) -> list[str]:
     from PIL import Image
     from pydicom.sequence import Sequence
     from pydicom.uid import DeflatedExplicitVRLittleEndian
-
     from volume_files import write_dicom_series, write_multiframe_dicom
 
     slices = [np.full((48, 40), 100 + k, np.uint16) for k in range(3)]
@@ -385,22 +521,33 @@ def write_hostile_files(folder: Path) -> list[str]:
     pages = [Image.fromarray(np.full((64, 64), 80 + k, np.uint8)) for k in range(3)]
     pages[0].save(folder / "pages.tiff", save_all=True, append_images=pages[1:])
     pages[0].convert("RGB").save(folder / "photo.webp")
-    pages[0].convert("RGB").save(folder / "stereo.mpo", format="MPO", save_all=True,
-                                 append_images=[p.convert("RGB") for p in pages[1:]])
+    pages[0].convert("RGB").save(
+        folder / "stereo.mpo", format="MPO", save_all=True, append_images=[p.convert("RGB") for p in pages[1:]]
+    )
     (folder / "layers.psd").write_bytes(b"8BPS\x00\x01" + bytes(40))
-    return ["enhanced DICOM, empty functional groups", "DICOM with RescaleSlope 1\\2",
-            f"deflated DICOM inflating to {(contract.MAX_INFLATED_DICOM_BYTES >> 20) + 64} MB",
-            "NIfTI header claiming 2048x2048x1024", "float TIFF with NaN", "3-page TIFF", "WebP", "MPO", "PSD"]
-
+    return [
+        "enhanced DICOM, empty functional groups",
+        "DICOM with RescaleSlope 1\\2",
+        f"deflated DICOM inflating to {(contract.MAX_INFLATED_DICOM_BYTES >> 20) + 64} MB",
+        "NIfTI header claiming 2048x2048x1024",
+        "float TIFF with NaN",
+        "3-page TIFF",
+        "WebP",
+        "MPO",
+        "PSD",
+    ]
 
 
 # --- the runs as tests, sharing one server and one report --------------------------------------
+
 
 def _soak_inputs() -> tuple[Path, list[Path]]:
     repository = Path(os.environ.get("BRAINSCAN_SOAK_REPOSITORY", ""))
     data = Path(os.environ.get("BRAINSCAN_SOAK_DATA", ""))
     if not (repository / "brainscan" / "config.pbtxt").exists() or not data.is_dir():
-        pytest.skip(reason="set BRAINSCAN_SOAK_REPOSITORY and BRAINSCAN_SOAK_DATA (`make soak` does, after `make demo`)")
+        pytest.skip(
+            reason="set BRAINSCAN_SOAK_REPOSITORY and BRAINSCAN_SOAK_DATA (`make soak` does, after `make demo`)"
+        )
     files = sorted(p for p in data.rglob("*.tif") if not p.stem.endswith("_mask"))
     return repository, files
 
@@ -419,8 +566,12 @@ def soak(tmp_path_factory):
         yield server, repository, files, work, report
     folder = ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}-soak"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "soak.json").write_text(json.dumps({"passed": report.passed, "checks": [asdict(c) for c in report.checks],
-                                                   "figures": report.figures}, indent=2) + "\n")
+    (folder / "soak.json").write_text(
+        json.dumps(
+            {"passed": report.passed, "checks": [asdict(c) for c in report.checks], "figures": report.figures}, indent=2
+        )
+        + "\n"
+    )
     (folder / "soak.md").write_text(report.markdown())
 
 

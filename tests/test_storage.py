@@ -2,6 +2,7 @@
 server mode) on loopback, `brainscan export upload` into it, `brainscan serve --repository
 s3://…` from it, and an answer checked against a lesion drawn by hand. Credentials travel in
 the standard AWS variables only."""
+
 from __future__ import annotations
 
 import json
@@ -14,27 +15,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import encode, write_threshold_segmenter
 from PIL import Image
+from test_cli import BRAINSCAN
 
 from brainscan.server import free_port
 from brainscan.storage import S3Location, StorageError, parse_s3
-from conftest import encode, write_threshold_segmenter
-from test_cli import BRAINSCAN
 
 pytestmark = pytest.mark.server
 
 MOTO = Path(sys.executable).parent / "moto_server"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "brainscan-test", "AWS_SECRET_ACCESS_KEY": "brainscan-test-secret",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "brainscan-test",
+    "AWS_SECRET_ACCESS_KEY": "brainscan-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
-@pytest.mark.parametrize("uri,expected", [
-    ("s3://models/brainscan", S3Location(None, "models", "brainscan")),
-    ("s3://models", S3Location(None, "models", "")),
-    ("s3://http://127.0.0.1:9000/models/a/b/", S3Location("http://127.0.0.1:9000", "models", "a/b")),
-    ("s3://https://minio.storage:9000/models/x", S3Location("https://minio.storage:9000", "models", "x")),
-    ("s3://127.0.0.1:9000/models/x", S3Location("http://127.0.0.1:9000", "models", "x")),
-])
+@pytest.mark.parametrize(
+    "uri,expected",
+    [
+        ("s3://models/brainscan", S3Location(None, "models", "brainscan")),
+        ("s3://models", S3Location(None, "models", "")),
+        ("s3://http://127.0.0.1:9000/models/a/b/", S3Location("http://127.0.0.1:9000", "models", "a/b")),
+        ("s3://https://minio.storage:9000/models/x", S3Location("https://minio.storage:9000", "models", "x")),
+        ("s3://127.0.0.1:9000/models/x", S3Location("http://127.0.0.1:9000", "models", "x")),
+    ],
+)
 def test_the_s3_forms_triton_reads(uri, expected):
     assert parse_s3(uri) == expected
     assert parse_s3(expected.uri) == expected  # written back in a form Triton takes
@@ -56,11 +63,18 @@ def s3(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -107,8 +121,11 @@ def test_a_repository_uploaded_to_s3_is_served_from_there_and_answers(s3, square
     uploaded = brainscan("export", "upload", square_repository, uri, env=env)
     assert uploaded.returncode == 0, uploaded.stderr
     keys = {item["Key"] for item in client.list_objects_v2(Bucket="models", Prefix="brainscan/")["Contents"]}
-    local = {f"brainscan/{p.relative_to(square_repository).as_posix()}" for p in square_repository.rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts}
+    local = {
+        f"brainscan/{p.relative_to(square_repository).as_posix()}"
+        for p in square_repository.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert keys == local
     for name in ("segmenter/1/model.onnx", "segmenter/config.pbtxt", "preprocess/1/model.py"):
         body = client.get_object(Bucket="models", Key=f"brainscan/{name}")["Body"].read()
@@ -125,9 +142,24 @@ def test_a_repository_uploaded_to_s3_is_served_from_there_and_answers(s3, square
     # Triton's own form without a scheme (host:port is read as http)
     served_from = f"s3://{endpoint.removeprefix('http://')}/models/brainscan"
     process = subprocess.Popen(
-        [BRAINSCAN, "serve", "--repository", served_from, "--grpc-port", str(grpc), "--http-port", str(http),
-         "--metrics-port", str(metrics), "--log-file", str(tmp_path / "tritonserver.log")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            BRAINSCAN,
+            "serve",
+            "--repository",
+            served_from,
+            "--grpc-port",
+            str(grpc),
+            "--http-port",
+            str(http),
+            "--metrics-port",
+            str(metrics),
+            "--log-file",
+            str(tmp_path / "tritonserver.log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         waited = brainscan("health", "--url", f"127.0.0.1:{grpc}", "--wait", "120", env=env)
@@ -176,14 +208,23 @@ def test_missing_credentials_and_an_unreachable_endpoint_are_named(square_reposi
     env["AWS_EC2_METADATA_DISABLED"] = "true"  # no asking 169.254.169.254 for credentials either
     result = brainscan("export", "upload", square_repository, "s3://models/brainscan", env=env)
     assert result.returncode == 1 and "AWS_ACCESS_KEY_ID" in result.stderr and "Traceback" not in result.stderr
-    result = brainscan("export", "upload", square_repository, f"s3://http://127.0.0.1:{port}/models/x",
-                       env=with_credentials(), timeout=120)
+    result = brainscan(
+        "export",
+        "upload",
+        square_repository,
+        f"s3://http://127.0.0.1:{port}/models/x",
+        env=with_credentials(),
+        timeout=120,
+    )
     assert result.returncode == 1 and f"127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_doctor_checks_engines_in_a_bucket_without_downloading_them(s3, tmp_path, onnx_models, validation, fp16_models):
+def test_the_doctor_checks_engines_in_a_bucket_without_downloading_them(
+    s3, tmp_path, onnx_models, validation, fp16_models
+):
     """What the Kubernetes init step runs: engine records read from the bucket, plans only listed."""
     import trt_standin
+
     from brainscan.export.repository import write_repository
     from brainscan.export.tensorrt import build_repository_engines
 
@@ -193,22 +234,28 @@ def test_the_doctor_checks_engines_in_a_bucket_without_downloading_them(s3, tmp_
     uri = f"s3://{endpoint}/models/tensorrt"
     env = with_credentials()
     assert brainscan("export", "upload", repository, uri, env=env).returncode == 0
-    result = brainscan("doctor", "--repository", uri, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9", env=env)
+    result = brainscan(
+        "doctor", "--repository", uri, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9", env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{uri}: no mismatch found" in result.stdout
     assert result.stdout.count("built with 11.3.0.99, target has 11.3.0 (given)") == 2
     client.delete_object(Bucket="models", Key="tensorrt/segmenter/1/model.sm89.plan")
-    result = brainscan("doctor", "--repository", uri, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9", env=env)
+    result = brainscan(
+        "doctor", "--repository", uri, "--tensorrt-version", "11.3.0", "--compute-capability", "8.9", env=env
+    )
     assert result.returncode == 1
     assert f"{uri}/segmenter/1/model.sm89.plan is missing: build it" in result.stdout
 
 
-def test_engines_built_on_two_gpu_kinds_land_in_one_bucket_repository(s3, tmp_path, onnx_models, validation,
-                                                                      fp16_models, monkeypatch):
+def test_engines_built_on_two_gpu_kinds_land_in_one_bucket_repository(
+    s3, tmp_path, onnx_models, validation, fp16_models, monkeypatch
+):
     """What the engine-build Job does, once per GPU kind: configs from the bucket, engines
     built (by the CPU stand-in), plans and records uploaded, the config entry merged into the
     bucket's current config; the second kind keeps the first kind's entry."""
     import trt_standin
+
     from brainscan.export.gpu import Gpu
     from brainscan.export.repository import read_config, write_repository
     from brainscan.export.tensorrt import build_into_bucket, build_repository_engines
@@ -223,9 +270,14 @@ def test_engines_built_on_two_gpu_kinds_land_in_one_bucket_repository(s3, tmp_pa
         monkeypatch.setenv(key, value)
     for gpu in (Gpu("Stand-in L4", "8.9"), Gpu("Stand-in H100", "9.0")):
         toolkit = trt_standin.CpuToolkit("11.3.0.99", gpu=gpu)
-        build_into_bucket(uri, lambda local: build_repository_engines(local, validation, toolkit=toolkit,
-                                                                      log=lambda _: None),
-                          gpu.compute_capability, log=lambda _: None)
+        build_into_bucket(
+            uri,
+            lambda local, toolkit=toolkit: build_repository_engines(
+                local, validation, toolkit=toolkit, log=lambda _: None
+            ),
+            gpu.compute_capability,
+            log=lambda _: None,
+        )
     keys = {item["Key"] for item in client.list_objects_v2(Bucket="models", Prefix="fleet/")["Contents"]}
     for network in ("classifier", "segmenter"):
         for name in ("model.sm89.plan", "model.sm89.json", "model.sm90.plan", "model.sm90.json"):
@@ -233,8 +285,11 @@ def test_engines_built_on_two_gpu_kinds_land_in_one_bucket_repository(s3, tmp_pa
         text = client.get_object(Bucket="models", Key=f"fleet/{network}/config.pbtxt")["Body"].read().decode()
         (tmp_path / "config.pbtxt").write_text(text)
         assert dict(read_config(tmp_path / "config.pbtxt").cc_model_filenames) == {
-            "8.9": "model.sm89.plan", "9.0": "model.sm90.plan"}
+            "8.9": "model.sm89.plan",
+            "9.0": "model.sm90.plan",
+        }
     for capability in ("8.9", "9.0"):
-        result = brainscan("doctor", "--repository", uri, "--tensorrt-version", "11.3", "--compute-capability",
-                           capability, env=env)
+        result = brainscan(
+            "doctor", "--repository", uri, "--tensorrt-version", "11.3", "--compute-capability", capability, env=env
+        )
         assert result.returncode == 0, result.stdout

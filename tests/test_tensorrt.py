@@ -4,6 +4,7 @@ config, workspace, timing cache), the build -> engine gate -> write flow with an
 computes what its FP16 graph computes (tests/trt_standin.py), the records, and the clear
 failure where TensorRT is absent. The TensorRT calls themselves are type-checked against
 NVIDIA's bindings (test_typecheck.py); real engines need a GPU: that test is marked `gpu`."""
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import trt_standin
-from brainscan import contract
 from conftest import DEMO_ARTIFACTS
+
+from brainscan import contract
 from brainscan.export.fp16 import GateFailedError, Tolerances
 from brainscan.export.gpu import Gpu, GpuError, build_gpu, cuda_visible, visible_gpus
 from brainscan.export.profiles import ProfileError, image_profile, profile_from_config
-from brainscan.export.repository import RepositoryError, RepositorySpec, model_configs, read_config, to_model_config, write_repository
+from brainscan.export.repository import (
+    RepositoryError,
+    RepositorySpec,
+    model_configs,
+    read_config,
+    to_model_config,
+    write_repository,
+)
 from brainscan.export.tensorrt import (
-    BuildSettings, EngineBuildError, TensorRTUnavailableError, build_repository_engines, build_request,
-    check_version, installed_version, needs_strongly_typed_flag, network_profile,
+    BuildSettings,
+    EngineBuildError,
+    TensorRTUnavailableError,
+    build_repository_engines,
+    build_request,
+    check_version,
+    installed_version,
+    needs_strongly_typed_flag,
+    network_profile,
 )
 
 PLAN, RECORD = "model.sm89.plan", "model.sm89.json"  # an engine for compute capability 8.9, by hand
@@ -37,8 +52,9 @@ STUBS = Path(sys.prefix) / "tensorrt-stubs"
 @pytest.fixture
 def trt_repository(tmp_path, onnx_models) -> Path:
     """A tensorrt-flavour repository sized for the tiny test networks, batch 1..4."""
-    return write_repository(tmp_path / "repo", "tensorrt", onnx_models["classifier"], onnx_models["segmenter"],
-                            max_batch_size=4)
+    return write_repository(
+        tmp_path / "repo", "tensorrt", onnx_models["classifier"], onnx_models["segmenter"], max_batch_size=4
+    )
 
 
 def _umask() -> int:
@@ -48,6 +64,7 @@ def _umask() -> int:
 
 
 # --- profiles ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("network", [contract.CLASSIFIER, contract.SEGMENTER])
 def test_committed_engines_profile_spans_any_image_up_to_the_configs_side_and_batch(network):
@@ -78,12 +95,26 @@ def test_profile_refuses_what_cannot_be_served():
     with pytest.raises(ProfileError, match="largest side 100 is below the optimum image"):
         image_profile("x", 8, 100)
     with pytest.raises(ProfileError, match="no max_image_side parameter"):
-        profile_from_config(to_model_config({"name": "m", "max_batch_size": 8,
-                                             "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, -1, -1]}]}))
+        profile_from_config(
+            to_model_config(
+                {
+                    "name": "m",
+                    "max_batch_size": 8,
+                    "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, -1, -1]}],
+                }
+            )
+        )
     config = to_model_config(model_configs(RepositorySpec())[contract.ENSEMBLE])
     with pytest.raises(ProfileError, match="one input"):
-        profile_from_config(to_model_config({"name": "m", "max_batch_size": 8, "input": [
-            {"name": n, "data_type": "TYPE_FP32", "dims": [3]} for n in ("a", "b")]}))
+        profile_from_config(
+            to_model_config(
+                {
+                    "name": "m",
+                    "max_batch_size": 8,
+                    "input": [{"name": n, "data_type": "TYPE_FP32", "dims": [3]} for n in ("a", "b")],
+                }
+            )
+        )
     assert config.name == contract.ENSEMBLE
 
 
@@ -95,8 +126,11 @@ def test_only_tensorrt_repositories_get_engines(tmp_path):
 
 # --- versions: 10.12+ strongly typed on request, 11.x always --------------------------------
 
-@pytest.mark.parametrize("version,flag", [("10.12.0.36", True), ("10.13.3.9", True), ("10.16.1.11", True),
-                                          ("11.0.0.114", False), ("11.3.0.99", False)])
+
+@pytest.mark.parametrize(
+    "version,flag",
+    [("10.12.0.36", True), ("10.13.3.9", True), ("10.16.1.11", True), ("11.0.0.114", False), ("11.3.0.99", False)],
+)
 def test_supported_versions_build_strongly_typed_networks(version, flag):
     check_version(version)  # accepted
     assert needs_strongly_typed_flag(version) is flag  # 11.x: the only mode, its flag is deprecated and not set
@@ -114,19 +148,28 @@ def test_tensorrt_before_10_12_is_refused_in_one_sentence(version):
 
 # --- what a build asks for ---------------------------------------------------------------
 
+
 def test_a_build_request_names_the_fp16_graph_the_config_profile_and_a_per_gpu_timing_cache(
-        trt_repository, onnx_models, fp16_models, tmp_path):
+    trt_repository, onnx_models, fp16_models, tmp_path
+):
     profile = network_profile(trt_repository, contract.SEGMENTER, opt_batch=2)
     settings = BuildSettings(workspace_mib=512, timing_cache=tmp_path / "cache" / "timing.cache")
-    request = build_request(contract.SEGMENTER, onnx_models["segmenter"], profile, settings, "10.13.3.9", Gpu("L4", "8.9"))
+    request = build_request(
+        contract.SEGMENTER, onnx_models["segmenter"], profile, settings, "10.13.3.9", Gpu("L4", "8.9")
+    )
     assert request.onnx == fp16_models["segmenter"] and request.onnx.name == "model.fp16.onnx"
     side = contract.GPU_MAX_IMAGE_SIDE
     assert (request.profile.min, request.profile.opt, request.profile.max) == (
-        (1, 1, 1, 1), (2, 256, 256, 1), (4, side, side, 3))
+        (1, 1, 1, 1),
+        (2, 256, 256, 1),
+        (4, side, side, 3),
+    )
     assert request.workspace_bytes == 512 << 20
     assert request.strongly_typed_flag is True
     assert request.timing_cache == tmp_path / "cache" / "timing-trt10.13.3.9-sm8.9.cache"
-    eleven = build_request(contract.SEGMENTER, onnx_models["segmenter"], profile, settings, "11.3.0.99", Gpu("B200", "10.0"))
+    eleven = build_request(
+        contract.SEGMENTER, onnx_models["segmenter"], profile, settings, "11.3.0.99", Gpu("B200", "10.0")
+    )
     assert eleven.strongly_typed_flag is False and eleven.timing_cache.name == "timing-trt11.3.0.99-sm10.0.cache"
 
 
@@ -141,17 +184,23 @@ def test_without_the_fp16_graph_the_build_says_how_to_make_it(trt_repository, tm
 
 # --- build -> gate -> write ---------------------------------------------------------------
 
+
 def test_engines_pass_the_gate_and_are_written_with_their_record(trt_repository, validation, fp16_models, tmp_path):
     toolkit = trt_standin.CpuToolkit("10.13.3.9")
     lines: list[str] = []
-    reports = build_repository_engines(trt_repository, validation, BuildSettings(timing_cache=tmp_path / "timing.cache"),
-                                       toolkit=toolkit, log=lines.append)
+    reports = build_repository_engines(
+        trt_repository,
+        validation,
+        BuildSettings(timing_cache=tmp_path / "timing.cache"),
+        toolkit=toolkit,
+        log=lines.append,
+    )
     assert all(r.passed for r in reports)
     assert [r.network for r in toolkit.requests] == [contract.CLASSIFIER, contract.SEGMENTER]
     assert all(r.strongly_typed_flag for r in toolkit.requests)
     assert len(validation[contract.SEGMENTER].images) == 6  # one validation patient, 256 x 256 slices
     assert toolkit.batches == [4, 2, 4, 2]  # in chunks of the profile's maximum, per network
-    for network, given in validation.items():
+    for network in validation:
         version = trt_repository / network / "1"
         # the stand-in GPU has compute capability 8.9: its engine is named for it and listed
         assert dict(read_config(trt_repository / network / "config.pbtxt").cc_model_filenames) == {"8.9": PLAN}
@@ -173,8 +222,9 @@ def test_an_engine_outside_the_tolerances_writes_nothing(trt_repository, validat
     # the segmenter's engine marks every pixel (its output is the 2-D one per image), the classifier's is fine
     toolkit = trt_standin.CpuToolkit(perturb=lambda out: np.ones_like(out) if out.ndim == 2 else out)
     with pytest.raises(GateFailedError) as failed:
-        build_repository_engines(trt_repository, validation, BuildSettings(), Tolerances(), toolkit=toolkit,
-                                 log=lambda _: None)
+        build_repository_engines(
+            trt_repository, validation, BuildSettings(), Tolerances(), toolkit=toolkit, log=lambda _: None
+        )
     message = str(failed.value)
     assert "FP16 gate, segmenter" in message and "FAIL" in message and "--keep-fp32" in message
     assert [r.network for r in failed.value.reports if not r.passed] == [contract.SEGMENTER]
@@ -184,6 +234,7 @@ def test_an_engine_outside_the_tolerances_writes_nothing(trt_repository, validat
 
 
 # --- the GPU, from nvidia-smi ------------------------------------------------------------------
+
 
 def test_the_gpu_comes_from_nvidia_smi(tmp_path, monkeypatch):
     fake = tmp_path / "nvidia-smi"
@@ -207,12 +258,18 @@ def test_no_gpu_or_a_mixed_host_is_refused_with_what_to_do():
 
 # --- what runs here without TensorRT -------------------------------------------------------
 
+
 def _export_tensorrt(*args: str, pythonpath: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    return subprocess.run([sys.executable, "-m", "brainscan.cli", "export", "tensorrt", *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "brainscan.cli", "export", "tensorrt", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here, so the no-TensorRT message cannot show")
@@ -249,7 +306,7 @@ import onnx
 from pathlib import Path
 from brainscan.export.precision import convert_to_fp16, run_fp16
 from brainscan.export.validation import run_onnx, validation_inputs
-given = validation_inputs("segmenter", Path({str(onnx_models['segmenter'])!r}), None, 4)
+given = validation_inputs("segmenter", Path({str(onnx_models["segmenter"])!r}), None, 4)
 fp16, _ = convert_to_fp16(onnx.load(str(given.onnx)))
 print(run_onnx(given.onnx, given.images)[0].shape, run_fp16(fp16, given.images)[0].shape, given.truth[0].shape)
 """
@@ -265,8 +322,10 @@ DEMO_ONNX = {n: DEMO_ARTIFACTS / "runs" / n / "model.onnx" for n in (contract.CL
 
 def _gpu_skip_reason() -> str | None:
     if not HAS_TENSORRT:
-        return ("needs TensorRT 10.12+ and an NVIDIA GPU, neither of which this machine has; "
-                "run it in the export container (docs/gpu.md, 'The GPU test')")
+        return (
+            "needs TensorRT 10.12+ and an NVIDIA GPU, neither of which this machine has; "
+            "run it in the export container (docs/gpu.md, 'The GPU test')"
+        )
     if not all(p.exists() and p.with_name("model.fp16.onnx").exists() for p in DEMO_ONNX.values()):
         return "needs the FP32 and FP16 ONNX graphs of `make demo`"
     return None
@@ -282,7 +341,9 @@ def test_real_fp16_engines_of_the_demo_pass_the_gate(tmp_path):
 
     repository = shutil.copytree(COMMITTED, tmp_path / "model_repository")
     inputs = {n: validation_inputs(n, path, None, 64) for n, path in DEMO_ONNX.items()}
-    reports = build_repository_engines(repository, inputs, BuildSettings(timing_cache=tmp_path / "timing.cache"), log=print)
+    reports = build_repository_engines(
+        repository, inputs, BuildSettings(timing_cache=tmp_path / "timing.cache"), log=print
+    )
     assert all(r.passed for r in reports)
     for network in inputs:
         (plan,) = read_config(repository / network / "config.pbtxt").cc_model_filenames.values()
@@ -292,6 +353,7 @@ def test_real_fp16_engines_of_the_demo_pass_the_gate(tmp_path):
 
 
 # --- the command, with the CPU stand-in in TensorRT's place ---------------------------------
+
 
 def _cli_with_standin(monkeypatch, toolkit):
     from typer.testing import CliRunner
@@ -304,10 +366,21 @@ def _cli_with_standin(monkeypatch, toolkit):
 
 
 def test_export_tensorrt_through_the_cli_prints_the_gates_and_writes_the_engines(
-        trt_repository, onnx_models, fp16_models, tmp_path, monkeypatch):
+    trt_repository, onnx_models, fp16_models, tmp_path, monkeypatch
+):
     invoke = _cli_with_standin(monkeypatch, trt_standin.CpuToolkit("11.3.0.99"))
-    result = invoke("--repository", trt_repository, "--classifier", onnx_models["classifier"],
-                    "--segmenter", onnx_models["segmenter"], "--samples", 4, "--timing-cache", tmp_path / "t.cache")
+    result = invoke(
+        "--repository",
+        trt_repository,
+        "--classifier",
+        onnx_models["classifier"],
+        "--segmenter",
+        onnx_models["segmenter"],
+        "--samples",
+        4,
+        "--timing-cache",
+        tmp_path / "t.cache",
+    )
     assert result.exit_code == 0, result.output
     assert "TensorRT 11.3.0.99 on Stand-in GPU (compute capability 8.9)" in result.output
     for network in (contract.CLASSIFIER, contract.SEGMENTER):
@@ -317,11 +390,20 @@ def test_export_tensorrt_through_the_cli_prints_the_gates_and_writes_the_engines
 
 
 def test_export_tensorrt_through_the_cli_exits_1_on_a_failed_gate_or_a_missing_fp16_graph(
-        trt_repository, onnx_models, fp16_models, tmp_path, monkeypatch):
+    trt_repository, onnx_models, fp16_models, tmp_path, monkeypatch
+):
     failing = trt_standin.CpuToolkit(perturb=lambda out: np.ones_like(out) if out.ndim == 2 else out)
     invoke = _cli_with_standin(monkeypatch, failing)
-    result = invoke("--repository", trt_repository, "--classifier", onnx_models["classifier"],
-                    "--segmenter", onnx_models["segmenter"], "--samples", 4)
+    result = invoke(
+        "--repository",
+        trt_repository,
+        "--classifier",
+        onnx_models["classifier"],
+        "--segmenter",
+        onnx_models["segmenter"],
+        "--samples",
+        4,
+    )
     assert result.exit_code == 1
     assert "FAIL" in result.output and "--keep-fp32" in result.output
     assert not list(trt_repository.rglob("*.plan"))

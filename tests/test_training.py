@@ -1,4 +1,5 @@
 """Choosing the classifier's operating point on validation patients."""
+
 import numpy as np
 
 from brainscan.train.training import choose_threshold

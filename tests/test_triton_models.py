@@ -1,6 +1,7 @@
 """The python models' request loop, outside Triton: one response per request, in order, and
 a failure of any kind fails only its own request. (Triton's `triton_python_backend_utils`
 exists only inside the server; here a minimal module gives the few names the models use.)"""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from brainscan import contract
 from conftest import encode
 from test_preprocessing import brain_like
+
+from brainscan import contract
 
 MODELS = Path(__file__).resolve().parent.parent / "export" / "triton_models"
 
@@ -57,7 +58,9 @@ def _load(name: str, monkeypatch):
 def preprocess(monkeypatch):
     module = _load("preprocess", monkeypatch)
     model = module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps({"parameters": {contract.MAX_SIDE_PARAMETER: {"string_value": "95"}}})})
+    model.initialize(
+        {"model_config": json.dumps({"parameters": {contract.MAX_SIDE_PARAMETER: {"string_value": "95"}}})}
+    )
     return module, model
 
 
@@ -71,13 +74,18 @@ def test_preprocess_sends_the_decoded_pixels_and_refuses_what_its_config_says_is
     (answered, refused) = model.execute([_request(encode(small, "PNG")), _request(encode(wide, "PNG"))])
     assert [t.name for t in answered.output_tensors] == [contract.PIXELS]
     np.testing.assert_array_equal(answered.output_tensors[0].array, small[None, :, :, None].astype(np.float32))
-    assert "100x60" in str(refused.error) and "95 per side" in str(refused.error) and refused.error.code == "INVALID_ARG"
+    assert (
+        "100x60" in str(refused.error) and "95 per side" in str(refused.error) and refused.error.code == "INVALID_ARG"
+    )
 
 
-@pytest.mark.parametrize("failure,words", [
-    (MemoryError(), "not enough memory to decode this image"),
-    (RuntimeError("libpng: broken chunk"), "cannot decode this image (RuntimeError: libpng: broken chunk)"),
-])
+@pytest.mark.parametrize(
+    "failure,words",
+    [
+        (MemoryError(), "not enough memory to decode this image"),
+        (RuntimeError("libpng: broken chunk"), "cannot decode this image (RuntimeError: libpng: broken chunk)"),
+    ],
+)
 def test_any_failure_of_one_request_leaves_the_others_of_its_batch_answered(preprocess, monkeypatch, failure, words):
     module, model = preprocess
     good, poison = encode(brain_like(), "PNG"), encode(brain_like(seed=9), "PNG")

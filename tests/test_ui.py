@@ -1,5 +1,6 @@
 """`brainscan ui` in a real browser: Debian's chromium, headless, driven by Playwright,
 against the page served by the CLI and a real tritonserver behind it."""
+
 from __future__ import annotations
 
 import io
@@ -11,27 +12,36 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import phantom_slices
 from PIL import Image
+from test_cli import BRAINSCAN
 
 from brainscan.server import free_port
-from conftest import phantom_slices
-from test_cli import BRAINSCAN
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.server,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
+    ),
 ]
 # Chromium on a machine without internet: no background connections, no sandbox as root.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def start_ui(url: str, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen([BRAINSCAN, "ui", "--url", url, "--port", str(port)],
-                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [BRAINSCAN, "ui", "--url", url, "--port", str(port)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
     address = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -67,8 +77,12 @@ def upload(page, path: Path) -> str:
     before = page.input_value("#result textarea")
     page.set_input_files("#upload input[type=file]", str(path))
     page.wait_for_function(
-        "before => { const t = document.querySelector('#result textarea'); return t && t.value && t.value !== before; }",
-        arg=before, timeout=60_000,
+        (
+            "before => { const t = document.querySelector('#result textarea'); return t && t.value && t.value !== "
+            "before; }"
+        ),
+        arg=before,
+        timeout=60_000,
     )
     return page.input_value("#result textarea")
 

@@ -1,5 +1,6 @@
 """Volumes without a server: NIfTI and DICOM geometry, lossless 16-bit slices, masks back
 on the source grid, the tumour summary, and output names that cannot leave --out."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,12 +11,12 @@ import nibabel
 import numpy as np
 import pytest
 from PIL import Image
+from volume_files import axial_dicom_pixels, write_dicom_series, write_multiframe_dicom, write_nifti
 
-from brainscan.client.files import collect_inputs, inside, safe_stem, safe_stems
 from brainscan.client.dicom import group_series, is_dicom, read_dicom_series
+from brainscan.client.files import collect_inputs, inside, safe_stem, safe_stems
 from brainscan.client.volumes import VolumeError, read_nifti, to_uint16
 from brainscan.preprocessing import decode_image
-from volume_files import axial_dicom_pixels, write_dicom_series, write_multiframe_dicom, write_nifti
 
 
 def twelve_bit_slices(count=5, height=48, width=40, seed=0) -> list[np.ndarray]:
@@ -146,7 +147,9 @@ def test_dicom_series_that_are_not_one_volume_are_refused_with_the_reason(tmp_pa
     report.save_as(str(tmp_path / "report.dcm"))
     (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 10)
     shutil.copy(files[0], tmp_path / "copy.dcm")
-    series, rejected, ignored = group_series([*files, tmp_path / "copy.dcm", tmp_path / "report.dcm", tmp_path / "broken.dcm"])
+    series, rejected, ignored = group_series(
+        [*files, tmp_path / "copy.dcm", tmp_path / "report.dcm", tmp_path / "broken.dcm"]
+    )
     assert len(series) == 1 and series[0].copies == [tmp_path / "copy.dcm"]
     assert [p.name for p, _ in ignored] == ["report.dcm"] and "without image geometry" in ignored[0][1]
     assert [p.name for p, _ in rejected] == ["broken.dcm"] and "not a readable DICOM" in rejected[0][1]
@@ -198,6 +201,7 @@ def test_an_enhanced_multiframe_dicom_file_is_one_volume_with_its_per_frame_geom
 
 
 # --- hostile and malformed volumes: refused with the reason, from the header where possible ----
+
 
 def test_an_enhanced_dicom_with_empty_functional_groups_is_refused_not_crashed(tmp_path):
     import pydicom

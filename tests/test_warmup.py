@@ -2,6 +2,7 @@
 instance before the model is ready, the samples are real inputs (a PNG slice as Triton's
 serialized bytes, a zero 256 x 256 grey image for the networks at batch 1 and the maximum), a real server
 runs each of them on every instance, and a sample that fails keeps the model from loading."""
+
 from __future__ import annotations
 
 import io
@@ -54,8 +55,11 @@ def test_a_real_server_runs_every_sample_on_every_instance_before_it_is_ready(lo
         config = read_config(local_repository / name / "config.pbtxt")
         instances = sum(group.count for group in config.instance_group)
         for sample in config.model_warmup:
-            ran = [line for line in text.splitlines()
-                   if f"model '{name}' instance" in line and f"running warmup sample '{sample.name}'" in line]
+            ran = [
+                line
+                for line in text.splitlines()
+                if f"model '{name}' instance" in line and f"running warmup sample '{sample.name}'" in line
+            ]
             assert len(ran) == instances, (name, sample.name, len(ran))
 
 
@@ -66,13 +70,17 @@ def test_a_sample_that_fails_keeps_the_model_from_loading(local_repository, tmp_
     broken = shutil.copytree(local_repository, tmp_path / "repository")
     (broken / contract.PREPROCESS / "warmup" / "image").write_bytes(serialized_string(b"not an image"))
     log = tmp_path / "triton.log"
-    with pytest.raises(ServerError, match="before it was ready"):
-        with TritonServer(broken, ports=Ports.free(), log_file=log):
-            pass
+    with (
+        pytest.raises(ServerError, match="before it was ready"),
+        TritonServer(broken, ports=Ports.free(), log_file=log),
+    ):
+        pass
     # the same repository with its real sample loads (the session's server); here preprocess
     # never does. Triton 2.51 usually says why and exits 1; now and then it dies by SIGSEGV
     # while unwinding the failed load, before it says so
     text = log.read_text()
     assert f"successfully loaded '{contract.PREPROCESS}'" not in text
     if f"failed to load '{contract.PREPROCESS}'" in text:
-        assert f"failed to load '{contract.PREPROCESS}' version 1: Invalid argument: failed to run warmup sample" in text
+        assert (
+            f"failed to load '{contract.PREPROCESS}' version 1: Invalid argument: failed to run warmup sample" in text
+        )

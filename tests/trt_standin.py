@@ -7,6 +7,7 @@ built from, and running it runs that graph with FP16 storage on CPU (the same vi
 CPU gate), so the engine gate below compares real FP16 outputs with FP32. It records every
 build request and every batch it runs, so the tests can check what the build asked for.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ class CpuToolkit:
         outputs = []
         for indices in by_shape(images).values():
             for start in range(0, len(indices), max_batch):
-                chunk = [images[i] for i in indices[start:start + max_batch]]
+                chunk = [images[i] for i in indices[start : start + max_batch]]
                 shape = (len(chunk), *chunk[0].shape)
                 if not all(lo <= d <= hi for lo, d, hi in zip(low, shape, high)):  # what an engine does then
                     raise ValueError(f"input {list(shape)} is outside the profile {low}..{high}")

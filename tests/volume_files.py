@@ -1,5 +1,6 @@
 """Real NIfTI files and DICOM series written by the tests, from known axial images and
 known geometry, so where every voxel must land is known in advance."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,14 @@ def ras_from_axial(images: list[np.ndarray]) -> np.ndarray:
     return np.stack([axial_mask_to_ras(image) for image in images], axis=2)
 
 
-def write_nifti(path: Path, images: list[np.ndarray], spacing=(0.9, 0.8, 3.0), origin=(-90.0, -110.0, -40.0),
-                dtype=np.int16, slope: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def write_nifti(
+    path: Path,
+    images: list[np.ndarray],
+    spacing=(0.9, 0.8, 3.0),
+    origin=(-90.0, -110.0, -40.0),
+    dtype=np.int16,
+    slope: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """A NIfTI whose voxel axes are stored (S, R, A), not RAS: axis 0 runs along the
     slices. Returns (source data, affine)."""
     import nibabel
@@ -39,9 +46,18 @@ def axial_dicom_pixels(image: np.ndarray) -> np.ndarray:
     return np.fliplr(image)
 
 
-def write_dicom_series(folder: Path, images: list[np.ndarray], pixel_spacing=(0.9, 0.8), thickness=3.0,
-                       origin=(-100.0, -120.0, -30.0), description="T1 axial", number=3, rescale=(1.0, 0.0),
-                       shuffle_seed: int | None = 0, suffix: str = ".dcm") -> np.ndarray:
+def write_dicom_series(
+    folder: Path,
+    images: list[np.ndarray],
+    pixel_spacing=(0.9, 0.8),
+    thickness=3.0,
+    origin=(-100.0, -120.0, -30.0),
+    description="T1 axial",
+    number=3,
+    rescale=(1.0, 0.0),
+    shuffle_seed: int | None = 0,
+    suffix: str = ".dcm",
+) -> np.ndarray:
     """An axial MR series, one file per slice, file names in shuffled order. Returns the
     RAS+ affine that the geometry implies."""
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -77,17 +93,20 @@ def write_dicom_series(folder: Path, images: list[np.ndarray], pixel_spacing=(0.
         ds.PixelData = stored.tobytes()
         ds.save_as(str(path), enforce_file_format=True)
     row_spacing, column_spacing = pixel_spacing
-    lps = np.array([
-        [column_spacing, 0, 0, origin[0]],
-        [0, row_spacing, 0, origin[1]],
-        [0, 0, thickness, origin[2]],
-        [0, 0, 0, 1],
-    ])
+    lps = np.array(
+        [
+            [column_spacing, 0, 0, origin[0]],
+            [0, row_spacing, 0, origin[1]],
+            [0, 0, thickness, origin[2]],
+            [0, 0, 0, 1],
+        ]
+    )
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def write_multiframe_dicom(path: Path, images: list[np.ndarray], pixel_spacing=(0.9, 0.8), thickness=3.0,
-                           origin=(-100.0, -120.0, -30.0)) -> np.ndarray:
+def write_multiframe_dicom(
+    path: Path, images: list[np.ndarray], pixel_spacing=(0.9, 0.8), thickness=3.0, origin=(-100.0, -120.0, -30.0)
+) -> np.ndarray:
     """An enhanced (multi-frame) MR file: one file, geometry in the functional groups.
     Returns the RAS+ affine it implies (the same as ``write_dicom_series``')."""
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
@@ -120,18 +139,34 @@ def write_multiframe_dicom(path: Path, images: list[np.ndarray], pixel_spacing=(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelData = stack.tobytes()
     ds.save_as(str(path), enforce_file_format=True)
-    lps = np.array([[pixel_spacing[1], 0, 0, origin[0]], [0, pixel_spacing[0], 0, origin[1]],
-                    [0, 0, thickness, origin[2]], [0, 0, 0, 1]])
+    lps = np.array(
+        [
+            [pixel_spacing[1], 0, 0, origin[0]],
+            [0, pixel_spacing[0], 0, origin[1]],
+            [0, 0, thickness, origin[2]],
+            [0, 0, 0, 1],
+        ]
+    )
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
 PATIENT_NAME, PATIENT_ID = "Doe^Jane^Q", "PAT-20931-X"  # what must never appear in logs or messages
 
 
-def write_mr_series(folder: Path, images: list[np.ndarray], row_direction=(1.0, 0.0, 0.0), column_direction=(0.0, 1.0, 0.0),
-                    origin=(-100.0, -120.0, -30.0), pixel_spacing=(0.9, 0.8), thickness=3.0, reverse: bool = False,
-                    skip: tuple[int, ...] = (), study: str | None = None, number: int = 4,
-                    description: str = "T2 FLAIR") -> list:
+def write_mr_series(
+    folder: Path,
+    images: list[np.ndarray],
+    row_direction=(1.0, 0.0, 0.0),
+    column_direction=(0.0, 1.0, 0.0),
+    origin=(-100.0, -120.0, -30.0),
+    pixel_spacing=(0.9, 0.8),
+    thickness=3.0,
+    reverse: bool = False,
+    skip: tuple[int, ...] = (),
+    study: str | None = None,
+    number: int = 4,
+    description: str = "T2 FLAIR",
+) -> list:
     """An MR series as a scanner writes it, every patient and study attribute filled in:
     slice k's pixel array is ``images[k]`` as stored (rows down the column direction), its
     position origin + k * thickness along the normal (row x column). ``reverse`` numbers and

@@ -1,4 +1,5 @@
 """`brainscan data …` and `brainscan train …`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -104,8 +105,20 @@ def classifier(
     seed: Seed = 0,
 ) -> None:
     """Train the MobileNet classifier (tumour / no tumour) with binary cross-entropy."""
-    _train("classifier", data=data, out=out, size=size, epochs=epochs, batch_size=batch_size,
-           learning_rate=learning_rate, weights=weights, alpha=alpha, ema=ema, head_stride=head_stride, seed=seed)
+    _train(
+        "classifier",
+        data=data,
+        out=out,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weights=weights,
+        alpha=alpha,
+        ema=ema,
+        head_stride=head_stride,
+        seed=seed,
+    )
 
 
 @train_app.command("segmenter")
@@ -119,7 +132,9 @@ def segmenter(
     weights: Weights = "none",
     alpha: Alpha = 0.5,
     ema: Ema = False,
-    architecture: Annotated[str, typer.Option(help="mobilenetv2-unet, or unet (the plain U-Net).")] = "mobilenetv2-unet",
+    architecture: Annotated[
+        str, typer.Option(help="mobilenetv2-unet, or unet (the plain U-Net).")
+    ] = "mobilenetv2-unet",
     seed: Seed = 0,
 ) -> None:
     """Train the U-Net segmenter (MobileNetV2 encoder) with BCE + Dice loss."""
@@ -127,5 +142,17 @@ def segmenter(
 
     if architecture not in SEGMENTER_ARCHITECTURES:
         fail(f"--architecture must be one of {', '.join(SEGMENTER_ARCHITECTURES)}")
-    _train("segmenter", data=data, out=out, size=size, epochs=epochs, batch_size=batch_size,
-           learning_rate=learning_rate, weights=weights, alpha=alpha, ema=ema, architecture=architecture, seed=seed)
+    _train(
+        "segmenter",
+        data=data,
+        out=out,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weights=weights,
+        alpha=alpha,
+        ema=ema,
+        architecture=architecture,
+        seed=seed,
+    )

@@ -5,6 +5,7 @@
 - classification folders: ``ROOT/yes/*`` (tumour) and ``ROOT/no/*`` (no tumour), any of
   PNG, JPEG or TIFF. Each file counts as its own patient.
 """
+
 from __future__ import annotations
 
 import re

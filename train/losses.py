@@ -1,4 +1,5 @@
 """Training losses and metrics for Keras (the numpy evaluation metrics are in brainscan.metrics)."""
+
 from __future__ import annotations
 
 import keras

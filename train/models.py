@@ -4,6 +4,7 @@ Input and output layers carry the contract's tensor names, which become the ONNX
 TensorRT and Triton names. Both models take pixels in 0..255 (the shared preprocessing's
 output) and normalise in-graph to MobileNet's -1..1.
 """
+
 from __future__ import annotations
 
 import math

@@ -10,6 +10,7 @@ Layout written (the same as kaggle_3m, so real data drops in unchanged)::
     OUT/<patient>/<patient>_<k>.tif        8-bit grey slice, 256 x 256
     OUT/<patient>/<patient>_<k>_mask.tif   8-bit mask, 0 or 255
 """
+
 from __future__ import annotations
 
 import math
@@ -88,7 +89,11 @@ def _random_patient(rng: np.random.Generator, name: str, n_slices: int, tumour_f
         z_lo, z_hi = z_slices[0], z_slices[-1]
         n_harm = 4
         harmonics = np.stack(
-            [np.arange(2, 2 + n_harm), rng.uniform(0.0, 0.14, n_harm) / np.arange(1, 1 + n_harm) ** 0.5, rng.uniform(0, 2 * np.pi, n_harm)],
+            [
+                np.arange(2, 2 + n_harm),
+                rng.uniform(0.0, 0.14, n_harm) / np.arange(1, 1 + n_harm) ** 0.5,
+                rng.uniform(0, 2 * np.pi, n_harm),
+            ],
             axis=1,
         )
         tumour = Tumour(
@@ -154,9 +159,7 @@ def _skull(brain: np.ndarray, thickness: tuple[float, ...], rng: np.random.Gener
     return out
 
 
-def _tumour_layers(
-    shape: tuple[int, int], centre: tuple[float, float], radius: float, tumour: Tumour
-) -> np.ndarray:
+def _tumour_layers(shape: tuple[int, int], centre: tuple[float, float], radius: float, tumour: Tumour) -> np.ndarray:
     """Normalised distance d from the tumour centre: d <= 1 inside the irregular outline."""
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     dy, dx = yy - centre[0], xx - centre[1]
@@ -228,8 +231,10 @@ def write_phantom_dataset(
     if patients < 1 or slices_per_patient < 1:
         raise ValueError("need at least one patient and one slice per patient")
     if slices_per_patient > MAX_SLICES_PER_PATIENT:
-        raise ValueError(f"at most {MAX_SLICES_PER_PATIENT} slices per patient: the MNI volume has 189 axial "
-                         f"slices and a patient's slices are 2-3 of them apart")
+        raise ValueError(
+            f"at most {MAX_SLICES_PER_PATIENT} slices per patient: the MNI volume has 189 axial "
+            f"slices and a patient's slices are 2-3 of them apart"
+        )
     volume = load_mni_t1()
     out = Path(out)
     written = []

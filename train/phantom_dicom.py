@@ -2,6 +2,7 @@
 TIFFs, in slice order) as MR Image Storage instances that share a study, a series and a Frame
 of Reference, with positions 5 mm apart along the axial normal. It gives the DICOM path of
 the kit (SEG and SR out, a PACS in and out) an input without a scanner."""
+
 from __future__ import annotations
 
 import re
@@ -47,7 +48,12 @@ def write_phantom_series(folder: Path, out: Path) -> list[Path]:
         ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study, "", "", ""
         ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyDescription = "", "", "brainscan phantom"
         ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, 1, "phantom FLAIR"
-        ds.Modality, ds.Manufacturer, ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = "MR", "brainscan", frame, ""
+        ds.Modality, ds.Manufacturer, ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = (
+            "MR",
+            "brainscan",
+            frame,
+            "",
+        )
         ds.InstanceNumber, ds.ImageType = k + 1, ["DERIVED", "SECONDARY"]
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
         ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength, ds.MagneticFieldStrength = 90, 9000, 1, 3

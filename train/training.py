@@ -9,6 +9,7 @@ A run folder holds everything later steps need::
     RUN/history.json   per-epoch losses and metrics
     RUN/curves.png     training curves
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,9 @@ def build_model(config: TrainConfig):
 
     shape = (config.size, config.size, contract.CHANNELS)
     if config.task == "classifier":
-        return models.build_classifier(shape, weights=config.weights, alpha=config.alpha, head_stride=config.head_stride)
+        return models.build_classifier(
+            shape, weights=config.weights, alpha=config.alpha, head_stride=config.head_stride
+        )
     if config.architecture == "unet":
         return models.build_unet(shape)
     return models.build_segmenter(shape, weights=config.weights, alpha=config.alpha)

@@ -3,6 +3,7 @@ classifier and segmenter, for servers without the onnxruntime backend).
 
 The requests of one dynamic batch are concatenated into one session call and split back.
 """
+
 import json
 from pathlib import Path
 

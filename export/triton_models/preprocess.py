@@ -5,6 +5,7 @@ Every request stands alone: a bad image fails its own request with INVALID_ARG, 
 other failure (out of memory, a decoder's own exception) fails only that request too, with
 a message that names it; the other requests of the batch are answered normally.
 """
+
 import json
 
 import triton_python_backend_utils as pb_utils
