@@ -255,7 +255,7 @@ def _one_run(
     command, inputs: Path, raw: Path, networks: dict[str, Path], count: int, design: str, config: CeilingConfig, log
 ) -> dict:
     from brainscan.export.repository import DEFAULT_INSTANCES, write_repository
-    from brainscan.server import Ports, TritonServer
+    from brainscan.serving import Ports, TritonServer
 
     name = f"{count}-{design}"
     # free networks: one instance each; trained ones: the local flavour's (a second segmenter)

@@ -20,6 +20,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainscan import contract
+from brainscan.errors import BrainscanError
+
 VERSION = "2.60.0"
 WHEEL_PLATFORM = "manylinux_2_38_x86_64"
 # The wheel's SHA-256 as PyPI publishes it (pypi.org/simple/perf-analyzer/): a binary that is
@@ -32,7 +35,7 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 UNSTABLE = "Failed to obtain stable measurement"
 
 
-class PerfAnalyzerError(RuntimeError):
+class PerfAnalyzerError(BrainscanError, RuntimeError):
     """perf_analyzer is missing, could not be installed, or failed; the message says which."""
 
 
@@ -41,8 +44,7 @@ class UnstableMeasurement(PerfAnalyzerError):
 
 
 def cache_root() -> Path:
-    base = os.environ.get("BRAINSCAN_CACHE") or Path.home() / ".cache" / "brainscan"
-    return Path(base) / f"perf_analyzer-{VERSION}"
+    return contract.cache_dir() / f"perf_analyzer-{VERSION}"
 
 
 def _works(command: list[str]) -> bool:

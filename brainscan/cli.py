@@ -3,24 +3,54 @@ commands so `--help` is instant."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from brainscan import contract
 
 # TensorFlow prints C++ start-up chatter unless told otherwise; users can still override.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from brainscan.client.cli import bench_app, health, predict, ui
+from brainscan.benchmarks.cli import bench_app
+from brainscan.client.cli import health, predict, ui
 from brainscan.client.pacs_cli import listen
-from brainscan.console import fail
+from brainscan.console import ReportFormat, fail
+from brainscan.errors import EXIT_FAILED, BrainscanError
 from brainscan.export.cli import export_app
 from brainscan.train.cli import data_app, train_app
 
+_state = {"debug": False}
+
+
+class _ErrorBoundary(TyperGroup):
+    """The one error boundary, around every command: an error the user can act on
+    (BrainscanError, or a file that cannot be read or written) prints one line and exits
+    with its code (brainscan.errors); anything else is a bug and shows its traceback.
+    --debug or BRAINSCAN_DEBUG=1 shows the traceback of user errors too."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (BrainscanError, OSError) as exc:
+            if _state["debug"] or os.environ.get("BRAINSCAN_DEBUG", "").lower() in ("1", "true", "yes"):
+                raise
+            if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+                message = f"{exc.filename}: {exc.strerror}"
+            else:
+                message = str(exc) or type(exc).__name__
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(exc.exit_code if isinstance(exc, BrainscanError) else EXIT_FAILED) from None
+
+
 app = typer.Typer(
+    rich_markup_mode="markdown",
+    cls=_ErrorBoundary,
     help="Brain-tumour detection and segmentation on MRI, served by Triton.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -115,15 +145,12 @@ def serve(
     the binary shipped in nvidia-pytriton (no Docker, no GPU; local flavour), or another
     tritonserver with --tritonserver. A watchdog restarts it when real inferences fail
     (a crashed python stub is not restarted by Triton itself)."""
-    from brainscan.server import GrpcTls, Ports, ServerError, TritonServer, Watchdog, read_admin_key
+    from brainscan.serving import GrpcTls, Ports, ServerError, TritonServer, Watchdog, read_admin_key
 
     if (tls_certificate is None) != (tls_key is None) or (tls_client_ca and not tls_certificate):
         raise typer.BadParameter("gRPC TLS needs --tls-certificate and --tls-key (and --tls-client-ca only with them)")
     tls = GrpcTls(tls_certificate, tls_key, tls_client_ca) if tls_certificate else None
-    try:
-        admin_key = read_admin_key(admin_key_file) if admin_key_file else None
-    except ServerError as exc:
-        fail(str(exc))
+    admin_key = read_admin_key(admin_key_file) if admin_key_file else None
     server = TritonServer(
         repository,
         host,
@@ -158,10 +185,7 @@ def serve(
         if watchdog:
             Watchdog(server, interval=watchdog_interval, log=lambda line: typer.echo(line, err=True)).run()
         code = server.process.wait()
-        fail(f"tritonserver exited with code {code}:\n{server.log_report()}")
-    except ServerError as exc:
-        server.stop()
-        fail(str(exc))
+        raise ServerError(f"tritonserver exited with code {code}:\n{server.log_report()}")
     except KeyboardInterrupt:
         typer.echo("stopping tritonserver…", err=True)
     finally:
@@ -198,30 +222,60 @@ def doctor(
             ),
         ),
     ] = None,
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", help="json: one JSON object on stdout, for scripts.")
+    ] = ReportFormat.TEXT,
 ) -> None:
     """Check that a repository's TensorRT engines fit the server that will load them: same
     TensorRT version, same GPU compute capability, optimization profile equal to the config, built
     from the current ONNX. Says what to rebuild; exits 1 on any mismatch."""
-    from brainscan.export.doctor import advice, detect_target, diagnose, table
-    from brainscan.storage import StorageError, local_view
+    from brainscan.export.doctor import Status, advice, detect_target, diagnose, table
+    from brainscan.storage import local_view
 
     target = detect_target(tensorrt_version, compute_capability)
-    try:
-        with local_view(repository) as local:
-            findings = diagnose(local, target, sources=sources or [])
-    except StorageError as exc:
-        fail(str(exc))
+    with local_view(repository) as local:
+        findings = diagnose(local, target, sources=sources or [])
     if str(local) != repository:  # name the bucket, not the skeleton the checks ran on
         for finding in findings:
             finding.detail = finding.detail.replace(str(local), repository)
+    verdict = advice(findings, repository) or "the repository is not servable (see above)"
+    if fmt is ReportFormat.JSON:
+        bad = any(f.bad for f in findings)
+        typer.echo(
+            json.dumps(
+                {
+                    "repository": repository,
+                    "servable": not bad,
+                    "advice": verdict if bad else None,
+                    "findings": [dataclasses.asdict(f) for f in findings],
+                }
+            )
+        )
+        if bad:
+            raise typer.Exit(EXIT_FAILED)
+        return
     typer.echo(table(findings))
     if any(f.bad for f in findings):
-        fail(advice(findings, repository) or "the repository is not servable (see above)")
-    skipped = [f for f in findings if f.status == "not checked"]
+        fail(verdict)
+    skipped = [f for f in findings if f.status == Status.NOT_CHECKED]
     typer.echo(
         f"{repository}: no mismatch found"
         + (f" ({len(skipped)} checks skipped: nothing to compare with here)" if skipped else "")
     )
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="BRAINSCAN_DEBUG",
+            help="Show the traceback of every error, not only of bugs.",
+        ),
+    ] = False,
+) -> None:
+    _state["debug"] = debug
 
 
 if __name__ == "__main__":

@@ -7,23 +7,29 @@ from typing import Annotated, NoReturn
 
 import typer
 
-# Exit codes of the CLI (documented in the README).
-EXIT_OK = 0
-EXIT_FAILED = 1  # a step failed, or some files of a batch failed
-EXIT_USAGE = 2  # bad option or argument (Typer's own code)
-EXIT_UNAVAILABLE = 3  # no server reachable
+from brainscan import contract
+from brainscan.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE  # noqa: F401 (re-exported)
 
 Url = Annotated[
-    str,
+    list[str] | None,
     typer.Option(
+        "-u",
         "--url",
         envvar="BRAINSCAN_URL",
+        metavar="HOST:PORT",
         help=(
-            "Triton server as host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP); several, comma-separated, "
-            "or dns:///NAME:PORT to spread requests round-robin (gRPC)."
+            "Triton server as host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP); several (repeat --url, "
+            "or comma-separated), or dns:///NAME:PORT, spread requests round-robin (gRPC)."
         ),
     ),
 ]
+
+
+class ReportFormat(contract.Choice):
+    TEXT = "text"
+    JSON = "json"
+
+
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
 DataDir = Annotated[Path, typer.Option("--data", help="Dataset folder (kaggle_3m layout, or yes/ and no/).")]
 

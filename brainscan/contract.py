@@ -6,6 +6,7 @@ tests, the benchmarks) reads its names from here; nothing else spells a tensor n
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 # Ensemble and composing models.
@@ -13,7 +14,7 @@ ENSEMBLE = "brainscan"
 PREPROCESS = "preprocess"
 CLASSIFIER = "classifier"
 SEGMENTER = "segmenter"
-NETWORKS = (CLASSIFIER, SEGMENTER)
+NETWORKS = (CLASSIFIER, SEGMENTER)  # the two served networks, in this order everywhere
 COMPOSING_MODELS = (PREPROCESS, *NETWORKS)
 
 # Ensemble inputs / outputs (the public contract: never rename).
@@ -115,6 +116,50 @@ NETWORK_OUTPUT_SPEC = {CLASSIFIER: TUMOR_PROBABILITY_SPEC, SEGMENTER: MASK_SPEC}
 # serve` without --repository serves DEMO_REPOSITORY.
 ARTIFACTS_ENV = "BRAINSCAN_ARTIFACTS"
 DEFAULT_ARTIFACTS = "artifacts"
+
+
+class Choice(str, enum.Enum):
+    """A fixed set of values, shown by --help (Typer lists an Enum's values) and printed as
+    its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Flavour(Choice):
+    """The three model-repository flavours (DESIGN.md)."""
+
+    LOCAL = "local"  # the ONNX networks in the python backend: the embedded CPU server
+    ONNXRUNTIME = "onnxruntime"  # Triton's onnxruntime backend (CPU, or GPU with the TensorRT EP)
+    TENSORRT = "tensorrt"  # FP16 TensorRT engines: a GPU host
+
+
+class Device(Choice):
+    """Where the onnxruntime flavour runs its networks."""
+
+    CPU = "cpu"
+    GPU = "gpu"  # TensorRT execution provider, FP16
+
+
+class Protocol(Choice):
+    """How clients talk to Triton."""
+
+    GRPC = "grpc"
+    HTTP = "http"
+
+
+PLAN_FILE = "model.plan"  # what Triton's tensorrt backend loads when a config names no engine
+
+
+def cache_dir():
+    """brainscan's cache: BRAINSCAN_CACHE, else $XDG_CACHE_HOME/brainscan (~/.cache/brainscan)."""
+    import os
+    from pathlib import Path
+
+    return Path(
+        os.environ.get("BRAINSCAN_CACHE")
+        or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "brainscan")
+    )
 
 
 def artifacts_dir():

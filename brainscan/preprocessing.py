@@ -20,11 +20,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from brainscan import contract
+from brainscan.errors import BrainscanError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF")
 
 
-class InvalidImageError(ValueError):
+class InvalidImageError(BrainscanError, ValueError):
     """The bytes are not an image this kit accepts; the message names the problem."""
 
 

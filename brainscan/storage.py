@@ -17,10 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainscan.errors import BrainscanError
+
 S3 = "s3://"
 
 
-class StorageError(RuntimeError):
+class StorageError(BrainscanError, RuntimeError):
     """Object storage is unreachable, refuses the credentials, or holds no repository there."""
 
 

@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainscan.errors import BrainscanError
+
 AUTH_ENV = "BRAINSCAN_DICOMWEB_AUTH"  # the credentials themselves: "basic USER:PASSWORD" or "bearer TOKEN"
 AUTH_FILE_ENV = "BRAINSCAN_DICOMWEB_AUTH_FILE"  # a file holding them
 CA_FILE_ENV = "BRAINSCAN_DICOMWEB_CA_FILE"
@@ -23,7 +25,7 @@ IMAGE_MODALITIES = ("MR", "CT", "PT", "OT")  # series worth predicting; SEG, SR,
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # a DICOM UID: digits and dots (PS3.5 9.1), used as a folder name
 
 
-class DicomWebError(RuntimeError):
+class DicomWebError(BrainscanError, RuntimeError):
     """The PACS could not be reached, refused, or answered something unusable."""
 
 

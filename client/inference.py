@@ -19,17 +19,21 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
+from brainscan.errors import EXIT_UNAVAILABLE, BrainscanError, UsageError
+from brainscan.triton_errors import is_transient
 
-PROTOCOLS = ("grpc", "http")
+PROTOCOLS = tuple(p.value for p in contract.Protocol)
 DNS_SCHEME = "dns:///"  # every address of the name, e.g. a Kubernetes headless Service
 BACKOFF_CAP = 8.0  # seconds: the longest wait between two attempts
 
 
-class ServerUnavailableError(ConnectionError):
+class ServerUnavailableError(BrainscanError, ConnectionError):
     """No Triton server answers at the URL (after the retries, if any)."""
 
+    exit_code = EXIT_UNAVAILABLE
 
-class InferenceError(RuntimeError):
+
+class InferenceError(BrainscanError, RuntimeError):
     """The server refused or failed one request; ``status`` is Triton's status code."""
 
     def __init__(self, message: str, status: str | None = None):
@@ -50,7 +54,9 @@ class Connection:
     """Where the ensemble is and how to reach it; every option of ``brainscan predict``'s
     connection group, in one value."""
 
-    url: str | None = None  # host:port; None = the protocol's default port on loopback
+    # host:port, several comma-separated (or given as a list), or dns:///NAME:PORT; None = the
+    # protocol's default port on loopback
+    url: str | list[str] | None = None
     protocol: str = "grpc"
     ssl: bool = False
     root_certificates: Path | None = None  # PEM of the CA that signed the server's certificate
@@ -63,31 +69,34 @@ class Connection:
     backoff: float = 0.5  # first wait in seconds; doubles per attempt up to BACKOFF_CAP
 
     def __post_init__(self):
+        if isinstance(self.url, (list, tuple)):  # --url repeated: every server, as with commas
+            object.__setattr__(self, "url", ",".join(self.url) or None)
+        object.__setattr__(self, "protocol", str(self.protocol).lower())
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+            raise UsageError(f"protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
         if self.url is None:
             port = contract.GRPC_PORT if self.protocol == "grpc" else contract.HTTP_PORT
             object.__setattr__(self, "url", f"{contract.DEFAULT_HOST}:{port}")
         if "://" in self.url and not self.url.startswith(DNS_SCHEME):
-            raise ValueError(
+            raise UsageError(
                 f"--url {self.url}: write host:port (several, comma-separated, or {DNS_SCHEME}NAME:PORT), "
                 "without a scheme (use --ssl for TLS)"
             )
         if self.balanced and self.protocol != "grpc":
-            raise ValueError(
+            raise UsageError(
                 f"--url {self.url}: spreading requests over several servers needs --protocol grpc "
                 "(for HTTP, put a load balancer in front and give its address)"
             )
         for server in self.servers:
             host, _, port = server.rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"--url {self.url}: {server!r} is not host:port")
+                raise UsageError(f"--url {self.url}: {server!r} is not host:port")
         for name in ("root_certificates", "private_key", "certificate_chain"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise ValueError(f"{name.replace('_', ' ')} file {path} does not exist")
+                raise UsageError(f"{name.replace('_', ' ')} file {path} does not exist")
         if (self.private_key is None) != (self.certificate_chain is None):
-            raise ValueError("mutual TLS needs both the client key and the client certificate chain")
+            raise UsageError("mutual TLS needs both the client key and the client certificate chain")
 
     @property
     def servers(self) -> list[str]:
@@ -115,7 +124,7 @@ class Connection:
             try:
                 found = {info[4][0] for info in socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)}
             except socket.gaierror as exc:
-                raise ValueError(f"--url: cannot resolve {host}: {exc.strerror}") from None
+                raise UsageError(f"--url: cannot resolve {host}: {exc.strerror}") from None
             addresses += [f"{address}:{port}" for address in sorted(found)]
         return "ipv4:" + ",".join(dict.fromkeys(addresses))
 
@@ -221,35 +230,9 @@ def image_input(data: bytes, protocol: str = "grpc"):
     return tensor
 
 
-# Messages of a server that is stopping, starting, not there, shedding load, or whose python
-# stub died (its watchdog restarts it) — gRPC and HTTP alike. Worth a retry after a wait.
-_TRANSIENT = (
-    "failed to connect",
-    "connection refused",
-    "connect call failed",
-    "cannot connect",
-    "socket closed",
-    "connection reset",
-    "server disconnected",
-    "broken pipe",
-    "unknown model",
-    "not ready",
-    "no available versions",
-    "is not found",
-    "server is shutting down",
-    "end of tcp stream",
-    "stub process",
-    "is not healthy",
-    "exceeds maximum queue size",
-)
-
-
 def _is_transient(exc: Exception) -> bool:
     status = str(getattr(exc, "status", lambda: "")() or "")
-    if "UNAVAILABLE" in status:
-        return True
-    text = str(exc).lower()
-    return any(fragment in text for fragment in _TRANSIENT)
+    return is_transient(str(exc), status)
 
 
 class AsyncBrainscanClient:

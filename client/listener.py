@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brainscan.client.dicomweb import UID
+from brainscan.errors import UsageError
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # C-STORE "Refused: Out of Resources"
@@ -48,7 +49,7 @@ class Destination:
         title, _, address = text.partition("@")
         host, _, port = address.rpartition(":")
         if not title or not host or not port.isdigit() or len(title) > 16:
-            raise ValueError(f"{text!r}: write AET@HOST:PORT (an AE title of at most 16 characters)")
+            raise UsageError(f"{text!r}: write AET@HOST:PORT (an AE title of at most 16 characters)")
         return cls(title, host, int(port))
 
 

@@ -143,10 +143,7 @@ def listen(
     else:
         from brainscan.client import dicomweb as web
 
-        try:
-            send = node.stow(web.Pacs(store_url, web.load_credentials(dicomweb_auth_file), dicomweb_ca_file))
-        except web.DicomWebError as exc:
-            fail(str(exc))
+        send = node.stow(web.Pacs(store_url, web.load_credentials(dicomweb_auth_file), dicomweb_ca_file))
     listener = node.Listener(
         config,
         node.predict_series(conn, Path(spool).resolve(), audit_path),

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from brainscan.client.inference import Connection
+from brainscan.errors import BrainscanError
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"]
 DEFAULT_PORT = 7860
@@ -25,7 +26,7 @@ MAX_UPLOAD_MB = 20
 CACHE_SECONDS = 600  # what Gradio still holds (answers shown on the page) is deleted after this
 
 
-class UiError(ValueError):
+class UiError(BrainscanError, ValueError):
     """The page cannot be served as asked (e.g. exposed without a login); the message says why."""
 
 

@@ -20,11 +20,12 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
+from brainscan.errors import BrainscanError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-class VolumeError(ValueError):
+class VolumeError(BrainscanError, ValueError):
     """A volume that cannot be read or sliced; the message names the file and the problem."""
 
 

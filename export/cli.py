@@ -10,7 +10,9 @@ import typer
 from brainscan import contract
 from brainscan.console import fail
 
-export_app = typer.Typer(help="Export trained models and write Triton model repositories.", no_args_is_help=True)
+export_app = typer.Typer(
+    rich_markup_mode="markdown", help="Export trained models and write Triton model repositories.", no_args_is_help=True
+)
 
 
 @export_app.command("onnx")
@@ -26,20 +28,15 @@ def onnx(
     differs by more than --atol or any decision changes), with the preprocessing in front and
     the mask head behind, checked against the reference preprocessing on the same slices at
     256x256, 512x512, 240x240 and 150x220 (no decision may change, mean mask Dice >= 0.99)."""
-    from brainscan.export.onnx import ParityError, export_onnx
+    from brainscan.export.onnx import export_onnx
     from brainscan.train import datasets
     from brainscan.train.training import load_model, load_run, split_samples
 
-    try:
-        config = load_run(run)
-        images = datasets.decode_images(split_samples(config)["val"][:samples])
-        model = load_model(Path(run) / "model.keras")
-        target = out or Path(run) / "model.onnx"
-        reports = export_onnx(model, target, images, atol=atol, opset=opset)
-    except ParityError as exc:
-        fail(str(exc))
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    config = load_run(run)
+    images = datasets.decode_images(split_samples(config)["val"][:samples])
+    model = load_model(Path(run) / "model.keras")
+    target = out or Path(run) / "model.onnx"
+    reports = export_onnx(model, target, images, atol=atol, opset=opset)
     for report in reports:
         typer.echo(report.table())
     typer.echo(f"wrote {target}")
@@ -49,8 +46,8 @@ def onnx(
 def repository(
     out: Annotated[Path, typer.Option(help="Repository folder to write.")] = contract.demo_repository(),
     flavour: Annotated[
-        str, typer.Option(help="local (python+ONNX Runtime, no GPU), onnxruntime, or tensorrt.")
-    ] = "local",
+        contract.Flavour, typer.Option(help="local (python+ONNX Runtime, no GPU), onnxruntime, or tensorrt.")
+    ] = contract.Flavour.LOCAL,
     classifier: Annotated[Path | None, typer.Option(help="Classifier ONNX (default: the demo's, if built).")] = None,
     segmenter: Annotated[Path | None, typer.Option(help="Segmenter ONNX (default: the demo's, if built).")] = None,
     max_batch_size: Annotated[
@@ -58,8 +55,9 @@ def repository(
     ] = contract.MAX_BATCH_SIZE,
     ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per model instance.")] = 1,
     device: Annotated[
-        str, typer.Option(help="onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache).")
-    ] = "cpu",
+        contract.Device,
+        typer.Option(help="onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache)."),
+    ] = contract.Device.CPU,
     instances: Annotated[
         list[str] | None, typer.Option(help="Instances of a model, MODEL=N (e.g. preprocess=2). Repeatable.")
     ] = None,
@@ -94,7 +92,7 @@ def repository(
     """Write a Triton model repository whose `brainscan` ensemble runs preprocess (decode) ->
     classifier and segmenter (served graphs: resize, scaling and the mask inside). Configs
     are generated from the contract and checked against Triton's ModelConfig schema."""
-    from brainscan.export.repository import RepositoryError, validate_repository, write_repository
+    from brainscan.export.repository import validate_repository, write_repository
 
     def default(given: Path | None, task: str) -> Path | None:
         if given is not None:
@@ -108,29 +106,26 @@ def repository(
     for item in instances or []:
         model, _, count = item.partition("=")
         if not count.isdigit():
-            fail(f"--instances {item!r}: write MODEL=N, e.g. preprocess=2")
+            raise typer.BadParameter(f"{item!r}: write MODEL=N, e.g. preprocess=2", param_hint="--instances")
         counts[model] = int(count)
     classifier_onnx, segmenter_onnx = default(classifier, "classifier"), default(segmenter, "segmenter")
-    try:
-        write_repository(
-            out,
-            flavour,
-            classifier_onnx,
-            segmenter_onnx,
-            max_batch_size=max_batch_size,
-            ort_threads=ort_threads,
-            device=device,
-            instances=counts,
-            queue_delay_us=queue_delay_us,
-            opt_batch=opt_batch,
-            max_queue_size=max_queue_size,
-            queue_timeout_ms=queue_timeout_ms,
-            max_image_side=max_side,
-            **({} if python_queue_delay_us is None else {"python_queue_delay_us": python_queue_delay_us}),
-        )
-        validate_repository(out)
-    except RepositoryError as exc:
-        fail(str(exc))
+    write_repository(
+        out,
+        flavour,
+        classifier_onnx,
+        segmenter_onnx,
+        max_batch_size=max_batch_size,
+        ort_threads=ort_threads,
+        device=device,
+        instances=counts,
+        queue_delay_us=queue_delay_us,
+        opt_batch=opt_batch,
+        max_queue_size=max_queue_size,
+        queue_timeout_ms=queue_timeout_ms,
+        max_image_side=max_side,
+        **({} if python_queue_delay_us is None else {"python_queue_delay_us": python_queue_delay_us}),
+    )
+    validate_repository(out)
     missing = [name for name, path in (("classifier", classifier_onnx), ("segmenter", segmenter_onnx)) if path is None]
     typer.echo(f"wrote the {flavour} repository to {out}")
     if missing and flavour != "tensorrt":
@@ -159,27 +154,23 @@ def upload(
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_DEFAULT_REGION for AWS itself), never
     from the command line."""
     from brainscan.export.repository import RepositoryError, flavour_of, validate_repository
-    from brainscan.storage import StorageError
     from brainscan.storage import upload as upload_folder
 
     if not folder.is_dir():
         fail(f"{folder} is not a folder")
     note = ""
-    try:
-        if (folder / contract.ENSEMBLE / "config.pbtxt").exists():
-            try:
-                validate_repository(folder, require_weights=True)
-            except RepositoryError:
-                # a tensorrt repository may go up without engines: the engine-build Job adds them there
-                if flavour_of(validate_repository(folder)) != "tensorrt":
-                    raise
-                note = (
-                    f"; it has no engines yet: build them into the bucket with `brainscan export tensorrt "
-                    f"--repository {destination}` on each GPU kind (docs/fleet.md)"
-                )
-        keys = upload_folder(folder, destination)
-    except (RepositoryError, StorageError) as exc:
-        fail(str(exc))
+    if (folder / contract.ENSEMBLE / "config.pbtxt").exists():
+        try:
+            validate_repository(folder, require_weights=True)
+        except RepositoryError:
+            # a tensorrt repository may go up without engines: the engine-build Job adds them there
+            if flavour_of(validate_repository(folder)) != "tensorrt":
+                raise
+            note = (
+                f"; it has no engines yet: build them into the bucket with `brainscan export tensorrt "
+                f"--repository {destination}` on each GPU kind (docs/fleet.md)"
+            )
+    keys = upload_folder(folder, destination)
     typer.echo(f"uploaded {len(keys)} files to {destination}{note}")
 
 
@@ -189,13 +180,9 @@ def download(
     folder: Annotated[Path, typer.Argument(help="Folder to write (created; existing files are replaced).")],
 ) -> None:
     """Copy everything under an s3:// location into a folder (credentials as for upload)."""
-    from brainscan.storage import StorageError
     from brainscan.storage import download as download_folder
 
-    try:
-        download_folder(source, folder)
-    except StorageError as exc:
-        fail(str(exc))
+    download_folder(source, folder)
     typer.echo(f"downloaded {source} to {folder}")
 
 
@@ -243,28 +230,21 @@ def fp16(
     TensorRT provider are built from this graph."""
     import onnx
 
-    from brainscan.export.fp16 import GateFailedError
-    from brainscan.export.precision import PrecisionError, export_fp16, graph_nodes
-    from brainscan.export.repository import RepositoryError
-    from brainscan.export.serving import ServingGraphError, network_of
+    from brainscan.export.precision import export_fp16, graph_nodes
+    from brainscan.export.serving import network_of
     from brainscan.export.validation import validation_inputs
 
     source = run / "model.onnx" if run.is_dir() else run
     if not source.is_file():
         fail(f"{source} does not exist: export the run first with `brainscan export onnx {run}`")
-    try:
-        model = onnx.load(str(source))
-        if list_nodes:
-            for name, op in graph_nodes(model):
-                typer.echo(f"{op:<16} {name}")
-            return
-        network = network_of(model)
-        inputs = validation_inputs(network, source, data, samples)
-        result = export_fp16(source, inputs, tuple(keep_fp32 or ()), _tolerances(max_prob_diff, min_mask_dice), out)
-    except GateFailedError as exc:
-        fail(str(exc))
-    except (PrecisionError, RepositoryError, ServingGraphError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    model = onnx.load(str(source))
+    if list_nodes:
+        for name, op in graph_nodes(model):
+            typer.echo(f"{op:<16} {name}")
+        return
+    network = network_of(model)
+    inputs = validation_inputs(network, source, data, samples)
+    result = export_fp16(source, inputs, tuple(keep_fp32 or ()), _tolerances(max_prob_diff, min_mask_dice), out)
     typer.echo(result.report.table())
     typer.echo(result.summary())
     typer.echo(f"wrote {result.path}")
@@ -307,23 +287,15 @@ def tensorrt(
     (listed in the configs' cc_model_filenames, beside other GPUs' engines) only when every
     gate passes. Needs a GPU and TensorRT: run it in the export container (docker compose -f
     docker/compose.yaml run --rm export)."""
-    from brainscan.export.fp16 import GateFailedError
-    from brainscan.export.gpu import GpuError
-    from brainscan.export.repository import RepositoryError
     from brainscan.export.tensorrt import (
         BuildSettings,
-        EngineBuildError,
         TensorRT,
-        TensorRTUnavailableError,
         build_into_bucket,
         build_repository_engines,
     )
     from brainscan.export.validation import validation_inputs
 
-    try:
-        toolkit = TensorRT()
-    except TensorRTUnavailableError as exc:
-        fail(str(exc))
+    toolkit = TensorRT()
     onnx = {}
     for network, given in ((contract.CLASSIFIER, classifier), (contract.SEGMENTER, segmenter)):
         path = given or contract.demo_run(network) / "model.onnx"
@@ -333,7 +305,7 @@ def tensorrt(
     settings = BuildSettings(
         workspace_mib=workspace_mib, timing_cache=timing_cache or contract.artifacts_dir() / "tensorrt" / "timing.cache"
     )
-    from brainscan.storage import StorageError, is_s3
+    from brainscan.storage import is_s3
 
     def build(local: Path) -> None:
         build_repository_engines(
@@ -346,14 +318,9 @@ def tensorrt(
             log=typer.echo,
         )
 
-    try:
-        inputs = {network: validation_inputs(network, path, data, samples) for network, path in onnx.items()}
-        if is_s3(repository):
-            build_into_bucket(repository, build, toolkit.gpu().compute_capability, log=typer.echo)
-        else:
-            build(Path(repository))
-    except GateFailedError as exc:
-        fail(str(exc))
-    except (GpuError, EngineBuildError, RepositoryError, StorageError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    inputs = {network: validation_inputs(network, path, data, samples) for network, path in onnx.items()}
+    if is_s3(repository):
+        build_into_bucket(repository, build, toolkit.gpu().compute_capability, log=typer.echo)
+    else:
+        build(Path(repository))
     typer.echo(f"engines ready in {repository}: serve them with `docker compose -f docker/compose.yaml up -d triton`")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainscan import contract
 from brainscan.digest import sha256_file
 from brainscan.export.compare import text_table
 from brainscan.export.gpu import cuda_visible, visible_gpus
@@ -132,17 +133,24 @@ def same_tensorrt(built: str, target: str) -> bool:
     return a[:n] == b[:n]
 
 
+class Status(contract.Choice):
+    OK = "ok"
+    MISMATCH = "MISMATCH"
+    MISSING = "MISSING"
+    NOT_CHECKED = "not checked"  # nothing here to compare with
+
+
 @dataclass
 class Finding:
     model: str
     check: str
-    status: str  # ok | MISMATCH | MISSING | not checked
+    status: Status
     detail: str
     engine: str = ""  # the plan file, when the finding is about one engine of several
 
     @property
     def bad(self) -> bool:
-        return self.status in ("MISMATCH", "MISSING")
+        return self.status in (Status.MISMATCH, Status.MISSING)
 
 
 def _one_engine(
@@ -154,18 +162,24 @@ def _one_engine(
 
     def add(check: str, ok: bool | None, detail: str) -> None:
         found.append(
-            Finding(network, check, "not checked" if ok is None else ("ok" if ok else "MISMATCH"), detail, plan)
+            Finding(
+                network,
+                check,
+                Status.NOT_CHECKED if ok is None else (Status.OK if ok else Status.MISMATCH),
+                detail,
+                plan,
+            )
         )
 
     if not (version_dir / plan).exists():
-        return [Finding(network, "engine", "MISSING", f"{version_dir / plan} is missing: build it", plan)]
+        return [Finding(network, "engine", Status.MISSING, f"{version_dir / plan} is missing: build it", plan)]
     record = read_record(version_dir, plan)
     if record is None:
         return [
             Finding(
                 network,
                 "engine record",
-                "MISSING",
+                Status.MISSING,
                 f"{version_dir / record_name(plan)} is missing, so how the plan was built is unknown: rebuild it",
                 plan,
             )
@@ -253,7 +267,7 @@ def _engine_findings(
                 Finding(
                     network,
                     "engine for this GPU",
-                    "not checked",
+                    Status.NOT_CHECKED,
                     f"engines for {listed}; no GPU found here and none given (--compute-capability)",
                 )
             )
@@ -262,7 +276,7 @@ def _engine_findings(
                 Finding(
                     network,
                     "engine for this GPU",
-                    "ok",
+                    Status.OK,
                     f"{engines[target.compute_capability]} for {target.compute_capability} "
                     f"({target.gpu_source}); engines for {listed}",
                 )
@@ -272,7 +286,7 @@ def _engine_findings(
                 Finding(
                     network,
                     "engine for this GPU",
-                    "MISSING",
+                    Status.MISSING,
                     f"none for compute capability {target.compute_capability} ({target.gpu_source}): "
                     f"the config lists {listed}; build one on such a GPU",
                 )
@@ -287,7 +301,7 @@ def diagnose(repository: Path, target: Target, sources: Sequence[Path] = ()) -> 
     try:
         configs = validate_repository(repository)
     except RepositoryError as exc:
-        return [Finding("repository", "layout", "MISMATCH", str(exc))]
+        return [Finding("repository", "layout", Status.MISMATCH, str(exc))]
     flavour = flavour_of(configs)
     if flavour != "tensorrt":
         try:
@@ -296,13 +310,13 @@ def diagnose(repository: Path, target: Target, sources: Sequence[Path] = ()) -> 
                 Finding(
                     "repository",
                     "layout",
-                    "ok",
+                    Status.OK,
                     f"{flavour} flavour, every model's files are present (no engines to check)",
                 )
             ]
         except RepositoryError as exc:
-            return [Finding("repository", "layout", "MISMATCH", str(exc))]
-    findings = [Finding("repository", "layout", "ok", "tensorrt flavour, configs parse and the ensemble is wired")]
+            return [Finding("repository", "layout", Status.MISMATCH, str(exc))]
+    findings = [Finding("repository", "layout", Status.OK, "tensorrt flavour, configs parse and the ensemble is wired")]
     for network in NETWORKS:
         findings += _engine_findings(repository, network, configs[network], target, sources)
     return findings

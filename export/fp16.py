@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainscan import contract
+from brainscan.errors import BrainscanError
 from brainscan.export.compare import compare_output, text_table
 from brainscan.metrics import dice, segmentation_metrics
 
@@ -174,7 +175,7 @@ def check_network(
     return check_segmenter(fp32, fp16, truth, tolerances)
 
 
-class GateFailedError(RuntimeError):
+class GateFailedError(BrainscanError, RuntimeError):
     """Some FP16 network is outside the tolerances; nothing was written. The message holds
     every network's table and what to do about it."""
 

@@ -9,8 +9,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from brainscan.errors import BrainscanError
 
-class GpuError(RuntimeError):
+
+class GpuError(BrainscanError, RuntimeError):
     """No GPU, or not one GPU that an engine could be said to be built for."""
 
 

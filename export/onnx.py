@@ -11,13 +11,14 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
+from brainscan.errors import BrainscanError
 from brainscan.export.compare import ComparisonReport, compare_output
 
 OPSET = 17
 PARITY_ATOL = 1e-4
 
 
-class ParityError(RuntimeError):
+class ParityError(BrainscanError, RuntimeError):
     """ONNX Runtime disagrees with Keras beyond the tolerance, or the served graph with the
     reference preprocessing; the message holds the table."""
 
@@ -49,7 +50,7 @@ def keras_to_onnx(model, opset: int = OPSET):
     model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     output_name = model.layers[-1].name
     if len(model_proto.graph.output) != 1:
-        raise ValueError(f"expected one output, the ONNX graph has {len(model_proto.graph.output)}")
+        raise ParityError(f"expected one output, the ONNX graph has {len(model_proto.graph.output)}")
     _rename_output(model_proto, model_proto.graph.output[0].name, output_name)
     return model_proto
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
+from brainscan.errors import BrainscanError
 from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check_network
 from brainscan.export.serving import added_nodes, is_served, network_of, network_only, serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx
@@ -54,7 +55,7 @@ _RAW, _HALF = "__fp32_raw", "__fp16_stored"
 _FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT, FLOAT16
 
 
-class PrecisionError(ValueError):
+class PrecisionError(BrainscanError, ValueError):
     """The graph cannot be converted as asked (a pattern matching nothing, an FP16 graph that
     ONNX's strict type inference rejects, unsupported control flow); the message says which."""
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from brainscan.contract import MAX_SIDE_PARAMETER
+from brainscan.errors import BrainscanError
 
 # The image the profiles are tuned for (TensorRT's "opt"): MRI slices are most often
 # 256 x 256, one channel.
 OPT_IMAGE = (256, 256, 1)
 
 
-class ProfileError(ValueError):
+class ProfileError(BrainscanError, ValueError):
     """A config from which no valid optimization profile follows."""
 
 

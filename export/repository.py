@@ -26,16 +26,26 @@ from tritonclient.grpc import model_config_pb2
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
-from brainscan.contract import ENGINE_PARAMETER_PREFIX, MAX_SIDE_PARAMETER, MODEL_SHA256_PARAMETER, TensorSpec
+from brainscan.client.perf import serialized_string
+from brainscan.contract import (
+    ENGINE_PARAMETER_PREFIX,
+    MAX_SIDE_PARAMETER,
+    MODEL_SHA256_PARAMETER,
+    PLAN_FILE,
+    Flavour,
+    TensorSpec,
+)
+from brainscan.errors import BrainscanError
 from brainscan.export.profiles import OPT_IMAGE, ProfileError, image_profile
+from brainscan.probe import probe_image
 
-FLAVOURS = ("local", "tensorrt", "onnxruntime")
+FLAVOURS = tuple(f.value for f in Flavour)
 VERSION = "1"
 PLACEHOLDER = ".gitkeep"  # keeps a version folder whose weights are build outputs in git
 # python-model sources in brainscan.export.triton_models -> model.py of these models
 PYTHON_SOURCES = {contract.PREPROCESS: "preprocess.py"}
 ONNX_RUNNER_SOURCE = "onnx_runner.py"
-WEIGHT_FILES = {"local": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+WEIGHT_FILES = {Flavour.LOCAL: "model.onnx", Flavour.ONNXRUNTIME: "model.onnx", Flavour.TENSORRT: PLAN_FILE}
 DEVICES = ("cpu", "gpu")
 # How long the dynamic batcher may hold a request to grow a batch: for the networks, per
 # flavour; preprocess is the same python model in every flavour. With 0
@@ -72,7 +82,7 @@ WARMUP_SIZE = OPT_IMAGE[:2]
 ORT_TRT_CACHE = "/var/cache/brainscan/ort-trt"
 
 
-class RepositoryError(ValueError):
+class RepositoryError(BrainscanError, ValueError):
     """A model repository is missing, incomplete or inconsistent; the message lists why."""
 
 
@@ -265,9 +275,6 @@ def _warmup(configs: dict[str, dict], max_batch_size: int) -> None:
 
 
 def _warmup_files() -> dict[str, bytes]:
-    from brainscan.client.perf import serialized_string
-    from brainscan.server import probe_image
-
     return {f"{contract.PREPROCESS}/{WARMUP_FOLDER}/{WARMUP_IMAGE}": serialized_string(probe_image())}
 
 
@@ -476,13 +483,13 @@ def write_repository(
     return out
 
 
-def flavour_of(configs: dict[str, model_config_pb2.ModelConfig]) -> str:
+def flavour_of(configs: dict[str, model_config_pb2.ModelConfig]) -> Flavour:
     classifier = configs[contract.CLASSIFIER]
     if classifier.platform == "tensorrt_plan":
-        return "tensorrt"
+        return Flavour.TENSORRT
     if classifier.platform == "onnxruntime_onnx":
-        return "onnxruntime"
-    return "local"
+        return Flavour.ONNXRUNTIME
+    return Flavour.LOCAL
 
 
 def validate_repository(path: Path, require_weights: bool = False) -> dict[str, model_config_pb2.ModelConfig]:

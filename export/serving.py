@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from brainscan import contract
+from brainscan.errors import BrainscanError
 from brainscan.export.fp16 import Check, GateReport, at_least, at_most, info
 from brainscan.metrics import dice
 from brainscan.preprocessing_graph import (
@@ -41,7 +42,7 @@ MIN_PARITY_DICE = 0.99
 MAX_DECISIONS_CHANGED = 0
 
 
-class ServingGraphError(ValueError):
+class ServingGraphError(BrainscanError, ValueError):
     """A graph that is neither one of the kit's networks nor a served graph; the message says why."""
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
+from brainscan.errors import BrainscanError
 from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check_network
 from brainscan.export.gpu import Gpu, build_gpu
 from brainscan.export.precision import fp16_path, record_path
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
 MINIMUM_VERSION = (10, 12)  # STRONGLY_TYPED builds of FP16 graphs; weak typing was deprecated here
 ONLY_STRONGLY_TYPED = 11  # from this major on every network is strongly typed and the flag is ignored
-PLAN = "model.plan"  # what Triton loads when a config lists no engine per compute capability
+PLAN = contract.PLAN_FILE
 RECORD = "engine.json"  # the record of such a plan
 RECORD_FORMAT = 3
 NETWORKS = contract.NETWORKS
@@ -67,11 +68,11 @@ REMEDY = (
 )
 
 
-class TensorRTUnavailableError(RuntimeError):
+class TensorRTUnavailableError(BrainscanError, RuntimeError):
     """The ``tensorrt`` module is missing, not TensorRT's bindings, or too old."""
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(BrainscanError, RuntimeError):
     """Parsing or building failed; the message carries TensorRT's own errors."""
 
 

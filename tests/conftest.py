@@ -200,7 +200,7 @@ def local_repository(tmp_path_factory, onnx_models) -> Path:
 
 @pytest.fixture(scope="session")
 def server(local_repository, tmp_path_factory):
-    from brainscan.server import Ports, TritonServer
+    from brainscan.serving import Ports, TritonServer
 
     ports = Ports.free()
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
@@ -312,7 +312,7 @@ def bright_server(tmp_path_factory, bright_networks):
     """A second real server whose networks are ``write_threshold_classifier`` and
     ``write_threshold_segmenter``: every answer it gives can be worked out by hand."""
     from brainscan.export.repository import write_repository
-    from brainscan.server import Ports, TritonServer
+    from brainscan.serving import Ports, TritonServer
 
     root = tmp_path_factory.mktemp("bright")
     repository = write_repository(
@@ -329,7 +329,7 @@ def metrics_after_one_request(server) -> str:
 
     import tritonclient.http as httpclient
 
-    from brainscan.server import probe_image
+    from brainscan.probe import probe_image
 
     client = httpclient.InferenceServerClient(server.http_url)
     image = httpclient.InferInput(contract.IMAGE, [1, 1], "BYTES")

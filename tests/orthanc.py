@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from brainscan.server import free_port
+from brainscan.serving import free_port
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

@@ -17,7 +17,7 @@ from conftest import phantom_slices
 from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
 from brainscan.benchmarks.run import BenchConfig, network_onnx, run
-from brainscan.server import free_port
+from brainscan.serving import free_port
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 BRAINSCAN = str(Path(sys.executable).with_name("brainscan"))

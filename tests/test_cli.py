@@ -20,7 +20,7 @@ from PIL import Image
 from test_preprocessing import brain_like
 
 from brainscan import contract
-from brainscan.server import free_port
+from brainscan.serving import free_port
 
 BRAINSCAN = str(Path(sys.executable).parent / "brainscan")
 
@@ -241,8 +241,8 @@ def test_serve_stops_cleanly_on_sigterm_leaving_no_stub_behind(local_repository,
         (["--url", "grpc://127.0.0.1:8001"], "without a scheme"),
         (["--root-certificates", "/nonexistent/ca.pem"], "does not exist"),
         (["--private-key", __file__], "both the client key and the client certificate chain"),
-        (["--protocol", "smtp"], "use one of grpc, http"),
-        (["--format", "xml"], "use one of table, json, csv"),
+        (["--protocol", "smtp"], "'smtp' is not one of 'grpc', 'http'"),
+        (["--format", "xml"], "'xml' is not one of 'table', 'json', 'csv'"),
         (["--skip-existing"], "needs --out"),
     ],
 )
@@ -252,3 +252,60 @@ def test_bad_connection_and_output_options_are_usage_errors_that_say_why(options
     result = run("predict", image, *options)
     text = " ".join(result.stderr.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())  # Typer's error box
     assert result.returncode == 2 and message in text, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["export", "repository", "--flavour", "x"], "'x' is not one of 'local', 'onnxruntime', 'tensorrt'"),
+        (["export", "repository", "--device", "tpu"], "'tpu' is not one of 'cpu', 'gpu'"),
+        (["export", "repository", "--instances", "preprocess"], "write MODEL=N"),
+        (["data", "split", "--data", ".", "--part", "x"], "'x' is not one of 'train', 'val', 'test'"),
+        (["train", "segmenter", "--architecture", "x"], "'x' is not one of 'mobilenetv2-unet', 'unet'"),
+        (["health", "--url", "grpc://127.0.0.1:8001"], "without a scheme"),
+    ],
+)
+def test_every_bad_option_value_exits_2_naming_the_choices(args, message, tmp_path):
+    """README, 'Exit codes': 2 is a bad option or argument, whatever the command."""
+    result = subprocess.run([BRAINSCAN, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    text = " ".join(result.stderr.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+    assert result.returncode == 2 and message in text, result.stderr
+
+
+def test_connection_options_come_from_the_environment(tmp_path):
+    """Each connection option has its variable; the option, when given, wins."""
+    port = free_port()
+    env = {**os.environ, "BRAINSCAN_URL": f"127.0.0.1:{port}", "BRAINSCAN_PROTOCOL": "http"}
+    result = subprocess.run([BRAINSCAN, "health", "--format", "json"], capture_output=True, text=True, env=env)
+    assert result.returncode == 3, result.stderr
+    assert json.loads(result.stdout)["server"] == f"http://127.0.0.1:{port}"  # both variables were read
+    env["BRAINSCAN_ROOT_CERTIFICATES"] = str(tmp_path / "missing-ca.pem")
+    result = subprocess.run([BRAINSCAN, "health"], capture_output=True, text=True, env=env)
+    text = " ".join(result.stderr.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+    assert result.returncode == 2 and "missing-ca.pem does not exist" in text, result.stderr
+    env = {**os.environ, "BRAINSCAN_PROTOCOL": "smtp"}
+    result = subprocess.run(
+        [BRAINSCAN, "health", "-i", "grpc", "-u", f"127.0.0.1:{port}"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 3, result.stderr  # -i grpc overrides the variable's bad value
+
+
+def test_a_repeated_url_asks_every_server(tmp_path):
+    """`--url A --url B` is A and B (it used to be B alone, silently)."""
+    ports = [free_port(), free_port()]
+    result = run("health", "--format", "json", *[f"-u127.0.0.1:{p}" for p in ports])
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["server"] for r in records] == [f"grpc://127.0.0.1:{p}" for p in ports]
+    assert result.returncode == 3 and all(r["exit_code"] == 3 and "no Triton server" in r["error"] for r in records)
+
+
+def test_a_user_error_is_one_line_unless_debug_is_asked(tmp_path):
+    plain = run("serve", "--repository", tmp_path / "nothing")
+    assert plain.returncode == 1 and plain.stderr.startswith("error: ") and "Traceback" not in plain.stderr
+    debug = run("--debug", "serve", "--repository", tmp_path / "nothing")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ServerError" in debug.stderr
+    env = {**os.environ, "BRAINSCAN_DEBUG": "1"}
+    result = subprocess.run(
+        [BRAINSCAN, "serve", "--repository", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
+    )
+    assert "Traceback" in result.stderr

@@ -179,7 +179,7 @@ def test_the_containers_command_and_health_check_run_here(local_repository, tmp_
     """The triton image's CMD and compose's health check, run as written but with the
     embedded tritonserver in the role of the image's /opt/tritonserver (backends and
     environment prepared as the image has them) and loopback instead of 0.0.0.0."""
-    from brainscan.server import free_port, prepare_backends, server_environment, triton_home
+    from brainscan.serving import free_port, prepare_backends, server_environment, triton_home
 
     doctor, serve = _triton_cmd().split(" && ")
     models = shutil.copytree(local_repository, tmp_path / "models")
@@ -283,7 +283,7 @@ def test_the_onnxruntime_engine_caches_sit_one_level_below_a_volume():
     named = {v.split(":")[0]: v.split(":")[1] for v in triton["volumes"] if not v.startswith(("$", ".", "/"))}
     assert named["ort-trt-cache"] == ORT_TRT_CACHE and "ort-trt-cache" in _compose()["volumes"]
     assert f"mkdir -p {ORT_TRT_CACHE}" in (DOCKER / "triton.Dockerfile").read_text()
-    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+    for name in contract.NETWORKS:
         config = model_configs(RepositorySpec(flavour="onnxruntime", device="gpu"))[name]
         (accelerator,) = config["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
         cache = Path(accelerator["parameters"]["trt_engine_cache_path"])

@@ -133,3 +133,36 @@ def test_every_relative_link_and_anchor_resolves(page):
         assert destination.exists(), f"{page.name}: {target}"
         if anchor and destination.suffix == ".md":
             assert anchor in anchors(destination), f"{page.name}: {target}: no heading #{anchor} in {destination.name}"
+
+
+def _commands(command, path=()):
+    if hasattr(command, "commands"):  # a group (Typer carries its own click)
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield " ".join(path), command
+
+
+def test_help_promises_only_options_and_variables_the_command_has():
+    """Help text that names a flag or a BRAINSCAN_ variable is checked against the command
+    itself (`bench run --url` once promised several servers and dns:///, and passed one to
+    perf_analyzer; `serve --metrics-host` promised "as HTTP" and bound 127.0.0.1)."""
+    sources = [p for d in ("brainscan", "client", "export", "train", "benchmarks") for p in (ROOT / d).rglob("*.py")]
+    read_by_code = {v for p in sources for v in re.findall(r"\"(BRAINSCAN_[A-Z_]+)\"", p.read_text())}
+    wrong = []
+    for name, command in _commands(typer.main.get_command(app)):
+        flags = {flag for p in command.params for flag in (*p.opts, *getattr(p, "secondary_opts", []))}
+        variables = {p.envvar for p in command.params if isinstance(getattr(p, "envvar", None), str)}
+        for text in [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]:
+            for match in re.finditer(r"(?<![\w-])--[a-z][a-z0-9-]+", text):
+                before = text[: match.start()]
+                elsewhere = re.search(r"(brainscan [a-z]+|perf_analyzer|tritonserver|docker)\b[^()`]*$", before)
+                if match.group() not in flags and not elsewhere:
+                    wrong.append(f"{name}: {match.group()} in {text[:80]!r}")
+            for variable in re.findall(r"BRAINSCAN_[A-Z_]+", text):
+                if variable not in variables and variable not in read_by_code:
+                    wrong.append(f"{name}: {variable} is not a variable of its options")
+        url = next((p for p in command.params if "--url" in p.opts), None)
+        if url is not None and not url.multiple:  # one server: its help must not promise several
+            assert not re.search(r"several|dns:///|comma", url.help or ""), f"{name} --url: {url.help}"
+    assert not wrong, "\n".join(wrong)

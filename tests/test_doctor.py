@@ -64,7 +64,7 @@ def test_one_repository_serves_a_mixed_fleet(built, validation, onnx_models):
     h100 = trt_standin.CpuToolkit("11.3.0.99", gpu=Gpu("Stand-in H100", "9.0"))
     build_repository_engines(built, validation, toolkit=h100, log=lambda _: None)
     write_repository(built, "tensorrt", onnx_models["classifier"], onnx_models["segmenter"])  # configs again
-    for network in (contract.CLASSIFIER, contract.SEGMENTER):
+    for network in contract.NETWORKS:
         config = read_config(built / network / "config.pbtxt")
         assert dict(config.cc_model_filenames) == {"8.9": "model.sm89.plan", "9.0": "model.sm90.plan"}
         assert json.loads((built / network / "1" / "model.sm90.json").read_text())["gpu_name"] == "Stand-in H100"
@@ -91,7 +91,7 @@ def test_an_engine_listed_for_another_gpu_than_it_was_built_on_is_a_mismatch(bui
 def test_a_plan_for_any_gpu_is_still_checked_against_the_target(built):
     """A config without cc_model_filenames (an older repository): one model.plan that every
     server loads, so its compute capability is compared with the target's."""
-    for network in (contract.CLASSIFIER, contract.SEGMENTER):
+    for network in contract.NETWORKS:
         version = built / network / "1"
         (version / PLAN).rename(version / "model.plan")
         (version / RECORD).rename(version / "engine.json")

@@ -18,7 +18,8 @@ from conftest import encode
 from test_cli import BRAINSCAN, run
 from test_preprocessing import brain_like
 
-from brainscan.server import ServerError, Watchdog, classify, free_port
+from brainscan.serving import ServerError, Watchdog, free_port
+from brainscan.triton_errors import classify
 
 pytestmark = pytest.mark.server
 
@@ -191,7 +192,8 @@ class ScriptedServer:
         ("[500] in ensemble 'brainscan', Stub process 'preprocess_0_0' is not healthy.", "fatal"),
         ("in ensemble 'brainscan', Exceeds maximum queue size", "busy"),
         ("timed out", "timeout"),
-        ("[Errno 111] Connection refused", "error"),
+        ("[Errno 111] Connection refused", "unreachable"),  # the watchdog counts it as an error
+        ("the probe image came back with a mask of shape (1, 2)", "error"),
     ],
 )
 def test_probe_answers_are_classified(message, kind):
@@ -317,7 +319,7 @@ def test_a_full_disk_under_out_fails_the_inputs_cleanly(server, tmp_path):
 
 
 def test_ports_handed_out_are_never_repeated_and_stay_clear_of_the_ephemeral_range():
-    from brainscan.server import _ephemeral_range
+    from brainscan.serving.ports import _ephemeral_range
 
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == 200
@@ -330,7 +332,7 @@ def test_a_server_whose_chosen_port_was_taken_meanwhile_starts_on_others(local_r
     binds the port. A server whose ports it chose itself (Ports.free) picks others."""
     import socket
 
-    from brainscan.server import Ports, TritonServer
+    from brainscan.serving import Ports, TritonServer
 
     ports = Ports.free()
     with socket.socket() as thief:

@@ -38,7 +38,7 @@ def test_the_forms_of_url_a_user_gives():
 
 @pytest.fixture
 def two_servers(local_repository, tmp_path):
-    from brainscan.server import Ports, TritonServer, free_port
+    from brainscan.serving import Ports, TritonServer, free_port
 
     port = free_port()
     servers = [

@@ -27,7 +27,7 @@ from conftest import hand_probability
 from orthanc import Orthanc
 from volume_files import PATIENT_ID, PATIENT_NAME, write_mr_series
 
-from brainscan.server import free_port
+from brainscan.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BRAINSCAN = str(Path(sys.executable).with_name("brainscan"))

@@ -43,7 +43,7 @@ def start_run_then_stop_its_server(local_repository, tmp_path, images: int, retr
     """Start `brainscan predict` on ``images`` slices against a fresh server and stop that
     server as soon as the first output is written. Returns the running client, the input
     folder, --out, the server's ports and the command."""
-    from brainscan.server import Ports, TritonServer
+    from brainscan.serving import Ports, TritonServer
 
     folder = tmp_path / "slices"
     folder.mkdir()
@@ -151,7 +151,7 @@ def test_concurrency_changes_speed_not_results(bright_server, phantom_dir, tmp_p
 
 
 def test_a_server_restarted_mid_run_still_ends_with_every_output_written_once(local_repository, tmp_path):
-    from brainscan.server import TritonServer
+    from brainscan.serving import TritonServer
 
     client, folder, out, ports, _ = start_run_then_stop_its_server(local_repository, tmp_path, 400, retries=12)
     # the with-block has stopped the server; the run must still be going
@@ -283,7 +283,7 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command makes the test certificates")
 def test_mutual_tls_round_trip_with_certificates_made_here(local_repository, tmp_path):
-    from brainscan.server import GrpcTls, Ports, TritonServer
+    from brainscan.serving import GrpcTls, Ports, TritonServer
 
     certs = make_certificates(tmp_path / "pki")
     image = tmp_path / "slice.png"
@@ -312,7 +312,7 @@ def test_mutual_tls_round_trip_with_certificates_made_here(local_repository, tmp
 
 
 def test_a_server_that_stays_away_ends_the_run_with_exit_3_and_skip_existing_resumes_it(local_repository, tmp_path):
-    from brainscan.server import TritonServer
+    from brainscan.serving import TritonServer
 
     client, _, out, ports, command = start_run_then_stop_its_server(local_repository, tmp_path, 300, retries=2)
     stdout, stderr = client.communicate(timeout=120)  # it may give up while the server is still stopping

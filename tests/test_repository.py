@@ -77,7 +77,7 @@ def test_flavours_run_the_networks_as_documented():
         "tensorrt": ("tensorrt_plan", "", "KIND_GPU"),
     }
     for flavour, (platform, backend, kind) in expected.items():
-        for name in (contract.CLASSIFIER, contract.SEGMENTER):
+        for name in contract.NETWORKS:
             config = to_model_config(model_configs(RepositorySpec(flavour=flavour))[name])
             assert (config.platform, config.backend) == (platform, backend)
             assert config.instance_group[0].kind == mc.ModelInstanceGroup.Kind.Value(kind)
@@ -140,7 +140,7 @@ def test_unknown_flavour_is_refused():
 def test_tensorrt_flavour_batches_dynamically_with_cuda_graphs_and_configurable_instances():
     spec = RepositorySpec(flavour="tensorrt", instances={contract.SEGMENTER: 2, contract.PREPROCESS: 3})
     configs = {name: to_model_config(c) for name, c in model_configs(spec).items()}
-    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+    for name in contract.NETWORKS:
         config = configs[name]
         assert config.platform == "tensorrt_plan"
         assert config.optimization.cuda.graphs is True
@@ -172,7 +172,7 @@ def test_every_batch_size_the_batcher_can_form_has_a_cuda_graph(max_batch):
     sizes: every size must be listed, each once, for the common 256 x 256 grey slice (the
     input is dynamic, so the shape must be given), without an inexact match (which would pad
     the image the resize sees)."""
-    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+    for name in contract.NETWORKS:
         config = to_model_config(model_configs(RepositorySpec(flavour="tensorrt", max_batch_size=max_batch))[name])
         specs = config.optimization.cuda.graph_spec
         assert sorted(spec.batch_size for spec in specs) == list(range(1, max_batch + 1))
@@ -201,7 +201,7 @@ def test_the_onnxruntime_flavour_on_a_gpu_serves_the_fp16_graphs(tmp_path, onnx_
 @pytest.mark.parametrize("device,kind", [("cpu", "KIND_CPU"), ("gpu", "KIND_GPU")])
 def test_onnxruntime_flavour_runs_on_cpu_or_on_gpu_with_the_tensorrt_provider(device, kind):
     spec = RepositorySpec(flavour="onnxruntime", device=device, max_batch_size=16)
-    for name in (contract.CLASSIFIER, contract.SEGMENTER):
+    for name in contract.NETWORKS:
         config = to_model_config(model_configs(spec)[name])
         assert config.platform == "onnxruntime_onnx"
         assert config.instance_group[0].kind == mc.ModelInstanceGroup.Kind.Value(kind)

@@ -15,7 +15,7 @@ from conftest import ADMIN_KEY
 from test_cli import run
 
 from brainscan import contract
-from brainscan.server import GrpcTls, Ports, ServerError, TritonServer, read_admin_key
+from brainscan.serving import GrpcTls, Ports, ServerError, TritonServer, read_admin_key
 
 ADMIN_CALLS = [  # one per restricted API group, with the method Triton's HTTP endpoint takes
     ("POST", "/v2/repository/index"),  # model-repository: would list, load and unload models
@@ -54,7 +54,7 @@ def test_administrative_apis_need_the_admin_key(server, method, path):
 def test_inference_health_metadata_and_config_stay_open(server):
     import tritonclient.grpc as grpcclient
 
-    from brainscan.server import probe_image
+    from brainscan.probe import probe_image
 
     for path in (
         "/v2/health/ready",
@@ -162,7 +162,7 @@ def test_the_page_asks_for_a_login_bounds_uploads_and_leaves_no_scan_behind(tmp_
     import time
 
     pytest.importorskip("gradio", reason="the web page needs the ui extra (make venv installs it)")
-    from brainscan.server import free_port
+    from brainscan.serving import free_port
 
     (tmp_path / "auth").write_text("# the operators\nalice:correct-horse\n")
     port = free_port()
@@ -223,10 +223,19 @@ def test_an_uploaded_scan_is_deleted_once_analysed_even_when_it_fails(tmp_path):
     pytest.importorskip("gradio", reason="the web page needs the ui extra (make venv installs it)")
     from brainscan.client.inference import Connection
     from brainscan.client.ui import analyse_and_forget
-    from brainscan.server import free_port
+    from brainscan.serving import free_port
 
     upload = tmp_path / "scan.png"
     upload.write_bytes(b"not an image at all")
     text, overlay, mask = analyse_and_forget(Connection(f"127.0.0.1:{free_port()}", retries=0), str(upload))
     assert text.startswith("Error:") and overlay is None and mask is None
     assert not upload.exists()
+
+
+def test_metrics_follow_the_http_address_unless_told_otherwise(tmp_path):
+    """A second server on 127.0.0.2 (its HTTP there) once bound its metrics on 127.0.0.1, where
+    the first server's metrics port already was."""
+    server = TritonServer(tmp_path, http_host="127.0.0.2")
+    assert server.metrics_host == "127.0.0.2"
+    assert "--metrics-address=127.0.0.2" in server.command(tmp_path)
+    assert TritonServer(tmp_path, http_host="127.0.0.2", metrics_host="127.0.0.3").metrics_host == "127.0.0.3"

@@ -321,7 +321,7 @@ def long_run(server, files: list[Path], report: SoakReport, requests: int = 10_0
 
 def faults(repository: Path, files: list[Path], report: SoakReport, work: Path) -> None:
     """Kill a stub twice, then `brainscan serve` itself, under one `brainscan predict` run."""
-    from brainscan.server import free_port
+    from brainscan.serving import free_port
 
     brainscan = str(Path(sys.executable).parent / "brainscan")
     copy = Path(shutil.copytree(repository, work / "repository")).resolve()
@@ -556,7 +556,7 @@ def _soak_inputs() -> tuple[Path, list[Path]]:
 def soak(tmp_path_factory):
     """The demo repository served on loopback, its slices, a scratch folder and the report;
     the report is written when the module's runs are done (passed or not)."""
-    from brainscan.server import Ports, TritonServer
+    from brainscan.serving import Ports, TritonServer
 
     repository, files = _soak_inputs()
     work = tmp_path_factory.mktemp("soak")

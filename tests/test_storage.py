@@ -19,7 +19,7 @@ from conftest import encode, write_threshold_segmenter
 from PIL import Image
 from test_cli import BRAINSCAN
 
-from brainscan.server import free_port
+from brainscan.serving import free_port
 from brainscan.storage import S3Location, StorageError, parse_s3
 
 pytestmark = pytest.mark.server

@@ -228,7 +228,7 @@ def test_an_engine_outside_the_tolerances_writes_nothing(trt_repository, validat
     message = str(failed.value)
     assert "FP16 gate, segmenter" in message and "FAIL" in message and "--keep-fp32" in message
     assert [r.network for r in failed.value.reports if not r.passed] == [contract.SEGMENTER]
-    for network in (contract.CLASSIFIER, contract.SEGMENTER):  # not even the classifier that passed
+    for network in contract.NETWORKS:  # not even the classifier that passed
         assert not (trt_repository / network / "1" / PLAN).exists()
         assert not (trt_repository / network / "1" / RECORD).exists()
 
@@ -317,7 +317,7 @@ print(run_onnx(given.onnx, given.images)[0].shape, run_fp16(fp16, given.images)[
 
 # --- on a GPU host ---------------------------------------------------------------------------
 
-DEMO_ONNX = {n: DEMO_ARTIFACTS / "runs" / n / "model.onnx" for n in (contract.CLASSIFIER, contract.SEGMENTER)}
+DEMO_ONNX = {n: DEMO_ARTIFACTS / "runs" / n / "model.onnx" for n in contract.NETWORKS}
 
 
 def _gpu_skip_reason() -> str | None:
@@ -383,7 +383,7 @@ def test_export_tensorrt_through_the_cli_prints_the_gates_and_writes_the_engines
     )
     assert result.exit_code == 0, result.output
     assert "TensorRT 11.3.0.99 on Stand-in GPU (compute capability 8.9)" in result.output
-    for network in (contract.CLASSIFIER, contract.SEGMENTER):
+    for network in contract.NETWORKS:
         assert f"FP16 gate, {network}, 4 validation slices" in result.output
         assert (trt_repository / network / "1" / PLAN).exists()
     assert f"engines ready in {trt_repository}" in result.output

@@ -16,7 +16,7 @@ from conftest import phantom_slices
 from PIL import Image
 from test_cli import BRAINSCAN
 
-from brainscan.server import free_port
+from brainscan.serving import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [

@@ -14,7 +14,7 @@ from PIL import Image
 
 from brainscan import contract
 from brainscan.export.repository import RepositorySpec, model_configs, read_config, repository_files
-from brainscan.server import Ports, ServerError, TritonServer
+from brainscan.serving import Ports, ServerError, TritonServer
 
 
 @pytest.mark.parametrize("flavour", ["local", "onnxruntime", "tensorrt"])
@@ -32,7 +32,7 @@ def test_every_composing_model_has_warmup_samples_of_its_own_inputs(flavour):
                 assert given["data_type"] == inputs[tensor]["data_type"]
                 assert len(given["dims"]) == len(declared)
                 assert all(d == g for d, g in zip(declared, given["dims"]) if d != -1), (name, tensor)
-    for network in (contract.CLASSIFIER, contract.SEGMENTER):
+    for network in contract.NETWORKS:
         assert sorted(s["batch_size"] for s in configs[network]["model_warmup"]) == [1, spec.max_batch_size]
 
 

@@ -8,16 +8,19 @@ from typing import Annotated
 import typer
 
 from brainscan import contract
-from brainscan.console import DataDir, Seed, fail
+from brainscan.console import DataDir, Seed
+from brainscan.train.choices import Architecture, Split, Weights
 
-data_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
-train_app = typer.Typer(help="Train the classifier or the segmenter.", no_args_is_help=True)
+data_app = typer.Typer(rich_markup_mode="markdown", help="Make and inspect datasets.", no_args_is_help=True)
+train_app = typer.Typer(
+    rich_markup_mode="markdown", help="Train the classifier or the segmenter.", no_args_is_help=True
+)
 
 Size = Annotated[int, typer.Option(help="Square input size of the network, in pixels.")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Images per training step.")]
 LearningRate = Annotated[float, typer.Option(help="Adam learning rate.")]
-Weights = Annotated[str, typer.Option(help="Backbone initialisation: imagenet (downloads) or none.")]
+WeightsOption = Annotated[Weights, typer.Option(help="Backbone initialisation (imagenet downloads).")]
 Alpha = Annotated[float, typer.Option(help="MobileNet width multiplier (0.35, 0.5, 0.75, 1.0).")]
 Ema = Annotated[bool, typer.Option(help="Validate and keep an exponential moving average of the weights.")]
 RunDir = Annotated[Path, typer.Option("--out", help="Run folder: model.keras, metrics.json, curves.png, run.json.")]
@@ -34,10 +37,7 @@ def phantom(
     """Write a synthetic brain-MRI dataset (kaggle_3m layout) from the MNI152 T1 volume."""
     from brainscan.train.phantom import write_phantom_dataset
 
-    try:
-        files = write_phantom_dataset(out, patients, seed, slices_per_patient, tumour_fraction)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    files = write_phantom_dataset(out, patients, seed, slices_per_patient, tumour_fraction)
     typer.echo(f"wrote {len(files)} slices of {patients} patients to {out}")
 
 
@@ -49,42 +49,30 @@ def dicom(
     """Write one phantom patient as an MR DICOM series (to try the SEG/SR output and a PACS)."""
     from brainscan.train.phantom_dicom import write_phantom_series
 
-    try:
-        files = write_phantom_series(patient, out)
-    except (ValueError, OSError) as exc:
-        fail(str(exc))
+    files = write_phantom_series(patient, out)
     typer.echo(f"wrote an MR series of {len(files)} slices to {out}")
 
 
 @data_app.command("split")
 def split(
     data: DataDir,
-    part: Annotated[str, typer.Option(help="Which split to list: train, val or test.")] = "test",
+    part: Annotated[Split, typer.Option(help="Which split to list.")] = Split.TEST,
     seed: Seed = 0,
 ) -> None:
     """Print the patient folders of one split (by patient, 75/15/10), one per line."""
     from brainscan.train import datasets
 
-    if part not in datasets.SPLITS:
-        fail(f"--part must be one of {', '.join(datasets.SPLITS)}")
-    try:
-        samples = datasets.find_samples(data)
-        splits = datasets.split_patients([s.patient for s in samples], seed)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    samples = datasets.find_samples(data)
+    splits = datasets.split_patients([s.patient for s in samples], seed)
     folders = sorted({str(s.image.parent) for s in datasets.select(samples, splits[part])})
     typer.echo("\n".join(folders))
 
 
 def _train(task: str, **options) -> None:
-    from brainscan.train.models import WeightsUnavailableError
     from brainscan.train.training import TrainConfig, train
 
     config = TrainConfig(task=task, **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
-    try:
-        metrics = train(config)
-    except (ValueError, FileNotFoundError, WeightsUnavailableError) as exc:
-        fail(str(exc))
+    metrics = train(config)
     summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
     typer.echo(f"test split: {summary}")
     typer.echo(f"saved {Path(config.out) / 'model.keras'}")
@@ -98,7 +86,7 @@ def classifier(
     epochs: Epochs = 16,
     batch_size: BatchSize = 16,
     learning_rate: LearningRate = 1e-3,
-    weights: Weights = "none",
+    weights: WeightsOption = Weights.NONE,
     alpha: Alpha = 1.0,
     ema: Ema = True,
     head_stride: Annotated[int, typer.Option(help="Stride of the MobileNet stage the head scores: 8, 16 or 32.")] = 8,
@@ -129,19 +117,15 @@ def segmenter(
     epochs: Epochs = 12,
     batch_size: BatchSize = 16,
     learning_rate: LearningRate = 1e-3,
-    weights: Weights = "none",
+    weights: WeightsOption = Weights.NONE,
     alpha: Alpha = 0.5,
     ema: Ema = False,
     architecture: Annotated[
-        str, typer.Option(help="mobilenetv2-unet, or unet (the plain U-Net).")
-    ] = "mobilenetv2-unet",
+        Architecture, typer.Option(help="mobilenetv2-unet (MobileNetV2 encoder), or unet (the plain U-Net).")
+    ] = Architecture.MOBILENETV2_UNET,
     seed: Seed = 0,
 ) -> None:
     """Train the U-Net segmenter (MobileNetV2 encoder) with BCE + Dice loss."""
-    from brainscan.train.models import SEGMENTER_ARCHITECTURES
-
-    if architecture not in SEGMENTER_ARCHITECTURES:
-        fail(f"--architecture must be one of {', '.join(SEGMENTER_ARCHITECTURES)}")
     _train(
         "segmenter",
         data=data,

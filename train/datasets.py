@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from brainscan.errors import DataError
 from brainscan.layout import is_mask_file, mask_path_for
 from brainscan.preprocessing import decode_image, mask_to_target, preprocess
+from brainscan.train.choices import Split
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-SPLITS = ("train", "val", "test")
+SPLITS = tuple(s.value for s in Split)
 DEFAULT_FRACTIONS = (0.75, 0.15, 0.10)
 _KAGGLE_SLICE = re.compile(r"^(?P<patient>.+)_(?P<k>\d+)$")
 
@@ -72,7 +74,7 @@ def find_samples(root: Path) -> list[Sample]:
     else:
         samples = find_kaggle3m(root)
     if not samples:
-        raise ValueError(
+        raise DataError(
             f"no images found in {root}: expected <patient>/<patient>_<k>.tif with "
             "<patient>_<k>_mask.tif beside it (kaggle_3m), or yes/ and no/ folders"
         )
@@ -88,14 +90,14 @@ def split_patients(
     """
     unique = sorted(set(patients))
     if len(unique) < 3:
-        raise ValueError(f"need at least 3 patients to split, found {len(unique)}")
+        raise DataError(f"need at least 3 patients to split, found {len(unique)}")
     order = np.random.default_rng(seed).permutation(len(unique))
     shuffled = [unique[i] for i in order]
     n_val = max(1, round(fractions[1] * len(unique)))
     n_test = max(1, round(fractions[2] * len(unique)))
     n_train = len(unique) - n_val - n_test
     if n_train < 1:
-        raise ValueError(f"too few patients ({len(unique)}) for a train/val/test split")
+        raise DataError(f"too few patients ({len(unique)}) for a train/val/test split")
     return {
         "train": sorted(shuffled[:n_train]),
         "val": sorted(shuffled[n_train : n_train + n_val]),
@@ -121,7 +123,7 @@ def load_masks(samples: list[Sample], size: tuple[int, int]) -> np.ndarray:
     out = np.empty((len(samples), size[0], size[1], 1), np.float32)
     for i, sample in enumerate(samples):
         if sample.mask is None:
-            raise ValueError(f"{sample.image} has no mask: segmentation needs the kaggle_3m layout")
+            raise DataError(f"{sample.image} has no mask: segmentation needs the kaggle_3m layout")
         out[i] = mask_to_target(decode_image(sample.mask.read_bytes()), size)
     return out
 
@@ -136,7 +138,7 @@ def load_truth(samples: list[Sample]) -> list[np.ndarray]:
     out = []
     for sample in samples:
         if sample.mask is None:
-            raise ValueError(f"{sample.image} has no mask: segmentation needs the kaggle_3m layout")
+            raise DataError(f"{sample.image} has no mask: segmentation needs the kaggle_3m layout")
         mask = decode_image(sample.mask.read_bytes())
         out.append(((mask.max(axis=2) if mask.ndim == 3 else mask) > 0).astype(np.uint8))
     return out

@@ -13,24 +13,26 @@ import keras
 from keras import layers
 
 from brainscan import contract
+from brainscan.errors import BrainscanError, UsageError
+from brainscan.train.choices import Architecture, Weights
 
-WEIGHTS = ("imagenet", "none")
+WEIGHTS = tuple(w.value for w in Weights)
 # Starting probabilities of the output layers (focal-loss-style prior initialisation).
 TUMOUR_PIXEL_PRIOR = 0.02
 TUMOUR_CELL_PRIOR = 0.02
-SEGMENTER_ARCHITECTURES = ("mobilenetv2-unet", "unet")
+SEGMENTER_ARCHITECTURES = tuple(a.value for a in Architecture)
 # MobileNetV2 layers whose activations feed the decoder, from stride 2 to stride 16.
 _SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
 _BOTTLENECK = "block_16_project"
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(BrainscanError, RuntimeError):
     """ImageNet weights could not be obtained (no internet and nothing in the Keras cache)."""
 
 
 def _backbone(factory, name: str, input_tensor, weights: str, alpha: float):
     if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, not {weights!r}")
+        raise UsageError(f"weights must be one of {WEIGHTS}, not {weights!r}")
     try:
         return factory(
             input_tensor=input_tensor,
@@ -82,7 +84,7 @@ def build_classifier(
     scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_1")(inputs)
     backbone = _backbone(keras.applications.MobileNet, "MobileNet", scaled, weights, alpha)
     if head_stride not in CLASSIFIER_TAPS:
-        raise ValueError(f"head_stride must be one of {sorted(CLASSIFIER_TAPS)}")
+        raise UsageError(f"head_stride must be one of {sorted(CLASSIFIER_TAPS)}")
     features = backbone.get_layer(CLASSIFIER_TAPS[head_stride]).output
     x = layers.Dropout(dropout, name="dropout")(features)
     logits = layers.Conv2D(1, 1, bias_initializer=_prior(TUMOUR_CELL_PRIOR), name="cell_logits")(x)
@@ -142,7 +144,7 @@ def build_segmenter(
 ) -> keras.Model:
     """U-Net whose encoder is MobileNetV2, with skip connections at strides 2, 4, 8 and 16."""
     if len(decoder_filters) != 5:
-        raise ValueError("decoder_filters needs five widths, from stride 16 up to full size")
+        raise UsageError("decoder_filters needs five widths, from stride 16 up to full size")
     inputs = keras.Input(input_shape, name=contract.SEGMENTER_INPUT)
     scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_1")(inputs)
     encoder = _backbone(keras.applications.MobileNetV2, "MobileNetV2", scaled, weights, alpha)

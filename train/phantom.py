@@ -23,6 +23,7 @@ from PIL import Image
 from scipy import ndimage
 
 from brainscan.client.volumes import axial_image
+from brainscan.errors import DataError
 
 SLICE_SIZE = 256
 MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -229,9 +230,9 @@ def write_phantom_dataset(
 ) -> list[Path]:
     """Write ``patients`` synthetic patients under ``out``; same seed -> same files."""
     if patients < 1 or slices_per_patient < 1:
-        raise ValueError("need at least one patient and one slice per patient")
+        raise DataError("need at least one patient and one slice per patient")
     if slices_per_patient > MAX_SLICES_PER_PATIENT:
-        raise ValueError(
+        raise DataError(
             f"at most {MAX_SLICES_PER_PATIENT} slices per patient: the MNI volume has 189 axial "
             f"slices and a patient's slices are 2-3 of them apart"
         )

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from brainscan.errors import DataError
+
 PIXEL_SPACING_MM = 0.9375  # a 240 mm field of view on the 256 x 256 canvas
 SLICE_STEP_MM = 5.0
 
@@ -21,7 +23,7 @@ def patient_slices(folder: Path) -> list[Path]:
     number = re.compile(r"_(\d+)$")
     ordered = sorted((int(m.group(1)), p) for p in found if (m := number.search(p.stem)))
     if not ordered:
-        raise ValueError(f"{folder}: no <patient>_<k>.tif slices in it")
+        raise DataError(f"{folder}: no <patient>_<k>.tif slices in it")
     return [p for _, p in ordered]
 
 

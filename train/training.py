@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
+from brainscan.errors import DataError
 from brainscan.metrics import classification_metrics, segmentation_metrics
 from brainscan.train import datasets
 
@@ -236,7 +237,7 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
 def train(config: TrainConfig) -> dict[str, float]:
     """Train one network, keep the best epoch on validation, evaluate it on the test split."""
     if config.task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}")
+        raise DataError(f"task must be one of {TASKS}")
     import keras
 
     from brainscan.train.losses import bce_dice_loss, dice_coefficient
@@ -247,7 +248,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     parts = split_samples(config)
     for name in datasets.SPLITS:
         if not parts[name]:
-            raise ValueError(f"the {name} split is empty")
+            raise DataError(f"the {name} split is empty")
     (out / "run.json").write_text(json.dumps(asdict(config), indent=2))
     print(
         f"{config.task}: {len(parts['train'])} train / {len(parts['val'])} val / "

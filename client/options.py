@@ -1,0 +1,69 @@
+"""The connection options that predict, health, ui and listen share, each with its
+environment variable and Triton's client's short flag where it has one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brainscan import contract
+
+Protocol = Annotated[
+    contract.Protocol,
+    typer.Option(
+        "-i", "--protocol", envvar="BRAINSCAN_PROTOCOL", help="Protocol to talk to Triton.", case_sensitive=False
+    ),
+]
+Ssl = Annotated[bool, typer.Option("--ssl", envvar="BRAINSCAN_SSL", help="TLS (grpcs/https).")]
+RootCerts = Annotated[
+    Path | None,
+    typer.Option(
+        "--root-certificates",
+        envvar="BRAINSCAN_ROOT_CERTIFICATES",
+        help="PEM of the CA that signed the server's certificate (default: the system's).",
+    ),
+]
+PrivateKey = Annotated[
+    Path | None,
+    typer.Option(
+        "--private-key", envvar="BRAINSCAN_PRIVATE_KEY", help="Client key (PEM) for servers that verify clients."
+    ),
+]
+CertChain = Annotated[
+    Path | None,
+    typer.Option(
+        "--certificate-chain",
+        envvar="BRAINSCAN_CERTIFICATE_CHAIN",
+        help="Client certificate chain (PEM), with --private-key.",
+    ),
+]
+Model = Annotated[str, typer.Option("-m", "--model", envvar="BRAINSCAN_MODEL", help="Ensemble to call.")]
+ModelVersion = Annotated[
+    str, typer.Option("-x", "--model-version", help="Version of --model (default: the server's latest).")
+]
+Timeout = Annotated[float, typer.Option(help="Seconds to wait for each answer.")]
+
+
+def connection(
+    url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version, timeout, retries=0
+):
+    """The options as a Connection; a bad combination is a usage error (exit 2)."""
+    from brainscan.client.inference import Connection
+
+    try:
+        return Connection(
+            url,
+            protocol,
+            ssl or bool(root_certificates or certificate_chain),
+            root_certificates,
+            private_key,
+            certificate_chain,
+            model,
+            model_version,
+            timeout,
+            retries,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
