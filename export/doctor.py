@@ -23,8 +23,9 @@ from brainscan.digest import sha256_file
 from brainscan.export.compare import text_table
 from brainscan.export.gpu import cuda_visible, visible_gpus
 from brainscan.export.profiles import Profile, ProfileError, profile_from_config
+from brainscan.export.records import EngineRecord
 from brainscan.export.repository import VERSION, RepositoryError, flavour_of, plan_files, validate_repository
-from brainscan.export.tensorrt import EXPORT_COMMAND, NETWORKS, installed_version, read_record, record_name
+from brainscan.export.tensorrt_version import EXPORT_COMMAND, NETWORKS, installed_version
 
 PIN_FILE = Path(__file__).resolve().parent.parent / "docker" / ".env"
 LDCONFIG = ("ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig")
@@ -173,18 +174,19 @@ def _one_engine(
 
     if not (version_dir / plan).exists():
         return [Finding(network, "engine", Status.MISSING, f"{version_dir / plan} is missing: build it", plan)]
-    record = read_record(version_dir, plan)
+    record = EngineRecord.of_plan(version_dir, plan)
     if record is None:
         return [
             Finding(
                 network,
                 "engine record",
                 Status.MISSING,
-                f"{version_dir / record_name(plan)} is missing, so how the plan was built is unknown: rebuild it",
+                f"{version_dir / EngineRecord.name_for(plan)} is missing, so how the plan was built is unknown: "
+                "rebuild it",
                 plan,
             )
         ]
-    built_trt = str(record.get("tensorrt_version", "?"))
+    built_trt = str(record.tensorrt_version)
     if target.tensorrt_version:
         add(
             "TensorRT version",
@@ -197,7 +199,7 @@ def _one_engine(
             None,
             f"built with {built_trt}; no TensorRT found here and none given (--tensorrt-version)",
         )
-    built_cc, gpu = str(record.get("compute_capability", "?")), record.get("gpu_name", "?")
+    built_cc, gpu = str(record.compute_capability), record.gpu_name
     if listed_for:
         add("compute capability", built_cc == listed_for, f"built for {built_cc} ({gpu}), listed for {listed_for}")
     elif target.compute_capability:
@@ -217,17 +219,17 @@ def _one_engine(
     except ProfileError as exc:
         add("optimization profile", False, str(exc))
     else:
-        recorded = Profile.from_dict(record["profile"])
+        recorded = Profile.from_dict(record.profile)
         add(
             "optimization profile",
             recorded.min == expected.min and recorded.max == expected.max,
             f"engine {recorded.min[0]}..{recorded.max[0]} x {list(recorded.max[1:])}, "
             f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}",
         )
-    recorded = record.get("onnx_file", "")
+    recorded = record.onnx_file
     onnx = source_onnx(recorded, sources)
     if onnx is not None:
-        unchanged = sha256_file(onnx) == record.get("onnx_sha256")
+        unchanged = sha256_file(onnx) == record.onnx_sha256
         add(
             "source ONNX",
             unchanged,

@@ -27,8 +27,6 @@ the same gate runs again on the built engine (``brainscan export tensorrt``).
 from __future__ import annotations
 
 import fnmatch
-import json
-import time
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -40,11 +38,11 @@ from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
 from brainscan.errors import BrainscanError
 from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check_network
+from brainscan.export.records import Fp16Record
 from brainscan.export.serving import added_nodes, is_served, network_of, network_only, serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx
 
 FP16_SUFFIX = ".fp16.onnx"
-RECORD_FORMAT = 1
 OP_PREFIX = "op:"
 REMEDY = (
     "Keep the nodes that overflow or drift in FP32 with --keep-fp32 PATTERN (a node-name glob, or op:TYPE "
@@ -64,11 +62,6 @@ def fp16_path(onnx: Path) -> Path:
     """Where the FP16 graph of ``onnx`` lives: ``model.onnx`` -> ``model.fp16.onnx``."""
     onnx = Path(onnx)
     return onnx.with_name(onnx.name.removesuffix(".onnx") + FP16_SUFFIX)
-
-
-def record_path(fp16_onnx: Path) -> Path:
-    """The record written beside an FP16 graph: ``model.fp16.onnx`` -> ``model.fp16.json``."""
-    return Path(fp16_onnx).with_suffix(".json")
 
 
 def graph_nodes(model) -> list[tuple[str, str]]:
@@ -252,20 +245,17 @@ def export_fp16(
     serialized = converted.SerializeToString()
     write_bytes_atomic(target, serialized)
     fp16_nodes, float_nodes = fp16_share(converted)
-    record = {
-        "format": RECORD_FORMAT,
-        "network": network,
-        "source_onnx": onnx_path.name,
-        "source_sha256": sha256_file(onnx_path),
-        "fp16_onnx": target.name,
-        "fp16_sha256": sha256_file(target),
-        "converter": f"onnxconverter-common {package_version('onnxconverter-common')}",
-        "keep_fp32": list(keep_fp32),
-        "fp32_nodes": kept,
-        "fp16_nodes": fp16_nodes,
-        "float_nodes": float_nodes,
-        "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "gate": report.as_dict(),
-    }
-    write_bytes_atomic(record_path(target), (json.dumps(record, indent=2) + "\n").encode())
+    Fp16Record(
+        network=network,
+        source_onnx=onnx_path.name,
+        source_sha256=sha256_file(onnx_path),
+        fp16_onnx=target.name,
+        fp16_sha256=sha256_file(target),
+        converter=f"onnxconverter-common {package_version('onnxconverter-common')}",
+        keep_fp32=list(keep_fp32),
+        fp32_nodes=kept,
+        fp16_nodes=fp16_nodes,
+        float_nodes=float_nodes,
+        gate=report.as_dict(),
+    ).write(Fp16Record.path_for(target))
     return Fp16Result(network, report, target, kept, fp16_nodes, float_nodes)

@@ -26,8 +26,6 @@ everything else here runs, and is tested, on machines without a GPU.
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,83 +37,24 @@ import numpy as np
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
-from brainscan.errors import BrainscanError
 from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check_network
 from brainscan.export.gpu import Gpu, build_gpu
-from brainscan.export.precision import fp16_path, record_path
+from brainscan.export.precision import fp16_path
 from brainscan.export.profiles import Profile, profile_from_config
+from brainscan.export.records import EngineRecord, Fp16Record
 from brainscan.export.repository import VERSION, RepositoryError, list_engine, plan_files, plan_name, read_config
 from brainscan.export.serving import by_shape
+from brainscan.export.tensorrt_version import (
+    NETWORKS,
+    REMEDY,
+    EngineBuildError,
+    import_tensorrt,
+    needs_strongly_typed_flag,
+)
 from brainscan.export.validation import NetworkInputs, run_onnx
 
 if TYPE_CHECKING:
     import tensorrt
-
-MINIMUM_VERSION = (10, 12)  # STRONGLY_TYPED builds of FP16 graphs; weak typing was deprecated here
-ONLY_STRONGLY_TYPED = 11  # from this major on every network is strongly typed and the flag is ignored
-PLAN = contract.PLAN_FILE
-RECORD = "engine.json"  # the record of such a plan
-RECORD_FORMAT = 3
-NETWORKS = contract.NETWORKS
-EXPORT_COMMAND = "docker compose -f docker/compose.yaml run --rm export"
-CONTAINER_HINT = (
-    f"build engines in the export container on a GPU host: `{EXPORT_COMMAND}` (docs/gpu.md, 'On a GPU host')"
-)
-REMEDY = (
-    "The FP16 graphs passed the same gate on CPU, so the difference comes from TensorRT's kernels: keep the "
-    "offending nodes in FP32 with `brainscan export fp16 RUN --keep-fp32 PATTERN` (--list-nodes prints them), "
-    "then build again."
-)
-
-
-class TensorRTUnavailableError(BrainscanError, RuntimeError):
-    """The ``tensorrt`` module is missing, not TensorRT's bindings, or too old."""
-
-
-class EngineBuildError(BrainscanError, RuntimeError):
-    """Parsing or building failed; the message carries TensorRT's own errors."""
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:4])
-
-
-def check_version(version: str) -> None:
-    """Refuse, in one sentence, a TensorRT that cannot build strongly typed FP16 engines."""
-    if version_tuple(version)[:2] < MINIMUM_VERSION:
-        need = ".".join(str(n) for n in MINIMUM_VERSION)
-        raise TensorRTUnavailableError(
-            f"TensorRT {version} is too old: brainscan builds strongly typed engines from FP16 graphs, which needs "
-            f"TensorRT {need} or newer (11.x builds only strongly typed networks); {CONTAINER_HINT}."
-        )
-
-
-def installed_version() -> str | None:
-    """The version of the importable TensorRT bindings, or None. A ``tensorrt`` package
-    without ``__version__`` (e.g. type stubs on the path) is not TensorRT."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return None
-    version = getattr(trt, "__version__", None)
-    return version if isinstance(version, str) else None
-
-
-def import_tensorrt():
-    """The ``tensorrt`` module (10.12+), or TensorRTUnavailableError in one sentence."""
-    version = installed_version()
-    if version is None:
-        raise TensorRTUnavailableError(f"TensorRT is not installed in this environment: {CONTAINER_HINT}.")
-    check_version(version)
-    import tensorrt as trt
-
-    return trt
-
-
-def needs_strongly_typed_flag(version: str) -> bool:
-    """10.12-10.x must be asked for a strongly typed network; 11.x has no other kind (its
-    STRONGLY_TYPED flag is deprecated and ignored, so it is not set)."""
-    return version_tuple(version)[0] < ONLY_STRONGLY_TYPED
 
 
 @dataclass(frozen=True)
@@ -298,48 +237,23 @@ class TensorRT:
 
 def engine_record(
     request: BuildRequest, trt_version: str, gpu: Gpu, given: NetworkInputs, seconds: float, gate: GateReport
-) -> dict:
+) -> EngineRecord:
     """What an engine's record holds: enough to tell whether the plan still fits a server."""
-    fp16_record = record_path(request.onnx)
-    kept = json.loads(fp16_record.read_text()).get("fp32_nodes", []) if fp16_record.exists() else []
-    return {
-        "format": RECORD_FORMAT,
-        "network": request.network,
-        "tensorrt_version": trt_version,
-        "gpu_name": gpu.name,
-        "compute_capability": gpu.compute_capability,
-        "precision": "fp16 graph, strongly typed",
-        "onnx_file": str(request.onnx),
-        "onnx_sha256": sha256_file(request.onnx),
-        "fp32_onnx_sha256": sha256_file(given.onnx),
-        "fp32_nodes": kept,
-        "profile": request.profile.as_dict(),
-        "workspace_mib": request.workspace_bytes >> 20,
-        "build_seconds": round(seconds, 1),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "gate": gate.as_dict(),
-    }
-
-
-def engine_description(record: dict) -> str:
-    """One line a client can read from the config about an engine (its record stays beside
-    the plan): TensorRT version, GPU, compute capability, digest of the FP16 graph."""
-    return (
-        f"TensorRT {record['tensorrt_version']}; {record['gpu_name']}; compute capability "
-        f"{record['compute_capability']}; FP16 ONNX sha256 {record['onnx_sha256']}"
+    fp16 = Fp16Record.read(Fp16Record.path_for(request.onnx))
+    return EngineRecord(
+        network=request.network,
+        tensorrt_version=trt_version,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        onnx_file=str(request.onnx),
+        onnx_sha256=sha256_file(request.onnx),
+        fp32_onnx_sha256=sha256_file(given.onnx),
+        fp32_nodes=fp16.fp32_nodes if fp16 else [],
+        profile=request.profile.as_dict(),
+        workspace_mib=request.workspace_bytes >> 20,
+        build_seconds=round(seconds, 1),
+        gate=gate.as_dict(),
     )
-
-
-def record_name(plan: str) -> str:
-    """Where the record of ``plan`` is: model.sm89.plan -> model.sm89.json."""
-    return RECORD if plan == PLAN else f"{plan.removesuffix('.plan')}.json"
-
-
-def read_record(version_dir: Path, plan: str = PLAN) -> dict | None:
-    path = Path(version_dir) / record_name(plan)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
 
 
 def network_profile(repository: Path, network: str, opt_batch: int | None = None) -> Profile:
@@ -394,12 +308,12 @@ def build_repository_engines(
         version_dir = Path(repository) / network / VERSION
         # plan and record first, the config last: a server never reads a config naming a missing plan
         write_bytes_atomic(version_dir / name, plan)
-        write_bytes_atomic(version_dir / record_name(name), (json.dumps(record, indent=2) + "\n").encode())
+        record.write(version_dir / EngineRecord.name_for(name))
         config_path = Path(repository) / network / "config.pbtxt"
-        list_engine(config_path, gpu.compute_capability, name, engine_description(record))
+        list_engine(config_path, gpu.compute_capability, name, record.description())
         others = sorted(cc for cc in plan_files(read_config(config_path)) if cc != gpu.compute_capability)
         log(
-            f"wrote {version_dir / name} ({len(plan) / 1e6:.1f} MB, built in {record['build_seconds']:.0f} s) for "
+            f"wrote {version_dir / name} ({len(plan) / 1e6:.1f} MB, built in {record.build_seconds:.0f} s) for "
             f"compute capability {gpu.compute_capability}"
             + (f"; engines for {', '.join(others)} kept" if others else "")
         )
@@ -424,7 +338,7 @@ def build_into_bucket(
         return relative.endswith("config.pbtxt")
 
     name = plan_name(compute_capability)
-    new_files = {f"{network}/{VERSION}/{file}" for network in NETWORKS for file in (name, record_name(name))}
+    new_files = {f"{network}/{VERSION}/{file}" for network in NETWORKS for file in (name, EngineRecord.name_for(name))}
     work = Path(tempfile.mkdtemp(prefix="brainscan-engines-"))
     try:
         storage.download(uri, work / "built", only=is_config)
@@ -434,8 +348,8 @@ def build_into_bucket(
             uri, work / "fresh", only=lambda relative: relative in {f"{network}/config.pbtxt" for network in NETWORKS}
         )
         for network in NETWORKS:
-            record = json.loads((work / "built" / network / VERSION / record_name(name)).read_text())
-            list_engine(fresh / network / "config.pbtxt", compute_capability, name, engine_description(record))
+            record = EngineRecord.of_plan(work / "built" / network / VERSION, name)
+            list_engine(fresh / network / "config.pbtxt", compute_capability, name, record.description())
         storage.upload(fresh, uri, only=is_config)
     finally:
         shutil.rmtree(work, ignore_errors=True)

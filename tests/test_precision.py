@@ -24,9 +24,9 @@ from brainscan.export.precision import (
     convert_to_fp16,
     export_fp16,
     fp16_path,
-    record_path,
     run_fp16,
 )
+from brainscan.export.records import Fp16Record
 from brainscan.export.serving import serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx
 from brainscan.preprocessing import pixels
@@ -76,7 +76,7 @@ def test_the_fp16_graph_keeps_its_io_types_fp16_weights_fp32_pre_and_post_and_pa
         resize = [n for n in converted.graph.node if n.name.startswith(added) and n.op_type == "MatMul"]
         assert resize and all(types[n.output[0]] == TensorProto.FLOAT for n in resize)  # 16-bit pixels overflow FP16
         onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
-        record = json.loads(record_path(path).read_text())
+        record = json.loads(Fp16Record.path_for(path).read_text())
         assert record["network"] == network and record["gate"]["passed"] is True
         assert record["fp16_nodes"] == record["float_nodes"] > 10 and record["converter"].startswith(
             "onnxconverter-common"

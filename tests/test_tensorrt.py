@@ -21,7 +21,7 @@ from conftest import DEMO_ARTIFACTS
 
 from brainscan import contract
 from brainscan.export.fp16 import GateFailedError, Tolerances
-from brainscan.export.gpu import Gpu, GpuError, build_gpu, cuda_visible, visible_gpus
+from brainscan.export.gpu import Gpu
 from brainscan.export.profiles import ProfileError, image_profile, profile_from_config
 from brainscan.export.repository import (
     RepositoryError,
@@ -34,14 +34,11 @@ from brainscan.export.repository import (
 from brainscan.export.tensorrt import (
     BuildSettings,
     EngineBuildError,
-    TensorRTUnavailableError,
     build_repository_engines,
     build_request,
-    check_version,
-    installed_version,
-    needs_strongly_typed_flag,
     network_profile,
 )
+from brainscan.export.tensorrt_version import installed_version
 
 PLAN, RECORD = "model.sm89.plan", "model.sm89.json"  # an engine for compute capability 8.9, by hand
 COMMITTED = Path(__file__).resolve().parent.parent / "model_repository"
@@ -122,28 +119,6 @@ def test_only_tensorrt_repositories_get_engines(tmp_path):
     write_repository(tmp_path, "local")
     with pytest.raises(RepositoryError, match="--flavour tensorrt"):
         network_profile(tmp_path, contract.CLASSIFIER)
-
-
-# --- versions: 10.12+ strongly typed on request, 11.x always --------------------------------
-
-
-@pytest.mark.parametrize(
-    "version,flag",
-    [("10.12.0.36", True), ("10.13.3.9", True), ("10.16.1.11", True), ("11.0.0.114", False), ("11.3.0.99", False)],
-)
-def test_supported_versions_build_strongly_typed_networks(version, flag):
-    check_version(version)  # accepted
-    assert needs_strongly_typed_flag(version) is flag  # 11.x: the only mode, its flag is deprecated and not set
-
-
-@pytest.mark.parametrize("version", ["10.11.0.33", "10.7.0.23", "8.6.1"])
-def test_tensorrt_before_10_12_is_refused_in_one_sentence(version):
-    with pytest.raises(TensorRTUnavailableError) as refused:
-        check_version(version)
-    message = str(refused.value)
-    assert message.count(". ") == 0 and "\n" not in message
-    assert f"TensorRT {version} is too old" in message and "10.12 or newer" in message
-    assert "docker compose -f docker/compose.yaml run --rm export" in message
 
 
 # --- what a build asks for ---------------------------------------------------------------
@@ -231,29 +206,6 @@ def test_an_engine_outside_the_tolerances_writes_nothing(trt_repository, validat
     for network in contract.NETWORKS:  # not even the classifier that passed
         assert not (trt_repository / network / "1" / PLAN).exists()
         assert not (trt_repository / network / "1" / RECORD).exists()
-
-
-# --- the GPU, from nvidia-smi ------------------------------------------------------------------
-
-
-def test_the_gpu_comes_from_nvidia_smi(tmp_path, monkeypatch):
-    fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho '8.9, NVIDIA L4'\necho '8.9, NVIDIA L4'\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    assert visible_gpus() == [Gpu("NVIDIA L4", "8.9"), Gpu("NVIDIA L4", "8.9")]
-    assert build_gpu() == Gpu("NVIDIA L4", "8.9")
-
-
-def test_no_gpu_or_a_mixed_host_is_refused_with_what_to_do():
-    with pytest.raises(GpuError, match="no NVIDIA GPU is visible"):
-        build_gpu([])
-    mixed = [Gpu("NVIDIA H100", "9.0"), Gpu("NVIDIA L4", "8.9")]
-    with pytest.raises(GpuError, match="different compute capabilities.*CUDA_VISIBLE_DEVICES"):
-        build_gpu(mixed)
-    chosen = cuda_visible(mixed, {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1"})
-    assert build_gpu(chosen) == Gpu("NVIDIA L4", "8.9")
-    assert cuda_visible(mixed, {"CUDA_VISIBLE_DEVICES": "1"}) == mixed  # CUDA's own order: nvidia-smi's may differ
 
 
 # --- what runs here without TensorRT -------------------------------------------------------

@@ -1,0 +1,275 @@
+"""Triton model configs of the ensemble and its models, built from the contract as dicts and
+parsed into Triton's own ModelConfig protobuf (which rejects unknown fields and wrong enum
+values); and the engines a tensorrt config lists, one plan per GPU kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from brainscan import contract
+from brainscan.atomic import write_bytes_atomic
+from brainscan.client.perf import serialized_string
+from brainscan.contract import ENGINE_PARAMETER_PREFIX, MAX_SIDE_PARAMETER, TensorSpec
+from brainscan.export.profiles import OPT_IMAGE, ProfileError, image_profile
+from brainscan.export.repository_spec import (
+    ORT_TRT_CACHE,
+    VERSION,
+    WARMUP_FOLDER,
+    WARMUP_IMAGE,
+    WARMUP_SIZE,
+    WEIGHT_FILES,
+    RepositoryError,
+    RepositorySpec,
+)
+from brainscan.probe import probe_image
+
+
+def _tensors(specs: list[TensorSpec]) -> list[dict]:
+    return [{"name": s.name, "data_type": s.triton_dtype, "dims": list(s.dims)} for s in specs]
+
+
+def _dynamic_batching(delay_us: int, spec: RepositorySpec) -> dict:
+    return {
+        "max_queue_delay_microseconds": delay_us,
+        "default_queue_policy": {
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": spec.queue_timeout_ms * 1000,
+            "allow_timeout_override": True,
+            "max_queue_size": spec.max_queue_size,
+        },
+    }
+
+
+def _parameters(values: dict) -> dict:
+    return {k: {"string_value": str(v)} for k, v in values.items()}
+
+
+def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: dict) -> dict:
+    return {
+        "name": name,
+        "backend": "python",
+        "max_batch_size": spec.max_batch_size,
+        "input": _tensors(inputs),
+        "output": _tensors(outputs),
+        "instance_group": [{"kind": "KIND_CPU", "count": spec.count(name)}],
+        "dynamic_batching": _dynamic_batching(
+            spec.queue_delay_us if name in contract.NETWORKS else spec.python_queue_delay_us, spec
+        ),
+        "parameters": _parameters(parameters),
+    }
+
+
+def _network(name: str, spec: RepositorySpec) -> dict:
+    inputs, outputs = [contract.PIXELS_SPEC], [contract.NETWORK_OUTPUT_SPEC[name]]
+    side = {MAX_SIDE_PARAMETER: spec.max_image_side}
+    if spec.flavour == "local":
+        return _python_model(name, inputs, outputs, spec, {"intra_op_threads": spec.ort_threads, **side})
+    config = {
+        "name": name,
+        "max_batch_size": spec.max_batch_size,
+        "input": _tensors(inputs),
+        "output": _tensors(outputs),
+        "dynamic_batching": _dynamic_batching(spec.queue_delay_us, spec),
+        "parameters": _parameters(side),
+    }
+    if spec.flavour == "tensorrt":
+        config["platform"] = "tensorrt_plan"
+        config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
+        config["optimization"] = {"cuda": {"graphs": True, "graph_spec": _graph_specs(spec.max_batch_size)}}
+    elif spec.device == "gpu":
+        config["platform"] = "onnxruntime_onnx"
+        config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [_ort_tensorrt(name, spec)]}}
+    else:
+        config["platform"] = "onnxruntime_onnx"
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": spec.count(name)}]
+        config["parameters"].update(
+            _parameters({"intra_op_thread_count": spec.ort_threads, "inter_op_thread_count": 1})
+        )
+    return config
+
+
+def _graph_specs(max_batch_size: int) -> list[dict]:
+    """One CUDA graph per batch size 1 … max_batch_size of OPT_IMAGE images. Triton captures
+    an engine's kernel launches once per listed shape and replays them, which removes most of
+    the per-request CPU launch cost; another shape runs without a graph (an inexact match,
+    graph_lower_bound, would pad the image and change what the resize sees). Without
+    graph_spec, Triton's tensorrt backend captures only a few batch sizes (instance_state.cc,
+    InitializeGraphSpecs), so the batches in between, the common case under moderate load,
+    would miss them. Each graph costs a capture at model load and some device memory per
+    instance: negligible for these small networks at the default maximum of 8."""
+    return [
+        {"batch_size": size, "input": {contract.PIXELS: {"dim": list(OPT_IMAGE)}}}
+        for size in range(1, max_batch_size + 1)
+    ]
+
+
+def _ort_tensorrt(name: str, spec: RepositorySpec) -> dict:
+    """ONNX Runtime's TensorRT execution provider on the FP16 graph, with its engine and
+    timing caches on and the same profile as the tensorrt flavour's engines (so no shape
+    forces a rebuild). No precision_mode: the precision is the graph's (FP16 compute, FP32 I/O),
+    and TensorRT 11 builds strongly typed networks only, so a builder precision flag would
+    mean nothing there. The timing cache is written beside the engines: without
+    trt_timing_cache_path the provider writes it to the working directory, /models in the
+    container, which is read-only (onnxruntime_backend passes trt_timing_cache_path through,
+    src/onnxruntime.cc; the provider creates that folder as it does the engine cache's)."""
+    try:
+        profile = image_profile(contract.PIXELS, spec.max_batch_size, spec.max_image_side, spec.opt_batch)
+    except ProfileError as exc:
+        raise RepositoryError(str(exc)) from None
+
+    def shapes(dims: tuple[int, ...]) -> str:
+        return f"{contract.PIXELS}:{'x'.join(str(d) for d in dims)}"
+
+    cache = f"{ORT_TRT_CACHE}/{name}"
+    return {
+        "name": "tensorrt",
+        "parameters": {
+            "max_workspace_size_bytes": str(spec.workspace_mib << 20),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": "1",
+            "trt_timing_cache_path": cache,
+            "trt_profile_min_shapes": shapes(profile.min),
+            "trt_profile_opt_shapes": shapes(profile.opt),
+            "trt_profile_max_shapes": shapes(profile.max),
+        },
+    }
+
+
+def _warmup(configs: dict[str, dict], max_batch_size: int) -> None:
+    """Add the warm-up samples (see WARMUP_FOLDER) to the composing models' configs."""
+    image = {"data_type": contract.IMAGE_SPEC.triton_dtype, "dims": [1], "input_data_file": WARMUP_IMAGE}
+    configs[contract.PREPROCESS]["model_warmup"] = [
+        {"name": "a PNG slice", "batch_size": 1, "inputs": {contract.IMAGE: image}}
+    ]
+    zeros = {"data_type": contract.PIXELS_SPEC.triton_dtype, "dims": [*WARMUP_SIZE, 1], "zero_data": True}
+    for network in contract.NETWORKS:
+        configs[network]["model_warmup"] = [
+            {
+                "name": f"a {WARMUP_SIZE[0]} x {WARMUP_SIZE[1]} grey image, batch {size}",
+                "batch_size": size,
+                "inputs": {contract.PIXELS: zeros},
+            }
+            for size in sorted({1, max_batch_size})
+        ]
+
+
+def warmup_files() -> dict[str, bytes]:
+    return {f"{contract.PREPROCESS}/{WARMUP_FOLDER}/{WARMUP_IMAGE}": serialized_string(probe_image())}
+
+
+def model_configs(spec: RepositorySpec) -> dict[str, dict]:
+    """The four model configs (ModelConfig's JSON form), keyed by model name."""
+    ensemble = {
+        "name": contract.ENSEMBLE,
+        "platform": "ensemble",
+        "max_batch_size": spec.max_batch_size,
+        "input": _tensors([contract.IMAGE_SPEC]),
+        "output": _tensors([contract.TUMOR_PROBABILITY_SPEC, contract.MASK_SPEC]),
+        "ensemble_scheduling": {
+            "step": [
+                {
+                    "model_name": contract.PREPROCESS,
+                    "model_version": -1,
+                    "input_map": {contract.IMAGE: contract.IMAGE},
+                    "output_map": {contract.PIXELS: contract.PIXELS},
+                },
+                *(
+                    {
+                        "model_name": network,
+                        "model_version": -1,
+                        "input_map": {contract.PIXELS: contract.PIXELS},
+                        "output_map": {output.name: output.name},
+                    }
+                    for network, output in contract.NETWORK_OUTPUT_SPEC.items()
+                ),
+            ]
+        },
+    }
+    configs = {
+        contract.ENSEMBLE: ensemble,
+        contract.PREPROCESS: _python_model(
+            contract.PREPROCESS,
+            [contract.IMAGE_SPEC],
+            [contract.PIXELS_SPEC],
+            spec,
+            {MAX_SIDE_PARAMETER: spec.max_image_side},
+        ),
+        **{network: _network(network, spec) for network in contract.NETWORKS},
+    }
+    _warmup(configs, spec.max_batch_size)
+    return configs
+
+
+def to_model_config(config: dict) -> model_config_pb2.ModelConfig:
+    """Parse a config dict into Triton's ModelConfig; unknown fields or values raise."""
+    try:
+        return json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    except json_format.ParseError as exc:
+        raise RepositoryError(f"invalid config for {config.get('name')}: {exc}") from None
+
+
+def render_config(config: dict) -> str:
+    """ModelConfig text (config.pbtxt) for a config dict."""
+    return text_format.MessageToString(to_model_config(config))
+
+
+def read_config(path: Path) -> model_config_pb2.ModelConfig:
+    try:
+        return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"{path} is not a valid Triton model config: {exc}") from None
+
+
+def plan_name(compute_capability: str) -> str:
+    """The engine file of one GPU kind: model.sm89.plan for compute capability 8.9."""
+    return f"model.sm{compute_capability.replace('.', '')}.plan"
+
+
+def plan_files(config: model_config_pb2.ModelConfig) -> dict[str, str]:
+    """The engines a tensorrt_plan config names, by compute capability (Triton's
+    ``cc_model_filenames``: each server loads the one of its GPU). A config that lists none
+    has one plan for whatever GPU loads it, under the key ''."""
+    listed = dict(config.cc_model_filenames)
+    return listed or {"": config.default_model_filename or WEIGHT_FILES["tensorrt"]}
+
+
+def engine_parameter(compute_capability: str) -> str:
+    """The config parameter describing the engine of one GPU kind: what a client reads to
+    say which engine answered (``engine_sm89`` for compute capability 8.9)."""
+    return f"{ENGINE_PARAMETER_PREFIX}{compute_capability.replace('.', '')}"
+
+
+def list_engine(config_path: Path, compute_capability: str, plan: str, description: str = "") -> None:
+    """Add (or replace) ``compute_capability -> plan`` in a config's cc_model_filenames, and
+    the engine's description (TensorRT version, GPU, source ONNX digest) in its parameters,
+    keeping every other entry, so one repository serves a fleet of several GPU kinds."""
+    config = read_config(config_path)
+    config.cc_model_filenames[compute_capability] = plan
+    if description:
+        config.parameters[engine_parameter(compute_capability)].string_value = description
+    write_bytes_atomic(config_path, text_format.MessageToString(config).encode())
+
+
+def listed_engines(out: Path, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The engines an existing tensorrt config lists whose plans are still there, and their
+    description parameters: rewriting the configs must not forget the engines already built
+    for other GPU kinds."""
+    path = out / name / "config.pbtxt"
+    if not path.exists():
+        return {}, {}
+    try:
+        config = read_config(path)
+    except RepositoryError:
+        return {}, {}
+    listed = {cc: plan for cc, plan in config.cc_model_filenames.items() if (out / name / VERSION / plan).exists()}
+    described = {
+        engine_parameter(cc): config.parameters[engine_parameter(cc)].string_value
+        for cc in listed
+        if engine_parameter(cc) in config.parameters
+    }
+    return listed, described
