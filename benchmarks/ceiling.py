@@ -34,6 +34,7 @@ from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
 from brainscan.benchmarks.run import server_statistics, statistics_delta
 from brainscan.client.perf import write_input_data
+from brainscan.tables import markdown_table
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -327,67 +328,57 @@ def report(summary: dict) -> str:
         "",
         "## CPU ms per image outside the networks (tritonserver and the python steps)",
         "",
-        "| python instances | " + " | ".join(summary_designs(summary)) + " |",
-        "|---|" + "---|" * len(summary_designs(summary)),
     ]
-    for count in sorted({r["instances"] for r in summary["runs"]}):
-        cells = [
-            next(
-                (
-                    f"{r['outside_networks_ms']:.2f}"
-                    for r in summary["runs"]
-                    if r["instances"] == count and r["design"] == d
-                ),
-                "-",
-            )
-            for d in summary_designs(summary)
-        ]
-        lines.append(f"| {count} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Throughput",
-        "",
-        "| design | python instances | best images/s | at concurrency | p50 ms at the lowest concurrency |",
-        "|---|---|---|---|---|",
-    ]
+    designs = summary_designs(summary)
+    outside = {(r["instances"], r["design"]): f"{r['outside_networks_ms']:.2f}" for r in summary["runs"]}
+    counts = sorted({r["instances"] for r in summary["runs"]})
+    lines.append(
+        markdown_table(
+            ["python instances", *designs], [[n, *(outside.get((n, d), "-") for d in designs)] for n in counts]
+        )
+    )
+    throughput = []
     for run in summary["runs"]:
         top, first = best(run["rows"]), run["rows"][0]
-        lines.append(
-            f"| {run['design']} | {run['instances']} | {top['Inferences/Second']:.1f} | "
-            f"{int(top['Concurrency'])} | {first['p50 latency'] / 1e3:.2f} |"
+        throughput.append(
+            [
+                run["design"],
+                run["instances"],
+                f"{top['Inferences/Second']:.1f}",
+                int(top["Concurrency"]),
+                f"{first['p50 latency'] / 1e3:.2f}",
+            ]
         )
+    header = ["design", "python instances", "best images/s", "at concurrency", "p50 ms at the lowest concurrency"]
+    lines += ["", "## Throughput", "", markdown_table(header, throughput)]
     steps = ["tritonserver", contract.PREPROCESS, *contract.NETWORKS, PREVIOUS_POSTPROCESS]
+    cpu_rows = []
+    for run in summary["runs"]:
+        cpu = run["cpu_ms_per_image"]
+        cells = [f"{cpu[s]:.2f}" if s in cpu else "-" for s in steps]
+        cpu_rows.append([run["design"], run["instances"], *cells, f"{sum(cpu.values()):.2f}"])
     lines += [
         "",
         "## CPU per image (ms) of every process, from /proc, over each sweep",
         "",
-        "| design | python instances | " + " | ".join(steps) + " | total |",
-        "|---" * (len(steps) + 3) + "|",
+        markdown_table(["design", "python instances", *steps, "total"], cpu_rows),
     ]
-    for run in summary["runs"]:
-        cpu = run["cpu_ms_per_image"]
-        lines.append(
-            f"| {run['design']} | {run['instances']} | "
-            + " | ".join(f"{cpu[s]:.2f}" if s in cpu else "-" for s in steps)
-            + f" | {sum(cpu.values()):.2f} |"
-        )
     fields = ("queue_us", "compute_input_us", "compute_infer_us", "compute_output_us")
-    lines += [
-        "",
-        "## Triton's statistics during each sweep (µs per request)",
-        "",
-        "| design | python instances | model | avg batch | queue | compute input | compute infer | compute output |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    stats_rows = []
     for run in summary["runs"]:
         for model in (*contract.COMPOSING_MODELS, PREVIOUS_POSTPROCESS):
             s = run["server"].get(model)
             if s:
-                lines.append(
-                    f"| {run['design']} | {run['instances']} | {model} | {s['avg_batch']:.2f} | "
-                    + " | ".join(f"{s[f]:.0f}" for f in fields)
-                    + " |"
+                stats_rows.append(
+                    [run["design"], run["instances"], model, f"{s['avg_batch']:.2f}", *(f"{s[f]:.0f}" for f in fields)]
                 )
+    header = ["design", "python instances", "model", "avg batch", "queue", "compute input", "compute infer"]
+    lines += [
+        "",
+        "## Triton's statistics during each sweep (µs per request)",
+        "",
+        markdown_table([*header, "compute output"], stats_rows),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from brainscan import contract
+from brainscan.tables import markdown_table
 
 # Targets on the 2-core CPU with the local flavour (issue: "make serving nearly free").
 TARGET_SERVED_VS_IN_PROCESS = 0.9
@@ -16,12 +17,6 @@ H100_FP16_DENSE_FLOPS = 989e12
 
 def _ms(us: float) -> str:
     return f"{us / 1e3:.2f}"
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def headline(summary: dict) -> dict:
@@ -93,7 +88,7 @@ def write_report(folder: Path, summary: dict) -> Path:
     parts += [
         "## The ensemble under load",
         "",
-        _table(
+        markdown_table(
             ["concurrency", "images/s", "p50 ms", "p90 ms", "p99 ms"],
             [
                 [
@@ -113,7 +108,7 @@ def write_report(folder: Path, summary: dict) -> Path:
     parts += [
         "## Where the time goes (Triton's statistics during the ensemble sweep, µs per request)",
         "",
-        _table(
+        markdown_table(
             ["model", "requests", "failed", "avg batch", "queue", "compute input", "compute infer", "compute output"],
             [
                 [
@@ -136,7 +131,7 @@ def write_report(folder: Path, summary: dict) -> Path:
         parts += [
             "## Each composing model alone (best over its sweep)",
             "",
-            _table(
+            markdown_table(
                 ["model", "images/s", "at concurrency", "p50 ms at concurrency 1"],
                 [
                     [
@@ -160,7 +155,7 @@ def write_report(folder: Path, summary: dict) -> Path:
     parts += [
         "## Baselines (same files, same preprocessing)",
         "",
-        _table(["baseline", "batch", "threads", "images/s", "p50 ms per call"], base_rows),
+        markdown_table(["baseline", "batch", "threads", "images/s", "p50 ms per call"], base_rows),
         "",
     ]
     flops = summary["flops_per_image"]
@@ -195,7 +190,7 @@ def write_report(folder: Path, summary: dict) -> Path:
         f"Served best: {numbers['served_best']:.1f} images/s at concurrency {numbers['served_best_concurrency']}; "
         f"in-process best: {numbers['in_process_best']:.1f} images/s ({numbers['in_process_best_setting']}).",
         "",
-        _table(["ratio", "value", "target", "verdict"], rows),
+        markdown_table(["ratio", "value", "target", "verdict"], rows),
         "",
         "Served can beat in-process: Triton runs the three steps in separate processes with their own "
         "queues, so one image's preprocessing overlaps another's segmentation on the other core, while the "
@@ -206,7 +201,7 @@ def write_report(folder: Path, summary: dict) -> Path:
     parts += [
         "## FLOPs",
         "",
-        _table(
+        markdown_table(
             ["network", "GFLOP per image", "achieved GFLOP/s served (best)"],
             [[n, f"{f / 1e9:.3f}", f"{f * numbers['served_best'] / 1e9:.1f}"] for n, f in flops.items()]
             + [["both", f"{total / 1e9:.3f}", f"{total * numbers['served_best'] / 1e9:.1f}"]],

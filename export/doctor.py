@@ -20,12 +20,12 @@ from pathlib import Path
 
 from brainscan import contract
 from brainscan.digest import sha256_file
-from brainscan.export.compare import text_table
 from brainscan.export.gpu import cuda_visible, visible_gpus
 from brainscan.export.profiles import Profile, ProfileError, profile_from_config
 from brainscan.export.records import EngineRecord
 from brainscan.export.repository import VERSION, RepositoryError, flavour_of, plan_files, validate_repository
 from brainscan.export.tensorrt_version import EXPORT_COMMAND, NETWORKS, installed_version
+from brainscan.tables import text_table
 
 PIN_FILE = Path(__file__).resolve().parent.parent / "docker" / ".env"
 LDCONFIG = ("ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig")

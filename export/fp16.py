@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from brainscan import contract
 from brainscan.errors import BrainscanError
-from brainscan.export.compare import compare_output, text_table
 from brainscan.metrics import dice, segmentation_metrics
+from brainscan.tables import text_table
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class GateReport:
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
 
+    def value(self, name: str) -> float:
+        """The value of the check called ``name``."""
+        return next(c.value for c in self.checks if c.name == name)
+
     @property
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
@@ -84,6 +89,32 @@ class GateReport:
         return f"{self.gate}, {self.network}, {self.samples} validation slices: {verdict}\n{text_table(rows)}"
 
 
+class Difference(NamedTuple):
+    """A candidate run's outputs against the reference's, element by element."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    decisions_differ: int  # elements on the other side of the threshold
+    decisions: int
+    nan_count: int
+
+
+def output_difference(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> Difference:
+    reference = np.asarray(reference, np.float64)
+    candidate = np.asarray(candidate, np.float64)
+    if reference.shape != candidate.shape:
+        raise ValueError(f"the outputs' shapes differ: {reference.shape} vs {candidate.shape}")
+    diff = np.abs(np.nan_to_num(reference - candidate, nan=np.inf))
+    finite = np.isfinite(diff)
+    return Difference(
+        max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        mean_abs_diff=float(diff[finite].mean()) if finite.any() else float("inf"),
+        decisions_differ=int(np.sum((reference > threshold) != (candidate > threshold))),
+        decisions=int(reference.size),
+        nan_count=int(np.isnan(candidate).sum()),
+    )
+
+
 def _non_finite(array: np.ndarray) -> int:
     return int((~np.isfinite(np.asarray(array, np.float64))).sum())
 
@@ -94,9 +125,7 @@ def check_classifier(fp32: np.ndarray, fp16: np.ndarray, tolerances: Tolerances 
     probability difference of the threshold may cross it under FP16 rounding (it is counted,
     for information), one further away may not."""
     fp32, fp16 = np.asarray(fp32, np.float64).reshape(-1), np.asarray(fp16, np.float64).reshape(-1)
-    comparison = compare_output(
-        contract.CLASSIFIER_OUTPUT, fp32, fp16, tolerances.classifier_max_abs_diff, contract.DECISION_THRESHOLD
-    )
+    comparison = output_difference(fp32, fp16, contract.DECISION_THRESHOLD)
     clear = np.abs(fp32 - contract.DECISION_THRESHOLD) > tolerances.classifier_max_abs_diff
     changed = (fp32 > contract.DECISION_THRESHOLD) != (fp16 > contract.DECISION_THRESHOLD)
     agreement = 1.0 - np.sum(changed & clear) / max(int(clear.sum()), 1)

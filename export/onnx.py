@@ -12,7 +12,7 @@ import numpy as np
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.errors import BrainscanError
-from brainscan.export.compare import ComparisonReport, compare_output
+from brainscan.export.fp16 import GateReport, at_most, info, output_difference
 
 OPSET = 17
 PARITY_ATOL = 1e-4
@@ -79,8 +79,9 @@ def onnx_session(path: Path | str | bytes, threads: int = 0):
 
 def compare_onnx_keras(
     model, onnx_model: bytes, images: np.ndarray, atol: float = PARITY_ATOL, threshold: float | None = None
-) -> ComparisonReport:
-    """Run Keras and ONNX Runtime on the same images and compare the outputs."""
+) -> GateReport:
+    """Run Keras and ONNX Runtime on the same images and compare the outputs: every value
+    next to its limit, as the other gates report."""
     session = onnx_session(onnx_model)
     input_name = session.get_inputs()[0].name
     output = session.get_outputs()[0].name
@@ -88,12 +89,14 @@ def compare_onnx_keras(
     actual = session.run([output], {input_name: images.astype(np.float32)})[0]
     if threshold is None:
         threshold = contract.DECISION_THRESHOLD if output == contract.CLASSIFIER_OUTPUT else contract.MASK_THRESHOLD
-    return ComparisonReport(
-        reference="keras",
-        candidate="onnxruntime",
-        samples=len(images),
-        outputs=(compare_output(output, expected, actual, atol, threshold),),
+    difference = output_difference(expected, actual, threshold)
+    checks = (
+        at_most("non-finite outputs (NaN)", difference.nan_count, 0),
+        at_most("max |diff|", difference.max_abs_diff, atol),
+        at_most(f"decisions differ (> {threshold:g})", difference.decisions_differ, 0),
+        info("mean |diff|", difference.mean_abs_diff),
     )
+    return GateReport(output, len(images), checks, gate="ONNX Runtime vs Keras")
 
 
 def export_onnx(model, out: Path, images: list[np.ndarray], atol: float = PARITY_ATOL, opset: int = OPSET):
