@@ -200,7 +200,7 @@ ValidationData = Annotated[
 
 
 def _tolerances(max_prob_diff: float, min_mask_dice: float):
-    from brainscan.export.fp16 import Tolerances
+    from brainscan.export.gate import Tolerances
 
     return Tolerances(classifier_max_abs_diff=max_prob_diff, segmenter_min_dice_vs_fp32=min_mask_dice)
 
@@ -230,7 +230,7 @@ def fp16(
     TensorRT provider are built from this graph."""
     import onnx
 
-    from brainscan.export.precision import export_fp16, graph_nodes
+    from brainscan.export.fp16 import export_fp16, graph_nodes
     from brainscan.export.serving import network_of
     from brainscan.export.validation import validation_inputs
 

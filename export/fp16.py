@@ -1,217 +1,261 @@
-"""The FP16 accuracy gate: FP16 outputs (an FP16 ONNX graph on CPU, or a TensorRT engine
-on the GPU) against FP32 (ONNX Runtime on the FP32 ONNX) and against ground truth, on real
-validation slices, with explicit tolerances.
+"""Precision in the ONNX graph: ``model.fp16.onnx`` beside ``model.onnx``, FP16 weights and
+compute with FP32 inputs and outputs, checked on CPU before it is written.
 
-FP16 U-Nets are known to fail quietly: overflow gives NaN or saturates the mask head so
-every mask comes out black. Each check below catches one of those ways; the report prints
-every value next to its limit, and ``passed`` is False as soon as one limit is exceeded.
+TensorRT 11 builds only strongly typed networks (weak typing was deprecated in 10.12): the
+builder no longer picks FP16 kernels on request, it runs each tensor in the type the graph
+gives it. So reduced precision is decided here, once, as a graph transform that this
+machine can check, and every runtime (TensorRT engines, ONNX Runtime's TensorRT provider)
+serves the same FP16 graph.
+
+The conversion is onnxconverter-common's float16 converter: pure Python on top of onnx,
+numpy and protobuf, which the kit already has. NVIDIA's ModelOpt AutoCast chooses
+precisions by measuring on a GPU and pulls torch, onnxruntime-gpu and cupy, which would not
+install in the kit's CPU environment; for these two convolutional networks a fixed graph
+transform with a block list and an accuracy gate is enough.
+
+What ONNX Runtime on CPU shows of an FP16 graph: its CPU provider has few FP16 kernels and
+runs the others in FP32 behind casts it inserts, and it removes the pairs of those casts
+between two such nodes, so run as is, an FP16 graph is FP32 arithmetic on FP16-rounded
+weights. ``storage_view`` makes the rounding explicit instead: every tensor a node writes
+in FP16 goes through a real FP32->FP16->FP32 cast pair (ONNX Runtime keeps casts that lose
+precision), so overflow to Inf, NaN from Inf-Inf, saturated heads and FP16 rounding drift
+all show in the gate. What it cannot show is how TensorRT's kernels compute inside a layer
+(accumulator width, tactic choice, fusions that keep intermediates in higher precision):
+the same gate runs again on the built engine (``brainscan export tensorrt``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fnmatch
+import warnings
 from dataclasses import dataclass
-from typing import NamedTuple
+from importlib.metadata import version as package_version
+from pathlib import Path
 
 import numpy as np
 
-from brainscan import contract
+from brainscan.atomic import write_bytes_atomic
+from brainscan.digest import sha256_file
 from brainscan.errors import BrainscanError
-from brainscan.metrics import dice, segmentation_metrics
-from brainscan.tables import text_table
+from brainscan.export.gate import GateFailedError, GateReport, Tolerances, check_network
+from brainscan.export.records import Fp16Record
+from brainscan.export.serving import added_nodes, is_served, network_of, network_only, serving_model
+from brainscan.export.validation import NetworkInputs, run_onnx
+
+FP16_SUFFIX = ".fp16.onnx"
+OP_PREFIX = "op:"
+REMEDY = (
+    "Keep the nodes that overflow or drift in FP32 with --keep-fp32 PATTERN (a node-name glob, or op:TYPE "
+    "such as op:Sigmoid; `brainscan export fp16 RUN --list-nodes` prints the names) and convert again."
+)
+# Names of what storage_view adds around each FP16 tensor.
+_RAW, _HALF = "__fp32_raw", "__fp16_stored"
+_FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT, FLOAT16
 
 
-@dataclass(frozen=True)
-class Tolerances:
-    """Limits of the gate. The defaults leave room for FP16 rounding (about 1e-3 relative)
-    and none for a changed answer on a clear case."""
-
-    classifier_max_abs_diff: float = 0.02  # tumour probability, FP16 vs FP32
-    classifier_min_agreement: float = 0.99  # share of slices with the same decision
-    segmenter_min_dice_vs_fp32: float = 0.97  # mean Dice of FP16 masks against FP32 masks
-    segmenter_max_dice_drop: float = 0.02  # mean Dice against ground truth, FP32 minus FP16
-    segmenter_max_emptied: int = 0  # slices where FP32 finds tumour and FP16 an empty mask
+class PrecisionError(BrainscanError, ValueError):
+    """The graph cannot be converted as asked (a pattern matching nothing, an FP16 graph that
+    ONNX's strict type inference rejects, unsupported control flow); the message says which."""
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    value: float
-    limit: str  # e.g. "<= 0.02"; "" for a value shown for information only
-    passed: bool
+def fp16_path(onnx: Path) -> Path:
+    """Where the FP16 graph of ``onnx`` lives: ``model.onnx`` -> ``model.fp16.onnx``."""
+    onnx = Path(onnx)
+    return onnx.with_name(onnx.name.removesuffix(".onnx") + FP16_SUFFIX)
 
 
-def at_most(name: str, value: float, limit: float) -> Check:
-    return Check(name, value, f"<= {limit:g}", bool(np.isfinite(value) and value <= limit))
+def graph_nodes(model) -> list[tuple[str, str]]:
+    """(name, op type) of every node, in graph order."""
+    return [(node.name, node.op_type) for node in model.graph.node]
 
 
-def at_least(name: str, value: float, limit: float) -> Check:
-    return Check(name, value, f">= {limit:g}", bool(np.isfinite(value) and value >= limit))
+def resolve_block_list(model, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the nodes that ``patterns`` keep in FP32: node-name globs, or ``op:TYPE``. A
+    pattern that matches no node is an error, so a typo cannot pass silently."""
+    nodes = graph_nodes(model)
+    kept: list[str] = []
+    for pattern in patterns:
+        if pattern.startswith(OP_PREFIX):
+            hits = [name for name, op in nodes if op == pattern[len(OP_PREFIX) :]]
+        else:
+            hits = [name for name, _ in nodes if fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            ops = sorted({op for _, op in nodes})
+            raise PrecisionError(
+                f"--keep-fp32 {pattern!r} matches no node (op types here: {', '.join(ops)}; "
+                "--list-nodes prints every name)"
+            )
+        kept += [name for name in hits if name not in kept]
+    return kept
 
 
-def info(name: str, value: float) -> Check:
-    return Check(name, value, "", True)
+def convert_to_fp16(model, keep_fp32: tuple[str, ...] = ()):
+    """The FP16 graph of ``model`` (a served graph, or a bare network): the network converted
+    (FP16 initializers and compute, FP32 at its input and output), the nodes that
+    ``keep_fp32`` names (and the converter's own list of ops without FP16 support) in FP32;
+    then, for a served graph, the preprocessing and the mask head put around it again in FP32
+    (16-bit pixel values overflow FP16). The converter is given the network alone: handed the
+    whole served graph it casts the graph input to FP16 before the preprocessing, and a Cast
+    to float inside it to FP16, whatever its block list says. The graph's inputs and outputs
+    keep their types, so the served contract and the Triton configs do not change. Returns
+    (fp16 model, names of the nodes kept in FP32 on request)."""
+    import onnx
+    from onnxconverter_common import float16
+
+    network = network_only(model)
+    kept = resolve_block_list(network, keep_fp32)
+    with warnings.catch_warnings():
+        # it warns once per weight it clamps to +-1e-7 (tiny values FP16 cannot hold)
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(network, keep_io_types=True, node_block_list=kept or None)
+    for tensor in [*converted.graph.input, *converted.graph.output]:
+        if tensor.type.tensor_type.elem_type != _FLOAT:
+            raise PrecisionError(f"{tensor.name} is not FP32 after the conversion")
+    if is_served(model):
+        converted = serving_model(converted)
+    try:  # TensorRT's strongly typed parser needs every type to agree with ONNX's inference
+        onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        raise PrecisionError(
+            f"the FP16 graph fails ONNX's strict type inference, which TensorRT's strongly typed "
+            f"parser relies on: {exc}"
+        ) from None
+    return converted, kept
 
 
-@dataclass(frozen=True)
-class GateReport:
-    network: str
-    samples: int
-    checks: tuple[Check, ...]
-    gate: str = "FP16 gate"
+def _tensor_types(model) -> dict[str, int]:
+    """Element type of every tensor of ``model`` (after ONNX shape inference)."""
+    import onnx
 
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    def value(self, name: str) -> float:
-        """The value of the check called ``name``."""
-        return next(c.value for c in self.checks if c.name == name)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
-
-    def as_dict(self) -> dict:
-        """The verdict and every check's value and limit, for the JSON records."""
-        return {
-            "passed": self.passed,
-            "samples": self.samples,
-            "checks": {c.name: {"value": float(c.value), "limit": c.limit} for c in self.checks},
-        }
-
-    def table(self) -> str:
-        rows = [("check", "value", "limit", "verdict")]
-        for c in self.checks:
-            value = f"{c.value:.4g}" if isinstance(c.value, float) else str(c.value)
-            rows.append((c.name, value, c.limit or "(info)", "ok" if c.passed else "FAIL"))
-        verdict = "passed" if self.passed else "FAILED"
-        return f"{self.gate}, {self.network}, {self.samples} validation slices: {verdict}\n{text_table(rows)}"
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        types[value.name] = value.type.tensor_type.elem_type
+    return types
 
 
-class Difference(NamedTuple):
-    """A candidate run's outputs against the reference's, element by element."""
+def _lift_attribute(attribute) -> None:
+    from onnx import AttributeProto, numpy_helper
 
-    max_abs_diff: float
-    mean_abs_diff: float
-    decisions_differ: int  # elements on the other side of the threshold
-    decisions: int
-    nan_count: int
-
-
-def output_difference(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> Difference:
-    reference = np.asarray(reference, np.float64)
-    candidate = np.asarray(candidate, np.float64)
-    if reference.shape != candidate.shape:
-        raise ValueError(f"the outputs' shapes differ: {reference.shape} vs {candidate.shape}")
-    diff = np.abs(np.nan_to_num(reference - candidate, nan=np.inf))
-    finite = np.isfinite(diff)
-    return Difference(
-        max_abs_diff=float(diff.max()) if diff.size else 0.0,
-        mean_abs_diff=float(diff[finite].mean()) if finite.any() else float("inf"),
-        decisions_differ=int(np.sum((reference > threshold) != (candidate > threshold))),
-        decisions=int(reference.size),
-        nan_count=int(np.isnan(candidate).sum()),
-    )
+    if attribute.type == AttributeProto.GRAPH or attribute.type == AttributeProto.GRAPHS:
+        raise PrecisionError("control flow (If/Loop/Scan) is not supported by the FP16 storage view")
+    if attribute.type == AttributeProto.TENSOR and attribute.t.data_type == _FLOAT16:
+        attribute.t.CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float32), attribute.t.name)
+        )
+    if attribute.type == AttributeProto.INT and attribute.name in ("to", "dtype") and attribute.i == _FLOAT16:
+        attribute.i = _FLOAT
 
 
-def _non_finite(array: np.ndarray) -> int:
-    return int((~np.isfinite(np.asarray(array, np.float64))).sum())
+def storage_view(fp16_model):
+    """``fp16_model`` as ONNX Runtime's CPU provider must run it to show FP16: the same
+    graph in FP32 arithmetic, where FP16 weights keep their FP16 values and every tensor a
+    node writes in FP16 is rounded (and overflows) through an explicit FP32->FP16->FP32
+    cast pair. See the module docstring for what this does and does not show."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    types = _tensor_types(fp16_model)
+    view = onnx.ModelProto()
+    view.CopyFrom(fp16_model)
+    graph = view.graph
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type == _FLOAT16:
+            graph.initializer[index].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+            )
+    nodes = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            _lift_attribute(attribute)
+        stored = [name for name in node.output if name and types.get(name) == _FLOAT16]
+        node.output[:] = [name + _RAW if name in stored else name for name in node.output]
+        nodes.append(node)
+        for name in stored:
+            nodes.append(
+                helper.make_node("Cast", [name + _RAW], [name + _HALF], to=_FLOAT16, name=f"{name}/fp16_store")
+            )
+            nodes.append(helper.make_node("Cast", [name + _HALF], [name], to=_FLOAT, name=f"{name}/fp16_load"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    return view
 
 
-def check_classifier(fp32: np.ndarray, fp16: np.ndarray, tolerances: Tolerances = Tolerances()) -> GateReport:
-    """Tumour probabilities [N, 1] of the FP32 reference and the FP16 engine. Decisions must
-    agree on the clear cases: a slice whose FP32 probability lies within the allowed
-    probability difference of the threshold may cross it under FP16 rounding (it is counted,
-    for information), one further away may not."""
-    fp32, fp16 = np.asarray(fp32, np.float64).reshape(-1), np.asarray(fp16, np.float64).reshape(-1)
-    comparison = output_difference(fp32, fp16, contract.DECISION_THRESHOLD)
-    clear = np.abs(fp32 - contract.DECISION_THRESHOLD) > tolerances.classifier_max_abs_diff
-    changed = (fp32 > contract.DECISION_THRESHOLD) != (fp16 > contract.DECISION_THRESHOLD)
-    agreement = 1.0 - np.sum(changed & clear) / max(int(clear.sum()), 1)
-    checks = (
-        at_most("non-finite outputs (NaN/Inf)", _non_finite(fp16), 0),
-        at_most("max |probability diff|", comparison.max_abs_diff, tolerances.classifier_max_abs_diff),
-        at_least("decision agreement, clear cases", agreement, tolerances.classifier_min_agreement),
-        info(
-            f"decisions changed within {tolerances.classifier_max_abs_diff:g} of the threshold",
-            float(np.sum(changed & ~clear)),
-        ),
-        info("mean |probability diff|", comparison.mean_abs_diff),
-    )
-    return GateReport(contract.CLASSIFIER, len(fp32), checks)
-
-
-def check_segmenter(
-    fp32: Sequence[np.ndarray],
-    fp16: Sequence[np.ndarray],
-    truth: Sequence[np.ndarray] | None = None,
-    tolerances: Tolerances = Tolerances(),
-) -> GateReport:
-    """The segmenter's outputs per slice, of the FP32 reference and of the FP16 graph or
-    engine: masks (0/1) or probabilities, any size, the same for both; and the ground-truth
-    masks (0/1) at that size when the dataset has them."""
-    if len(fp32) != len(fp16):
-        raise ValueError(f"{len(fp32)} FP32 outputs but {len(fp16)} FP16 ones")
-    fp32 = [np.asarray(a, np.float64).reshape(-1) for a in fp32]
-    fp16 = [np.asarray(a, np.float64).reshape(-1) for a in fp16]
-    for i, (a, b) in enumerate(zip(fp32, fp16)):
-        if a.shape != b.shape:
-            raise ValueError(f"slice {i}: FP32 and FP16 outputs differ in size: {a.size} vs {b.size}")
-    mask32 = [a > contract.MASK_THRESHOLD for a in fp32]
-    mask16 = [b > contract.MASK_THRESHOLD for b in fp16]  # NaN compares False: a NaN map is an empty mask
-    found32, found16 = np.array([m.any() for m in mask32]), np.array([m.any() for m in mask16])
-    either = found32 | found16
-    dices = [dice(b, a) for a, b, keep in zip(mask32, mask16, either) if keep]
-    differ = [np.nan_to_num(np.abs(a - b), nan=np.inf).max(initial=0.0) for a, b in zip(fp32, fp16)]
-    checks = [
-        at_most("non-finite outputs (NaN/Inf)", sum(_non_finite(b) for b in fp16), 0),
-        at_most("masks emptied by FP16", int(np.sum(found32 & ~found16)), tolerances.segmenter_max_emptied),
-        at_least(
-            "mean Dice FP16 vs FP32 masks",
-            float(np.mean(dices)) if dices else 1.0,
-            tolerances.segmenter_min_dice_vs_fp32,
-        ),
-        info("max |output diff|", float(max(differ, default=0.0))),
+def fp16_share(fp16_model) -> tuple[int, int]:
+    """(nodes that write FP16, nodes that write floating-point tensors) of the network: how
+    much of it computes in FP16 (the preprocessing and the mask head stay FP32 by design)."""
+    types = _tensor_types(fp16_model)
+    added = set(added_nodes(fp16_model))
+    floating = [
+        n
+        for n in fp16_model.graph.node
+        if n.op_type != "Cast" and n.name not in added and any(types.get(o) in (_FLOAT, _FLOAT16) for o in n.output)
     ]
-    if truth is not None:
-        truth = [np.asarray(t, bool).reshape(-1) for t in truth]
-        d32 = segmentation_metrics(mask32, truth)["dice_tumour_slices"]
-        d16 = segmentation_metrics(mask16, truth)["dice_tumour_slices"]
-        if np.isfinite(d32):
-            checks += [
-                info("mean Dice vs truth, FP32", d32),
-                info("mean Dice vs truth, FP16", d16),
-                at_most("Dice drop vs truth (FP32 - FP16)", d32 - d16, tolerances.segmenter_max_dice_drop),
-            ]
-    return GateReport(contract.SEGMENTER, len(fp32), tuple(checks))
+    return sum(any(types.get(o) == _FLOAT16 for o in n.output) for n in floating), len(floating)
 
 
-def check_network(
-    network: str,
-    fp32: Sequence[np.ndarray],
-    fp16: Sequence[np.ndarray],
-    truth: Sequence[np.ndarray] | None,
+def run_fp16(fp16_model, images: list[np.ndarray]) -> list[np.ndarray]:
+    """The FP16 graph's output on each of ``images``, FP16 storage included (``storage_view``)."""
+    return run_onnx(storage_view(fp16_model).SerializeToString(), images)
+
+
+@dataclass(frozen=True)
+class Fp16Result:
+    network: str
+    report: GateReport
+    path: Path
+    kept_fp32: list[str]
+    fp16_nodes: int
+    float_nodes: int
+
+    def summary(self) -> str:
+        kept = f"; kept in FP32 on request: {', '.join(self.kept_fp32)}" if self.kept_fp32 else ""
+        return f"{self.network}: {self.fp16_nodes} of {self.float_nodes} nodes compute in FP16{kept}"
+
+
+def export_fp16(
+    onnx_path: Path,
+    inputs: NetworkInputs,
+    keep_fp32: tuple[str, ...] = (),
     tolerances: Tolerances = Tolerances(),
-) -> GateReport:
-    """The gate of ``network`` (classifier or segmenter) on its FP32 and FP16 outputs, one per slice."""
-    if network == contract.CLASSIFIER:
-        return check_classifier(
-            np.concatenate([np.reshape(a, -1) for a in fp32]),
-            np.concatenate([np.reshape(a, -1) for a in fp16]),
-            tolerances,
-        )
-    return check_segmenter(fp32, fp16, truth, tolerances)
+    out: Path | None = None,
+) -> Fp16Result:
+    """Convert the served graph ``onnx_path`` to FP16, gate the FP16 graph against the FP32
+    one on CPU (``inputs``: real validation slices), and only if the gate passes write it
+    (default beside the source, ``model.fp16.onnx``) with a ``model.fp16.json`` record. Raises
+    GateFailedError, writing nothing, when FP16 is outside the tolerances."""
+    import onnx
 
-
-class GateFailedError(BrainscanError, RuntimeError):
-    """Some FP16 network is outside the tolerances; nothing was written. The message holds
-    every network's table and what to do about it."""
-
-    def __init__(self, reports: list[GateReport], remedy: str):
-        names = ", ".join(r.network for r in reports if not r.passed)
-        super().__init__(
-            "\n\n".join(r.table() for r in reports)
-            + f"\n\nthe FP16 {names} is outside the tolerances; nothing was written. {remedy}"
-        )
-        self.reports = reports
+    onnx_path = Path(onnx_path)
+    model = serving_model(onnx.load(str(onnx_path)))
+    network = network_of(model)
+    converted, kept = convert_to_fp16(model, keep_fp32)
+    report = check_network(
+        network,
+        run_onnx(model.SerializeToString(), inputs.images),
+        run_fp16(converted, inputs.images),
+        inputs.truth,
+        tolerances,
+    )
+    if not report.passed:
+        raise GateFailedError([report], REMEDY)
+    target = Path(out) if out else fp16_path(onnx_path)
+    serialized = converted.SerializeToString()
+    write_bytes_atomic(target, serialized)
+    fp16_nodes, float_nodes = fp16_share(converted)
+    Fp16Record(
+        network=network,
+        source_onnx=onnx_path.name,
+        source_sha256=sha256_file(onnx_path),
+        fp16_onnx=target.name,
+        fp16_sha256=sha256_file(target),
+        converter=f"onnxconverter-common {package_version('onnxconverter-common')}",
+        keep_fp32=list(keep_fp32),
+        fp32_nodes=kept,
+        fp16_nodes=fp16_nodes,
+        float_nodes=float_nodes,
+        gate=report.as_dict(),
+    ).write(Fp16Record.path_for(target))
+    return Fp16Result(network, report, target, kept, fp16_nodes, float_nodes)

@@ -12,7 +12,7 @@ import numpy as np
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.errors import BrainscanError
-from brainscan.export.fp16 import GateReport, at_most, info, output_difference
+from brainscan.export.gate import GateReport, at_most, info, output_difference
 
 OPSET = 17
 PARITY_ATOL = 1e-4

@@ -144,7 +144,7 @@ def write_repository(
     gpu = options.get("device") == "gpu"
     sources = {contract.CLASSIFIER: classifier_onnx, contract.SEGMENTER: segmenter_onnx}
     if flavour == "onnxruntime" and gpu:
-        from brainscan.export.precision import fp16_path
+        from brainscan.export.fp16 import fp16_path
 
         sources = {name: fp16_path(path) if path else None for name, path in sources.items()}
         missing = [str(path) for path in sources.values() if path and not path.exists()]

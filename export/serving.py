@@ -25,7 +25,7 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.errors import BrainscanError
-from brainscan.export.fp16 import Check, GateReport, at_least, at_most, info
+from brainscan.export.gate import Check, GateReport, at_least, at_most, info
 from brainscan.metrics import dice
 from brainscan.preprocessing_graph import (
     MASK_PREFIX,

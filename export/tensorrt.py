@@ -37,9 +37,9 @@ import numpy as np
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
-from brainscan.export.fp16 import GateFailedError, GateReport, Tolerances, check_network
+from brainscan.export.fp16 import fp16_path
+from brainscan.export.gate import GateFailedError, GateReport, Tolerances, check_network
 from brainscan.export.gpu import Gpu, build_gpu
-from brainscan.export.precision import fp16_path
 from brainscan.export.profiles import Profile, profile_from_config
 from brainscan.export.records import EngineRecord, Fp16Record
 from brainscan.export.repository import VERSION, RepositoryError, list_engine, plan_files, plan_name, read_config

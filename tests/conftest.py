@@ -185,7 +185,7 @@ def validation(runs, onnx_models):
 def fp16_models(validation) -> dict[str, Path]:
     """The FP16 graphs of the tiny networks (model.fp16.onnx beside each model.onnx), written
     by the real `export fp16` step after its CPU gate."""
-    from brainscan.export.precision import export_fp16
+    from brainscan.export.fp16 import export_fp16
 
     return {name: export_fp16(given.onnx, given).path for name, given in validation.items()}
 

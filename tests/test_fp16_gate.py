@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainscan.export.fp16 import Tolerances, check_classifier, check_segmenter
+from brainscan.export.gate import Tolerances, check_classifier, check_segmenter
 
 RNG = np.random.default_rng(0)
 

@@ -20,7 +20,7 @@ import trt_standin
 from conftest import DEMO_ARTIFACTS
 
 from brainscan import contract
-from brainscan.export.fp16 import GateFailedError, Tolerances
+from brainscan.export.gate import GateFailedError, Tolerances
 from brainscan.export.gpu import Gpu
 from brainscan.export.profiles import ProfileError, image_profile, profile_from_config
 from brainscan.export.repository import (
@@ -256,7 +256,7 @@ for name in ("tensorflow", "keras", "tf2onnx", "nilearn", "nibabel", "scipy", "m
     sys.modules[name] = None
 import onnx
 from pathlib import Path
-from brainscan.export.precision import convert_to_fp16, run_fp16
+from brainscan.export.fp16 import convert_to_fp16, run_fp16
 from brainscan.export.validation import run_onnx, validation_inputs
 given = validation_inputs("segmenter", Path({str(onnx_models["segmenter"])!r}), None, 4)
 fp16, _ = convert_to_fp16(onnx.load(str(given.onnx)))

@@ -16,7 +16,7 @@ from tensorrt_surface import REMOVED_IN_11, write_surfaces
 
 ROOT = Path(__file__).resolve().parent.parent
 STUBS = Path(sys.prefix) / "tensorrt-stubs"  # `make venv` installs them there, apart from site-packages
-CHECKED = ["brainscan.export.tensorrt", "brainscan.export.gpu", "brainscan.export.precision"]
+CHECKED = ["brainscan.export.tensorrt", "brainscan.export.gpu", "brainscan.export.fp16"]
 TENSORRT_MODULE = ROOT / "export" / "tensorrt.py"
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from brainscan.export.fp16 import run_fp16
 from brainscan.export.gpu import Gpu
-from brainscan.export.precision import run_fp16
 from brainscan.export.serving import by_shape
 from brainscan.export.tensorrt import BuildRequest
 

@@ -18,14 +18,14 @@ from typer.testing import CliRunner
 
 from brainscan import contract
 from brainscan.cli import app
-from brainscan.export.fp16 import GateFailedError
-from brainscan.export.precision import (
+from brainscan.export.fp16 import (
     PrecisionError,
     convert_to_fp16,
     export_fp16,
     fp16_path,
     run_fp16,
 )
+from brainscan.export.gate import GateFailedError
 from brainscan.export.records import Fp16Record
 from brainscan.export.serving import serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx
