@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
+from brainscan.onnx_runtime import cpu_session
 from brainscan.preprocessing import mask_from_probability, pixels_batch, to_model_input
 
 
@@ -31,14 +32,9 @@ class Baseline:
 
 
 def _session(path: Path, network: str, threads: int):
-    import onnxruntime as ort
-
     from brainscan.export.repository import served_graph
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(served_graph(path, network), options, providers=["CPUExecutionProvider"])
+    return cpu_session(served_graph(path, network), threads=threads, inter_op_threads=1)
 
 
 class InProcessPipeline:

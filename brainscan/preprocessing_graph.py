@@ -34,6 +34,7 @@ import functools
 import numpy as np
 
 from brainscan import contract
+from brainscan.onnx_runtime import cpu_session
 
 PREPROCESS_PREFIX = "preprocess/"
 MASK_PREFIX = "mask/"
@@ -246,12 +247,8 @@ def mask_model():
 
 
 def _session(model):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # called in loops by training and tests: one core each
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    # called in loops by training and tests: one core each
+    return cpu_session(model, threads=1, inter_op_threads=1)
 
 
 @functools.lru_cache(maxsize=8)

@@ -13,6 +13,7 @@ from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import GateReport, at_most, info, output_difference
+from brainscan.onnx_runtime import cpu_session
 
 OPSET = 17
 PARITY_ATOL = 1e-4
@@ -66,23 +67,12 @@ def save_graph(graph, path: Path, opset: int = 13) -> Path:
     return Path(path)
 
 
-def onnx_session(path: Path | str | bytes, threads: int = 0):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(
-        path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"]
-    )
-
-
 def compare_onnx_keras(
     model, onnx_model: bytes, images: np.ndarray, atol: float = PARITY_ATOL, threshold: float | None = None
 ) -> GateReport:
     """Run Keras and ONNX Runtime on the same images and compare the outputs: every value
     next to its limit, as the other gates report."""
-    session = onnx_session(onnx_model)
+    session = cpu_session(onnx_model)
     input_name = session.get_inputs()[0].name
     output = session.get_outputs()[0].name
     expected = np.asarray(model.predict(images, batch_size=16, verbose=0))

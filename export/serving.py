@@ -27,6 +27,7 @@ from brainscan import contract
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import Check, GateReport, at_least, at_most, info
 from brainscan.metrics import dice
+from brainscan.onnx_runtime import cpu_session
 from brainscan.preprocessing_graph import (
     MASK_PREFIX,
     PREPROCESS_PREFIX,
@@ -222,13 +223,12 @@ def resampled(images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] = P
 
 def check_parity(network_model, served_model, images: Sequence[np.ndarray]) -> GateReport:
     """The served graph against the reference path on decoded ``images`` (any sizes)."""
-    from brainscan.export.onnx import onnx_session
     from brainscan.preprocessing import pixels
 
     network = network_of(served_model)
     size = network_size(network_model)
-    net = onnx_session(network_model.SerializeToString())
-    served = onnx_session(served_model.SerializeToString())
+    net = cpu_session(network_model.SerializeToString())
+    served = cpu_session(served_model.SerializeToString())
     candidate = run_served(served, [pixels(image) for image in images])
     reference = []
     for image in images:

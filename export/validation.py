@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
+from brainscan.onnx_runtime import cpu_session
 from brainscan.preprocessing import pixels
 
 
@@ -52,7 +53,6 @@ def validation_inputs(network: str, onnx: Path, data: Path | None = None, sample
 def run_onnx(model: Path | bytes, images: list[np.ndarray]) -> list[np.ndarray]:
     """The single output of a served graph (a file or serialized bytes) for each of
     ``images`` (PIXELS, [H, W, C]), with ONNX Runtime on CPU."""
-    from brainscan.export.onnx import onnx_session
     from brainscan.export.serving import run_served
 
-    return run_served(onnx_session(model), images)
+    return run_served(cpu_session(model), images)

@@ -8,7 +8,8 @@ from conftest import TINY_SIZES
 
 from brainscan import contract
 from brainscan.export import onnx as onnx_export
-from brainscan.export.onnx import ParityError, export_onnx, onnx_session
+from brainscan.export.onnx import ParityError, export_onnx
+from brainscan.onnx_runtime import cpu_session
 
 
 def test_exported_graphs_take_any_image_and_give_the_ensemble_outputs(onnx_models):
@@ -19,7 +20,7 @@ def test_exported_graphs_take_any_image_and_give_the_ensemble_outputs(onnx_model
     from brainscan.export.serving import network_size
 
     for task, output_name in {"classifier": contract.CLASSIFIER_OUTPUT, "segmenter": contract.MASK}.items():
-        session = onnx_session(onnx_models[task])
+        session = cpu_session(onnx_models[task])
         assert [i.name for i in session.get_inputs()] == [contract.PIXELS]
         assert [o.name for o in session.get_outputs()] == [output_name]
         assert not any(isinstance(d, int) for d in session.get_inputs()[0].shape)  # all symbolic

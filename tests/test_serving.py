@@ -14,8 +14,8 @@ from tritonclient.utils import InferenceServerException
 
 from brainscan import contract
 from brainscan.client.inference import BrainscanClient, Connection, InferenceError, image_input
-from brainscan.export.onnx import onnx_session
 from brainscan.export.serving import network_only
+from brainscan.onnx_runtime import cpu_session
 from brainscan.preprocessing import decode_image, mask_from_probability, to_model_input
 from brainscan.train import datasets
 from brainscan.train.training import load_run
@@ -101,7 +101,7 @@ def _up_to(model, tensor: str):
     import onnx.utils
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    return onnx_session(onnx.utils.Extractor(inferred).extract_model([contract.PIXELS], [tensor]).SerializeToString())
+    return cpu_session(onnx.utils.Extractor(inferred).extract_model([contract.PIXELS], [tensor]).SerializeToString())
 
 
 def test_the_served_path_gives_the_tensor_training_uses(triton, runs, phantom_dir, local_repository):
@@ -129,7 +129,7 @@ def test_served_results_equal_the_networks_run_in_process(triton, onnx_models, p
     import onnx
 
     networks = {n: onnx.load(str(onnx_models[n])) for n in contract.NETWORKS}
-    sessions = {n: onnx_session(network_only(m).SerializeToString()) for n, m in networks.items()}
+    sessions = {n: cpu_session(network_only(m).SerializeToString()) for n, m in networks.items()}
     sizes = {n: tuple(s.get_inputs()[0].shape[1:3]) for n, s in sessions.items()}
     for path in phantom_slices(phantom_dir, 3):
         data = path.read_bytes()
