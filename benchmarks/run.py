@@ -7,6 +7,7 @@ throughput.png and latency.png, and raw/ (perf_analyzer CSVs, logs, input data).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import time
@@ -194,7 +195,9 @@ def run(config: BenchConfig, log=print) -> Path:
     keras = None
     if config.runs:
         keras_files = [Path(config.runs) / n / "model.keras" for n in onnx]
-        if all(p.exists() for p in keras_files):
+        if all(p.exists() for p in keras_files) and importlib.util.find_spec("keras") is None:
+            config.notes.append("Keras baseline skipped: Keras is not installed here (the train extra has it)")
+        elif all(p.exists() for p in keras_files):
             log("baseline: Keras model.predict per image")
             keras = baselines.keras_predict(*keras_files, config.files, min_seconds=config.baseline_seconds)
         else:

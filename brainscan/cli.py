@@ -70,11 +70,12 @@ def serve(
     repository: Annotated[
         str,
         typer.Option(
+            envvar="BRAINSCAN_REPOSITORY",
             help=(
                 "Model repository: a folder (default: the one `make demo` built) or "
                 "s3://[http(s)://host:port/]bucket/path, with credentials in AWS_ACCESS_KEY_ID / "
                 "AWS_SECRET_ACCESS_KEY."
-            )
+            ),
         ),
     ] = str(contract.demo_repository()),
     host: Annotated[
@@ -198,7 +199,8 @@ def doctor(
     repository: Annotated[
         str,
         typer.Option(
-            help="Model repository to check: a folder or s3://… (configs and engine records are read, no weights)."
+            envvar="BRAINSCAN_REPOSITORY",
+            help="Model repository to check: a folder or s3://… (configs and engine records are read, no weights).",
         ),
     ] = str(contract.PRODUCTION_REPOSITORY),
     tensorrt_version: Annotated[

@@ -241,7 +241,7 @@ def test_compose_wires_the_gpu_services_to_the_contract():
         assert services[name]["build"]["context"] == ".."
     triton = services["triton"]
     assert triton["shm_size"] == "1g"
-    assert "${BRAINSCAN_REPOSITORY:-../model_repository}:/models:ro" in triton["volumes"]
+    assert "${BRAINSCAN_REPOSITORY_DIR:-../model_repository}:/models:ro" in triton["volumes"]
     # the doctor sees the runs the engines came from (the export service writes them under
     # the checkout's artifacts/runs) through its --sources option's variable
     mounted = {target: host for host, target, *_ in (re.split(r":(?![-?])", v) for v in triton["volumes"])}
