@@ -3,6 +3,9 @@ without importing Keras)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from brainscan import contract
 from brainscan.contract import Choice
 
 
@@ -20,3 +23,22 @@ class Architecture(Choice):
 class Weights(Choice):
     IMAGENET = "imagenet"  # downloads
     NONE = "none"
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """A task's training defaults: `brainscan train TASK` shows them and TrainConfig fills
+    them in, from this one place."""
+
+    size: int
+    epochs: int
+    alpha: float  # MobileNet width
+    ema: bool
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+
+
+DEFAULTS = {
+    contract.CLASSIFIER: TaskDefaults(size=contract.CLASSIFIER_SIZE, epochs=16, alpha=1.0, ema=True),
+    contract.SEGMENTER: TaskDefaults(size=contract.SEGMENTER_SIZE, epochs=12, alpha=0.5, ema=False),
+}

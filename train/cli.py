@@ -9,7 +9,7 @@ import typer
 
 from brainscan import contract
 from brainscan.console import DataDir, Seed
-from brainscan.train.choices import Architecture, Split, Weights
+from brainscan.train.choices import DEFAULTS, Architecture, Split, Weights
 
 data_app = typer.Typer(rich_markup_mode="markdown", help="Make and inspect datasets.", no_args_is_help=True)
 train_app = typer.Typer(
@@ -82,13 +82,13 @@ def _train(task: str, **options) -> None:
 def classifier(
     data: DataDir,
     out: RunDir = contract.demo_run("classifier"),
-    size: Size = contract.CLASSIFIER_SIZE,
-    epochs: Epochs = 16,
-    batch_size: BatchSize = 16,
-    learning_rate: LearningRate = 1e-3,
+    size: Size = DEFAULTS[contract.CLASSIFIER].size,
+    epochs: Epochs = DEFAULTS[contract.CLASSIFIER].epochs,
+    batch_size: BatchSize = DEFAULTS[contract.CLASSIFIER].batch_size,
+    learning_rate: LearningRate = DEFAULTS[contract.CLASSIFIER].learning_rate,
     weights: WeightsOption = Weights.NONE,
-    alpha: Alpha = 1.0,
-    ema: Ema = True,
+    alpha: Alpha = DEFAULTS[contract.CLASSIFIER].alpha,
+    ema: Ema = DEFAULTS[contract.CLASSIFIER].ema,
     head_stride: Annotated[int, typer.Option(help="Stride of the MobileNet stage the head scores: 8, 16 or 32.")] = 8,
     seed: Seed = 0,
 ) -> None:
@@ -113,13 +113,13 @@ def classifier(
 def segmenter(
     data: DataDir,
     out: RunDir = contract.demo_run("segmenter"),
-    size: Size = contract.SEGMENTER_SIZE,
-    epochs: Epochs = 12,
-    batch_size: BatchSize = 16,
-    learning_rate: LearningRate = 1e-3,
+    size: Size = DEFAULTS[contract.SEGMENTER].size,
+    epochs: Epochs = DEFAULTS[contract.SEGMENTER].epochs,
+    batch_size: BatchSize = DEFAULTS[contract.SEGMENTER].batch_size,
+    learning_rate: LearningRate = DEFAULTS[contract.SEGMENTER].learning_rate,
     weights: WeightsOption = Weights.NONE,
-    alpha: Alpha = 0.5,
-    ema: Ema = False,
+    alpha: Alpha = DEFAULTS[contract.SEGMENTER].alpha,
+    ema: Ema = DEFAULTS[contract.SEGMENTER].ema,
     architecture: Annotated[
         Architecture, typer.Option(help="mobilenetv2-unet (MobileNetV2 encoder), or unet (the plain U-Net).")
     ] = Architecture.MOBILENETV2_UNET,

@@ -23,6 +23,7 @@ from brainscan import contract
 from brainscan.errors import DataError
 from brainscan.metrics import classification_metrics, segmentation_metrics
 from brainscan.train import datasets
+from brainscan.train.choices import DEFAULTS, Architecture, Weights
 
 TASKS = ("classifier", "segmenter")
 
@@ -34,18 +35,26 @@ class TrainConfig:
     task: str
     data: str
     out: str
-    size: int = contract.SEGMENTER_SIZE
-    epochs: int = 10
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    weights: str = "none"
-    alpha: float = 1.0
-    architecture: str = "mobilenetv2-unet"
+    # None: the task's default (train/choices.py, DEFAULTS)
+    size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    weights: str = Weights.NONE.value
+    alpha: float | None = None
+    architecture: str = Architecture.MOBILENETV2_UNET.value
     head_stride: int = 8
-    ema: bool = False
+    ema: bool | None = None
     seed: int = 0
     steps_per_epoch: int | None = None
     splits: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        defaults = DEFAULTS.get(self.task)
+        if defaults is not None:
+            for name in ("size", "epochs", "batch_size", "learning_rate", "alpha", "ema"):
+                if getattr(self, name) is None:
+                    setattr(self, name, getattr(defaults, name))
 
     @property
     def image_size(self) -> tuple[int, int]:
