@@ -227,146 +227,149 @@ async def run_inputs(
     server is not there. When the server goes away mid-run, each request retries with
     back-off; if it stays away, the inputs not answered come back as UNAVAILABLE failures.
     """
-    names = safe_stems([i.stem for i in inputs])
-    jobs = [_Job(k, item, name) for k, (item, name) in enumerate(zip(inputs, names))]
-    in_flight = asyncio.Semaphore(options.concurrency)
-    window = asyncio.Semaphore(max(4 * options.concurrency, 16))
-    volume_slots = asyncio.Semaphore(VOLUMES_IN_FLIGHT)
-    abort = asyncio.Event()
-    tasks: set[asyncio.Task] = set()
-
     async with AsyncBrainscanClient(connection, on_retry) as client:
         await client.check_ready()
         dicom = any(item.kind == "dicom" for item in inputs)
         identity = await client.model_identity() if dicom else None
         audit = AuditLog(options.audit_path) if dicom and options.audit_path is not None else None
+        return await _Run(inputs, client, options, identity, audit).run(report)
 
-        async def send(job: _Job, k: int, payload: bytes) -> None:
+
+class _Run:
+    """One run of ``run_inputs``: a producer reads and sends the inputs, bounded by three
+    semaphores (requests in flight, inputs ahead of the one being reported, volumes held in
+    memory); one finisher per input writes its outputs as soon as it is answered; the
+    outcomes are reported in input order."""
+
+    def __init__(self, inputs: list[Input], client, options: RunOptions, identity, audit) -> None:
+        names = safe_stems([i.stem for i in inputs])
+        self.jobs = [_Job(k, item, name) for k, (item, name) in enumerate(zip(inputs, names))]
+        self.client, self.options, self.identity, self.audit = client, options, identity, audit
+        self.in_flight = asyncio.Semaphore(options.concurrency)
+        self.window = asyncio.Semaphore(max(4 * options.concurrency, 16))
+        self.volume_slots = asyncio.Semaphore(VOLUMES_IN_FLIGHT)
+        self.abort = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()
+
+    async def send(self, job: _Job, k: int, payload: bytes) -> None:
+        try:
+            if not self.abort.is_set():
+                job.results[k] = await self.client.infer(payload)
+        except ServerUnavailableError:
+            self.abort.set()
+        except InferenceError as exc:
+            job.errors.append((k, exc))
+        finally:
+            self.in_flight.release()
+            job.finish_one()
+
+    def _settled(self, job: _Job) -> bool:
+        """Settle ``job`` without sending it when the server is gone or its outputs exist."""
+        options = self.options
+        if self.abort.is_set():
+            job.outcome = Outcome(job.input, job.name, error=NOT_SENT, status="UNAVAILABLE")
+        elif (
+            options.skip_existing
+            and options.out is not None
+            and all((options.out / n).exists() for n in output_names(job.input, job.name))
+        ):
+            job.outcome = Outcome(job.input, job.name, skipped=True)
+        else:
+            return False
+        job.done.set()
+        return True
+
+    async def produce(self) -> None:
+        for job in self.jobs:
+            await self.window.acquire()
+            if self._settled(job):
+                continue
+            if job.input.is_volume:  # at most VOLUMES_IN_FLIGHT volumes held in memory
+                await self.volume_slots.acquire()
+                job.holds_slot = True
             try:
-                if not abort.is_set():
-                    job.results[k] = await client.infer(payload)
-            except ServerUnavailableError:
-                abort.set()
-            except InferenceError as exc:
-                job.errors.append((k, exc))
-            finally:
-                in_flight.release()
-                job.finish_one()
-
-        async def produce() -> None:
-            for job in jobs:
-                await window.acquire()
-                if abort.is_set():
-                    job.outcome = Outcome(job.input, job.name, error=NOT_SENT, status="UNAVAILABLE")
-                    job.done.set()
+                await asyncio.to_thread(_prepare, job)
+            except Exception as exc:  # any failure to read is that input's failure, never the run's
+                job.outcome = Outcome(job.input, job.name, error=read_error(job.input, exc), status="READ")
+                job.done.set()
+                continue
+            job.results = [None] * len(job.payloads)
+            job.remaining = len(job.payloads)
+            for k, payload in enumerate(job.payloads):
+                await self.in_flight.acquire()
+                if self.abort.is_set():
+                    self.in_flight.release()
+                    job.remaining -= len(job.payloads) - k - 1
+                    job.finish_one()
                     continue
-                if (
-                    options.skip_existing
-                    and options.out is not None
-                    and all((options.out / n).exists() for n in output_names(job.input, job.name))
-                ):
-                    job.outcome = Outcome(job.input, job.name, skipped=True)
-                    job.done.set()
-                    continue
-                if job.input.is_volume:  # at most VOLUMES_IN_FLIGHT volumes held in memory
-                    await volume_slots.acquire()
-                    job.holds_slot = True
-                try:
-                    await asyncio.to_thread(_prepare, job)
-                except Exception as exc:  # any failure to read is that input's failure, never the run's
-                    job.outcome = Outcome(job.input, job.name, error=read_error(job.input, exc), status="READ")
-                    job.done.set()
-                    continue
-                job.results = [None] * len(job.payloads)
-                job.remaining = len(job.payloads)
-                for k, payload in enumerate(job.payloads):
-                    await in_flight.acquire()
-                    if abort.is_set():
-                        in_flight.release()
-                        job.remaining -= len(job.payloads) - k - 1
-                        job.finish_one()
-                        continue
-                    task = asyncio.create_task(send(job, k, payload))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                task = asyncio.create_task(self.send(job, k, payload))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
 
-        async def finish(job: _Job) -> Outcome:
-            """Outputs are written as soon as an input is answered, several at once in
-            worker threads (PNG and NIfTI encoding release the GIL); only the reporting
-            waits for input order."""
-            await job.done.wait()
-            if job.outcome is not None:
-                return job.outcome
-            try:
-                outcome = await asyncio.to_thread(_finish, job, options, identity)
-            except OSError as exc:  # disk full, unwritable --out
-                outcome = Outcome(
-                    job.input,
-                    job.name,
-                    error=f"cannot write the outputs: {exc.strerror or exc}",
-                    status="WRITE",
-                    requests=len(job.payloads),
-                )
-            except ValueError as exc:  # a volume whose results cannot be built (names the series)
-                outcome = Outcome(job.input, job.name, error=str(exc), status="WRITE", requests=len(job.payloads))
-            except Exception as exc:  # whatever else, it is this input's failure
-                outcome = Outcome(
-                    job.input,
-                    job.name,
-                    error=f"cannot finish: {type(exc).__name__}: {exc}",
-                    status="WRITE",
-                    requests=len(job.payloads),
-                )
-            if options.deliver is not None and outcome.ok and job.input.kind == "dicom":
-                outcome = await asyncio.to_thread(options.deliver, outcome)
-            return outcome
+    async def finish(self, job: _Job) -> Outcome:
+        """Outputs are written as soon as an input is answered, several at once in worker
+        threads (PNG and NIfTI encoding release the GIL); only the reporting waits for
+        input order."""
+        await job.done.wait()
+        if job.outcome is not None:
+            return job.outcome
+        try:
+            outcome = await asyncio.to_thread(_finish, job, self.options, self.identity)
+        except OSError as exc:  # disk full, unwritable --out
+            error = f"cannot write the outputs: {exc.strerror or exc}"
+            outcome = Outcome(job.input, job.name, error=error, status="WRITE", requests=len(job.payloads))
+        except ValueError as exc:  # a volume whose results cannot be built (names the series)
+            outcome = Outcome(job.input, job.name, error=str(exc), status="WRITE", requests=len(job.payloads))
+        except Exception as exc:  # whatever else, it is this input's failure
+            error = f"cannot finish: {type(exc).__name__}: {exc}"
+            outcome = Outcome(job.input, job.name, error=error, status="WRITE", requests=len(job.payloads))
+        if self.options.deliver is not None and outcome.ok and job.input.kind == "dicom":
+            outcome = await asyncio.to_thread(self.options.deliver, outcome)
+        return outcome
 
-        def audited(outcome: Outcome) -> Outcome:
-            if audit is not None and outcome.input.kind == "dicom" and not outcome.skipped:
-                series = outcome.input.series
-                audit.write(
-                    series.study,
-                    series.uid,
-                    "ok" if outcome.ok else "failed",
-                    identity,
-                    error=outcome.error,
-                    seg=(outcome.record or {}).get("seg"),
-                    sr=(outcome.record or {}).get("sr"),
-                    stored=(outcome.record or {}).get("stored"),
-                )
-            return outcome
+    def audited(self, outcome: Outcome) -> Outcome:
+        if self.audit is not None and outcome.input.kind == "dicom" and not outcome.skipped:
+            series, record = outcome.input.series, outcome.record or {}
+            self.audit.write(
+                series.study,
+                series.uid,
+                "ok" if outcome.ok else "failed",
+                self.identity,
+                error=outcome.error,
+                seg=record.get("seg"),
+                sr=record.get("sr"),
+                stored=record.get("stored"),
+            )
+        return outcome
 
-        def producer_stopped(task: asyncio.Task) -> None:
-            """A bug in preparing must end the run with errors, never leave it waiting."""
-            if task.cancelled() or task.exception() is None:
-                return
-            exc = task.exception()
-            for job in jobs:
-                if job.outcome is None and not job.results and not job.done.is_set():
-                    job.outcome = Outcome(
-                        job.input,
-                        job.name,
-                        status="READ",
-                        error=f"not sent: preparing the inputs failed ({type(exc).__name__}: {exc})",
-                    )
-                    job.done.set()
+    def producer_stopped(self, task: asyncio.Task) -> None:
+        """A bug in preparing must end the run with errors, never leave it waiting."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        for job in self.jobs:
+            if job.outcome is None and not job.results and not job.done.is_set():
+                error = f"not sent: preparing the inputs failed ({type(exc).__name__}: {exc})"
+                job.outcome = Outcome(job.input, job.name, status="READ", error=error)
+                job.done.set()
 
-        producer = asyncio.create_task(produce())
-        producer.add_done_callback(producer_stopped)
-        finishers = [asyncio.create_task(finish(job)) for job in jobs]
+    async def run(self, report: Callable[[Outcome], None]) -> list[Outcome]:
+        producer = asyncio.create_task(self.produce())
+        producer.add_done_callback(self.producer_stopped)
+        finishers = [asyncio.create_task(self.finish(job)) for job in self.jobs]
         outcomes: list[Outcome] = []
         try:
-            for job, finisher in zip(jobs, finishers):
+            for job, finisher in zip(self.jobs, finishers):
                 outcome = await finisher
                 job.payloads, job.context, job.results = [], None, []
                 if job.holds_slot:
-                    volume_slots.release()
-                outcomes.append(audited(outcome))
+                    self.volume_slots.release()
+                outcomes.append(self.audited(outcome))
                 report(outcome)
-                window.release()
+                self.window.release()
             await asyncio.wait([producer])  # a failed producer has already failed what it did not prepare
         finally:
             producer.cancel()
-            for task in [*tasks, *finishers]:
+            for task in [*self.tasks, *finishers]:
                 task.cancel()
-    return outcomes
+        return outcomes
