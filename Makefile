@@ -58,7 +58,7 @@ $(RUNS)/%/model.fp16.onnx: $(RUNS)/%/model.onnx
 
 repository: $(REPO)/.done
 $(REPO)/.done: $(RUNS)/classifier/model.onnx $(RUNS)/segmenter/model.onnx
-	$(BIN)/brainscan export repository --flavour local --out $(REPO) \
+	$(BIN)/brainscan export repository --flavour local --repository $(REPO) \
 		--classifier $(RUNS)/classifier/model.onnx --segmenter $(RUNS)/segmenter/model.onnx
 	touch $@
 

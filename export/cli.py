@@ -44,7 +44,8 @@ def onnx(
 
 @export_app.command("repository")
 def repository(
-    out: Annotated[Path, typer.Option(help="Repository folder to write.")] = contract.demo_repository(),
+    out: Annotated[Path, typer.Option("--repository", help="Repository folder to write.")] = contract.demo_repository(),
+    old_out: Annotated[Path | None, typer.Option("--out", hidden=True, help="The old name of --repository.")] = None,
     flavour: Annotated[
         contract.Flavour, typer.Option(help="local (python+ONNX Runtime, no GPU), onnxruntime, or tensorrt.")
     ] = contract.Flavour.LOCAL,
@@ -92,6 +93,7 @@ def repository(
     """Write a Triton model repository whose `brainscan` ensemble runs preprocess (decode) ->
     classifier and segmenter (served graphs: resize, scaling and the mask inside). Configs
     are generated from the contract and checked against Triton's ModelConfig schema."""
+    out = old_out or out
     from brainscan.export.repository import validate_repository, write_repository
 
     def default(given: Path | None, task: str) -> Path | None:

@@ -197,7 +197,7 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
     if not path.is_dir():
         raise RepositoryError(
             f"model repository {path} does not exist: build it with `make demo` or "
-            "`brainscan export repository --out DIR`"
+            "`brainscan export repository --repository DIR`"
         )
     problems: list[str] = []
     configs: dict[str, model_config_pb2.ModelConfig] = {}

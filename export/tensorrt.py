@@ -262,7 +262,7 @@ def network_profile(repository: Path, network: str, opt_batch: int | None = None
     if config.platform != "tensorrt_plan":
         raise RepositoryError(
             f"{repository}/{network} is not a tensorrt_plan model (platform {config.platform or config.backend!r}): "
-            "write the tensorrt flavour with `brainscan export repository --flavour tensorrt --out DIR`"
+            "write the tensorrt flavour with `brainscan export repository --flavour tensorrt --repository DIR`"
         )
     return profile_from_config(config, opt_batch)
 

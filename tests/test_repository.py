@@ -37,7 +37,7 @@ def test_committed_repository_is_exactly_what_the_writer_generates():
     assert sorted(on_disk) == sorted(expected)
     for name, content in expected.items():
         assert on_disk[name] == content, (
-            f"{name} differs: run `brainscan export repository --flavour tensorrt --out model_repository`"
+            f"{name} differs: run `brainscan export repository --flavour tensorrt --repository model_repository`"
         )
 
 
