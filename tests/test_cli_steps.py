@@ -60,6 +60,7 @@ def test_training_a_missing_dataset_is_one_line(tmp_path):
     assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_unknown_flavour_is_one_line(tmp_path):
-    result = run("export", "repository", "--flavour", "tflite", "--out", tmp_path)
-    assert result.returncode == 1 and "unknown flavour" in result.stderr
+def test_unknown_flavour_is_a_usage_error_listing_the_flavours(tmp_path):
+    result = run("export", "repository", "--flavour", "tflite", "--repository", tmp_path)
+    text = " ".join(result.stderr.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+    assert result.returncode == 2 and "'tflite' is not one of 'local', 'onnxruntime', 'tensorrt'" in text
