@@ -24,18 +24,20 @@ def headline(summary: dict) -> dict:
     rows = summary["served"][contract.ENSEMBLE]["rows"]
     best = max(rows, key=lambda r: r["Inferences/Second"])
     at_one = next((r for r in rows if r["Concurrency"] == 1), rows[0])
-    in_process = summary["in_process"]
-    best_in_process = max(in_process, key=lambda b: b["images_per_s"])
-    batch_one = min((b for b in in_process if b["batch"] == 1), key=lambda b: b["p50_ms"])
     keras = summary.get("keras")
     out = {
         "served_best": best["Inferences/Second"],
         "served_best_concurrency": int(best["Concurrency"]),
         "served_p50_c1_ms": at_one["p50 latency"] / 1e3,
-        "in_process_best": best_in_process["images_per_s"],
-        "in_process_best_setting": f"batch {best_in_process['batch']}, {best_in_process['threads']} thread(s)",
-        "in_process_p50_b1_ms": batch_one["p50_ms"],
     }
+    in_process = summary["in_process"]
+    if not in_process:  # no ONNX of the served networks here: the load test alone
+        return out
+    best_in_process = max(in_process, key=lambda b: b["images_per_s"])
+    batch_one = min((b for b in in_process if b["batch"] == 1), key=lambda b: b["p50_ms"])
+    out["in_process_best"] = best_in_process["images_per_s"]
+    out["in_process_best_setting"] = f"batch {best_in_process['batch']}, {best_in_process['threads']} thread(s)"
+    out["in_process_p50_b1_ms"] = batch_one["p50_ms"]
     out["served_vs_in_process"] = out["served_best"] / out["in_process_best"]
     out["p50_gap_ms"] = out["served_p50_c1_ms"] - out["in_process_p50_b1_ms"]
     if keras:
@@ -54,8 +56,9 @@ def plots(folder: Path, summary: dict) -> list[str]:
     conc = [r["Concurrency"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(conc, [r["Inferences/Second"] for r in rows], "o-", label=f"served ({contract.ENSEMBLE} ensemble)")
-    best = max(b["images_per_s"] for b in summary["in_process"])
-    ax.axhline(best, color="grey", linestyle="--", label="in-process ONNX Runtime, best")
+    if summary["in_process"]:
+        best = max(b["images_per_s"] for b in summary["in_process"])
+        ax.axhline(best, color="grey", linestyle="--", label="in-process ONNX Runtime, best")
     ax.set(xlabel="concurrency (requests in flight)", ylabel="images / s", title="Throughput")
     ax.legend()
     fig.tight_layout()
@@ -79,9 +82,12 @@ def write_report(folder: Path, summary: dict) -> Path:
     parts = [
         f"# brainscan benchmark, {summary['date']} on {summary['host']}",
         f"Server `{summary['url']}` (networks: {served}), repository `{summary['repository'] or 'not here'}`, "
-        f"{summary['files']} real image files. "
-        "perf_analyzer over gRPC in count-windows mode; baselines in the same run, same files, same "
-        "preprocessing function.",
+        f"{summary['files']} real image files. perf_analyzer over gRPC in count-windows mode; "
+        + (
+            "baselines in the same run, same files, same preprocessing function."
+            if summary["in_process"]
+            else "no in-process baselines (no ONNX of the served networks here)."
+        ),
         "",
     ]
     ens = summary["served"][contract.ENSEMBLE]
@@ -145,88 +151,89 @@ def write_report(folder: Path, summary: dict) -> Path:
             ),
             "",
         ]
-    base_rows = [
-        [b["name"], b["batch"], b["threads"], f"{b['images_per_s']:.1f}", f"{b['p50_ms']:.2f}"]
-        for b in summary["in_process"]
-    ]
-    if summary.get("keras"):
-        k = summary["keras"]
-        base_rows.append([k["name"], 1, "TF default", f"{k['images_per_s']:.1f}", f"{k['p50_ms']:.2f}"])
-    parts += [
-        "## Baselines (same files, same preprocessing)",
-        "",
-        markdown_table(["baseline", "batch", "threads", "images/s", "p50 ms per call"], base_rows),
-        "",
-    ]
-    flops = summary["flops_per_image"]
-    total = sum(flops.values())
-    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    rows = [
-        [
-            "served / in-process throughput",
-            f"{numbers['served_vs_in_process']:.2f}",
-            f">= {TARGET_SERVED_VS_IN_PROCESS}",
-            verdict(numbers["served_vs_in_process"] >= TARGET_SERVED_VS_IN_PROCESS),
-        ],
-        [
-            "p50 at concurrency 1 minus in-process batch 1 (ms)",
-            f"{numbers['p50_gap_ms']:.2f}",
-            f"<= {TARGET_P50_GAP_MS}",
-            verdict(numbers["p50_gap_ms"] <= TARGET_P50_GAP_MS),
-        ],
-    ]
-    if "served_vs_keras" in numbers:
-        rows.append(
+    if summary["in_process"]:  # baselines, ratios and FLOPs need the served networks' ONNX here
+        base_rows = [
+            [b["name"], b["batch"], b["threads"], f"{b['images_per_s']:.1f}", f"{b['p50_ms']:.2f}"]
+            for b in summary["in_process"]
+        ]
+        if summary.get("keras"):
+            k = summary["keras"]
+            base_rows.append([k["name"], 1, "TF default", f"{k['images_per_s']:.1f}", f"{k['p50_ms']:.2f}"])
+        parts += [
+            "## Baselines (same files, same preprocessing)",
+            "",
+            markdown_table(["baseline", "batch", "threads", "images/s", "p50 ms per call"], base_rows),
+            "",
+        ]
+        flops = summary["flops_per_image"]
+        total = sum(flops.values())
+        verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+        rows = [
             [
-                "served / Keras predict throughput",
-                f"{numbers['served_vs_keras']:.1f}",
-                f">= {TARGET_SERVED_VS_KERAS}",
-                verdict(numbers["served_vs_keras"] >= TARGET_SERVED_VS_KERAS),
-            ]
-        )
-    parts += [
-        "## Ratios and targets",
-        "",
-        f"Served best: {numbers['served_best']:.1f} images/s at concurrency {numbers['served_best_concurrency']}; "
-        f"in-process best: {numbers['in_process_best']:.1f} images/s ({numbers['in_process_best_setting']}).",
-        "",
-        markdown_table(["ratio", "value", "target", "verdict"], rows),
-        "",
-        "Served can beat in-process: Triton runs the three steps in separate processes with their own "
-        "queues, so one image's preprocessing overlaps another's segmentation on the other core, while the "
-        "in-process loop runs the steps one after another (and more ONNX Runtime threads per session only "
-        "oversubscribe 2 cores: see the 2-thread rows).",
-        "",
-    ]
-    parts += [
-        "## FLOPs",
-        "",
-        markdown_table(
-            ["network", "GFLOP per image", "achieved GFLOP/s served (best)"],
-            [[n, f"{f / 1e9:.3f}", f"{f * numbers['served_best'] / 1e9:.1f}"] for n, f in flops.items()]
-            + [["both", f"{total / 1e9:.3f}", f"{total * numbers['served_best'] / 1e9:.1f}"]],
-        ),
-        "",
-        "## A GPU on paper",
-        "",
-        f"An H100 SXM peaks at {H100_FP16_DENSE_FLOPS / 1e12:.0f} TFLOP/s in dense FP16: at "
-        f"{total / 1e9:.2f} GFLOP per image that bounds the two networks at "
-        f"{H100_FP16_DENSE_FLOPS / total:,.0f} images/s. MobileNet's depthwise convolutions are memory-bound and "
-        "reach a small fraction of the tensor-core peak, and the python preprocess (CPU decode) will bound the "
-        "ensemble well before the engines do (`brainscan bench ceiling`); measure with the perf_analyzer commands "
-        "of docs/benchmarks.md, 'A GPU server' (`-m classifier`, `-m segmenter` for the engines alone, "
-        "`-m brainscan` for the whole ensemble):",
-        "",
-        "```bash",
-        "docker compose -f docker/compose.yaml run --rm sdk perf_analyzer -m brainscan -u triton:8001 -i grpc \\",
-        "    --input-data artifacts/perf/input.json --concurrency-range 1:64:8 \\",
-        "    --measurement-mode count_windows --measurement-request-count 2000 -f artifacts/perf/gpu.csv",
-        "# the engines alone: input data for classifier/segmenter from `brainscan bench run`'s raw/ folder",
-        "docker compose -f docker/compose.yaml run --rm sdk perf_analyzer -m segmenter -u triton:8001 -i grpc \\",
-        "    --input-data benchmarks/results/<run>/raw/input-segmenter.json -b 8 --concurrency-range 1:16:4",
-        "```",
-        "",
-    ]
+                "served / in-process throughput",
+                f"{numbers['served_vs_in_process']:.2f}",
+                f">= {TARGET_SERVED_VS_IN_PROCESS}",
+                verdict(numbers["served_vs_in_process"] >= TARGET_SERVED_VS_IN_PROCESS),
+            ],
+            [
+                "p50 at concurrency 1 minus in-process batch 1 (ms)",
+                f"{numbers['p50_gap_ms']:.2f}",
+                f"<= {TARGET_P50_GAP_MS}",
+                verdict(numbers["p50_gap_ms"] <= TARGET_P50_GAP_MS),
+            ],
+        ]
+        if "served_vs_keras" in numbers:
+            rows.append(
+                [
+                    "served / Keras predict throughput",
+                    f"{numbers['served_vs_keras']:.1f}",
+                    f">= {TARGET_SERVED_VS_KERAS}",
+                    verdict(numbers["served_vs_keras"] >= TARGET_SERVED_VS_KERAS),
+                ]
+            )
+        parts += [
+            "## Ratios and targets",
+            "",
+            f"Served best: {numbers['served_best']:.1f} images/s at concurrency {numbers['served_best_concurrency']}; "
+            f"in-process best: {numbers['in_process_best']:.1f} images/s ({numbers['in_process_best_setting']}).",
+            "",
+            markdown_table(["ratio", "value", "target", "verdict"], rows),
+            "",
+            "Served can beat in-process: Triton runs the three steps in separate processes with their own "
+            "queues, so one image's preprocessing overlaps another's segmentation on the other core, while the "
+            "in-process loop runs the steps one after another (and more ONNX Runtime threads per session only "
+            "oversubscribe 2 cores: see the 2-thread rows).",
+            "",
+        ]
+        parts += [
+            "## FLOPs",
+            "",
+            markdown_table(
+                ["network", "GFLOP per image", "achieved GFLOP/s served (best)"],
+                [[n, f"{f / 1e9:.3f}", f"{f * numbers['served_best'] / 1e9:.1f}"] for n, f in flops.items()]
+                + [["both", f"{total / 1e9:.3f}", f"{total * numbers['served_best'] / 1e9:.1f}"]],
+            ),
+            "",
+            "## A GPU on paper",
+            "",
+            f"An H100 SXM peaks at {H100_FP16_DENSE_FLOPS / 1e12:.0f} TFLOP/s in dense FP16: at "
+            f"{total / 1e9:.2f} GFLOP per image that bounds the two networks at "
+            f"{H100_FP16_DENSE_FLOPS / total:,.0f} images/s. MobileNet's depthwise convolutions are memory-bound and "
+            "reach a small fraction of the tensor-core peak, and the python preprocess (CPU decode) will bound the "
+            "ensemble well before the engines do (`brainscan bench ceiling`); measure with the perf_analyzer commands "
+            "of docs/benchmarks.md, 'A GPU server' (`-m classifier`, `-m segmenter` for the engines alone, "
+            "`-m brainscan` for the whole ensemble):",
+            "",
+            "```bash",
+            "docker compose -f docker/compose.yaml run --rm sdk perf_analyzer -m brainscan -u triton:8001 -i grpc \\",
+            "    --input-data artifacts/perf/input.json --concurrency-range 1:64:8 \\",
+            "    --measurement-mode count_windows --measurement-request-count 2000 -f artifacts/perf/gpu.csv",
+            "# the engines alone: input data for classifier/segmenter from `brainscan bench run`'s raw/ folder",
+            "docker compose -f docker/compose.yaml run --rm sdk perf_analyzer -m segmenter -u triton:8001 -i grpc \\",
+            "    --input-data benchmarks/results/<run>/raw/input-segmenter.json -b 8 --concurrency-range 1:16:4",
+            "```",
+            "",
+        ]
     if summary.get("notes"):
         parts += ["## Notes", "", *[f"- {n}" for n in summary["notes"]], ""]
     path = Path(folder) / "report.md"

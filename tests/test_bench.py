@@ -107,6 +107,34 @@ exec {shlex.join(perf_command)} "$@"
     assert (folder / "throughput.png").stat().st_size > 0 and (folder / "latency.png").stat().st_size > 0
 
 
+def test_a_server_with_nothing_of_it_here_is_load_tested_alone(
+    server, phantom_dir, tmp_path, perf_command, monkeypatch
+):
+    """`pip install '.[bench]'` and a server elsewhere: no repository, no runs. The load test
+    and Triton's statistics are all there; the baselines are skipped with a note saying why."""
+    monkeypatch.setattr(perf_analyzer, "find", lambda: perf_command)
+    config = BenchConfig(
+        url=server.grpc_url,
+        repository=None,
+        files=phantom_slices(phantom_dir, 4),
+        out=tmp_path,
+        concurrency=(1, 1, 1),
+        request_count=40,
+        composing=False,
+        runs=None,
+        stability_percentage=999,
+    )
+    folder = run(config, log=lambda _: None)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["in_process"] == [] and summary["flops_per_image"] == {} and summary["keras"] is None
+    assert summary["served"][contract.ENSEMBLE]["rows"][0]["Inferences/Second"] > 0
+    (note,) = summary["notes"]
+    assert note.startswith("in-process baselines and FLOPs skipped: no ONNX of the classifier found")
+    report = (folder / "report.md").read_text()
+    assert "## The ensemble under load" in report and "## Where the time goes" in report
+    assert "## Baselines" not in report and "no in-process baselines" in report
+
+
 def test_the_networks_come_from_the_served_repository_else_from_the_runs(tmp_path):
     repository, runs = tmp_path / "repository", tmp_path / "runs"
     for path in (
