@@ -13,21 +13,12 @@ from typing import Annotated
 import typer
 
 from brainscan import contract
-from brainscan.client.options import (
-    CertChain,
-    Model,
-    ModelVersion,
-    PrivateKey,
-    Protocol,
-    RootCerts,
-    Ssl,
-    Timeout,
-    connection,
-)
+from brainscan.client.options import Timeout, with_connection
 from brainscan.client.report import OutputFormat, Reporter, retry_notice, summary, write_failures
-from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, Url, fail
+from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, fail
 
 
+@with_connection
 def predict(
     paths: Annotated[
         list[Path] | None,
@@ -38,14 +29,6 @@ def predict(
             )
         ),
     ] = None,
-    url: Url = None,
-    protocol: Protocol = contract.Protocol.GRPC,
-    ssl: Ssl = False,
-    root_certificates: RootCerts = None,
-    private_key: PrivateKey = None,
-    certificate_chain: CertChain = None,
-    model: Model = contract.ENSEMBLE,
-    model_version: ModelVersion = "",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -146,6 +129,7 @@ def predict(
             help="JSON-lines audit file, one line per DICOM series (default: <out>/audit.jsonl).",
         ),
     ] = None,
+    connect=None,  # the connection options (with_connection)
 ) -> None:
     """Send images and volumes to the `brainscan` ensemble (one request per image or axial
     slice, --concurrency in flight) and report, in input order, probability, label and
@@ -165,9 +149,7 @@ def predict(
     fmt = OutputFormat.JSON if as_json else fmt
     if skip_existing and out is None:
         raise typer.BadParameter("--skip-existing needs --out (it looks for the outputs there)")
-    conn = connection(
-        url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version, timeout, retries
-    )
+    conn = connect(timeout, retries)
     deliver = None
     if dicomweb is not None or store:
         from brainscan.client import dicomweb as web
@@ -257,15 +239,8 @@ async def _run_with_progress(inputs, conn, options, reporter, show: bool):
         return await run_inputs(inputs, conn, options, report, retry_notice())
 
 
+@with_connection
 def health(
-    url: Url = None,
-    protocol: Protocol = contract.Protocol.GRPC,
-    ssl: Ssl = False,
-    root_certificates: RootCerts = None,
-    private_key: PrivateKey = None,
-    certificate_chain: CertChain = None,
-    model: Model = contract.ENSEMBLE,
-    model_version: ModelVersion = "",
     wait: Annotated[float, typer.Option(help="Keep trying for this many seconds before giving up.")] = 0.0,
     infer: Annotated[
         bool,
@@ -280,11 +255,12 @@ def health(
     fmt: Annotated[
         ReportFormat, typer.Option("--format", help="json: one object per server on stdout, for scripts.")
     ] = ReportFormat.TEXT,
+    connect=None,  # the connection options (with_connection)
 ) -> None:
     """Say whether the server and every model of the ensemble are ready (exit 0 if so,
     1 if something is not ready or --infer fails, 3 if no server answers); with several
     servers, each of them."""
-    conn = connection(url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version, 10.0)
+    conn = connect(10.0)
     servers = conn.servers if conn.balanced and not conn.url.startswith("dns:") else [None]
     codes = []
     for server in servers:  # each server of a list, one after the other
@@ -348,15 +324,8 @@ def _health_of(conn, wait: float, infer: bool) -> dict:
     return {**record, "exit_code": 0}
 
 
+@with_connection
 def ui(
-    url: Url = None,
-    protocol: Protocol = contract.Protocol.GRPC,
-    ssl: Ssl = False,
-    root_certificates: RootCerts = None,
-    private_key: PrivateKey = None,
-    certificate_chain: CertChain = None,
-    model: Model = contract.ENSEMBLE,
-    model_version: ModelVersion = "",
     timeout: Timeout = 60.0,
     host: Annotated[
         str, typer.Option(help="Address the page listens on; anything but loopback needs --auth-file.")
@@ -367,13 +336,12 @@ def ui(
         typer.Option(envvar="BRAINSCAN_UI_AUTH_FILE", help="user:password lines; the page asks for a login."),
     ] = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest upload accepted, in MB.")] = 20,
+    connect=None,  # the connection options (with_connection)
 ) -> None:
     """Web page (Gradio): upload an MRI slice, see label and probability, the slice with the
     tumour in red, and the mask. Needs the ui extra (`pip install '.[ui]'` in the checkout) and a running server.
     Uploads are deleted once analysed; what the page shows is kept 10 minutes at most."""
-    conn = connection(
-        url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version, timeout, retries=1
-    )
+    conn = connect(timeout, retries=1)
     try:
         from brainscan.client import ui as page
     except ImportError as exc:

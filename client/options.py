@@ -3,12 +3,16 @@ environment variable and Triton's client's short flag where it has one."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from brainscan import contract
+from brainscan.console import Url
 
 Protocol = Annotated[
     contract.Protocol,
@@ -46,11 +50,59 @@ ModelVersion = Annotated[
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for each answer.")]
 
 
+# The connection options, in the order --help lists them: (name, annotation, default).
+CONNECTION_OPTIONS = (
+    ("url", Url, None),
+    ("protocol", Protocol, contract.Protocol.GRPC),
+    ("ssl", Ssl, False),
+    ("root_certificates", RootCerts, None),
+    ("private_key", PrivateKey, None),
+    ("certificate_chain", CertChain, None),
+    ("model", Model, contract.ENSEMBLE),
+    ("model_version", ModelVersion, ""),
+)
+
+
+def with_connection(command):
+    """Give a command the connection options: --help lists them after the command's own, and
+    the command receives them as one ``connect`` callable, ``connect(timeout, retries)`` ->
+    Connection (a bad combination is a usage error, exit 2)."""
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [p for name, p in signature.parameters.items() if name != "connect"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        for name, annotation, default in CONNECTION_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def run(**values):
+        options = {name: values.pop(name) for name, _, _ in CONNECTION_OPTIONS}
+        return command(connect=functools.partial(connection, **options), **values)
+
+    run.__signature__ = signature.replace(parameters=[*own, *added])
+    run.__annotations__ = {
+        **{k: v for k, v in hints.items() if k != "connect"},
+        **{n: a for n, a, _ in CONNECTION_OPTIONS},
+    }
+    return run
+
+
 def connection(
-    url, protocol, ssl, root_certificates, private_key, certificate_chain, model, model_version, timeout, retries=0
+    timeout: float = 60.0,
+    retries: int = 0,
+    *,
+    url,
+    protocol,
+    ssl,
+    root_certificates,
+    private_key,
+    certificate_chain,
+    model,
+    model_version,
 ):
     """The options as a Connection; a bad combination is a usage error (exit 2)."""
-    from brainscan.client.inference import Connection
+    from brainscan.client.connection import Connection
 
     try:
         return Connection(

@@ -8,6 +8,8 @@ import contextlib
 import io
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -337,3 +339,13 @@ def metrics_after_one_request(server) -> str:
     client.infer(contract.ENSEMBLE, [image])
     client.close()
     return urllib.request.urlopen(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=10).read().decode()
+
+
+def start_serve(repository: Path, grpc: int, log: Path, **popen) -> subprocess.Popen:
+    """`brainscan serve` as a user starts it, on loopback: gRPC on ``grpc``, HTTP and metrics
+    on free ports, tritonserver's log in ``log``."""
+    from brainscan.serving import free_port
+
+    command = [str(Path(sys.executable).parent / "brainscan"), "serve", "--repository", str(repository)]
+    command += ["--grpc-port", str(grpc), "--http-port", str(free_port()), "--metrics-port", str(free_port())]
+    return subprocess.Popen([*command, "--log-file", str(log)], text=True, **popen)

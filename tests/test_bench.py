@@ -4,6 +4,7 @@ summary and the Markdown report hold numbers. No timing thresholds."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import phantom_slices
+from conftest import phantom_slices, start_serve
 
 from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
@@ -172,24 +173,8 @@ def test_the_documented_plain_perf_analyzer_run_works_against_a_default_server(
     assert data[:3] == [".venv/bin/brainscan", "bench", "input-data"] and sweep[0] == "perf_analyzer"
     assert "-H" not in sweep and sweep[sweep.index("-u") + 1] == contract.DEFAULT_URL
     grpc = free_port()
-    server = subprocess.Popen(
-        [
-            BRAINSCAN,
-            "serve",
-            "--repository",
-            str(local_repository),
-            "--grpc-port",
-            str(grpc),
-            "--http-port",
-            str(free_port()),
-            "--metrics-port",
-            str(free_port()),
-            "--log-file",
-            str(tmp_path / "tritonserver.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    server = start_serve(
+        local_repository, grpc, tmp_path / "tritonserver.log", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         subprocess.run(
@@ -222,20 +207,30 @@ def test_the_documented_plain_perf_analyzer_run_works_against_a_default_server(
     assert [int(r["Concurrency"]) for r in rows] == [1, 2, 3, 4] and all(r["Inferences/Second"] > 0 for r in rows)
 
 
-def test_an_unstable_measurement_is_retried_with_a_larger_window(tmp_path):
-    """perf_analyzer itself is replaced by a script that reports an unstable measurement
-    once, then succeeds: the sweep must run again with twice the request count."""
+def fake_perf_analyzer(tmp_path: Path, refuse: str) -> tuple[Path, Path]:
+    """A perf_analyzer stand-in that logs its arguments to ``calls``, runs the shell lines
+    ``refuse`` (which may fail the call, with $CALLS the log), and otherwise writes a one-row CSV."""
     calls = tmp_path / "calls"
     script = tmp_path / "fake_perf_analyzer"
     script.write_text(f"""#!/bin/sh
-echo "$@" >> {calls}
-if [ $(wc -l < {calls}) -eq 1 ]; then
-  echo "Failed to obtain stable measurement within 10 measurement windows"; exit 1
-fi
+CALLS={calls}
+echo "$@" >> "$CALLS"
+{refuse}
 while [ $# -gt 0 ]; do [ "$1" = "-f" ] && out=$2; shift; done
 printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
 """)
     script.chmod(0o755)
+    return script, calls
+
+
+def test_an_unstable_measurement_is_retried_with_a_larger_window(tmp_path):
+    """perf_analyzer itself is replaced by a script that reports an unstable measurement
+    once, then succeeds: the sweep must run again with twice the request count."""
+    script, calls = fake_perf_analyzer(
+        tmp_path,
+        'if [ $(wc -l < "$CALLS") -eq 1 ]; then\n'
+        '  echo "Failed to obtain stable measurement within 10 measurement windows"; exit 1\nfi',
+    )
     result = perf_analyzer.sweep(
         [str(script)],
         "brainscan",
@@ -255,16 +250,12 @@ def test_windows_that_never_agree_are_measured_with_a_looser_stability_and_say_s
     """A fake perf_analyzer that is stable only with --stability-percentage 30 (a shared
     2-core machine): the window doublings fail, the loosened run measures, and the sweep
     records the percentage it was measured with."""
-    calls = tmp_path / "calls"
-    script = tmp_path / "fake_perf_analyzer"
-    script.write_text(f"""#!/bin/sh
-echo "$@" >> {calls}
-case "$*" in *"--stability-percentage 30"*) ;; *) echo "Failed to obtain stable measurement."; exit 1;; esac
-while [ $# -gt 0 ]; do [ "$1" = "-f" ] && out=$2; shift; done
-printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
-""")
-    script.chmod(0o755)
-    result = perf_analyzer.sweep(
+    script, calls = fake_perf_analyzer(
+        tmp_path,
+        'case "$*" in *"--stability-percentage 30"*) ;; *) echo "Failed to obtain stable measurement."; exit 1;; esac',
+    )
+    sweep = functools.partial(
+        perf_analyzer.sweep,
         [str(script)],
         "preprocess",
         "127.0.0.1:1",
@@ -274,8 +265,8 @@ printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
         request_count=50,
         max_retries=2,
         stability=10,
-        loosen_to=30,
     )
+    result = sweep(loosen_to=30)
     assert [line.split("--stability-percentage ")[1] for line in calls.read_text().splitlines()] == [
         "10",
         "10",
@@ -285,17 +276,7 @@ printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
     assert result.stability == 30 and result.request_count == 200 and result.rows[0]["Inferences/Second"] == 10.0
     calls.unlink()
     with pytest.raises(perf_analyzer.UnstableMeasurement, match="even with 200 requests per window and 10 % stability"):
-        perf_analyzer.sweep(
-            [str(script)],
-            "preprocess",
-            "127.0.0.1:1",
-            tmp_path / "in.json",
-            (1, 1, 1),
-            tmp_path / "out.csv",
-            request_count=50,
-            max_retries=2,
-            stability=10,
-        )
+        sweep()
 
 
 def test_other_perf_analyzer_failures_are_reported_not_retried(tmp_path):

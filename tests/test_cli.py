@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode
+from conftest import encode, start_serve
 from PIL import Image
 from test_preprocessing import brain_like
 
@@ -200,25 +200,7 @@ def test_serve_stops_cleanly_on_sigterm_leaving_no_stub_behind(local_repository,
     # a private copy, so the stubs of the session's server do not count
     repository = Path(shutil.copytree(local_repository, tmp_path / "repository")).resolve()
     grpc = free_port()
-    process = subprocess.Popen(
-        [
-            BRAINSCAN,
-            "serve",
-            "--repository",
-            str(repository),
-            "--grpc-port",
-            str(grpc),
-            "--http-port",
-            str(free_port()),
-            "--metrics-port",
-            str(free_port()),
-            "--log-file",
-            str(tmp_path / "log"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_serve(repository, grpc, tmp_path / "log", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert run("health", "--url", f"127.0.0.1:{grpc}", "--wait", "120").returncode == 0
         assert stub_processes(repository)
