@@ -349,6 +349,8 @@ def build_into_bucket(
         )
         for network in NETWORKS:
             record = EngineRecord.of_plan(work / "built" / network / VERSION, name)
+            if record is None:  # the build above writes one beside every plan
+                raise EngineBuildError(f"{network}: the build left no record beside {name}")
             list_engine(fresh / network / "config.pbtxt", compute_capability, name, record.description())
         storage.upload(fresh, uri, only=is_config)
     finally:
