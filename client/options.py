@@ -69,7 +69,9 @@ def with_connection(command):
     Connection (a bad combination is a usage error, exit 2)."""
     signature = inspect.signature(command)
     hints = typing.get_type_hints(command, include_extras=True)
-    own = [p for name, p in signature.parameters.items() if name != "connect"]
+    # the command's own parameters with their annotations resolved (its module may postpone them)
+    own = [p.replace(annotation=hints.get(name, p.annotation)) for name, p in signature.parameters.items()]
+    own = [p for p in own if p.name != "connect"]
     added = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
         for name, annotation, default in CONNECTION_OPTIONS
