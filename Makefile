@@ -113,7 +113,7 @@ test: venv
 	$(BIN)/brainscan bench setup || echo "perf_analyzer could not be set up: the benchmark tests will skip"
 	$(BIN)/python -m pytest
 
-# Load, long-run and fault runs on the demo's networks (about 10 minutes; each with a pass
+# Load, long-run and fault runs on the demo's networks (about 6 minutes on 2 cores; each with a pass
 # criterion) -> benchmarks/results/<date>-soak/soak.md
 soak: venv repository
 	BRAINSCAN_SOAK_REPOSITORY=$(abspath $(REPO)) BRAINSCAN_SOAK_DATA=$(abspath $(DATA)) \
