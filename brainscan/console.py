@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -38,3 +42,27 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print one line to stderr and exit: no traceback for a user's mistake."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def with_options(options: Sequence[tuple[str, Any, Any]], into: str, make: Callable[..., Any] = dict):
+    """A decorator that gives a command a shared group of options, declared once:
+    ``options`` are (name, annotation, default) in the order --help lists them, after the
+    command's own; the command receives ``make(**values)`` as its parameter ``into``."""
+
+    def decorate(command):
+        signature = inspect.signature(command)
+        hints = typing.get_type_hints(command, include_extras=True)
+        # the command's own parameters, their annotations resolved (its module may postpone them)
+        own = [p.replace(annotation=hints.get(n, p.annotation)) for n, p in signature.parameters.items() if n != into]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in options]
+
+        @functools.wraps(command)
+        def run(**values):
+            grouped = {name: values.pop(name) for name, _, _ in options}
+            return command(**{into: make(**grouped)}, **values)
+
+        run.__signature__ = signature.replace(parameters=[*own, *added])
+        run.__annotations__ = {**{k: v for k, v in hints.items() if k != into}, **{n: a for n, a, _ in options}}
+        return run
+
+    return decorate

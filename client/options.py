@@ -4,15 +4,13 @@ environment variable and Triton's client's short flag where it has one."""
 from __future__ import annotations
 
 import functools
-import inspect
-import typing
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from brainscan import contract
-from brainscan.console import Url
+from brainscan.console import Url, with_options
 
 Protocol = Annotated[
     contract.Protocol,
@@ -63,31 +61,14 @@ CONNECTION_OPTIONS = (
 )
 
 
-def with_connection(command):
-    """Give a command the connection options: --help lists them after the command's own, and
-    the command receives them as one ``connect`` callable, ``connect(timeout, retries)`` ->
-    Connection (a bad combination is a usage error, exit 2)."""
-    signature = inspect.signature(command)
-    hints = typing.get_type_hints(command, include_extras=True)
-    # the command's own parameters with their annotations resolved (its module may postpone them)
-    own = [p.replace(annotation=hints.get(name, p.annotation)) for name, p in signature.parameters.items()]
-    own = [p for p in own if p.name != "connect"]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-        for name, annotation, default in CONNECTION_OPTIONS
-    ]
+def _connector(**options):
+    return functools.partial(connection, **options)
 
-    @functools.wraps(command)
-    def run(**values):
-        options = {name: values.pop(name) for name, _, _ in CONNECTION_OPTIONS}
-        return command(connect=functools.partial(connection, **options), **values)
 
-    run.__signature__ = signature.replace(parameters=[*own, *added])
-    run.__annotations__ = {
-        **{k: v for k, v in hints.items() if k != "connect"},
-        **{n: a for n, a, _ in CONNECTION_OPTIONS},
-    }
-    return run
+# Gives a command the connection options (--help lists them after the command's own); it
+# receives them as one ``connect`` callable: ``connect(timeout, retries)`` -> Connection
+# (a bad combination is a usage error, exit 2).
+with_connection = with_options(CONNECTION_OPTIONS, "connect", _connector)
 
 
 def connection(

@@ -21,8 +21,14 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+@dataclass
 class _Record:
-    """JSON in and out; a field an older record lacks reads as its default."""
+    """JSON in and out; a field an older record lacks reads as its default. Both records
+    name their network, the nodes kept in FP32 and the gate's report."""
+
+    network: str = "?"
+    fp32_nodes: list[str] = field(default_factory=list)
+    gate: dict = field(default_factory=dict)
 
     def write(self, path: Path) -> None:
         write_bytes_atomic(path, (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode())
@@ -44,17 +50,14 @@ class Fp16Record(_Record):
     """Beside ``model.fp16.onnx`` (``brainscan export fp16``): the graph it came from, the
     converter, the nodes kept in FP32 and the accuracy gate's report."""
 
-    network: str = "?"
     source_onnx: str = ""
     source_sha256: str = ""
     fp16_onnx: str = ""
     fp16_sha256: str = ""
     converter: str = ""
     keep_fp32: list[str] = field(default_factory=list)
-    fp32_nodes: list[str] = field(default_factory=list)
     fp16_nodes: int = 0
     float_nodes: int = 0
-    gate: dict = field(default_factory=dict)
     converted_at: str = field(default_factory=_now)
     format: int = 1
 
@@ -68,7 +71,6 @@ class Fp16Record(_Record):
 class EngineRecord(_Record):
     """Beside each TensorRT plan: enough to tell whether the plan still fits a server."""
 
-    network: str = "?"
     tensorrt_version: str = "?"
     gpu_name: str = "?"
     compute_capability: str = "?"
@@ -76,11 +78,9 @@ class EngineRecord(_Record):
     onnx_file: str = ""
     onnx_sha256: str = ""
     fp32_onnx_sha256: str = ""
-    fp32_nodes: list[str] = field(default_factory=list)
     profile: dict = field(default_factory=dict)
     workspace_mib: int = 0
     build_seconds: float = 0.0
-    gate: dict = field(default_factory=dict)
     built_at: str = field(default_factory=_now)
     format: int = 3
 

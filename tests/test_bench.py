@@ -35,6 +35,13 @@ def perf_command():
 
 
 @pytest.mark.server
+def short_bench(server, phantom_dir: Path, out: Path, files: int, **settings) -> BenchConfig:
+    """A bench run of the test server from here: no repository here, ``files`` phantom slices."""
+    return BenchConfig(
+        url=server.grpc_url, repository=None, files=phantom_slices(phantom_dir, files), out=out, **settings
+    )
+
+
 def test_a_short_benchmark_of_the_served_ensemble(server, phantom_dir, runs, tmp_path, perf_command, monkeypatch):
     """As against any server (the production flavour's engines, a remote one): no repository
     here, the networks' ONNX for the baselines from the training runs, no key (statistics are
@@ -51,11 +58,11 @@ exec {shlex.join(perf_command)} "$@"
 """)
     wrapper.chmod(0o755)
     monkeypatch.setattr(perf_analyzer, "find", lambda: [str(wrapper)])
-    config = BenchConfig(
-        url=server.grpc_url,
-        repository=None,
-        files=phantom_slices(phantom_dir, 6),
-        out=tmp_path,
+    config = short_bench(
+        server,
+        phantom_dir,
+        tmp_path,
+        files=6,
         concurrency=(1, 2, 1),
         model_concurrency=(1, 1, 1),
         request_count=40,
@@ -114,11 +121,11 @@ def test_a_server_with_nothing_of_it_here_is_load_tested_alone(
     """`pip install '.[bench]'` and a server elsewhere: no repository, no runs. The load test
     and Triton's statistics are all there; the baselines are skipped with a note saying why."""
     monkeypatch.setattr(perf_analyzer, "find", lambda: perf_command)
-    config = BenchConfig(
-        url=server.grpc_url,
-        repository=None,
-        files=phantom_slices(phantom_dir, 4),
-        out=tmp_path,
+    config = short_bench(
+        server,
+        phantom_dir,
+        tmp_path,
+        files=4,
         concurrency=(1, 1, 1),
         request_count=40,
         composing=False,

@@ -317,22 +317,17 @@ def _cli_with_standin(monkeypatch, toolkit):
     return lambda *args: CliRunner().invoke(app, ["export", "tensorrt", *map(str, args)])
 
 
+def _build_args(repository: Path, onnx_models: dict) -> list:
+    """`export tensorrt`'s arguments for the test repository and networks, 4 validation slices."""
+    networks = [arg for n in contract.NETWORKS for arg in (f"--{n}", onnx_models[n])]
+    return ["--repository", repository, *networks, "--samples", 4]
+
+
 def test_export_tensorrt_through_the_cli_prints_the_gates_and_writes_the_engines(
     trt_repository, onnx_models, fp16_models, tmp_path, monkeypatch
 ):
     invoke = _cli_with_standin(monkeypatch, trt_standin.CpuToolkit("11.3.0.99"))
-    result = invoke(
-        "--repository",
-        trt_repository,
-        "--classifier",
-        onnx_models["classifier"],
-        "--segmenter",
-        onnx_models["segmenter"],
-        "--samples",
-        4,
-        "--timing-cache",
-        tmp_path / "t.cache",
-    )
+    result = invoke(*_build_args(trt_repository, onnx_models), "--timing-cache", tmp_path / "t.cache")
     assert result.exit_code == 0, result.output
     assert "TensorRT 11.3.0.99 on Stand-in GPU (compute capability 8.9)" in result.output
     for network in contract.NETWORKS:
@@ -346,16 +341,7 @@ def test_export_tensorrt_through_the_cli_exits_1_on_a_failed_gate_or_a_missing_f
 ):
     failing = trt_standin.CpuToolkit(perturb=lambda out: np.ones_like(out) if out.ndim == 2 else out)
     invoke = _cli_with_standin(monkeypatch, failing)
-    result = invoke(
-        "--repository",
-        trt_repository,
-        "--classifier",
-        onnx_models["classifier"],
-        "--segmenter",
-        onnx_models["segmenter"],
-        "--samples",
-        4,
-    )
+    result = invoke(*_build_args(trt_repository, onnx_models))
     assert result.exit_code == 1
     assert "FAIL" in result.output and "--keep-fp32" in result.output
     assert not list(trt_repository.rglob("*.plan"))

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from brainscan import contract
-from brainscan.console import DataDir, Seed
+from brainscan.console import DataDir, Seed, with_options
 from brainscan.train.choices import DEFAULTS, Architecture, Split, Weights
 
 data_app = typer.Typer(rich_markup_mode="markdown", help="Make and inspect datasets.", no_args_is_help=True)
@@ -78,65 +78,42 @@ def _train(task: str, **options) -> None:
     typer.echo(f"saved {Path(config.out) / 'model.keras'}")
 
 
+def training_options(task: str) -> tuple:
+    """The options both `train` commands take, with ``task``'s defaults (train/choices.py)."""
+    defaults = DEFAULTS[task]
+    return (
+        ("size", Size, defaults.size),
+        ("epochs", Epochs, defaults.epochs),
+        ("batch_size", BatchSize, defaults.batch_size),
+        ("learning_rate", LearningRate, defaults.learning_rate),
+        ("weights", WeightsOption, Weights.NONE),
+        ("alpha", Alpha, defaults.alpha),
+        ("ema", Ema, defaults.ema),
+        ("seed", Seed, 0),
+    )
+
+
 @train_app.command("classifier")
+@with_options(training_options(contract.CLASSIFIER), "training")
 def classifier(
     data: DataDir,
-    out: RunDir = contract.demo_run("classifier"),
-    size: Size = DEFAULTS[contract.CLASSIFIER].size,
-    epochs: Epochs = DEFAULTS[contract.CLASSIFIER].epochs,
-    batch_size: BatchSize = DEFAULTS[contract.CLASSIFIER].batch_size,
-    learning_rate: LearningRate = DEFAULTS[contract.CLASSIFIER].learning_rate,
-    weights: WeightsOption = Weights.NONE,
-    alpha: Alpha = DEFAULTS[contract.CLASSIFIER].alpha,
-    ema: Ema = DEFAULTS[contract.CLASSIFIER].ema,
+    out: RunDir = contract.demo_run(contract.CLASSIFIER),
     head_stride: Annotated[int, typer.Option(help="Stride of the MobileNet stage the head scores: 8, 16 or 32.")] = 8,
-    seed: Seed = 0,
+    training: dict | None = None,
 ) -> None:
     """Train the MobileNet classifier (tumour / no tumour) with binary cross-entropy."""
-    _train(
-        "classifier",
-        data=data,
-        out=out,
-        size=size,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        weights=weights,
-        alpha=alpha,
-        ema=ema,
-        head_stride=head_stride,
-        seed=seed,
-    )
+    _train(contract.CLASSIFIER, data=data, out=out, head_stride=head_stride, **training)
 
 
 @train_app.command("segmenter")
+@with_options(training_options(contract.SEGMENTER), "training")
 def segmenter(
     data: DataDir,
-    out: RunDir = contract.demo_run("segmenter"),
-    size: Size = DEFAULTS[contract.SEGMENTER].size,
-    epochs: Epochs = DEFAULTS[contract.SEGMENTER].epochs,
-    batch_size: BatchSize = DEFAULTS[contract.SEGMENTER].batch_size,
-    learning_rate: LearningRate = DEFAULTS[contract.SEGMENTER].learning_rate,
-    weights: WeightsOption = Weights.NONE,
-    alpha: Alpha = DEFAULTS[contract.SEGMENTER].alpha,
-    ema: Ema = DEFAULTS[contract.SEGMENTER].ema,
+    out: RunDir = contract.demo_run(contract.SEGMENTER),
     architecture: Annotated[
         Architecture, typer.Option(help="mobilenetv2-unet (MobileNetV2 encoder), or unet (the plain U-Net).")
     ] = Architecture.MOBILENETV2_UNET,
-    seed: Seed = 0,
+    training: dict | None = None,
 ) -> None:
     """Train the U-Net segmenter (MobileNetV2 encoder) with BCE + Dice loss."""
-    _train(
-        "segmenter",
-        data=data,
-        out=out,
-        size=size,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        weights=weights,
-        alpha=alpha,
-        ema=ema,
-        architecture=architecture,
-        seed=seed,
-    )
+    _train(contract.SEGMENTER, data=data, out=out, architecture=architecture, **training)
