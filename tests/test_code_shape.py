@@ -74,3 +74,13 @@ def test_no_import_inside_a_function_hides_a_cycle():
         if target != name and reaches(target, name)
     ]
     assert not hidden, "\n".join(hidden)
+
+
+def test_every_package_folder_is_installed():
+    """A package missing from pyproject.toml's list works in the editable checkout and is
+    absent from every real install (the images, `pip install .`)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {_module_name(init) for folder in PACKAGES.values() for init in folder.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
