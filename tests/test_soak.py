@@ -36,13 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # --- the runs as tests, sharing one server and one report --------------------------------------
 
 
+NO_SOAK_INPUTS = "set BRAINSCAN_SOAK_REPOSITORY and BRAINSCAN_SOAK_DATA (`make soak` does, after `make demo`)"
+
+
 def _soak_inputs() -> tuple[Path, list[Path]]:
     repository = Path(os.environ.get("BRAINSCAN_SOAK_REPOSITORY", ""))
     data = Path(os.environ.get("BRAINSCAN_SOAK_DATA", ""))
     if not (repository / "brainscan" / "config.pbtxt").exists() or not data.is_dir():
-        pytest.skip(
-            reason="set BRAINSCAN_SOAK_REPOSITORY and BRAINSCAN_SOAK_DATA (`make soak` does, after `make demo`)"
-        )
+        pytest.skip(reason=NO_SOAK_INPUTS)
     files = sorted(p for p in data.rglob("*.tif") if not p.stem.endswith("_mask"))
     return repository, files
 
