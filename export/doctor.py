@@ -98,32 +98,32 @@ def _gpu_from_nvidia_smi() -> tuple[str, str] | None:
     return gpus[0].compute_capability, f"nvidia-smi ({gpus[0].name})"
 
 
+def _tensorrt_from_module() -> tuple[str, str] | None:
+    version = installed_version()
+    return (version, "tensorrt module") if version else None
+
+
+def _tensorrt_from_pin() -> tuple[str, str] | None:
+    pin = read_pin()
+    if not pin.get("NGC_TENSORRT"):
+        return None
+    return pin["NGC_TENSORRT"], f"NGC {pin.get('NGC_RELEASE')} images (docker/.env)"
+
+
+def _first_found(given: str | None, finders) -> tuple[str | None, str]:
+    """(value, where it came from): ``given`` wins, then the first finder that finds one."""
+    if given:
+        return given, "given"
+    return next((found for finder in finders if (found := finder())), (None, ""))
+
+
 def detect_target(tensorrt_version: str | None = None, compute_capability: str | None = None) -> Target:
     """Given values win; then this machine (tensorrt module, libnvinfer, nvidia-smi); then
     the TensorRT of the pinned NGC release in docker/.env."""
-    target = Target()
-    if tensorrt_version:
-        target.tensorrt_version, target.tensorrt_source = tensorrt_version, "given"
-    else:
-        module_version = installed_version()
-        if module_version:
-            target.tensorrt_version, target.tensorrt_source = module_version, "tensorrt module"
-        else:
-            found = _tensorrt_from_library()
-            if found:
-                target.tensorrt_version, target.tensorrt_source = found
-            else:
-                pin = read_pin()
-                if pin.get("NGC_TENSORRT"):
-                    target.tensorrt_version = pin["NGC_TENSORRT"]
-                    target.tensorrt_source = f"NGC {pin.get('NGC_RELEASE')} images (docker/.env)"
-    if compute_capability:
-        target.compute_capability, target.gpu_source = compute_capability, "given"
-    else:
-        found = _gpu_from_nvidia_smi()
-        if found:
-            target.compute_capability, target.gpu_source = found
-    return target
+    return Target(
+        *_first_found(tensorrt_version, (_tensorrt_from_module, _tensorrt_from_library, _tensorrt_from_pin)),
+        *_first_found(compute_capability, (_gpu_from_nvidia_smi,)),
+    )
 
 
 def same_tensorrt(built: str, target: str) -> bool:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -341,11 +342,42 @@ def metrics_after_one_request(server) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=10).read().decode()
 
 
+BRAINSCAN = str(Path(sys.executable).with_name("brainscan"))
+
+
+def cli_args(*arguments, **options) -> list[str]:
+    """Command-line words as a user types them: ``arguments`` in order, then each option as
+    ``--name value`` (underscores in the name as hyphens; True gives the flag alone)."""
+    words = [str(argument) for argument in arguments]
+    for name, value in options.items():
+        words += [f"--{name.replace('_', '-')}", *([] if value is True else [str(value)])]
+    return words
+
+
+def port_args(ports) -> list[str]:
+    """--grpc-port, --http-port and --metrics-port (serve's and tritonserver's own) of a Ports."""
+    return cli_args(grpc_port=ports.grpc, http_port=ports.http, metrics_port=ports.metrics)
+
+
+def predict_until(out: Path, masks: int, *arguments, **options) -> subprocess.Popen:
+    """`brainscan predict ARGUMENTS --out OUT --format json OPTIONS` started in the background;
+    returns once it has written ``masks`` masks, has ended, or after 120 s."""
+    command = [BRAINSCAN, "predict", *cli_args(*arguments, out=out, format="json", **options)]
+    client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.mask.png"))) < masks and client.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return client
+
+
+def serve_command(repository, ports, log: Path, *options: str) -> list[str]:
+    """`brainscan serve` on ``ports`` (a brainscan.serving.Ports), its log in ``log``."""
+    return [BRAINSCAN, "serve", *cli_args(repository=repository, log_file=log), *port_args(ports), *options]
+
+
 def start_serve(repository: Path, grpc: int, log: Path, **popen) -> subprocess.Popen:
     """`brainscan serve` as a user starts it, on loopback: gRPC on ``grpc``, HTTP and metrics
     on free ports, tritonserver's log in ``log``."""
-    from brainscan.serving import free_port
+    from brainscan.serving import Ports, free_port
 
-    command = [str(Path(sys.executable).parent / "brainscan"), "serve", "--repository", str(repository)]
-    command += ["--grpc-port", str(grpc), "--http-port", str(free_port()), "--metrics-port", str(free_port())]
-    return subprocess.Popen([*command, "--log-file", str(log)], text=True, **popen)
+    return subprocess.Popen(serve_command(repository, Ports(grpc, free_port(), free_port()), log), text=True, **popen)

@@ -7,16 +7,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from conftest import BRAINSCAN
 from volume_files import PATIENT_ID, PATIENT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
-BRAINSCAN = str(Path(sys.executable).with_name("brainscan"))
 DCIODVFY = shutil.which("dciodvfy")
 USER, PASSWORD = "brainscan", "correct-horse-battery-staple"
 SHAPE = (96, 112)  # rows, columns of the hand-made slices

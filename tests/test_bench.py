@@ -9,11 +9,10 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import phantom_slices, start_serve
+from conftest import BRAINSCAN, phantom_slices, start_serve
 
 from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
@@ -21,7 +20,6 @@ from brainscan.benchmarks.run import BenchConfig, network_onnx, run
 from brainscan.serving import free_port
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BRAINSCAN = str(Path(sys.executable).with_name("brainscan"))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +34,10 @@ def perf_command():
 
 @pytest.mark.server
 def short_bench(server, phantom_dir: Path, out: Path, files: int, **settings) -> BenchConfig:
-    """A bench run of the test server from here: no repository here, ``files`` phantom slices."""
+    """A bench run of the test server from here: no repository here, ``files`` phantom slices,
+    40 requests a window. A smoke test of the wiring: on a shared 2-core machine three windows
+    need not agree within perf_analyzer's 10 %, and these tests must not depend on it (999 %)."""
+    settings = {"request_count": 40, "stability_percentage": 999, **settings}
     return BenchConfig(
         url=server.grpc_url, repository=None, files=phantom_slices(phantom_dir, files), out=out, **settings
     )
@@ -65,12 +66,8 @@ exec {shlex.join(perf_command)} "$@"
         files=6,
         concurrency=(1, 2, 1),
         model_concurrency=(1, 1, 1),
-        request_count=40,
         runs=runs[contract.CLASSIFIER].parent,
         baseline_seconds=0.5,
-        # a smoke test of the wiring: on a shared 2-core machine three windows need not
-        # agree within perf_analyzer's 10 %, and this test must not depend on it
-        stability_percentage=999,
     )
     folder = run(config, log=lambda _: None)
     summary = json.loads((folder / "summary.json").read_text())
@@ -121,17 +118,7 @@ def test_a_server_with_nothing_of_it_here_is_load_tested_alone(
     """`pip install '.[bench]'` and a server elsewhere: no repository, no runs. The load test
     and Triton's statistics are all there; the baselines are skipped with a note saying why."""
     monkeypatch.setattr(perf_analyzer, "find", lambda: perf_command)
-    config = short_bench(
-        server,
-        phantom_dir,
-        tmp_path,
-        files=4,
-        concurrency=(1, 1, 1),
-        request_count=40,
-        composing=False,
-        runs=None,
-        stability_percentage=999,
-    )
+    config = short_bench(server, phantom_dir, tmp_path, files=4, concurrency=(1, 1, 1), composing=False, runs=None)
     folder = run(config, log=lambda _: None)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["in_process"] == [] and summary["flops_per_image"] == {} and summary["keras"] is None
@@ -230,6 +217,14 @@ printf 'Concurrency,Inferences/Second,p50 latency\\n1,10.0,1000\\n' > "$out"
     return script, calls
 
 
+def _sweep_with(script: Path, model: str, tmp_path: Path, **options):
+    """perf_analyzer.sweep of ``model`` by a fake perf_analyzer: concurrency 1, 50 requests a window."""
+    files = (tmp_path / "in.json", (1, 1, 1), tmp_path / "out.csv")
+    return functools.partial(
+        perf_analyzer.sweep, [str(script)], model, "127.0.0.1:1", *files, request_count=50, **options
+    )
+
+
 def test_an_unstable_measurement_is_retried_with_a_larger_window(tmp_path):
     """perf_analyzer itself is replaced by a script that reports an unstable measurement
     once, then succeeds: the sweep must run again with twice the request count."""
@@ -238,15 +233,7 @@ def test_an_unstable_measurement_is_retried_with_a_larger_window(tmp_path):
         'if [ $(wc -l < "$CALLS") -eq 1 ]; then\n'
         '  echo "Failed to obtain stable measurement within 10 measurement windows"; exit 1\nfi',
     )
-    result = perf_analyzer.sweep(
-        [str(script)],
-        "brainscan",
-        "127.0.0.1:1",
-        tmp_path / "in.json",
-        (1, 1, 1),
-        tmp_path / "out.csv",
-        request_count=50,
-    )
+    result = _sweep_with(script, "brainscan", tmp_path)()
     first, second = calls.read_text().splitlines()
     assert "--measurement-request-count 50" in first and "--measurement-request-count 100" in second
     assert result.retries == 1 and result.request_count == 100
@@ -261,18 +248,7 @@ def test_windows_that_never_agree_are_measured_with_a_looser_stability_and_say_s
         tmp_path,
         'case "$*" in *"--stability-percentage 30"*) ;; *) echo "Failed to obtain stable measurement."; exit 1;; esac',
     )
-    sweep = functools.partial(
-        perf_analyzer.sweep,
-        [str(script)],
-        "preprocess",
-        "127.0.0.1:1",
-        tmp_path / "in.json",
-        (1, 1, 1),
-        tmp_path / "out.csv",
-        request_count=50,
-        max_retries=2,
-        stability=10,
-    )
+    sweep = _sweep_with(script, "preprocess", tmp_path, max_retries=2, stability=10)
     result = sweep(loosen_to=30)
     assert [line.split("--stability-percentage ")[1] for line in calls.read_text().splitlines()] == [
         "10",

@@ -9,20 +9,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode, start_serve
+from conftest import BRAINSCAN, encode, serve_command, start_serve
 from PIL import Image
 from test_preprocessing import brain_like
 
 from brainscan import contract
-from brainscan.serving import free_port
-
-BRAINSCAN = str(Path(sys.executable).parent / "brainscan")
+from brainscan.serving import Ports, free_port
 
 
 def run(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -165,22 +162,7 @@ def test_serve_says_why_the_models_did_not_load_when_dev_shm_is_too_small(local_
     if not _private_shm_works():
         pytest.skip(reason="no unprivileged user and mount namespaces here (unshare -rm), so no private /dev/shm")
     log = tmp_path / "triton.log"
-    serve = [
-        BRAINSCAN,
-        "serve",
-        "--repository",
-        str(local_repository),
-        "--grpc-port",
-        str(free_port()),
-        "--http-port",
-        str(free_port()),
-        "--metrics-port",
-        str(free_port()),
-        "--log-file",
-        str(log),
-        "--timeout",
-        "120",
-    ]
+    serve = serve_command(local_repository, Ports.free(), log, "--timeout", "120")
     result = subprocess.run(
         ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=512k tmpfs /dev/shm && exec "$@"', "sh", *serve],
         capture_output=True,

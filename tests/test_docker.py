@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from conftest import cli_args, port_args
 from layout import installed_layout, site_packages
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -179,7 +180,7 @@ def test_the_containers_command_and_health_check_run_here(local_repository, tmp_
     """The triton image's CMD and compose's health check, run as written but with the
     embedded tritonserver in the role of the image's /opt/tritonserver (backends and
     environment prepared as the image has them) and loopback instead of 0.0.0.0."""
-    from brainscan.serving import free_port, prepare_backends, server_environment, triton_home
+    from brainscan.serving import Ports, prepare_backends, server_environment, triton_home
 
     doctor, serve = _triton_cmd().split(" && ")
     models = shutil.copytree(local_repository, tmp_path / "models")
@@ -188,26 +189,17 @@ def test_the_containers_command_and_health_check_run_here(local_repository, tmp_
         shlex.split(doctor.replace("/models", str(models))), capture_output=True, text=True, timeout=120, env=env
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    grpc, http, metrics = free_port(), free_port(), free_port()
+    ports = Ports.free()
     command = shlex.split(
         serve.replace("/opt/tritonserver/bin/tritonserver", str(triton_home() / "bin" / "tritonserver"))
         .replace("/models", str(models))
         .replace("--host 0.0.0.0", "--host 127.0.0.1")
     )[1:]
-    command += [
-        "--backend-directory",
-        str(prepare_backends()),
-        "--grpc-port",
-        str(grpc),
-        "--http-port",
-        str(http),
-        "--metrics-port",
-        str(metrics),
-    ]
+    command += [*cli_args(backend_directory=prepare_backends()), *port_args(ports)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         probe = [
-            arg.replace("127.0.0.1:8000", f"127.0.0.1:{http}")
+            arg.replace("127.0.0.1:8000", f"127.0.0.1:{ports.http}")
             for arg in _compose()["services"]["triton"]["healthcheck"]["test"][1:]
         ]
         deadline = time.monotonic() + 120

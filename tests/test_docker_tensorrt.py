@@ -17,6 +17,11 @@ def _run_lines(dockerfile: str) -> list[str]:
     return [line.strip()[4:] for line in text.splitlines() if line.strip().startswith("RUN ")]
 
 
+def _sh(*arguments: str, **env: str) -> subprocess.CompletedProcess:
+    """``sh ARGUMENTS`` as Docker and make run it, with only ``env`` for its environment."""
+    return subprocess.run(["sh", *arguments], capture_output=True, text=True, timeout=60, env=env)
+
+
 def _tensorrt_check(dockerfile: str) -> str:
     (check,) = [line for line in _run_lines(dockerfile) if "NGC_TENSORRT" in line]
     return check
@@ -31,13 +36,7 @@ def test_the_export_image_build_stops_on_another_tensorrt(tmp_path, found, ok):
     (tmp_path / "tensorrt" / "__init__.py").write_text(f"__version__ = {found!r}\n")
     (tmp_path / "python3").symlink_to(sys.executable)
     check = _tensorrt_check("export.Dockerfile").replace("/opt/brainscan", str(tmp_path / "recorded"))
-    result = subprocess.run(
-        ["sh", "-c", check],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": f"{tmp_path}:/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "NGC_TENSORRT": "11"},
-    )
+    result = _sh("-c", check, PATH=f"{tmp_path}:/usr/bin:/bin", PYTHONPATH=str(tmp_path), NGC_TENSORRT="11")
     assert (result.returncode == 0) is ok, result.stderr
     if ok:  # recorded for docker/same-tensorrt.sh
         assert (tmp_path / "recorded" / "tensorrt-version").read_text().strip() == found
@@ -64,13 +63,7 @@ def test_the_triton_image_build_finds_tensorrt_through_ldconfig_and_stops_on_ano
     (tools / "ldconfig").write_text("#!/bin/sh\ncat <<'LIST'\n" + "\n".join(lines) + "\nLIST\n")
     (tools / "ldconfig").chmod(0o755)
     check = _tensorrt_check("triton.Dockerfile").replace("/opt/brainscan", str(tmp_path / "recorded"))
-    result = subprocess.run(
-        ["sh", "-c", check],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": f"{tools}:/usr/bin:/bin", "NGC_TENSORRT": "11"},
-    )
+    result = _sh("-c", check, PATH=f"{tools}:/usr/bin:/bin", NGC_TENSORRT="11")
     assert (result.returncode == 0) is ok, result.stdout + result.stderr
     if ok:
         assert (tmp_path / "recorded" / "tensorrt-version").read_text().strip() == "11.3.0"
@@ -96,13 +89,7 @@ for last; do :; done
 case "$*" in *" export "*) echo "{export_version}";; *" triton "*) echo "{triton_version}";; *) exit 2;; esac
 """)
     compose.chmod(0o755)
-    result = subprocess.run(
-        ["sh", str(DOCKER / "same-tensorrt.sh")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "COMPOSE": str(compose)},
-    )
+    result = _sh(str(DOCKER / "same-tensorrt.sh"), PATH="/usr/bin:/bin", COMPOSE=str(compose))
     assert (result.returncode == 0) is ok, result.stdout + result.stderr
     if ok:
         assert result.stdout.strip() == "TensorRT 11.3.0 in both images"

@@ -209,18 +209,16 @@ def test_the_pinned_release_is_the_fallback_target():
     assert target.tensorrt_source == f"NGC {pin['NGC_RELEASE']} images (docker/.env)"
 
 
+@pytest.mark.parametrize("target", ["10.7.0", "10.7.0.23"])
+def test_a_plan_fits_the_same_patch_release_whatever_its_build(target):
+    assert doctor.same_tensorrt("10.7.0.23", target)
+
+
 @pytest.mark.parametrize(
-    "built_version,target,same",
-    [
-        ("10.7.0.23", "10.7.0", True),
-        ("10.7.0.23", "10.7.0.23", True),
-        ("10.7.0.23", "10.8.0", False),
-        ("10.7.0.23", "10.7.1", False),
-        ("8.6.1", "10.7.0", False),
-    ],
+    "built_version,target", [("10.7.0.23", "10.8.0"), ("10.7.0.23", "10.7.1"), ("8.6.1", "10.7.0")]
 )
-def test_tensorrt_versions_match_to_the_patch_release(built_version, target, same):
-    assert doctor.same_tensorrt(built_version, target) is same
+def test_a_plan_does_not_fit_another_minor_or_patch_release(built_version, target):
+    assert not doctor.same_tensorrt(built_version, target)
 
 
 def test_a_local_repository_has_nothing_to_rebuild(local_repository):

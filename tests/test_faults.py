@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import encode
-from test_cli import BRAINSCAN, run
+from conftest import BRAINSCAN, encode, predict_until, serve_command
+from test_cli import run
 from test_preprocessing import brain_like
 
-from brainscan.serving import ServerError, Watchdog, free_port
+from brainscan.serving import Ports, ServerError, Watchdog, free_port
 from brainscan.triton_errors import classify
 
 pytestmark = pytest.mark.server
@@ -45,21 +45,7 @@ class Serve:
         self.repository = Path(shutil.copytree(repository, folder / "repository")).resolve()
         self.grpc, self.http, self.metrics = ports or (free_port(), free_port(), free_port())
         self.log = folder / "tritonserver.log"
-        self.command = [
-            BRAINSCAN,
-            "serve",
-            "--repository",
-            str(self.repository),
-            "--grpc-port",
-            str(self.grpc),
-            "--http-port",
-            str(self.http),
-            "--metrics-port",
-            str(self.metrics),
-            "--log-file",
-            str(self.log),
-            *options,
-        ]
+        self.command = serve_command(self.repository, Ports(self.grpc, self.http, self.metrics), self.log, *options)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Serve:
@@ -96,27 +82,7 @@ def test_a_killed_stub_is_restarted_by_the_watchdog_and_the_run_loses_nothing(lo
     serve = Serve(local_repository, tmp_path, "--watchdog-interval", "1").start()
     try:
         inputs, out = slices(tmp_path / "slices", 300), tmp_path / "out"
-        client = subprocess.Popen(
-            [
-                BRAINSCAN,
-                "predict",
-                str(inputs),
-                "--url",
-                f"127.0.0.1:{serve.grpc}",
-                "--out",
-                str(out),
-                "--format",
-                "json",
-                "--concurrency",
-                "2",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 120
-        while len(list(out.glob("*.mask.png"))) < 5 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        client = predict_until(out, 5, inputs, url=f"127.0.0.1:{serve.grpc}", concurrency=2)
         (stub,) = processes("triton_python_backend_stub", str(serve.repository / "preprocess"))
         os.kill(stub, signal.SIGKILL)  # what the OOM killer does
         assert client.poll() is None, "the run finished before the stub died: make it longer"

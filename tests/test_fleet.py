@@ -5,12 +5,10 @@ connection forms a user gives (a list, a DNS name) and the ones refused."""
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 
 import pytest
-from conftest import encode
-from test_cli import BRAINSCAN, run
+from conftest import encode, predict_until
+from test_cli import run
 from test_preprocessing import brain_like
 
 from brainscan import contract
@@ -82,15 +80,7 @@ def test_one_run_is_spread_over_two_servers_and_survives_one_stopping(two_server
     for k in range(240):
         (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(160, 160, seed=k), "PNG"))
     out = tmp_path / "out"
-    client = subprocess.Popen(
-        [BRAINSCAN, "predict", str(folder), "--url", url, "--out", str(out), "--format", "json", "--concurrency", "4"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("*.mask.png"))) < 60 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    client = predict_until(out, 60, folder, url=url, concurrency=4)
     shares = [_answered(s, port) for s in servers]
     print(f"answered by 127.0.0.1 and 127.0.0.2 after {sum(shares)} outputs: {shares}")
     assert all(share > 10 for share in shares), shares  # both took their part of the run

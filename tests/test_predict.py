@@ -16,9 +16,9 @@ from pathlib import Path
 import nibabel
 import numpy as np
 import pytest
-from conftest import encode, phantom_slices
+from conftest import encode, phantom_slices, predict_until
 from PIL import Image
-from test_cli import BRAINSCAN, run
+from test_cli import run
 from test_preprocessing import brain_like
 from volume_files import axial_dicom_pixels, write_dicom_series, write_nifti
 
@@ -51,27 +51,9 @@ def start_run_then_stop_its_server(local_repository, tmp_path, images: int, retr
         (folder / f"slice_{k:03d}.png").write_bytes(encode(brain_like(256, 256, seed=k), "PNG"))
     out = tmp_path / "out"
     ports = Ports.free()
-    command = [
-        BRAINSCAN,
-        "predict",
-        str(folder),
-        "--url",
-        f"127.0.0.1:{ports.grpc}",
-        "--out",
-        str(out),
-        "--format",
-        "json",
-        "--concurrency",
-        "2",
-        "--retries",
-        str(retries),
-    ]
     with TritonServer(local_repository, ports=ports, log_file=tmp_path / "first.log"):
-        client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.mask.png")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    return client, folder, out, ports, command
+        client = predict_until(out, 1, folder, url=f"127.0.0.1:{ports.grpc}", concurrency=2, retries=retries)
+    return client, folder, out, ports, client.args
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode, write_threshold_segmenter
+from conftest import BRAINSCAN, encode, serve_command, write_threshold_segmenter
 from PIL import Image
-from test_cli import BRAINSCAN
 
-from brainscan.serving import free_port
+from brainscan.serving import Ports, free_port
 from brainscan.storage import S3Location, StorageError, parse_s3
 
 pytestmark = pytest.mark.server
@@ -138,24 +137,12 @@ def test_a_repository_uploaded_to_s3_is_served_from_there_and_answers(s3, square
     images.mkdir()
     (images / "square.png").write_bytes(encode(pixels, "PNG"))
 
-    grpc, http, metrics = free_port(), free_port(), free_port()
+    ports = Ports.free()
+    grpc = ports.grpc
     # Triton's own form without a scheme (host:port is read as http)
     served_from = f"s3://{endpoint.removeprefix('http://')}/models/brainscan"
     process = subprocess.Popen(
-        [
-            BRAINSCAN,
-            "serve",
-            "--repository",
-            served_from,
-            "--grpc-port",
-            str(grpc),
-            "--http-port",
-            str(http),
-            "--metrics-port",
-            str(metrics),
-            "--log-file",
-            str(tmp_path / "tritonserver.log"),
-        ],
+        serve_command(served_from, ports, tmp_path / "tritonserver.log"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

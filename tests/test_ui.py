@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import phantom_slices
+from conftest import BRAINSCAN, phantom_slices
 from PIL import Image
-from test_cli import BRAINSCAN
 
 from brainscan.serving import free_port
 
