@@ -104,7 +104,9 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
         render_config,
     )
 
-    spec = RepositorySpec(flavour="local", instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters})
+    spec = RepositorySpec(
+        flavour=contract.Flavour.LOCAL, instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters}
+    )
     configs = model_configs(spec)
     size = {contract.CLASSIFIER: contract.CLASSIFIER_SIZE, contract.SEGMENTER: contract.SEGMENTER_SIZE}
     inputs = {
@@ -260,11 +262,11 @@ def _one_run(
 
     name = f"{count}-{design}"
     # free networks: one instance each; trained ones: the local flavour's (a second segmenter)
-    segmenters = 1 if config.networks is None else DEFAULT_INSTANCES["local"][contract.SEGMENTER]
+    segmenters = 1 if config.networks is None else DEFAULT_INSTANCES[contract.Flavour.LOCAL][contract.SEGMENTER]
     if design == "in-graph":
         repository = write_repository(
             raw / f"repository-{name}",
-            "local",
+            contract.Flavour.LOCAL,
             networks[contract.CLASSIFIER],
             networks[contract.SEGMENTER],
             instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters},

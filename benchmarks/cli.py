@@ -86,7 +86,7 @@ def bench_run(
             )
         ),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Results folder; a <date>-<host> folder is made inside.")] = Path(
+    out: Annotated[Path, typer.Option(help="Results folder; a `<date>-<host>` folder is made inside.")] = Path(
         "benchmarks/results"
     ),
     concurrency: Concurrency = "1:8",
@@ -153,7 +153,7 @@ def bench_run(
 @bench_app.command("ceiling")
 def bench_ceiling(
     inputs: Inputs,
-    out: Annotated[Path, typer.Option(help="Results folder; a <date>-<host>-ceiling folder is made inside.")] = Path(
+    out: Annotated[Path, typer.Option(help="Results folder; a `<date>-<host>-ceiling` folder is made inside.")] = Path(
         "benchmarks/results"
     ),
     instances: Annotated[str, typer.Option(help="Instances of each python step to compare, comma-separated.")] = "1,2",
@@ -180,7 +180,7 @@ def bench_ceiling(
             help=(
                 "Training runs (classifier/ and segmenter/ with model.onnx): compare the two designs with these "
                 "trained networks instead of free ones, as a CPU-only server runs them; writes a "
-                "<date>-<host>-designs folder."
+                "`<date>-<host>-designs` folder."
             )
         ),
     ] = None,

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from brainscan.benchmarks.cli import bench_app
 from brainscan.client.cli import health, predict, ui
 from brainscan.client.pacs_cli import listen
-from brainscan.console import ReportFormat, fail
+from brainscan.console import ReportFormat, ReportFormatOption, fail, with_options
 from brainscan.errors import EXIT_FAILED, BrainscanError
 from brainscan.export.cli import export_app
 from brainscan.train.cli import data_app, train_app
@@ -65,7 +65,76 @@ app.command("ui")(ui)
 app.command("listen")(listen)
 
 
+def _security(tls_certificate: Path | None, tls_key: Path | None, tls_client_ca: Path | None, admin_key_file):
+    """serve's security options: gRPC TLS (a GrpcTls, or None) and the admin key's file; TLS
+    options that do not go together are a usage error (exit 2)."""
+    if (tls_certificate is None) != (tls_key is None) or (tls_client_ca and not tls_certificate):
+        raise typer.BadParameter("gRPC TLS needs --tls-certificate and --tls-key (and --tls-client-ca only with them)")
+    from brainscan.serving.security import GrpcTls
+
+    tls = GrpcTls(tls_certificate, tls_key, tls_client_ca) if tls_certificate else None
+    return {"tls": tls, "admin_key_file": admin_key_file}
+
+
+SECURITY_PANEL = "Security"
+SECURITY_OPTIONS = (
+    (
+        "tls_certificate",
+        Annotated[
+            Path | None,
+            typer.Option(
+                envvar="BRAINSCAN_TLS_CERTIFICATE",
+                rich_help_panel=SECURITY_PANEL,
+                help="Serve gRPC over TLS with this certificate (PEM); HTTP and metrics then listen on loopback only.",
+            ),
+        ],
+        None,
+    ),
+    (
+        "tls_key",
+        Annotated[
+            Path | None,
+            typer.Option(
+                envvar="BRAINSCAN_TLS_KEY",
+                rich_help_panel=SECURITY_PANEL,
+                help="The server certificate's private key (PEM).",
+            ),
+        ],
+        None,
+    ),
+    (
+        "tls_client_ca",
+        Annotated[
+            Path | None,
+            typer.Option(
+                envvar="BRAINSCAN_TLS_CLIENT_CA",
+                rich_help_panel=SECURITY_PANEL,
+                help="Mutual TLS: accept only clients whose certificate this CA signed.",
+            ),
+        ],
+        None,
+    ),
+    (
+        "admin_key_file",
+        Annotated[
+            Path | None,
+            typer.Option(
+                envvar=contract.ADMIN_KEY_ENV,
+                rich_help_panel=SECURITY_PANEL,
+                help=(
+                    f"File holding the key that Triton's administrative APIs ({', '.join(contract.ADMIN_APIS)}) "
+                    f"require in the '{contract.ADMIN_HEADER}' header; without it they are off. Inference, health, "
+                    "metadata and statistics need no key."
+                ),
+            ),
+        ],
+        None,
+    ),
+)
+
+
 @app.command("serve")
+@with_options(SECURITY_OPTIONS, "security", _security)
 def serve(
     repository: Annotated[
         str,
@@ -86,34 +155,6 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = contract.METRICS_PORT,
     log_file: Annotated[Path | None, typer.Option(help="Where tritonserver's log goes (default: a temp file).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the ensemble to become ready.")] = 180.0,
-    tls_certificate: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="BRAINSCAN_TLS_CERTIFICATE",
-            help=(
-                "Serve gRPC over TLS with this server certificate (PEM); HTTP and metrics then listen on loopback only."
-            ),
-        ),
-    ] = None,
-    tls_key: Annotated[
-        Path | None, typer.Option(envvar="BRAINSCAN_TLS_KEY", help="The server certificate's private key (PEM).")
-    ] = None,
-    tls_client_ca: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="BRAINSCAN_TLS_CLIENT_CA", help="Mutual TLS: accept only clients whose certificate this CA signed."
-        ),
-    ] = None,
-    admin_key_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar=contract.ADMIN_KEY_ENV,
-            help=(
-                "File holding the key that Triton's administrative APIs (repository, shared memory, statistics, "
-                "trace, logging) require in the 'admin-key' header; without it they are off."
-            ),
-        ),
-    ] = None,
     http_host: Annotated[
         str | None,
         typer.Option(help="Address for plain HTTP (default: --host; 127.0.0.1 with TLS or with the embedded server)."),
@@ -141,16 +182,15 @@ def serve(
         ),
     ] = True,
     watchdog_interval: Annotated[float, typer.Option(help="Seconds between two watchdog probes.")] = 5.0,
+    security: dict | None = None,  # SECURITY_OPTIONS
 ) -> None:
     """Run Triton Inference Server on a model repository until Ctrl-C, SIGTERM or SIGHUP:
     the binary shipped in nvidia-pytriton (no Docker, no GPU; local flavour), or another
     tritonserver with --tritonserver. A watchdog restarts it when real inferences fail
     (a crashed python stub is not restarted by Triton itself)."""
-    from brainscan.serving import GrpcTls, Ports, ServerError, TritonServer, Watchdog, read_admin_key
+    from brainscan.serving import Ports, ServerError, TritonServer, Watchdog, read_admin_key
 
-    if (tls_certificate is None) != (tls_key is None) or (tls_client_ca and not tls_certificate):
-        raise typer.BadParameter("gRPC TLS needs --tls-certificate and --tls-key (and --tls-client-ca only with them)")
-    tls = GrpcTls(tls_certificate, tls_key, tls_client_ca) if tls_certificate else None
+    tls, admin_key_file = security["tls"], security["admin_key_file"]
     admin_key = read_admin_key(admin_key_file) if admin_key_file else None
     server = TritonServer(
         repository,
@@ -218,15 +258,13 @@ def doctor(
             "--sources",
             envvar="BRAINSCAN_SOURCES",
             help=(
-                "Folder of training runs (<network>/model.fp16.onnx) to compare the engines' source ONNX with when "
+                "Folder of training runs (`<network>/model.fp16.onnx`) to compare the engines' source ONNX with when "
                 "the path their record holds is not here, e.g. the runs mounted into the server container; "
                 "repeatable."
             ),
         ),
     ] = None,
-    fmt: Annotated[
-        ReportFormat, typer.Option("--format", help="json: one JSON object on stdout, for scripts.")
-    ] = ReportFormat.TEXT,
+    fmt: ReportFormatOption = ReportFormat.TEXT,
 ) -> None:
     """Check that a repository's TensorRT engines fit the server that will load them: same
     TensorRT version, same GPU compute capability, optimization profile equal to the config, built

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import typing
@@ -34,6 +35,10 @@ class ReportFormat(contract.Choice):
     JSON = "json"
 
 
+# health's and doctor's report: text for people, json for scripts
+ReportFormatOption = Annotated[
+    ReportFormat, typer.Option("--format", help="text, or json for scripts: JSON on stdout, nothing else.")
+]
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
 DataDir = Annotated[Path, typer.Option("--data", help="Dataset folder (kaggle_3m layout, or yes/ and no/).")]
 
@@ -66,3 +71,21 @@ def with_options(options: Sequence[tuple[str, Any, Any]], into: str, make: Calla
         return run
 
     return decorate
+
+
+def field_options(cls, **overrides: tuple[Any, Any]) -> tuple:
+    """The options of a dataclass for ``with_options``: one per field of ``cls`` whose
+    metadata has a ``help``, in field order, as --name (or the metadata's ``flag``) with the
+    field's type and default; the metadata's other keys go to Typer (e.g. ``min``).
+    ``overrides[name] = (type, default)`` gives a field's option another type and default
+    (what the command line takes, when the command converts it)."""
+    hints = typing.get_type_hints(cls)
+    options = []
+    for item in dataclasses.fields(cls):
+        if "help" not in item.metadata:
+            continue
+        kind, default = overrides.get(item.name, (hints[item.name], item.default))
+        settings = {k: v for k, v in item.metadata.items() if k != "flag"}
+        flags = [item.metadata["flag"]] if "flag" in item.metadata else []
+        options.append((item.name, Annotated[kind, typer.Option(*flags, **settings)], default))
+    return tuple(options)

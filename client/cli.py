@@ -14,11 +14,19 @@ import typer
 
 from brainscan import contract
 from brainscan.client.options import Timeout, with_connection
+from brainscan.client.pacs_cli import StudyRequest, fetch_from_pacs, storer, with_dicomweb, with_study_request
 from brainscan.client.report import OutputFormat, Reporter, retry_notice, summary, write_failures
-from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, fail
+from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, ReportFormatOption, fail
+
+SkipExisting = Annotated[bool, typer.Option(help="Resume: skip inputs whose outputs are already in --out.")]
+Failures = Annotated[Path | None, typer.Option(help="JSON report of every failure (default: `<out>/failures.json`).")]
+Evaluate = Annotated[bool, typer.Option(help="Compare with X_mask.* ground truth beside each X.* (kaggle_3m layout).")]
+ProgressBar = Annotated[bool | None, typer.Option(help="Progress bar on stderr (default: when stderr is a terminal).")]
 
 
 @with_connection
+@with_dicomweb
+@with_study_request
 def predict(
     paths: Annotated[
         list[Path] | None,
@@ -33,8 +41,8 @@ def predict(
         Path | None,
         typer.Option(
             help=(
-                "Folder for <name>.mask.png and <name>.overlay.png per image, <name>.mask.nii.gz and "
-                "<name>.summary.json per volume, and failures.json."
+                "Folder for `<name>.mask.png` and `<name>.overlay.png` per image, `<name>.mask.nii.gz` and "
+                "`<name>.summary.json` per volume, and `failures.json`."
             )
         ),
     ] = None,
@@ -51,85 +59,20 @@ def predict(
             min=0, help="Attempts after the first while the server is unreachable (back-off 0.5 s doubling to 8 s)."
         ),
     ] = 8,
-    skip_existing: Annotated[
-        bool, typer.Option(help="Resume: skip inputs whose outputs are already in --out.")
-    ] = False,
-    failures: Annotated[
-        Path | None, typer.Option(help="JSON report of every failure (default: <out>/failures.json with --out).")
-    ] = None,
-    evaluate: Annotated[
-        bool, typer.Option(help="Compare with X_mask.* ground truth beside each X.* (kaggle_3m layout).")
-    ] = False,
-    progress: Annotated[
-        bool | None, typer.Option(help="Progress bar on stderr (default: when stderr is a terminal).")
-    ] = None,
-    dicomweb: Annotated[
-        str | None,
-        typer.Option(
-            rich_help_panel="PACS",
-            help=(
-                "DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web): predict the image series of --study, "
-                "found with QIDO-RS and fetched with WADO-RS, instead of PATHS."
-            ),
-        ),
-    ] = None,
-    study: Annotated[
-        str | None, typer.Option(rich_help_panel="PACS", help="StudyInstanceUID to fetch from --dicomweb.")
-    ] = None,
-    series: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--series",
-            rich_help_panel="PACS",
-            help="Only this SeriesInstanceUID of --study (repeatable; default: its MR/CT/PT/OT series).",
-        ),
-    ] = None,
-    store: Annotated[
-        bool,
-        typer.Option(
-            rich_help_panel="PACS",
-            help="Send each series' DICOM SEG and SR to the PACS with STOW-RS (--store-url, default --dicomweb).",
-        ),
-    ] = False,
-    store_url: Annotated[
-        str | None,
-        typer.Option(rich_help_panel="PACS", help="DICOMweb root to store the results in, if not --dicomweb."),
-    ] = None,
-    dicomweb_auth_file: Annotated[
-        Path | None,
-        typer.Option(
-            rich_help_panel="PACS",
-            envvar="BRAINSCAN_DICOMWEB_AUTH_FILE",
-            help=(
-                "File holding 'basic USER:PASSWORD' or 'bearer TOKEN' for the PACS (or the credentials themselves in "
-                "BRAINSCAN_DICOMWEB_AUTH); never on the command line."
-            ),
-        ),
-    ] = None,
-    dicomweb_ca_file: Annotated[
-        Path | None,
-        typer.Option(
-            rich_help_panel="PACS",
-            envvar="BRAINSCAN_DICOMWEB_CA_FILE",
-            help="CA certificate (PEM) to verify the PACS's TLS certificate with.",
-        ),
-    ] = None,
-    dicomweb_timeout: Annotated[
-        float,
-        typer.Option(
-            rich_help_panel="PACS",
-            min=1,
-            help="Seconds to wait for each answer of the PACS (a request is tried 3 times).",
-        ),
-    ] = 60.0,
+    skip_existing: SkipExisting = False,
+    failures: Failures = None,
+    evaluate: Evaluate = False,
+    progress: ProgressBar = None,
     audit: Annotated[
         Path | None,
         typer.Option(
             rich_help_panel="PACS",
-            help="JSON-lines audit file, one line per DICOM series (default: <out>/audit.jsonl).",
+            help="JSON-lines audit file, one line per DICOM series (default: `<out>/audit.jsonl`).",
         ),
     ] = None,
+    request: StudyRequest | None = None,  # the study options (with_study_request)
     connect=None,  # the connection options (with_connection)
+    open_pacs=None,  # the DICOMweb options (with_dicomweb)
 ) -> None:
     """Send images and volumes to the `brainscan` ensemble (one request per image or axial
     slice, --concurrency in flight) and report, in input order, probability, label and
@@ -151,26 +94,17 @@ def predict(
         raise typer.BadParameter("--skip-existing needs --out (it looks for the outputs there)")
     conn = connect(timeout, retries)
     deliver = None
-    if dicomweb is not None or store:
+    if request.given:
         from brainscan.client import dicomweb as web
-        from brainscan.client.pacs_cli import fetch_from_pacs, storer
 
-        if dicomweb is None:
-            raise typer.BadParameter("--store sends results back to a PACS: give --dicomweb")
-        if paths:
-            raise typer.BadParameter("give PATHS or --dicomweb, not both")
-        if not study:
-            raise typer.BadParameter("--dicomweb needs --study UID")
+        request.check(paths)
         made_out = out is None
         out = out or Path(tempfile.mkdtemp(prefix="brainscan-dicomweb-"))
         try:
-            credentials = web.load_credentials(dicomweb_auth_file)
-            pacs = web.Pacs(dicomweb, credentials, dicomweb_ca_file, dicomweb_timeout)
-            if store:
-                deliver = storer(
-                    web.Pacs(store_url, credentials, dicomweb_ca_file, dicomweb_timeout) if store_url else pacs
-                )
-            paths = fetch_from_pacs(pacs, study, series or [], conn, out)
+            pacs = open_pacs(request.dicomweb)
+            if request.store:
+                deliver = storer(open_pacs(request.store_url) if request.store_url else pacs)
+            paths = fetch_from_pacs(pacs, request.study, request.series or [], conn, out)
         except (web.DicomWebError, ServerUnavailableError, ModelNotReadyError) as exc:
             if made_out:  # nothing of this run is worth keeping
                 shutil.rmtree(out, ignore_errors=True)
@@ -178,7 +112,9 @@ def predict(
                 fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
             fail(str(exc))
         if not paths:
-            typer.echo(f"study {study}: every image series already has a result from the served models", err=True)
+            typer.echo(
+                f"study {request.study}: every image series already has a result from the served models", err=True
+            )
             if made_out:
                 shutil.rmtree(out, ignore_errors=True)
             return
@@ -252,14 +188,12 @@ def health(
             ),
         ),
     ] = False,
-    fmt: Annotated[
-        ReportFormat, typer.Option("--format", help="json: one object per server on stdout, for scripts.")
-    ] = ReportFormat.TEXT,
+    fmt: ReportFormatOption = ReportFormat.TEXT,
     connect=None,  # the connection options (with_connection)
 ) -> None:
     """Say whether the server and every model of the ensemble are ready (exit 0 if so,
     1 if something is not ready or --infer fails, 3 if no server answers); with several
-    servers, each of them."""
+    servers, each of them (--format json: one object per server)."""
     conn = connect(10.0)
     servers = conn.servers if conn.balanced and not conn.url.startswith("dns:") else [None]
     codes = []

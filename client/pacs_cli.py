@@ -3,12 +3,120 @@ results stored back, and `brainscan listen`, the DICOM node a PACS routes series
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from brainscan.console import Url, fail
+from brainscan.console import Url, fail, field_options, with_options
+
+# How to reach a PACS's DICOMweb, shared by predict (--dicomweb, --store-url) and listen
+# (--store-url): (name, annotation, default) for with_options.
+DICOMWEB_OPTIONS = (
+    (
+        "dicomweb_auth_file",
+        Annotated[
+            Path | None,
+            typer.Option(
+                rich_help_panel="PACS",
+                envvar="BRAINSCAN_DICOMWEB_AUTH_FILE",
+                help=(
+                    "File holding 'basic USER:PASSWORD' or 'bearer TOKEN' for the PACS's DICOMweb (or the "
+                    "credentials themselves in BRAINSCAN_DICOMWEB_AUTH); never on the command line."
+                ),
+            ),
+        ],
+        None,
+    ),
+    (
+        "dicomweb_ca_file",
+        Annotated[
+            Path | None,
+            typer.Option(
+                rich_help_panel="PACS",
+                envvar="BRAINSCAN_DICOMWEB_CA_FILE",
+                help="CA certificate (PEM) to verify the PACS's TLS certificate with.",
+            ),
+        ],
+        None,
+    ),
+    (
+        "dicomweb_timeout",
+        Annotated[
+            float,
+            typer.Option(
+                rich_help_panel="PACS",
+                min=1,
+                help="Seconds to wait for each answer of the PACS (a request is tried 3 times).",
+            ),
+        ],
+        60.0,
+    ),
+)
+
+
+def _pacs_opener(dicomweb_auth_file: Path | None, dicomweb_ca_file: Path | None, dicomweb_timeout: float):
+    def open_pacs(url: str):
+        from brainscan.client import dicomweb as web
+
+        return web.Pacs(url, web.load_credentials(dicomweb_auth_file), dicomweb_ca_file, dicomweb_timeout)
+
+    return open_pacs
+
+
+# Gives a command the DICOMweb options (help panel PACS); it receives them as one
+# ``open_pacs(url)`` -> client.dicomweb.Pacs.
+with_dicomweb = with_options(DICOMWEB_OPTIONS, "open_pacs", _pacs_opener)
+
+
+def _pacs_option(help: str) -> dict:
+    return {"help": help, "rich_help_panel": "PACS"}
+
+
+@dataclass
+class StudyRequest:
+    """predict's study from a PACS: where to fetch it, which series, and where the results
+    go. The fields are predict's options (console.field_options)."""
+
+    dicomweb: str | None = field(
+        default=None,
+        metadata=_pacs_option(
+            "DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web): predict the image series of --study, found "
+            "with QIDO-RS and fetched with WADO-RS, instead of PATHS."
+        ),
+    )
+    study: str | None = field(default=None, metadata=_pacs_option("StudyInstanceUID to fetch from --dicomweb."))
+    series: list[str] | None = field(
+        default=None,
+        metadata=_pacs_option("Only this SeriesInstanceUID of --study (repeatable; default: its MR/CT/PT/OT series)."),
+    )
+    store: bool = field(
+        default=False,
+        metadata=_pacs_option(
+            "Send each series' DICOM SEG and SR to the PACS with STOW-RS (--store-url, default --dicomweb)."
+        ),
+    )
+    store_url: str | None = field(
+        default=None, metadata=_pacs_option("DICOMweb root to store the results in, if not --dicomweb.")
+    )
+
+    @property
+    def given(self) -> bool:
+        return self.dicomweb is not None or self.store
+
+    def check(self, paths) -> None:
+        """A usage error (exit 2) for options that do not go together."""
+        if self.dicomweb is None:
+            raise typer.BadParameter("--store sends results back to a PACS: give --dicomweb")
+        if paths:
+            raise typer.BadParameter("give PATHS or --dicomweb, not both")
+        if not self.study:
+            raise typer.BadParameter("--dicomweb needs --study UID")
+
+
+# Gives predict the study options (help panel PACS) as one StudyRequest ``request``.
+with_study_request = with_options(field_options(StudyRequest), "request", StudyRequest)
 
 
 def fetch_from_pacs(pacs, study: str, wanted: list[str], conn, out: Path) -> list[Path]:
@@ -55,6 +163,7 @@ def storer(pacs):
     return store
 
 
+@with_dicomweb
 def listen(
     ae_title: Annotated[str, typer.Option(help="This node's AE title (at most 16 characters).")] = "BRAINSCAN",
     port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
@@ -78,20 +187,6 @@ def listen(
         typer.Option(help="Send each series' SEG and SR by C-STORE to AET@HOST:PORT (e.g. the PACS that routed it)."),
     ] = None,
     store_url: Annotated[str | None, typer.Option(help="Send them by STOW-RS to this DICOMweb root instead.")] = None,
-    dicomweb_auth_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="BRAINSCAN_DICOMWEB_AUTH_FILE",
-            help=(
-                "Credentials for --store-url: a file holding 'basic USER:PASSWORD' or 'bearer TOKEN' (or "
-                "BRAINSCAN_DICOMWEB_AUTH)."
-            ),
-        ),
-    ] = None,
-    dicomweb_ca_file: Annotated[
-        Path | None,
-        typer.Option(envvar="BRAINSCAN_DICOMWEB_CA_FILE", help="CA certificate (PEM) for --store-url's TLS."),
-    ] = None,
     spool: Annotated[
         Path,
         typer.Option(help="Folder for the series being received (and failed/ with the reason of those that failed)."),
@@ -104,8 +199,9 @@ def listen(
     ] = 2048,
     max_spool_mb: Annotated[int, typer.Option(min=1, help="Disk the spool may use, MB.")] = 20480,
     audit: Annotated[
-        Path | None, typer.Option(help="JSON-lines audit file, one line per series (default: <spool>/audit.jsonl).")
+        Path | None, typer.Option(help="JSON-lines audit file, one line per series (default: `<spool>/audit.jsonl`).")
     ] = None,
+    open_pacs=None,  # the DICOMweb options (with_dicomweb)
 ) -> None:
     """A DICOM node (C-STORE SCP) for a PACS to route MR series to: each series is predicted
     once complete (--idle seconds without a new object) and its DICOM SEG and SR go back by
@@ -141,9 +237,7 @@ def listen(
     if destination is not None:
         send = node.c_store(destination, ae_title)
     else:
-        from brainscan.client import dicomweb as web
-
-        send = node.stow(web.Pacs(store_url, web.load_credentials(dicomweb_auth_file), dicomweb_ca_file))
+        send = node.stow(open_pacs(store_url))
     listener = node.Listener(
         config,
         node.predict_series(conn, Path(spool).resolve(), audit_path),

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from brainscan import contract
-from brainscan.console import fail
+from brainscan.console import fail, field_options, with_options
+from brainscan.export.repository_spec import RepositorySpec
 
 export_app = typer.Typer(
     rich_markup_mode="markdown", help="Export trained models and write Triton model repositories.", no_args_is_help=True
@@ -42,53 +43,28 @@ def onnx(
     typer.echo(f"wrote {target}")
 
 
+def _instance_counts(given: list[str] | None) -> dict[str, int]:
+    counts = {}
+    for item in given or []:
+        model, _, count = item.partition("=")
+        if not count.isdigit():
+            raise typer.BadParameter(f"{item!r}: write MODEL=N, e.g. preprocess=2", param_hint="--instances")
+        counts[model] = int(count)
+    return counts
+
+
+def _spec_options(instances: list[str] | None = None, **options) -> dict:
+    return {**options, "instances": _instance_counts(instances)}
+
+
 @export_app.command("repository")
+@with_options(field_options(RepositorySpec, instances=(list[str] | None, None)), "spec", _spec_options)
 def repository(
     out: Annotated[Path, typer.Option("--repository", help="Repository folder to write.")] = contract.demo_repository(),
     old_out: Annotated[Path | None, typer.Option("--out", hidden=True, help="The old name of --repository.")] = None,
-    flavour: Annotated[
-        contract.Flavour, typer.Option(help="local (python+ONNX Runtime, no GPU), onnxruntime, or tensorrt.")
-    ] = contract.Flavour.LOCAL,
     classifier: Annotated[Path | None, typer.Option(help="Classifier ONNX (default: the demo's, if built).")] = None,
     segmenter: Annotated[Path | None, typer.Option(help="Segmenter ONNX (default: the demo's, if built).")] = None,
-    max_batch_size: Annotated[
-        int, typer.Option(help="max_batch_size of every model (and the TensorRT profile's maximum).")
-    ] = contract.MAX_BATCH_SIZE,
-    ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per model instance.")] = 1,
-    device: Annotated[
-        contract.Device,
-        typer.Option(help="onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache)."),
-    ] = contract.Device.CPU,
-    instances: Annotated[
-        list[str] | None, typer.Option(help="Instances of a model, MODEL=N (e.g. preprocess=2). Repeatable.")
-    ] = None,
-    queue_delay_us: Annotated[
-        int | None,
-        typer.Option(
-            help="The networks' dynamic-batching queue delay in µs (default: 0 local, 500 onnxruntime, 100 tensorrt)."
-        ),
-    ] = None,
-    python_queue_delay_us: Annotated[
-        int | None, typer.Option(help="preprocess's queue delay in µs (default: 0).")
-    ] = None,
-    opt_batch: Annotated[
-        int | None, typer.Option(help="Optimum batch of the TensorRT profile (onnxruntime on gpu).")
-    ] = None,
-    max_queue_size: Annotated[
-        int, typer.Option(help="Requests each model may hold waiting; more are refused at once (UNAVAILABLE).")
-    ] = contract.MAX_QUEUE_SIZE,
-    max_side: Annotated[
-        int | None,
-        typer.Option(
-            help=(
-                f"Largest image side served (default: {contract.GPU_MAX_IMAGE_SIDE} on a GPU, where TensorRT profiles "
-                f"end and Triton allocates every input at it; {contract.MAX_IMAGE_SIDE} on the CPU)."
-            )
-        ),
-    ] = None,
-    queue_timeout_ms: Annotated[
-        int, typer.Option(help="A request waiting longer than this in a model's queue is refused.")
-    ] = contract.QUEUE_TIMEOUT_MS,
+    spec: dict | None = None,
 ) -> None:
     """Write a Triton model repository whose `brainscan` ensemble runs preprocess (decode) ->
     classifier and segmenter (served graphs: resize, scaling and the mask inside). Configs
@@ -104,34 +80,21 @@ def repository(
         candidate = contract.demo_run(task) / "model.onnx"
         return candidate if candidate.exists() else None
 
-    counts = {}
-    for item in instances or []:
-        model, _, count = item.partition("=")
-        if not count.isdigit():
-            raise typer.BadParameter(f"{item!r}: write MODEL=N, e.g. preprocess=2", param_hint="--instances")
-        counts[model] = int(count)
+    options = dict(spec or {})
+    flavour = options.pop("flavour")
     classifier_onnx, segmenter_onnx = default(classifier, "classifier"), default(segmenter, "segmenter")
-    write_repository(
-        out,
-        flavour,
-        classifier_onnx,
-        segmenter_onnx,
-        max_batch_size=max_batch_size,
-        ort_threads=ort_threads,
-        device=device,
-        instances=counts,
-        queue_delay_us=queue_delay_us,
-        opt_batch=opt_batch,
-        max_queue_size=max_queue_size,
-        queue_timeout_ms=queue_timeout_ms,
-        max_image_side=max_side,
-        **({} if python_queue_delay_us is None else {"python_queue_delay_us": python_queue_delay_us}),
-    )
+    write_repository(out, flavour, classifier_onnx, segmenter_onnx, **options)
     validate_repository(out)
     missing = [name for name, path in (("classifier", classifier_onnx), ("segmenter", segmenter_onnx)) if path is None]
     typer.echo(f"wrote the {flavour} repository to {out}")
-    if missing and flavour != "tensorrt":
+    if missing and flavour is not contract.Flavour.TENSORRT:
         typer.echo(f"note: no ONNX given for {', '.join(missing)}: add it before serving", err=True)
+
+
+S3Location = Annotated[
+    str,
+    typer.Argument(help="s3://bucket/path, or s3://http(s)://host:port/bucket/path for an S3-compatible server."),
+]
 
 
 @export_app.command("upload")
@@ -145,10 +108,7 @@ def upload(
             )
         ),
     ],
-    destination: Annotated[
-        str,
-        typer.Argument(help="s3://bucket/path, or s3://http(s)://host:port/bucket/path for an S3-compatible server."),
-    ],
+    destination: S3Location,
 ) -> None:
     """Copy a folder to S3-compatible object storage. A model repository (a folder holding
     the `brainscan` ensemble) is checked first and its configs written last; Triton then
@@ -166,7 +126,7 @@ def upload(
             validate_repository(folder, require_weights=True)
         except RepositoryError:
             # a tensorrt repository may go up without engines: the engine-build Job adds them there
-            if flavour_of(validate_repository(folder)) != "tensorrt":
+            if flavour_of(validate_repository(folder)) is not contract.Flavour.TENSORRT:
                 raise
             note = (
                 f"; it has no engines yet: build them into the bucket with `brainscan export tensorrt "
@@ -178,7 +138,7 @@ def upload(
 
 @export_app.command("download")
 def download(
-    source: Annotated[str, typer.Argument(help="s3://[http(s)://host:port/]bucket/path")],
+    source: S3Location,
     folder: Annotated[Path, typer.Argument(help="Folder to write (created; existing files are replaced).")],
 ) -> None:
     """Copy everything under an s3:// location into a folder (credentials as for upload)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainscan import contract
+from brainscan.contract import Flavour
 from brainscan.digest import sha256_file
 from brainscan.export.gpu import cuda_visible, visible_gpus
 from brainscan.export.profiles import Profile, ProfileError, profile_from_config
@@ -305,7 +306,7 @@ def diagnose(repository: Path, target: Target, sources: Sequence[Path] = ()) -> 
     except RepositoryError as exc:
         return [Finding("repository", "layout", Status.MISMATCH, str(exc))]
     flavour = flavour_of(configs)
-    if flavour != "tensorrt":
+    if flavour is not Flavour.TENSORRT:
         try:
             validate_repository(repository, require_weights=True)
             return [

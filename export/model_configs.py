@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.client.perf import serialized_string
-from brainscan.contract import ENGINE_PARAMETER_PREFIX, MAX_SIDE_PARAMETER, TensorSpec
+from brainscan.contract import ENGINE_PARAMETER_PREFIX, MAX_SIDE_PARAMETER, Device, Flavour, TensorSpec
 from brainscan.export.profiles import OPT_IMAGE, ProfileError, image_profile
 from brainscan.export.repository_spec import (
     ORT_TRT_CACHE,
@@ -65,7 +65,7 @@ def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: 
 def _network(name: str, spec: RepositorySpec) -> dict:
     inputs, outputs = [contract.PIXELS_SPEC], [contract.NETWORK_OUTPUT_SPEC[name]]
     side = {MAX_SIDE_PARAMETER: spec.max_image_side}
-    if spec.flavour == "local":
+    if spec.flavour is Flavour.LOCAL:
         return _python_model(name, inputs, outputs, spec, {"intra_op_threads": spec.ort_threads, **side})
     config = {
         "name": name,
@@ -75,11 +75,11 @@ def _network(name: str, spec: RepositorySpec) -> dict:
         "dynamic_batching": _dynamic_batching(spec.queue_delay_us, spec),
         "parameters": _parameters(side),
     }
-    if spec.flavour == "tensorrt":
+    if spec.flavour is Flavour.TENSORRT:
         config["platform"] = "tensorrt_plan"
         config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
         config["optimization"] = {"cuda": {"graphs": True, "graph_spec": _graph_specs(spec.max_batch_size)}}
-    elif spec.device == "gpu":
+    elif spec.device is Device.GPU:
         config["platform"] = "onnxruntime_onnx"
         config["instance_group"] = [{"kind": "KIND_GPU", "count": spec.count(name)}]
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [_ort_tensorrt(name, spec)]}}
@@ -235,7 +235,7 @@ def plan_files(config: model_config_pb2.ModelConfig) -> dict[str, str]:
     ``cc_model_filenames``: each server loads the one of its GPU). A config that lists none
     has one plan for whatever GPU loads it, under the key ''."""
     listed = dict(config.cc_model_filenames)
-    return listed or {"": config.default_model_filename or WEIGHT_FILES["tensorrt"]}
+    return listed or {"": config.default_model_filename or WEIGHT_FILES[Flavour.TENSORRT]}
 
 
 def engine_parameter(compute_capability: str) -> str:

@@ -9,7 +9,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
@@ -23,20 +23,26 @@ def _now() -> str:
 
 @dataclass
 class _Record:
-    """JSON in and out; a field an older record lacks reads as its default. Both records
-    name their network, the nodes kept in FP32 and the gate's report."""
+    """JSON in and out; a field an older record lacks reads as its default. Every record
+    names its network, the nodes kept in FP32, the gate's report, when it was made and the
+    format it was written in (FORMAT, one number per class)."""
 
+    FORMAT: ClassVar[int]
     network: str = "?"
     fp32_nodes: list[str] = field(default_factory=list)
     gate: dict = field(default_factory=dict)
+    made_at: str = field(default_factory=_now)
 
     def write(self, path: Path) -> None:
-        write_bytes_atomic(path, (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode())
+        values = {**dataclasses.asdict(self), "format": self.FORMAT}
+        write_bytes_atomic(path, (json.dumps(values, indent=2) + "\n").encode())
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        # formats before Fp16Record 2 and EngineRecord 4 named the time after the step
+        made_at = values.get("made_at") or values.get("converted_at") or values.get("built_at") or "?"
+        return cls(**{k: v for k, v in values.items() if k in known and k != "made_at"}, made_at=made_at)
 
     @classmethod
     def read(cls, path: Path):
@@ -54,12 +60,11 @@ class Fp16Record(_Record):
     source_sha256: str = ""
     fp16_onnx: str = ""
     fp16_sha256: str = ""
-    converter: str = ""
     keep_fp32: list[str] = field(default_factory=list)
     fp16_nodes: int = 0
     float_nodes: int = 0
-    converted_at: str = field(default_factory=_now)
-    format: int = 1
+    converter: str = ""
+    FORMAT = 2
 
     @staticmethod
     def path_for(fp16_onnx: Path) -> Path:
@@ -69,20 +74,21 @@ class Fp16Record(_Record):
 
 @dataclass
 class EngineRecord(_Record):
-    """Beside each TensorRT plan: enough to tell whether the plan still fits a server."""
+    """Beside each TensorRT plan: enough to tell whether the plan still fits a server. First
+    what `brainscan doctor` compares with the server and the config (TensorRT, GPU, profile),
+    then what the plan was built from, then how."""
 
     tensorrt_version: str = "?"
     gpu_name: str = "?"
     compute_capability: str = "?"
-    precision: str = "fp16 graph, strongly typed"
+    profile: dict = field(default_factory=dict)
     onnx_file: str = ""
     onnx_sha256: str = ""
     fp32_onnx_sha256: str = ""
-    profile: dict = field(default_factory=dict)
+    precision: str = "fp16 graph, strongly typed"
     workspace_mib: int = 0
     build_seconds: float = 0.0
-    built_at: str = field(default_factory=_now)
-    format: int = 3
+    FORMAT = 4
 
     @staticmethod
     def name_for(plan: str) -> str:

@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from brainscan import contract
-from brainscan.contract import MODEL_SHA256_PARAMETER, Flavour
+from brainscan.contract import MODEL_SHA256_PARAMETER, Device, Flavour
 from brainscan.export.model_configs import (
     engine_parameter,
     list_engine,
@@ -39,7 +39,6 @@ from brainscan.export.model_configs import (
 )
 from brainscan.export.repository_spec import (
     DEFAULT_INSTANCES,
-    DEVICES,
     FLAVOURS,
     ONNX_RUNNER_SOURCE,
     ORT_TRT_CACHE,
@@ -59,7 +58,6 @@ from brainscan.export.repository_spec import (
 # defaults; model_configs: the configs and the engines they list).
 __all__ = [
     "DEFAULT_INSTANCES",
-    "DEVICES",
     "FLAVOURS",
     "ONNX_RUNNER_SOURCE",
     "ORT_TRT_CACHE",
@@ -101,7 +99,7 @@ def repository_files(spec: RepositorySpec) -> dict[str, bytes]:
     for name, source in PYTHON_SOURCES.items():
         files[f"{name}/{VERSION}/model.py"] = _python_source(source)
     files.update(warmup_files())
-    if spec.flavour == "local":
+    if spec.flavour is Flavour.LOCAL:
         for name in contract.NETWORKS:
             files[f"{name}/{VERSION}/model.py"] = _python_source(ONNX_RUNNER_SOURCE)
     return files
@@ -131,7 +129,7 @@ def served_graph(path: Path, network: str) -> bytes:
 
 def write_repository(
     out: Path,
-    flavour: str = "local",
+    flavour: Flavour | str = Flavour.LOCAL,
     classifier_onnx: Path | None = None,
     segmenter_onnx: Path | None = None,
     **options,
@@ -141,9 +139,9 @@ def write_repository(
     the networks' weights; the onnxruntime flavour on a GPU serves the FP16 graph beside each
     instead (``model.fp16.onnx``, written by ``brainscan export fp16``)."""
     out = Path(out)
-    gpu = options.get("device") == "gpu"
+    spec = RepositorySpec(flavour=flavour, **options)
     sources = {contract.CLASSIFIER: classifier_onnx, contract.SEGMENTER: segmenter_onnx}
-    if flavour == "onnxruntime" and gpu:
+    if spec.flavour is Flavour.ONNXRUNTIME and spec.device is Device.GPU:
         from brainscan.export.fp16 import fp16_path
 
         sources = {name: fp16_path(path) if path else None for name, path in sources.items()}
@@ -153,18 +151,17 @@ def write_repository(
                 f"the onnxruntime flavour on a GPU serves the FP16 graphs, and {', '.join(missing)} "
                 "is missing: write it with `brainscan export fp16 RUN` (make demo does)"
             )
-    spec = RepositorySpec(flavour=flavour, **options)
     files = repository_files(spec)
-    if flavour in ("local", "onnxruntime"):
+    if spec.flavour in (Flavour.LOCAL, Flavour.ONNXRUNTIME):
         for name, source in sources.items():
             if source:
                 graph = served_graph(source, name)
-                files[f"{name}/{VERSION}/{WEIGHT_FILES[flavour]}"] = graph
+                files[f"{name}/{VERSION}/{WEIGHT_FILES[spec.flavour]}"] = graph
                 # the served graph's digest, for clients to name what answered (DICOM SR, audit)
                 config = to_model_config(model_configs(spec)[name])
                 config.parameters[MODEL_SHA256_PARAMETER].string_value = hashlib.sha256(graph).hexdigest()
                 files[f"{name}/config.pbtxt"] = text_format.MessageToString(config).encode()
-    if flavour == "tensorrt":
+    if spec.flavour is Flavour.TENSORRT:
         for name in contract.NETWORKS:
             listed, described = listed_engines(out, name)
             if listed:
@@ -231,7 +228,9 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
             if config.backend == "python":
                 needed.append("model.py")
             if name in contract.NETWORKS:
-                needed += sorted(set(plan_files(config).values())) if flavour == "tensorrt" else [WEIGHT_FILES[flavour]]
+                needed += (
+                    sorted(set(plan_files(config).values())) if flavour is Flavour.TENSORRT else [WEIGHT_FILES[flavour]]
+                )
             if name == contract.ENSEMBLE and not version.is_dir():
                 problems.append(f"{name}: version folder {version} is missing")
             problems += [f"{name}: {version / f} is missing" for f in needed if not (version / f).exists()]

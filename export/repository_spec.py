@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from brainscan import contract
-from brainscan.contract import PLAN_FILE, Flavour
+from brainscan.contract import PLAN_FILE, Device, Flavour
 from brainscan.errors import BrainscanError
 from brainscan.export.profiles import OPT_IMAGE
 
@@ -17,18 +17,17 @@ PLACEHOLDER = ".gitkeep"  # keeps a version folder whose weights are build outpu
 PYTHON_SOURCES = {contract.PREPROCESS: "preprocess.py"}
 ONNX_RUNNER_SOURCE = "onnx_runner.py"
 WEIGHT_FILES = {Flavour.LOCAL: "model.onnx", Flavour.ONNXRUNTIME: "model.onnx", Flavour.TENSORRT: PLAN_FILE}
-DEVICES = ("cpu", "gpu")
 # How long the dynamic batcher may hold a request to grow a batch: for the networks, per
 # flavour; preprocess is the same python model in every flavour. With 0
 # the batcher still batches whatever queued while a model was busy, and an idle server
 # adds no wait: on 2 CPU cores, 500 µs on each of the steps cost 1.5 ms of p50 at
 # concurrency 1 and no throughput (benchmarks/results/, tuning table).
-QUEUE_DELAY_US = {"local": 0, "onnxruntime": 500, "tensorrt": 100}
+QUEUE_DELAY_US = {Flavour.LOCAL: 0, Flavour.ONNXRUNTIME: 500, Flavour.TENSORRT: 100}
 PYTHON_QUEUE_DELAY_US = 0
 # Model instances per flavour unless given. The segmenter is the local flavour's bottleneck
 # (~4x the classifier's FLOPs); a second instance lets it run beside the other steps:
 # +16 % throughput on 2 cores. More ONNX Runtime threads per instance oversubscribe the cores.
-DEFAULT_INSTANCES = {"local": {contract.SEGMENTER: 2}, "onnxruntime": {}, "tensorrt": {}}
+DEFAULT_INSTANCES = {Flavour.LOCAL: {contract.SEGMENTER: 2}, Flavour.ONNXRUNTIME: {}, Flavour.TENSORRT: {}}
 # On a GPU the networks are not the bound: the one python step, which decodes the file, is
 # (benchmarks/results/*-ceiling: CPU ms per image of each step with free networks), while
 # one GPU runs both networks at thousands of images/s. So the GPU flavours run 4 preprocess
@@ -57,36 +56,82 @@ class RepositoryError(BrainscanError, ValueError):
     """A model repository is missing, incomplete or inconsistent; the message lists why."""
 
 
-@dataclass
-class RepositorySpec:
-    """What varies between generated repositories."""
+def _option(help: str, **constraints) -> dict:
+    """A field's metadata when it is also an option of `brainscan export repository`
+    (console.field_options): its help, and limits the command line checks (min)."""
+    return {"help": help, **constraints}
 
-    flavour: str = "local"
-    max_batch_size: int = contract.MAX_BATCH_SIZE
-    queue_delay_us: int | None = None  # the networks'; None: the flavour's default (QUEUE_DELAY_US)
-    python_queue_delay_us: int = PYTHON_QUEUE_DELAY_US  # preprocess
-    max_queue_size: int = contract.MAX_QUEUE_SIZE  # per model
-    queue_timeout_ms: int = contract.QUEUE_TIMEOUT_MS
-    ort_threads: int = 1
-    instances: dict[str, int] = field(default_factory=dict)
-    device: str = "cpu"  # onnxruntime flavour only: cpu, or gpu (TensorRT execution provider, FP16)
-    opt_batch: int | None = None  # optimum batch of the TensorRT profile (default: max_batch_size)
+
+def _per_flavour(values: dict) -> str:
+    return ", ".join(f"{value} {flavour}" for flavour, value in values.items())
+
+
+@dataclass(kw_only=True)
+class RepositorySpec:
+    """What varies between generated repositories. The fields with help in their metadata
+    are the options of `brainscan export repository` too, in this order."""
+
+    flavour: Flavour = field(
+        default=Flavour.LOCAL,  # a str of a flavour is taken too
+        metadata=_option("local (python+ONNX Runtime, no GPU), onnxruntime, or tensorrt."),
+    )
+    max_batch_size: int = field(
+        default=contract.MAX_BATCH_SIZE,
+        metadata=_option("max_batch_size of every model (and the TensorRT profile's maximum).", min=1),
+    )
+    ort_threads: int = field(default=1, metadata=_option("ONNX Runtime intra-op threads per model instance.", min=1))
+    device: Device = field(
+        default=Device.CPU,
+        metadata=_option("onnxruntime flavour: cpu, or gpu (TensorRT execution provider, FP16, engine cache)."),
+    )
+    instances: dict[str, int] = field(
+        default_factory=dict, metadata=_option("Instances of a model, MODEL=N (e.g. preprocess=2). Repeatable.")
+    )
+    queue_delay_us: int | None = field(
+        default=None,  # the flavour's (QUEUE_DELAY_US)
+        metadata=_option(
+            f"The networks' dynamic-batching queue delay in µs (default: {_per_flavour(QUEUE_DELAY_US)}).", min=0
+        ),
+    )
+    python_queue_delay_us: int = field(
+        default=PYTHON_QUEUE_DELAY_US, metadata=_option("preprocess's queue delay in µs.", min=0)
+    )
+    opt_batch: int | None = field(
+        default=None,  # max_batch_size
+        metadata=_option("Optimum batch of the TensorRT profile (onnxruntime on gpu).", min=1),
+    )
+    max_queue_size: int = field(
+        default=contract.MAX_QUEUE_SIZE,
+        metadata=_option("Requests each model may hold waiting; more are refused at once (UNAVAILABLE).", min=1),
+    )
+    max_image_side: int | None = field(
+        default=None,  # contract.GPU_MAX_IMAGE_SIDE on a GPU, else contract.MAX_IMAGE_SIDE
+        metadata=_option(
+            f"Largest image side served (default: {contract.GPU_MAX_IMAGE_SIDE} on a GPU, where TensorRT profiles "
+            f"end and Triton allocates every input at it; {contract.MAX_IMAGE_SIDE} on the CPU).",
+            flag="--max-side",
+        ),
+    )
+    queue_timeout_ms: int = field(
+        default=contract.QUEUE_TIMEOUT_MS,
+        metadata=_option("A request waiting longer than this in a model's queue is refused.", min=1),
+    )
     workspace_mib: int = 1024  # TensorRT workspace of the onnxruntime flavour on GPU
-    max_image_side: int | None = None  # None: contract.GPU_MAX_IMAGE_SIDE on a GPU, else contract.MAX_IMAGE_SIDE
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
             raise RepositoryError(f"unknown flavour {self.flavour!r}: choose one of {', '.join(FLAVOURS)}")
+        if self.device not in tuple(Device):
+            raise RepositoryError(f"unknown device {self.device!r}: choose cpu or gpu")
+        self.flavour, self.device = Flavour(self.flavour), Device(self.device)
         if self.max_batch_size < 1:
             raise RepositoryError("max_batch_size must be at least 1")
         if self.max_queue_size < 1 or self.queue_timeout_ms < 1:
             raise RepositoryError("the queue size and the queue timeout must be at least 1")
-        if self.device not in DEVICES:
-            raise RepositoryError(f"unknown device {self.device!r}: choose cpu or gpu")
-        if self.device == "gpu" and self.flavour != "onnxruntime":
+        if self.device is Device.GPU and self.flavour is not Flavour.ONNXRUNTIME:
             raise RepositoryError(
                 f"--device applies to the onnxruntime flavour; {self.flavour} always runs on "
-                + ("the GPU" if self.flavour == "tensorrt" else "the CPU")
+                + ("the GPU" if self.flavour is Flavour.TENSORRT else "the CPU")
             )
         unknown = sorted(set(self.instances) - set(contract.COMPOSING_MODELS))
         if unknown:
@@ -107,7 +152,7 @@ class RepositorySpec:
 
     @property
     def on_gpu(self) -> bool:
-        return self.flavour == "tensorrt" or self.device == "gpu"
+        return self.flavour is Flavour.TENSORRT or self.device is Device.GPU
 
     def count(self, model: str) -> int:
         defaults = {**(GPU_PYTHON_INSTANCES if self.on_gpu else {}), **DEFAULT_INSTANCES[self.flavour]}

@@ -37,6 +37,8 @@ class Orthanc:
     ):
         self.root = Path(root)
         self.http_port, self.dicom_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb = f"{self.url}/dicom-web"
         self.users = users or {}
         config = {
             "Name": "brainscan-test",
@@ -60,14 +62,6 @@ class Orthanc:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "orthanc.json").write_text(json.dumps(config, indent=1))
         self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def dicomweb(self) -> str:
-        return f"{self.url}/dicom-web"
 
     def start(self) -> Orthanc:
         if not available():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from brainscan import clidoc
 from brainscan.cli import app
@@ -166,3 +167,18 @@ def test_help_promises_only_options_and_variables_the_command_has():
         if url is not None and not url.multiple:  # one server: its help must not promise several
             assert not re.search(r"several|dns:///|comma", url.help or ""), f"{name} --url: {url.help}"
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_placeholder_a_help_names_reaches_the_screen():
+    """Help is Markdown (Rich): a bare <name> is taken for an HTML tag and dropped, so
+    `predict --help` once said "Folder for .mask.png". Every <placeholder> in a command's or
+    option's help must show in its --help as the user sees it."""
+    runner = CliRunner()
+    missing = []
+    for name, command in _commands(typer.main.get_command(app)):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        placeholders = {found for text in texts for found in re.findall(r"<[a-z_]+>", text)}
+        if placeholders:
+            shown = runner.invoke(app, [*name.split(), "--help"], env={"COLUMNS": "300"}).output
+            missing += [f"{name}: {p}" for p in sorted(placeholders) if p not in shown]
+    assert not missing, "\n".join(missing)

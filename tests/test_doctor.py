@@ -225,3 +225,35 @@ def test_a_local_repository_has_nothing_to_rebuild(local_repository):
     result = _doctor(local_repository)
     assert result.exit_code == 0
     assert "local flavour, every model's files are present" in result.output
+
+
+def test_an_engine_record_of_the_previous_format_still_reads(tmp_path):
+    """Engines built before records named their time `made_at` (EngineRecord format 3, as
+    it wrote them) are read with every field the doctor compares, and their own build time."""
+    from brainscan.export.records import EngineRecord
+
+    written_by_format_3 = {
+        "network": "segmenter",
+        "fp32_nodes": [],
+        "gate": {"passed": True},
+        "tensorrt_version": "10.13.3.9",
+        "gpu_name": "NVIDIA L4",
+        "compute_capability": "8.9",
+        "precision": "fp16 graph, strongly typed",
+        "onnx_file": "model.fp16.onnx",
+        "onnx_sha256": "ab" * 32,
+        "fp32_onnx_sha256": "cd" * 32,
+        "profile": {"IMAGE": {"min": [1, 256, 256, 3], "opt": [8, 256, 256, 3], "max": [8, 256, 256, 3]}},
+        "workspace_mib": 1024,
+        "build_seconds": 61.5,
+        "built_at": "2026-11-02T10:00:00Z",
+        "format": 3,
+    }
+    (tmp_path / "model.sm89.json").write_text(json.dumps(written_by_format_3))
+    record = EngineRecord.of_plan(tmp_path, "model.sm89.plan")
+    assert (record.tensorrt_version, record.compute_capability) == ("10.13.3.9", "8.9")
+    assert record.onnx_sha256 == "ab" * 32 and record.profile["IMAGE"]["max"] == [8, 256, 256, 3]
+    assert record.made_at == "2026-11-02T10:00:00Z"
+    record.write(tmp_path / "again.json")  # written again in the current format
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["format"] == EngineRecord.FORMAT > 3 and again["made_at"] == "2026-11-02T10:00:00Z"

@@ -28,7 +28,7 @@ RunDir = Annotated[Path, typer.Option("--out", help="Run folder: model.keras, me
 
 @data_app.command("phantom")
 def phantom(
-    out: Annotated[Path, typer.Option(help="Folder to write <patient>/<patient>_<k>.tif and _mask.tif into.")],
+    out: Annotated[Path, typer.Option(help="Folder to write `<patient>/<patient>_<k>.tif` and `_mask.tif` into.")],
     patients: Annotated[int, typer.Option(help="Number of synthetic patients.")] = 120,
     seed: Seed = 0,
     slices_per_patient: Annotated[int, typer.Option(help="Axial slices per patient.")] = 10,
@@ -43,7 +43,7 @@ def phantom(
 
 @data_app.command("dicom")
 def dicom(
-    patient: Annotated[Path, typer.Argument(help="A phantom patient's folder (<patient>_<k>.tif slices).")],
+    patient: Annotated[Path, typer.Argument(help="A phantom patient's folder (`<patient>_<k>.tif` slices).")],
     out: Annotated[Path, typer.Option(help="Folder to write the series into (NNNN.dcm).")],
 ) -> None:
     """Write one phantom patient as an MR DICOM series (to try the SEG/SR output and a PACS)."""

@@ -120,7 +120,7 @@ class TritonServer:
             if flavour is not Flavour.LOCAL and self.embedded:
                 raise ServerError(
                     f"{self.repository} is the {flavour} flavour: its networks need Triton's {flavour} backend"
-                    + (" and a GPU" if flavour == "tensorrt" else "")
+                    + (" and a GPU" if flavour is Flavour.TENSORRT else "")
                     + ", which the embedded CPU server does not have. Serve it with `docker compose -f "
                     "docker/compose.yaml up -d triton` (docs/gpu.md, 'On a GPU host'), or write a local repository "
                     "with `brainscan export repository --flavour local`"
