@@ -14,7 +14,14 @@ import typer
 
 from brainscan import contract
 from brainscan.client.options import Timeout, with_connection
-from brainscan.client.pacs_cli import StudyRequest, fetch_from_pacs, storer, with_dicomweb, with_study_request
+from brainscan.client.pacs_cli import (
+    DicomwebAccess,
+    StudyRequest,
+    fetch_from_pacs,
+    storer,
+    with_dicomweb,
+    with_study_request,
+)
 from brainscan.client.report import OutputFormat, Reporter, retry_notice, summary, write_failures
 from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, ReportFormatOption, fail
 
@@ -72,7 +79,7 @@ def predict(
     ] = None,
     request: StudyRequest | None = None,  # the study options (with_study_request)
     connect=None,  # the connection options (with_connection)
-    open_pacs=None,  # the DICOMweb options (with_dicomweb)
+    pacs_access: DicomwebAccess | None = None,  # the DICOMweb options (with_dicomweb)
 ) -> None:
     """Send images and volumes to the `brainscan` ensemble (one request per image or axial
     slice, --concurrency in flight) and report, in input order, probability, label and
@@ -101,9 +108,9 @@ def predict(
         made_out = out is None
         out = out or Path(tempfile.mkdtemp(prefix="brainscan-dicomweb-"))
         try:
-            pacs = open_pacs(request.dicomweb)
+            pacs = pacs_access.open(request.dicomweb)
             if request.store:
-                deliver = storer(open_pacs(request.store_url) if request.store_url else pacs)
+                deliver = storer(pacs_access.open(request.store_url) if request.store_url else pacs)
             paths = fetch_from_pacs(pacs, request.study, request.series or [], conn, out)
         except (web.DicomWebError, ServerUnavailableError, ModelNotReadyError) as exc:
             if made_out:  # nothing of this run is worth keeping

@@ -11,67 +11,10 @@ import typer
 
 from brainscan.console import Url, fail, field_options, with_options
 
-# How to reach a PACS's DICOMweb, shared by predict (--dicomweb, --store-url) and listen
-# (--store-url): (name, annotation, default) for with_options.
-DICOMWEB_OPTIONS = (
-    (
-        "dicomweb_auth_file",
-        Annotated[
-            Path | None,
-            typer.Option(
-                rich_help_panel="PACS",
-                envvar="BRAINSCAN_DICOMWEB_AUTH_FILE",
-                help=(
-                    "File holding 'basic USER:PASSWORD' or 'bearer TOKEN' for the PACS's DICOMweb (or the "
-                    "credentials themselves in BRAINSCAN_DICOMWEB_AUTH); never on the command line."
-                ),
-            ),
-        ],
-        None,
-    ),
-    (
-        "dicomweb_ca_file",
-        Annotated[
-            Path | None,
-            typer.Option(
-                rich_help_panel="PACS",
-                envvar="BRAINSCAN_DICOMWEB_CA_FILE",
-                help="CA certificate (PEM) to verify the PACS's TLS certificate with.",
-            ),
-        ],
-        None,
-    ),
-    (
-        "dicomweb_timeout",
-        Annotated[
-            float,
-            typer.Option(
-                rich_help_panel="PACS",
-                min=1,
-                help="Seconds to wait for each answer of the PACS (a request is tried 3 times).",
-            ),
-        ],
-        60.0,
-    ),
-)
 
-
-def _pacs_opener(dicomweb_auth_file: Path | None, dicomweb_ca_file: Path | None, dicomweb_timeout: float):
-    def open_pacs(url: str):
-        from brainscan.client import dicomweb as web
-
-        return web.Pacs(url, web.load_credentials(dicomweb_auth_file), dicomweb_ca_file, dicomweb_timeout)
-
-    return open_pacs
-
-
-# Gives a command the DICOMweb options (help panel PACS); it receives them as one
-# ``open_pacs(url)`` -> client.dicomweb.Pacs.
-with_dicomweb = with_options(DICOMWEB_OPTIONS, "open_pacs", _pacs_opener)
-
-
-def _pacs_option(help: str) -> dict:
-    return {"help": help, "rich_help_panel": "PACS"}
+def _pacs_option(help: str, **settings) -> dict:
+    """A field's metadata when it is an option (console.field_options), in --help's PACS panel."""
+    return {"help": help, "rich_help_panel": "PACS", **settings}
 
 
 @dataclass
@@ -115,8 +58,43 @@ class StudyRequest:
             raise typer.BadParameter("--dicomweb needs --study UID")
 
 
-# Gives predict the study options (help panel PACS) as one StudyRequest ``request``.
+@dataclass
+class DicomwebAccess:
+    """How to reach a PACS's DICOMweb: predict's (--dicomweb, --store-url) and listen's
+    (--store-url). The fields are their options."""
+
+    dicomweb_auth_file: Path | None = field(
+        default=None,
+        metadata=_pacs_option(
+            "File holding 'basic USER:PASSWORD' or 'bearer TOKEN' for the PACS's DICOMweb (or the credentials "
+            "themselves in BRAINSCAN_DICOMWEB_AUTH); never on the command line.",
+            envvar="BRAINSCAN_DICOMWEB_AUTH_FILE",
+        ),
+    )
+    dicomweb_ca_file: Path | None = field(
+        default=None,
+        metadata=_pacs_option(
+            "CA certificate (PEM) to verify the PACS's TLS certificate with.", envvar="BRAINSCAN_DICOMWEB_CA_FILE"
+        ),
+    )
+    dicomweb_timeout: float = field(
+        default=60.0,
+        metadata=_pacs_option("Seconds to wait for each answer of the PACS (a request is tried 3 times).", min=1),
+    )
+
+    def open(self, url: str):
+        """The PACS at ``url`` (a client.dicomweb.Pacs)."""
+        from brainscan.client import dicomweb as web
+
+        return web.Pacs(
+            url, web.load_credentials(self.dicomweb_auth_file), self.dicomweb_ca_file, self.dicomweb_timeout
+        )
+
+
+# Give a command the study options as one StudyRequest ``request`` (predict), and the
+# DICOMweb access options as one DicomwebAccess ``pacs_access`` (predict, listen).
 with_study_request = with_options(field_options(StudyRequest), "request", StudyRequest)
+with_dicomweb = with_options(field_options(DicomwebAccess), "pacs_access", DicomwebAccess)
 
 
 def fetch_from_pacs(pacs, study: str, wanted: list[str], conn, out: Path) -> list[Path]:
@@ -201,7 +179,7 @@ def listen(
     audit: Annotated[
         Path | None, typer.Option(help="JSON-lines audit file, one line per series (default: `<spool>/audit.jsonl`).")
     ] = None,
-    open_pacs=None,  # the DICOMweb options (with_dicomweb)
+    pacs_access: DicomwebAccess | None = None,  # the DICOMweb options (with_dicomweb)
 ) -> None:
     """A DICOM node (C-STORE SCP) for a PACS to route MR series to: each series is predicted
     once complete (--idle seconds without a new object) and its DICOM SEG and SR go back by
@@ -237,7 +215,7 @@ def listen(
     if destination is not None:
         send = node.c_store(destination, ae_title)
     else:
-        send = node.stow(open_pacs(store_url))
+        send = node.stow(pacs_access.open(store_url))
     listener = node.Listener(
         config,
         node.predict_series(conn, Path(spool).resolve(), audit_path),
