@@ -273,3 +273,12 @@ def test_a_user_error_is_one_line_unless_debug_is_asked(tmp_path):
         [BRAINSCAN, "serve", "--repository", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
     )
     assert "Traceback" in result.stderr
+
+
+def test_serve_names_tls_options_that_do_not_go_together(tmp_path):
+    """A key without its certificate is a usage error (exit 2), before any server starts."""
+    key = tmp_path / "server.key"
+    key.write_text("not used")
+    result = run("serve", "--repository", tmp_path, "--tls-key", key)
+    assert result.returncode == 2, result.stderr
+    assert "gRPC TLS needs --tls-certificate and --tls-key" in result.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel
 import numpy as np
 import pytest
-from conftest import encode, phantom_slices, predict_until
+from conftest import cli_args, encode, phantom_slices, predict_until, serve_command
 from PIL import Image
 from test_cli import run
 from test_preprocessing import brain_like
@@ -265,32 +265,38 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command makes the test certificates")
 def test_mutual_tls_round_trip_with_certificates_made_here(local_repository, tmp_path):
-    from brainscan.serving import GrpcTls, Ports, TritonServer
+    """`brainscan serve` with its TLS options, as a user starts it, and the client's."""
+    from brainscan.serving import Ports
 
     certs = make_certificates(tmp_path / "pki")
     image = tmp_path / "slice.png"
     image.write_bytes(encode(brain_like(), "PNG"))
-    tls = GrpcTls(certs["server.pem"], certs["server.key"], client_ca=certs["ca.pem"])
     ports = Ports.free()
-    with TritonServer(local_repository, ports=ports, log_file=tmp_path / "tls.log", grpc_tls=tls) as server:
-        client_tls = [
-            "--root-certificates",
-            certs["ca.pem"],
-            "--private-key",
-            certs["client.key"],
-            "--certificate-chain",
-            certs["client.pem"],
-        ]
-        secure = run("predict", image, "--url", server.grpc_url, "--format", "json", *client_tls)
+    tls = cli_args(tls_certificate=certs["server.pem"], tls_key=certs["server.key"], tls_client_ca=certs["ca.pem"])
+    command = serve_command(local_repository, ports, tmp_path / "tls.log", *tls)
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"127.0.0.1:{ports.grpc}"
+    client_tls = [
+        "--root-certificates",
+        certs["ca.pem"],
+        "--private-key",
+        certs["client.key"],
+        "--certificate-chain",
+        certs["client.pem"],
+    ]
+    try:
+        assert run("health", "--url", url, "--ssl", *client_tls, "--wait", "120").returncode == 0, server.poll()
+        secure = run("predict", image, "--url", url, "--format", "json", *client_tls)
         assert secure.returncode == 0, secure.stderr
         assert 0 <= records(secure.stdout)[0]["probability"] <= 1
-        assert run("health", "--url", server.grpc_url, "--ssl", *client_tls).returncode == 0
-        plain = run("predict", image, "--url", server.grpc_url, "--timeout", "10")
+        plain = run("predict", image, "--url", url, "--timeout", "10")
         assert plain.returncode == 3 and "no Triton server reachable" in plain.stderr
-        no_client_cert = run(
-            "predict", image, "--url", server.grpc_url, "--ssl", "--root-certificates", certs["ca.pem"]
-        )
+        no_client_cert = run("predict", image, "--url", url, "--ssl", "--root-certificates", certs["ca.pem"])
         assert no_client_cert.returncode == 3
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=60)
+    assert "ready: gRPC+TLS" in stderr
 
 
 def test_a_server_that_stays_away_ends_the_run_with_exit_3_and_skip_existing_resumes_it(local_repository, tmp_path):
