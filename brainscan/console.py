@@ -84,7 +84,8 @@ def field_options(cls, **overrides: tuple[Any, Any]) -> tuple:
     for item in dataclasses.fields(cls):
         if "help" not in item.metadata:
             continue
-        kind, default = overrides.get(item.name, (hints[item.name], item.default))
+        own = item.default_factory() if item.default is dataclasses.MISSING else item.default  # type: ignore[misc]
+        kind, default = overrides.get(item.name, (hints[item.name], own))
         settings = {k: v for k, v in item.metadata.items() if k != "flag"}
         flags = [item.metadata["flag"]] if "flag" in item.metadata else []
         options.append((item.name, Annotated[kind, typer.Option(*flags, **settings)], default))
