@@ -19,7 +19,7 @@ TRT_STUBS := tensorrt-stubs==10.13.0.35.1
 # own: its dependencies (boto3, packaging, …) clash with the kit's
 CHECKOV := checkov==3.3.30
 
-.PHONY: demo test soak venv data train export fp16 repository serve gpu predict viewer-shot bench cli-docs docker-locks clean
+.PHONY: demo test soak venv data train export fp16 repository serve gpu predict viewer-shot ui-shot bench cli-docs docker-locks clean
 
 venv: $(VENV)/.installed
 
@@ -91,17 +91,24 @@ define with_server
 endef
 
 # Sends the held-out test patients through the ensemble, then the first of them as an MR
-# DICOM series: its DICOM SEG and SR (and audit line) land in $(ART)/predictions-dicom.
+# DICOM series: its DICOM SEG and SR (and audit line) land in $(ART)/predictions-dicom; then
+# the intended-use gate's figures (brainscan evaluate -> $(ART)/evaluation/report.md).
 PATIENT_DICOM = $(BIN)/brainscan data dicom $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED) | head -1) --out $(ART)/dicom/series
 predict: repository
 	@rm -rf $(ART)/dicom $(ART)/predictions-dicom
 	$(call with_server,$(BIN)/brainscan predict $$($(BIN)/brainscan data split --data $(DATA) --part test --seed $(SEED)) --evaluate --out $(ART)/predictions \
 		&& $(PATIENT_DICOM) && $(BIN)/brainscan predict $(ART)/dicom/series --out $(ART)/predictions-dicom \
-		&& echo "DICOM SEG and SR of the series:" && ls $(ART)/predictions-dicom/*.seg.dcm $(ART)/predictions-dicom/*.sr.dcm)
+		&& echo "DICOM SEG and SR of the series:" && ls $(ART)/predictions-dicom/*.seg.dcm $(ART)/predictions-dicom/*.sr.dcm \
+		&& $(BIN)/brainscan evaluate --data $(DATA) --seed $(SEED))
 
 # docs/img/seg-in-dwv.png: the demo's SEG over its MR series in the dwv viewer (needs npm, chromium)
 viewer-shot: predict
 	docs/viewer/screenshot.sh $(ART)/dicom/series $$(ls $(ART)/predictions-dicom/*.seg.dcm) docs/img/seg-in-dwv.png $(ART)/viewer
+
+# docs/img/ui-refusal.png: the web page refusing a real MR slice the demo networks were not made
+# for (the sagittal head matplotlib ships); needs chromium
+ui-shot: repository
+	$(call with_server,$(BIN)/python docs/ui/screenshot.py docs/img/ui-refusal.png)
 
 # perf_analyzer sweeps + in-process baselines -> benchmarks/results/<date>-<host>/report.md
 bench: repository

@@ -34,7 +34,8 @@ class Baseline:
 def _session(path: Path, network: str, threads: int):
     from brainscan.export.repository import served_graph
 
-    return cpu_session(served_graph(path, network), threads=threads, inter_op_threads=1)
+    graph, _ = served_graph(path, network)
+    return cpu_session(graph, threads=threads, inter_op_threads=1)
 
 
 class InProcessPipeline:

@@ -216,3 +216,26 @@ def bench_ceiling(
         networks=networks,
     )
     measure(config, log=lambda line: typer.echo(line, err=True))
+
+
+@bench_app.command("gate")
+def bench_gate(
+    run: Annotated[
+        Path, typer.Argument(help="The classifier's training run (run.json, and model.onnx from `export onnx`).")
+    ] = contract.demo_run(contract.CLASSIFIER),
+    out: Annotated[Path | None, typer.Option(help="Folder for report.md and results.json.")] = None,
+) -> None:
+    """Compare out-of-distribution scores of the classifier by AUROC and by what each refuses
+    at a limit set on the validation slices: the served pixel gate, its two parts alone, the
+    last stage's feature distance, the maximum probability and the energy score. In-process
+    (ONNX Runtime on CPU); needs the train extra."""
+    import time
+
+    from brainscan.benchmarks.gate_methods import run_comparison
+
+    if not (run / "model.onnx").exists() or not (run / "run.json").exists():
+        fail(f"{run} holds no run.json and model.onnx: train and export the classifier first (make demo)")
+    target = out or Path("benchmarks") / "results" / f"{time.strftime('%Y-%m-%d')}-gate"
+    text, paths = run_comparison(run, target)
+    typer.echo(text)
+    typer.echo(f"wrote {paths[0]}")

@@ -23,7 +23,7 @@ from brainscan.client.pacs_cli import listen
 from brainscan.console import ReportFormat, ReportFormatOption, fail, with_options
 from brainscan.errors import EXIT_FAILED, BrainscanError
 from brainscan.export.cli import export_app
-from brainscan.train.cli import data_app, train_app
+from brainscan.train.cli import data_app, evaluate, train_app
 
 _state = {"debug": False}
 
@@ -63,6 +63,7 @@ app.command("predict")(predict)
 app.command("health")(health)
 app.command("ui")(ui)
 app.command("listen")(listen)
+app.command("evaluate")(evaluate)
 
 
 def _security(tls_certificate: Path | None, tls_key: Path | None, tls_client_ca: Path | None, admin_key_file):
@@ -268,13 +269,15 @@ def doctor(
 ) -> None:
     """Check that a repository's TensorRT engines fit the server that will load them: same
     TensorRT version, same GPU compute capability, optimization profile equal to the config, built
-    from the current ONNX. Says what to rebuild; exits 1 on any mismatch."""
-    from brainscan.export.doctor import Status, advice, detect_target, diagnose, table
+    from the current ONNX. Says what to rebuild; exits 1 on any mismatch. Shows the intended use
+    the served classifier declares to clients."""
+    from brainscan.export.doctor import Status, advice, declared_use, detect_target, diagnose, table
     from brainscan.storage import local_view
 
     target = detect_target(tensorrt_version, compute_capability)
     with local_view(repository) as local:
         findings = diagnose(local, target, sources=sources or [])
+        use = declared_use(local)
     if str(local) != repository:  # name the bucket, not the skeleton the checks ran on
         for finding in findings:
             finding.detail = finding.detail.replace(str(local), repository)
@@ -288,6 +291,7 @@ def doctor(
                     "servable": not bad,
                     "advice": verdict if bad else None,
                     "findings": [dataclasses.asdict(f) for f in findings],
+                    "intended_use": use.as_dict() if use else None,
                 }
             )
         )
@@ -295,6 +299,12 @@ def doctor(
             raise typer.Exit(EXIT_FAILED)
         return
     typer.echo(table(findings))
+    typer.echo(
+        "intended use the classifier declares:\n  " + "\n  ".join(use.describe())
+        if use
+        else "intended use: none declared yet (written with the classifier's graph: `brainscan export repository`, "
+        "or `export tensorrt` for a tensorrt repository)"
+    )
     if any(f.bad for f in findings):
         fail(verdict)
     skipped = [f for f in findings if f.status == Status.NOT_CHECKED]

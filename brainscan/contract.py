@@ -21,6 +21,10 @@ COMPOSING_MODELS = (PREPROCESS, *NETWORKS)
 IMAGE = "IMAGE"  # TYPE_STRING [1]: encoded file bytes
 TUMOR_PROBABILITY = "TUMOR_PROBABILITY"  # TYPE_FP32 [1]
 MASK = "MASK"  # TYPE_UINT8 [-1, -1]: 0/1 at the input's own height x width
+# TYPE_FP32 [1]: how unlike the training slices the image is, computed by the classifier's
+# served graph (brainscan.export.pixel_gate); at most 1 is inside the models' intended use
+# (brainscan.intended_use). Added after the others: clients that do not ask for it are unchanged.
+OOD_SCORE = "OOD_SCORE"
 
 # The one tensor between the steps of the ensemble: preprocess decodes the file, and both
 # networks take its pixels at the image's own size (their graphs resize and scale them, and
@@ -75,6 +79,9 @@ MAX_SIDE_PARAMETER = "max_image_side"
 # source digest (tensorrt: engine_sm89 for compute capability 8.9).
 MODEL_SHA256_PARAMETER = "model_sha256"
 ENGINE_PARAMETER_PREFIX = "engine_sm"
+# The classifier's config parameter holding the models' intended use (brainscan.intended_use,
+# as JSON): what clients check before sending a series and against every OOD_SCORE.
+INTENDED_USE_PARAMETER = "intended_use"
 # The client reads a volume only if its header says it is at most this many voxels
 # (512 x 512 x 512; about 0.25 GB as 16-bit, 1 GB while rescaled to floats), and inflates a
 # deflated DICOM file only up to this many bytes: the header is checked before allocation.
@@ -108,9 +115,13 @@ IMAGE_SPEC = TensorSpec(IMAGE, "TYPE_STRING", (1,))
 PIXELS_SPEC = TensorSpec(PIXELS, "TYPE_FP32", (-1, -1, -1))
 TUMOR_PROBABILITY_SPEC = TensorSpec(TUMOR_PROBABILITY, "TYPE_FP32", (1,))
 MASK_SPEC = TensorSpec(MASK, "TYPE_UINT8", (-1, -1))
-# what each served network takes and gives (one input, one output)
+OOD_SCORE_SPEC = TensorSpec(OOD_SCORE, "TYPE_FP32", (1,))
+# what each served network takes and gives: one input; its decision output first (the one
+# the accuracy gates compare), then the classifier's out-of-distribution score
 NETWORK_INPUT = {CLASSIFIER: CLASSIFIER_INPUT, SEGMENTER: SEGMENTER_INPUT}
 NETWORK_OUTPUT_SPEC = {CLASSIFIER: TUMOR_PROBABILITY_SPEC, SEGMENTER: MASK_SPEC}
+NETWORK_OUTPUTS = {CLASSIFIER: (TUMOR_PROBABILITY_SPEC, OOD_SCORE_SPEC), SEGMENTER: (MASK_SPEC,)}
+ENSEMBLE_OUTPUTS = (TUMOR_PROBABILITY_SPEC, MASK_SPEC, OOD_SCORE_SPEC)
 
 # Where `make demo` puts what it builds (override with BRAINSCAN_ARTIFACTS); `brainscan
 # serve` without --repository serves DEMO_REPOSITORY.

@@ -85,6 +85,16 @@ def _open(data: bytes, max_side: int = contract.MAX_IMAGE_SIDE) -> Image.Image:
     return image
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from an image's header, no pixel decoded; None when it is not an image
+    this kit reads (the server then names what is wrong with it)."""
+    try:
+        width, height = _open(data).size
+    except InvalidImageError:
+        return None
+    return int(height), int(width)
+
+
 def decode_image(data: bytes, max_side: int = contract.MAX_IMAGE_SIDE) -> np.ndarray:
     """Decode PNG/JPEG/TIFF bytes (8/16-bit, grey/RGB/RGBA) into an HxW or HxWxC array.
 

@@ -58,10 +58,11 @@ class GraphBuilder:
         self._count += 1
         return f"{self.prefix}{what}_{self._count}"
 
-    def const(self, value, dtype=np.float32) -> str:
+    def const(self, value, dtype=np.float32, name: str | None = None) -> str:
+        """A constant; ``name`` (under the prefix) names it, for constants read back later."""
         from onnx import numpy_helper
 
-        name = self._name("const")
+        name = f"{self.prefix}{name}" if name else self._name("const")
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 

@@ -10,13 +10,12 @@ on runs of thousands of slices.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from brainscan.client.audit import AuditLog
-from brainscan.client.files import Input, inside, safe_stems
+from brainscan.client.files import Input, safe_stems
 from brainscan.client.inference import (
     AsyncBrainscanClient,
     Connection,
@@ -24,8 +23,9 @@ from brainscan.client.inference import (
     Prediction,
     ServerUnavailableError,
 )
+from brainscan.client.records import NOT_SENT, Outcome, already_done, finish, header_reasons
+from brainscan.intended_use import IntendedUse, Reason
 
-NOT_SENT = "not sent: the server stayed unreachable"
 AUDIT_FILE = "audit.jsonl"
 VOLUMES_IN_FLIGHT = 2  # volumes read and held at once (a DICOM series can take a GB while sliced)
 
@@ -49,38 +49,12 @@ class RunOptions:
     # Called in a worker thread with each DICOM series' outcome once its files are written and
     # before it is audited and reported (e.g. the SEG and SR stored in a PACS); returns it.
     deliver: Callable[[Outcome], Outcome] | None = None
+    rules: Path | None = None  # a site's rules file, narrowing the served models' intended use
+    outside_intended_use: bool = False  # research: analyse refused inputs too, marked in every output
 
     @property
     def audit_path(self) -> Path | None:
         return self.audit or (self.out / AUDIT_FILE if self.out is not None else None)
-
-
-@dataclass
-class Outcome:
-    """What became of one input: a record (success), an error, or skipped."""
-
-    input: Input
-    name: str
-    record: dict | None = None
-    error: str | None = None
-    status: str | None = None  # Triton's status code, TIMEOUT, UNAVAILABLE, READ, …
-    skipped: bool = False
-    requests: int = 0  # images sent for it (slices of a volume)
-
-    @property
-    def ok(self) -> bool:
-        return self.record is not None
-
-    def failure(self) -> dict:
-        return {"file": self.input.display, "kind": self.input.kind, "error": self.error, "status": self.status}
-
-
-def output_names(item: Input, name: str) -> list[str]:
-    if item.kind == "dicom":  # the DICOM SEG and SR go back to where the series came from
-        return [f"{name}.mask.nii.gz", f"{name}.summary.json", f"{name}.seg.dcm", f"{name}.sr.dcm"]
-    if item.is_volume:
-        return [f"{name}.mask.nii.gz", f"{name}.summary.json"]
-    return [f"{name}.mask.png", f"{name}.overlay.png"]
 
 
 @dataclass
@@ -96,6 +70,7 @@ class _Job:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: Outcome | None = None
     holds_slot: bool = False
+    header_reasons: list[Reason] = field(default_factory=list)  # why its headers are outside the intended use
 
     def finish_one(self) -> None:
         self.remaining -= 1
@@ -103,115 +78,30 @@ class _Job:
             self.done.set()
 
 
-def _prepare(job: _Job) -> None:
-    """Read the input into the requests it needs (runs in a worker thread)."""
+def _prepare(job: _Job, use: IntendedUse, research: bool) -> None:
+    """Read the input and check its headers against the intended use; what it must send
+    (runs in a worker thread). A DICOM series outside it is refused from its headers alone,
+    before any pixel is read; an image from its header's size."""
     from brainscan.client.dicom import read_dicom_series
     from brainscan.client.volumes import read_nifti
 
     item = job.input
     if item.kind == "image":
         data = item.path.read_bytes()
-        job.context, job.payloads = data, [data]
-    else:
-        volume = read_nifti(item.path) if item.kind == "nifti" else read_dicom_series(item.series)
-        job.context, job.payloads = volume, volume.axial_png_slices()
-
-
-def _ground_truth(path: Path):
-    """The kaggle_3m ground truth beside ``path`` as a boolean mask, if there is one."""
-    from brainscan.client.files import ground_truth_for
-    from brainscan.preprocessing import InvalidImageError, decode_image
-
-    truth_path = ground_truth_for(path)
-    if truth_path is None:
-        return None
-    try:
-        truth = decode_image(truth_path.read_bytes())
-    except InvalidImageError:
-        return None
-    return (truth.max(axis=2) if truth.ndim == 3 else truth) > 0
-
-
-def _finish(job: _Job, options: RunOptions, identity=None) -> Outcome:
-    """Turn the answers into a record and write the outputs (runs in a worker thread)."""
-    from brainscan.client import files as io
-    from brainscan.metrics import dice
-    from brainscan.preprocessing import decode_image
-
-    item, outcome = job.input, Outcome(job.input, job.name, requests=len(job.payloads))
-    if job.errors:
-        k, exc = job.errors[0]
-        where = f"slice {k} of {len(job.payloads)}: " if item.is_volume else ""
-        outcome.error, outcome.status = where + str(exc), exc.status
-        return outcome
-    if any(r is None for r in job.results):
-        outcome.error, outcome.status = NOT_SENT, "UNAVAILABLE"
-        return outcome
-    out = options.out
-    paths = [inside(out, n) for n in output_names(item, job.name)] if out is not None else []
-    if item.kind == "image":
-        prediction = job.results[0]
-        record = {
-            "file": str(item.path),
-            "kind": "image",
-            "probability": round(prediction.probability, 6),
-            "label": prediction.label,
-            "area_pixels": prediction.area_pixels,
-            "area_fraction": round(prediction.area_fraction, 6),
-            "height": int(prediction.mask.shape[0]),
-            "width": int(prediction.mask.shape[1]),
-        }
-        truth = _ground_truth(item.path) if options.evaluate else None
-        if truth is not None:
-            record["truth"] = "tumour" if truth.any() else "no tumour"
-            if truth.any():
-                record["dice"] = round(dice(prediction.mask, truth), 4)
-        if out is not None:
-            io.save_png(paths[0], prediction.mask * 255)
-            io.save_png(paths[1], io.overlay(decode_image(job.context), prediction.mask))
-    else:
-        volume = job.context
-        mask = volume.mask_volume([r.mask for r in job.results])
-        probability = max(r.probability for r in job.results)
-        summary = volume.summary(mask).as_dict()
-        record = {
-            "file": item.display,
-            "kind": item.kind,
-            "probability": round(probability, 6),
-            "label": "tumour" if any(r.tumour for r in job.results) else "no tumour",
-            "area_pixels": int(mask.sum()),
-            "area_fraction": round(float(mask.mean()), 6),
-            **summary,
-            "slice_probabilities": [round(r.probability, 4) for r in job.results],
-        }
-        if volume.notes:
-            record["notes"] = volume.notes
-        results = None
-        if item.kind == "dicom":
-            from brainscan.client.dicom_results import series_results
-
-            results = series_results(volume, mask, probability, identity)
-            record.update(
-                study=item.series.study,
-                series=item.series.uid,
-                seg=str(results.seg.SOPInstanceUID),
-                sr=str(results.sr.SOPInstanceUID),
-                tumour_volume_mm3=round(results.tumour_volume_mm3, 3),
-            )
-        if out is not None:
-            from brainscan.atomic import write_bytes_atomic
-
-            volume.write_mask(paths[0], mask)
-            if results is not None:
-                from brainscan.client.dicom_results import write_dataset
-
-                write_dataset(paths[2], results.seg)
-                write_dataset(paths[3], results.sr)
-            write_bytes_atomic(paths[1], (json.dumps(record, indent=1) + "\n").encode())
-    if out is not None:
-        record["outputs"] = [str(p) for p in paths]
-    outcome.record = record
-    return outcome
+        job.context = data
+        job.header_reasons = header_reasons(item, data, use)
+        job.payloads = [data] if research or not job.header_reasons else []
+        return
+    if item.kind == "dicom":
+        job.header_reasons = header_reasons(item, None, use)
+        if job.header_reasons and not research:
+            return
+    volume = read_nifti(item.path) if item.kind == "nifti" else read_dicom_series(item.series)
+    if item.kind == "nifti":
+        job.header_reasons = header_reasons(item, volume, use)
+        if job.header_reasons and not research:
+            return
+    job.context, job.payloads = volume, volume.axial_png_slices()
 
 
 async def run_inputs(
@@ -229,10 +119,17 @@ async def run_inputs(
     """
     async with AsyncBrainscanClient(connection, on_retry) as client:
         await client.check_ready()
+        use = await served_intended_use(client, options.rules)
         dicom = any(item.kind == "dicom" for item in inputs)
         identity = await client.model_identity() if dicom else None
         audit = AuditLog(options.audit_path) if dicom and options.audit_path is not None else None
-        return await _Run(inputs, client, options, identity, audit).run(report)
+        return await _Run(inputs, client, options, identity, audit, use).run(report)
+
+
+async def served_intended_use(client, rules: Path | None = None) -> IntendedUse:
+    """The intended use the server declares, narrowed by a site's ``rules`` file."""
+    use = await client.intended_use()
+    return use.narrowed(rules) if rules is not None else use
 
 
 class _Run:
@@ -241,10 +138,11 @@ class _Run:
     memory); one finisher per input writes its outputs as soon as it is answered; the
     outcomes are reported in input order."""
 
-    def __init__(self, inputs: list[Input], client, options: RunOptions, identity, audit) -> None:
+    def __init__(self, inputs: list[Input], client, options: RunOptions, identity, audit, use: IntendedUse) -> None:
         names = safe_stems([i.stem for i in inputs])
         self.jobs = [_Job(k, item, name) for k, (item, name) in enumerate(zip(inputs, names))]
         self.client, self.options, self.identity, self.audit = client, options, identity, audit
+        self.use = use
         self.in_flight = asyncio.Semaphore(options.concurrency)
         self.window = asyncio.Semaphore(max(4 * options.concurrency, 16))
         self.volume_slots = asyncio.Semaphore(VOLUMES_IN_FLIGHT)
@@ -268,11 +166,7 @@ class _Run:
         options = self.options
         if self.abort.is_set():
             job.outcome = Outcome(job.input, job.name, error=NOT_SENT, status="UNAVAILABLE")
-        elif (
-            options.skip_existing
-            and options.out is not None
-            and all((options.out / n).exists() for n in output_names(job.input, job.name))
-        ):
+        elif options.skip_existing and options.out is not None and already_done(options.out, job.input, job.name):
             job.outcome = Outcome(job.input, job.name, skipped=True)
         else:
             return False
@@ -288,13 +182,15 @@ class _Run:
                 await self.volume_slots.acquire()
                 job.holds_slot = True
             try:
-                await asyncio.to_thread(_prepare, job)
+                await asyncio.to_thread(_prepare, job, self.use, self.options.outside_intended_use)
             except Exception as exc:  # any failure to read is that input's failure, never the run's
                 job.outcome = Outcome(job.input, job.name, error=read_error(job.input, exc), status="READ")
                 job.done.set()
                 continue
             job.results = [None] * len(job.payloads)
             job.remaining = len(job.payloads)
+            if not job.payloads:  # refused on its headers: nothing to send
+                job.done.set()
             for k, payload in enumerate(job.payloads):
                 await self.in_flight.acquire()
                 if self.abort.is_set():
@@ -314,7 +210,7 @@ class _Run:
         if job.outcome is not None:
             return job.outcome
         try:
-            outcome = await asyncio.to_thread(_finish, job, self.options, self.identity)
+            outcome = await asyncio.to_thread(finish, job, self.options, self.identity, self.use)
         except OSError as exc:  # disk full, unwritable --out
             error = f"cannot write the outputs: {exc.strerror or exc}"
             outcome = Outcome(job.input, job.name, error=error, status="WRITE", requests=len(job.payloads))
@@ -330,15 +226,24 @@ class _Run:
     def audited(self, outcome: Outcome) -> Outcome:
         if self.audit is not None and outcome.input.kind == "dicom" and not outcome.skipped:
             series, record = outcome.input.series, outcome.record or {}
+            verdict = outcome.verdict
+            if not outcome.ok:
+                what = "failed"
+            elif outcome.refused and not record.get("outside_intended_use"):
+                what = "not-analysed"
+            else:
+                what = "ok"
             self.audit.write(
                 series.study,
                 series.uid,
-                "ok" if outcome.ok else "failed",
+                what,
                 self.identity,
                 error=outcome.error,
                 seg=record.get("seg"),
                 sr=record.get("sr"),
                 stored=record.get("stored"),
+                intended_use=verdict.codes if verdict is not None and not verdict.accepted else None,
+                outside_intended_use=True if record.get("outside_intended_use") else None,
             )
         return outcome
 

@@ -29,6 +29,16 @@ SkipExisting = Annotated[bool, typer.Option(help="Resume: skip inputs whose outp
 Failures = Annotated[Path | None, typer.Option(help="JSON report of every failure (default: `<out>/failures.json`).")]
 Evaluate = Annotated[bool, typer.Option(help="Compare with X_mask.* ground truth beside each X.* (kaggle_3m layout).")]
 ProgressBar = Annotated[bool | None, typer.Option(help="Progress bar on stderr (default: when stderr is a terminal).")]
+Rules = Annotated[
+    Path | None,
+    typer.Option(
+        rich_help_panel="Intended use",
+        help=(
+            "A site's rules file (JSON) narrowing the served models' intended use: modalities, planes, body parts, "
+            "ranges, the pixel threshold (docs/intended-use.md). Unknown keys, or rules that widen it, exit 2."
+        ),
+    ),
+]
 
 
 @with_connection
@@ -77,6 +87,18 @@ def predict(
             help="JSON-lines audit file, one line per DICOM series (default: `<out>/audit.jsonl`).",
         ),
     ] = None,
+    rules: Rules = None,
+    outside_intended_use: Annotated[
+        bool,
+        typer.Option(
+            "--outside-intended-use",
+            rich_help_panel="Intended use",
+            help=(
+                "Research only: analyse inputs outside the intended use too; every output of those says so (JSON, "
+                "table, PNG and NIfTI notes, SEG and SR descriptions). Never the default."
+            ),
+        ),
+    ] = False,
     request: StudyRequest | None = None,  # the study options (with_study_request)
     connect=None,  # the connection options (with_connection)
     pacs_access: DicomwebAccess | None = None,  # the DICOMweb options (with_dicomweb)
@@ -85,10 +107,14 @@ def predict(
     slice, --concurrency in flight) and report, in input order, probability, label and
     tumour area; for volumes also tumour volume (ml), slices with tumour and the largest
     cross-section. Writes masks, red overlays and NIfTI mask volumes with --out, and for each
-    DICOM series a DICOM SEG and SR. With --dicomweb the series come from a PACS, and --store
-    sends their SEG and SR back; series that already have a result of the same served models
-    there are skipped. Exit codes: 0 all done, 1 some inputs failed (the others finished),
-    2 bad usage, 3 server unreachable (before the run, or for longer than the retries mid-run)."""
+    DICOM series a DICOM SEG and SR. Inputs outside the served models' intended use (a
+    series' headers, or pixels unlike the training data) are refused, not analysed: no mask,
+    no SEG, the reason in the table and JSON, and for a DICOM series an SR saying so; a
+    refusal is not an error. With --dicomweb the series come from a PACS, and --store sends
+    their SEG and SR back; series that already have a result of the same served models there
+    are skipped. Exit codes: 0 all done (refusals included), 1 some inputs failed (the others
+    finished), 2 bad usage, 3 server unreachable (before the run, or for longer than the
+    retries mid-run)."""
     import asyncio
     import sys
 
@@ -99,6 +125,10 @@ def predict(
     fmt = OutputFormat.JSON if as_json else fmt
     if skip_existing and out is None:
         raise typer.BadParameter("--skip-existing needs --out (it looks for the outputs there)")
+    if rules is not None:
+        from brainscan.intended_use import read_rules
+
+        read_rules(rules)  # a malformed rules file exits 2 before anything is fetched or sent
     conn = connect(timeout, retries)
     deliver = None
     if request.given:
@@ -139,7 +169,7 @@ def predict(
     show_progress = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     try:
-        options = RunOptions(out, concurrency, skip_existing, evaluate, audit, deliver)
+        options = RunOptions(out, concurrency, skip_existing, evaluate, audit, deliver, rules, outside_intended_use)
         outcomes = asyncio.run(_run_with_progress(inputs, conn, options, reporter, show_progress))
     except ServerUnavailableError as exc:
         fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
@@ -224,6 +254,12 @@ def _print_health(record: dict, several: bool) -> None:
     typer.echo(f"server {record['server']}: live={record['live']} ready={record['ready']}")
     for name, ready in record["models"].items():
         typer.echo(f"  {name:<12} {'ready' if ready else 'NOT READY'}")
+    use = record.get("intended_use")
+    if use:
+        from brainscan.intended_use import IntendedUse
+
+        lines = [use["error"]] if "error" in use else IntendedUse.from_dict(use).describe()
+        typer.echo("  intended use " + "\n               ".join(lines))
     if record["error"]:
         typer.echo(f"error: {record['error']}", err=True)
     elif record["inference_ms"] is not None:
@@ -233,6 +269,7 @@ def _print_health(record: dict, several: bool) -> None:
 def _health_of(conn, wait: float, infer: bool) -> dict:
     """One server's state, with the exit code it deserves."""
     from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
+    from brainscan.errors import BrainscanError
 
     record = {"server": conn.address, "live": None, "ready": None, "models": {}, "inference_ms": None, "error": None}
     deadline = time.monotonic() + wait
@@ -249,6 +286,12 @@ def _health_of(conn, wait: float, infer: bool) -> dict:
     record.update(live=state["live"], ready=state["ready"], models=dict(state["models"]))
     if not (state["ready"] and all(state["models"].values())):
         return {**record, "exit_code": EXIT_FAILED}
+    if conn.model == contract.ENSEMBLE:  # what the served models were made for (docs/intended-use.md)
+        try:
+            with BrainscanClient(conn) as client:
+                record["intended_use"] = client.intended_use().as_dict()
+        except (ServerUnavailableError, InferenceError, BrainscanError) as exc:
+            record["intended_use"] = {"error": str(exc)}
     if infer:
         from brainscan.probe import PROBE_SHAPE, probe_image
 

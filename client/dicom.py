@@ -13,6 +13,7 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.client.volumes import Volume, VolumeError, check_size
+from brainscan.intended_use import SeriesHeader
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 DICOM_MAGIC_OFFSET = 128
@@ -45,6 +46,62 @@ class DicomSeries:
     copies: list[Path] = field(default_factory=list)  # files repeating an instance already in the series
     study: str = ""  # StudyInstanceUID
     modality: str = ""
+    # what the intended-use rules read, from the headers (before any pixel is decoded)
+    image_types: set[str] = field(default_factory=set)
+    orientation: tuple[float, ...] | None = None
+    body_part: str = ""
+    pixel_spacing: tuple[float, float] | None = None
+    rows: int = 0
+    columns: int = 0
+    frames: int = 0
+
+    def header(self) -> SeriesHeader:
+        """The series' headers as the intended-use rules read them."""
+        return SeriesHeader(
+            self.modality,
+            frozenset(self.image_types),
+            self.orientation,
+            self.body_part,
+            self.frames,
+            self.pixel_spacing,
+            self.rows,
+            self.columns,
+        )
+
+    def _add_header(self, ds) -> None:
+        self.image_types.update(str(v).strip().upper() for v in (ds.get("ImageType") or []) if str(v).strip())
+        self.frames += int(getattr(ds, "NumberOfFrames", 1) or 1)
+        self.rows = self.rows or int(getattr(ds, "Rows", 0) or 0)
+        self.columns = self.columns or int(getattr(ds, "Columns", 0) or 0)
+        self.body_part = self.body_part or str(getattr(ds, "BodyPartExamined", "") or "")
+        shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+        frame = _first_item(ds, "PerFrameFunctionalGroupsSequence")
+        if self.orientation is None:
+            found = ds.get("ImageOrientationPatient") or _nested(
+                (frame, shared), "PlaneOrientationSequence", "ImageOrientationPatient"
+            )
+            self.orientation = _numbers(found, 6)
+        if self.pixel_spacing is None:
+            found = ds.get("PixelSpacing") or _nested((frame, shared), "PixelMeasuresSequence", "PixelSpacing")
+            self.pixel_spacing = _numbers(found, 2)  # type: ignore[assignment]
+
+
+def _nested(groups, sequence: str, keyword: str):
+    """``keyword`` inside the first item of ``sequence`` of the first of ``groups`` that has it
+    (an enhanced multi-frame file's per-frame, then shared, functional groups)."""
+    for group in groups:
+        inner = _first_item(group, sequence) if group is not None else None
+        if inner is not None and keyword in inner:
+            return inner[keyword].value
+    return None
+
+
+def _numbers(value, n: int) -> tuple[float, ...] | None:
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == n else None
 
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
@@ -136,6 +193,7 @@ def group_series(files: list[Path]) -> tuple[list[DicomSeries], list[tuple[Path,
                 modality=str(getattr(ds, "Modality", "") or ""),
             )
         series[uid].files.append(path)
+        series[uid]._add_header(ds)
     return list(series.values()), rejected, ignored
 
 
@@ -212,19 +270,11 @@ def _frames(path: Path) -> list[Frame]:
         shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         geometry = []
         for item in ds.get("PerFrameFunctionalGroupsSequence", []):
-
-            def find(keyword, seq, item=item):
-                for group in (item, shared):
-                    inner = _first_item(group, seq) if group is not None else None
-                    if inner is not None and keyword in inner:
-                        return inner[keyword].value
-                return None
-
             geometry.append(
                 (
-                    find("ImagePositionPatient", "PlanePositionSequence"),
-                    find("ImageOrientationPatient", "PlaneOrientationSequence"),
-                    find("PixelSpacing", "PixelMeasuresSequence"),
+                    _nested((item, shared), "PlanePositionSequence", "ImagePositionPatient"),
+                    _nested((item, shared), "PlaneOrientationSequence", "ImageOrientationPatient"),
+                    _nested((item, shared), "PixelMeasuresSequence", "PixelSpacing"),
                 )
             )
         if len(geometry) != frames:

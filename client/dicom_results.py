@@ -12,6 +12,9 @@ the source datasets, never by setting tags by hand.
   tumour volume in mm³ counted from the mask, references to the SEG and the source series,
   and the served models' identity (``ModelIdentity``) in its algorithm identification and in
   the device observer context, so the clinical record says what produced it.
+- A series outside the models' intended use (``brainscan.intended_use``) gets no SEG, and an
+  SR that says it was not analysed ("test not done") and why, one coded reason each (the
+  kit's private coding scheme); analysed anyway for research, its SEG and SR say so.
 
 Nothing here reads patient names or IDs into messages: objects are named by UIDs.
 """
@@ -26,12 +29,14 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.client.inference import ModelIdentity
-from brainscan.client.volumes import Volume, VolumeError
+from brainscan.client.volumes import Volume, VolumeError, tumour_volume_mm3
+from brainscan.intended_use import CODE_MEANINGS, CODING_SCHEME, Verdict
 
 MANUFACTURER = "brainscan"
 SEG_SERIES_NUMBER = 9101
 SR_SERIES_NUMBER = 9102
 SERIES_DESCRIPTION_PREFIX = "brainscan"  # SEG and SR series descriptions start with it
+OUTSIDE_MARK = "OUTSIDE INTENDED USE (research)"  # in the descriptions of results for refused series
 
 
 class DicomResultError(VolumeError):
@@ -60,19 +65,25 @@ TYPE2_COPIED = (
 )
 
 
-def _source_datasets(volume: Volume) -> list:
-    """The source datasets in the volume's slice order (pixel data not needed), with the
-    Type 2 attributes results copy present (empty where the source leaves them out)."""
+def header_datasets(files: list[Path]) -> list:
+    """The files' datasets without their pixel data, with the Type 2 attributes results copy
+    present (empty where the source leaves them out)."""
     import pydicom
 
-    if not volume.sources:
-        raise DicomResultError(f"{volume.source}: not a DICOM series, no SEG to write")
-    files = list(dict.fromkeys(path for path, _ in volume.sources))
-    datasets = {path: pydicom.dcmread(str(path), stop_before_pixels=True, force=True) for path in files}
-    for ds in datasets.values():
+    datasets = [pydicom.dcmread(str(path), stop_before_pixels=True, force=True) for path in files]
+    for ds in datasets:
         for keyword in TYPE2_COPIED:
             if keyword not in ds:
                 setattr(ds, keyword, "")
+    return datasets
+
+
+def _source_datasets(volume: Volume) -> list:
+    """The source datasets in the volume's slice order (``header_datasets``)."""
+    if not volume.sources:
+        raise DicomResultError(f"{volume.source}: not a DICOM series, no SEG to write")
+    files = list(dict.fromkeys(path for path, _ in volume.sources))
+    datasets = dict(zip(files, header_datasets(files)))
     if len(files) == 1 and len(volume.sources) > 1:  # one enhanced multi-frame image
         return [datasets[files[0]]]
     if len(files) != len(volume.sources):
@@ -104,8 +115,12 @@ def algorithm(identity: ModelIdentity):
     )
 
 
-def build_seg(volume: Volume, mask: np.ndarray, identity: ModelIdentity, datasets: list | None = None):
-    """The DICOM SEG of ``mask`` (the volume's own voxel grid, 0/1) on the series' slices."""
+def build_seg(
+    volume: Volume, mask: np.ndarray, identity: ModelIdentity, datasets: list | None = None, outside: bool = False
+):
+    """The DICOM SEG of ``mask`` (the volume's own voxel grid, 0/1) on the series' slices;
+    ``outside``: of a series outside the intended use, analysed for research (said in its
+    series and content descriptions)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
@@ -134,8 +149,8 @@ def build_seg(volume: Volume, mask: np.ndarray, identity: ModelIdentity, dataset
             manufacturer_model_name="brainscan tumour segmentation",
             software_versions=identity.kit,
             device_serial_number=identity.digest,
-            series_description=f"{SERIES_DESCRIPTION_PREFIX} tumour SEG",
-            content_description="tumour mask",
+            series_description=f"{SERIES_DESCRIPTION_PREFIX} tumour SEG" + (f", {OUTSIDE_MARK}" if outside else ""),
+            content_description="tumour mask, outside intended use" if outside else "tumour mask",
             content_label="TUMOUR",
             omit_empty_frames=True,
         )
@@ -161,29 +176,12 @@ def _segment_in_each_frame(seg) -> None:
         frame.SegmentIdentificationSequence = copy.deepcopy(identification)
 
 
-def tumour_volume_mm3(volume: Volume, mask: np.ndarray) -> float:
-    """Mask voxels x pixel area x the distance between slices (the median, so a missing
-    slice does not inflate it as the affine's mean spacing would)."""
-    axes = volume.affine[:3, :3]
-    pixel_mm2 = float(np.linalg.norm(np.cross(axes[:, 0], axes[:, 1])))  # DICOM voxel order: column, row, slice
-    spacing = volume.slice_spacing or float(np.linalg.norm(axes[:, 2]))
-    return float(mask.sum()) * pixel_mm2 * spacing
-
-
-def build_sr(
-    volume: Volume, seg, probability: float, mask: np.ndarray, identity: ModelIdentity, datasets: list | None = None
-):
-    """The TID 1500 report of one series: the finding as the classifier decided it (present
-    when the series' highest slice probability is above contract.DECISION_THRESHOLD, as
-    `predict` labels it), that probability, the tumour volume counted from the mask,
-    references to the SEG and the source series, and what produced them."""
+def _observation(identity: ModelIdentity):
+    """What produced a report: the algorithm, and the device as the observer."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    datasets = datasets if datasets is not None else _source_datasets(volume)
-    volume_mm3 = tumour_volume_mm3(volume, mask)
-    present = probability > contract.DECISION_THRESHOLD
     algorithm_id = hd.sr.AlgorithmIdentification(
         name="brainscan", version=f"{identity.kit} models {identity.digest}", parameters=identity.describe()
     )
@@ -199,6 +197,101 @@ def build_sr(
             observer_type=codes.DCM.Device, observer_identifying_attributes=device
         )
     )
+    return algorithm_id, context
+
+
+def _coded(code: str, meaning: str):
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(code, CODING_SCHEME, meaning[:64])
+
+
+# the kit's concepts for what the intended use says (private coding scheme, CODING_SCHEME)
+INTENDED_USE_CONCEPT = ("intended-use", "Intended use of the automated analysis")
+REASON_CONCEPT = ("reason", "Reason outside the intended use")
+OUTSIDE = ("outside", "Outside the intended use, analysed for research")
+
+
+def _intended_use_evaluations(verdict: Verdict | None, analysed: bool) -> list:
+    """Qualitative evaluations saying why the series is outside the intended use: one per
+    reason, coded, and whether it was analysed anyway (research) or not at all."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if verdict is None or verdict.accepted:
+        return []
+    state = _coded(*OUTSIDE) if analysed else codes.SCT.TestNotDone
+    found = [hd.sr.QualitativeEvaluation(name=_coded(*INTENDED_USE_CONCEPT), value=state)]
+    for reason in verdict.reasons:
+        found.append(
+            hd.sr.QualitativeEvaluation(
+                name=_coded(*REASON_CONCEPT), value=_coded(str(reason.code), CODE_MEANINGS[reason.code])
+            )
+        )
+    return found
+
+
+def _report(datasets: list, content, evidence: list, description: str, identity: ModelIdentity, where: object):
+    """The Comprehensive 3D SR of a TID 1500 report (observation context, one measurement
+    group), naming the served models' digest as its device serial number (what a later run
+    looks for to skip a series already answered), and the kit's coding scheme."""
+    import highdicom as hd
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    report = hd.sr.MeasurementReport(
+        observation_context=content[0],
+        procedure_reported=codes.cid100.MRIUnspecifiedBodyRegion,
+        imaging_measurements=[content[1]],
+    )
+    try:
+        return hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report[0],
+            series_instance_uid=generate_uid(),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            series_description=description[:64],
+            manufacturer_model_name="brainscan tumour report",
+            software_versions=identity.kit,
+            device_serial_number=identity.digest,
+            coding_schemes=[
+                CodingSchemeIdentificationItem(
+                    CODING_SCHEME, name="brainscan intended-use codes", responsible_organization=MANUFACTURER
+                )
+            ],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        series = getattr(datasets[0], "SeriesInstanceUID", where)
+        raise DicomResultError(f"series {series}: cannot build the SR ({exc})") from None
+
+
+def build_sr(
+    volume: Volume,
+    seg,
+    probability: float,
+    mask: np.ndarray,
+    identity: ModelIdentity,
+    datasets: list | None = None,
+    verdict: Verdict | None = None,
+):
+    """The TID 1500 report of one series: the finding as the classifier decided it (present
+    when the series' highest slice probability is above contract.DECISION_THRESHOLD, as
+    `predict` labels it), that probability, the tumour volume counted from the mask,
+    references to the SEG and the source series, and what produced them. With a refused
+    ``verdict`` (analysed anyway, for research), the reasons it is outside the intended use."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    datasets = datasets if datasets is not None else _source_datasets(volume)
+    volume_mm3 = tumour_volume_mm3(volume, mask)
+    present = probability > contract.DECISION_THRESHOLD
+    algorithm_id, context = _observation(identity)
     finding = hd.sr.QualitativeEvaluation(
         name=codes.DCM.Finding, value=codes.SCT.Present if present else codes.SCT.Absent
     )
@@ -224,35 +317,46 @@ def build_sr(
         finding_type=codes.SCT.Neoplasm,
         algorithm_id=algorithm_id,
         measurements=measurements,
-        qualitative_evaluations=[finding],
+        qualitative_evaluations=[finding, *_intended_use_evaluations(verdict, analysed=True)],
     )
-    report = hd.sr.MeasurementReport(
-        observation_context=context,
-        procedure_reported=codes.cid100.MRIUnspecifiedBodyRegion,
-        imaging_measurements=[group],
-    )
-    try:
-        return hd.sr.Comprehensive3DSR(
-            evidence=[*datasets, seg],
-            content=report[0],
-            series_instance_uid=generate_uid(),
-            series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            is_complete=True,
-            series_description=f"{SERIES_DESCRIPTION_PREFIX} tumour report",
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        series = getattr(datasets[0], "SeriesInstanceUID", volume.source)
-        raise DicomResultError(f"series {series}: cannot build the SR ({exc})") from None
+    outside = verdict is not None and not verdict.accepted
+    description = f"{SERIES_DESCRIPTION_PREFIX} tumour report" + (f", {OUTSIDE_MARK}" if outside else "")
+    return _report(datasets, (context, group), [*datasets, seg], description, identity, volume.source)
 
 
-def series_results(volume: Volume, mask: np.ndarray, probability: float, identity: ModelIdentity) -> SeriesResults:
+def build_not_analysed_sr(datasets: list, verdict: Verdict, identity: ModelIdentity, where: object = ""):
+    """The report of a series outside the intended use, which got no SEG: TID 1500 with the
+    finding "test not done", one coded reason per refusal, and what decided it, so the
+    radiologist sees that the automated analysis did not run on this series, and why."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    algorithm_id, context = _observation(identity)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="intended use", uid=generate_uid()),
+        finding_type=codes.SCT.Neoplasm,
+        algorithm_id=algorithm_id,
+        qualitative_evaluations=_intended_use_evaluations(verdict, analysed=False),
+    )
+    description = f"{SERIES_DESCRIPTION_PREFIX} not analysed: {', '.join(verdict.codes)}"
+    return _report(datasets, (context, group), list(datasets), description, identity, where)
+
+
+def series_results(
+    volume: Volume, mask: np.ndarray, probability: float, identity: ModelIdentity, verdict: Verdict | None = None
+) -> SeriesResults:
+    """The SEG and SR of an analysed series; a ``verdict`` that refused it (analysed anyway,
+    for research) marks both as outside the intended use."""
     datasets = _source_datasets(volume)
-    seg = build_seg(volume, mask, identity, datasets)
-    sr = build_sr(volume, seg, probability, mask, identity, datasets)
+    seg = build_seg(volume, mask, identity, datasets, outside=verdict is not None and not verdict.accepted)
+    sr = build_sr(volume, seg, probability, mask, identity, datasets, verdict)
     return SeriesResults(seg, sr, tumour_volume_mm3(volume, mask))
+
+
+def not_analysed_results(files: list[Path], verdict: Verdict, identity: ModelIdentity):
+    """The SR of a series refused before any pixel was read: from its files' headers."""
+    return build_not_analysed_sr(header_datasets(files), verdict, identity, files[0].parent if files else "")
 
 
 def write_dataset(path: Path, dataset) -> None:

@@ -160,26 +160,34 @@ class Pacs:
         return target
 
     def has_result(self, study: str, series: str, digest: str) -> bool:
-        """Whether a SEG of ``series`` made by the same served models (its device serial
-        number is the models' digest) is already stored in the study."""
+        """Whether a result of ``series`` made by the same served models (its device serial
+        number is the models' digest) is already stored in the study: a SEG, or the SR of a
+        series that was not analysed (outside the intended use)."""
         for item in self.series_of(study):
-            if _value(item, "00080060") != "SEG":
+            if _value(item, "00080060") not in ("SEG", "SR"):
                 continue
             metadata = self._call(
-                f"the metadata of SEG series {_value(item, '0020000E')}",
+                f"the metadata of {_value(item, '00080060')} series {_value(item, '0020000E')}",
                 self.client.retrieve_series_metadata,
                 study_instance_uid=study,
                 series_instance_uid=_value(item, "0020000E"),
             )
             for instance in metadata or []:
-                references = instance.get("00081115", {}).get("Value", [])  # ReferencedSeriesSequence
-                sources = {_value(r, "0020000E") for r in references}
-                if series in sources and _value(instance, "00181000") == digest:  # DeviceSerialNumber
+                if _value(instance, "00181000") == digest and series in _referenced_series(instance):
                     return True
         return False
 
     def store(self, datasets: list, what: str) -> None:
         self._call(f"the storage of {what}", self.client.store_instances, datasets=datasets)
+
+
+def _referenced_series(instance: dict) -> set[str]:
+    """The series a result references (DICOM JSON): a SEG's ReferencedSeriesSequence, an SR's
+    evidence (CurrentRequestedProcedureEvidenceSequence > ReferencedSeriesSequence)."""
+    found = {_value(r, "0020000E") for r in instance.get("00081115", {}).get("Value", [])}
+    for study in instance.get("0040A375", {}).get("Value", []):
+        found |= {_value(r, "0020000E") for r in study.get("00081115", {}).get("Value", [])}
+    return found
 
 
 def _value(item: dict, tag: str) -> str:

@@ -176,5 +176,13 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def save_png(path: Path, pixels: np.ndarray) -> None:
-    write_atomic(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+def save_png(path: Path, pixels: np.ndarray, note: str | None = None) -> None:
+    """A PNG, atomically; ``note`` goes into its text (a "Comment" chunk), e.g. that the image
+    is outside the models' intended use."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if note:
+        info = PngInfo()
+        info.add_text("Comment", note)
+    write_atomic(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info))

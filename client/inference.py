@@ -20,6 +20,7 @@ import numpy as np
 from brainscan import contract
 from brainscan.client.connection import DNS_SCHEME, PROTOCOLS, Connection  # noqa: F401 (the client's API)
 from brainscan.errors import EXIT_UNAVAILABLE, BrainscanError
+from brainscan.intended_use import UNDECLARED, IntendedUse
 from brainscan.triton_errors import is_transient
 
 BACKOFF_CAP = 8.0  # seconds: the longest wait between two attempts
@@ -53,6 +54,7 @@ class Prediction:
 
     probability: float
     mask: np.ndarray  # uint8 0/1, the image's own height x width
+    score: float | None = None  # OOD_SCORE: how unlike the training slices (None: the server gives none)
 
     @property
     def tumour(self) -> bool:
@@ -179,11 +181,7 @@ class AsyncBrainscanClient:
                 ssl_context=self._ssl_context() if connection.ssl else None,
                 conn_timeout=connection.timeout,
             )
-        sync = _module(connection.protocol, aio=False)
-        self._outputs = [
-            sync.InferRequestedOutput(contract.TUMOR_PROBABILITY),
-            sync.InferRequestedOutput(contract.MASK),
-        ]
+        self._outputs: list | None = None  # what to ask for, once the model's outputs are known
 
     def _ssl_context(self):
         import ssl
@@ -229,15 +227,36 @@ class AsyncBrainscanClient:
                     self.on_retry(str(exc), delay, attempt + 1)
                 await asyncio.sleep(delay)
 
+    async def _requested_outputs(self) -> list:
+        """The outputs to ask for: the probability and the mask, and the out-of-distribution
+        score when the model gives it (a server of an earlier kit does not)."""
+        if self._outputs is None:
+            c = self.connection
+            metadata = await self._with_retries(
+                lambda: (
+                    self._client.get_model_metadata(c.model, c.model_version, as_json=True)
+                    if c.protocol == "grpc"
+                    else self._client.get_model_metadata(c.model, c.model_version)
+                ),
+                c.retries,
+            )
+            given = {output.get("name") for output in metadata.get("outputs", [])}
+            wanted = [contract.TUMOR_PROBABILITY, contract.MASK, contract.OOD_SCORE]
+            sync = _module(c.protocol, aio=False)
+            names = [name for name in wanted if name in given] if given else wanted[:2]
+            self._outputs = [sync.InferRequestedOutput(name) for name in names]
+        return self._outputs
+
     async def infer(self, data: bytes) -> Prediction:
         """Send one encoded image (PNG, JPEG, TIFF; 8 or 16 bit) and return the answer."""
         c = self.connection
+        outputs = await self._requested_outputs()
         result = await self._with_retries(
             lambda: self._client.infer(
                 c.model,
                 [image_input(data, c.protocol)],
                 model_version=c.model_version,
-                outputs=self._outputs,
+                outputs=outputs,
                 # the server drops the request from its queues once the client has stopped waiting
                 timeout=int(c.timeout * 1_000_000),
             ),
@@ -250,7 +269,10 @@ class AsyncBrainscanClient:
                 f"{c.target} did not return {contract.TUMOR_PROBABILITY} and {contract.MASK}: is it a brainscan "
                 f"ensemble?"
             )
-        return Prediction(float(probability.reshape(-1)[0]), mask[0])
+        score = result.as_numpy(contract.OOD_SCORE) if len(outputs) > 2 else None
+        return Prediction(
+            float(probability.reshape(-1)[0]), mask[0], None if score is None else float(score.reshape(-1)[0])
+        )
 
     async def health(self, retries: int = 0) -> dict:
         """Liveness and readiness of the server, of the target model and of the composing
@@ -268,20 +290,32 @@ class AsyncBrainscanClient:
 
         return await self._with_retries(state, retries)
 
+    async def _config(self, model: str) -> dict:
+        """A served model's config (JSON form; model config is not an admin API)."""
+        answer = await self._with_retries(
+            lambda: (
+                self._client.get_model_config(model, as_json=True)
+                if self.connection.protocol == "grpc"
+                else self._client.get_model_config(model)
+            ),
+            self.connection.retries,
+        )
+        return answer.get("config", answer)
+
     async def model_identity(self) -> ModelIdentity:
         """The served networks' identity (``ModelIdentity``), from their configs."""
-        networks = {}
-        for network in contract.NETWORKS:
-            answer = await self._with_retries(
-                lambda n=network: (
-                    self._client.get_model_config(n, as_json=True)
-                    if self.connection.protocol == "grpc"
-                    else self._client.get_model_config(n)
-                ),
-                self.connection.retries,
-            )
-            networks[network] = _identity_facts(answer.get("config", answer))
-        return ModelIdentity(networks)
+        return ModelIdentity({network: _identity_facts(await self._config(network)) for network in contract.NETWORKS})
+
+    async def intended_use(self) -> IntendedUse:
+        """The intended use the served classifier declares (its config's parameter); the kit's
+        defaults (header rules, no pixel gate) when it declares none (an earlier kit's
+        repository), which its description says."""
+        parameters = (await self._config(contract.CLASSIFIER)).get("parameters") or {}
+        declared = parameters.get(contract.INTENDED_USE_PARAMETER)
+        if not declared:
+            return IntendedUse(description=UNDECLARED)
+        text = declared.get("string_value", "") if isinstance(declared, dict) else str(declared)
+        return IntendedUse.from_json(text, f"the intended use {self.connection.address} declares")
 
     async def check_ready(self) -> None:
         """Before a run: ServerUnavailableError if nothing answers, ModelNotReadyError if
@@ -326,6 +360,9 @@ class BrainscanClient:
 
     def model_identity(self) -> ModelIdentity:
         return self._loop.run_until_complete(self._client.model_identity())
+
+    def intended_use(self) -> IntendedUse:
+        return self._loop.run_until_complete(self._client.intended_use())
 
     def close(self) -> None:
         if not self._loop.is_closed():

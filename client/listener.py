@@ -84,12 +84,13 @@ def _loopback(address: str) -> bool:
 
 class Listener:
     """The SCP and the worker that predicts complete series. ``process(folder, study,
-    series)`` returns the paths of the SEG and SR, or raises with the reason."""
+    series)`` returns the paths of the results to send (the SEG and SR; the SR alone for a
+    series outside the intended use) and what became of it, or raises with the reason."""
 
     def __init__(
         self,
         config: ListenerConfig,
-        process: Callable[[Path, str, str], list[Path]],
+        process: Callable[[Path, str, str], tuple[list[Path], str]],
         send: Callable[[list[Path], str], None],
         log: Callable[[str], None] = print,
     ):
@@ -173,7 +174,7 @@ class Listener:
 
     def _handle(self, uid: str, series: _Series) -> None:
         try:
-            results = self.process(series.folder, series.study, uid)
+            results, done = self.process(series.folder, series.study, uid)
             self.send(results, uid)
         except Exception as exc:  # this series fails alone; its files are kept
             failed = self.spool / FAILED_FOLDER / uid
@@ -184,7 +185,7 @@ class Listener:
             self.log(f"series {uid}: failed, files kept in {failed}: {exc}")
             return
         shutil.rmtree(series.folder, ignore_errors=True)
-        self.log(f"series {uid}: SEG and SR sent")
+        self.log(f"series {uid}: {done}")
 
     def _work(self) -> None:
         while not self._stop.wait(min(1.0, self.config.idle / 4)):
@@ -224,8 +225,12 @@ class Listener:
 # --- what the CLI plugs in -------------------------------------------------------------------
 
 
-def predict_series(connection, spool: Path, audit_path: Path) -> Callable[[Path, str, str], list[Path]]:
-    """Predict one spooled series with the usual run; the SEG and SR paths, or an error."""
+def predict_series(
+    connection, spool: Path, audit_path: Path, rules: Path | None = None
+) -> Callable[[Path, str, str], tuple[list[Path], str]]:
+    """Predict one spooled series with the usual run (the served models' intended use,
+    narrowed by ``rules``): the SEG and SR paths (the SR alone when it is refused) and what
+    became of it, or an error."""
     from brainscan.client.batch import RunOptions, run_inputs
     from brainscan.client.files import collect_inputs
 
@@ -236,11 +241,14 @@ def predict_series(connection, spool: Path, audit_path: Path) -> Callable[[Path,
             reason = rejected[0][1] if rejected else "no image slices"
             raise ValueError(f"series {uid}: {reason}")
         out = spool / RESULTS_FOLDER / uid
-        outcomes = asyncio.run(run_inputs(inputs, connection, RunOptions(out=out, audit=audit_path), lambda _: None))
-        outcome = outcomes[0]
+        options = RunOptions(out=out, audit=audit_path, rules=rules)
+        outcome = asyncio.run(run_inputs(inputs, connection, options, lambda _: None))[0]
         if outcome.error:
             raise ValueError(outcome.error)
-        return [Path(p) for p in outcome.record["outputs"] if p.endswith((".seg.dcm", ".sr.dcm"))]
+        paths = [Path(p) for p in outcome.record["outputs"] if p.endswith((".seg.dcm", ".sr.dcm"))]
+        if outcome.refused:
+            return paths, f"not analysed, outside the intended use ({', '.join(outcome.verdict.codes)}): its SR sent"
+        return paths, "SEG and SR sent"
 
     return process
 

@@ -179,11 +179,21 @@ def listen(
     audit: Annotated[
         Path | None, typer.Option(help="JSON-lines audit file, one line per series (default: `<spool>/audit.jsonl`).")
     ] = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "A site's rules file (JSON) narrowing the served models' intended use (docs/intended-use.md); "
+                "unknown keys, or rules that widen it, exit 2."
+            )
+        ),
+    ] = None,
     pacs_access: DicomwebAccess | None = None,  # the DICOMweb options (with_dicomweb)
 ) -> None:
     """A DICOM node (C-STORE SCP) for a PACS to route MR series to: each series is predicted
     once complete (--idle seconds without a new object) and its DICOM SEG and SR go back by
-    C-STORE (--store-to) or STOW-RS (--store-url). Runs until Ctrl-C."""
+    C-STORE (--store-to) or STOW-RS (--store-url). A series outside the served models'
+    intended use gets no SEG, and an SR saying it was not analysed and why. Runs until Ctrl-C."""
     import signal
     import threading
 
@@ -210,6 +220,10 @@ def listen(
         raise typer.BadParameter(str(exc)) from None
     if len(ae_title) > 16:
         raise typer.BadParameter(f"--ae-title {ae_title!r}: at most 16 characters")
+    if rules is not None:
+        from brainscan.intended_use import read_rules
+
+        read_rules(rules)  # a malformed rules file exits 2 before the node starts
     conn = Connection(url) if url else Connection()
     audit_path = audit or Path(spool) / "audit.jsonl"
     if destination is not None:
@@ -218,7 +232,7 @@ def listen(
         send = node.stow(pacs_access.open(store_url))
     listener = node.Listener(
         config,
-        node.predict_series(conn, Path(spool).resolve(), audit_path),
+        node.predict_series(conn, Path(spool).resolve(), audit_path, rules),
         send,
         log=lambda line: typer.echo(line, err=True),
     )

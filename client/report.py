@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from brainscan import contract
+from brainscan.client.records import NOT_ANALYSED, OUTSIDE_NOTE
 
 NAME_WIDTH = 40
 
@@ -37,6 +38,9 @@ CSV_COLUMNS = (
     "largest_cross_section_slice",
     "truth",
     "dice",
+    "accepted",
+    "reasons",
+    "score",
     "error",
     "status",
 )
@@ -48,7 +52,27 @@ def shorten(text: str) -> str:
     return text if len(text) <= NAME_WIDTH else "…" + text[-(NAME_WIDTH - 1) :]
 
 
+def _intended_use_line(record: dict) -> str:
+    """What the intended use says of an input, when there is something to say."""
+    use = record.get("intended_use") or {}
+    codes = ", ".join(r["code"] for r in use.get("reasons", []))
+    sentence = "; ".join(r["text"] for r in use.get("reasons", []))
+    if record.get("label") == NOT_ANALYSED:
+        return f"\n  └ not analysed, outside the intended use ({codes}): {sentence}"
+    if record.get("outside_intended_use"):
+        return f"\n  └ {OUTSIDE_NOTE} ({codes}), analysed for research: {sentence}"
+    if record.get("slices_not_analysed"):
+        skipped = record["slices_not_analysed"]
+        return f"\n  └ {len(skipped)} slice(s) unlike the training data not analysed: {skipped}"
+    return ""
+
+
 def row(record: dict) -> str:
+    if record.get("label") == NOT_ANALYSED:
+        line = f"{shorten(record['file']):<{NAME_WIDTH}} {'-':>11} {'refused':<9} {'-':>8} {'-':>7}"
+        if "truth" in record:
+            line += f" {record['truth']:<9} {'':>6}"
+        return line + _intended_use_line(record)
     line = (
         f"{shorten(record['file']):<{NAME_WIDTH}} {record['probability']:>11.4f} {record['label']:<9} "
         f"{record['area_pixels']:>8d} {100 * record['area_fraction']:>6.2f}%"
@@ -66,36 +90,68 @@ def row(record: dict) -> str:
                 else ""
             )
         )
-    return line
+    return line + _intended_use_line(record)
+
+
+def _figures(evaluations: list[dict]) -> tuple[float, int, float | None, int]:
+    """Accuracy over labelled answers, and mean Dice over those with a tumour."""
+    from brainscan.metrics import classification_metrics
+
+    accuracy = classification_metrics(
+        [e["probability"] for e in evaluations], [e["truth"] == "tumour" for e in evaluations]
+    )["accuracy"]
+    dices = [e["dice"] for e in evaluations if "dice" in e]
+    return accuracy, len(evaluations), (sum(dices) / len(dices) if dices else None), len(dices)
+
+
+def evaluation_text(outcomes) -> str:
+    """Accuracy and Dice against the ground truth: on the inputs inside the intended use, and,
+    when some were refused, on all of them (what the networks answered for every input)."""
+    every = [o.evaluation for o in outcomes if o.evaluation]
+    accepted = [o.evaluation for o in outcomes if o.evaluation and not o.refused]
+    if not every:
+        return ""
+    accuracy, labelled, dice, tumours = _figures(accepted) if accepted else (float("nan"), 0, None, 0)
+    text = f"; accuracy {accuracy:.3f} on {labelled} labelled images"
+    if dice is not None:
+        text += f", mean Dice {dice:.3f} on {tumours} tumour images"
+    if len(every) != len(accepted):
+        all_accuracy, all_labelled, all_dice, all_tumours = _figures(every)
+        text += f" inside the intended use (all {all_labelled}: accuracy {all_accuracy:.3f}"
+        text += f", mean Dice {all_dice:.3f} on {all_tumours})" if all_dice is not None else ")"
+    return text
 
 
 def summary(outcomes, elapsed: float, out: Path | None) -> str:
-    from brainscan.metrics import classification_metrics
-
     records = [o.record for o in outcomes if o.ok]
     failed = [o for o in outcomes if o.error]
     skipped = sum(o.skipped for o in outcomes)
+    refused = sum(o.refused and not (o.record or {}).get("outside_intended_use") for o in outcomes)
+    research = sum(bool((o.record or {}).get("outside_intended_use")) for o in outcomes)
     sent = sum(o.requests for o in outcomes)
     text = (
         f"{len(records)} of {len(outcomes)} inputs in {elapsed:.1f} s "
         f"({sent} image{'s' if sent != 1 else ''} sent, {sent / max(elapsed, 1e-9):.1f} images/s)"
     )
+    if refused:
+        text += f", {refused} refused (outside the intended use: not analysed)"
+    if research:
+        text += f", {research} outside the intended use analysed for research"
     if failed:
         text += f", {len(failed)} failed"
     if skipped:
         text += f", {skipped} skipped (outputs exist)"
-    labelled = [r for r in records if "truth" in r]
-    if labelled:
-        accuracy = classification_metrics(
-            [r["probability"] for r in labelled], [r["truth"] == "tumour" for r in labelled]
-        )["accuracy"]
-        text += f"; accuracy {accuracy:.3f} on {len(labelled)} labelled images"
-        dices = [r["dice"] for r in labelled if "dice" in r]
-        if dices:
-            text += f", mean Dice {sum(dices) / len(dices):.3f} on {len(dices)} tumour images"
+    text += evaluation_text(outcomes)
     if out is not None:
         text += f"; outputs in {out}"
     return text
+
+
+def csv_row(record: dict) -> dict:
+    """A record with its intended use flattened into columns."""
+    use = record.get("intended_use") or {}
+    reasons = ";".join(r["code"] for r in use.get("reasons", []))
+    return {**record, "accepted": use.get("accepted"), "reasons": reasons, "score": use.get("score")}
 
 
 class Reporter:
@@ -125,7 +181,7 @@ class Reporter:
         if self.fmt == "json":
             typer.echo(json.dumps(outcome.record if outcome.ok else outcome.failure()))
         elif self.fmt == "csv":
-            self.writer.writerow(outcome.record if outcome.ok else outcome.failure())
+            self.writer.writerow(csv_row(outcome.record) if outcome.ok else outcome.failure())
         elif outcome.ok:
             typer.echo(row(outcome.record))
         else:

@@ -2,8 +2,10 @@
 Triton through the same client library as `brainscan predict`.
 
 Upload an MRI slice (PNG, JPEG or TIFF, 8 or 16 bit; or a single-slice DICOM file) and see
-the label and probability, the slice with the tumour tinted red, and the mask. A bad file
-or an unreachable server is said in words in the result box; the page keeps working.
+the label and probability, the slice with the tumour tinted red, and the mask. A slice outside
+the served models' intended use (``brainscan.intended_use``) is not analysed: the result box
+says why, and no overlay or mask is shown. A bad file or an unreachable server is said in
+words in the result box; the page keeps working.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from brainscan.client.inference import Connection
 from brainscan.errors import BrainscanError
+from brainscan.intended_use import IntendedUse, Reason
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"]
 DEFAULT_PORT = 7860
@@ -79,20 +82,38 @@ def private_cache() -> Path:
     return folder
 
 
-def _payload(path: Path) -> bytes:
-    """The bytes to send: the file itself, or a DICOM slice as a 16-bit PNG."""
+def _payload(path: Path, use: IntendedUse) -> tuple[bytes | None, list[Reason]]:
+    """The bytes to send (the file itself, or a DICOM slice as a 16-bit PNG), or None and why
+    its headers are outside the intended use (a DICOM file's rules, an image's size)."""
     from brainscan.client.dicom import group_series, is_dicom, read_dicom_series
     from brainscan.client.volumes import VolumeError
+    from brainscan.preprocessing import image_size
 
     if not is_dicom(path):
-        return path.read_bytes()
+        data = path.read_bytes()
+        size = image_size(data)
+        reasons = use.check_image(*size) if size else []
+        return (None if reasons else data), reasons
     series, rejected, ignored = group_series([path])
     if rejected or ignored:
         raise VolumeError((rejected or ignored)[0][1])
+    reasons = use.check_series(series[0].header())
+    if reasons:
+        return None, reasons
     slices = read_dicom_series(series[0]).axial_png_slices()
     if len(slices) != 1:
         raise VolumeError(f"the DICOM file holds {len(slices)} slices; use `brainscan predict` for volumes")
-    return slices[0]
+    return slices[0], []
+
+
+def refusal_text(name: str, reasons: list[Reason]) -> str:
+    """What the page says instead of an overlay for a slice outside the intended use."""
+    codes = ", ".join(str(r.code) for r in reasons)
+    return (
+        f"Not analysed: {name} is outside what the served models were made for ({codes}). "
+        + "; ".join(r.text[0].upper() + r.text[1:] for r in reasons)
+        + ". No tumour finding, overlay or mask is given for it."
+    )
 
 
 def analyse(connection: Connection, path: str | None) -> tuple[str, np.ndarray | None, np.ndarray | None]:
@@ -106,8 +127,11 @@ def analyse(connection: Connection, path: str | None) -> tuple[str, np.ndarray |
         return "Upload an MRI image to analyse it.", None, None
     name = Path(path).name
     try:
-        data = _payload(Path(path))
         with BrainscanClient(connection) as client:
+            use = client.intended_use()
+            data, reasons = _payload(Path(path), use)
+            if data is None:
+                return refusal_text(name, reasons), None, None
             prediction = client.infer(data)
     except ServerUnavailableError:
         return (
@@ -118,6 +142,9 @@ def analyse(connection: Connection, path: str | None) -> tuple[str, np.ndarray |
         )
     except (InferenceError, VolumeError, OSError) as exc:
         return f"Error: {name} could not be analysed: {exc}", None, None
+    reasons = use.check_score(prediction.score if prediction.score is not None else 0.0)
+    if reasons:
+        return refusal_text(name, reasons), None, None
     text = (
         f"{prediction.label.capitalize()}: probability {prediction.probability:.3f} that a tumour is present; "
         f"tumour area {prediction.area_pixels} pixels ({100 * prediction.area_fraction:.2f} % of the slice). ({name})"

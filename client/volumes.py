@@ -21,6 +21,7 @@ import numpy as np
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.errors import BrainscanError
+from brainscan.intended_use import SeriesHeader
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -152,9 +153,36 @@ class Volume:
             raise VolumeError(f"mask volume {volume.shape} does not match the source {self.data.shape}")
         return volume
 
+    def axial_header(self) -> SeriesHeader:
+        """What the intended-use rules read of a volume without DICOM headers (NIfTI): its
+        axial slices' count, size and pixel spacing; no modality, plane or body part."""
+        ornt = self._orientation()
+        source_axis = {int(ornt[i, 0]): i for i in range(3)}  # RAS axis -> the source's voxel axis
+        sizes = np.linalg.norm(self.affine[:3, :3], axis=0)
+        right, anterior = source_axis[0], source_axis[1]  # an axial image's columns and rows
+        return SeriesHeader(
+            None,
+            frozenset(),
+            None,
+            "",
+            self.slices,
+            (float(sizes[anterior]), float(sizes[right])),
+            int(self.data.shape[anterior]),
+            int(self.data.shape[right]),
+        )
+
+    @property
+    def voxel_mm3(self) -> float:
+        """The volume one voxel of the mask stands for: for a DICOM series the pixel area times
+        the median distance between its slices (a missing slice does not inflate it, as the
+        affine's mean step would); else the affine's voxel volume."""
+        axes = self.affine[:3, :3]
+        if self.slice_spacing is not None:  # DICOM voxel order: column, row, slice
+            return float(np.linalg.norm(np.cross(axes[:, 0], axes[:, 1]))) * self.slice_spacing
+        return abs(float(np.linalg.det(axes)))
+
     def summary(self, mask: np.ndarray) -> VolumeSummary:
         axes = self.affine[:3, :3]
-        voxel_mm3 = abs(float(np.linalg.det(axes)))
         ornt = self._orientation()
         in_plane = [int(np.flatnonzero(ornt[:, 0] == axis)[0]) for axis in (0, 1)]
         pixel_mm2 = float(np.linalg.norm(np.cross(axes[:, in_plane[0]], axes[:, in_plane[1]])))
@@ -166,15 +194,16 @@ class Volume:
             voxel_mm=tuple(float(v) for v in np.linalg.norm(axes, axis=0)),
             slices=int(per_slice.size),
             tumour_voxels=int(mask.sum()),
-            tumour_volume_ml=float(mask.sum()) * voxel_mm3 / 1000.0,
+            tumour_volume_ml=tumour_volume_mm3(self, mask) / 1000.0,
             tumour_slices=tumour_slices,
             largest_cross_section_mm2=float(per_slice.max()) * pixel_mm2 if tumour_slices else 0.0,
             largest_cross_section_slice=largest,
         )
 
-    def mask_nifti_bytes(self, mask: np.ndarray) -> bytes:
+    def mask_nifti_bytes(self, mask: np.ndarray, note: str | None = None) -> bytes:
         """The mask as a gzipped NIfTI-1/2 file: the source's affine; for a NIfTI source its
-        header too (codes, units, orientation), with a uint8 data type."""
+        header too (codes, units, orientation), with a uint8 data type. ``note`` goes into its
+        description (e.g. that the volume is outside the models' intended use)."""
         import nibabel
 
         if self.header is not None:
@@ -189,11 +218,17 @@ class Volume:
             image.set_sform(self.affine, code=1)
             image.header.set_xyzt_units("mm")
         image.header["cal_min"], image.header["cal_max"] = 0, 1
-        image.header["descrip"] = b"brainscan tumour mask"
+        image.header["descrip"] = f"brainscan tumour mask{', ' + note if note else ''}".encode()[:79]
         return gzip.compress(image.to_bytes(), compresslevel=6)
 
-    def write_mask(self, path: Path, mask: np.ndarray) -> None:
-        write_bytes_atomic(path, self.mask_nifti_bytes(mask))
+    def write_mask(self, path: Path, mask: np.ndarray, note: str | None = None) -> None:
+        write_bytes_atomic(path, self.mask_nifti_bytes(mask, note))
+
+
+def tumour_volume_mm3(volume: Volume, mask: np.ndarray) -> float:
+    """The tumour's volume in mm³: mask voxels times ``Volume.voxel_mm3``. The one place it is
+    computed: predict's table and JSON, the summary beside the NIfTI mask and the DICOM SR."""
+    return float(np.count_nonzero(mask)) * volume.voxel_mm3
 
 
 def check_size(path: Path, shape: tuple[int, ...], what: str = "volume") -> None:

@@ -28,18 +28,17 @@ def onnx(
     checked against Keras on real validation slices (fails, writing nothing, if any output
     differs by more than --atol or any decision changes), with the preprocessing in front and
     the mask head behind, checked against the reference preprocessing on the same slices at
-    256x256, 512x512, 240x240 and 150x220 (no decision may change, mean mask Dice >= 0.99)."""
-    from brainscan.export.onnx import export_onnx
-    from brainscan.train import datasets
-    from brainscan.train.training import load_model, load_run, split_samples
+    256x256, 512x512, 240x240 and 150x220 (no decision may change, mean mask Dice >= 0.99).
+    For the classifier, the pixel gate is fitted on the run's training slices and limited on
+    its validation slices, and the models' intended use is written with it
+    (`RUN/intended_use.json`, docs/intended-use.md)."""
+    from brainscan.export.onnx import export_run
 
-    config = load_run(run)
-    images = datasets.decode_images(split_samples(config)["val"][:samples])
-    model = load_model(Path(run) / "model.keras")
-    target = out or Path(run) / "model.onnx"
-    reports = export_onnx(model, target, images, atol=atol, opset=opset)
-    for report in reports:
+    target, (network, parity, use) = export_run(run, out, samples, atol=atol, opset=opset)
+    for report in (network, parity):
         typer.echo(report.table())
+    if use is not None:
+        typer.echo("intended use:\n  " + "\n  ".join(use.describe()))
     typer.echo(f"wrote {target}")
 
 

@@ -24,8 +24,16 @@ from brainscan.digest import sha256_file
 from brainscan.export.gpu import cuda_visible, visible_gpus
 from brainscan.export.profiles import Profile, ProfileError, profile_from_config
 from brainscan.export.records import EngineRecord
-from brainscan.export.repository import VERSION, RepositoryError, flavour_of, plan_files, validate_repository
+from brainscan.export.repository import (
+    VERSION,
+    RepositoryError,
+    flavour_of,
+    plan_files,
+    read_config,
+    validate_repository,
+)
 from brainscan.export.tensorrt_version import EXPORT_COMMAND, NETWORKS, installed_version
+from brainscan.intended_use import IntendedUse
 from brainscan.tables import text_table
 
 PIN_FILE = Path(__file__).resolve().parent.parent / "docker" / ".env"
@@ -334,6 +342,19 @@ def advice(findings: list[Finding], repository: Path) -> str:
         f"`{EXPORT_COMMAND}` (builds with the same NGC release as the server), "
         f"or `brainscan export tensorrt --repository {repository}` inside that container"
     )
+
+
+def declared_use(repository: Path) -> IntendedUse | None:
+    """The intended use the repository's classifier declares to clients (its config's
+    parameter), or None when it declares none yet (a tensorrt repository before its first
+    engine build, or one written by an earlier kit)."""
+    path = Path(repository) / contract.CLASSIFIER / "config.pbtxt"
+    if not path.exists():
+        return None
+    parameters = read_config(path).parameters
+    if contract.INTENDED_USE_PARAMETER not in parameters:
+        return None
+    return IntendedUse.from_json(parameters[contract.INTENDED_USE_PARAMETER].string_value, str(path))
 
 
 def table(findings: list[Finding]) -> str:

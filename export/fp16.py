@@ -38,9 +38,10 @@ from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import GateFailedError, GateReport, Tolerances, check_network
+from brainscan.export.pixel_gate import gate_of
 from brainscan.export.records import Fp16Record
 from brainscan.export.serving import added_nodes, is_served, network_of, network_only, serving_model
-from brainscan.export.validation import NetworkInputs, run_onnx
+from brainscan.export.validation import NetworkInputs, run_onnx_outputs
 
 FP16_SUFFIX = ".fp16.onnx"
 OP_PREFIX = "op:"
@@ -94,8 +95,9 @@ def convert_to_fp16(model, keep_fp32: tuple[str, ...] = ()):
     (FP16 initializers and compute, FP32 at its input and output), the nodes that
     ``keep_fp32`` names (and the converter's own list of ops without FP16 support) in FP32;
     then, for a served graph, the preprocessing and the mask head put around it again in FP32
-    (16-bit pixel values overflow FP16). The converter is given the network alone: handed the
-    whole served graph it casts the graph input to FP16 before the preprocessing, and a Cast
+    (16-bit pixel values overflow FP16), and the classifier's pixel gate in FP32 on its taps.
+    The converter is given the network alone: handed the whole served graph it casts the
+    graph input to FP16 before the preprocessing, and a Cast
     to float inside it to FP16, whatever its block list says. The graph's inputs and outputs
     keep their types, so the served contract and the Triton configs do not change. Returns
     (fp16 model, names of the nodes kept in FP32 on request)."""
@@ -112,7 +114,11 @@ def convert_to_fp16(model, keep_fp32: tuple[str, ...] = ()):
         if tensor.type.tensor_type.elem_type != _FLOAT:
             raise PrecisionError(f"{tensor.name} is not FP32 after the conversion")
     if is_served(model):
-        converted = serving_model(converted)
+        # the classifier's pixel gate is put back in FP32 on the FP16 network's taps: its
+        # distance sums hundreds of squared terms, and no accept/refuse decision may move
+        converted = serving_model(converted, gate=gate_of(model))
+        del converted.metadata_props[:]
+        converted.metadata_props.extend(model.metadata_props)  # the intended use goes with the graph
     try:  # TensorRT's strongly typed parser needs every type to agree with ONNX's inference
         onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
@@ -196,9 +202,10 @@ def fp16_share(fp16_model) -> tuple[int, int]:
     return sum(any(types.get(o) == _FLOAT16 for o in n.output) for n in floating), len(floating)
 
 
-def run_fp16(fp16_model, images: list[np.ndarray]) -> list[np.ndarray]:
-    """The FP16 graph's output on each of ``images``, FP16 storage included (``storage_view``)."""
-    return run_onnx(storage_view(fp16_model).SerializeToString(), images)
+def run_fp16(fp16_model, images: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """The FP16 graph's outputs on each of ``images``, by name, FP16 storage included
+    (``storage_view``)."""
+    return run_onnx_outputs(storage_view(fp16_model).SerializeToString(), images)
 
 
 @dataclass(frozen=True)
@@ -234,7 +241,7 @@ def export_fp16(
     converted, kept = convert_to_fp16(model, keep_fp32)
     report = check_network(
         network,
-        run_onnx(model.SerializeToString(), inputs.images),
+        run_onnx_outputs(model.SerializeToString(), inputs.images),
         run_fp16(converted, inputs.images),
         inputs.truth,
         tolerances,

@@ -9,7 +9,7 @@ every value next to its limit, and ``passed`` is False as soon as one limit is e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.errors import BrainscanError
+from brainscan.export.pixel_gate import THRESHOLD as OOD_THRESHOLD
 from brainscan.metrics import dice, segmentation_metrics
 from brainscan.tables import text_table
 
@@ -119,17 +120,24 @@ def _non_finite(array: np.ndarray) -> int:
     return int((~np.isfinite(np.asarray(array, np.float64))).sum())
 
 
-def check_classifier(fp32: np.ndarray, fp16: np.ndarray, tolerances: Tolerances = Tolerances()) -> GateReport:
+def check_classifier(
+    fp32: np.ndarray,
+    fp16: np.ndarray,
+    tolerances: Tolerances = Tolerances(),
+    scores32: np.ndarray | None = None,
+    scores16: np.ndarray | None = None,
+) -> GateReport:
     """Tumour probabilities [N, 1] of the FP32 reference and the FP16 engine. Decisions must
     agree on the clear cases: a slice whose FP32 probability lies within the allowed
     probability difference of the threshold may cross it under FP16 rounding (it is counted,
-    for information), one further away may not."""
+    for information), one further away may not. With the out-of-distribution scores of both
+    (the pixel gate), no slice may change between accepted and refused."""
     fp32, fp16 = np.asarray(fp32, np.float64).reshape(-1), np.asarray(fp16, np.float64).reshape(-1)
     comparison = output_difference(fp32, fp16, contract.DECISION_THRESHOLD)
     clear = np.abs(fp32 - contract.DECISION_THRESHOLD) > tolerances.classifier_max_abs_diff
     changed = (fp32 > contract.DECISION_THRESHOLD) != (fp16 > contract.DECISION_THRESHOLD)
     agreement = 1.0 - np.sum(changed & clear) / max(int(clear.sum()), 1)
-    checks = (
+    checks = [
         at_most("non-finite outputs (NaN/Inf)", _non_finite(fp16), 0),
         at_most("max |probability diff|", comparison.max_abs_diff, tolerances.classifier_max_abs_diff),
         at_least("decision agreement, clear cases", agreement, tolerances.classifier_min_agreement),
@@ -138,8 +146,16 @@ def check_classifier(fp32: np.ndarray, fp16: np.ndarray, tolerances: Tolerances 
             float(np.sum(changed & ~clear)),
         ),
         info("mean |probability diff|", comparison.mean_abs_diff),
-    )
-    return GateReport(contract.CLASSIFIER, len(fp32), checks)
+    ]
+    if scores32 is not None and scores16 is not None:
+        s32, s16 = np.asarray(scores32, np.float64).reshape(-1), np.asarray(scores16, np.float64).reshape(-1)
+        scores = output_difference(s32, s16, OOD_THRESHOLD)
+        checks += [
+            at_most("non-finite OOD scores", _non_finite(s16), 0),
+            at_most("accept/refuse decisions changed (OOD score)", scores.decisions_differ, 0),
+            info("max |OOD score diff|", scores.max_abs_diff),
+        ]
+    return GateReport(contract.CLASSIFIER, len(fp32), tuple(checks))
 
 
 def check_segmenter(
@@ -189,19 +205,29 @@ def check_segmenter(
 
 def check_network(
     network: str,
-    fp32: Sequence[np.ndarray],
-    fp16: Sequence[np.ndarray],
+    fp32: Mapping[str, Sequence[np.ndarray]],
+    fp16: Mapping[str, Sequence[np.ndarray]],
     truth: Sequence[np.ndarray] | None,
     tolerances: Tolerances = Tolerances(),
 ) -> GateReport:
-    """The gate of ``network`` (classifier or segmenter) on its FP32 and FP16 outputs, one per slice."""
+    """The gate of ``network`` (classifier or segmenter) on its FP32 and FP16 outputs, each by
+    output name with one value per slice: the decision output, and the classifier's
+    out-of-distribution score when both graphs give it."""
+    decision = contract.NETWORK_OUTPUT_SPEC[network].name
     if network == contract.CLASSIFIER:
+
+        def flat(outputs):
+            return np.concatenate([np.reshape(a, -1) for a in outputs])
+
+        scored = contract.OOD_SCORE in fp32 and contract.OOD_SCORE in fp16
         return check_classifier(
-            np.concatenate([np.reshape(a, -1) for a in fp32]),
-            np.concatenate([np.reshape(a, -1) for a in fp16]),
+            flat(fp32[decision]),
+            flat(fp16[decision]),
             tolerances,
+            flat(fp32[contract.OOD_SCORE]) if scored else None,
+            flat(fp16[contract.OOD_SCORE]) if scored else None,
         )
-    return check_segmenter(fp32, fp16, truth, tolerances)
+    return check_segmenter(fp32[decision], fp16[decision], truth, tolerances)
 
 
 class GateFailedError(BrainscanError, RuntimeError):

@@ -63,7 +63,7 @@ def _python_model(name: str, inputs, outputs, spec: RepositorySpec, parameters: 
 
 
 def _network(name: str, spec: RepositorySpec) -> dict:
-    inputs, outputs = [contract.PIXELS_SPEC], [contract.NETWORK_OUTPUT_SPEC[name]]
+    inputs, outputs = [contract.PIXELS_SPEC], list(contract.NETWORK_OUTPUTS[name])
     side = {MAX_SIDE_PARAMETER: spec.max_image_side}
     if spec.flavour is Flavour.LOCAL:
         return _python_model(name, inputs, outputs, spec, {"intra_op_threads": spec.ort_threads, **side})
@@ -169,7 +169,7 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
         "platform": "ensemble",
         "max_batch_size": spec.max_batch_size,
         "input": _tensors([contract.IMAGE_SPEC]),
-        "output": _tensors([contract.TUMOR_PROBABILITY_SPEC, contract.MASK_SPEC]),
+        "output": _tensors(list(contract.ENSEMBLE_OUTPUTS)),
         "ensemble_scheduling": {
             "step": [
                 {
@@ -183,9 +183,9 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
                         "model_name": network,
                         "model_version": -1,
                         "input_map": {contract.PIXELS: contract.PIXELS},
-                        "output_map": {output.name: output.name},
+                        "output_map": {output.name: output.name for output in outputs},
                     }
-                    for network, output in contract.NETWORK_OUTPUT_SPEC.items()
+                    for network, outputs in contract.NETWORK_OUTPUTS.items()
                 ),
             ]
         },
@@ -244,14 +244,23 @@ def engine_parameter(compute_capability: str) -> str:
     return f"{ENGINE_PARAMETER_PREFIX}{compute_capability.replace('.', '')}"
 
 
-def list_engine(config_path: Path, compute_capability: str, plan: str, description: str = "") -> None:
+def list_engine(
+    config_path: Path,
+    compute_capability: str,
+    plan: str,
+    description: str = "",
+    parameters: dict[str, str] | None = None,
+) -> None:
     """Add (or replace) ``compute_capability -> plan`` in a config's cc_model_filenames, and
     the engine's description (TensorRT version, GPU, source ONNX digest) in its parameters,
-    keeping every other entry, so one repository serves a fleet of several GPU kinds."""
+    keeping every other entry, so one repository serves a fleet of several GPU kinds; and set
+    the ``parameters`` its graph declares (the classifier's intended use)."""
     config = read_config(config_path)
     config.cc_model_filenames[compute_capability] = plan
     if description:
         config.parameters[engine_parameter(compute_capability)].string_value = description
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
     write_bytes_atomic(config_path, text_format.MessageToString(config).encode())
 
 
@@ -272,4 +281,6 @@ def listed_engines(out: Path, name: str) -> tuple[dict[str, str], dict[str, str]
         for cc in listed
         if engine_parameter(cc) in config.parameters
     }
+    if listed and contract.INTENDED_USE_PARAMETER in config.parameters:  # declared by the engines' graph
+        described[contract.INTENDED_USE_PARAMETER] = config.parameters[contract.INTENDED_USE_PARAMETER].string_value
     return listed, described

@@ -105,26 +105,30 @@ def repository_files(spec: RepositorySpec) -> dict[str, bytes]:
     return files
 
 
-def served_graph(path: Path, network: str) -> bytes:
+def served_graph(path: Path, network: str) -> tuple[bytes, dict[str, str]]:
     """The served graph of ``network`` from ``path``: as it is when it is one (what
     ``brainscan export onnx`` and ``export fp16`` write), else the network wrapped
-    (``export.serving``)."""
+    (``export.serving``); and the config parameters it declares (the classifier's intended
+    use)."""
     import onnx
 
-    from brainscan.export.serving import ServingGraphError, network_of, serving_model
+    from brainscan.export.serving import ServingGraphError, declared_parameters, network_of, serving_model
+    from brainscan.intended_use import IntendedUseError
 
     try:
         model = serving_model(onnx.load(str(path)))
         found = network_of(model)
+        declared = declared_parameters(model)
     except (
         ServingGraphError,
+        IntendedUseError,
         onnx.checker.ValidationError,
         onnx.onnx_cpp2py_export.shape_inference.InferenceError,
     ) as exc:
         raise RepositoryError(f"{path}: {exc}") from None
     if found != network:
         raise RepositoryError(f"{path} is the {found}, given as the {network}")
-    return model.SerializeToString()
+    return model.SerializeToString(), declared
 
 
 def write_repository(
@@ -155,11 +159,13 @@ def write_repository(
     if spec.flavour in (Flavour.LOCAL, Flavour.ONNXRUNTIME):
         for name, source in sources.items():
             if source:
-                graph = served_graph(source, name)
+                graph, declared = served_graph(source, name)
                 files[f"{name}/{VERSION}/{WEIGHT_FILES[spec.flavour]}"] = graph
                 # the served graph's digest, for clients to name what answered (DICOM SR, audit)
                 config = to_model_config(model_configs(spec)[name])
                 config.parameters[MODEL_SHA256_PARAMETER].string_value = hashlib.sha256(graph).hexdigest()
+                for key, value in declared.items():  # the classifier's intended use, for clients
+                    config.parameters[key].string_value = value
                 files[f"{name}/config.pbtxt"] = text_format.MessageToString(config).encode()
     if spec.flavour is Flavour.TENSORRT:
         for name in contract.NETWORKS:

@@ -26,6 +26,17 @@ import numpy as np
 from brainscan import contract
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import Check, GateReport, at_least, at_most, info
+from brainscan.export.pixel_gate import (
+    FEATURES,
+    GATE_PREFIX,
+    QUADRANTS,
+    TAP_OUTPUTS,
+    add_no_gate,
+    add_pooling,
+    add_score,
+    has_taps,
+)
+from brainscan.intended_use import ONNX_METADATA_KEY, IntendedUse
 from brainscan.metrics import dice
 from brainscan.onnx_runtime import cpu_session
 from brainscan.preprocessing_graph import (
@@ -51,21 +62,30 @@ def _opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _outputs(model) -> list[str]:
+    return [o.name for o in model.graph.output]
+
+
 def network_of(model) -> str:
-    """classifier or segmenter: from a served graph's output, or a network's input name."""
+    """classifier or segmenter: from a served graph's outputs, or a network's input name."""
     inputs = [i.name for i in model.graph.input]
-    outputs = [o.name for o in model.graph.output]
-    if inputs == [contract.PIXELS]:
-        for network, spec in contract.NETWORK_OUTPUT_SPEC.items():
-            if outputs == [spec.name]:
-                return network
+    outputs = _outputs(model)
+    if inputs == [contract.PIXELS] and outputs:
+        if outputs[0] == contract.TUMOR_PROBABILITY and outputs[1:] in (
+            [],
+            [contract.OOD_SCORE],
+            [FEATURES, QUADRANTS],
+        ):
+            return contract.CLASSIFIER
+        if outputs == [contract.MASK]:
+            return contract.SEGMENTER
     for network, name in contract.NETWORK_INPUT.items():
         if inputs == [name]:
             return network
     raise ServingGraphError(
         f"the graph has inputs {inputs} and outputs {outputs}: expected a served graph "
-        f"([{contract.PIXELS!r}] -> {contract.TUMOR_PROBABILITY!r} or {contract.MASK!r}) or a "
-        f"network taking {contract.CLASSIFIER_INPUT!r} or {contract.SEGMENTER_INPUT!r}"
+        f"([{contract.PIXELS!r}] -> {contract.TUMOR_PROBABILITY!r} and {contract.OOD_SCORE!r}, or {contract.MASK!r}) "
+        f"or a network taking {contract.CLASSIFIER_INPUT!r} or {contract.SEGMENTER_INPUT!r}"
     )
 
 
@@ -91,17 +111,61 @@ def network_size(model) -> tuple[int, int]:
     return dims[1], dims[2]
 
 
-def serving_model(model):
+POOLED = "pooled"  # serving_model's gate for the fit: the pooled features as outputs, no score yet
+
+
+def _classifier_head(b: GraphBuilder, graph, gate) -> list:
+    """The classifier's outputs after its network: the probability, then the score: the gate
+    (``pixel_gate``) pooled from the network's taps and scored with ``gate``; or zeros without
+    a fitted gate. With ``gate`` POOLED, the pooled features instead of the score."""
+    from onnx import TensorProto, helper
+
+    outputs = {o.name: o for o in graph.output}
+    probability = outputs[contract.TUMOR_PROBABILITY]
+    if contract.OOD_SCORE in outputs:  # a network taken out of a served graph: its gate comes with it
+        return [probability, outputs[contract.OOD_SCORE]]
+    score = helper.make_tensor_value_info(contract.OOD_SCORE, TensorProto.FLOAT, ["N", 1])
+    if not has_taps(graph) or gate is None:
+        add_no_gate(b, contract.TUMOR_PROBABILITY)
+        return [probability, score]
+    features, quadrants = add_pooling(b)
+    if gate is POOLED:  # what the fit runs on
+        pooled = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", None]) for name in (FEATURES, QUADRANTS)]
+        return [probability, *pooled]
+    add_score(b, features, quadrants, gate)
+    return [probability, score]
+
+
+def serving_model(model, gate=None):
     """The served graph of a network (ONNX ModelProto taking ``classifier_input`` or
-    ``segmenter_input``): preprocessing in front, the mask head behind the segmenter. A
-    served graph is returned as it is."""
+    ``segmenter_input``): preprocessing in front; behind the segmenter the mask head, behind
+    the classifier its out-of-distribution score (``pixel_gate``: computed from the network's
+    taps with ``gate``, a GateFit; zeros without one, and its intended use then declares no
+    pixel gate; with ``gate`` POOLED, the pooled features the fit runs on). A served graph is
+    returned as it is, or with its score added."""
     import onnx
     from onnx import TensorProto, helper
 
-    if is_served(model):
-        network_of(model)
-        return model
     network = network_of(model)
+    if is_served(model):
+        outputs = _outputs(model)
+        if network == contract.SEGMENTER or outputs[1:] == [contract.OOD_SCORE]:
+            return model
+        served = onnx.ModelProto()
+        served.CopyFrom(model)
+        b = GraphBuilder(GATE_PREFIX, _opset(model))
+        if FEATURES in outputs:
+            if gate is None or gate is POOLED:
+                return model
+            add_score(b, FEATURES, QUADRANTS, gate)
+        else:  # a served classifier of an earlier version of the kit, without its score
+            add_no_gate(b, contract.TUMOR_PROBABILITY)
+        served.graph.node.extend(b.nodes)
+        served.graph.initializer.extend(b.initializers)
+        del served.graph.output[1:]
+        served.graph.output.append(helper.make_tensor_value_info(contract.OOD_SCORE, TensorProto.FLOAT, ["N", 1]))
+        onnx.checker.check_model(served, full_check=True)
+        return served
     size = network_size(model)
     opset = _opset(model)
     if not opset >= 13:
@@ -112,15 +176,14 @@ def serving_model(model):
     network_input = graph.input[0]
     pre = GraphBuilder(PREPROCESS_PREFIX, opset)
     add_preprocessing(pre, contract.PIXELS, size, network_input.name)
-    nodes = [*pre.nodes, *graph.node]
-    initializers = [*pre.initializers]
-    outputs = [graph.output[0]]
+    head = GraphBuilder(MASK_PREFIX if network == contract.SEGMENTER else GATE_PREFIX, opset)
     if network == contract.SEGMENTER:
-        head = GraphBuilder(MASK_PREFIX, opset)
         add_mask_head(head, graph.output[0].name, image_size(head, contract.PIXELS), contract.MASK)
-        nodes += head.nodes
-        initializers += head.initializers
         outputs = [helper.make_tensor_value_info(contract.MASK, TensorProto.UINT8, ["N", "H", "W"])]
+    else:
+        outputs = _classifier_head(head, graph, gate)
+    nodes = [*pre.nodes, *graph.node, *head.nodes]
+    initializers = [*pre.initializers, *head.initializers]
     # shapes inferred for the bare network (a converter may leave stale ones, e.g. an FP16
     # type for its output, which becomes an inner tensor here) go; the network's input shape
     # stays on record (network_size reads it back)
@@ -138,21 +201,62 @@ def serving_model(model):
 
 
 def network_only(model):
-    """The network inside a served graph (its input to its probability output); a network
-    is returned as it is."""
+    """The network inside a served graph (its input to its decision output and, for a
+    classifier with a pixel gate, the taps the gate pools: ``serving_model(network,
+    gate=gate_of(served))`` puts it back); a network is returned as it is."""
     import onnx.utils
 
     if not is_served(model):
         return model
     network = network_of(model)
-    output = contract.CLASSIFIER_OUTPUT if network == contract.CLASSIFIER else contract.SEGMENTER_OUTPUT
+    outputs = [contract.SEGMENTER_OUTPUT]
+    if network == contract.CLASSIFIER:  # the network gives the taps its pixel gate pools, if it has one
+        produced = {name for node in model.graph.node for name in node.output}
+        outputs = [contract.TUMOR_PROBABILITY, *(TAP_OUTPUTS if set(TAP_OUTPUTS) <= produced else ())]
     inferred = onnx.shape_inference.infer_shapes(model)
-    return onnx.utils.Extractor(inferred).extract_model([contract.NETWORK_INPUT[network]], [output])
+    return _outputs_apart(onnx.utils.Extractor(inferred).extract_model([contract.NETWORK_INPUT[network]], outputs))
+
+
+def _outputs_apart(model):
+    """Each graph output that nodes inside also read becomes a tensor of its own (an Identity
+    of the inner one): the FP16 converter casts an output to FP32 in place, and a node
+    reading it would then get FP32 beside its FP16 weights."""
+    from onnx import helper
+
+    outputs = {o.name for o in model.graph.output}
+    read = {name for node in model.graph.node for name in node.input}
+    for name in sorted(outputs & read):
+        inner = f"{name}/inner"
+        for node in model.graph.node:
+            node.output[:] = [inner if x == name else x for x in node.output]
+            node.input[:] = [inner if x == name else x for x in node.input]
+        model.graph.node.append(helper.make_node("Identity", [inner], [name], name=f"{name}/output"))
+    return model
+
+
+# config parameters that a served graph declares about itself (model config is not an admin
+# API: clients read them)
+DECLARED_PARAMETERS = (contract.INTENDED_USE_PARAMETER,)
+
+
+def declared_parameters(model) -> dict[str, str]:
+    """The config parameters a served graph (a ModelProto or an ONNX file) declares: for the
+    classifier, its intended use (the JSON in its metadata; the kit's defaults, with no pixel
+    gate, when it carries none); nothing for the segmenter."""
+    import onnx
+
+    if not hasattr(model, "graph"):
+        model = onnx.load(str(model), load_external_data=False)
+    if network_of(model) != contract.CLASSIFIER:
+        return {}
+    declared = next((p.value for p in model.metadata_props if p.key == ONNX_METADATA_KEY), None)
+    use = IntendedUse.from_json(declared, "the intended use in the classifier graph") if declared else IntendedUse()
+    return {contract.INTENDED_USE_PARAMETER: use.to_json()}
 
 
 def added_nodes(model) -> list[str]:
     """Names of the nodes the served graph adds to the network (kept in FP32 by ``export fp16``)."""
-    return [n.name for n in model.graph.node if n.name.startswith((PREPROCESS_PREFIX, MASK_PREFIX))]
+    return [n.name for n in model.graph.node if n.name.startswith((PREPROCESS_PREFIX, MASK_PREFIX, GATE_PREFIX))]
 
 
 def by_shape(images: Sequence[np.ndarray]) -> dict[tuple, list[int]]:
@@ -163,18 +267,25 @@ def by_shape(images: Sequence[np.ndarray]) -> dict[tuple, list[int]]:
     return groups
 
 
-def run_served(session, images: Sequence[np.ndarray], max_batch: int = 16) -> list[np.ndarray]:
-    """A graph's single output for each of ``images`` (one image each: PIXELS [H, W, C] for
-    a served graph), run in batches of one shape."""
+def run_outputs(session, images: Sequence[np.ndarray], max_batch: int = 16) -> dict[str, list[np.ndarray]]:
+    """Every output of a graph for each of ``images`` (one image each: PIXELS [H, W, C] for a
+    served graph), by output name, run in batches of one shape."""
     name = session.get_inputs()[0].name
-    out: list[np.ndarray | None] = [None] * len(images)
+    names = [o.name for o in session.get_outputs()]
+    out: dict[str, list] = {n: [None] * len(images) for n in names}
     for indices in by_shape(images).values():
         for start in range(0, len(indices), max_batch):
             chunk = indices[start : start + max_batch]
-            (result,) = session.run(None, {name: np.stack([images[i] for i in chunk]).astype(np.float32)})
-            for i, value in zip(chunk, result):
-                out[i] = value
-    return out  # type: ignore[return-value]
+            results = session.run(names, {name: np.stack([images[i] for i in chunk]).astype(np.float32)})
+            for output, result in zip(names, results):
+                for i, value in zip(chunk, result):
+                    out[output][i] = value
+    return out
+
+
+def run_served(session, images: Sequence[np.ndarray], max_batch: int = 16) -> list[np.ndarray]:
+    """A graph's first output (its decision: the probability or the mask) for each of ``images``."""
+    return run_outputs(session, images, max_batch)[session.get_outputs()[0].name]
 
 
 # --- the reference: the OpenCV preprocessing the graphs replaced -----------------------------
@@ -231,8 +342,9 @@ def check_parity(network_model, served_model, images: Sequence[np.ndarray]) -> G
     served = cpu_session(served_model.SerializeToString())
     candidate = run_served(served, [pixels(image) for image in images])
     reference = []
+    first = [net.get_outputs()[0].name]  # the decision output (a classifier's gate taps follow it)
     for image in images:
-        (output,) = net.run(None, {net.get_inputs()[0].name: reference_model_input(image, size)[None]})
+        (output,) = net.run(first, {net.get_inputs()[0].name: reference_model_input(image, size)[None]})
         reference.append(output[0] if network == contract.CLASSIFIER else reference_mask(output[0], image.shape[:2]))
     shapes = sorted({f"{i.shape[0]}x{i.shape[1]}" for i in images})
     if network == contract.CLASSIFIER:

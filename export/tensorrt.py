@@ -43,7 +43,7 @@ from brainscan.export.gpu import Gpu, build_gpu
 from brainscan.export.profiles import Profile, profile_from_config
 from brainscan.export.records import EngineRecord, Fp16Record
 from brainscan.export.repository import VERSION, RepositoryError, list_engine, plan_files, plan_name, read_config
-from brainscan.export.serving import by_shape
+from brainscan.export.serving import DECLARED_PARAMETERS, by_shape, declared_parameters
 from brainscan.export.tensorrt_version import (
     NETWORKS,
     REMEDY,
@@ -51,7 +51,7 @@ from brainscan.export.tensorrt_version import (
     import_tensorrt,
     needs_strongly_typed_flag,
 )
-from brainscan.export.validation import NetworkInputs, run_onnx
+from brainscan.export.validation import NetworkInputs, run_onnx_outputs
 
 if TYPE_CHECKING:
     import tensorrt
@@ -118,14 +118,17 @@ def check_parsed_network(network: tensorrt.INetworkDefinition, request: BuildReq
         raise EngineBuildError(
             f"{request.onnx} takes {list(dims)}; the model config takes any batch and image size ([-1, -1, -1, -1])"
         )
-    expected = contract.NETWORK_OUTPUT_SPEC[request.network]
+    expected = contract.NETWORK_OUTPUTS[request.network]
     outputs = [network.get_output(i) for i in range(network.num_outputs)]
-    if [t.name for t in outputs] != [expected.name]:
+    if [t.name for t in outputs] != [spec.name for spec in expected]:
         raise EngineBuildError(
-            f"{request.onnx} gives {[t.name for t in outputs]}; the model config expects [{expected.name!r}]"
+            f"{request.onnx} gives {[t.name for t in outputs]}; the model config expects "
+            f"{[spec.name for spec in expected]} (an FP16 graph from before the pixel gate: export the run again)"
         )
     wanted = {"TYPE_FP32": trt.DataType.FLOAT, "TYPE_UINT8": trt.DataType.UINT8}
-    for tensor, declared in ((inputs[0], contract.PIXELS_SPEC.triton_dtype), (outputs[0], expected.triton_dtype)):
+    declared_types = [(inputs[0], contract.PIXELS_SPEC.triton_dtype)]
+    declared_types += [(tensor, spec.triton_dtype) for tensor, spec in zip(outputs, expected)]
+    for tensor, declared in declared_types:
         if tensor.dtype != wanted[declared]:
             raise EngineBuildError(
                 f"{request.onnx}: {tensor.name} is {tensor.dtype}, but the model config declares "
@@ -182,25 +185,26 @@ def build_engine(request: BuildRequest) -> bytes:
     return bytes(memoryview(serialized))
 
 
-def run_engine(plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> list[np.ndarray]:
-    """The engine's single output for each of ``images`` (decoded, [H, W, C]), run in
-    batches of one shape and at most the profile's maximum batch (needs TensorRT and a GPU)."""
+def run_engine(plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> dict[str, list[np.ndarray]]:
+    """The engine's outputs for each of ``images`` (decoded, [H, W, C]), by output name, run
+    in batches of one shape and at most the profile's maximum batch (needs TensorRT and a GPU)."""
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.exception import PolygraphyException
 
-    outputs: list[np.ndarray | None] = [None] * len(images)
+    outputs: dict[str, list] = {}
     try:
         with TrtRunner(EngineFromBytes(plan)) as runner:
             for indices in by_shape(images).values():
                 for start in range(0, len(indices), max_batch):
                     chunk = indices[start : start + max_batch]
                     batch = np.ascontiguousarray(np.stack([images[i] for i in chunk]), np.float32)
-                    (array,) = runner.infer({input_name: batch}).values()
-                    for i, value in zip(chunk, np.asarray(array)):
-                        outputs[i] = value
+                    for name, array in runner.infer({input_name: batch}).items():
+                        found = outputs.setdefault(name, [None] * len(images))
+                        for i, value in zip(chunk, np.asarray(array)):
+                            found[i] = value
     except PolygraphyException as exc:
         raise EngineBuildError(f"the engine built for {input_name} did not run: {exc}") from None
-    return outputs  # type: ignore[return-value]
+    return outputs
 
 
 class Toolkit(Protocol):
@@ -213,7 +217,9 @@ class Toolkit(Protocol):
 
     def build(self, request: BuildRequest) -> bytes: ...
 
-    def run(self, plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> list[np.ndarray]: ...
+    def run(
+        self, plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int
+    ) -> dict[str, list[np.ndarray]]: ...
 
 
 class TensorRT:
@@ -228,7 +234,9 @@ class TensorRT:
     def build(self, request: BuildRequest) -> bytes:
         return build_engine(request)
 
-    def run(self, plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> list[np.ndarray]:
+    def run(
+        self, plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int
+    ) -> dict[str, list[np.ndarray]]:
         return run_engine(plan, input_name, images, max_batch)
 
 
@@ -297,7 +305,7 @@ def build_repository_engines(
         plan = toolkit.build(request)
         seconds = time.perf_counter() - started
         fp16 = toolkit.run(plan, profile.input, given.images, profile.max_batch)
-        report = check_network(network, run_onnx(given.onnx, given.images), fp16, given.truth, tolerances)
+        report = check_network(network, run_onnx_outputs(given.onnx, given.images), fp16, given.truth, tolerances)
         log(report.table())
         reports.append(report)
         built[network] = (plan, engine_record(request, toolkit.version, gpu, given, seconds, report))
@@ -310,7 +318,7 @@ def build_repository_engines(
         write_bytes_atomic(version_dir / name, plan)
         record.write(version_dir / EngineRecord.name_for(name))
         config_path = Path(repository) / network / "config.pbtxt"
-        list_engine(config_path, gpu.compute_capability, name, record.description())
+        list_engine(config_path, gpu.compute_capability, name, record.description(), declared_parameters(request.onnx))
         others = sorted(cc for cc in plan_files(read_config(config_path)) if cc != gpu.compute_capability)
         log(
             f"wrote {version_dir / name} ({len(plan) / 1e6:.1f} MB, built in {record.build_seconds:.0f} s) for "
@@ -351,7 +359,14 @@ def build_into_bucket(
             record = EngineRecord.of_plan(work / "built" / network / VERSION, name)
             if record is None:  # the build above writes one beside every plan
                 raise EngineBuildError(f"{network}: the build left no record beside {name}")
-            list_engine(fresh / network / "config.pbtxt", compute_capability, name, record.description())
+            built = read_config(work / "built" / network / "config.pbtxt")
+            list_engine(
+                fresh / network / "config.pbtxt",
+                compute_capability,
+                name,
+                record.description(),
+                {key: built.parameters[key].string_value for key in DECLARED_PARAMETERS if key in built.parameters},
+            )
         storage.upload(fresh, uri, only=is_config)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -163,17 +163,11 @@ def runs(tmp_path_factory, phantom_dir) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def onnx_models(runs) -> dict[str, Path]:
-    from brainscan.export.onnx import export_onnx
-    from brainscan.train import datasets
-    from brainscan.train.training import load_model, load_run, split_samples
+    """The tiny networks' served graphs, written by the real `export onnx` step (the
+    classifier's with its pixel gate fitted on the run's training slices)."""
+    from brainscan.export.onnx import export_run
 
-    out = {}
-    for task, run in runs.items():
-        config = load_run(run)
-        images = datasets.decode_images(split_samples(config)["val"][:4])
-        export_onnx(load_model(run / "model.keras"), run / "model.onnx", images)
-        out[task] = run / "model.onnx"
-    return out
+    return {task: export_run(run, samples=4)[0] for task, run in runs.items()}
 
 
 @pytest.fixture(scope="session")
@@ -193,21 +187,63 @@ def fp16_models(validation) -> dict[str, Path]:
     return {name: export_fp16(given.onnx, given).path for name, given in validation.items()}
 
 
+def without_gate(served: Path, out: Path) -> Path:
+    """The served classifier graph of ``served`` with its pixel gate taken out: its network,
+    wrapped again, answers a score of zeros and declares no pixel gate (as a network a user
+    exports without a training run does)."""
+    import onnx
+
+    from brainscan.export.serving import network_only, serving_model
+
+    onnx.save(serving_model(network_only(onnx.load(str(served)))), str(out))
+    return out
+
+
 @pytest.fixture(scope="session")
-def local_repository(tmp_path_factory, onnx_models) -> Path:
+def ungated_classifier(tmp_path_factory, onnx_models) -> Path:
+    """The tiny classifier without its pixel gate (``without_gate``): fitted on 24 training
+    slices of a 2-epoch network, the gate refuses some phantom slices and every hand-made
+    image, which the tests of serving, faults and clients send for their known answers. The
+    gate itself is tested on ``gated_repository``."""
+    return without_gate(onnx_models["classifier"], tmp_path_factory.mktemp("ungated") / "classifier.onnx")
+
+
+@pytest.fixture(scope="session")
+def local_repository(tmp_path_factory, ungated_classifier, onnx_models) -> Path:
+    """The tiny networks, the classifier without its pixel gate (``ungated_classifier``)."""
     from brainscan.export.repository import write_repository
 
     out = tmp_path_factory.mktemp("repo") / "model_repository"
+    return write_repository(out, "local", ungated_classifier, onnx_models["segmenter"])
+
+
+@pytest.fixture(scope="session")
+def gated_repository(tmp_path_factory, onnx_models) -> Path:
+    """The tiny networks as `brainscan export onnx` serves them: the classifier with the pixel
+    gate fitted on its training slices, and its intended use declared."""
+    from brainscan.export.repository import write_repository
+
+    out = tmp_path_factory.mktemp("gated") / "model_repository"
     return write_repository(out, "local", onnx_models["classifier"], onnx_models["segmenter"])
+
+
+def _serve(repository: Path, tmp_path_factory, name: str, **options):
+    from brainscan.serving import Ports, TritonServer
+
+    log = tmp_path_factory.mktemp(name) / "tritonserver.log"
+    return TritonServer(repository, ports=Ports.free(), log_file=log, **options)
 
 
 @pytest.fixture(scope="session")
 def server(local_repository, tmp_path_factory):
-    from brainscan.serving import Ports, TritonServer
+    with _serve(local_repository, tmp_path_factory, "server", admin_key=ADMIN_KEY) as running:
+        yield running
 
-    ports = Ports.free()
-    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    with TritonServer(local_repository, ports=ports, log_file=log, admin_key=ADMIN_KEY) as running:
+
+@pytest.fixture(scope="session")
+def gated_server(gated_repository, tmp_path_factory):
+    """A real server of the tiny networks with their pixel gate (``gated_repository``)."""
+    with _serve(gated_repository, tmp_path_factory, "gated") as running:
         yield running
 
 
@@ -315,14 +351,12 @@ def bright_server(tmp_path_factory, bright_networks):
     """A second real server whose networks are ``write_threshold_classifier`` and
     ``write_threshold_segmenter``: every answer it gives can be worked out by hand."""
     from brainscan.export.repository import write_repository
-    from brainscan.serving import Ports, TritonServer
 
     root = tmp_path_factory.mktemp("bright")
     repository = write_repository(
         root / "model_repository", "local", bright_networks["classifier"], bright_networks["segmenter"]
     )
-    ports = Ports.free()
-    with TritonServer(repository, ports=ports, log_file=root / "tritonserver.log") as running:
+    with _serve(repository, tmp_path_factory, "bright-server") as running:
         yield running
 
 

@@ -94,6 +94,15 @@ class Orthanc:
         with self._request(path) as answer:
             return json.loads(answer.read())
 
+    def get_bytes(self, path: str) -> bytes:
+        with self._request(path) as answer:
+            return answer.read()
+
+    def find_study(self, uid: str) -> str:
+        """Orthanc's id of the study with StudyInstanceUID ``uid``."""
+        found = self.post("/tools/lookup", uid.encode())
+        return next(item["ID"] for item in found if item["Type"] == "Study")
+
     def post(self, path: str, body) -> object:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         with self._request(path, data, "POST") as answer:

@@ -107,7 +107,7 @@ def faults(repository: Path, files: list[Path], report: SoakReport, work: Path) 
         except subprocess.TimeoutExpired:
             serve.kill()
     reported = [json.loads(line)["file"] for line in stdout.splitlines() if line.strip()]
-    masks = len(list(out.glob("*.mask.png")))
+    masks = answered(out)
     report.figures["faults"] = {
         "inputs": 1500,
         "exit": predict.returncode,
@@ -166,7 +166,7 @@ def hostile_files(server, files: list[Path], report: SoakReport, work: Path, add
     )
     elapsed = time.monotonic() - started
     failures = json.loads((work / "hostile-out" / "failures.json").read_text())["failures"]
-    good = len(list((work / "hostile-out").glob("good_*.mask.png")))
+    good = answered(work / "hostile-out", "good_")
     report.figures["hostile"] = {
         "files": made,
         "address_space_gb": address_space_gb,
@@ -236,3 +236,9 @@ def write_hostile_files(folder: Path) -> list[str]:
         "MPO",
         "PSD",
     ]
+
+
+def answered(out: Path, prefix: str = "") -> int:
+    """Inputs answered under ``out``: a mask, or a refusal as outside the intended use (a
+    phantom slice the demo's gate finds unlike its training slices is answered that way)."""
+    return len(list(out.glob(f"{prefix}*.mask.png"))) + len(list(out.glob(f"{prefix}*.refused.json")))

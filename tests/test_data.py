@@ -4,6 +4,7 @@ splits by patient."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,10 @@ def test_same_seed_writes_identical_files_and_another_seed_does_not(tmp_path):
 
 
 def test_phantom_uses_the_kaggle_3m_layout(phantom_dir):
-    patients = sorted(p.name for p in phantom_dir.iterdir())
-    assert len(patients) == 6
+    patients = sorted(p.name for p in phantom_dir.iterdir() if p.is_dir())
+    assert len(patients) == 6 and sorted(p.name for p in phantom_dir.iterdir() if p.is_file()) == ["dataset.json"]
+    card = json.loads((phantom_dir / "dataset.json").read_text())  # what the slices are, for the intended use
+    assert (card["modality"], card["plane"], card["body_part"]) == ("MR", "axial", "BRAIN")
     first = phantom_dir / patients[0]
     assert (first / f"{patients[0]}_1.tif").exists() and (first / f"{patients[0]}_1_mask.tif").exists()
     image = np.asarray(Image.open(first / f"{patients[0]}_1.tif"))

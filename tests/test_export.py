@@ -14,21 +14,27 @@ from brainscan.onnx_runtime import cpu_session
 
 def test_exported_graphs_take_any_image_and_give_the_ensemble_outputs(onnx_models):
     """The served graphs: PIXELS of any batch, size and channel count in; the classifier's
-    probability, or the segmenter's mask at the image's own size, out."""
+    probability and out-of-distribution score, or the segmenter's mask at the image's own
+    size, out."""
     import onnx
 
     from brainscan.export.serving import network_size
 
-    for task, output_name in {"classifier": contract.CLASSIFIER_OUTPUT, "segmenter": contract.MASK}.items():
+    outputs = {"classifier": [contract.CLASSIFIER_OUTPUT, contract.OOD_SCORE], "segmenter": [contract.MASK]}
+    for task, names in outputs.items():
         session = cpu_session(onnx_models[task])
         assert [i.name for i in session.get_inputs()] == [contract.PIXELS]
-        assert [o.name for o in session.get_outputs()] == [output_name]
+        assert [o.name for o in session.get_outputs()] == names
         assert not any(isinstance(d, int) for d in session.get_inputs()[0].shape)  # all symbolic
         assert network_size(onnx.load(str(onnx_models[task]))) == (TINY_SIZES[task],) * 2
         for batch, height, width, channels in ((1, 50, 70, 1), (3, 300, 200, 3)):
             pixels = np.random.default_rng(0).uniform(0, 4000, (batch, height, width, channels)).astype(np.float32)
-            out = session.run(None, {contract.PIXELS: pixels})[0]
-            assert out.shape == ((batch, 1) if task == "classifier" else (batch, height, width))
+            out = session.run(None, {contract.PIXELS: pixels})
+            if task == "classifier":
+                assert [o.shape for o in out] == [(batch, 1), (batch, 1)]
+                assert (out[1] > 1).all()  # uniform noise is far outside the intended use
+            else:
+                assert out[0].shape == (batch, height, width)
 
 
 def test_parity_failure_is_loud_has_a_table_and_writes_nothing(runs, tmp_path, monkeypatch):

@@ -55,14 +55,15 @@ def test_the_fp16_graph_keeps_its_io_types_fp16_weights_fp32_pre_and_post_and_pa
     for network, path in fp16_models.items():
         source, converted = onnx.load(str(onnx_models[network])), onnx.load(str(path))
         assert path == fp16_path(onnx_models[network]) and path.name == "model.fp16.onnx"
-        output_type = TensorProto.FLOAT if network == contract.CLASSIFIER else TensorProto.UINT8
+        # FP32 probability and out-of-distribution score, or the UINT8 mask
+        output_types = [TensorProto.FLOAT] * 2 if network == contract.CLASSIFIER else [TensorProto.UINT8]
         assert [t.type.tensor_type.elem_type for t in [*converted.graph.input, *converted.graph.output]] == [
             TensorProto.FLOAT,
-            output_type,
+            *output_types,
         ]
         assert [t.name for t in converted.graph.input] == [t.name for t in source.graph.input]  # the served names
         assert [t.name for t in converted.graph.output] == [t.name for t in source.graph.output]
-        added = ("preprocess/", "mask/")
+        added = ("preprocess/", "mask/", "gate/")
         weights = {
             t.name
             for t in source.graph.initializer
@@ -75,6 +76,13 @@ def test_the_fp16_graph_keeps_its_io_types_fp16_weights_fp32_pre_and_post_and_pa
         assert convs and all(types[n.output[0]] == TensorProto.FLOAT16 for n in convs)  # and computed in FP16
         resize = [n for n in converted.graph.node if n.name.startswith(added) and n.op_type == "MatMul"]
         assert resize and all(types[n.output[0]] == TensorProto.FLOAT for n in resize)  # 16-bit pixels overflow FP16
+        if network == contract.CLASSIFIER:  # the pixel gate is the FP32 graph's, in FP32 on the FP16 network
+            gate = [n for n in converted.graph.node if n.name.startswith("gate/")]
+            assert gate and all(types[n.output[0]] == TensorProto.FLOAT for n in gate if n.op_type != "Shape")
+            source_gate = {t.name: t for t in source.graph.initializer if t.name.startswith("gate/")}
+            converted_gate = {t.name: t for t in converted.graph.initializer if t.name.startswith("gate/")}
+            assert source_gate.keys() == converted_gate.keys() and source_gate["gate/whitening"].data_type == 1
+            assert source_gate["gate/whitening"].raw_data == converted_gate["gate/whitening"].raw_data
         onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
         record = json.loads(Fp16Record.path_for(path).read_text())
         assert record["network"] == network and record["gate"]["passed"] is True
@@ -116,7 +124,7 @@ def test_the_cpu_run_stores_every_fp16_tensor_as_numpy_says_fp16_does(tmp_path):
         logit = half((half(level.astype(np.float32) - 128).astype(np.float32)) * np.float32(half(0.1)))
         expected = half(1 / (1 + np.exp(-logit.astype(np.float32)))).astype(np.float32)
     assert np.isinf(up).any() and not np.isinf(up).all()
-    got = np.stack(run_fp16(converted, list(x)))
+    got = np.stack(run_fp16(converted, list(x))[contract.SEGMENTER_OUTPUT])
     np.testing.assert_allclose(got, expected, atol=1e-3)
     fp32 = np.stack(run_onnx(graph.SerializeToString(), list(x)))
     assert ((got > 0.5) != (fp32 > 0.5)).mean() > 0.2  # the overflow changes a good share of the mask

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import json
 import subprocess
 import threading
@@ -96,9 +97,9 @@ def listening(port: int, triton_url: str, pacs: Orthanc, spool: Path, log: Path)
         listener.wait(60)
 
 
-def wait_for_results(pacs: Orthanc, study: str, seconds: float = 120) -> None:
+def wait_for_results(pacs: Orthanc, study: str, seconds: float = 120, expected=("MR", "SEG", "SR")) -> None:
     deadline = time.monotonic() + seconds
-    while modalities(pacs, study) != ["MR", "SEG", "SR"] and time.monotonic() < deadline:
+    while modalities(pacs, study) != list(expected) and time.monotonic() < deadline:
         time.sleep(1)
 
 
@@ -138,6 +139,76 @@ def test_a_study_goes_round_the_loop_through_dicomweb(pacs, bright_server, crede
     audit = (tmp_path / "out" / "audit.jsonl").read_text().splitlines()
     assert len(audit) == 1 and json.loads(audit[0])["outcome"] == "ok" and json.loads(audit[0])["study"] == study
     assert_private(first.stdout, first.stderr, again.stderr, "\n".join(audit))
+
+
+def _not_analysed(pacs: Orthanc, study: str) -> list[str]:
+    """The reason codes of the SRs stored in the study (the kit's coding scheme)."""
+    found = []
+    for series in pacs.get(f"/studies/{pacs.find_study(study)}/series"):
+        if series["MainDicomTags"].get("Modality") == "SR":
+            for instance in series["Instances"]:
+                ds = pydicom.dcmread(io.BytesIO(pacs.get_bytes(f"/instances/{instance}/file")))
+                found += [e.value for e in ds.iterall() if e.keyword == "CodeValue" and e.value in REASON_CODES]
+    return sorted(found)
+
+
+REASON_CODES = {"modality", "plane", "image-type", "body-part", "slices", "pixel-spacing", "image-size", "pixels"}
+
+
+def test_series_outside_the_intended_use_get_a_not_analysed_sr_in_the_pacs_and_no_seg(
+    pacs, bright_server, credentials, tmp_path
+):
+    """`predict --dicomweb --store` on a study with a CT series and a sagittal MR series: both
+    refused from their headers, an SR "not analysed" with the code stored for each, no SEG; a
+    second run finds those SRs and sends nothing again."""
+    ct = write_mr_series(tmp_path / "ct", lesion_images(5), number=51)
+    study = str(ct[0].StudyInstanceUID)
+    for ds in ct:
+        ds.Modality = "CT"
+    sagittal = write_mr_series(
+        tmp_path / "sagittal", lesion_images(5), number=52, study=study,
+        row_direction=(0.0, 1.0, 0.0), column_direction=(0.0, 0.0, -1.0),
+    )  # fmt: skip
+    stow(pacs, [*ct, *sagittal])
+    command = ["predict", "--dicomweb", pacs.dicomweb, "--study", study, "--store", "--url", bright_server.grpc_url]
+    first = brainscan(*command, "--out", tmp_path / "out", "--format", "json", env=credentials)
+    assert first.returncode == 0, first.stderr
+    records = [json.loads(line) for line in first.stdout.splitlines()]
+    assert sorted(r["intended_use"]["reasons"][0]["code"] for r in records) == ["modality", "plane"]
+    assert all(r["stored"] == pacs.dicomweb and "seg" not in r for r in records)
+    assert modalities(pacs, study) == ["CT", "MR", "SR", "SR"] and _not_analysed(pacs, study) == ["modality", "plane"]
+    again = brainscan(*command, env=credentials)
+    assert again.returncode == 0 and "already has a result of these models" in again.stderr, again.stderr
+    assert modalities(pacs, study) == ["CT", "MR", "SR", "SR"]
+    audit = [json.loads(line) for line in (tmp_path / "out" / "audit.jsonl").read_text().splitlines()]
+    assert sorted((a["outcome"], a["intended_use"][0]) for a in audit) == [
+        ("not-analysed", "modality"),
+        ("not-analysed", "plane"),
+    ]
+    assert_private(first.stdout, first.stderr, again.stderr, json.dumps(audit))
+
+
+def test_the_listener_answers_a_series_outside_the_intended_use_with_a_not_analysed_sr(pacs, bright_server, tmp_path):
+    written = write_mr_series(tmp_path / "series", lesion_images(5), number=61)
+    for ds in written:
+        ds.BodyPartExamined = "CHEST"
+    study = stow(pacs, written)
+    log = tmp_path / "listen.log"
+    with listening(LISTENER_PORT, bright_server.grpc_url, pacs, tmp_path / "spool", log):
+        series = next(
+            s
+            for s in pacs.get("/series")
+            if pacs.get(f"/series/{s}")["MainDicomTags"]["SeriesInstanceUID"] == written[0].SeriesInstanceUID
+        )
+        pacs.post("/modalities/brainscan/store", {"Resources": [series], "Synchronous": True})
+        wait_for_results(pacs, study, expected=("MR", "SR"))
+    text = log.read_text()
+    assert modalities(pacs, study) == ["MR", "SR"] and _not_analysed(pacs, study) == ["body-part"], text
+    uid = written[0].SeriesInstanceUID
+    assert f"series {uid}: not analysed, outside the intended use (body-part): its SR sent" in text
+    audit = [json.loads(line) for line in (tmp_path / "spool" / "audit.jsonl").read_text().splitlines()]
+    assert [(a["outcome"], a["intended_use"]) for a in audit] == [("not-analysed", ["body-part"])]
+    assert_private(text, json.dumps(audit))
 
 
 def test_a_wrong_password_is_named_without_echoing_it(pacs, bright_server, tmp_path):

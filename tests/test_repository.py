@@ -49,7 +49,11 @@ def test_every_flavour_keeps_the_served_contract(flavour, tmp_path):
     assert ensemble.platform == "ensemble" and ensemble.max_batch_size > 0
     assert [(t.name, t.data_type, list(t.dims)) for t in ensemble.input] == [(contract.IMAGE, mc.TYPE_STRING, [1])]
     outputs = {t.name: (t.data_type, list(t.dims)) for t in ensemble.output}
-    assert outputs == {contract.TUMOR_PROBABILITY: (mc.TYPE_FP32, [1]), contract.MASK: (mc.TYPE_UINT8, [-1, -1])}
+    assert outputs == {
+        contract.TUMOR_PROBABILITY: (mc.TYPE_FP32, [1]),
+        contract.MASK: (mc.TYPE_UINT8, [-1, -1]),
+        contract.OOD_SCORE: (mc.TYPE_FP32, [1]),
+    }
     steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
     assert steps == [contract.PREPROCESS, contract.CLASSIFIER, contract.SEGMENTER]
     # the ensemble and preprocess do not depend on the flavour, but for how many python
@@ -99,7 +103,8 @@ def test_bare_networks_are_served_wrapped_and_a_swapped_pair_is_refused(onnx_mod
     validate_repository(tmp_path / "repo", require_weights=True)
     for name in contract.NETWORKS:
         served = onnx.load(str(tmp_path / "repo" / name / "1" / "model.onnx"))
-        assert is_served(served) and [o.name for o in served.graph.output] == [contract.NETWORK_OUTPUT_SPEC[name].name]
+        outputs = [o.name for o in served.graph.output]
+        assert is_served(served) and outputs == [spec.name for spec in contract.NETWORK_OUTPUTS[name]]
     with pytest.raises(RepositoryError, match="is the segmenter, given as the classifier"):
         write_repository(
             tmp_path / "swapped", "local", onnx_models[contract.SEGMENTER], onnx_models[contract.CLASSIFIER]

@@ -103,13 +103,14 @@ def brainscan(*args, env, timeout=300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def square_repository(tmp_path_factory, onnx_models) -> Path:
-    """A local repository whose segmenter marks the bright half of the intensity range."""
+def square_repository(tmp_path_factory, ungated_classifier) -> Path:
+    """A local repository whose segmenter marks the bright half of the intensity range, beside
+    the session server's classifier."""
     from brainscan.export.repository import write_repository
 
     root = tmp_path_factory.mktemp("square")
     segmenter = write_threshold_segmenter(root / "segmenter.onnx")
-    return write_repository(root / "model_repository", "local", onnx_models["classifier"], segmenter)
+    return write_repository(root / "model_repository", "local", ungated_classifier, segmenter)
 
 
 def test_a_repository_uploaded_to_s3_is_served_from_there_and_answers(s3, square_repository, server, tmp_path):

@@ -191,6 +191,21 @@ def test_engines_pass_the_gate_and_are_written_with_their_record(trt_repository,
             assert written.stat().st_mode & 0o777 == 0o666 & ~_umask()
     assert any("FP16 gate, segmenter" in line for line in lines)
     assert any("(strongly typed)" in line for line in lines)
+    # the engine's classifier carries the intended use of the graph it was built from, for clients,
+    # and its gate held: no validation slice crossed between accepted and refused
+    import onnx
+
+    from brainscan.intended_use import ONNX_METADATA_KEY, IntendedUse
+
+    parameters = read_config(trt_repository / contract.CLASSIFIER / "config.pbtxt").parameters
+    declared = IntendedUse.from_json(parameters[contract.INTENDED_USE_PARAMETER].string_value)
+    graph = onnx.load(str(fp16_models[contract.CLASSIFIER]))
+    shipped = next(p.value for p in graph.metadata_props if p.key == ONNX_METADATA_KEY)
+    assert declared == IntendedUse.from_json(shipped) and declared.pixel_gate is not None
+    segmenter = read_config(trt_repository / contract.SEGMENTER / "config.pbtxt")
+    assert contract.INTENDED_USE_PARAMETER not in segmenter.parameters
+    classifier_gate = next(r for r in reports if r.network == contract.CLASSIFIER)
+    assert classifier_gate.value("accept/refuse decisions changed (OOD score)") == 0
 
 
 def test_an_engine_outside_the_tolerances_writes_nothing(trt_repository, validation, fp16_models):
@@ -260,7 +275,7 @@ from brainscan.export.fp16 import convert_to_fp16, run_fp16
 from brainscan.export.validation import run_onnx, validation_inputs
 given = validation_inputs("segmenter", Path({str(onnx_models["segmenter"])!r}), None, 4)
 fp16, _ = convert_to_fp16(onnx.load(str(given.onnx)))
-print(run_onnx(given.onnx, given.images)[0].shape, run_fp16(fp16, given.images)[0].shape, given.truth[0].shape)
+print(run_onnx(given.onnx, given.images)[0].shape, run_fp16(fp16, given.images)["MASK"][0].shape, given.truth[0].shape)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -132,3 +132,24 @@ def test_an_unreachable_server_is_said_in_words(browser, phantom_dir, tmp_path):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_an_image_outside_the_intended_use_gets_the_reason_instead_of_an_overlay(gated_server, browser, tmp_path):
+    """Behind the tiny networks with their pixel gate: a photograph is refused for its pixels,
+    the result box says so and why, and neither overlay nor mask is shown."""
+    pytest.importorskip("gradio", reason="the ui extra: pip install '.[ui]' in the checkout")
+    from brainscan.train.ood import bundled_photographs
+
+    photo = tmp_path / "holiday.png"
+    Image.fromarray(bundled_photographs()[1]).resize((256, 256)).save(photo)
+    process, address = start_ui(gated_server.grpc_url, tmp_path / "ui.log")
+    try:
+        page = browser.new_page()
+        page.goto(address)
+        text = upload(page, photo)
+        assert text.startswith("Not analysed: holiday.png is outside what the served models were made for (pixels)")
+        assert "out-of-distribution score" in text and "No tumour finding, overlay or mask" in text, text
+        assert page.locator("#overlay img").count() == 0 and page.locator("#mask img").count() == 0
+    finally:
+        process.terminate()
+        process.wait(30)

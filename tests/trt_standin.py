@@ -37,20 +37,27 @@ class CpuToolkit:
         self.requests.append(request)
         return json.dumps({"onnx": str(request.onnx), "profile": request.profile.as_dict()}).encode()
 
-    def run(self, plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> list[np.ndarray]:
+    def run(self, plan: bytes, input_name: str, images: list[np.ndarray], max_batch: int) -> dict[str, list]:
+        """Every output of the engine by name, one per image in order; ``perturb`` changes the
+        decision output (the probability or the mask)."""
         meta = json.loads(plan)
         low, high = meta["profile"]["min"], meta["profile"]["max"]
         model = onnx.load(meta["onnx"])
-        outputs = []
+        decision = model.graph.output[0].name
+        outputs: dict[str, list] = {}
         for indices in by_shape(images).values():
             for start in range(0, len(indices), max_batch):
-                chunk = [images[i] for i in indices[start : start + max_batch]]
+                chosen = indices[start : start + max_batch]
+                chunk = [images[i] for i in chosen]
                 shape = (len(chunk), *chunk[0].shape)
                 if not all(lo <= d <= hi for lo, d, hi in zip(low, shape, high)):  # what an engine does then
                     raise ValueError(f"input {list(shape)} is outside the profile {low}..{high}")
                 self.batches.append(len(chunk))
-                outputs += run_fp16(model, chunk)
-        return [self.perturb(out) for out in outputs] if self.perturb else outputs
+                for name, values in run_fp16(model, chunk).items():
+                    found = outputs.setdefault(name, [None] * len(images))
+                    for i, value in zip(chosen, values):
+                        found[i] = self.perturb(value) if self.perturb and name == decision else value
+        return outputs
 
 
 def source_of(plan_path: Path) -> str:

@@ -15,6 +15,13 @@ class Split(Choice):
     TEST = "test"
 
 
+class Look(Choice):
+    """What the phantom's slices look like (``phantom.render_slice``)."""
+
+    MR = "mr"  # T1-weighted MR
+    CT = "ct"  # head CT in a brain window
+
+
 class Architecture(Choice):
     MOBILENETV2_UNET = "mobilenetv2-unet"  # the U-Net with a MobileNetV2 encoder
     UNET = "unet"  # the plain U-Net

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from brainscan import contract
+from brainscan.client.options import with_connection
 from brainscan.console import DataDir, Seed, with_options
-from brainscan.train.choices import DEFAULTS, Architecture, Split, Weights
+from brainscan.train.choices import DEFAULTS, Architecture, Look, Split, Weights
 
 data_app = typer.Typer(rich_markup_mode="markdown", help="Make and inspect datasets.", no_args_is_help=True)
 train_app = typer.Typer(
@@ -33,11 +34,15 @@ def phantom(
     seed: Seed = 0,
     slices_per_patient: Annotated[int, typer.Option(help="Axial slices per patient.")] = 10,
     tumour_fraction: Annotated[float, typer.Option(help="Share of patients with a tumour.")] = 0.8,
+    look: Annotated[
+        Look, typer.Option(help="mr (T1-weighted MR), or ct: the same anatomy as a head CT in a brain window.")
+    ] = Look.MR,
 ) -> None:
-    """Write a synthetic brain-MRI dataset (kaggle_3m layout) from the MNI152 T1 volume."""
+    """Write a synthetic brain-MRI dataset (kaggle_3m layout) from the MNI152 T1 volume, and
+    `dataset.json` beside it: what the slices are, which the models' intended use is declared from."""
     from brainscan.train.phantom import write_phantom_dataset
 
-    files = write_phantom_dataset(out, patients, seed, slices_per_patient, tumour_fraction)
+    files = write_phantom_dataset(out, patients, seed, slices_per_patient, tumour_fraction, str(look))
     typer.echo(f"wrote {len(files)} slices of {patients} patients to {out}")
 
 
@@ -117,3 +122,29 @@ def segmenter(
 ) -> None:
     """Train the U-Net segmenter (MobileNetV2 encoder) with BCE + Dice loss."""
     _train(contract.SEGMENTER, data=data, out=out, architecture=architecture, **training)
+
+
+@with_connection
+def evaluate(
+    data: DataDir,
+    seed: Seed = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.md and report.json (default: `artifacts/evaluation`).")
+    ] = None,
+    set_size: Annotated[int, typer.Option(min=4, help="Images per out-of-distribution and encoding set.")] = 48,
+    new_patients: Annotated[int, typer.Option(min=1, help="Patients of the phantom cohort with a new seed.")] = 20,
+    connect=None,  # the connection options (client.options.with_connection)
+) -> None:
+    """Judge the served models through a running server: the intended-use gate's acceptance
+    of the test patients (split by --seed, as training did) and of a phantom cohort with a
+    new seed, its refusal of out-of-distribution sets (photographs, noise, blank, inverted,
+    quarter-turned, CT-like, chest) with their AUROC, its acceptance of other encodings
+    (16-bit PNG, JPEG, resized), and accuracy and Dice on all test slices and on those it
+    accepts. Prints the figures and writes them to --out (docs/intended-use.md)."""
+    from brainscan.train.evaluation import collect, figures, table, write_report
+
+    answered, use = collect(connect(60.0, 2), data, seed, set_size, new_patients)
+    result = figures(answered, use.threshold)
+    typer.echo(table(result))
+    paths = write_report(result, use, out or contract.artifacts_dir() / "evaluation")
+    typer.echo(f"wrote {paths[0]}")

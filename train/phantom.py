@@ -9,6 +9,7 @@ Layout written (the same as kaggle_3m, so real data drops in unchanged)::
 
     OUT/<patient>/<patient>_<k>.tif        8-bit grey slice, 256 x 256
     OUT/<patient>/<patient>_<k>_mask.tif   8-bit mask, 0 or 255
+    OUT/dataset.json                       what the slices are (brainscan.intended_use.DatasetCard)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from scipy import ndimage
 
 from brainscan.client.volumes import axial_image
 from brainscan.errors import DataError
+from brainscan.intended_use import DatasetCard, Plane
 
 SLICE_SIZE = 256
 MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -32,6 +34,27 @@ Z_RANGE = (48, 128)
 # Slices are 2-3 MNI slices apart, so a patient spans at most this many inside the volume.
 MAX_SLICES_PER_PATIENT = 1 + (188 - Z_RANGE[0]) // 3
 MIN_TUMOUR_RADIUS = 7.0  # pixels at 256 x 256; smaller cross-sections are not drawn
+# A patient's scale (Patient.scale, 0.85 to 1.12) zooms the 1 mm MNI brain onto the canvas.
+SCALE_RANGE = (0.85, 1.12)
+_SPACING = (round(1 / SCALE_RANGE[1], 3), round(1 / SCALE_RANGE[0], 3))
+PHANTOM_CARD = DatasetCard(
+    description="synthetic axial T1-weighted brain MR slices (the MNI152 brain with skull, tumours and scanner looks)",
+    modality="MR",
+    plane=Plane.AXIAL,
+    body_part="BRAIN",
+    pixel_spacing_mm=_SPACING,
+)
+# what the phantom's look makes of the slices (``write_phantom_dataset(look=...)``)
+PHANTOM_CARDS = {
+    "mr": PHANTOM_CARD,
+    "ct": DatasetCard(
+        description="synthetic axial head CT slices in a brain window (the MNI152 phantom rendered as CT)",
+        modality="CT",
+        plane=Plane.AXIAL,
+        body_part="HEAD",
+        pixel_spacing_mm=_SPACING,
+    ),
+}
 
 
 def load_mni_t1() -> np.ndarray:
@@ -114,7 +137,7 @@ def _random_patient(rng: np.random.Generator, name: str, n_slices: int, tumour_f
     return Patient(
         name=name,
         z_slices=z_slices,
-        scale=float(rng.uniform(0.85, 1.12)),
+        scale=float(rng.uniform(*SCALE_RANGE)),
         aspect=float(rng.uniform(0.9, 1.1)),
         angle=float(rng.uniform(-14, 14)),
         shift=(float(rng.uniform(-10, 10)), float(rng.uniform(-10, 10))),
@@ -145,12 +168,21 @@ def _warp(image: np.ndarray, patient: Patient, rng: np.random.Generator) -> tupl
     return cv2.remap(placed, map_x, map_y, cv2.INTER_LINEAR), (map_x, map_y)
 
 
-def _skull(brain: np.ndarray, thickness: tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
+# Intensities (0..1) of the layers around the brain: CSF gap, inner table, diploe, outer table,
+# muscle, scalp fat. On T1 MR bone is dark, marrow and fat bright; a CT in a brain window
+# (level 40, width 80 HU) shows the opposite: bone saturates white, fat is black.
+SKULL_LEVELS = {"mr": (0.06, 0.04, 0.62, 0.05, 0.35, 0.9), "ct": (0.06, 1.0, 0.85, 1.0, 0.62, 0.0)}
+# A T1 brain intensity (MNI, 0..1: CSF about 0.25, grey matter 0.6, white matter 0.85) ->
+# its CT brain-window value (CSF 5 HU, grey matter 40, white matter 30: 0.06, 0.5, 0.375).
+CT_BRAIN = ((0.0, 0.12, 0.25, 0.6, 0.85, 1.0), (0.0, 0.03, 0.06, 0.5, 0.375, 0.375))
+
+
+def _skull(brain: np.ndarray, thickness: tuple[float, ...], rng: np.random.Generator, look: str = "mr") -> np.ndarray:
     """Intensity (0..1) of CSF gap, skull tables, marrow, muscle and scalp fat around the brain."""
     distance = ndimage.distance_transform_edt(~brain)
     # jitter the layer boundaries along the head so the outline is not a perfect offset
     distance = distance + ndimage.gaussian_filter(rng.normal(0, 1, brain.shape), 8) * 6
-    levels = (0.06, 0.04, 0.62, 0.05, 0.35, 0.9)  # T1: bone dark, marrow and fat bright
+    levels = SKULL_LEVELS[look]
     out = np.zeros(brain.shape, np.float32)
     edge = 0.0
     for level, size in zip(levels, thickness):
@@ -172,9 +204,11 @@ def _tumour_layers(shape: tuple[int, int], centre: tuple[float, float], radius: 
 
 
 def render_slice(
-    volume: np.ndarray, patient: Patient, index: int, rng: np.random.Generator
+    volume: np.ndarray, patient: Patient, index: int, rng: np.random.Generator, look: str = "mr"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One slice of one patient -> (uint8 image 256x256, uint8 mask 0/255)."""
+    """One slice of one patient -> (uint8 image 256x256, uint8 mask 0/255). ``look`` "ct"
+    renders the same anatomy as a head CT in a brain window would show it (an
+    out-of-distribution set for the intended-use gate, ``brainscan.train.ood``)."""
     z = patient.z_slices[index]
     mni = axial_image(volume, z) / 255.0
     warped, _ = _warp(mni, patient, rng)
@@ -208,6 +242,11 @@ def render_slice(
                 image[lesion] = (tissue * texture)[lesion] * float(np.percentile(warped[brain], 90))
                 mask = lesion
 
+    if look == "ct":
+        image = np.where(brain, np.interp(image, *CT_BRAIN), 0.0).astype(np.float32)
+        image = image + _skull(brain, patient.skull, rng, look)
+        image = ndimage.gaussian_filter(image, 0.6) + rng.normal(0, 0.02, image.shape)
+        return np.clip(image * 255.0, 0, 255).astype(np.uint8), mask.astype(np.uint8) * 255
     image = image + _skull(brain, patient.skull, rng)
     image = ndimage.gaussian_filter(image, 0.6)
     # scanner look: gamma, smooth bias field, Rician noise, arbitrary scale
@@ -221,14 +260,11 @@ def render_slice(
     return np.clip(image, 0, 255).astype(np.uint8), mask.astype(np.uint8) * 255
 
 
-def write_phantom_dataset(
-    out: Path,
-    patients: int,
-    seed: int,
-    slices_per_patient: int = 10,
-    tumour_fraction: float = 0.8,
-) -> list[Path]:
-    """Write ``patients`` synthetic patients under ``out``; same seed -> same files."""
+def render_patients(
+    seed: int, patients: int, slices_per_patient: int = 10, tumour_fraction: float = 0.8, look: str = "mr"
+):
+    """Every slice of ``patients`` synthetic patients, as (patient name, slice number from 1,
+    image, mask); the same seed gives the same slices."""
     if patients < 1 or slices_per_patient < 1:
         raise DataError("need at least one patient and one slice per patient")
     if slices_per_patient > MAX_SLICES_PER_PATIENT:
@@ -237,18 +273,34 @@ def write_phantom_dataset(
             f"slices and a patient's slices are 2-3 of them apart"
         )
     volume = load_mni_t1()
-    out = Path(out)
-    written = []
     for p in range(patients):
         rng = np.random.default_rng([seed, p])
         name = f"PHANTOM_{seed}_{p:03d}"
         patient = _random_patient(rng, name, slices_per_patient, tumour_fraction)
+        for k in range(slices_per_patient):
+            image, mask = render_slice(volume, patient, k, rng, look)
+            yield name, k + 1, image, mask
+
+
+def write_phantom_dataset(
+    out: Path,
+    patients: int,
+    seed: int,
+    slices_per_patient: int = 10,
+    tumour_fraction: float = 0.8,
+    look: str = "mr",
+) -> list[Path]:
+    """Write ``patients`` synthetic patients under ``out``, and the dataset's description
+    (``dataset.json``: what the slices are, for the models' intended use); same seed -> same
+    files. ``look`` "ct" renders them as head CT (a dataset of another modality)."""
+    out = Path(out)
+    written = []
+    for name, k, image, mask in render_patients(seed, patients, slices_per_patient, tumour_fraction, look):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        for k in range(slices_per_patient):
-            image, mask = render_slice(volume, patient, k, rng)
-            stem = folder / f"{name}_{k + 1}"
-            Image.fromarray(image).save(f"{stem}.tif")
-            Image.fromarray(mask).save(f"{stem}_mask.tif")
-            written.append(Path(f"{stem}.tif"))
+        stem = folder / f"{name}_{k}"
+        Image.fromarray(image).save(f"{stem}.tif")
+        Image.fromarray(mask).save(f"{stem}_mask.tif")
+        written.append(Path(f"{stem}.tif"))
+    PHANTOM_CARDS[look].write(out)
     return written

@@ -56,7 +56,7 @@ def write_phantom_series(folder: Path, out: Path) -> list[Path]:
             frame,
             "",
         )
-        ds.InstanceNumber, ds.ImageType = k + 1, ["DERIVED", "SECONDARY"]
+        ds.InstanceNumber, ds.ImageType, ds.BodyPartExamined = k + 1, ["ORIGINAL", "PRIMARY", "M", "NONE"], "BRAIN"
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
         ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength, ds.MagneticFieldStrength = 90, 9000, 1, 3
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
