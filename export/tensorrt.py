@@ -318,7 +318,8 @@ def build_repository_engines(
         write_bytes_atomic(version_dir / name, plan)
         record.write(version_dir / EngineRecord.name_for(name))
         config_path = Path(repository) / network / "config.pbtxt"
-        list_engine(config_path, gpu.compute_capability, name, record.description(), declared_parameters(request.onnx))
+        declared = declared_parameters(requests[network].onnx)  # the classifier graph's intended use
+        list_engine(config_path, gpu.compute_capability, name, record.description(), declared)
         others = sorted(cc for cc in plan_files(read_config(config_path)) if cc != gpu.compute_capability)
         log(
             f"wrote {version_dir / name} ({len(plan) / 1e6:.1f} MB, built in {record.build_seconds:.0f} s) for "

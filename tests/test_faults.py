@@ -242,10 +242,10 @@ def test_an_unexpected_error_while_reading_fails_that_input_only(server, tmp_pat
         (tmp_path / f"{name}.png").write_bytes(encode(brain_like(seed=ord(name)), "PNG"))
     real = batch._prepare
 
-    def flaky(job):
+    def flaky(job, *args):
         if job.input.path.name == "b.png":
             raise KeyError("a bug in a reader")
-        real(job)
+        real(job, *args)
 
     monkeypatch.setattr(batch, "_prepare", flaky)
     inputs, _, _ = collect_inputs([tmp_path])
