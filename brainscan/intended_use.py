@@ -1,13 +1,11 @@
 """The models' intended use: what the served networks were made for, declared once and
 shipped with them, and the rules that keep every other input from getting a result.
 
-- ``DatasetCard``: what a dataset's slices are (modality, plane, body part, pixel spacing),
-  written by the phantom generator beside its slices (``dataset.json``); a site's own data
-  may carry one too.
-- ``IntendedUse``: what `brainscan export onnx` declares from the training run (the card,
-  the image sizes seen, the pixel gate fitted on the training slices) and ships in the
-  served classifier graph and its Triton config (``INTENDED_USE_PARAMETER``), where
-  clients read it; ``narrowed`` applies a site's rules file, which may only narrow it.
+- ``IntendedUse``: what `brainscan export onnx` declares from the training run (its
+  dataset's card, ``brainscan.dataset_card``; the image sizes seen; the pixel gate fitted on
+  the training slices) and ships in the served classifier graph and its Triton config
+  (``contract.INTENDED_USE_PARAMETER``), where clients read it; a site's rules file may
+  narrow it (``brainscan.site_rules``).
 - The checks: ``check_series`` on a series' DICOM headers, before any pixel is sent;
   ``check_image`` on an image's size; ``check_score`` on the out-of-distribution score the
   served classifier computes for every image (``contract.OOD_SCORE``). Each refusal is a
@@ -27,8 +25,8 @@ from pathlib import Path
 
 from brainscan.contract import Choice
 from brainscan.errors import BrainscanError, UsageError
+from brainscan.series_header import Plane, SeriesHeader, plane_of
 
-DATASET_CARD = "dataset.json"  # beside a dataset's slices: what they are
 INTENDED_USE_FILE = "intended_use.json"  # beside a training run's served graph
 ONNX_METADATA_KEY = "brainscan.intended_use"  # in the served classifier graph's metadata_props
 FORMAT = 1
@@ -62,18 +60,6 @@ CODE_MEANINGS = {
     Code.SERIES_PIXELS: "Series unlike the training data",
 }
 CODING_SCHEME = "99BRAINSCAN"  # a private coding scheme designator (PS3.16 8.2: "99" + name)
-
-
-class Plane(Choice):
-    """The plane of a slice, by the axis its normal is closest to."""
-
-    AXIAL = "axial"
-    CORONAL = "coronal"
-    SAGITTAL = "sagittal"
-
-
-# the patient axis each plane's normal runs along (DICOM LPS: x left, y posterior, z head)
-PLANE_NORMALS = {Plane.SAGITTAL: (1.0, 0.0, 0.0), Plane.CORONAL: (0.0, 1.0, 0.0), Plane.AXIAL: (0.0, 0.0, 1.0)}
 
 
 class IntendedUseError(BrainscanError, ValueError):
@@ -130,7 +116,7 @@ class Verdict:
         return "; ".join(r.text for r in self.reasons)
 
 
-def _pair(value, what: str, kind=float) -> tuple | None:
+def value_range(value, what: str, kind=float) -> tuple | None:
     if value is None:
         return None
     try:
@@ -140,48 +126,6 @@ def _pair(value, what: str, kind=float) -> tuple | None:
     if not low <= high:
         raise IntendedUseError(f"{what} must be [low, high] with low <= high, got {value!r}")
     return (low, high)
-
-
-@dataclass(frozen=True)
-class DatasetCard:
-    """What a dataset's slices are, for the intended use of models trained on it."""
-
-    description: str = "brain MR slices"
-    modality: str = "MR"
-    plane: Plane = Plane.AXIAL
-    body_part: str = "BRAIN"
-    pixel_spacing_mm: tuple[float, float] | None = None  # in-plane, the range the slices have
-
-    def as_dict(self) -> dict:
-        return {
-            "description": self.description,
-            "modality": self.modality,
-            "plane": str(self.plane),
-            "body_part": self.body_part,
-            "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
-        }
-
-    def write(self, folder: Path) -> Path:
-        path = Path(folder) / DATASET_CARD
-        path.write_text(json.dumps(self.as_dict(), indent=1) + "\n")
-        return path
-
-    @classmethod
-    def read(cls, folder: Path) -> DatasetCard | None:
-        """The card of the dataset in ``folder``, or None when it has none."""
-        path = Path(folder) / DATASET_CARD
-        if not path.exists():
-            return None
-        values = _load_json(path)
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise IntendedUseError(f"{path}: unknown key(s) {', '.join(unknown)}")
-        try:
-            values["plane"] = Plane(values.get("plane", Plane.AXIAL))
-        except ValueError:
-            raise IntendedUseError(f"{path}: plane must be one of {', '.join(Plane)}") from None
-        values["pixel_spacing_mm"] = _pair(values.get("pixel_spacing_mm"), f"{path}: pixel_spacing_mm")
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -200,7 +144,7 @@ class PixelGate:
         return dataclasses.asdict(self)
 
 
-def _load_json(path: Path) -> dict:
+def load_json_object(path: Path) -> dict:
     try:
         values = json.loads(Path(path).read_text())
     except OSError as exc:
@@ -212,34 +156,8 @@ def _load_json(path: Path) -> dict:
     return values
 
 
-def read_rules(path: Path) -> dict:
-    """A site's rules file: one JSON object of ``RULE_KEYS``; RulesError (exit 2) otherwise.
-    Read before anything is sent; ``IntendedUse.narrowed`` checks its values against what the
-    server declares."""
-    rules = _load_json(path)
-    unknown = sorted(set(rules) - set(RULE_KEYS))
-    if unknown:
-        raise RulesError(f"{path}: unknown key(s) {', '.join(unknown)}; the keys are {', '.join(RULE_KEYS)}")
-    return rules
-
-
 # what a server that declares no intended use (a repository of an earlier kit) is held to
 UNDECLARED = "not declared by the server (a repository of an earlier kit): the kit's header rules, no pixel gate"
-
-
-# The keys of a site's rules file, each of which can only narrow (docs/intended-use.md).
-RULE_KEYS = (
-    "modalities",
-    "planes",
-    "plane_tolerance_deg",
-    "body_parts",
-    "refused_image_types",
-    "pixel_spacing_mm",
-    "image_side",
-    "slices",
-    "series_refusal_fraction",
-    "pixel_threshold",
-)
 
 
 @dataclass(frozen=True)
@@ -295,7 +213,7 @@ class IntendedUse:
             raise IntendedUseError(f"{where} is malformed: {exc}") from None
         for key, kind in (("pixel_spacing_mm", float), ("image_side", int), ("slices", int)):
             if key in values:
-                values[key] = _pair(values[key], f"{where}: {key}", kind)
+                values[key] = value_range(values[key], f"{where}: {key}", kind)
         return cls(**values)
 
     @classmethod
@@ -310,74 +228,6 @@ class IntendedUse:
 
         write_bytes_atomic(Path(path), (json.dumps(self.as_dict(), indent=1, sort_keys=True) + "\n").encode())
         return Path(path)
-
-    # --- a site's rules ---------------------------------------------------------------------
-
-    def narrowed(self, path: Path) -> IntendedUse:
-        """This intended use with a site's rules file applied (``RULE_KEYS``; see
-        docs/intended-use.md). Raises RulesError (exit 2) for an unknown key, a malformed
-        value, or a rule that would take more than the models were made for."""
-        rules = read_rules(path)
-        changes: dict = {"narrowed_by": str(path)}
-
-        def subset(key: str, given, declared: tuple, upper: bool = True):
-            if not isinstance(given, list) or not given:
-                raise RulesError(f"{path}: {key} must be a non-empty list")
-            values = tuple(str(v).upper() if upper else str(v) for v in given)
-            wider = [v for v in values if v not in declared]
-            if wider:
-                raise RulesError(
-                    f"{path}: {key} {', '.join(wider)} is outside the models' intended use ({', '.join(declared)})"
-                )
-            return values
-
-        def within(key: str, given, declared: tuple | None, kind):
-            pair = _pair(given, f"{path}: {key}", kind) if not isinstance(given, str) else None
-            if pair is None:
-                raise RulesError(f"{path}: {key} must be [low, high]")
-            if declared is not None and (pair[0] < declared[0] or pair[1] > declared[1]):
-                raise RulesError(
-                    f"{path}: {key} [{pair[0]:g}, {pair[1]:g}] is wider than the models' intended use "
-                    f"[{declared[0]:g}, {declared[1]:g}]"
-                )
-            return pair
-
-        def at_most(key: str, given, declared: float):
-            if not isinstance(given, (int, float)) or isinstance(given, bool) or given < 0:
-                raise RulesError(f"{path}: {key} must be a number of at least 0")
-            if given > declared:
-                raise RulesError(
-                    f"{path}: {key} {given:g} is above the models' {declared:g}: a rules file only narrows"
-                )
-            return float(given)
-
-        try:
-            for key, given in rules.items():
-                if key in ("modalities", "body_parts"):
-                    changes[key] = subset(key, given, getattr(self, key))
-                elif key == "planes":
-                    planes = subset(key, given, tuple(str(p) for p in self.planes), upper=False)
-                    changes[key] = tuple(Plane(p) for p in planes)
-                elif key == "refused_image_types":
-                    if not isinstance(given, list):
-                        raise RulesError(f"{path}: {key} must be a list")
-                    changes[key] = tuple(dict.fromkeys([*self.refused_image_types, *(str(v).upper() for v in given)]))
-                elif key == "plane_tolerance_deg":
-                    changes[key] = at_most(key, given, self.plane_tolerance_deg)
-                elif key == "series_refusal_fraction":
-                    changes[key] = at_most(key, given, self.series_refusal_fraction)
-                elif key == "pixel_threshold":
-                    if self.pixel_gate is None:
-                        raise RulesError(f"{path}: pixel_threshold given, but the served models have no pixel gate")
-                    threshold = at_most(key, given, self.pixel_gate.threshold)
-                    changes["pixel_gate"] = dataclasses.replace(self.pixel_gate, threshold=threshold)
-                elif key == "pixel_spacing_mm":
-                    changes[key] = within(key, given, self.pixel_spacing_mm, float)
-                else:  # image_side, slices
-                    changes[key] = within(key, given, getattr(self, key), int)
-        except ValueError as exc:
-            raise RulesError(f"{path}: {exc}") from None
-        return dataclasses.replace(self, **changes)
 
     # --- the checks -------------------------------------------------------------------------
 
@@ -518,67 +368,3 @@ class IntendedUse:
         if self.narrowed_by:
             lines.append(f"narrowed by the rules file {self.narrowed_by}")
         return lines
-
-
-@dataclass(frozen=True)
-class SeriesHeader:
-    """What the series rules read from a series' DICOM headers (None and empty values: not
-    known, not checked; a NIfTI volume has no modality)."""
-
-    modality: str | None
-    image_types: frozenset[str]
-    orientation: tuple[float, ...] | None  # ImageOrientationPatient of its slices
-    body_part: str
-    slices: int
-    pixel_spacing_mm: tuple[float, float] | None
-    rows: int = 0
-    columns: int = 0
-
-
-def plane_of(orientation, planes: Iterable[Plane] = tuple(Plane)) -> tuple[Plane, float]:
-    """The plane of ``planes`` closest to slices of ``orientation`` (ImageOrientationPatient:
-    row then column direction cosines), and the angle in degrees between their normals."""
-    import numpy as np
-
-    values = np.asarray(orientation, float)
-    normal = np.cross(values[:3], values[3:])
-    length = float(np.linalg.norm(normal))
-    if not length:
-        return next(iter(planes)), 90.0
-    normal /= length
-    angles = {p: math.degrees(math.acos(min(1.0, abs(float(np.dot(normal, PLANE_NORMALS[p])))))) for p in planes}
-    plane = min(angles, key=angles.get)
-    return plane, angles[plane]
-
-
-def from_training(
-    card: DatasetCard | None, sides: Iterable[tuple[int, int]], gate: PixelGate | None, slices: int
-) -> IntendedUse:
-    """The intended use of networks trained on a dataset: its card (MR, axial, brain by
-    default), the image sizes its slices have (accepted from half the smallest side to four
-    times the largest), the pixel spacing it declares (accepted from half to twice) and the
-    fitted pixel gate."""
-    card = card or DatasetCard()
-    sides = [tuple(sorted(s)) for s in sides]
-    seen: dict = {"dataset": card.description, "slices": slices}
-    image_side = None
-    if sides:
-        short, long = min(s[0] for s in sides), max(s[1] for s in sides)
-        seen["image_side"] = [short, long]
-        image_side = (max(1, short // 2), long * 4)
-    spacing = None
-    if card.pixel_spacing_mm:
-        seen["pixel_spacing_mm"] = list(card.pixel_spacing_mm)
-        spacing = (round(card.pixel_spacing_mm[0] / 2, 4), round(card.pixel_spacing_mm[1] * 2, 4))
-    return IntendedUse(
-        description=card.description,
-        modalities=(card.modality.upper(),),
-        planes=(card.plane,),
-        body_parts=tuple(
-            dict.fromkeys([card.body_part.upper(), *(("HEAD",) if card.body_part.upper() == "BRAIN" else ())])
-        ),
-        pixel_spacing_mm=spacing,
-        image_side=image_side,
-        pixel_gate=gate,
-        seen_in_training=seen,
-    )

@@ -25,6 +25,7 @@ from brainscan.client.inference import (
 )
 from brainscan.client.records import NOT_SENT, Outcome, already_done, finish, header_reasons
 from brainscan.intended_use import IntendedUse, Reason
+from brainscan.site_rules import narrow
 
 AUDIT_FILE = "audit.jsonl"
 VOLUMES_IN_FLIGHT = 2  # volumes read and held at once (a DICOM series can take a GB while sliced)
@@ -129,7 +130,7 @@ async def run_inputs(
 async def served_intended_use(client, rules: Path | None = None) -> IntendedUse:
     """The intended use the server declares, narrowed by a site's ``rules`` file."""
     use = await client.intended_use()
-    return use.narrowed(rules) if rules is not None else use
+    return narrow(use, rules) if rules is not None else use
 
 
 class _Run:

@@ -126,7 +126,7 @@ def predict(
     if skip_existing and out is None:
         raise typer.BadParameter("--skip-existing needs --out (it looks for the outputs there)")
     if rules is not None:
-        from brainscan.intended_use import read_rules
+        from brainscan.site_rules import read_rules
 
         read_rules(rules)  # a malformed rules file exits 2 before anything is fetched or sent
     conn = connect(timeout, retries)

@@ -13,7 +13,7 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.client.volumes import Volume, VolumeError, check_size
-from brainscan.intended_use import SeriesHeader
+from brainscan.series_header import SeriesHeader
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 DICOM_MAGIC_OFFSET = 128

@@ -221,7 +221,7 @@ def listen(
     if len(ae_title) > 16:
         raise typer.BadParameter(f"--ae-title {ae_title!r}: at most 16 characters")
     if rules is not None:
-        from brainscan.intended_use import read_rules
+        from brainscan.site_rules import read_rules
 
         read_rules(rules)  # a malformed rules file exits 2 before the node starts
     conn = Connection(url) if url else Connection()

@@ -21,7 +21,7 @@ import numpy as np
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.errors import BrainscanError
-from brainscan.intended_use import SeriesHeader
+from brainscan.series_header import SeriesHeader
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

@@ -12,10 +12,11 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
+from brainscan.dataset_card import DatasetCard, from_training
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import GateReport, at_most, info, output_difference
 from brainscan.export.serving import ServingGraphError
-from brainscan.intended_use import INTENDED_USE_FILE, ONNX_METADATA_KEY, DatasetCard, from_training
+from brainscan.intended_use import INTENDED_USE_FILE, ONNX_METADATA_KEY
 from brainscan.onnx_runtime import cpu_session
 
 OPSET = 17

@@ -113,3 +113,27 @@ def sr_content(sr_path: Path) -> dict:
 
     walk(pydicom.dcmread(str(sr_path)).ContentSequence)
     return found
+
+
+# Series outside an MR-axial-brain intended use, each as another scanner or step writes it:
+# name -> (what volume_files.write_mr_series is given, attributes set on every file, the code)
+REFUSED_SERIES = {
+    "ct": ({}, {"Modality": "CT"}, "modality"),
+    "localizer": ({}, {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}, "image-type"),
+    "sagittal": ({"row_direction": (0.0, 1.0, 0.0), "column_direction": (0.0, 0.0, -1.0)}, {}, "plane"),
+    "chest": ({}, {"BodyPartExamined": "CHEST"}, "body-part"),
+    "derived": ({}, {"ImageType": ["DERIVED", "SECONDARY"]}, "image-type"),
+}
+
+
+def write_refused_series(folder: Path, name: str, number: int, study: str | None = None) -> list:
+    """One of REFUSED_SERIES under ``folder``: its datasets, as written."""
+    from volume_files import write_mr_series
+
+    geometry, attributes, _ = REFUSED_SERIES[name]
+    written = write_mr_series(folder, lesion_images(5), number=number, study=study, **geometry)
+    for ds in written:
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.save_as(ds.filename, enforce_file_format=True)
+    return written

@@ -13,12 +13,13 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import TINY_SIZES, encode
-from dicom_cases import brainscan, dciodvfy_errors, lesion_images, sr_content
+from dicom_cases import REFUSED_SERIES, brainscan, dciodvfy_errors, lesion_images, sr_content, write_refused_series
 from PIL import Image
 from volume_files import write_mr_series
 
 from brainscan import contract
-from brainscan.intended_use import Code, IntendedUse, PixelGate, RulesError
+from brainscan.intended_use import CODE_MEANINGS, Code, IntendedUse, PixelGate, RulesError
+from brainscan.site_rules import narrow
 
 pytestmark = pytest.mark.server
 
@@ -27,26 +28,7 @@ def _records(result) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
-def _edit(folder: Path, **attributes) -> None:
-    """Set DICOM attributes on every file of a series, as another scanner would have written them."""
-    for path in sorted(folder.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
-        for keyword, value in attributes.items():
-            setattr(ds, keyword, value)
-        ds.save_as(path)
-
-
 # --- series refused from their headers, before any pixel is sent ------------------------------------
-
-
-HEADER_CASES = {
-    # name: (what write_mr_series is given, attributes set afterwards, the code expected)
-    "ct": ({}, {"Modality": "CT"}, Code.MODALITY),
-    "localizer": ({}, {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}, Code.IMAGE_TYPE),
-    "sagittal": ({"row_direction": (0.0, 1.0, 0.0), "column_direction": (0.0, 0.0, -1.0)}, {}, Code.PLANE),
-    "chest": ({}, {"BodyPartExamined": "CHEST"}, Code.BODY_PART),
-    "derived": ({}, {"ImageType": ["DERIVED", "SECONDARY"]}, Code.IMAGE_TYPE),
-}
 
 
 def test_series_outside_the_intended_use_get_a_coded_not_analysed_sr_and_no_seg(bright_server, tmp_path):
@@ -55,28 +37,27 @@ def test_series_outside_the_intended_use_get_a_coded_not_analysed_sr_and_no_seg(
     no SEG or mask; the audit line carries the code. An axial MR brain series beside them is
     analysed as before."""
     inbox = tmp_path / "inbox"
-    for number, (name, (geometry, attributes, _)) in enumerate(HEADER_CASES.items(), start=20):
-        write_mr_series(inbox / name, lesion_images(5), number=number, **geometry)
-        _edit(inbox / name, **attributes)
+    for number, name in enumerate(REFUSED_SERIES, start=20):
+        write_refused_series(inbox / name, name, number)
     write_mr_series(inbox / "axial", lesion_images(5), number=30)
     out = tmp_path / "out"
     result = brainscan("predict", inbox, "--url", bright_server.grpc_url, "--out", out, "--format", "json")
     assert result.returncode == 0, result.stderr
     records = {Path(r["file"].split(" [")[0]).name: r for r in _records(result)}
-    assert set(records) == {*HEADER_CASES, "axial"}
+    assert set(records) == {*REFUSED_SERIES, "axial"}
     assert "5 refused (outside the intended use: not analysed)" in result.stderr
-    for name, (_, _, code) in HEADER_CASES.items():
+    for name, (_, _, code) in REFUSED_SERIES.items():
         record = records[name]
         use = record["intended_use"]
         assert record["label"] == "not analysed" and use["accepted"] is False, record
-        assert [r["code"] for r in use["reasons"]] == [str(code)] and use["score"] is None
+        assert [r["code"] for r in use["reasons"]] == [code] and use["score"] is None
         outputs = [Path(p) for p in record["outputs"]]
         assert [p.suffixes[-2:] for p in outputs] == [[".refused", ".json"], [".sr", ".dcm"]]
         assert not list(out.glob(f"{name}_*.seg.dcm")) and not list(out.glob(f"{name}_*.mask.nii.gz"))
         assert dciodvfy_errors(outputs[1]) == []
         content = sr_content(outputs[1])
         assert content["Intended use of the automated analysis"] == "Test not done (qualifier value)"
-        assert content["Reason outside the intended use"].endswith("outside the intended use") or code == Code.PIXELS
+        assert content["Reason outside the intended use"] == CODE_MEANINGS[Code(code)]
         sr = pydicom.dcmread(outputs[1])
         assert sr.SeriesDescription == f"brainscan not analysed: {code}"
         evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
@@ -85,9 +66,9 @@ def test_series_outside_the_intended_use_get_a_coded_not_analysed_sr_and_no_seg(
     assert axial["intended_use"]["accepted"] is True and axial["label"] in ("tumour", "no tumour")
     assert any(p.endswith(".seg.dcm") for p in axial["outputs"])
     audit = {a["series"]: a for a in map(json.loads, (out / "audit.jsonl").read_text().splitlines())}
-    for name, (_, _, code) in HEADER_CASES.items():
+    for name, (_, _, code) in REFUSED_SERIES.items():
         assert audit[records[name]["series"]]["outcome"] == "not-analysed"
-        assert audit[records[name]["series"]]["intended_use"] == [str(code)]
+        assert audit[records[name]["series"]]["intended_use"] == [code]
     assert audit[axial["series"]]["outcome"] == "ok" and "intended_use" not in audit[axial["series"]]
     # a second run finds every series done, refused ones included: nothing is sent again
     again = brainscan(
@@ -97,8 +78,7 @@ def test_series_outside_the_intended_use_get_a_coded_not_analysed_sr_and_no_seg(
 
 
 def test_the_research_option_analyses_a_refused_series_and_marks_every_output(bright_server, tmp_path):
-    write_mr_series(tmp_path / "ct", lesion_images(5), number=40)
-    _edit(tmp_path / "ct", Modality="CT")
+    write_refused_series(tmp_path / "ct", "ct", 40)
     out = tmp_path / "out"
     result = brainscan(
         "predict", tmp_path / "ct", "--url", bright_server.grpc_url, "--out", out, "--format", "json",
@@ -256,12 +236,12 @@ def test_narrowing_in_the_library_keeps_what_the_rules_do_not_name(tmp_path):
     rules.write_text(
         json.dumps({"body_parts": ["BRAIN"], "pixel_spacing_mm": [0.5, 1.2], "refused_image_types": ["M"]})
     )
-    site = declared.narrowed(rules)
+    site = narrow(declared, rules)
     assert site.body_parts == ("BRAIN",) and site.pixel_spacing_mm == (0.5, 1.2) and site.image_side == (128, 1024)
     assert site.refused_image_types == ("LOCALIZER", "DERIVED", "SECONDARY", "M") and site.pixel_gate == gate
     rules.write_text(json.dumps({"slices": [0, 5000]}))
     with pytest.raises(RulesError, match="wider than"):
-        declared.narrowed(rules)
+        narrow(declared, rules)
 
 
 # --- the gate follows the data a user trains on -------------------------------------------------

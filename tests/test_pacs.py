@@ -16,16 +16,19 @@ import time
 from pathlib import Path
 
 import pydicom
+import pydicom.uid
 import pytest
 from dicom_cases import (
     BRAINSCAN,
     PASSWORD,
+    REFUSED_SERIES,
     ROOT,
     USER,
     assert_private,
     brainscan,
     check_seg_on_sources,
     lesion_images,
+    write_refused_series,
 )
 from orthanc import Orthanc
 from volume_files import write_mr_series
@@ -158,56 +161,53 @@ REASON_CODES = {"modality", "plane", "image-type", "body-part", "slices", "pixel
 def test_series_outside_the_intended_use_get_a_not_analysed_sr_in_the_pacs_and_no_seg(
     pacs, bright_server, credentials, tmp_path
 ):
-    """`predict --dicomweb --store` on a study with a CT series and a sagittal MR series: both
-    refused from their headers, an SR "not analysed" with the code stored for each, no SEG; a
-    second run finds those SRs and sends nothing again."""
-    ct = write_mr_series(tmp_path / "ct", lesion_images(5), number=51)
-    study = str(ct[0].StudyInstanceUID)
-    for ds in ct:
-        ds.Modality = "CT"
-    sagittal = write_mr_series(
-        tmp_path / "sagittal", lesion_images(5), number=52, study=study,
-        row_direction=(0.0, 1.0, 0.0), column_direction=(0.0, 0.0, -1.0),
-    )  # fmt: skip
-    stow(pacs, [*ct, *sagittal])
+    """`predict --dicomweb --store` on a study of a CT series, a localizer, a sagittal MR series,
+    a CHEST one and DERIVED images: each refused from its headers with its code, an SR "not
+    analysed" stored for each, no SEG; a second run finds those SRs and sends nothing again."""
+    study = pydicom.uid.generate_uid()
+    written = []
+    for number, name in enumerate(REFUSED_SERIES, start=51):
+        written += write_refused_series(tmp_path / name, name, number, study)
+    stow(pacs, written)
     command = ["predict", "--dicomweb", pacs.dicomweb, "--study", study, "--store", "--url", bright_server.grpc_url]
     first = brainscan(*command, "--out", tmp_path / "out", "--format", "json", env=credentials)
     assert first.returncode == 0, first.stderr
     records = [json.loads(line) for line in first.stdout.splitlines()]
-    assert sorted(r["intended_use"]["reasons"][0]["code"] for r in records) == ["modality", "plane"]
+    codes = sorted(code for _, _, code in REFUSED_SERIES.values())
+    assert sorted(r["intended_use"]["reasons"][0]["code"] for r in records) == codes
     assert all(r["stored"] == pacs.dicomweb and "seg" not in r for r in records)
-    assert modalities(pacs, study) == ["CT", "MR", "SR", "SR"] and _not_analysed(pacs, study) == ["modality", "plane"]
+    stored = ["CT", *["MR"] * 4, *["SR"] * 5]
+    assert modalities(pacs, study) == stored and _not_analysed(pacs, study) == codes
     again = brainscan(*command, env=credentials)
-    assert again.returncode == 0 and "already has a result of these models" in again.stderr, again.stderr
-    assert modalities(pacs, study) == ["CT", "MR", "SR", "SR"]
+    assert again.returncode == 0 and again.stderr.count("already has a result of these models") == 5, again.stderr
+    assert modalities(pacs, study) == stored
     audit = [json.loads(line) for line in (tmp_path / "out" / "audit.jsonl").read_text().splitlines()]
-    assert sorted((a["outcome"], a["intended_use"][0]) for a in audit) == [
-        ("not-analysed", "modality"),
-        ("not-analysed", "plane"),
-    ]
+    assert sorted((a["outcome"], a["intended_use"][0]) for a in audit) == [("not-analysed", c) for c in codes]
     assert_private(first.stdout, first.stderr, again.stderr, json.dumps(audit))
 
 
-def test_the_listener_answers_a_series_outside_the_intended_use_with_a_not_analysed_sr(pacs, bright_server, tmp_path):
-    written = write_mr_series(tmp_path / "series", lesion_images(5), number=61)
-    for ds in written:
-        ds.BodyPartExamined = "CHEST"
-    study = stow(pacs, written)
+def test_the_listener_answers_series_outside_the_intended_use_with_a_not_analysed_sr(pacs, bright_server, tmp_path):
+    """The same five series routed to `brainscan listen`: an SR "not analysed" comes back for
+    each, with its code, and no SEG."""
+    study = pydicom.uid.generate_uid()
+    uids = {}
+    for number, name in enumerate(REFUSED_SERIES, start=61):
+        written = write_refused_series(tmp_path / name, name, number, study)
+        stow(pacs, written)
+        uids[name] = str(written[0].SeriesInstanceUID)
     log = tmp_path / "listen.log"
+    expected = ("CT", *["MR"] * 4, *["SR"] * 5)
     with listening(LISTENER_PORT, bright_server.grpc_url, pacs, tmp_path / "spool", log):
-        series = next(
-            s
-            for s in pacs.get("/series")
-            if pacs.get(f"/series/{s}")["MainDicomTags"]["SeriesInstanceUID"] == written[0].SeriesInstanceUID
-        )
-        pacs.post("/modalities/brainscan/store", {"Resources": [series], "Synchronous": True})
-        wait_for_results(pacs, study, expected=("MR", "SR"))
+        for series in pacs.get(f"/studies/{pacs.find_study(study)}/series"):
+            pacs.post("/modalities/brainscan/store", {"Resources": [series["ID"]], "Synchronous": True})
+        wait_for_results(pacs, study, expected=expected)
     text = log.read_text()
-    assert modalities(pacs, study) == ["MR", "SR"] and _not_analysed(pacs, study) == ["body-part"], text
-    uid = written[0].SeriesInstanceUID
-    assert f"series {uid}: not analysed, outside the intended use (body-part): its SR sent" in text
+    codes = sorted(code for _, _, code in REFUSED_SERIES.values())
+    assert modalities(pacs, study) == list(expected) and _not_analysed(pacs, study) == codes, text
+    for name, (_, _, code) in REFUSED_SERIES.items():
+        assert f"series {uids[name]}: not analysed, outside the intended use ({code}): its SR sent" in text
     audit = [json.loads(line) for line in (tmp_path / "spool" / "audit.jsonl").read_text().splitlines()]
-    assert [(a["outcome"], a["intended_use"]) for a in audit] == [("not-analysed", ["body-part"])]
+    assert sorted((a["outcome"], a["intended_use"][0]) for a in audit) == [("not-analysed", c) for c in codes]
     assert_private(text, json.dumps(audit))
 
 

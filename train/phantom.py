@@ -9,7 +9,7 @@ Layout written (the same as kaggle_3m, so real data drops in unchanged)::
 
     OUT/<patient>/<patient>_<k>.tif        8-bit grey slice, 256 x 256
     OUT/<patient>/<patient>_<k>_mask.tif   8-bit mask, 0 or 255
-    OUT/dataset.json                       what the slices are (brainscan.intended_use.DatasetCard)
+    OUT/dataset.json                       what the slices are (brainscan.dataset_card.DatasetCard)
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from PIL import Image
 from scipy import ndimage
 
 from brainscan.client.volumes import axial_image
+from brainscan.dataset_card import DatasetCard
 from brainscan.errors import DataError
-from brainscan.intended_use import DatasetCard, Plane
+from brainscan.series_header import Plane
 
 SLICE_SIZE = 256
 MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
