@@ -20,6 +20,7 @@ from volume_files import write_mr_series
 from brainscan import contract
 from brainscan.intended_use import CODE_MEANINGS, Code, IntendedUse, PixelGate, RulesError
 from brainscan.site_rules import narrow
+from brainscan.train.ood import ENCODINGS, OUT_OF_DISTRIBUTION
 
 pytestmark = pytest.mark.server
 
@@ -278,3 +279,24 @@ def test_a_classifier_trained_on_other_data_carries_a_gate_fitted_to_it(runs, on
     mr_run, ct_run = runs["classifier"], tmp_path / "run"
     assert (scores(ct_onnx, ct_run) <= 1).all() and (scores(onnx_models["classifier"], mr_run) <= 1).all()
     assert (scores(ct_onnx, mr_run) > 1).all() and (scores(onnx_models["classifier"], ct_run) > 1).all()
+
+
+def test_evaluate_prints_and_writes_the_gates_figures(gated_server, phantom_dir, tmp_path):
+    """`brainscan evaluate`, as make demo ends, on small sets: every set measured through the
+    server, noise, blank images and photographs refused with an AUROC of 1 against the test
+    split, and the report written."""
+    out = tmp_path / "evaluation"
+    result = brainscan(
+        "evaluate", "--data", phantom_dir, "--seed", "3", "--url", gated_server.grpc_url,
+        "--set-size", "6", "--new-patients", "1", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Intended-use gate through the server" in result.stdout and "Accuracy and mean Dice" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    sets = report["sets"]
+    assert set(sets) == {"test", "new-seed", *OUT_OF_DISTRIBUTION, *ENCODINGS}
+    assert sets["test"]["images"] == 6 and sets["new-seed"]["images"] == 10  # one test patient; 1 x 10 slices
+    for name in ("noise", "blank", "photos"):
+        assert sets[name]["refused"] == 1.0 and sets[name]["auroc"] == 1.0, (name, sets[name])
+    assert report["intended_use"]["pixel_gate"]["threshold"] == 1.0
+    assert (out / "report.md").read_text().startswith("# The served models: intended-use gate and accuracy")
