@@ -58,6 +58,7 @@ def write_free_network(path: Path, network: str, design: str) -> Path:
     source = contract.PIXELS if served else contract.NETWORK_INPUT[network]
     shape = ["N", "H", "W", "C"] if served else ["N", size, size, contract.CHANNELS]
     constants = [helper.make_tensor("middle", TensorProto.FLOAT, [], [128.0])]
+    extra: list = []
     if network == contract.CLASSIFIER:
         target = contract.CLASSIFIER_OUTPUT
         nodes = [
@@ -68,6 +69,9 @@ def write_free_network(path: Path, network: str, design: str) -> Path:
         ]
         constants.append(helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1]))
         output = helper.make_tensor_value_info(target, TensorProto.FLOAT, ["N", 1])
+        if served:  # the served classifier's score too: zeros, as a network without a fitted gate gives
+            nodes.append(helper.make_node("Sub", [target, target], [contract.OOD_SCORE]))
+            extra = [helper.make_tensor_value_info(contract.OOD_SCORE, TensorProto.FLOAT, ["N", 1])]
     elif served:
         target = contract.MASK
         nodes = [
@@ -85,7 +89,11 @@ def write_free_network(path: Path, network: str, design: str) -> Path:
         ]
         output = helper.make_tensor_value_info(target, TensorProto.FLOAT, ["N", size, size, 1])
     graph = helper.make_graph(
-        nodes, f"free_{network}", [helper.make_tensor_value_info(source, TensorProto.FLOAT, shape)], [output], constants
+        nodes,
+        f"free_{network}",
+        [helper.make_tensor_value_info(source, TensorProto.FLOAT, shape)],
+        [output, *extra],
+        constants,
     )
     return save_graph(graph, path)
 
@@ -122,6 +130,10 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
     for network in contract.NETWORKS:
         configs[network].pop("model_warmup")
         configs[network]["input"] = [inputs[network]]
+    # that design had no out-of-distribution score: the probability and the mask only
+    score = contract.OOD_SCORE
+    configs[contract.CLASSIFIER]["output"] = [t for t in configs[contract.CLASSIFIER]["output"] if t["name"] != score]
+    configs[contract.ENSEMBLE]["output"] = [t for t in configs[contract.ENSEMBLE]["output"] if t["name"] != score]
     configs[contract.SEGMENTER]["output"] = [probability]
     preprocess = configs[contract.PREPROCESS]
     preprocess.pop("model_warmup")
@@ -141,6 +153,7 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
     steps = configs[contract.ENSEMBLE]["ensemble_scheduling"]["step"]
     steps[0]["output_map"] = {t["name"]: t["name"] for t in preprocess["output"]}
     steps[1]["input_map"] = {contract.CLASSIFIER_INPUT: contract.CLASSIFIER_INPUT}
+    steps[1]["output_map"] = {contract.TUMOR_PROBABILITY: contract.TUMOR_PROBABILITY}
     steps[2]["input_map"] = {contract.SEGMENTER_INPUT: contract.SEGMENTER_INPUT}
     steps[2]["output_map"] = {contract.SEGMENTER_OUTPUT: contract.SEGMENTER_OUTPUT}
     steps.append(

@@ -24,7 +24,6 @@ pytest_plugins = ["pytester"]  # tests of this conftest's own process clean-up
 # Tests never read or write the user's artifacts/ (what `make demo` built): every default
 # path of the CLI points into a folder of this test session instead. The GPU test, which
 # builds engines of the demo's networks on purpose, reads DEMO_ARTIFACTS.
-from known_networks import hand_probability, write_threshold_classifier, write_threshold_segmenter  # noqa: E402,F401
 
 from brainscan import contract  # noqa: E402
 
@@ -265,6 +264,8 @@ def phantom_slices(root: Path, count: int = 4) -> list[Path]:
 def bright_networks(tmp_path_factory) -> dict[str, Path]:
     """Both networks with answers computable from the image (brightness thresholds), at the
     production input sizes."""
+    from known_networks import write_threshold_classifier, write_threshold_segmenter
+
     root = tmp_path_factory.mktemp("bright-networks")
     return {
         "classifier": write_threshold_classifier(root / "classifier.onnx", contract.CLASSIFIER_SIZE),

@@ -16,7 +16,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import encode, hand_probability
+from conftest import encode
+from known_networks import hand_probability
 from PIL import Image
 from scipy import ndimage
 from test_cli import run

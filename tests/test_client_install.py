@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode, hand_probability
+from conftest import encode
+from known_networks import hand_probability
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import hand_probability
 from dicom_cases import (
     LESION_SLICES,
     SHAPE,
@@ -24,6 +23,7 @@ from dicom_cases import (
     sr_content,
     truth,
 )
+from known_networks import hand_probability
 from volume_files import write_mr_series
 
 pytestmark = pytest.mark.server

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from conftest import write_threshold_segmenter
+from known_networks import write_threshold_segmenter
 from onnx import TensorProto
 from typer.testing import CliRunner
 

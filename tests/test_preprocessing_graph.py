@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import write_threshold_classifier, write_threshold_segmenter
+from known_networks import write_threshold_classifier, write_threshold_segmenter
 
 from brainscan import contract
 from brainscan.export.serving import (

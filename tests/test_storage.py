@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BRAINSCAN, encode, serve_command, write_threshold_segmenter
+from conftest import BRAINSCAN, encode, serve_command
+from known_networks import write_threshold_segmenter
 from PIL import Image
 
 from brainscan.serving import Ports, free_port
