@@ -130,10 +130,8 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
     for network in contract.NETWORKS:
         configs[network].pop("model_warmup")
         configs[network]["input"] = [inputs[network]]
-    # that design had no out-of-distribution score: the probability and the mask only
-    score = contract.OOD_SCORE
-    configs[contract.CLASSIFIER]["output"] = [t for t in configs[contract.CLASSIFIER]["output"] if t["name"] != score]
-    configs[contract.ENSEMBLE]["output"] = [t for t in configs[contract.ENSEMBLE]["output"] if t["name"] != score]
+    for name in (contract.CLASSIFIER, contract.ENSEMBLE):  # that design had no out-of-distribution score
+        configs[name]["output"] = [t for t in configs[name]["output"] if t["name"] != contract.OOD_SCORE]
     configs[contract.SEGMENTER]["output"] = [probability]
     preprocess = configs[contract.PREPROCESS]
     preprocess.pop("model_warmup")
