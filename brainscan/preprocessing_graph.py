@@ -21,7 +21,8 @@ is repeated into three channels. The mask head resizes the probabilities linearl
 image's size and keeps the pixels above ``contract.MASK_THRESHOLD``.
 
 Every op is one that ONNX-TensorRT parses (Shape, Slice, Range, MatMul, Min/Max, Where,
-ReduceMin/ReduceMax with constant axes, Concat, Cast to UINT8 at the output). The nodes are
+ReduceMin/ReduceMax with constant axes, Concat, a Reshape to a constant shape that fixes the
+network's input channels, Cast from float to UINT8 at the output). The nodes are
 named under ``PREPROCESS_PREFIX`` and ``MASK_PREFIX`` so that the FP16 conversion keeps them
 in FP32: a 16-bit pixel value overflows FP16 (largest 65504). ``onnx`` is imported lazily:
 only training, export and the benchmarks build graphs.
@@ -157,21 +158,29 @@ def add_preprocessing(b: GraphBuilder, pixels: str, size: tuple[int, int], outpu
     high = b.reduce("ReduceMax", resized, [1, 2, 3])
     span = b.op("Sub", high, low)
     # an image whose range is within float rounding of its level is constant: zeros, not
-    # rounding noise stretched to 0..255
+    # rounding noise stretched to 0..255. The input's own range decides it first, exactly
+    # (no arithmetic touches it): a GPU that runs the resize's products in TF32 (10-bit
+    # mantissa; TensorRT's default) rounds far more than CONSTANT_RANGE
     level = b.op("Max", b.op("Abs", high), b.op("Abs", low))
     varies = b.op("Greater", span, b.op("Mul", level, b.const(CONSTANT_RANGE)))
+    given = b.op(
+        "Greater",
+        b.op("Sub", b.reduce("ReduceMax", pixels, [1, 2, 3]), b.reduce("ReduceMin", pixels, [1, 2, 3])),
+        b.const(0.0),
+    )
     zero = b.const(0.0)
-    scale = b.op("Where", varies, b.op("Div", b.const(255.0), b.op("Max", span, b.const(1e-30))), zero)
+    scale = b.op("Div", b.const(255.0), b.op("Max", span, b.const(1e-30)))
+    scale = b.op("Where", b.op("And", given, varies), scale, zero)
     stretched = b.op("Mul", b.op("Sub", resized, low), scale)
     tripled = b.op("Concat", stretched, stretched, stretched, axis=3)  # C=1: grey into 3 channels; C=3: kept below
-    return b.op(
-        "Slice",
-        tripled,
-        b.const([0], np.int64),
-        b.const([contract.CHANNELS], np.int64),
-        b.const([3], np.int64),
-        output=output,
+    first_three = b.op(
+        "Slice", tripled, b.const([0], np.int64), b.const([contract.CHANNELS], np.int64), b.const([3], np.int64)
     )
+    # the network's input shape from constants alone: the Slice's channel count, min(3, 3 C),
+    # depends on the input's C, and a TensorRT build needs a convolution's input channels
+    # fixed (onnx-tensorrt #495); the Reshape's target names them
+    shape = b.const([-1, size[0], size[1], contract.CHANNELS], np.int64)
+    return b.op("Reshape", first_three, shape, output=output)
 
 
 def add_resize(b: GraphBuilder, x: str, size: tuple[int, int], output: str) -> str:
@@ -187,7 +196,10 @@ def add_mask_head(b: GraphBuilder, probability: str, size: str, output: str) -> 
         b, probability, height, _float(b, height), _float(b, width), b.const(False, np.bool_)
     )  # [N, H, W, 1]
     above = b.op("Greater", b.op("Squeeze", resized, b.const([3], np.int64)), b.const(contract.MASK_THRESHOLD))
-    return b.op("Cast", above, to=2, output=output)  # TensorProto.UINT8
+    # to UINT8 from a float, never from BOOL: TensorRT's headers (NvInferRuntimeBase.h, kUINT8)
+    # list no conversion from kBOOL to kUINT8
+    ones = b.op("Where", above, b.const(1.0), b.const(0.0))
+    return b.op("Cast", ones, to=2, output=output)  # TensorProto.UINT8
 
 
 def image_size(b: GraphBuilder, pixels: str) -> str:

@@ -38,10 +38,11 @@ from brainscan.atomic import write_bytes_atomic
 from brainscan.digest import sha256_file
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import GateFailedError, GateReport, Tolerances, check_network
-from brainscan.export.pixel_gate import gate_of
+from brainscan.export.pixel_gate import GATE_PREFIX, gate_of
 from brainscan.export.records import Fp16Record
 from brainscan.export.serving import added_nodes, is_served, network_of, network_only, serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx_outputs
+from brainscan.preprocessing_graph import MASK_PREFIX, PREPROCESS_PREFIX
 
 FP16_SUFFIX = ".fp16.onnx"
 OP_PREFIX = "op:"
@@ -186,6 +187,61 @@ def storage_view(fp16_model):
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
+    return view
+
+
+TF32_MANTISSA_BITS = 10  # TensorFloat-32: FP32's 8-bit exponent, a 10-bit mantissa
+
+
+def tf32_view(model, prefixes: tuple[str, ...] = (PREPROCESS_PREFIX, MASK_PREFIX, GATE_PREFIX)):
+    """``model`` as a GPU runs it when it lets TensorRT compute FP32 matrix products in TF32
+    (its default; ONNX Runtime's TensorRT provider, which the onnxruntime flavour uses on a
+    GPU, has no switch for it in Triton's onnxruntime_backend): both inputs of every MatMul of
+    the nodes named under ``prefixes`` (the FP32 steps around the networks) rounded to the
+    nearest TF32 value on CPU, the products then computed in FP32. TensorRT's TF32 kernels
+    accumulate in FP32, so the inputs' rounding is what TF32 changes."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    view = onnx.ModelProto()
+    view.CopyFrom(model)
+    graph = view.graph
+    constants = {
+        "tf32/ln2": np.log(2.0),
+        "tf32/bits": float(TF32_MANTISSA_BITS),
+        "tf32/two": 2.0,
+        "tf32/zero": 0.0,
+    }
+    graph.initializer.extend(numpy_helper.from_array(np.float32(v), k) for k, v in constants.items())
+    nodes, rounded = [], 0
+
+    def tf32(name: str) -> str:
+        """Nodes rounding ``name`` to the nearest TF32 value: step = 2^(floor(log2 |x|) - 10)."""
+        nonlocal rounded
+        rounded += 1
+        p = f"tf32/{rounded}/"
+        for op, inputs, output in (
+            ("Abs", [name], "abs"),
+            ("Log", [p + "abs"], "log"),
+            ("Div", [p + "log", "tf32/ln2"], "log2"),
+            ("Floor", [p + "log2"], "exp"),
+            ("Sub", [p + "exp", "tf32/bits"], "e"),
+            ("Pow", ["tf32/two", p + "e"], "step"),
+            ("Div", [name, p + "step"], "scaled"),
+            ("Round", [p + "scaled"], "whole"),
+            ("Mul", [p + "whole", p + "step"], "value"),
+            ("Equal", [p + "abs", "tf32/zero"], "is_zero"),
+            ("Where", [p + "is_zero", "tf32/zero", p + "value"], "out"),
+        ):
+            nodes.append(helper.make_node(op, inputs, [p + output], name=p + output))
+        return p + "out"
+
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.name.startswith(prefixes):
+            node.input[:] = [tf32(name) for name in node.input]
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
     return view
 
 

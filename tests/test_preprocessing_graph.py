@@ -110,3 +110,71 @@ def test_the_parity_gate_passes_the_graph_and_fails_a_wrong_one(tmp_path, real_s
             tensor.CopyFrom(onnx.numpy_helper.from_array(np.array(0.1, np.float32), tensor.name))
     report = check_parity(segmenter, wrong, images)
     assert not report.passed and "FAIL" in report.table()
+
+
+# --- what a first TensorRT build and a TF32 GPU see, checked here --------------------------------
+
+# ops that change no shape on the way from the network's input to its first convolution
+_SHAPE_KEEPING = {"Transpose", "Mul", "Add", "Sub", "Div", "Identity", "Cast"}
+
+
+def _served_graphs(onnx_models, fp16_models) -> dict[str, onnx.ModelProto]:
+    graphs = {f"{name} FP32": onnx.load(str(path)) for name, path in onnx_models.items()}
+    graphs.update({f"{name} FP16": onnx.load(str(path)) for name, path in fp16_models.items()})
+    return graphs
+
+
+def test_each_networks_input_channels_come_from_a_constant_in_every_served_graph(onnx_models, fp16_models):
+    """Walking back from the first convolution towards PIXELS, the first op that can set a
+    shape is a Reshape whose target is an initializer naming 3 channels: a TensorRT build
+    sees the convolution's input channels fixed, not min(3, 3 C) of PIXELS' channel count."""
+    for name, model in _served_graphs(onnx_models, fp16_models).items():
+        graph = model.graph
+        producer = {out: node for node in graph.node for out in node.output}
+        constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        conv = next(node for node in graph.node if node.op_type == "Conv")
+        tensor, seen = conv.input[0], []
+        while tensor != contract.PIXELS:
+            node = producer[tensor]
+            seen.append(node.op_type)
+            if node.op_type not in _SHAPE_KEEPING:
+                break
+            tensor = next(i for i in node.input if i not in constants)
+        assert node.op_type == "Reshape" and node.input[1] in constants, (name, seen)
+        target = constants[node.input[1]]
+        assert target[-1] == contract.CHANNELS and (target[1:] > 0).all(), (name, target)
+
+
+def test_no_served_graph_casts_a_bool_to_uint8(onnx_models, fp16_models):
+    """TensorRT's headers list no kBOOL to kUINT8 conversion: the mask is cast from a float."""
+    for name, model in _served_graphs(onnx_models, fp16_models).items():
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+        casts = [n for n in model.graph.node if n.op_type == "Cast"]
+        to_uint8 = [n for n in casts if any(a.name == "to" and a.i == onnx.TensorProto.UINT8 for a in n.attribute)]
+        assert all(types.get(n.input[0]) != onnx.TensorProto.BOOL for n in to_uint8), name
+        if "segmenter" in name:
+            assert [types.get(n.input[0]) for n in to_uint8] == [onnx.TensorProto.FLOAT], name
+
+
+def test_the_served_graphs_keep_their_answers_when_their_products_run_in_tf32(onnx_models, real_slices):
+    """The onnxruntime flavour on a GPU may run the FP32 steps' matrix products in TF32: with
+    both inputs of each rounded to TF32 on CPU, the parity gate still passes on real slices
+    at every parity size, and constant images still give zeros (by their input's own range:
+    the resize's TF32 rounding alone would make one vary by 5e-4 of its level)."""
+    from brainscan.export.fp16 import tf32_view
+    from brainscan.export.serving import network_only
+    from brainscan.onnx_runtime import cpu_session
+    from brainscan.preprocessing_graph import preprocessing_model, resize_model
+
+    for path in onnx_models.values():
+        served = onnx.load(str(path))
+        report = check_parity(network_only(served), tf32_view(served), resampled(real_slices[:3]))
+        assert report.passed, report.table()
+    rounded = cpu_session(tf32_view(resize_model((160, 160))).SerializeToString())
+    grown = rounded.run(None, {contract.PIXELS: np.full((1, 97, 97, 1), 1000.7, np.float32)})[0]
+    assert (grown.max() - grown.min()) / 1000.7 > 1e-4  # what the guard alone would have stretched
+    scaled = cpu_session(tf32_view(preprocessing_model((160, 160))).SerializeToString())
+    for level, shape in ((1000.7, (97, 97, 1)), (65535.0, (241, 180, 3)), (0.0, (256, 256, 1))):
+        out = scaled.run(None, {contract.PIXELS: np.full((1, *shape), level, np.float32)})[0]
+        assert not out.any(), (level, shape)
