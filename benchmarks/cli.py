@@ -35,13 +35,36 @@ def bench_input_data(
     inputs: Inputs,
     out: Annotated[Path, typer.Option(help="JSON file for perf_analyzer --input-data.")] = Path("perf-input.json"),
     limit: Annotated[int, typer.Option(help="Use at most this many files.")] = 64,
+    pixels: Annotated[
+        bool,
+        typer.Option(
+            "--pixels",
+            help=(
+                "For brainscan_pixels (or a network): each image decoded into PIXELS, FP32 [H, W, C], instead of "
+                "the encoded file the brainscan ensemble takes; perf_analyzer's -b sends that many a request."
+            ),
+        ),
+    ] = False,
 ) -> None:
     """Write perf_analyzer --input-data JSON from real images (the IMAGE input as
-    length-prefixed bytes), so a load test sends MRI slices, not random bytes."""
-    from brainscan.client.perf import write_input_data
-
+    length-prefixed bytes, or with --pixels their decoded PIXELS), so a load test sends MRI
+    slices, not random bytes."""
     files = _image_files(inputs, limit)
-    write_input_data(files, out)
+    if pixels:
+        import json
+
+        from brainscan.atomic import write_bytes_atomic
+        from brainscan.benchmarks.inputs import pixel_entries
+
+        entries = pixel_entries(files)
+        shapes = {tuple(e[contract.PIXELS]["shape"]) for e in entries}
+        if len(shapes) > 1:
+            fail(f"the images differ in size ({sorted(shapes)}): one request's slices share one, give images of one")
+        write_bytes_atomic(out, json.dumps({"data": entries}).encode())
+    else:
+        from brainscan.client.perf import write_input_data
+
+        write_input_data(files, out)
     typer.echo(f"wrote {out}: {len(files)} images")
 
 

@@ -21,11 +21,22 @@ def _raw(array: np.ndarray) -> dict:
     return {"b64": base64.b64encode(array.tobytes()).decode("ascii"), "shape": list(array.shape)}
 
 
+def pixel_entries(files: list[Path]) -> list[dict]:
+    """One perf_analyzer data entry per file for a model taking PIXELS: the file decoded, as
+    ``preprocess`` would (FP32 [H, W, C]); with -b B each request carries B of them."""
+    return [{contract.PIXELS: _raw(pixels_batch([Path(path).read_bytes()])[0])} for path in files]
+
+
 def tensors(files: list[Path]) -> dict[str, list[dict]]:
     """Per model, one perf_analyzer data entry per file."""
     images = image_input_data(files)["data"]
-    pixels = [{contract.PIXELS: _raw(pixels_batch([Path(path).read_bytes()])[0])} for path in files]
-    return {contract.ENSEMBLE: images, contract.PREPROCESS: images, **{n: pixels for n in contract.NETWORKS}}
+    pixels = pixel_entries(files)
+    return {
+        contract.ENSEMBLE: images,
+        contract.PIXELS_ENSEMBLE: pixels,
+        contract.PREPROCESS: images,
+        **{n: pixels for n in contract.NETWORKS},
+    }
 
 
 def write_all(entries: dict[str, list[dict]], folder: Path) -> dict[str, Path]:

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 # Ensemble and composing models.
 ENSEMBLE = "brainscan"
+# The same answers for pixels a client already holds (the slices of a DICOM or NIfTI series):
+# PIXELS in, many slices per request, no decoding and no Python step on the way.
+PIXELS_ENSEMBLE = "brainscan_pixels"
+ENSEMBLES = (ENSEMBLE, PIXELS_ENSEMBLE)
 PREPROCESS = "preprocess"
 CLASSIFIER = "classifier"
 SEGMENTER = "segmenter"
@@ -28,7 +32,8 @@ OOD_SCORE = "OOD_SCORE"
 
 # The one tensor between the steps of the ensemble: preprocess decodes the file, and both
 # networks take its pixels at the image's own size (their graphs resize and scale them, and
-# the segmenter's brings its mask back to that size: brainscan.preprocessing_graph).
+# the segmenter's brings its mask back to that size: brainscan.preprocessing_graph). It is
+# also PIXELS_ENSEMBLE's input: a batch of B slices of one size is one request [B, H, W, C].
 PIXELS = "PIXELS"  # FP32 [H, W, C], C = 1 (grey) or 3 (colour), values as decoded (8 or 16 bit)
 
 # Inside the networks' graphs: the Keras layer names, so the ONNX and TensorRT names agree.
@@ -157,6 +162,13 @@ class Protocol(Choice):
 
     GRPC = "grpc"
     HTTP = "http"
+
+
+class SlicePath(Choice):
+    """How a volume's slices reach the server."""
+
+    PIXELS = "pixels"  # raw, many a request, to PIXELS_ENSEMBLE (when the server serves it)
+    PNG = "png"  # one 16-bit PNG each, through ENSEMBLE (an earlier kit's way)
 
 
 PLAN_FILE = "model.plan"  # what Triton's tensorrt backend loads when a config names no engine

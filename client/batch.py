@@ -24,10 +24,13 @@ from brainscan.client.inference import (
     ServerUnavailableError,
 )
 from brainscan.client.records import NOT_SENT, Outcome, already_done, finish, header_reasons
+from brainscan.client.volumes import SliceBatch
+from brainscan.contract import SlicePath
 from brainscan.intended_use import IntendedUse, Reason
 from brainscan.site_rules import narrow
 
 AUDIT_FILE = "audit.jsonl"
+
 VOLUMES_IN_FLIGHT = 2  # volumes read and held at once (a DICOM series can take a GB while sliced)
 
 
@@ -40,7 +43,7 @@ def read_error(item: Input, exc: BaseException) -> str:
     return f"{item.display}: cannot read it ({type(exc).__name__}: {exc})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunOptions:
     out: Path | None = None
     concurrency: int = 4
@@ -51,6 +54,7 @@ class RunOptions:
     # before it is audited and reported (e.g. the SEG and SR stored in a PACS); returns it.
     deliver: Callable[[Outcome], Outcome] | None = None
     rules: Path | None = None  # a site's rules file, narrowing the served models' intended use
+    slices: SlicePath = SlicePath.PIXELS  # how a volume's slices travel
     outside_intended_use: bool = False  # research: analyse refused inputs too, marked in every output
 
     @property
@@ -63,10 +67,12 @@ class _Job:
     index: int
     input: Input
     name: str
-    payloads: list[bytes] = field(default_factory=list)
+    # its requests: encoded files (an image; a volume's slices as 16-bit PNGs through the
+    # ensemble of files), or SliceBatches (a volume's slices through the pixels ensemble)
+    payloads: list[bytes | SliceBatch] = field(default_factory=list)
     context: object = None  # the raw image bytes, or the Volume
-    results: list[Prediction | None] = field(default_factory=list)
-    errors: list[tuple[int, InferenceError]] = field(default_factory=list)
+    results: list[Prediction | None] = field(default_factory=list)  # one per image or slice
+    errors: list[tuple[int, InferenceError]] = field(default_factory=list)  # (slice, error)
     remaining: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: Outcome | None = None
@@ -79,10 +85,11 @@ class _Job:
             self.done.set()
 
 
-def _prepare(job: _Job, use: IntendedUse, research: bool) -> None:
+def _prepare(job: _Job, use: IntendedUse, research: bool, batch: int) -> None:
     """Read the input and check its headers against the intended use; what it must send
     (runs in a worker thread). A DICOM series outside it is refused from its headers alone,
-    before any pixel is read; an image from its header's size."""
+    before any pixel is read; an image from its header's size. A volume's slices go as
+    pixels, ``batch`` a request, or as PNGs when ``batch`` is 0."""
     from brainscan.client.dicom import read_dicom_series
     from brainscan.client.volumes import read_nifti
 
@@ -102,7 +109,13 @@ def _prepare(job: _Job, use: IntendedUse, research: bool) -> None:
         job.header_reasons = header_reasons(item, volume, use)
         if job.header_reasons and not research:
             return
-    job.context, job.payloads = volume, volume.axial_png_slices()
+    job.context = volume
+    job.payloads = volume.axial_batches(batch) if batch else volume.axial_png_slices()
+
+
+def slices_of(payload: bytes | SliceBatch, k: int) -> range:
+    """The images (slices) request ``k`` carries."""
+    return payload.slices if isinstance(payload, SliceBatch) else range(k, k + 1)
 
 
 async def run_inputs(
@@ -124,7 +137,10 @@ async def run_inputs(
         dicom = any(item.kind == "dicom" for item in inputs)
         identity = await client.model_identity() if dicom else None
         audit = AuditLog(options.audit_path) if dicom and options.audit_path is not None else None
-        return await _Run(inputs, client, options, identity, audit, use).run(report)
+        batch = 0
+        if options.slices is SlicePath.PIXELS and any(item.is_volume for item in inputs):
+            batch = await client.pixels_batch_size()  # 0: an earlier kit's server, the PNG path then
+        return await _Run(inputs, client, options, identity, audit, use, batch).run(report)
 
 
 async def served_intended_use(client, rules: Path | None = None) -> IntendedUse:
@@ -139,25 +155,33 @@ class _Run:
     memory); one finisher per input writes its outputs as soon as it is answered; the
     outcomes are reported in input order."""
 
-    def __init__(self, inputs: list[Input], client, options: RunOptions, identity, audit, use: IntendedUse) -> None:
+    def __init__(
+        self, inputs: list[Input], client, options: RunOptions, identity, audit, use: IntendedUse, pixels_batch: int
+    ) -> None:
         names = safe_stems([i.stem for i in inputs])
         self.jobs = [_Job(k, item, name) for k, (item, name) in enumerate(zip(inputs, names))]
         self.client, self.options, self.identity, self.audit = client, options, identity, audit
-        self.use = use
+        self.use, self.pixels_batch = use, pixels_batch
         self.in_flight = asyncio.Semaphore(options.concurrency)
         self.window = asyncio.Semaphore(max(4 * options.concurrency, 16))
         self.volume_slots = asyncio.Semaphore(VOLUMES_IN_FLIGHT)
         self.abort = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
 
-    async def send(self, job: _Job, k: int, payload: bytes) -> None:
+    async def send(self, job: _Job, k: int, payload: bytes | SliceBatch) -> None:
+        slices = slices_of(payload, k)
         try:
             if not self.abort.is_set():
-                job.results[k] = await self.client.infer(payload)
+                if isinstance(payload, SliceBatch):
+                    answers = await self.client.infer_pixels(await asyncio.to_thread(payload.pixels))
+                else:
+                    answers = [await self.client.infer(payload)]
+                for i, answer in zip(slices, answers):
+                    job.results[i] = answer
         except ServerUnavailableError:
             self.abort.set()
         except InferenceError as exc:
-            job.errors.append((k, exc))
+            job.errors.append((slices.start, exc))
         finally:
             self.in_flight.release()
             job.finish_one()
@@ -183,12 +207,12 @@ class _Run:
                 await self.volume_slots.acquire()
                 job.holds_slot = True
             try:
-                await asyncio.to_thread(_prepare, job, self.use, self.options.outside_intended_use)
+                await asyncio.to_thread(_prepare, job, self.use, self.options.outside_intended_use, self.pixels_batch)
             except Exception as exc:  # any failure to read is that input's failure, never the run's
                 job.outcome = Outcome(job.input, job.name, error=read_error(job.input, exc), status="READ")
                 job.done.set()
                 continue
-            job.results = [None] * len(job.payloads)
+            job.results = [None] * sum(len(slices_of(p, k)) for k, p in enumerate(job.payloads))
             job.remaining = len(job.payloads)
             if not job.payloads:  # refused on its headers: nothing to send
                 job.done.set()
@@ -214,12 +238,12 @@ class _Run:
             outcome = await asyncio.to_thread(finish, job, self.options, self.identity, self.use)
         except OSError as exc:  # disk full, unwritable --out
             error = f"cannot write the outputs: {exc.strerror or exc}"
-            outcome = Outcome(job.input, job.name, error=error, status="WRITE", requests=len(job.payloads))
+            outcome = Outcome(job.input, job.name, error=error, status="WRITE", requests=len(job.results))
         except ValueError as exc:  # a volume whose results cannot be built (names the series)
-            outcome = Outcome(job.input, job.name, error=str(exc), status="WRITE", requests=len(job.payloads))
+            outcome = Outcome(job.input, job.name, error=str(exc), status="WRITE", requests=len(job.results))
         except Exception as exc:  # whatever else, it is this input's failure
             error = f"cannot finish: {type(exc).__name__}: {exc}"
-            outcome = Outcome(job.input, job.name, error=error, status="WRITE", requests=len(job.payloads))
+            outcome = Outcome(job.input, job.name, error=error, status="WRITE", requests=len(job.results))
         if self.options.deliver is not None and outcome.ok and job.input.kind == "dicom":
             outcome = await asyncio.to_thread(self.options.deliver, outcome)
         return outcome

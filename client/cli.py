@@ -24,6 +24,7 @@ from brainscan.client.pacs_cli import (
 )
 from brainscan.client.report import OutputFormat, Reporter, retry_notice, summary, write_failures
 from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, ReportFormatOption, fail
+from brainscan.contract import SlicePath
 
 SkipExisting = Annotated[bool, typer.Option(help="Resume: skip inputs whose outputs are already in --out.")]
 Failures = Annotated[Path | None, typer.Option(help="JSON report of every failure (default: `<out>/failures.json`).")]
@@ -80,6 +81,17 @@ def predict(
     failures: Failures = None,
     evaluate: Evaluate = False,
     progress: ProgressBar = None,
+    slices: Annotated[
+        SlicePath,
+        typer.Option(
+            case_sensitive=False,
+            help=(
+                "How a volume's slices reach the server: pixels (raw, many a request, to the brainscan_pixels ensemble "
+                "when the server serves it: no PNG on either side) or png (one 16-bit PNG each, through the brainscan "
+                "ensemble)."
+            ),
+        ),
+    ] = SlicePath.PIXELS,
     audit: Annotated[
         Path | None,
         typer.Option(
@@ -169,7 +181,17 @@ def predict(
     show_progress = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     try:
-        options = RunOptions(out, concurrency, skip_existing, evaluate, audit, deliver, rules, outside_intended_use)
+        options = RunOptions(
+            out=out,
+            concurrency=concurrency,
+            skip_existing=skip_existing,
+            evaluate=evaluate,
+            audit=audit,
+            deliver=deliver,
+            rules=rules,
+            slices=slices,
+            outside_intended_use=outside_intended_use,
+        )
         outcomes = asyncio.run(_run_with_progress(inputs, conn, options, reporter, show_progress))
     except ServerUnavailableError as exc:
         fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
-from brainscan.client.inference import ModelIdentity
+from brainscan.client.identity import ModelIdentity
 from brainscan.client.volumes import Volume, VolumeError, tumour_volume_mm3
 from brainscan.intended_use import CODE_MEANINGS, CODING_SCHEME, Verdict
 

@@ -9,16 +9,15 @@ loop for callers that are not asynchronous (``brainscan health``, the web UI).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from brainscan import contract
 from brainscan.client.connection import DNS_SCHEME, PROTOCOLS, Connection  # noqa: F401 (the client's API)
+from brainscan.client.identity import ModelIdentity, identity_facts
 from brainscan.errors import EXIT_UNAVAILABLE, BrainscanError
 from brainscan.intended_use import UNDECLARED, IntendedUse
 from brainscan.triton_errors import is_transient
@@ -73,56 +72,6 @@ class Prediction:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
-def kit_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("brainscan")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What answered, as the server's own model configs describe it (model config is not an
-    admin API): each network's platform, the SHA-256 of its served ONNX graph, and on a GPU
-    each listed engine's TensorRT version, GPU and source digest. Results carry it (DICOM SR,
-    audit lines), and a re-run compares it to tell a result of the same models."""
-
-    networks: dict[str, dict[str, str]]
-    kit: str = field(default_factory=kit_version)
-
-    @property
-    def digest(self) -> str:
-        """16 hex digits that change whenever a served network does."""
-        text = json.dumps(self.networks, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def describe(self) -> list[str]:
-        """One line per network, for people."""
-        lines = []
-        for network, facts in sorted(self.networks.items()):
-            details = [facts.get("platform", "?")]
-            if facts.get(contract.MODEL_SHA256_PARAMETER):
-                details.append(f"ONNX sha256 {facts[contract.MODEL_SHA256_PARAMETER]}")
-            details += [
-                value for key, value in sorted(facts.items()) if key.startswith(contract.ENGINE_PARAMETER_PREFIX)
-            ]
-            lines.append(f"{network}: {'; '.join(details)}")
-        return lines
-
-    def as_dict(self) -> dict:
-        return {"kit": f"brainscan {self.kit}", "digest": self.digest, "networks": self.networks}
-
-
-def _identity_facts(config: dict) -> dict[str, str]:
-    facts = {"platform": config.get("platform") or config.get("backend") or "?"}
-    for key, value in (config.get("parameters") or {}).items():
-        if key == contract.MODEL_SHA256_PARAMETER or key.startswith(contract.ENGINE_PARAMETER_PREFIX):
-            facts[key] = value.get("string_value", "") if isinstance(value, dict) else str(value)
-    return facts
-
-
 def _module(protocol: str, aio: bool = True):
     if protocol == "grpc":
         import tritonclient.grpc as sync_module
@@ -137,6 +86,14 @@ def image_input(data: bytes, protocol: str = "grpc"):
     """The ``IMAGE`` input tensor ([1, 1] BYTES) for one encoded file."""
     tensor = _module(protocol, aio=False).InferInput(contract.IMAGE, [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+    return tensor
+
+
+def pixels_input(pixels: np.ndarray, protocol: str = "grpc"):
+    """The ``PIXELS`` input tensor ([B, H, W, C] FP32) for slices of one size."""
+    array = np.ascontiguousarray(pixels, np.float32)
+    tensor = _module(protocol, aio=False).InferInput(contract.PIXELS, list(array.shape), "FP32")
+    tensor.set_data_from_numpy(array)
     return tensor
 
 
@@ -247,14 +204,14 @@ class AsyncBrainscanClient:
             self._outputs = [sync.InferRequestedOutput(name) for name in names]
         return self._outputs
 
-    async def infer(self, data: bytes) -> Prediction:
-        """Send one encoded image (PNG, JPEG, TIFF; 8 or 16 bit) and return the answer."""
+    async def _infer(self, model: str, tensor) -> list[Prediction]:
+        """One request to ``model`` with one input tensor; an answer per image of its batch."""
         c = self.connection
         outputs = await self._requested_outputs()
         result = await self._with_retries(
             lambda: self._client.infer(
-                c.model,
-                [image_input(data, c.protocol)],
+                model,
+                [tensor],
                 model_version=c.model_version,
                 outputs=outputs,
                 # the server drops the request from its queues once the client has stopped waiting
@@ -266,13 +223,36 @@ class AsyncBrainscanClient:
         mask = result.as_numpy(contract.MASK)
         if probability is None or mask is None:
             raise InferenceError(
-                f"{c.target} did not return {contract.TUMOR_PROBABILITY} and {contract.MASK}: is it a brainscan "
-                f"ensemble?"
+                f"{model} at {c.address} did not return {contract.TUMOR_PROBABILITY} and {contract.MASK}: is it a "
+                "brainscan ensemble?"
             )
-        score = result.as_numpy(contract.OOD_SCORE) if len(outputs) > 2 else None
-        return Prediction(
-            float(probability.reshape(-1)[0]), mask[0], None if score is None else float(score.reshape(-1)[0])
+        scores = result.as_numpy(contract.OOD_SCORE) if len(outputs) > 2 else None
+        return [
+            Prediction(float(p), m, None if scores is None else float(scores.reshape(-1)[k]))
+            for k, (p, m) in enumerate(zip(probability.reshape(-1), mask))
+        ]
+
+    async def infer(self, data: bytes) -> Prediction:
+        """Send one encoded image (PNG, JPEG, TIFF; 8 or 16 bit) and return the answer."""
+        (answer,) = await self._infer(self.connection.model, image_input(data, self.connection.protocol))
+        return answer
+
+    async def pixels_batch_size(self) -> int:
+        """How many slices one request to ``contract.PIXELS_ENSEMBLE`` may carry (its config's
+        max_batch_size); 0 when the server does not serve it (an earlier kit's) or the target
+        is another ensemble than the kit's."""
+        c = self.connection
+        if c.model != contract.ENSEMBLE:
+            return 0
+        ready = await self._with_retries(
+            lambda: self._client.is_model_ready(contract.PIXELS_ENSEMBLE, c.model_version), c.retries
         )
+        return int((await self._config(contract.PIXELS_ENSEMBLE)).get("max_batch_size", 0)) if ready else 0
+
+    async def infer_pixels(self, pixels: np.ndarray) -> list[Prediction]:
+        """Send slices of one size ([B, H, W, C] pixel values, B up to ``pixels_batch_size``) to
+        ``contract.PIXELS_ENSEMBLE`` in one request: no encoding here, no decoding there."""
+        return await self._infer(contract.PIXELS_ENSEMBLE, pixels_input(pixels, self.connection.protocol))
 
     async def health(self, retries: int = 0) -> dict:
         """Liveness and readiness of the server, of the target model and of the composing
@@ -304,7 +284,7 @@ class AsyncBrainscanClient:
 
     async def model_identity(self) -> ModelIdentity:
         """The served networks' identity (``ModelIdentity``), from their configs."""
-        return ModelIdentity({network: _identity_facts(await self._config(network)) for network in contract.NETWORKS})
+        return ModelIdentity({network: identity_facts(await self._config(network)) for network in contract.NETWORKS})
 
     async def intended_use(self) -> IntendedUse:
         """The intended use the served classifier declares (its config's parameter); the kit's

@@ -111,7 +111,7 @@ def _refusal(job, options, identity, verdict: Verdict, slice_scores=None) -> Out
     """The record and outputs of an input outside the intended use: no mask, no SEG; for a
     DICOM series an SR saying it was not analysed, and why."""
     item = job.input
-    outcome = Outcome(item, job.name, requests=len(job.payloads), verdict=verdict)
+    outcome = Outcome(item, job.name, requests=len(job.results), verdict=verdict)
     record: dict = {
         "file": item.display,
         "kind": item.kind,
@@ -241,12 +241,12 @@ def finish(job, options, identity, use: IntendedUse) -> Outcome:
     item = job.input
     if job.errors:
         k, exc = job.errors[0]
-        where = f"slice {k} of {len(job.payloads)}: " if item.is_volume else ""
-        return Outcome(item, job.name, error=where + str(exc), status=exc.status, requests=len(job.payloads))
+        where = f"slice {k} of {len(job.results)}: " if item.is_volume else ""
+        return Outcome(item, job.name, error=where + str(exc), status=exc.status, requests=len(job.results))
     if not job.payloads:  # refused on its headers, before any pixel was sent
         return _refusal(job, options, identity, Verdict.of(job.header_reasons))
     if any(r is None for r in job.results):
-        return Outcome(item, job.name, error=NOT_SENT, status="UNAVAILABLE", requests=len(job.payloads))
+        return Outcome(item, job.name, error=NOT_SENT, status="UNAVAILABLE", requests=len(job.results))
     if item.kind == "image":
         return _image(job, options, use, job.results[0])
     return _volume(job, options, identity, use)

@@ -104,6 +104,24 @@ class VolumeSummary:
         }
 
 
+@dataclass(frozen=True)
+class SliceBatch:
+    """Slices ``start`` to ``stop`` of a volume's axial stack: one request of the pixels path,
+    its PIXELS made only when it is sent, so a series waiting its turn holds 2 bytes a voxel."""
+
+    stack: np.ndarray  # uint16 [slices, rows, columns]
+    start: int
+    stop: int
+
+    @property
+    def slices(self) -> range:
+        return range(self.start, self.stop)
+
+    def pixels(self) -> np.ndarray:
+        """PIXELS of the request: float32 [slices, rows, columns, 1]."""
+        return self.stack[self.start : self.stop, :, :, None].astype(np.float32)
+
+
 @dataclass
 class Volume:
     """One 3-D scan: intensities in the source's voxel order and its voxel -> RAS+ mm affine."""
@@ -139,10 +157,20 @@ class Volume:
     def slices(self) -> int:
         return int(self.data.shape[int(np.flatnonzero(self._orientation()[:, 0] == 2)[0])])
 
+    def axial_stack(self) -> np.ndarray:
+        """Every axial slice, inferior -> superior, as uint16 [slices, rows, columns]: the
+        volume's range kept (``to_uint16``), as the server sees them either way."""
+        ras = self.to_ras(to_uint16(self.data))
+        return np.stack([axial_image(ras, z) for z in range(ras.shape[2])])
+
     def axial_png_slices(self) -> list[bytes]:
         """Every axial slice, inferior -> superior, as a 16-bit PNG."""
-        ras = self.to_ras(to_uint16(self.data))
-        return [encode_png16(axial_image(ras, z)) for z in range(ras.shape[2])]
+        return [encode_png16(image) for image in self.axial_stack()]
+
+    def axial_batches(self, size: int) -> list[SliceBatch]:
+        """The axial slices in requests of up to ``size`` slices (``SliceBatch``)."""
+        stack = self.axial_stack()
+        return [SliceBatch(stack, start, min(start + size, len(stack))) for start in range(0, len(stack), size)]
 
     def mask_volume(self, masks: list[np.ndarray]) -> np.ndarray:
         """Axial mask images (as ``axial_png_slices`` ordered them) -> uint8 0/1 volume in

@@ -163,7 +163,8 @@ def warmup_files() -> dict[str, bytes]:
 
 
 def model_configs(spec: RepositorySpec) -> dict[str, dict]:
-    """The four model configs (ModelConfig's JSON form), keyed by model name."""
+    """The five model configs (ModelConfig's JSON form), keyed by model name: the two
+    ensembles (encoded files, and pixels) and their three models."""
     ensemble = {
         "name": contract.ENSEMBLE,
         "platform": "ensemble",
@@ -190,8 +191,17 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             ]
         },
     }
+    pixels_ensemble = {
+        "name": contract.PIXELS_ENSEMBLE,
+        "platform": "ensemble",
+        "max_batch_size": spec.max_batch_size,
+        "input": _tensors([contract.PIXELS_SPEC]),
+        "output": _tensors(list(contract.ENSEMBLE_OUTPUTS)),
+        "ensemble_scheduling": {"step": ensemble["ensemble_scheduling"]["step"][1:]},  # the networks alone
+    }
     configs = {
         contract.ENSEMBLE: ensemble,
+        contract.PIXELS_ENSEMBLE: pixels_ensemble,
         contract.PREPROCESS: _python_model(
             contract.PREPROCESS,
             [contract.IMAGE_SPEC],

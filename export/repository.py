@@ -193,7 +193,7 @@ def flavour_of(configs: dict[str, model_config_pb2.ModelConfig]) -> Flavour:
 
 
 def validate_repository(path: Path, require_weights: bool = False) -> dict[str, model_config_pb2.ModelConfig]:
-    """Check that ``path`` holds the ensemble and its four models, that every config
+    """Check that ``path`` holds the two ensembles and their three models, that every config
     parses, that the ensemble's steps name real tensors of real models, and (with
     ``require_weights``) that each model's files are present. Raises RepositoryError."""
     path = Path(path)
@@ -204,7 +204,7 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
         )
     problems: list[str] = []
     configs: dict[str, model_config_pb2.ModelConfig] = {}
-    for name in (contract.ENSEMBLE, *contract.COMPOSING_MODELS):
+    for name in (*contract.ENSEMBLES, *contract.COMPOSING_MODELS):
         config_path = path / name / "config.pbtxt"
         if not config_path.exists():
             problems.append(f"{name}: {config_path} is missing")
@@ -213,8 +213,9 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
             configs[name] = read_config(config_path)
         except RepositoryError as exc:
             problems.append(str(exc))
+    steps = [step for name in contract.ENSEMBLES if name in configs for step in configs[name].ensemble_scheduling.step]
     if not problems:
-        for step in configs[contract.ENSEMBLE].ensemble_scheduling.step:
+        for step in steps:
             extra = path / step.model_name / "config.pbtxt"
             if step.model_name not in configs and extra.exists():  # a model beyond the contract's (benchmarks)
                 configs[step.model_name] = read_config(extra)
@@ -237,7 +238,7 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
                 needed += (
                     sorted(set(plan_files(config).values())) if flavour is Flavour.TENSORRT else [WEIGHT_FILES[flavour]]
                 )
-            if name == contract.ENSEMBLE and not version.is_dir():
+            if name in contract.ENSEMBLES and not version.is_dir():
                 problems.append(f"{name}: version folder {version} is missing")
             problems += [f"{name}: {version / f} is missing" for f in needed if not (version / f).exists()]
     if problems:

@@ -145,25 +145,27 @@ def test_the_networks_come_from_the_served_repository_else_from_the_runs(tmp_pat
         network_onnx(repository, None, contract.CLASSIFIER)
 
 
-def _documented_perf_analyzer() -> tuple[list[str], list[str]]:
-    """The commands of docs/benchmarks.md's "perf_analyzer alone" block: the input data, then
+def _documented_perf_analyzer(name: str = "alone") -> tuple[list[str], list[str]]:
+    """The commands of docs/benchmarks.md's "perf_analyzer NAME" block: the input data, then
     the sweep (continuation lines joined)."""
     text = DOCS.read_text()
-    block = re.search(r"<!-- perf_analyzer alone -->\s*```bash\n(.*?)```", text, re.S)
-    assert block, "docs/benchmarks.md lost its 'perf_analyzer alone' block"
+    block = re.search(rf"<!-- perf_analyzer {name} -->\s*```bash\n(.*?)```", text, re.S)
+    assert block, f"docs/benchmarks.md lost its 'perf_analyzer {name}' block"
     lines = [line for line in block.group(1).replace("\\\n", " ").splitlines() if line and not line.startswith("#")]
     data, sweep = (shlex.split(line) for line in lines)
     return data, sweep
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("block", ["alone", "pixels"])
 def test_the_documented_plain_perf_analyzer_run_works_against_a_default_server(
-    local_repository, phantom_dir, tmp_path, perf_command
+    local_repository, phantom_dir, tmp_path, perf_command, block
 ):
     """What a user runs after `make serve`, as docs/benchmarks.md shows it: `brainscan serve`
-    with its defaults (no admin key), then perf_analyzer with no key and no header. Only the
-    addresses and paths are this test's; the sweep must end with every request answered."""
-    data, sweep = _documented_perf_analyzer()
+    with its defaults (no admin key), then perf_analyzer with no key and no header, on the
+    ensemble of files and on the pixels path. Only the addresses and paths are this test's;
+    the sweep must end with every request answered."""
+    data, sweep = _documented_perf_analyzer(block)
     assert data[:3] == [".venv/bin/brainscan", "bench", "input-data"] and sweep[0] == "perf_analyzer"
     assert "-H" not in sweep and sweep[sweep.index("-u") + 1] == contract.DEFAULT_URL
     grpc = free_port()
@@ -178,12 +180,13 @@ def test_the_documented_plain_perf_analyzer_run_works_against_a_default_server(
             timeout=240,
         )
         inputs, out = tmp_path / "input.json", tmp_path / "local.csv"
-        given = {"artifacts/data/phantom": str(phantom_dir), "artifacts/perf/input.json": str(inputs)}
+        documented = {"alone": ("input.json", "local.csv"), "pixels": ("pixels.json", "pixels.csv")}[block]
+        given = {"artifacts/data/phantom": str(phantom_dir), f"artifacts/perf/{documented[0]}": str(inputs)}
         subprocess.run([BRAINSCAN, *[given.get(a, a) for a in data[1:]]], check=True, capture_output=True, timeout=120)
         given = {
             contract.DEFAULT_URL: f"127.0.0.1:{grpc}",
-            "artifacts/perf/input.json": str(inputs),
-            "artifacts/perf/local.csv": str(out),
+            f"artifacts/perf/{documented[0]}": str(inputs),
+            f"artifacts/perf/{documented[1]}": str(out),
         }
         # the one addition: a shared 2-core machine's windows need not agree within perf_analyzer's 10 %
         result = subprocess.run(
@@ -198,7 +201,9 @@ def test_the_documented_plain_perf_analyzer_run_works_against_a_default_server(
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "restricted" not in result.stdout + result.stderr
     rows = perf_analyzer.read_csv(out)
-    assert [int(r["Concurrency"]) for r in rows] == [1, 2, 3, 4] and all(r["Inferences/Second"] > 0 for r in rows)
+    swept = sweep[sweep.index("--concurrency-range") + 1].split(":")
+    assert [int(r["Concurrency"]) for r in rows] == list(range(int(swept[0]), int(swept[1]) + 1))
+    assert all(r["Inferences/Second"] > 0 for r in rows)
 
 
 def fake_perf_analyzer(tmp_path: Path, refuse: str) -> tuple[Path, Path]:

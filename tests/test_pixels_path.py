@@ -1,0 +1,113 @@
+"""The pixels path: the slices of a DICOM or NIfTI series sent as raw tensors to the
+`brainscan_pixels` ensemble, many a request, with no PNG on either side and no Python step on
+the server, answering exactly as the PNG path did (a real Triton, real series)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_cases import brainscan, lesion_images
+from volume_files import write_mr_series
+
+from brainscan import contract
+
+pytestmark = pytest.mark.server
+
+
+def _stats(server, model: str) -> tuple[int, int]:
+    """(requests answered, executions) of ``model`` on ``server``: Triton's own statistics."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("execution_count", 0))
+
+
+def _run(server, series: Path, out: Path, slices: str) -> dict:
+    result = brainscan(
+        "predict", series, "--url", server.grpc_url, "--out", out, "--format", "json", "--slices", slices
+    )
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    return record
+
+
+def _mask(record: dict) -> np.ndarray:
+    import nibabel
+
+    return np.asarray(nibabel.load(next(p for p in record["outputs"] if p.endswith(".mask.nii.gz"))).dataobj)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
+
+
+def test_the_demo_series_answers_as_through_pngs_with_no_python_step_and_many_slices_a_request(
+    server, phantom_dir, tmp_path
+):
+    """A phantom patient as the MR series `make demo` writes: the same decisions and the same
+    mask through both paths; on the pixels path its 6 slices went in one request to
+    brainscan_pixels, and preprocess (the server's Python step) ran for none of them."""
+    from brainscan.train.datasets import find_kaggle3m
+    from brainscan.train.phantom_dicom import write_phantom_series
+
+    patient = find_kaggle3m(phantom_dir)[0].image.parent
+    write_phantom_series(patient, tmp_path / "series")
+    before_pixels, before_python = _stats(server, contract.PIXELS_ENSEMBLE), _stats(server, contract.PREPROCESS)
+    pixels = _run(server, tmp_path / "series", tmp_path / "pixels", "pixels")
+    after_pixels, after_python = _stats(server, contract.PIXELS_ENSEMBLE), _stats(server, contract.PREPROCESS)
+    png = _run(server, tmp_path / "series", tmp_path / "png", "png")
+    slices = pixels["slices"]
+    assert slices == 6 and after_pixels[0] - before_pixels[0] == math.ceil(slices / contract.MAX_BATCH_SIZE)
+    assert after_python == before_python  # no decoding on the server for the pixels path
+    assert _stats(server, contract.PREPROCESS)[0] - after_python[0] == slices  # the PNG path decodes each slice
+    for key in ("label", "slice_probabilities", "slice_scores", "tumour_volume_ml", "tumour_slice_indices"):
+        assert pixels[key] == png[key], key
+    assert _dice(_mask(pixels), _mask(png)) >= 0.99 and (_mask(pixels) == _mask(png)).all()
+
+
+@pytest.mark.parametrize("geometry", ["oblique", "reversed"])
+def test_oblique_and_reversed_series_answer_as_through_pngs(bright_server, tmp_path, geometry):
+    """Series written by hand, tilted 20 degrees or stored from the last slice to the first,
+    with a bright lesion the bright-threshold segmenter finds: the same masks either way, and
+    more slices than one request takes (10, in requests of 8 and 2)."""
+    options = {
+        "oblique": {"column_direction": (0.0, np.cos(np.radians(20)), np.sin(np.radians(20)))},
+        "reversed": {"reverse": True},
+    }[geometry]
+    write_mr_series(tmp_path / "series", lesion_images(10), **options)
+    pixels = _run(bright_server, tmp_path / "series", tmp_path / "pixels", "pixels")
+    png = _run(bright_server, tmp_path / "series", tmp_path / "png", "png")
+    assert pixels["label"] == png["label"] and pixels["slice_probabilities"] == png["slice_probabilities"]
+    assert pixels["tumour_slices"] == png["tumour_slices"] == 3  # the hand-drawn lesion's slices
+    assert _dice(_mask(pixels), _mask(png)) >= 0.99
+
+
+def test_the_client_library_answers_a_batch_of_pixels_as_it_answers_each_png(server, phantom_dir):
+    """`AsyncBrainscanClient.infer_pixels` on slices of one size, and `infer` on each of them
+    as a 16-bit PNG: the same probability, score and mask per slice."""
+    import asyncio
+
+    from brainscan.client.inference import AsyncBrainscanClient, Connection
+    from brainscan.client.volumes import encode_png16
+    from brainscan.preprocessing import decode_image
+    from brainscan.train.datasets import find_kaggle3m
+
+    images = [decode_image(s.image.read_bytes()).astype(np.uint16) * 200 for s in find_kaggle3m(phantom_dir)[:5]]
+
+    async def both():
+        async with AsyncBrainscanClient(Connection(server.grpc_url)) as client:
+            assert await client.pixels_batch_size() == contract.MAX_BATCH_SIZE
+            batch = await client.infer_pixels(np.stack(images)[..., None].astype(np.float32))
+            single = [await client.infer(encode_png16(image)) for image in images]
+        return batch, single
+
+    batch, single = asyncio.run(both())
+    for a, b in zip(batch, single, strict=True):
+        assert a.probability == pytest.approx(b.probability, abs=1e-6) and a.score == pytest.approx(b.score, abs=1e-5)
+        assert a.mask.shape == b.mask.shape and (a.mask == b.mask).all()
