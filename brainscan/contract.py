@@ -64,6 +64,15 @@ ADMIN_KEY_ENV = "BRAINSCAN_ADMIN_KEY_FILE"  # a file holding the key (never the 
 # Served behaviour.
 MAX_BATCH_SIZE = 8
 MASK_THRESHOLD = 0.5  # probability above which a pixel belongs to the mask
+# A series' segmenter runs only on the slices the classifier does not rule out, and
+# SEGMENTER_MARGIN slices on each side of them. The threshold is the classifier's own, which
+# `export onnx` declares from the run's validation slices (half the lowest probability of one
+# with a tumour, at most SEGMENTER_RULE_OUT_CAP) in the classifier's config parameter
+# SEGMENTER_RULE_OUT_PARAMETER; a classifier that declares none has every slice segmented.
+# `predict --segment-all` turns it off.
+SEGMENTER_RULE_OUT_PARAMETER = "segmenter_rule_out"
+SEGMENTER_RULE_OUT_CAP = 0.02
+SEGMENTER_MARGIN = 1
 DECISION_THRESHOLD = 0.5  # probability above which an image is "tumour"
 # Larger inputs are refused from their header, before any pixel is decoded. MRI slices are
 # rarely above 1024 x 1024; at the limit one image costs about 0.4 s and 250 MB to decode and

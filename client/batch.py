@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from brainscan import contract
 from brainscan.client.audit import AuditLog
 from brainscan.client.files import Input, safe_stems
 from brainscan.client.inference import (
@@ -55,6 +58,9 @@ class RunOptions:
     deliver: Callable[[Outcome], Outcome] | None = None
     rules: Path | None = None  # a site's rules file, narrowing the served models' intended use
     slices: SlicePath = SlicePath.PIXELS  # how a volume's slices travel
+    # on the pixels path, the segmenter on every slice of a series, not only where the
+    # classifier does not rule a tumour out (contract.SEGMENTER_RULE_OUT_PARAMETER)
+    segment_all: bool = False
     outside_intended_use: bool = False  # research: analyse refused inputs too, marked in every output
 
     @property
@@ -78,6 +84,7 @@ class _Job:
     outcome: Outcome | None = None
     holds_slot: bool = False
     header_reasons: list[Reason] = field(default_factory=list)  # why its headers are outside the intended use
+    segmented: list[int] | None = None  # a gated series: the slices the segmenter ran on
 
     def finish_one(self) -> None:
         self.remaining -= 1
@@ -113,6 +120,17 @@ def _prepare(job: _Job, use: IntendedUse, research: bool, batch: int) -> None:
     job.payloads = volume.axial_batches(batch) if batch else volume.axial_png_slices()
 
 
+def slices_to_segment(
+    probabilities: list[float], rule_out: float, margin: int = contract.SEGMENTER_MARGIN
+) -> list[int]:
+    """The slices of a series the segmenter runs on: those the classifier does not rule out
+    (a probability of at least ``rule_out``) and ``margin`` slices on each side of them."""
+    keep = np.zeros(len(probabilities), bool)
+    for k in np.flatnonzero(np.asarray(probabilities, float) >= rule_out):
+        keep[max(0, k - margin) : k + margin + 1] = True
+    return [int(k) for k in np.flatnonzero(keep)]
+
+
 def slices_of(payload: bytes | SliceBatch, k: int) -> range:
     """The images (slices) request ``k`` carries."""
     return payload.slices if isinstance(payload, SliceBatch) else range(k, k + 1)
@@ -140,7 +158,10 @@ async def run_inputs(
         batch = 0
         if options.slices is SlicePath.PIXELS and any(item.is_volume for item in inputs):
             batch = await client.pixels_batch_size()  # 0: an earlier kit's server, the PNG path then
-        return await _Run(inputs, client, options, identity, audit, use, batch).run(report)
+        run = _Run(inputs, client, options, identity, audit, use, batch)
+        if batch and not options.segment_all:  # the classifier's rule-out, when it declares one
+            run.rule_out = await client.segmenter_rule_out()
+        return await run.run(report)
 
 
 async def served_intended_use(client, rules: Path | None = None) -> IntendedUse:
@@ -162,6 +183,7 @@ class _Run:
         self.jobs = [_Job(k, item, name) for k, (item, name) in enumerate(zip(inputs, names))]
         self.client, self.options, self.identity, self.audit = client, options, identity, audit
         self.use, self.pixels_batch = use, pixels_batch
+        self.rule_out: float | None = None  # a series' segmenter skips slices under it (send_series)
         self.in_flight = asyncio.Semaphore(options.concurrency)
         self.window = asyncio.Semaphore(max(4 * options.concurrency, 16))
         self.volume_slots = asyncio.Semaphore(VOLUMES_IN_FLIGHT)
@@ -185,6 +207,45 @@ class _Run:
         finally:
             self.in_flight.release()
             job.finish_one()
+
+    async def _requested(self, call):
+        """One request, counted against --concurrency."""
+        async with self.in_flight:
+            return await call()
+
+    async def send_series(self, job: _Job) -> None:
+        """A series on the pixels path with the segmenter gated: the classifier on every
+        slice, then the segmenter on ``slices_to_segment`` of them, requests of up to the
+        server's batch; the other slices' masks are empty."""
+        batches: list[SliceBatch] = job.payloads  # type: ignore[assignment]
+        stack = batches[0].stack
+        try:
+            if self.abort.is_set():
+                return
+            classified = await asyncio.gather(
+                *(self._requested(lambda b=b: self._classify(b)) for b in batches)  # type: ignore[misc]
+            )
+            answers = [answer for chunk in classified for answer in chunk]
+            chosen = slices_to_segment([probability for probability, _ in answers], self.rule_out)
+            parts = [chosen[i : i + self.pixels_batch] for i in range(0, len(chosen), self.pixels_batch)]
+            segmented = await asyncio.gather(*(self._requested(lambda p=p: self._segment(stack, p)) for p in parts))
+            masks = {k: mask for part, found in zip(parts, segmented) for k, mask in zip(part, found)}
+            empty = np.zeros(stack.shape[1:], np.uint8)
+            job.results = [Prediction(p, masks.get(k, empty), score) for k, (p, score) in enumerate(answers)]
+            job.segmented = chosen
+        except ServerUnavailableError:
+            self.abort.set()
+        except InferenceError as exc:
+            job.errors.append((0, exc))
+        finally:
+            job.finish_one()
+
+    async def _classify(self, batch: SliceBatch) -> list[tuple[float, float]]:
+        return await self.client.classify_pixels(await asyncio.to_thread(batch.pixels))
+
+    async def _segment(self, stack: np.ndarray, slices: list[int]) -> list[np.ndarray]:
+        pixels = await asyncio.to_thread(lambda: stack[slices][..., None].astype(np.float32))
+        return await self.client.segment_pixels(pixels)
 
     def _settled(self, job: _Job) -> bool:
         """Settle ``job`` without sending it when the server is gone or its outputs exist."""
@@ -216,6 +277,12 @@ class _Run:
             job.remaining = len(job.payloads)
             if not job.payloads:  # refused on its headers: nothing to send
                 job.done.set()
+            elif isinstance(job.payloads[0], SliceBatch) and self.rule_out is not None:
+                job.remaining = 1  # one task for the series: the classifier's requests, then the segmenter's
+                task = asyncio.create_task(self.send_series(job))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+                continue
             for k, payload in enumerate(job.payloads):
                 await self.in_flight.acquire()
                 if self.abort.is_set():

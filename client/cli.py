@@ -92,6 +92,17 @@ def predict(
             ),
         ),
     ] = SlicePath.PIXELS,
+    segment_all: Annotated[
+        bool,
+        typer.Option(
+            "--segment-all",
+            help=(
+                "On the pixels path, run the segmenter on every slice of a series (by default only on those the "
+                "classifier does not rule out, with the rule-out threshold the served classifier declares, and one "
+                "slice on each side)."
+            ),
+        ),
+    ] = False,
     audit: Annotated[
         Path | None,
         typer.Option(
@@ -190,6 +201,7 @@ def predict(
             deliver=deliver,
             rules=rules,
             slices=slices,
+            segment_all=segment_all,
             outside_intended_use=outside_intended_use,
         )
         outcomes = asyncio.run(_run_with_progress(inputs, conn, options, reporter, show_progress))

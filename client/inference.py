@@ -204,21 +204,26 @@ class AsyncBrainscanClient:
             self._outputs = [sync.InferRequestedOutput(name) for name in names]
         return self._outputs
 
-    async def _infer(self, model: str, tensor) -> list[Prediction]:
-        """One request to ``model`` with one input tensor; an answer per image of its batch."""
+    async def _request(self, model: str, tensor, outputs: list, version: str):
+        """One request to ``model`` with one input tensor, asking for ``outputs``."""
         c = self.connection
-        outputs = await self._requested_outputs()
-        result = await self._with_retries(
+        return await self._with_retries(
             lambda: self._client.infer(
                 model,
                 [tensor],
-                model_version=c.model_version,
+                model_version=version,
                 outputs=outputs,
                 # the server drops the request from its queues once the client has stopped waiting
                 timeout=int(c.timeout * 1_000_000),
             ),
             c.retries,
         )
+
+    async def _infer(self, model: str, tensor) -> list[Prediction]:
+        """One request to an ensemble with one input tensor; an answer per image of its batch."""
+        c = self.connection
+        outputs = await self._requested_outputs()
+        result = await self._request(model, tensor, outputs, c.model_version)
         probability = result.as_numpy(contract.TUMOR_PROBABILITY)
         mask = result.as_numpy(contract.MASK)
         if probability is None or mask is None:
@@ -248,6 +253,23 @@ class AsyncBrainscanClient:
             lambda: self._client.is_model_ready(contract.PIXELS_ENSEMBLE, c.model_version), c.retries
         )
         return int((await self._config(contract.PIXELS_ENSEMBLE)).get("max_batch_size", 0)) if ready else 0
+
+    async def classify_pixels(self, pixels: np.ndarray) -> list[tuple[float, float]]:
+        """The classifier alone on slices of one size ([B, H, W, C]): each slice's tumour
+        probability and out-of-distribution score (the first step of a series whose
+        segmenter runs only where the classifier does not rule a tumour out)."""
+        sync = _module(self.connection.protocol, aio=False)
+        wanted = [sync.InferRequestedOutput(n) for n in (contract.TUMOR_PROBABILITY, contract.OOD_SCORE)]
+        result = await self._request(contract.CLASSIFIER, pixels_input(pixels, self.connection.protocol), wanted, "")
+        probability, score = (result.as_numpy(n).reshape(-1) for n in (contract.TUMOR_PROBABILITY, contract.OOD_SCORE))
+        return [(float(p), float(s)) for p, s in zip(probability, score)]
+
+    async def segment_pixels(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """The segmenter alone on slices of one size ([B, H, W, C]): each slice's mask."""
+        sync = _module(self.connection.protocol, aio=False)
+        wanted = [sync.InferRequestedOutput(contract.MASK)]
+        result = await self._request(contract.SEGMENTER, pixels_input(pixels, self.connection.protocol), wanted, "")
+        return list(result.as_numpy(contract.MASK))
 
     async def infer_pixels(self, pixels: np.ndarray) -> list[Prediction]:
         """Send slices of one size ([B, H, W, C] pixel values, B up to ``pixels_batch_size``) to
@@ -285,6 +307,14 @@ class AsyncBrainscanClient:
     async def model_identity(self) -> ModelIdentity:
         """The served networks' identity (``ModelIdentity``), from their configs."""
         return ModelIdentity({network: identity_facts(await self._config(network)) for network in contract.NETWORKS})
+
+    async def segmenter_rule_out(self) -> float | None:
+        """The tumour probability under which the served classifier rules a slice out, so a
+        series' segmenter may skip it (its config's parameter); None when it declares none."""
+        parameters = (await self._config(contract.CLASSIFIER)).get("parameters") or {}
+        declared = parameters.get(contract.SEGMENTER_RULE_OUT_PARAMETER)
+        text = declared.get("string_value", "") if isinstance(declared, dict) else str(declared or "")
+        return float(text) if text else None
 
     async def intended_use(self) -> IntendedUse:
         """The intended use the served classifier declares (its config's parameter); the kit's

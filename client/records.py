@@ -208,6 +208,8 @@ def _volume(job, options, identity, use: IntendedUse) -> Outcome:
     }
     if skipped:
         record["slices_not_analysed"] = skipped
+    if job.segmented is not None:  # the classifier ruled a tumour out of the others
+        record["segmented_slices"] = len(job.segmented)
     if research:
         record["outside_intended_use"] = True
     if volume.notes:

@@ -291,6 +291,7 @@ def listed_engines(out: Path, name: str) -> tuple[dict[str, str], dict[str, str]
         for cc in listed
         if engine_parameter(cc) in config.parameters
     }
-    if listed and contract.INTENDED_USE_PARAMETER in config.parameters:  # declared by the engines' graph
-        described[contract.INTENDED_USE_PARAMETER] = config.parameters[contract.INTENDED_USE_PARAMETER].string_value
+    for key in (contract.INTENDED_USE_PARAMETER, contract.SEGMENTER_RULE_OUT_PARAMETER):
+        if listed and key in config.parameters:  # declared by the engines' graph
+            described[key] = config.parameters[key].string_value
     return listed, described

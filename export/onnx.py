@@ -15,7 +15,7 @@ from brainscan.atomic import write_bytes_atomic
 from brainscan.dataset_card import DatasetCard, from_training
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import GateReport, at_most, info, output_difference
-from brainscan.export.serving import ServingGraphError
+from brainscan.export.serving import RULE_OUT_KEY, ServingGraphError
 from brainscan.intended_use import INTENDED_USE_FILE, ONNX_METADATA_KEY
 from brainscan.onnx_runtime import cpu_session
 
@@ -110,11 +110,23 @@ def compare_onnx_keras(
 @dataclass
 class GateData:
     """What the classifier's pixel gate is fitted on: the run's training and validation slices
-    (decoded, at their own sizes), and the dataset's card (what the slices are)."""
+    (decoded, at their own sizes), and the dataset's card (what the slices are); with the
+    validation slices' labels (1: tumour), the segmenter's rule-out threshold is set too."""
 
     train: list[np.ndarray]
     val: list[np.ndarray]
     card: DatasetCard | None = None
+    val_labels: list[int] | None = None
+
+
+def rule_out_threshold(probabilities: np.ndarray, labels) -> float | None:
+    """The probability under which the classifier rules a slice's tumour out, so a series'
+    segmenter skips it: half the lowest probability of a slice with a tumour, at most
+    ``contract.SEGMENTER_RULE_OUT_CAP``; None without a tumour slice to set it on."""
+    tumour = np.asarray(probabilities, float).reshape(-1)[np.asarray(labels, bool).reshape(-1)]
+    if not tumour.size:
+        return None
+    return float(min(contract.SEGMENTER_RULE_OUT_CAP, 0.5 * float(tumour.min())))
 
 
 def fit_pixel_gate(network_model, data: GateData):
@@ -171,6 +183,14 @@ def export_onnx(
         use = from_training(gate_data.card if gate_data else None, sides, gate.record if gate else None, len(sides))
         served = serving_model(model_proto, gate=gate)
         served.metadata_props.add(key=ONNX_METADATA_KEY, value=use.to_json())
+        if gate_data and gate_data.val_labels is not None:
+            from brainscan.export.serving import run_served
+            from brainscan.preprocessing import pixels
+
+            answers = run_served(cpu_session(served.SerializeToString()), [pixels(i) for i in gate_data.val])
+            rule_out = rule_out_threshold(np.concatenate(answers), gate_data.val_labels)
+            if rule_out is not None:
+                served.metadata_props.add(key=RULE_OUT_KEY, value=f"{rule_out:.6g}")
     else:
         served = serving_model(model_proto)
     parity = check_parity(model_proto, served, resampled(images))
@@ -194,7 +214,8 @@ def export_run(run: Path, out: Path | None = None, samples: int = 32, atol: floa
     val = datasets.decode_images(parts["val"])
     gate_data = None
     if config.task == contract.CLASSIFIER:
-        gate_data = GateData(datasets.decode_images(parts["train"]), val, DatasetCard.read(Path(config.data)))
+        labels = [int(label) for label in datasets.load_labels(parts["val"])]
+        gate_data = GateData(datasets.decode_images(parts["train"]), val, DatasetCard.read(Path(config.data)), labels)
     target = Path(out) if out else Path(run) / "model.onnx"
     model = load_model(Path(run) / "model.keras")
     return target, export_onnx(model, target, val[:samples], atol=atol, opset=opset, gate_data=gate_data)

@@ -236,7 +236,8 @@ def _outputs_apart(model):
 
 # config parameters that a served graph declares about itself (model config is not an admin
 # API: clients read them)
-DECLARED_PARAMETERS = (contract.INTENDED_USE_PARAMETER,)
+DECLARED_PARAMETERS = (contract.INTENDED_USE_PARAMETER, contract.SEGMENTER_RULE_OUT_PARAMETER)
+RULE_OUT_KEY = "brainscan.segmenter_rule_out"  # its metadata key in the served classifier graph
 
 
 def declared_parameters(model) -> dict[str, str]:
@@ -249,9 +250,13 @@ def declared_parameters(model) -> dict[str, str]:
         model = onnx.load(str(model), load_external_data=False)
     if network_of(model) != contract.CLASSIFIER:
         return {}
-    declared = next((p.value for p in model.metadata_props if p.key == ONNX_METADATA_KEY), None)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    declared = metadata.get(ONNX_METADATA_KEY)
     use = IntendedUse.from_json(declared, "the intended use in the classifier graph") if declared else IntendedUse()
-    return {contract.INTENDED_USE_PARAMETER: use.to_json()}
+    found = {contract.INTENDED_USE_PARAMETER: use.to_json()}
+    if RULE_OUT_KEY in metadata:  # the probability under which a series' segmenter skips a slice
+        found[contract.SEGMENTER_RULE_OUT_PARAMETER] = metadata[RULE_OUT_KEY]
+    return found
 
 
 def added_nodes(model) -> list[str]:

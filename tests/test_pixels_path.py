@@ -111,3 +111,68 @@ def test_the_client_library_answers_a_batch_of_pixels_as_it_answers_each_png(ser
     for a, b in zip(batch, single, strict=True):
         assert a.probability == pytest.approx(b.probability, abs=1e-6) and a.score == pytest.approx(b.score, abs=1e-5)
         assert a.mask.shape == b.mask.shape and (a.mask == b.mask).all()
+
+
+# --- the segmenter only where the classifier does not rule a tumour out ------------------------------
+
+
+def test_the_slices_to_segment_are_those_not_ruled_out_and_their_neighbours():
+    from brainscan.client.batch import slices_to_segment
+
+    probabilities = [0.001, 0.2, 0.001, 0.001, 0.001, 0.05, 0.001, 0.001]
+    assert slices_to_segment(probabilities, 0.01, margin=1) == [0, 1, 2, 4, 5, 6]  # by hand: 1 and 5, +-1
+    assert slices_to_segment(probabilities, 0.01, margin=0) == [1, 5]
+    assert slices_to_segment(probabilities, 0.5) == [] and slices_to_segment([], 0.01) == []
+
+
+@pytest.fixture(scope="module")
+def rule_out_server(tmp_path_factory):
+    """The bright-threshold networks, the classifier declaring a rule-out threshold of 0.01 (as
+    `export onnx` writes one into a trained classifier's graph)."""
+    import onnx
+    from known_networks import write_threshold_classifier, write_threshold_segmenter
+
+    from brainscan.export.repository import write_repository
+    from brainscan.export.serving import RULE_OUT_KEY
+    from brainscan.serving import Ports, TritonServer
+
+    root = tmp_path_factory.mktemp("rule-out")
+    classifier = onnx.load(str(write_threshold_classifier(root / "classifier.onnx", contract.CLASSIFIER_SIZE)))
+    classifier.metadata_props.add(key=RULE_OUT_KEY, value="0.01")
+    onnx.save(classifier, str(root / "classifier.onnx"))
+    segmenter = write_threshold_segmenter(root / "segmenter.onnx", contract.SEGMENTER_SIZE)
+    repository = write_repository(root / "model_repository", "local", root / "classifier.onnx", segmenter)
+    with TritonServer(repository, ports=Ports.free(), log_file=root / "tritonserver.log") as running:
+        yield running
+
+
+def test_a_series_segmenter_runs_only_where_the_classifier_does_not_rule_a_tumour_out(rule_out_server, tmp_path):
+    """10 slices, a large bright lesion on slices 4 and 5 (probability sigmoid((255 x 0.42 -
+    128) / 10) = 0.11, by hand) and dark constant slices elsewhere (probability 3e-6): the
+    segmenter runs on slices 3 to 6 alone, as Triton's statistics count, and the masks are
+    those of segmenting every slice."""
+    from known_networks import hand_probability
+
+    images = []
+    for k in range(10):
+        image = np.full((96, 112), 300, np.uint16)
+        if k in (4, 5):
+            image[:, :47] = 1500  # 47 of 112 columns: a bright share of 0.42
+        images.append(image)
+    assert hand_probability(47 / 112) > 0.01 > hand_probability(0.0)
+    write_mr_series(tmp_path / "series", images)
+    before = _stats(rule_out_server, contract.SEGMENTER)
+    gated = _run(rule_out_server, tmp_path / "series", tmp_path / "gated", "pixels")
+    middle = _stats(rule_out_server, contract.SEGMENTER)
+    result = brainscan(
+        "predict", tmp_path / "series", "--url", rule_out_server.grpc_url, "--out", tmp_path / "all",
+        "--format", "json", "--segment-all",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    every = json.loads(result.stdout)
+    after = _stats(rule_out_server, contract.SEGMENTER)
+    assert gated["segmented_slices"] == 4 and "segmented_slices" not in every
+    inferences = lambda a, b: b[0] - a[0]  # noqa: E731  (requests answered, a batch counting once)
+    assert inferences(before, middle) == 1 and inferences(middle, after) == 2  # 4 slices in one; 10 in 8 + 2
+    assert gated["tumour_slice_indices"] == every["tumour_slice_indices"] == [4, 5]
+    assert (_mask(gated) == _mask(every)).all()
