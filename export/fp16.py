@@ -212,7 +212,7 @@ def tf32_view(model, prefixes: tuple[str, ...] = (PREPROCESS_PREFIX, MASK_PREFIX
         "tf32/two": 2.0,
         "tf32/zero": 0.0,
     }
-    graph.initializer.extend(numpy_helper.from_array(np.float32(v), k) for k, v in constants.items())
+    graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), k) for k, v in constants.items())
     nodes, rounded = [], 0
 
     def tf32(name: str) -> str:
