@@ -34,7 +34,7 @@ class Baseline:
 def _session(path: Path, network: str, threads: int):
     from brainscan.export.repository import served_graph
 
-    graph, _ = served_graph(path, network)
+    graph, _ = served_graph(path, network, cpu=True)  # as the CPU flavours serve it
     return cpu_session(graph, threads=threads, inter_op_threads=1)
 
 

@@ -41,6 +41,8 @@ PREPROCESS_PREFIX = "preprocess/"
 MASK_PREFIX = "mask/"
 OPSET = 17  # the networks' (tf2onnx); ReduceMin/Max take their axes as an input from 18 on
 SIZE = "size"  # input of the stand-alone mask model: INT64 [2], the image's height and width
+# The CPU flavours' resize: the rows' product in this many bands (``_banded_resize``).
+CPU_RESIZE_BLOCKS = 32
 # A resized image whose range is below this share of its level is constant (the resize's
 # float rounding is about 1e-7 of the level per tap; a real image varies by far more).
 CONSTANT_RANGE = 1e-5
@@ -145,15 +147,56 @@ def _resize(b: GraphBuilder, x: str, height: str, height_f: str, width_f: str, a
     return b.op("Transpose", resized, perm=[0, 2, 3, 1])  # [N, height, width, C]
 
 
-def _to_size(b: GraphBuilder, x: str, size: tuple[int, int]) -> str:
-    """``x`` resized to the fixed ``size``, area or linear as the module says."""
+def _bands(b: GraphBuilder, planes: str, weights: str, source: str, target: int, blocks: int) -> str:
+    """``weights`` [target, S] applied along axis 2 of ``planes`` [N, C, S, W] (-> [N, C,
+    target, W]) as ``blocks`` products, each of a band of output rows with the band of input
+    rows they read: an output row, of either kind of weights, reads only the input rows within
+    one row of its own span, so every weight outside its band is zero and the sums are the
+    same."""
+    zero, one = b.const(0.0), b.const(1.0)
+    step = b.op("Div", source, b.const(float(target)))
+    edges = np.linspace(0, target, min(blocks, target) + 1).round().astype(int)
+    products = []
+    for first, last in zip(edges[:-1], edges[1:]):
+        low = b.op("Max", b.op("Floor", b.op("Sub", b.op("Mul", b.const(float(first)), step), one)), zero)
+        high = b.op("Min", b.op("Ceil", b.op("Add", b.op("Mul", b.const(float(last)), step), one)), source)
+        low, high = (b.op("Reshape", b.op("Cast", v, to=7), b.const([1], np.int64)) for v in (low, high))  # INT64
+        band = b.op("Slice", weights, b.const([first], np.int64), b.const([last], np.int64), b.const([0], np.int64))
+        band = b.op("Slice", band, low, high, b.const([1], np.int64))
+        products.append(b.op("MatMul", band, b.op("Slice", planes, low, high, b.const([2], np.int64))))
+    return b.op("Concat", *products, axis=2)
+
+
+def _banded_resize(b: GraphBuilder, x: str, size: tuple[int, int], blocks: int) -> str:
+    """``_resize`` to a fixed ``size`` as a CPU computes it fastest: the image as channel
+    planes, the rows' product split into ``blocks`` bands (``_bands``: the same weights and
+    sums, without multiplying the zeros), then the columns' product on the far smaller
+    result. A GPU runs the two large products best (``_resize``)."""
+    shape = b.op("Shape", x)
+    n, h_in, w_in, c = (_dim(b, shape, axis) for axis in range(4))
+    h_in_f, w_in_f = _float(b, h_in), _float(b, w_in)
+    height_f, width_f = b.const(float(size[0])), b.const(float(size[1]))
+    area = b.op("And", b.op("GreaterOrEqual", h_in_f, height_f), b.op("GreaterOrEqual", w_in_f, width_f))
+    rows, columns = _weights(b, h_in_f, height_f, area), _weights(b, w_in_f, width_f, area)
+    planes = b.op("Transpose", x, perm=[0, 3, 1, 2])  # [N, C, H, W]
+    resized = _bands(b, planes, rows, h_in_f, size[0], blocks)  # [N, C, height, W]
+    resized = b.op("MatMul", resized, b.op("Transpose", columns, perm=[1, 0]))  # [N, C, height, width]
+    return b.op("Transpose", resized, perm=[0, 2, 3, 1])  # [N, height, width, C]
+
+
+def _to_size(b: GraphBuilder, x: str, size: tuple[int, int], blocks: int = 0) -> str:
+    """``x`` resized to the fixed ``size``, area or linear as the module says: one product per
+    axis, or with ``blocks`` banded products (``_banded_resize``)."""
+    if blocks:
+        return _banded_resize(b, x, size, blocks)
     return _resize(b, x, b.const([size[0]], np.int64), b.const(float(size[0])), b.const(float(size[1])), None)
 
 
-def add_preprocessing(b: GraphBuilder, pixels: str, size: tuple[int, int], output: str) -> str:
+def add_preprocessing(b: GraphBuilder, pixels: str, size: tuple[int, int], output: str, blocks: int = 0) -> str:
     """Nodes taking ``pixels`` (FLOAT [N, H, W, C], C 1 or 3, any H and W) to ``output``,
-    the network input (FLOAT [N, size[0], size[1], 3], 0..255)."""
-    resized = _to_size(b, pixels, size)
+    the network input (FLOAT [N, size[0], size[1], 3], 0..255); ``blocks``: the resize's
+    products in that many bands (the CPU flavours')."""
+    resized = _to_size(b, pixels, size, blocks)
     low = b.reduce("ReduceMin", resized, [1, 2, 3])
     high = b.reduce("ReduceMax", resized, [1, 2, 3])
     span = b.op("Sub", high, low)
@@ -183,9 +226,9 @@ def add_preprocessing(b: GraphBuilder, pixels: str, size: tuple[int, int], outpu
     return b.op("Reshape", first_three, shape, output=output)
 
 
-def add_resize(b: GraphBuilder, x: str, size: tuple[int, int], output: str) -> str:
+def add_resize(b: GraphBuilder, x: str, size: tuple[int, int], output: str, blocks: int = 0) -> str:
     """``x`` (FLOAT [N, H, W, C]) resized to ``size`` as above, without scaling: ``output``."""
-    return b.op("Identity", _to_size(b, x, size), output=output)
+    return b.op("Identity", _to_size(b, x, size, blocks), output=output)
 
 
 def add_mask_head(b: GraphBuilder, probability: str, size: str, output: str) -> str:

@@ -105,18 +105,19 @@ def repository_files(spec: RepositorySpec) -> dict[str, bytes]:
     return files
 
 
-def served_graph(path: Path, network: str) -> tuple[bytes, dict[str, str]]:
+def served_graph(path: Path, network: str, cpu: bool = False) -> tuple[bytes, dict[str, str]]:
     """The served graph of ``network`` from ``path``: as it is when it is one (what
     ``brainscan export onnx`` and ``export fp16`` write), else the network wrapped
-    (``export.serving``); and the config parameters it declares (the classifier's intended
-    use)."""
+    (``export.serving``), with ``cpu`` as the CPU flavours serve it (``serving.for_cpu``); and
+    the config parameters it declares (the classifier's intended use)."""
     import onnx
 
-    from brainscan.export.serving import ServingGraphError, declared_parameters, network_of, serving_model
+    from brainscan.export.serving import ServingGraphError, declared_parameters, for_cpu, network_of, serving_model
     from brainscan.intended_use import IntendedUseError
 
     try:
         model = serving_model(onnx.load(str(path)))
+        model = for_cpu(model) if cpu else model
         found = network_of(model)
         declared = declared_parameters(model)
     except (
@@ -159,7 +160,7 @@ def write_repository(
     if spec.flavour in (Flavour.LOCAL, Flavour.ONNXRUNTIME):
         for name, source in sources.items():
             if source:
-                graph, declared = served_graph(source, name)
+                graph, declared = served_graph(source, name, cpu=not spec.on_gpu)
                 files[f"{name}/{VERSION}/{WEIGHT_FILES[spec.flavour]}"] = graph
                 # the served graph's digest, for clients to name what answered (DICOM SR, audit)
                 config = to_model_config(model_configs(spec)[name])

@@ -34,12 +34,14 @@ from brainscan.export.pixel_gate import (
     add_no_gate,
     add_pooling,
     add_score,
+    gate_of,
     has_taps,
 )
 from brainscan.intended_use import ONNX_METADATA_KEY, IntendedUse
 from brainscan.metrics import dice
 from brainscan.onnx_runtime import cpu_session
 from brainscan.preprocessing_graph import (
+    CPU_RESIZE_BLOCKS,
     MASK_PREFIX,
     PREPROCESS_PREFIX,
     GraphBuilder,
@@ -136,13 +138,14 @@ def _classifier_head(b: GraphBuilder, graph, gate) -> list:
     return [probability, score]
 
 
-def serving_model(model, gate=None):
+def serving_model(model, gate=None, blocks: int = 0):
     """The served graph of a network (ONNX ModelProto taking ``classifier_input`` or
     ``segmenter_input``): preprocessing in front; behind the segmenter the mask head, behind
     the classifier its out-of-distribution score (``pixel_gate``: computed from the network's
     taps with ``gate``, a GateFit; zeros without one, and its intended use then declares no
-    pixel gate; with ``gate`` POOLED, the pooled features the fit runs on). A served graph is
-    returned as it is, or with its score added."""
+    pixel gate; with ``gate`` POOLED, the pooled features the fit runs on); ``blocks``: the
+    resize's products in bands (``preprocessing_graph.CPU_RESIZE_BLOCKS``, the CPU flavours'). A
+    served graph is returned as it is, or with its score added."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -175,7 +178,7 @@ def serving_model(model, gate=None):
     graph = served.graph
     network_input = graph.input[0]
     pre = GraphBuilder(PREPROCESS_PREFIX, opset)
-    add_preprocessing(pre, contract.PIXELS, size, network_input.name)
+    add_preprocessing(pre, contract.PIXELS, size, network_input.name, blocks)
     head = GraphBuilder(MASK_PREFIX if network == contract.SEGMENTER else GATE_PREFIX, opset)
     if network == contract.SEGMENTER:
         add_mask_head(head, graph.output[0].name, image_size(head, contract.PIXELS), contract.MASK)
@@ -198,6 +201,16 @@ def serving_model(model, gate=None):
     graph.output.extend(outputs)
     onnx.checker.check_model(served, full_check=True)
     return served
+
+
+def for_cpu(served):
+    """A served graph as the CPU flavours serve it: the same graph with its resize's products in
+    bands (``CPU_RESIZE_BLOCKS``), the same answers within float rounding, about twice as
+    fast on a CPU at 256 and 512 pixels."""
+    rebuilt = serving_model(network_only(served), gate=gate_of(served), blocks=CPU_RESIZE_BLOCKS)
+    del rebuilt.metadata_props[:]
+    rebuilt.metadata_props.extend(served.metadata_props)
+    return rebuilt
 
 
 def network_only(model):

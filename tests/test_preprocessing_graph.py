@@ -178,3 +178,30 @@ def test_the_served_graphs_keep_their_answers_when_their_products_run_in_tf32(on
     for level, shape in ((1000.7, (97, 97, 1)), (65535.0, (241, 180, 3)), (0.0, (256, 256, 1))):
         out = scaled.run(None, {contract.PIXELS: np.full((1, *shape), level, np.float32)})[0]
         assert not out.any(), (level, shape)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_cpu_flavours_banded_resize_gives_the_same_pixels_as_the_gpus_products(channels):
+    """The CPU flavours' resize (the rows' product in bands that skip the zero weights) against
+    the one large product per axis a GPU runs: shrinking by a whole and by a fractional factor,
+    growing, and a size smaller than the number of bands, each the same within float rounding."""
+    from onnx import TensorProto, helper
+
+    from brainscan.onnx_runtime import cpu_session
+    from brainscan.preprocessing_graph import CPU_RESIZE_BLOCKS, PREPROCESS_PREFIX, GraphBuilder, _model, add_resize
+
+    def session(blocks: int, size: tuple[int, int]):
+        b = GraphBuilder(PREPROCESS_PREFIX)
+        add_resize(b, contract.PIXELS, size, "resized", blocks)
+        inputs = [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])]
+        outputs = [helper.make_tensor_value_info("resized", TensorProto.FLOAT, ["N", size[0], size[1], "C"])]
+        return cpu_session(_model(b, inputs, outputs).SerializeToString())
+
+    rng = np.random.default_rng(3)
+    for size in ((160, 160), (128, 96), (20, 20)):
+        dense, banded = session(0, size), session(CPU_RESIZE_BLOCKS, size)
+        for height, width in ((512, 512), (256, 256), (300, 200), (97, 130), (512, 90)):
+            pixels = rng.uniform(0, 65535, (2, height, width, channels)).astype(np.float32)
+            want = dense.run(None, {contract.PIXELS: pixels})[0]
+            got = banded.run(None, {contract.PIXELS: pixels})[0]
+            assert got.shape == want.shape and np.abs(got - want).max() <= 65535 * 2e-7, (size, height, width)
