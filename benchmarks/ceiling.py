@@ -18,6 +18,9 @@ is divided by the images served: CPU ms per image per step, and in all outside t
 networks (tritonserver and the python steps), the figure that bounds a GPU host whatever
 else shares this machine's cores.
 
+With free networks it also measures a series' CPU per slice outside the networks on the PNG
+path and on the pixels path (``benchmarks/series.py``).
+
 Writes ``<out>/<date>-<host>-ceiling/``: ceiling.md, ceiling.json, raw/ (perf_analyzer CSVs, logs).
 """
 
@@ -32,15 +35,15 @@ from pathlib import Path
 
 from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
+from brainscan.benchmarks.ceiling_report import PREVIOUS_POSTPROCESS, report
 from brainscan.benchmarks.run import server_statistics, statistics_delta
+from brainscan.benchmarks.series import measure_series
 from brainscan.client.perf import write_input_data
-from brainscan.tables import markdown_table
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
 DESIGNS = ("python-steps", "in-graph")
-PREVIOUS_POSTPROCESS = "postprocess"  # the python-steps design's fourth model
 OUTSIDE = ("tritonserver", contract.PREPROCESS, PREVIOUS_POSTPROCESS)  # what is not a network
 
 
@@ -116,6 +119,7 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
         flavour=contract.Flavour.LOCAL, instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters}
     )
     configs = model_configs(spec)
+    configs.pop(contract.PIXELS_ENSEMBLE)  # that design had no pixels path
     size = {contract.CLASSIFIER: contract.CLASSIFIER_SIZE, contract.SEGMENTER: contract.SEGMENTER_SIZE}
     inputs = {
         n: {"name": contract.NETWORK_INPUT[n], "data_type": "TYPE_FP32", "dims": [size[n], size[n], 3]}
@@ -216,6 +220,7 @@ class CeilingConfig:
     # the trained networks' served graphs (classifier, segmenter) instead of free ones: what a
     # CPU-only server of each design does, the networks' own work included
     networks: dict[str, Path] | None = None
+    series_slices: int = 160  # with free networks: a series of this many slices, PNG path and pixels path (0: none)
 
 
 def design_networks(design: str, served: dict[str, Path], folder: Path) -> dict[str, Path]:
@@ -259,6 +264,9 @@ def measure(config: CeilingConfig, log=print) -> Path:
         "runs": runs,
         "networks": {n: str(p) for n, p in config.networks.items()} if config.networks else "free",
     }
+    if config.series_slices and not config.networks:  # a series' CPU outside the networks, both paths
+        costs = measure_series(raw, config.files, config.series_slices, log=log)
+        summary["series"] = [cost.as_dict() for cost in costs]
     (folder / "ceiling.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "ceiling.md").write_text(report(summary))
     log(f"wrote {folder / 'ceiling.md'}")
@@ -286,7 +294,10 @@ def _one_run(
         repository = previous_repository(raw / f"repository-{name}", networks, count, segmenters).resolve()
     ports = Ports.free()
     log(f"{design}, {count} instance(s) per python step: serving {repository} on 127.0.0.1:{ports.grpc}")
-    with TritonServer(repository, ports=ports, log_file=raw / f"tritonserver-{name}.log") as server:
+    ensembles = contract.ENSEMBLES if design == "in-graph" else (contract.ENSEMBLE,)  # no pixels path then
+    with TritonServer(
+        repository, ports=ports, log_file=raw / f"tritonserver-{name}.log", ensembles=ensembles
+    ) as server:
         url = server.grpc_url
         before, cpu_before = server_statistics(url), cpu_by_step(repository, ports.grpc)
         result = perf_analyzer.sweep(
@@ -316,84 +327,3 @@ def _one_run(
         "cpu_ms_per_image": cpu_ms,
         "outside_networks_ms": sum(cpu_ms.get(s, 0.0) for s in OUTSIDE),
     }
-
-
-def best(rows: list[dict]) -> dict:
-    return max(rows, key=lambda r: r["Inferences/Second"])
-
-
-def report(summary: dict) -> str:
-    free = summary.get("networks", "free") == "free"
-    title = "The ensemble's ceiling with free networks" if free else "The two designs with the trained networks"
-    networks = (
-        "the networks replaced by free ones (same tensors, a mean and a sigmoid or a threshold)"
-        if free
-        else f"the trained networks ({', '.join(summary['networks'].values())})"
-    )
-    lines = [
-        f"# {title}, {summary['date']} on {summary['host']}",
-        "",
-        f"{summary['cores']} cores; {summary['files']} real image files; {networks}; "
-        "local flavour served by the embedded Triton on loopback; perf_analyzer sweeps the ensemble over gRPC in "
-        "count-windows mode. Designs: python-steps "
-        "(python preprocess resizes and scales, python postprocess brings the mask back) and in-graph "
-        "(python preprocess only decodes; the networks' graphs do the rest on the GPU).",
-        "",
-        "## CPU ms per image outside the networks (tritonserver and the python steps)",
-        "",
-    ]
-    designs = summary_designs(summary)
-    outside = {(r["instances"], r["design"]): f"{r['outside_networks_ms']:.2f}" for r in summary["runs"]}
-    counts = sorted({r["instances"] for r in summary["runs"]})
-    lines.append(
-        markdown_table(
-            ["python instances", *designs], [[n, *(outside.get((n, d), "-") for d in designs)] for n in counts]
-        )
-    )
-    throughput = []
-    for run in summary["runs"]:
-        top, first = best(run["rows"]), run["rows"][0]
-        throughput.append(
-            [
-                run["design"],
-                run["instances"],
-                f"{top['Inferences/Second']:.1f}",
-                int(top["Concurrency"]),
-                f"{first['p50 latency'] / 1e3:.2f}",
-            ]
-        )
-    header = ["design", "python instances", "best images/s", "at concurrency", "p50 ms at the lowest concurrency"]
-    lines += ["", "## Throughput", "", markdown_table(header, throughput)]
-    steps = ["tritonserver", contract.PREPROCESS, *contract.NETWORKS, PREVIOUS_POSTPROCESS]
-    cpu_rows = []
-    for run in summary["runs"]:
-        cpu = run["cpu_ms_per_image"]
-        cells = [f"{cpu[s]:.2f}" if s in cpu else "-" for s in steps]
-        cpu_rows.append([run["design"], run["instances"], *cells, f"{sum(cpu.values()):.2f}"])
-    lines += [
-        "",
-        "## CPU per image (ms) of every process, from /proc, over each sweep",
-        "",
-        markdown_table(["design", "python instances", *steps, "total"], cpu_rows),
-    ]
-    fields = ("queue_us", "compute_input_us", "compute_infer_us", "compute_output_us")
-    stats_rows = []
-    for run in summary["runs"]:
-        for model in (*contract.COMPOSING_MODELS, PREVIOUS_POSTPROCESS):
-            s = run["server"].get(model)
-            if s:
-                stats_rows.append(
-                    [run["design"], run["instances"], model, f"{s['avg_batch']:.2f}", *(f"{s[f]:.0f}" for f in fields)]
-                )
-    header = ["design", "python instances", "model", "avg batch", "queue", "compute input", "compute infer"]
-    lines += [
-        "",
-        "## Triton's statistics during each sweep (µs per request)",
-        "",
-        markdown_table([*header, "compute output"], stats_rows),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def summary_designs(summary: dict) -> list[str]:
-    return list(dict.fromkeys(r["design"] for r in summary["runs"]))

@@ -193,8 +193,10 @@ def flavour_of(configs: dict[str, model_config_pb2.ModelConfig]) -> Flavour:
     return Flavour.LOCAL
 
 
-def validate_repository(path: Path, require_weights: bool = False) -> dict[str, model_config_pb2.ModelConfig]:
-    """Check that ``path`` holds the two ensembles and their three models, that every config
+def validate_repository(
+    path: Path, require_weights: bool = False, ensembles: tuple[str, ...] = contract.ENSEMBLES
+) -> dict[str, model_config_pb2.ModelConfig]:
+    """Check that ``path`` holds the ``ensembles`` (the contract's two) and their three models, that every config
     parses, that the ensemble's steps name real tensors of real models, and (with
     ``require_weights``) that each model's files are present. Raises RepositoryError."""
     path = Path(path)
@@ -205,7 +207,7 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
         )
     problems: list[str] = []
     configs: dict[str, model_config_pb2.ModelConfig] = {}
-    for name in (*contract.ENSEMBLES, *contract.COMPOSING_MODELS):
+    for name in (*ensembles, *contract.COMPOSING_MODELS):
         config_path = path / name / "config.pbtxt"
         if not config_path.exists():
             problems.append(f"{name}: {config_path} is missing")
@@ -214,7 +216,7 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
             configs[name] = read_config(config_path)
         except RepositoryError as exc:
             problems.append(str(exc))
-    steps = [step for name in contract.ENSEMBLES if name in configs for step in configs[name].ensemble_scheduling.step]
+    steps = [step for name in ensembles if name in configs for step in configs[name].ensemble_scheduling.step]
     if not problems:
         for step in steps:
             extra = path / step.model_name / "config.pbtxt"
@@ -239,7 +241,7 @@ def validate_repository(path: Path, require_weights: bool = False) -> dict[str, 
                 needed += (
                     sorted(set(plan_files(config).values())) if flavour is Flavour.TENSORRT else [WEIGHT_FILES[flavour]]
                 )
-            if name in contract.ENSEMBLES and not version.is_dir():
+            if name in ensembles and not version.is_dir():
                 problems.append(f"{name}: version folder {version} is missing")
             problems += [f"{name}: {version / f} is missing" for f in needed if not (version / f).exists()]
     if problems:

@@ -337,11 +337,17 @@ def test_a_short_ceiling_measurement_of_both_designs(phantom_dir, tmp_path, perf
             concurrency=(1, 1, 1),
             request_count=30,
             stability_percentage=999,
+            series_slices=20,
         ),
         log=lambda _: None,
     )
     summary = json.loads((folder / "ceiling.json").read_text())
     assert [(r["instances"], r["design"]) for r in summary["runs"]] == [(1, "python-steps"), (1, "in-graph")]
+    # a series of 20 slices both ways: the PNG path decodes every slice in preprocess, the pixels path none
+    png, pixels = summary["series"]
+    assert (png["path"], pixels["path"], png["slices"], pixels["slices"]) == ("png", "pixels", 20, 20)
+    assert png["server_ms"][contract.PREPROCESS] > 0 and pixels["server_ms"].get(contract.PREPROCESS, 0.0) < 0.05
+    assert png["client_ms"] > 0 and pixels["client_ms"] > 0
     steps = {
         "python-steps": {"tritonserver", *contract.COMPOSING_MODELS, PREVIOUS_POSTPROCESS},
         "in-graph": {"tritonserver", *contract.COMPOSING_MODELS},
@@ -354,3 +360,4 @@ def test_a_short_ceiling_measurement_of_both_designs(phantom_dir, tmp_path, perf
         assert measured["outside_networks_ms"] == pytest.approx(outside)
     report = (folder / "ceiling.md").read_text()
     assert "| python instances | python-steps | in-graph |" in report and "| in-graph | 1 |" in report
+    assert "## A series: CPU ms per slice, the PNG path and the pixels path" in report and "| pixels | 20 |" in report

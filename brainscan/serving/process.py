@@ -60,6 +60,7 @@ class TritonServer:
         admin_key: str | None = None,
         metrics_host: str | None = None,
         http_host: str | None = None,
+        ensembles: tuple[str, ...] = contract.ENSEMBLES,
     ):
         # s3://… is handed to Triton as written (it reads object storage itself)
         self.repository: Path | str = str(repository) if is_s3(repository) else Path(repository).resolve()
@@ -79,6 +80,7 @@ class TritonServer:
         plain_host = contract.DEFAULT_HOST if grpc_tls or self.embedded else host
         self.http_host = http_host or plain_host
         self.metrics_host = metrics_host or self.http_host  # "as HTTP", as serve --help says
+        self.ensembles = ensembles  # what the repository must serve (benchmarks' older designs: fewer)
 
     @property
     def embedded(self) -> bool:
@@ -116,7 +118,7 @@ class TritonServer:
     def _check_repository(self, local: Path) -> None:
         """Configs parse, the ensemble is wired, the flavour fits this server, weights exist."""
         try:
-            flavour = flavour_of(validate_repository(local))
+            flavour = flavour_of(validate_repository(local, ensembles=self.ensembles))
             if flavour is not Flavour.LOCAL and self.embedded:
                 raise ServerError(
                     f"{self.repository} is the {flavour} flavour: its networks need Triton's {flavour} backend"
@@ -125,7 +127,7 @@ class TritonServer:
                     "docker/compose.yaml up -d triton` (docs/gpu.md, 'On a GPU host'), or write a local repository "
                     "with `brainscan export repository --flavour local`"
                 )
-            validate_repository(local, require_weights=True)
+            validate_repository(local, require_weights=True, ensembles=self.ensembles)
         except RepositoryError as exc:
             # name the bucket, not the temporary skeleton the checks ran on
             raise ServerError(str(exc).replace(str(local), str(self.repository))) from None
