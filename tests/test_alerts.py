@@ -80,7 +80,7 @@ def test_every_alert_parses_and_has_what_alertmanager_and_the_runbook_need(rule)
 
 
 def test_every_model_an_alert_selects_is_one_the_contract_serves():
-    served = {contract.ENSEMBLE, *contract.COMPOSING_MODELS}
+    served = {*contract.ENSEMBLES, *contract.COMPOSING_MODELS}
     for rule in rules():
         for selector in selectors(rule["expr"]):
             for matcher in selector.matchers.matchers:

@@ -273,7 +273,7 @@ def test_the_autoscaler_metric_is_the_adapter_rule_over_the_ensemble_models(rend
     assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
     query = rule["metricsQuery"]
     assert f'model=~"{"|".join(contract.COMPOSING_MODELS)}"' in query
-    assert f'model="{contract.ENSEMBLE}"' in query
+    assert f'model=~"{"|".join(contract.ENSEMBLES)}"' in query  # both ensembles' requests
 
 
 @pytest.mark.server

@@ -73,7 +73,7 @@ def test_inference_health_metadata_and_config_stay_open(server):
         with pytest.raises(Exception, match="restricted"):
             client.get_model_repository_index()
         index = client.get_model_repository_index(headers={contract.GRPC_ADMIN_HEADER: ADMIN_KEY})
-        assert {m.name for m in index.models} == {contract.ENSEMBLE, *contract.COMPOSING_MODELS}
+        assert {m.name for m in index.models} == {*contract.ENSEMBLES, *contract.COMPOSING_MODELS}
     finally:
         client.close()
 
