@@ -207,13 +207,22 @@ def bench_ceiling(
             )
         ),
     ] = None,
+    series_slices: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "With free networks, also send one DICOM series of this many slices through the PNG path and the "
+                "pixels path, and count the client's and the server's CPU per slice (0: no series)."
+            )
+        ),
+    ] = 160,
 ) -> None:
     """The ensemble's ceiling when the networks cost nothing (what bounds a GPU deployment),
     for the previous design (python resize and mask steps) and the current one (python only
     decodes) in the same run: free networks in place of the real ones, 1, 2, … instances per
     python step, each served by the embedded Triton on loopback and swept with
     perf_analyzer; reports images/s and CPU ms per image of every step and outside the
-    networks."""
+    networks, and CPU ms per slice of a series sent as PNG and as raw pixels."""
     from brainscan.benchmarks.ceiling import CeilingConfig, measure
 
     files = _image_files(inputs, limit)
@@ -237,6 +246,7 @@ def bench_ceiling(
         request_count=requests,
         stability_percentage=stability,
         networks=networks,
+        series_slices=series_slices,
     )
     measure(config, log=lambda line: typer.echo(line, err=True))
 
