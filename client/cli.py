@@ -126,8 +126,9 @@ def predict(
     connect=None,  # the connection options (with_connection)
     pacs_access: DicomwebAccess | None = None,  # the DICOMweb options (with_dicomweb)
 ) -> None:
-    """Send images and volumes to the `brainscan` ensemble (one request per image or axial
-    slice, --concurrency in flight) and report, in input order, probability, label and
+    """Send images to the `brainscan` ensemble (one request per file) and the axial slices of
+    volumes and DICOM series as raw pixels to `brainscan_pixels` (up to the server's batch a
+    request; --slices png sends PNGs instead), --concurrency requests in flight, and report, in input order, probability, label and
     tumour area; for volumes also tumour volume (ml), slices with tumour and the largest
     cross-section. Writes masks, red overlays and NIfTI mask volumes with --out, and for each
     DICOM series a DICOM SEG and SR. Inputs outside the served models' intended use (a
