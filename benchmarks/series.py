@@ -1,7 +1,7 @@
 """A series' CPU cost outside the networks, the PNG path against the pixels path in one run
 (`brainscan bench ceiling` measures it beside the ensemble's ceiling).
 
-The networks are free ones (``ceiling.write_free_network``), served by the embedded Triton
+The networks are free ones (``free_networks.write_free_network``), served by the embedded Triton
 on loopback with both ensembles. One volume's axial slices are sent by the kit's client as
 `brainscan predict` sends them: one 16-bit PNG per slice through ``brainscan`` (encoded
 here, decoded by the python ``preprocess`` there), or raw, up to the server's batch per
@@ -82,7 +82,7 @@ async def _send(url: str, path: str, stack: np.ndarray) -> int:
 
 def measure_series(raw: Path, files: list[Path], slices: int = 160, log=print) -> list[SeriesCost]:
     """Both paths on one server of free networks, the PNG path first, each after a warm-up."""
-    from brainscan.benchmarks.ceiling import cpu_by_step, write_free_network
+    from brainscan.benchmarks.free_networks import cpu_by_step, write_free_network
     from brainscan.export.repository import write_repository
     from brainscan.serving import Ports, TritonServer
 

@@ -128,17 +128,17 @@ def predict(
 ) -> None:
     """Send images to the `brainscan` ensemble (one request per file) and the axial slices of
     volumes and DICOM series as raw pixels to `brainscan_pixels` (up to the server's batch a
-    request; --slices png sends PNGs instead), --concurrency requests in flight, and report, in input order, probability, label and
-    tumour area; for volumes also tumour volume (ml), slices with tumour and the largest
-    cross-section. Writes masks, red overlays and NIfTI mask volumes with --out, and for each
-    DICOM series a DICOM SEG and SR. Inputs outside the served models' intended use (a
-    series' headers, or pixels unlike the training data) are refused, not analysed: no mask,
-    no SEG, the reason in the table and JSON, and for a DICOM series an SR saying so; a
-    refusal is not an error. With --dicomweb the series come from a PACS, and --store sends
-    their SEG and SR back; series that already have a result of the same served models there
-    are skipped. Exit codes: 0 all done (refusals included), 1 some inputs failed (the others
-    finished), 2 bad usage, 3 server unreachable (before the run, or for longer than the
-    retries mid-run)."""
+    request; --slices png sends PNGs instead), --concurrency requests in flight, and report,
+    in input order, probability, label and tumour area; for volumes also tumour volume (ml),
+    slices with tumour and the largest cross-section. Writes masks, red overlays and NIfTI
+    mask volumes with --out, and for each DICOM series a DICOM SEG and SR. Inputs outside
+    the served models' intended use (a series' headers, or pixels unlike the training data)
+    are refused, not analysed: no mask, no SEG, the reason in the table and JSON, and for a
+    DICOM series an SR saying so; a refusal is not an error. With --dicomweb the series come
+    from a PACS, and --store sends their SEG and SR back; series that already have a result
+    of the same served models there are skipped. Exit codes: 0 all done (refusals included),
+    1 some inputs failed (the others finished), 2 bad usage, 3 server unreachable (before
+    the run, or for longer than the retries mid-run)."""
     import asyncio
     import sys
 

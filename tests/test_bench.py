@@ -295,7 +295,7 @@ def test_the_free_networks_take_and_give_what_each_designs_networks_do(network, 
     import numpy as np
     import onnxruntime as ort
 
-    from brainscan.benchmarks.ceiling import write_free_network
+    from brainscan.benchmarks.free_networks import write_free_network
 
     session = ort.InferenceSession(str(write_free_network(tmp_path / "free.onnx", network, design)))
     (given,), given_out = session.get_inputs(), session.get_outputs()[0]
