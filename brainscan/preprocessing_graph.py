@@ -42,7 +42,7 @@ MASK_PREFIX = "mask/"
 OPSET = 17  # the networks' (tf2onnx); ReduceMin/Max take their axes as an input from 18 on
 SIZE = "size"  # input of the stand-alone mask model: INT64 [2], the image's height and width
 # The CPU flavours' resize: the rows' product in this many bands (``_banded_resize``).
-CPU_RESIZE_BLOCKS = 32
+CPU_RESIZE_BLOCKS = 16
 # A resized image whose range is below this share of its level is constant (the resize's
 # float rounding is about 1e-7 of the level per tap; a real image varies by far more).
 CONSTANT_RANGE = 1e-5
@@ -147,41 +147,59 @@ def _resize(b: GraphBuilder, x: str, height: str, height_f: str, width_f: str, a
     return b.op("Transpose", resized, perm=[0, 2, 3, 1])  # [N, height, width, C]
 
 
-def _bands(b: GraphBuilder, planes: str, weights: str, source: str, target: int, blocks: int) -> str:
-    """``weights`` [target, S] applied along axis 2 of ``planes`` [N, C, S, W] (-> [N, C,
-    target, W]) as ``blocks`` products, each of a band of output rows with the band of input
-    rows they read: an output row, of either kind of weights, reads only the input rows within
-    one row of its own span, so every weight outside its band is zero and the sums are the
-    same."""
-    zero, one = b.const(0.0), b.const(1.0)
-    step = b.op("Div", source, b.const(float(target)))
-    edges = np.linspace(0, target, min(blocks, target) + 1).round().astype(int)
+def _bands(b: GraphBuilder, x: str, weights: str, source: str, target, blocks: int, left: bool) -> str:
+    """``weights`` [T, S] (an axis of length ``source``, a FLOAT scalar, resized to ``target``:
+    an int, or a FLOAT scalar known only at run time) applied to ``x`` as ``blocks`` products,
+    each of a band of output rows with the band of input rows they read: from the left along
+    axis -2 of ``x`` [..., S, K] (-> [..., T, K]), or from the right along its last axis
+    ([..., K, S] -> [..., K, T]). An output row, of either kind of weights, reads only the
+    input rows within one row of its own span, so every weight outside its band is zero and
+    the sums are the same; every band's bounds are computed at once."""
+    if isinstance(target, int):
+        edges = np.linspace(0, target, min(blocks, target) + 1).round()
+        starts, ends = b.const(edges[:-1].astype(np.float32)), b.const(edges[1:].astype(np.float32))
+        target_f, count = b.const(float(target)), len(edges) - 1
+    else:  # bands of (nearly) equal shares of a size known at run time; a band may be empty
+        edges = b.op("Floor", b.op("Mul", b.const(np.arange(blocks + 1, dtype=np.float32) / blocks), target))
+        starts = b.op("Slice", edges, b.const([0], np.int64), b.const([blocks], np.int64))
+        ends = b.op("Slice", edges, b.const([1], np.int64), b.const([blocks + 1], np.int64))
+        target_f, count = target, blocks
+    step = b.op("Div", source, target_f)
+    lows = b.op("Floor", b.op("Sub", b.op("Mul", starts, step), b.const(1.0)))
+    highs = b.op("Ceil", b.op("Add", b.op("Mul", ends, step), b.const(1.0)))
+    lows = b.op("Cast", b.op("Max", lows, b.const(0.0)), to=7)  # INT64 [bands]
+    highs = b.op("Cast", b.op("Min", highs, source), to=7)
+    firsts, lasts = b.op("Cast", starts, to=7), b.op("Cast", ends, to=7)
+    oriented = weights if left else b.op("Transpose", weights, perm=[1, 0])  # [S, T] from the right
+    out_axis, in_axis = (0, 1) if left else (1, 0)
     products = []
-    for first, last in zip(edges[:-1], edges[1:]):
-        low = b.op("Max", b.op("Floor", b.op("Sub", b.op("Mul", b.const(float(first)), step), one)), zero)
-        high = b.op("Min", b.op("Ceil", b.op("Add", b.op("Mul", b.const(float(last)), step), one)), source)
-        low, high = (b.op("Reshape", b.op("Cast", v, to=7), b.const([1], np.int64)) for v in (low, high))  # INT64
-        band = b.op("Slice", weights, b.const([first], np.int64), b.const([last], np.int64), b.const([0], np.int64))
-        band = b.op("Slice", band, low, high, b.const([1], np.int64))
-        products.append(b.op("MatMul", band, b.op("Slice", planes, low, high, b.const([2], np.int64))))
-    return b.op("Concat", *products, axis=2)
+    for k in range(count):
+        index = b.const([k], np.int64)
+        first, last, low, high = (b.op("Gather", v, index) for v in (firsts, lasts, lows, highs))  # INT64 [1]
+        band = b.op("Slice", oriented, first, last, b.const([out_axis], np.int64))
+        band = b.op("Slice", band, low, high, b.const([in_axis], np.int64))
+        part = b.op("Slice", x, low, high, b.const([-2 if left else -1], np.int64))
+        products.append(b.op("MatMul", band, part) if left else b.op("MatMul", part, band))
+    return b.op("Concat", *products, axis=-2 if left else -1)
 
 
 def _banded_resize(b: GraphBuilder, x: str, size: tuple[int, int], blocks: int) -> str:
-    """``_resize`` to a fixed ``size`` as a CPU computes it fastest: the image as channel
-    planes, the rows' product split into ``blocks`` bands (``_bands``: the same weights and
-    sums, without multiplying the zeros), then the columns' product on the far smaller
-    result. A GPU runs the two large products best (``_resize``)."""
+    """``_resize`` to a fixed ``size`` as a CPU computes it fastest: the rows' product on the
+    image as it lies ([N, H, W·C]), then the columns' on the far smaller result with the
+    channels before the columns, each in ``blocks`` bands (``_bands``: the same weights and
+    sums, without multiplying the zeros). A GPU runs the two large products best (``_resize``)."""
     shape = b.op("Shape", x)
     n, h_in, w_in, c = (_dim(b, shape, axis) for axis in range(4))
     h_in_f, w_in_f = _float(b, h_in), _float(b, w_in)
     height_f, width_f = b.const(float(size[0])), b.const(float(size[1]))
     area = b.op("And", b.op("GreaterOrEqual", h_in_f, height_f), b.op("GreaterOrEqual", w_in_f, width_f))
     rows, columns = _weights(b, h_in_f, height_f, area), _weights(b, w_in_f, width_f, area)
-    planes = b.op("Transpose", x, perm=[0, 3, 1, 2])  # [N, C, H, W]
-    resized = _bands(b, planes, rows, h_in_f, size[0], blocks)  # [N, C, height, W]
-    resized = b.op("MatMul", resized, b.op("Transpose", columns, perm=[1, 0]))  # [N, C, height, width]
-    return b.op("Transpose", resized, perm=[0, 2, 3, 1])  # [N, height, width, C]
+    flat = b.op("Reshape", x, b.op("Concat", n, h_in, b.const([-1], np.int64), axis=0))  # [N, H, W*C]
+    resized = _bands(b, flat, rows, h_in_f, size[0], blocks, left=True)  # [N, height, W*C]
+    resized = b.op("Reshape", resized, b.op("Concat", n, b.const([size[0]], np.int64), w_in, c, axis=0))
+    resized = b.op("Transpose", resized, perm=[0, 1, 3, 2])  # [N, height, C, W]
+    resized = _bands(b, resized, columns, w_in_f, size[1], blocks, left=False)  # [N, height, C, width]
+    return b.op("Transpose", resized, perm=[0, 1, 3, 2])  # [N, height, width, C]
 
 
 def _to_size(b: GraphBuilder, x: str, size: tuple[int, int], blocks: int = 0) -> str:
@@ -214,16 +232,20 @@ def add_preprocessing(b: GraphBuilder, pixels: str, size: tuple[int, int], outpu
     zero = b.const(0.0)
     scale = b.op("Div", b.const(255.0), b.op("Max", span, b.const(1e-30)))
     scale = b.op("Where", b.op("And", given, varies), scale, zero)
-    stretched = b.op("Mul", b.op("Sub", resized, low), scale)
-    tripled = b.op("Concat", stretched, stretched, stretched, axis=3)  # C=1: grey into 3 channels; C=3: kept below
-    first_three = b.op(
-        "Slice", tripled, b.const([0], np.int64), b.const([contract.CHANNELS], np.int64), b.const([3], np.int64)
-    )
-    # the network's input shape from constants alone: the Slice's channel count, min(3, 3 C),
+    if blocks:  # a CPU: the stretch's own product broadcasts C=1 into 3 channels, keeps C=3
+        per_channel = b.op("Mul", scale, b.const(np.ones(contract.CHANNELS, np.float32)))  # [N, 1, 1, 3]
+        three = b.op("Mul", b.op("Sub", resized, low), per_channel)
+    else:  # TensorRT: grey into 3 channels, 3 kept, by plain copies
+        stretched = b.op("Mul", b.op("Sub", resized, low), scale)
+        tripled = b.op("Concat", stretched, stretched, stretched, axis=3)
+        three = b.op(
+            "Slice", tripled, b.const([0], np.int64), b.const([contract.CHANNELS], np.int64), b.const([3], np.int64)
+        )
+    # the network's input shape from constants alone: the channel count, min(3, 3 C) or max(C, 3),
     # depends on the input's C, and a TensorRT build needs a convolution's input channels
     # fixed (onnx-tensorrt #495); the Reshape's target names them
     shape = b.const([-1, size[0], size[1], contract.CHANNELS], np.int64)
-    return b.op("Reshape", first_three, shape, output=output)
+    return b.op("Reshape", three, shape, output=output)
 
 
 def add_resize(b: GraphBuilder, x: str, size: tuple[int, int], output: str, blocks: int = 0) -> str:
@@ -231,14 +253,24 @@ def add_resize(b: GraphBuilder, x: str, size: tuple[int, int], output: str, bloc
     return b.op("Identity", _to_size(b, x, size, blocks), output=output)
 
 
-def add_mask_head(b: GraphBuilder, probability: str, size: str, output: str) -> str:
+def add_mask_head(b: GraphBuilder, probability: str, size: str, output: str, blocks: int = 0) -> str:
     """Nodes taking the segmenter's ``probability`` (FLOAT [N, h, w, 1]) and the image's
-    height and width (``size``, INT64 [2]) to ``output``, the mask (UINT8 [N, H, W] of 0/1)."""
+    height and width (``size``, INT64 [2]) to ``output``, the mask (UINT8 [N, H, W] of 0/1);
+    ``blocks``: the linear resize's products in that many bands (the CPU flavours')."""
     height, width = _dim(b, size, 0), _dim(b, size, 1)
-    resized = _resize(
-        b, probability, height, _float(b, height), _float(b, width), b.const(False, np.bool_)
-    )  # [N, H, W, 1]
-    above = b.op("Greater", b.op("Squeeze", resized, b.const([3], np.int64)), b.const(contract.MASK_THRESHOLD))
+    height_f, width_f = _float(b, height), _float(b, width)
+    linear = b.const(False, np.bool_)
+    if blocks:
+        plane = b.op("Squeeze", probability, b.const([3], np.int64))  # [N, h, w]
+        shape = b.op("Shape", plane)
+        h_f, w_f = _float(b, _dim(b, shape, 1)), _float(b, _dim(b, shape, 2))
+        rows, columns = _weights(b, h_f, height_f, linear), _weights(b, w_f, width_f, linear)
+        resized = _bands(b, plane, rows, h_f, height_f, blocks, left=True)  # [N, H, w]
+        resized = _bands(b, resized, columns, w_f, width_f, blocks, left=False)  # [N, H, W]
+    else:
+        resized = _resize(b, probability, height, height_f, width_f, linear)  # [N, H, W, 1]
+        resized = b.op("Squeeze", resized, b.const([3], np.int64))
+    above = b.op("Greater", resized, b.const(contract.MASK_THRESHOLD))
     # to UINT8 from a float, never from BOOL: TensorRT's headers (NvInferRuntimeBase.h, kUINT8)
     # list no conversion from kBOOL to kUINT8
     ones = b.op("Where", above, b.const(1.0), b.const(0.0))

@@ -181,7 +181,7 @@ def serving_model(model, gate=None, blocks: int = 0):
     add_preprocessing(pre, contract.PIXELS, size, network_input.name, blocks)
     head = GraphBuilder(MASK_PREFIX if network == contract.SEGMENTER else GATE_PREFIX, opset)
     if network == contract.SEGMENTER:
-        add_mask_head(head, graph.output[0].name, image_size(head, contract.PIXELS), contract.MASK)
+        add_mask_head(head, graph.output[0].name, image_size(head, contract.PIXELS), contract.MASK, blocks)
         outputs = [helper.make_tensor_value_info(contract.MASK, TensorProto.UINT8, ["N", "H", "W"])]
     else:
         outputs = _classifier_head(head, graph, gate)

@@ -205,3 +205,37 @@ def test_the_cpu_flavours_banded_resize_gives_the_same_pixels_as_the_gpus_produc
             want = dense.run(None, {contract.PIXELS: pixels})[0]
             got = banded.run(None, {contract.PIXELS: pixels})[0]
             assert got.shape == want.shape and np.abs(got - want).max() <= 65535 * 2e-7, (size, height, width)
+
+
+def test_the_cpu_flavours_banded_mask_head_gives_the_gpus_mask():
+    """The CPU flavours' mask head (the linear resize back to the image in bands, sizes known
+    only at run time) against the one large product per axis a GPU runs: masks of a smooth
+    probability map brought back to large, odd, thin and tiny images (fewer rows than bands,
+    so some bands are empty) are the same, but for pixels within float rounding of 0.5."""
+    from onnx import TensorProto, helper
+
+    from brainscan.onnx_runtime import cpu_session
+    from brainscan.preprocessing_graph import CPU_RESIZE_BLOCKS, MASK_PREFIX, SIZE, GraphBuilder, _model, add_mask_head
+
+    def session(blocks: int):
+        b = GraphBuilder(MASK_PREFIX)
+        add_mask_head(b, contract.SEGMENTER_OUTPUT, SIZE, contract.MASK, blocks)
+        inputs = [
+            helper.make_tensor_value_info(contract.SEGMENTER_OUTPUT, TensorProto.FLOAT, ["N", "h", "w", 1]),
+            helper.make_tensor_value_info(SIZE, TensorProto.INT64, [2]),
+        ]
+        outputs = [helper.make_tensor_value_info(contract.MASK, TensorProto.UINT8, ["N", "H", "W"])]
+        return cpu_session(_model(b, inputs, outputs).SerializeToString())
+
+    dense, banded = session(0), session(CPU_RESIZE_BLOCKS)
+    y, x = np.mgrid[0:256, 0:256] / 255.0
+    blob = np.exp(-((y - 0.45) ** 2 + (x - 0.6) ** 2) / 0.02)  # one lesion-like bump, 0..1
+    probability = np.stack([blob, blob[::-1]])[..., None].astype(np.float32)
+    for height, width in ((512, 512), (256, 256), (600, 451), (97, 130), (512, 3), (7, 5), (1, 1)):
+        size = np.array([height, width], np.int64)
+        want = dense.run(None, {contract.SEGMENTER_OUTPUT: probability, SIZE: size})[0]
+        got = banded.run(None, {contract.SEGMENTER_OUTPUT: probability, SIZE: size})[0]
+        assert got.shape == want.shape == (2, height, width), (height, width)
+        assert np.count_nonzero(got != want) <= max(1, want.size // 10000), (height, width)
+    big = dense.run(None, {contract.SEGMENTER_OUTPUT: probability, SIZE: np.array([512, 512], np.int64)})[0]
+    assert 0.01 < big.mean() < 0.5  # the bump is a lesion, not all or nothing
