@@ -77,6 +77,15 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name, **attributes))
         return out
 
+    def split(self, x: str, sizes: list[int]) -> list[str]:
+        """``x`` split along axis 0 into parts of ``sizes``: one node, a name a part."""
+        from onnx import helper
+
+        name = self._name("Split")
+        outputs = [f"{name}_{k}" for k in range(len(sizes))]
+        self.nodes.append(helper.make_node("Split", [x, self.const(sizes, np.int64)], outputs, name=name, axis=0))
+        return outputs
+
     def reduce(self, op_type: str, x: str, axes: list[int]) -> str:
         if self.opset >= 18:
             return self.op(op_type, x, self.const(axes, np.int64), keepdims=1)
@@ -172,18 +181,28 @@ def _bands(b: GraphBuilder, x: str, weights: str, source: str, target, blocks: i
     firsts, lasts = b.op("Cast", starts, to=7), b.op("Cast", ends, to=7)
     oriented = weights if left else b.op("Transpose", weights, perm=[1, 0])  # [S, T] from the right
     out_axis, in_axis = (0, 1) if left else (1, 0)
+
+    # every band's bounds split out at once (a few nodes, not a few per band): the weights'
+    # [first, low] to [last, high], the input's low to high
+    def interleaved(a: str, c: str) -> str:  # [a0, c0, a1, c1, ...]
+        column = b.const([1], np.int64)
+        pairs = b.op("Concat", b.op("Unsqueeze", a, column), b.op("Unsqueeze", c, column), axis=1)
+        return b.op("Reshape", pairs, b.const([-1], np.int64))
+
+    begin, end = interleaved(firsts, lows), interleaved(lasts, highs)
+    begins, ends_, low_k, high_k = (
+        b.split(v, [width] * count) for v, width in ((begin, 2), (end, 2), (lows, 1), (highs, 1))
+    )
+    band_axes, input_axis = b.const([out_axis, in_axis], np.int64), b.const([-2 if left else -1], np.int64)
     products = []
     for k in range(count):
-        index = b.const([k], np.int64)
-        first, last, low, high = (b.op("Gather", v, index) for v in (firsts, lasts, lows, highs))  # INT64 [1]
-        band = b.op("Slice", oriented, first, last, b.const([out_axis], np.int64))
-        band = b.op("Slice", band, low, high, b.const([in_axis], np.int64))
-        part = b.op("Slice", x, low, high, b.const([-2 if left else -1], np.int64))
+        band = b.op("Slice", oriented, begins[k], ends_[k], band_axes)
+        part = b.op("Slice", x, low_k[k], high_k[k], input_axis)
         products.append(b.op("MatMul", band, part) if left else b.op("MatMul", part, band))
     return b.op("Concat", *products, axis=-2 if left else -1)
 
 
-def _banded_resize(b: GraphBuilder, x: str, size: tuple[int, int], blocks: int) -> str:
+def _banded_resize(b: GraphBuilder, x: str, size: tuple[int, int], blocks: int, channels: int = 0) -> str:
     """``_resize`` to a fixed ``size`` as a CPU computes it fastest: the rows' product on the
     image as it lies ([N, H, W·C]), then the columns' on the far smaller result with the
     channels before the columns, each in ``blocks`` bands (``_bands``: the same weights and
@@ -199,14 +218,17 @@ def _banded_resize(b: GraphBuilder, x: str, size: tuple[int, int], blocks: int) 
     resized = b.op("Reshape", resized, b.op("Concat", n, b.const([size[0]], np.int64), w_in, c, axis=0))
     resized = b.op("Transpose", resized, perm=[0, 1, 3, 2])  # [N, height, C, W]
     resized = _bands(b, resized, columns, w_in_f, size[1], blocks, left=False)  # [N, height, C, width]
+    if channels:  # grey repeated there, whole rows at a time (along the last axis ONNX Runtime is slow)
+        resized = b.op("Expand", resized, b.const([1, 1, channels, 1], np.int64))
     return b.op("Transpose", resized, perm=[0, 1, 3, 2])  # [N, height, width, C]
 
 
-def _to_size(b: GraphBuilder, x: str, size: tuple[int, int], blocks: int = 0) -> str:
+def _to_size(b: GraphBuilder, x: str, size: tuple[int, int], blocks: int = 0, channels: int = 0) -> str:
     """``x`` resized to the fixed ``size``, area or linear as the module says: one product per
-    axis, or with ``blocks`` banded products (``_banded_resize``)."""
+    axis, or with ``blocks`` banded products (``_banded_resize``, which also repeats one
+    channel into ``channels``)."""
     if blocks:
-        return _banded_resize(b, x, size, blocks)
+        return _banded_resize(b, x, size, blocks, channels)
     return _resize(b, x, b.const([size[0]], np.int64), b.const(float(size[0])), b.const(float(size[1])), None)
 
 
@@ -214,7 +236,7 @@ def add_preprocessing(b: GraphBuilder, pixels: str, size: tuple[int, int], outpu
     """Nodes taking ``pixels`` (FLOAT [N, H, W, C], C 1 or 3, any H and W) to ``output``,
     the network input (FLOAT [N, size[0], size[1], 3], 0..255); ``blocks``: the resize's
     products in that many bands (the CPU flavours')."""
-    resized = _to_size(b, pixels, size, blocks)
+    resized = _to_size(b, pixels, size, blocks, contract.CHANNELS)  # the CPU's: 3 channels already
     low = b.reduce("ReduceMin", resized, [1, 2, 3])
     high = b.reduce("ReduceMax", resized, [1, 2, 3])
     span = b.op("Sub", high, low)
@@ -232,11 +254,10 @@ def add_preprocessing(b: GraphBuilder, pixels: str, size: tuple[int, int], outpu
     zero = b.const(0.0)
     scale = b.op("Div", b.const(255.0), b.op("Max", span, b.const(1e-30)))
     scale = b.op("Where", b.op("And", given, varies), scale, zero)
-    if blocks:  # a CPU: the stretch's own product broadcasts C=1 into 3 channels, keeps C=3
-        per_channel = b.op("Mul", scale, b.const(np.ones(contract.CHANNELS, np.float32)))  # [N, 1, 1, 3]
-        three = b.op("Mul", b.op("Sub", resized, low), per_channel)
+    stretched = b.op("Mul", b.op("Sub", resized, low), scale)
+    if blocks:  # a CPU: three channels from the resize
+        three = stretched
     else:  # TensorRT: grey into 3 channels, 3 kept, by plain copies
-        stretched = b.op("Mul", b.op("Sub", resized, low), scale)
         tripled = b.op("Concat", stretched, stretched, stretched, axis=3)
         three = b.op(
             "Slice", tripled, b.const([0], np.int64), b.const([contract.CHANNELS], np.int64), b.const([3], np.int64)
@@ -292,12 +313,13 @@ def _model(b: GraphBuilder, inputs: list, outputs: list):
     return model
 
 
-def preprocessing_model(size: tuple[int, int]):
-    """PIXELS (FLOAT [N, H, W, C]) -> the network input at ``size`` (FLOAT [N, h, w, 3])."""
+def preprocessing_model(size: tuple[int, int], blocks: int = 0):
+    """PIXELS (FLOAT [N, H, W, C]) -> the network input at ``size`` (FLOAT [N, h, w, 3]);
+    ``blocks``: as the CPU flavours build it (``add_preprocessing``)."""
     from onnx import TensorProto, helper
 
     b = GraphBuilder(PREPROCESS_PREFIX)
-    add_preprocessing(b, contract.PIXELS, size, "model_input")
+    add_preprocessing(b, contract.PIXELS, size, "model_input", blocks)
     return _model(
         b,
         [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])],
@@ -305,12 +327,12 @@ def preprocessing_model(size: tuple[int, int]):
     )
 
 
-def resize_model(size: tuple[int, int]):
+def resize_model(size: tuple[int, int], blocks: int = 0):
     """PIXELS (FLOAT [N, H, W, C]) -> the same resized to ``size``, values as they are."""
     from onnx import TensorProto, helper
 
     b = GraphBuilder(PREPROCESS_PREFIX)
-    add_resize(b, contract.PIXELS, size, "resized")
+    add_resize(b, contract.PIXELS, size, "resized", blocks)
     return _model(
         b,
         [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])],
@@ -318,12 +340,12 @@ def resize_model(size: tuple[int, int]):
     )
 
 
-def mask_model():
+def mask_model(blocks: int = 0):
     """mask_probability (FLOAT [N, h, w, 1]) and SIZE (INT64 [2]) -> MASK (UINT8 [N, H, W])."""
     from onnx import TensorProto, helper
 
     b = GraphBuilder(MASK_PREFIX)
-    add_mask_head(b, contract.SEGMENTER_OUTPUT, SIZE, contract.MASK)
+    add_mask_head(b, contract.SEGMENTER_OUTPUT, SIZE, contract.MASK, blocks)
     return _model(
         b,
         [

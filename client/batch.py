@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from brainscan import contract
 from brainscan.client.audit import AuditLog
 from brainscan.client.files import Input, safe_stems
 from brainscan.client.inference import (
@@ -27,6 +26,7 @@ from brainscan.client.inference import (
     ServerUnavailableError,
 )
 from brainscan.client.records import NOT_SENT, Outcome, already_done, finish, header_reasons
+from brainscan.client.series_gate import SeriesGate
 from brainscan.client.volumes import SliceBatch
 from brainscan.contract import SlicePath
 from brainscan.intended_use import IntendedUse, Reason
@@ -120,17 +120,6 @@ def _prepare(job: _Job, use: IntendedUse, research: bool, batch: int) -> None:
     job.payloads = volume.axial_batches(batch) if batch else volume.axial_png_slices()
 
 
-def slices_to_segment(
-    probabilities: list[float], rule_out: float, margin: int = contract.SEGMENTER_MARGIN
-) -> list[int]:
-    """The slices of a series the segmenter runs on: those the classifier does not rule out
-    (a probability of at least ``rule_out``) and ``margin`` slices on each side of them."""
-    keep = np.zeros(len(probabilities), bool)
-    for k in np.flatnonzero(np.asarray(probabilities, float) >= rule_out):
-        keep[max(0, k - margin) : k + margin + 1] = True
-    return [int(k) for k in np.flatnonzero(keep)]
-
-
 def slices_of(payload: bytes | SliceBatch, k: int) -> range:
     """The images (slices) request ``k`` carries."""
     return payload.slices if isinstance(payload, SliceBatch) else range(k, k + 1)
@@ -215,29 +204,49 @@ class _Run:
 
     async def send_series(self, job: _Job) -> None:
         """A series on the pixels path with the segmenter gated: the classifier on every
-        slice, then the segmenter on ``slices_to_segment`` of them, requests of up to the
-        server's batch; the other slices' masks are empty."""
+        slice, and the segmenter, as soon as a request's worth of slices is chosen
+        (``SeriesGate``), on those; requests of up to the server's batch, all counted against
+        --concurrency; the other slices' masks are empty."""
         batches: list[SliceBatch] = job.payloads  # type: ignore[assignment]
         stack = batches[0].stack
+        gate = SeriesGate(len(stack), self.rule_out)  # type: ignore[arg-type]
+        parts: list[list[int]] = []
+        segmenting: list[asyncio.Task] = []  # one a part
+        classifying: list[asyncio.Task] = []
+
+        def segment_ready(final: bool) -> None:
+            while (part := gate.take(self.pixels_batch, final)) is not None:
+                parts.append(part)
+                segmenting.append(asyncio.create_task(self._requested(lambda p=part: self._segment(stack, p))))
+
+        async def classify(batch: SliceBatch) -> None:  # holds one of --concurrency's requests
+            try:
+                answers = await self._classify(batch)
+            finally:
+                self.in_flight.release()
+            gate.add(batch.slices, answers)
+            segment_ready(final=False)
+
         try:
             if self.abort.is_set():
                 return
-            classified = await asyncio.gather(
-                *(self._requested(lambda b=b: self._classify(b)) for b in batches)  # type: ignore[misc]
-            )
-            answers = [answer for chunk in classified for answer in chunk]
-            chosen = slices_to_segment([probability for probability, _ in answers], self.rule_out)
-            parts = [chosen[i : i + self.pixels_batch] for i in range(0, len(chosen), self.pixels_batch)]
-            segmented = await asyncio.gather(*(self._requested(lambda p=p: self._segment(stack, p)) for p in parts))
-            masks = {k: mask for part, found in zip(parts, segmented) for k, mask in zip(part, found)}
+            for batch in batches:  # one at a time, so that the segmenter's requests queue between them
+                await self.in_flight.acquire()
+                classifying.append(asyncio.create_task(classify(batch)))
+            await asyncio.gather(*classifying)
+            segment_ready(final=True)
+            found = await asyncio.gather(*segmenting)
+            masks = {k: mask for part, masks in zip(parts, found) for k, mask in zip(part, masks)}
             empty = np.zeros(stack.shape[1:], np.uint8)
-            job.results = [Prediction(p, masks.get(k, empty), score) for k, (p, score) in enumerate(answers)]
-            job.segmented = chosen
+            job.results = [Prediction(p, masks.get(k, empty), score) for k, (p, score) in enumerate(gate.answers)]
+            job.segmented = sorted(gate.chosen)
         except ServerUnavailableError:
             self.abort.set()
         except InferenceError as exc:
             job.errors.append((0, exc))
         finally:
+            for task in classifying + segmenting:  # after a failure, the rest is not waited for
+                task.cancel()
             job.finish_one()
 
     async def _classify(self, batch: SliceBatch) -> list[tuple[float, float]]:

@@ -128,33 +128,21 @@ class Pacs:
         return [uid for uid, modality in found.items() if modality in IMAGE_MODALITIES]
 
     def fetch_series(self, study: str, series: str, folder: Path) -> Path:
-        """Every instance of one series into ``folder``/<series UID>/<SOP instance UID>.dcm.
-        The instances are listed (QIDO-RS) and fetched one by one (WADO-RS), each written
-        with its file meta header."""
+        """Every instance of one series into ``folder``/<series UID>/<SOP instance UID>.dcm,
+        each written with its file meta header as it arrives: one WADO-RS request for the
+        whole series (a multipart answer read as a stream), not one a slice."""
         check_uid(study, "study"), check_uid(series, "series")
         target = Path(folder) / series
         staging = Path(folder) / f".{series}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        instances = (
-            self._call(
-                f"the search for the instances of series {series}",
-                self.client.search_for_instances,
-                study_instance_uid=study,
-                series_instance_uid=series,
-            )
-            or []
-        )
-        for item in instances:
-            sop = check_uid(_value(item, "00080018"), "SOP instance")
-            dataset = self._call(
-                f"the retrieval of an instance of series {series}",
-                self.client.retrieve_instance,
-                study_instance_uid=study,
-                series_instance_uid=series,
-                sop_instance_uid=sop,
-            )
-            _with_file_meta(dataset).save_as(staging / f"{sop}.dcm", enforce_file_format=True)
+
+        def save_each() -> None:
+            for dataset in self.client.iter_series(study_instance_uid=study, series_instance_uid=series):
+                sop = check_uid(str(dataset.get("SOPInstanceUID", "")), "SOP instance")
+                _with_file_meta(dataset).save_as(staging / f"{sop}.dcm", enforce_file_format=True)
+
+        self._call(f"the retrieval of series {series}", save_each)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         return target

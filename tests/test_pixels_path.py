@@ -117,12 +117,35 @@ def test_the_client_library_answers_a_batch_of_pixels_as_it_answers_each_png(ser
 
 
 def test_the_slices_to_segment_are_those_not_ruled_out_and_their_neighbours():
-    from brainscan.client.batch import slices_to_segment
+    from brainscan.client.series_gate import slices_to_segment
 
     probabilities = [0.001, 0.2, 0.001, 0.001, 0.001, 0.05, 0.001, 0.001]
     assert slices_to_segment(probabilities, 0.01, margin=1) == [0, 1, 2, 4, 5, 6]  # by hand: 1 and 5, +-1
     assert slices_to_segment(probabilities, 0.01, margin=0) == [1, 5]
     assert slices_to_segment(probabilities, 0.5) == [] and slices_to_segment([], 0.01) == []
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_gate_chooses_the_same_slices_whatever_order_the_answers_come_in(seed):
+    """A series' classifier answers arriving request by request, in any order (as concurrent
+    requests do): once all have arrived the gate has chosen the slices it would with every
+    answer at hand, and it hands out full requests before the last answer."""
+    from brainscan.client.series_gate import SeriesGate, slices_to_segment
+
+    rng = np.random.default_rng(seed)
+    n, size = int(rng.integers(1, 60)), int(rng.integers(1, 9))
+    probabilities = np.where(rng.random(n) < 0.15, 0.5, 0.001)
+    gate, sent = SeriesGate(n, 0.01), []
+    requests = [range(start, min(start + size, n)) for start in range(0, n, size)]
+    for k in rng.permutation(len(requests)):
+        gate.add(requests[k], [(float(probabilities[i]), 0.0) for i in requests[k]])
+        while (part := gate.take(size, final=False)) is not None:
+            assert len(part) == size
+            sent += part
+    while (part := gate.take(size, final=True)) is not None:
+        sent += part
+    assert sorted(sent) == sorted(gate.chosen) == slices_to_segment(list(probabilities), 0.01)
+    assert len(sent) == len(set(sent))
 
 
 @pytest.fixture(scope="module")

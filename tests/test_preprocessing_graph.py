@@ -185,17 +185,11 @@ def test_the_cpu_flavours_banded_resize_gives_the_same_pixels_as_the_gpus_produc
     """The CPU flavours' resize (the rows' product in bands that skip the zero weights) against
     the one large product per axis a GPU runs: shrinking by a whole and by a fractional factor,
     growing, and a size smaller than the number of bands, each the same within float rounding."""
-    from onnx import TensorProto, helper
-
     from brainscan.onnx_runtime import cpu_session
-    from brainscan.preprocessing_graph import CPU_RESIZE_BLOCKS, PREPROCESS_PREFIX, GraphBuilder, _model, add_resize
+    from brainscan.preprocessing_graph import CPU_RESIZE_BLOCKS, resize_model
 
     def session(blocks: int, size: tuple[int, int]):
-        b = GraphBuilder(PREPROCESS_PREFIX)
-        add_resize(b, contract.PIXELS, size, "resized", blocks)
-        inputs = [helper.make_tensor_value_info(contract.PIXELS, TensorProto.FLOAT, ["N", "H", "W", "C"])]
-        outputs = [helper.make_tensor_value_info("resized", TensorProto.FLOAT, ["N", size[0], size[1], "C"])]
-        return cpu_session(_model(b, inputs, outputs).SerializeToString())
+        return cpu_session(resize_model(size, blocks).SerializeToString())
 
     rng = np.random.default_rng(3)
     for size in ((160, 160), (128, 96), (20, 20)):
@@ -207,25 +201,41 @@ def test_the_cpu_flavours_banded_resize_gives_the_same_pixels_as_the_gpus_produc
             assert got.shape == want.shape and np.abs(got - want).max() <= 65535 * 2e-7, (size, height, width)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_cpu_flavours_network_input_is_the_gpus(channels):
+    """The whole preprocessing, as the CPU flavours serve it (banded resize, grey repeated into
+    three channels by the resize) and as a GPU's does (dense products, then copies): the same
+    network input, 0..255, and a grey slice's three channels identical."""
+    from brainscan.onnx_runtime import cpu_session
+    from brainscan.preprocessing_graph import CPU_RESIZE_BLOCKS, preprocessing_model
+
+    size = (224, 224)  # the demo networks' input
+
+    def session(blocks: int):
+        return cpu_session(preprocessing_model(size, blocks).SerializeToString())
+
+    dense, banded = session(0), session(CPU_RESIZE_BLOCKS)
+    rng = np.random.default_rng(5)
+    for height, width in ((512, 512), (256, 256), (300, 217), (64, 40)):
+        pixels = rng.uniform(0, 4095, (2, height, width, channels)).astype(np.float32)
+        want = dense.run(None, {contract.PIXELS: pixels})[0]
+        got = banded.run(None, {contract.PIXELS: pixels})[0]
+        assert got.shape == want.shape == (2, *size, 3) and np.abs(got - want).max() <= 255 * 1e-5
+        assert got.min() >= 0.0 and got.max() <= 255.0 * (1 + 1e-6)
+        if channels == 1:
+            assert (got[..., 0] == got[..., 1]).all() and (got[..., 0] == got[..., 2]).all()
+
+
 def test_the_cpu_flavours_banded_mask_head_gives_the_gpus_mask():
     """The CPU flavours' mask head (the linear resize back to the image in bands, sizes known
     only at run time) against the one large product per axis a GPU runs: masks of a smooth
     probability map brought back to large, odd, thin and tiny images (fewer rows than bands,
     so some bands are empty) are the same, but for pixels within float rounding of 0.5."""
-    from onnx import TensorProto, helper
-
     from brainscan.onnx_runtime import cpu_session
-    from brainscan.preprocessing_graph import CPU_RESIZE_BLOCKS, MASK_PREFIX, SIZE, GraphBuilder, _model, add_mask_head
+    from brainscan.preprocessing_graph import CPU_RESIZE_BLOCKS, SIZE, mask_model
 
     def session(blocks: int):
-        b = GraphBuilder(MASK_PREFIX)
-        add_mask_head(b, contract.SEGMENTER_OUTPUT, SIZE, contract.MASK, blocks)
-        inputs = [
-            helper.make_tensor_value_info(contract.SEGMENTER_OUTPUT, TensorProto.FLOAT, ["N", "h", "w", 1]),
-            helper.make_tensor_value_info(SIZE, TensorProto.INT64, [2]),
-        ]
-        outputs = [helper.make_tensor_value_info(contract.MASK, TensorProto.UINT8, ["N", "H", "W"])]
-        return cpu_session(_model(b, inputs, outputs).SerializeToString())
+        return cpu_session(mask_model(blocks).SerializeToString())
 
     dense, banded = session(0), session(CPU_RESIZE_BLOCKS)
     y, x = np.mgrid[0:256, 0:256] / 255.0
