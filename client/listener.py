@@ -1,31 +1,39 @@
 """`brainscan listen`: a DICOM node (C-STORE SCP, pynetdicom) that a PACS routes series to.
 
-Each object received is checked and written, atomically, to the spool folder as
-<series UID>/<SOP instance UID>.dcm (UIDs are digits and dots, so nothing is ever written
-outside the spool). A series is complete once nothing new arrived for ``idle`` seconds; it
-is then predicted like any DICOM series (one request per slice to the Triton ensemble), its
-DICOM SEG and SR are sent back (C-STORE to ``store_to``, or STOW-RS), one audit line is
-written, and its spool folder is removed. A series that fails keeps its files under
-spool/failed/ with the reason, and the listener goes on.
+Each object received is checked and written, atomically and readable by this user only, to
+the spool folder as <series UID>/<SOP instance UID>.dcm (UIDs are digits and dots, so
+nothing is ever written outside the spool). A series is complete once nothing new arrived
+for ``idle`` seconds; it is then predicted like any DICOM series, its DICOM SEG and SR are
+sent back (C-STORE to ``store_to``, or STOW-RS), and its spool folder is removed.
 
-What it accepts is bounded: calling AE titles (``allow_ae``; none given: any caller on
-loopback, none from elsewhere), objects that are images, the size of a series and the whole
-spool. Messages name series and objects by UID, never a patient.
+The spool is a journal: each series' folder holds ``journal.json`` with its state
+(receiving, complete, predicted, stored), written durably as it changes, so a node that is
+killed resumes at start whatever it had not stored: series received wait for their idle time
+and run, results predicted are sent again. A series that cannot be predicted because Triton
+is unreachable, or whose results the destination does not take, is tried again with back-off
+for ``retry_for`` seconds; only then, or at once for any other failure, it goes to
+spool/failed/ with the reason. Every failure writes an audit line. Objects that arrive while
+their series is predicted are kept, and the series is predicted again over all of them.
+
+What it accepts is bounded: calling AE titles (``allow_ae``, refused with an
+A-ASSOCIATE-RJ; none given: any caller on loopback, none from elsewhere), objects that are
+images, the size of a series and the whole spool. Messages name series and objects by UID,
+never a patient.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import json
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from brainscan.client.audit import AuditLog
 from brainscan.client.dicomweb import UID
+from brainscan.client.spool import RetryLater, SpooledSeries, State, private_file
 from brainscan.errors import UsageError
 
 SUCCESS = 0x0000
@@ -34,6 +42,12 @@ NOT_IMAGE = 0xA900  # "Error: Data Set does not match SOP Class" (here: not an i
 CANNOT_UNDERSTAND = 0xC000  # "Error: Cannot understand"
 FAILED_FOLDER = "failed"
 RESULTS_FOLDER = "results"
+# pynetdicom's storescp defaults: the largest PDU received, and the ACSE, DIMSE and network timeouts (s)
+MAX_PDU = 16382
+TIMEOUT = 30.0
+LONGEST_WAIT = 300.0  # between two tries of a series
+# A-ASSOCIATE-RJ: result, source and reason (PS3.8 9.3.4)
+REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
 
 
 @dataclass(frozen=True)
@@ -65,14 +79,15 @@ class ListenerConfig:
     max_spool_bytes: int = 20 << 30
     store_to: Destination | None = None
     audit: Path | None = None  # default: SPOOL/audit.jsonl
+    retry_for: float = 3600.0  # seconds a series is tried again while Triton or the destination is away
+    max_pdu: int = MAX_PDU
+    acse_timeout: float = TIMEOUT
+    dimse_timeout: float = TIMEOUT
+    network_timeout: float = TIMEOUT
 
-
-@dataclass
-class _Series:
-    folder: Path
-    study: str
-    bytes: int = 0
-    last: float = field(default_factory=time.monotonic)
+    @property
+    def audit_path(self) -> Path:
+        return Path(self.audit) if self.audit is not None else Path(self.spool) / "audit.jsonl"
 
 
 def _loopback(address: str) -> bool:
@@ -84,40 +99,47 @@ def _loopback(address: str) -> bool:
 
 class Listener:
     """The SCP and the worker that predicts complete series. ``process(folder, study,
-    series)`` returns the paths of the results to send (the SEG and SR; the SR alone for a
-    series outside the intended use) and what became of it, or raises with the reason."""
+    series, deliver)`` predicts a series, passes the paths of its results (the SEG and SR;
+    the SR alone for a series outside the intended use) to ``deliver``, which journals and
+    ``send``s them, and returns what became of it; it raises ``RetryLater`` when Triton or
+    the destination could not be reached, anything else for a failure of the series."""
 
     def __init__(
         self,
         config: ListenerConfig,
-        process: Callable[[Path, str, str], tuple[list[Path], str]],
+        process: Callable[[Path, str, str, Callable[[list[Path]], None]], str],
         send: Callable[[list[Path], str], None],
         log: Callable[[str], None] = print,
     ):
         self.config, self.process, self.send, self.log = config, process, send, log
-        self.series: dict[str, _Series] = {}
+        self.series: dict[str, SpooledSeries] = {}
+        self.busy: set[str] = set()  # series being predicted or sent
+        self.audit = AuditLog(config.audit_path)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = None
         self._worker: threading.Thread | None = None
         self.spool = Path(config.spool).resolve()
-        self.spool.mkdir(parents=True, exist_ok=True)
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.spool.chmod(0o700)  # received objects carry the patient module: this user only
 
     # --- the SCP -------------------------------------------------------------------------------
 
     def _on_requested(self, event) -> None:
-        """Refuse an association from a caller not allowed (before any object arrives)."""
+        """With no --allow-ae, refuse a caller that is not on loopback (before any object
+        arrives). Named callers are checked by pynetdicom itself (``require_calling_aet``),
+        which answers others with an A-ASSOCIATE-RJ."""
         requestor = event.assoc.requestor
-        calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
-        if self.config.allow_ae:
-            if calling not in self.config.allow_ae:
-                self.log(f"refused an association from AE {calling!r} at {requestor.address}: not in --allow-ae")
-                event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected permanently: calling AE not recognised
-        elif not _loopback(requestor.address):
+        if not self.config.allow_ae and not _loopback(requestor.address):
             self.log(
                 f"refused an association from {requestor.address}: with no --allow-ae only loopback callers are taken"
             )
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+
+    def _on_rejected(self, event) -> None:
+        requestor = event.assoc.requestor
+        calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
+        self.log(f"refused an association from AE {calling!r} at {requestor.address}: not in --allow-ae")
 
     def _spool_bytes(self) -> int:
         return sum(s.bytes for s in self.series.values())
@@ -152,55 +174,149 @@ class Listener:
                 )
                 return OUT_OF_RESOURCES
             if known is None:
-                known = self.series[series] = _Series(self.spool / series, study)
+                known = self.series[series] = SpooledSeries(self.spool / series, study)
+                known.folder.mkdir(exist_ok=True, mode=0o700)
+                if series not in self.busy:  # else its journal is the run's, until it ends
+                    known.journal(State.RECEIVING)
                 self.log(f"receiving series {series} of study {study}")
-            known.folder.mkdir(exist_ok=True)
             target = known.folder / f"{sop}.dcm"
             staging = known.folder / f".{sop}.partial"
-            staging.write_bytes(encoded)
+            private_file(staging, encoded)
             staging.rename(target)  # a series read meanwhile never sees half an object
             known.bytes, known.last = size, time.monotonic()
         return SUCCESS
 
     # --- the worker ----------------------------------------------------------------------------
 
-    def _complete(self) -> list[tuple[str, _Series]]:
+    def _complete(self) -> list[tuple[str, SpooledSeries]]:
+        """The series due: idle long enough, past their next try, not being run."""
         now = time.monotonic()
         with self._lock:
-            done = [(uid, s) for uid, s in self.series.items() if now - s.last >= self.config.idle]
+            done = [
+                (uid, s)
+                for uid, s in self.series.items()
+                if uid not in self.busy and now - s.last >= self.config.idle and now >= s.next_try
+            ]
             for uid, _ in done:
                 del self.series[uid]
+                self.busy.add(uid)
         return done
 
-    def _handle(self, uid: str, series: _Series) -> None:
+    def _deliver(self, uid: str, series: SpooledSeries) -> Callable[[list[Path]], None]:
+        def deliver(paths: list[Path]) -> None:
+            series.results = [str(p) for p in paths]
+            series.journal(State.PREDICTED)  # from here on, a restart sends these again
+            self.send(paths, uid)
+
+        return deliver
+
+    def _handle(self, uid: str, series: SpooledSeries) -> None:
         try:
-            results, done = self.process(series.folder, series.study, uid)
-            self.send(results, uid)
-        except Exception as exc:  # this series fails alone; its files are kept
-            failed = self.spool / FAILED_FOLDER / uid
-            shutil.rmtree(failed, ignore_errors=True)
-            failed.parent.mkdir(exist_ok=True)
-            series.folder.rename(failed)
-            (failed / "reason.txt").write_text(f"{exc}\n")
-            self.log(f"series {uid}: failed, files kept in {failed}: {exc}")
+            if series.results is not None:  # predicted before: only the sending failed
+                self._deliver(uid, series)([Path(p) for p in series.results])
+                done = "SEG and SR sent" + (f" (try {series.attempts + 1})" if series.attempts else "")
+                self.audit.write(series.study, uid, "ok", stored=True, resent=True, attempts=series.attempts + 1)
+            else:
+                series.journal(State.COMPLETE)
+                done = self.process(series.folder, series.study, uid, self._deliver(uid, series))
+        except RetryLater as exc:
+            self._retry(uid, series, str(exc))
             return
-        shutil.rmtree(series.folder, ignore_errors=True)
+        except Exception as exc:  # noqa: BLE001  (this series fails alone; the node goes on)
+            if series.results is not None:  # the destination refused or was away: the results wait
+                self._retry(uid, series, f"series {uid}: the results were not sent: {exc}")
+            else:
+                self._fail(uid, series, str(exc) or type(exc).__name__)
+            return
+        with self._lock:
+            series.journal(State.STORED)
+            self.busy.discard(uid)
+            if uid in self.series:  # objects came in meanwhile: predicted again over all of them
+                again = self.series[uid]
+                again.bytes = sum(f.stat().st_size for f in series.folder.glob("*.dcm"))
+                again.journal(State.RECEIVING)
+                self.log(f"series {uid}: {done}; objects arrived meanwhile, it is predicted again over all of them")
+                return
+            shutil.rmtree(series.folder, ignore_errors=True)
         self.log(f"series {uid}: {done}")
+
+    def _retry(self, uid: str, series: SpooledSeries, reason: str) -> None:
+        """Try the series again after a back-off, or fail it once ``retry_for`` is spent."""
+        now = time.time()
+        series.first_failure = series.first_failure or now
+        if now - series.first_failure >= self.config.retry_for:
+            self._fail(uid, series, f"{reason} (still failing after {self.config.retry_for:g} s of tries)")
+            return
+        series.attempts += 1
+        wait = min(LONGEST_WAIT, self.config.idle * 2 ** (series.attempts - 1))
+        series.next_try = time.monotonic() + wait
+        with self._lock:
+            series.journal(series.state)
+            self.busy.discard(uid)
+            late = self.series.pop(uid, None)
+            if late is not None:  # objects came in meanwhile: all of them, predicted afresh
+                series.results, series.bytes, series.last = None, series.bytes + late.bytes, late.last
+            self.series[uid] = series
+        self.audit.write(series.study, uid, "failed", error=reason, retry_in_s=round(wait, 1), attempts=series.attempts)
+        self.log(f"{reason}; series {uid} is tried again in {wait:g} s (try {series.attempts + 1})")
+
+    def _fail(self, uid: str, series: SpooledSeries, reason: str) -> None:
+        failed = self.spool / FAILED_FOLDER / uid
+        with self._lock:
+            self.busy.discard(uid)
+            self.series.pop(uid, None)
+            shutil.rmtree(failed, ignore_errors=True)
+            failed.parent.mkdir(exist_ok=True, mode=0o700)
+            series.folder.rename(failed)
+        series.folder = failed
+        series.journal(State.FAILED)
+        private_file(failed / "reason.txt", f"{reason}\n".encode())
+        self.audit.write(series.study, uid, "failed", error=reason, kept=str(failed))
+        self.log(f"series {uid}: failed, files kept in {failed}: {reason}")
 
     def _work(self) -> None:
         while not self._stop.wait(min(1.0, self.config.idle / 4)):
             for uid, series in self._complete():
-                self._handle(uid, series)
+                try:
+                    self._handle(uid, series)
+                except Exception as exc:  # noqa: BLE001  (a bug here must not stop the node)
+                    self.log(f"series {uid}: the node could not settle it ({type(exc).__name__}: {exc})")
+                    with self._lock:
+                        self.busy.discard(uid)
+
+    def resume(self) -> int:
+        """Take back every series the spool holds that was not stored (at start)."""
+        count = 0
+        for folder in sorted(p for p in self.spool.iterdir() if p.is_dir() and UID.fullmatch(p.name)):
+            series = SpooledSeries.resumed(folder)
+            if series is None or series.state is State.STORED:
+                shutil.rmtree(folder, ignore_errors=True)  # answered already, or empty
+                continue
+            self.series[folder.name] = series
+            count += 1
+            what = "its results are sent again" if series.results else "it runs after the idle time"
+            objects = len(list(folder.glob("*.dcm")))
+            self.log(f"resumed series {folder.name} ({series.state.value}, {objects} objects): {what}")
+        return count
 
     def start(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
+        self.resume()
         ae = AE(ae_title=self.config.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
-        ae.maximum_pdu_size = 0
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REQUESTED, self._on_requested)]
+        ae.maximum_pdu_size = self.config.max_pdu
+        ae.acse_timeout, ae.dimse_timeout = self.config.acse_timeout, self.config.dimse_timeout
+        ae.network_timeout = self.config.network_timeout
+        if self.config.allow_ae:
+            ae.require_calling_aet = list(self.config.allow_ae)
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
         self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         self._worker = threading.Thread(target=self._work, name="brainscan-listener", daemon=True)
         self._worker.start()
@@ -220,78 +336,3 @@ class Listener:
             self._server.shutdown()
         if self._worker is not None:
             self._worker.join(60)
-
-
-# --- what the CLI plugs in -------------------------------------------------------------------
-
-
-def predict_series(
-    connection, spool: Path, audit_path: Path, rules: Path | None = None
-) -> Callable[[Path, str, str], tuple[list[Path], str]]:
-    """Predict one spooled series with the usual run (the served models' intended use,
-    narrowed by ``rules``): the SEG and SR paths (the SR alone when it is refused) and what
-    became of it, or an error."""
-    from brainscan.client.batch import RunOptions, run_inputs
-    from brainscan.client.files import collect_inputs
-
-    def process(folder: Path, study: str, uid: str) -> list[Path]:
-        inputs, rejected, _ = collect_inputs([folder])
-        inputs = [i for i in inputs if i.kind == "dicom" and i.series.uid == uid]
-        if not inputs:
-            reason = rejected[0][1] if rejected else "no image slices"
-            raise ValueError(f"series {uid}: {reason}")
-        out = spool / RESULTS_FOLDER / uid
-        options = RunOptions(out=out, audit=audit_path, rules=rules)
-        outcome = asyncio.run(run_inputs(inputs, connection, options, lambda _: None))[0]
-        if outcome.error:
-            raise ValueError(outcome.error)
-        paths = [Path(p) for p in outcome.record["outputs"] if p.endswith((".seg.dcm", ".sr.dcm"))]
-        if outcome.refused:
-            return paths, f"not analysed, outside the intended use ({', '.join(outcome.verdict.codes)}): its SR sent"
-        return paths, "SEG and SR sent"
-
-    return process
-
-
-def c_store(destination: Destination, ae_title: str) -> Callable[[list[Path], str], None]:
-    """Send files by C-STORE to ``destination``; raises naming what failed."""
-    import pydicom
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
-
-    def send(paths: list[Path], uid: str) -> None:
-        ae = AE(ae_title=ae_title)
-        ae.add_requested_context(SegmentationStorage)
-        ae.add_requested_context(Comprehensive3DSRStorage)
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not assoc.is_established:
-            raise ConnectionError(
-                f"series {uid}: {destination.ae_title}@{destination.host}:{destination.port} "
-                "refused or did not answer the association for the results"
-            )
-        try:
-            for path in paths:
-                status = assoc.send_c_store(pydicom.dcmread(str(path)))
-                code = getattr(status, "Status", None)
-                if code != SUCCESS:
-                    raise ConnectionError(
-                        f"series {uid}: {destination.ae_title} answered status "
-                        f"{'none' if code is None else hex(code)} to {path.name}"
-                    )
-        finally:
-            assoc.release()
-
-    return send
-
-
-def stow(pacs) -> Callable[[list[Path], str], None]:
-    import pydicom
-
-    def send(paths: list[Path], uid: str) -> None:
-        pacs.store([pydicom.dcmread(str(p)) for p in paths], f"the SEG and SR of series {uid}")
-
-    return send
-
-
-def audit_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines()] if Path(path).exists() else []

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from brainscan.client.listener import MAX_PDU, TIMEOUT
 from brainscan.console import Url, fail, field_options, with_options
 
 
@@ -188,6 +189,22 @@ def listen(
             )
         ),
     ] = None,
+    retry_for: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help=(
+                "Seconds a series is tried again, with back-off, while Triton or the destination cannot be "
+                "reached; then it goes to <spool>/failed/."
+            ),
+        ),
+    ] = 3600.0,
+    max_pdu: Annotated[
+        int, typer.Option(min=0, help="Largest PDU received, bytes (0: unlimited; pynetdicom's storescp default).")
+    ] = MAX_PDU,
+    acse_timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for an association message.")] = TIMEOUT,
+    dimse_timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for a DIMSE message.")] = TIMEOUT,
+    network_timeout: Annotated[float, typer.Option(min=1, help="Seconds an idle association is kept open.")] = TIMEOUT,
     pacs_access: DicomwebAccess | None = None,  # the DICOMweb options (with_dicomweb)
 ) -> None:
     """A DICOM node (C-STORE SCP) for a PACS to route MR series to: each series is predicted
@@ -198,6 +215,7 @@ def listen(
     import threading
 
     from brainscan.client import listener as node
+    from brainscan.client import node_steps
     from brainscan.client.inference import Connection
 
     if (store_to is None) == (store_url is None):
@@ -209,12 +227,17 @@ def listen(
             port,
             spool,
             host,
-            tuple(allow_ae or ()),
-            idle,
-            max_series_mb << 20,
-            max_spool_mb << 20,
-            destination,
-            audit,
+            allow_ae=tuple(allow_ae or ()),
+            idle=idle,
+            max_series_bytes=max_series_mb << 20,
+            max_spool_bytes=max_spool_mb << 20,
+            store_to=destination,
+            audit=audit,
+            retry_for=retry_for,
+            max_pdu=max_pdu,
+            acse_timeout=acse_timeout,
+            dimse_timeout=dimse_timeout,
+            network_timeout=network_timeout,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -225,14 +248,14 @@ def listen(
 
         read_rules(rules)  # a malformed rules file exits 2 before the node starts
     conn = Connection(url) if url else Connection()
-    audit_path = audit or Path(spool) / "audit.jsonl"
+    audit_path = config.audit_path
     if destination is not None:
-        send = node.c_store(destination, ae_title)
+        send = node_steps.c_store(destination, ae_title)
     else:
-        send = node.stow(pacs_access.open(store_url))
+        send = node_steps.stow(pacs_access.open(store_url))
     listener = node.Listener(
         config,
-        node.predict_series(conn, Path(spool).resolve(), audit_path, rules),
+        node_steps.predict_series(conn, Path(spool).resolve(), audit_path, rules),
         send,
         log=lambda line: typer.echo(line, err=True),
     )

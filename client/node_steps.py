@@ -1,0 +1,96 @@
+"""What `brainscan listen` plugs into the node (``listener.Listener``): predicting a spooled
+series with the usual run, and sending its results by C-STORE or STOW-RS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from brainscan.client.listener import RESULTS_FOLDER, SUCCESS, Destination
+from brainscan.client.spool import RetryLater
+
+
+def predict_series(
+    connection, spool: Path, audit_path: Path, rules: Path | None = None
+) -> Callable[[Path, str, str, Callable[[list[Path]], None]], str]:
+    """Predict one spooled series with the usual run (the served models' intended use,
+    narrowed by ``rules``) and hand its SEG and SR (the SR alone when it is refused) to
+    ``deliver`` before the run audits it; what became of it, ``RetryLater`` when Triton or
+    the destination could not be reached, or an error."""
+    from brainscan.client.batch import RunOptions, run_inputs
+    from brainscan.client.files import collect_inputs
+    from brainscan.client.inference import ModelNotReadyError, ServerUnavailableError
+
+    def process(folder: Path, study: str, uid: str, deliver: Callable[[list[Path]], None]) -> str:
+        inputs, rejected, _ = collect_inputs([folder])
+        inputs = [i for i in inputs if i.kind == "dicom" and i.series.uid == uid]
+        if not inputs:
+            reason = rejected[0][1] if rejected else "no image slices"
+            raise ValueError(f"series {uid}: {reason}")
+
+        def store(outcome):
+            paths = [Path(p) for p in outcome.record["outputs"] if p.endswith((".seg.dcm", ".sr.dcm"))]
+            try:
+                deliver(paths)
+            except Exception as exc:  # noqa: BLE001  (audited as such; the node sends them again)
+                outcome.error = f"the results were not sent: {exc}; they are sent again later"
+                outcome.status, outcome.record = "STORE", None
+            else:
+                outcome.record["stored"] = True
+            return outcome
+
+        options = RunOptions(out=spool / RESULTS_FOLDER / uid, audit=audit_path, rules=rules, deliver=store)
+        try:
+            outcome = asyncio.run(run_inputs(inputs, connection, options, lambda _: None))[0]
+        except (ServerUnavailableError, ModelNotReadyError) as exc:
+            raise RetryLater(f"series {uid}: {exc}") from None
+        if outcome.status in ("STORE", "UNAVAILABLE"):
+            raise RetryLater(f"series {uid}: {outcome.error}")
+        if outcome.error:
+            raise ValueError(outcome.error)
+        if outcome.refused:
+            return f"not analysed, outside the intended use ({', '.join(outcome.verdict.codes)}): its SR sent"
+        return "SEG and SR sent"
+
+    return process
+
+
+def c_store(destination: Destination, ae_title: str) -> Callable[[list[Path], str], None]:
+    """Send files by C-STORE to ``destination``; raises naming what failed."""
+    import pydicom
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+
+    def send(paths: list[Path], uid: str) -> None:
+        ae = AE(ae_title=ae_title)
+        ae.add_requested_context(SegmentationStorage)
+        ae.add_requested_context(Comprehensive3DSRStorage)
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not assoc.is_established:
+            raise ConnectionError(
+                f"series {uid}: {destination.ae_title}@{destination.host}:{destination.port} "
+                "refused or did not answer the association for the results"
+            )
+        try:
+            for path in paths:
+                status = assoc.send_c_store(pydicom.dcmread(str(path)))
+                code = getattr(status, "Status", None)
+                if code != SUCCESS:
+                    raise ConnectionError(
+                        f"series {uid}: {destination.ae_title} answered status "
+                        f"{'none' if code is None else hex(code)} to {path.name}"
+                    )
+        finally:
+            assoc.release()
+
+    return send
+
+
+def stow(pacs) -> Callable[[list[Path], str], None]:
+    import pydicom
+
+    def send(paths: list[Path], uid: str) -> None:
+        pacs.store([pydicom.dcmread(str(p)) for p in paths], f"the SEG and SR of series {uid}")
+
+    return send

@@ -1,0 +1,82 @@
+"""The node's spool as a journal: each series' folder holds its objects and ``journal.json``,
+its state, written durably as it changes, so that a node restarted on the spool resumes
+what it had not stored. Every file is readable by the node's user only."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+JOURNAL = "journal.json"
+
+
+class State(StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    PREDICTED = "predicted"
+    STORED = "stored"
+    FAILED = "failed"
+
+
+class RetryLater(Exception):
+    """Triton or the destination could not be reached: the series is tried again later."""
+
+
+def private_file(path: Path, data: bytes) -> None:
+    """Write ``path`` readable by this user only, durably."""
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(handle, data)
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+@dataclass
+class SpooledSeries:
+    """One series in the spool: its folder, what is known of it, and its journal."""
+
+    folder: Path
+    study: str
+    bytes: int = 0
+    last: float = field(default_factory=time.monotonic)
+    state: State = State.RECEIVING
+    results: list[str] | None = None  # the SEG and SR once predicted, until stored
+    attempts: int = 0
+    first_failure: float | None = None  # wall-clock time of the first failed try
+    next_try: float = 0.0  # monotonic
+
+    def journal(self, state: State) -> None:
+        """Record the state durably (a new file renamed over the old one)."""
+        self.state = state
+        entry = {"study": self.study, "state": state.value, "results": self.results, "attempts": self.attempts}
+        entry["first_failure"] = self.first_failure
+        staging = self.folder / f".{JOURNAL}.partial"
+        private_file(staging, json.dumps(entry).encode())
+        staging.rename(self.folder / JOURNAL)
+
+    @classmethod
+    def resumed(cls, folder: Path) -> SpooledSeries | None:
+        """A series folder found at start, as its journal left it (None: nothing to resume)."""
+        for partial in folder.glob(".*.partial"):
+            partial.unlink()  # an object or journal being written when the node stopped
+        objects = list(folder.glob("*.dcm"))
+        try:
+            entry = json.loads((folder / JOURNAL).read_text())
+        except (OSError, ValueError):
+            entry = {}
+        if not entry.get("study"):
+            if not objects:
+                return None
+            import pydicom
+
+            entry["study"] = str(pydicom.dcmread(objects[0], stop_before_pixels=True).StudyInstanceUID)
+        series = cls(folder, entry["study"], sum(f.stat().st_size for f in objects))
+        series.state = State(entry.get("state", State.RECEIVING))
+        series.results, series.attempts = entry.get("results"), int(entry.get("attempts", 0))
+        series.first_failure = entry.get("first_failure")
+        return series

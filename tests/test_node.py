@@ -1,0 +1,191 @@
+"""`brainscan listen` as a node a hospital leaves running, under faults injected by process id:
+the real listener process, a real Triton and a real Orthanc on loopback. A series reaches
+the node while Triton is away and the node is then killed (-9): restarted on its spool, it
+resumes the series and answers it once Triton is back. The destination PACS is away when the
+results are ready: they wait in the spool and reach it once it is up, once. Four senders at
+once get every C-STORE answered. Callers not allowed get an A-ASSOCIATE-RJ. The spool is
+private to the node's user."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from dicom_cases import BRAINSCAN, lesion_images
+from orthanc import Orthanc
+from volume_files import write_mr_series
+
+from brainscan.serving import Ports, TritonServer, free_port
+
+pytestmark = pytest.mark.server
+
+
+@contextlib.contextmanager
+def node(port: int, triton_url: str, store_port: int, spool: Path, log: Path, *extra: str):
+    """`brainscan listen`, results to ORTHANC@127.0.0.1:``store_port``; ended by its pid (-9 by
+    the test when it says so)."""
+    process = subprocess.Popen(
+        [BRAINSCAN, "listen", "--port", str(port), "--url", triton_url, "--idle", "1", "--spool", str(spool)]
+        + ["--store-to", f"ORTHANC@127.0.0.1:{store_port}", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "a"),
+    )
+    try:
+        wait_for(lambda: "listening as BRAINSCAN" in log.read_text(), 30, log)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(60)
+
+
+def wait_for(condition, seconds: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s" + (f":\n{log.read_text()[-3000:]}" if log else ""))
+        time.sleep(0.3)
+
+
+def send_series(port: int, folder: Path, calling: str = "SCANNER") -> list[int]:
+    """C-STORE every file of ``folder`` to the node on one association: the statuses."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")  # MR Image Storage
+    assoc = ae.associate("127.0.0.1", port, ae_title="BRAINSCAN")
+    assert assoc.is_established
+    try:
+        return [assoc.send_c_store(pydicom.dcmread(f)).Status for f in sorted(folder.glob("*.dcm"))]
+    finally:
+        assoc.release()
+
+
+def results_in(pacs: Orthanc, study: str) -> dict[str, list]:
+    """The study's series in ``pacs`` by modality, each a list of its instances' datasets."""
+    found: dict[str, list] = {}
+    try:
+        study_id = pacs.find_study(study)
+    except (StopIteration, OSError):
+        return found
+    for series in pacs.get(f"/studies/{study_id}/series"):
+        modality = series["MainDicomTags"]["Modality"]
+        for instance in series["Instances"]:
+            data = pacs.get_bytes(f"/instances/{instance}/file")
+            found.setdefault(modality, []).append(pydicom.dcmread(pydicom.filebase.DicomBytesIO(data)))
+    return found
+
+
+def referenced(seg) -> set[str]:
+    return {
+        item.ReferencedSOPInstanceUID
+        for series in seg.ReferencedSeriesSequence
+        for item in series.ReferencedInstanceSequence
+    }
+
+
+def audit(spool: Path) -> list[tuple[str, str]]:
+    return [(a["series"], a["outcome"]) for a in map(json.loads, (spool / "audit.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture
+def pacs(tmp_path):
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    yield orthanc
+    orthanc.stop()
+
+
+def test_a_node_killed_while_triton_is_away_answers_the_series_once_after_restart(bright_networks, pacs, tmp_path):
+    from brainscan.export.repository import write_repository
+
+    ports, port, spool, log = Ports.free(), free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    written = write_mr_series(tmp_path / "series", lesion_images(10), number=21)
+    series, study = str(written[0].SeriesInstanceUID), str(written[0].StudyInstanceUID)
+    with node(port, f"127.0.0.1:{ports.grpc}", pacs.dicom_port, spool, log) as first:
+        assert send_series(port, tmp_path / "series") == [0] * 10
+        wait_for(lambda: "is tried again" in log.read_text(), 60, log)  # Triton is not there
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    journal = json.loads((spool / series / "journal.json").read_text())
+    assert journal["state"] == "complete" and journal["attempts"] >= 1
+    held = list((spool / series).glob("*.dcm"))
+    assert len(held) == 10
+    assert all(os.stat(f).st_mode & 0o777 == 0o600 for f in held)  # the patient's data: the node's user only
+    assert os.stat(spool / series).st_mode & 0o777 == 0o700 and os.stat(spool).st_mode & 0o777 == 0o700
+
+    repository = write_repository(
+        tmp_path / "model_repository", "local", bright_networks["classifier"], bright_networks["segmenter"]
+    )
+    triton = TritonServer(repository, ports=ports, log_file=tmp_path / "tritonserver.log")
+    with triton, node(port, f"127.0.0.1:{ports.grpc}", pacs.dicom_port, spool, log):
+        wait_for(lambda: f"series {series}: SEG and SR sent" in log.read_text(), 120, log)
+        time.sleep(3)  # more than the idle time: nothing else is sent
+    text = log.read_text()
+    assert f"resumed series {series} (complete, 10 objects)" in text
+    found = results_in(pacs, study)
+    assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == len(found["SR"]) == 1, text
+    assert referenced(found["SEG"][0]) == {str(d.SOPInstanceUID) for d in written}
+    assert audit(spool)[0] == (series, "failed") and audit(spool)[-1] == (series, "ok")
+    assert not (spool / series).exists() and not (spool / "failed").exists()
+
+
+def test_results_wait_in_the_spool_while_the_destination_is_away_and_arrive_once(bright_server, tmp_path):
+    destination = Orthanc(tmp_path / "orthanc")  # its ports are chosen; it is not started yet
+    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    written = write_mr_series(tmp_path / "series", lesion_images(8), number=22)
+    series, study = str(written[0].SeriesInstanceUID), str(written[0].StudyInstanceUID)
+    try:
+        with node(port, bright_server.grpc_url, destination.dicom_port, spool, log):
+            assert send_series(port, tmp_path / "series") == [0] * 8
+            wait_for(lambda: "is tried again" in log.read_text(), 60, log)
+            journal = json.loads((spool / series / "journal.json").read_text())
+            assert journal["state"] == "predicted" and len(journal["results"]) == 2
+            destination.start()
+            wait_for(lambda: f"series {series}: SEG and SR sent (try" in log.read_text(), 120, log)
+            time.sleep(3)
+        found = results_in(destination, study)
+    finally:
+        destination.stop()
+    assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == len(found["SR"]) == 1, log.read_text()
+    assert referenced(found["SEG"][0]) == {str(d.SOPInstanceUID) for d in written}
+    lines = audit(spool)
+    assert lines[0] == (series, "failed") and lines[-1] == (series, "ok") and len(lines) >= 2
+    assert "not sent" in json.loads((spool / "audit.jsonl").read_text().splitlines()[0])["error"]
+
+
+def test_four_senders_at_once_get_every_object_answered_and_a_stranger_is_rejected(bright_server, pacs, tmp_path):
+    """The stall of a node with an unlimited PDU size (1 C-STORE in 20 unanswered with four
+    pynetdicom senders) does not happen with storescp's defaults; an AE title not allowed gets
+    an A-ASSOCIATE-RJ, not an abort."""
+    from pynetdicom import AE
+
+    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    folders = []
+    for k in range(4):
+        write_mr_series(tmp_path / f"series{k}", lesion_images(20), number=30 + k)
+        folders.append(tmp_path / f"series{k}")
+    statuses: dict[int, list[int]] = {}
+    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log, "--allow-ae", "SCANNER"):
+        senders = [
+            threading.Thread(target=lambda k=k: statuses.__setitem__(k, send_series(port, folders[k])))
+            for k in range(4)
+        ]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(120)
+        stranger = AE(ae_title="STRANGER")
+        stranger.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
+        assoc = stranger.associate("127.0.0.1", port, ae_title="BRAINSCAN")
+        assert assoc.is_rejected and not assoc.is_aborted
+        wait_for(lambda: log.read_text().count("SEG and SR sent") == 4, 120, log)
+    assert statuses == {k: [0] * 20 for k in range(4)}
+    assert "refused an association from AE 'STRANGER'" in log.read_text()
