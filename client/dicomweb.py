@@ -92,6 +92,7 @@ class Pacs:
 
     def _call(self, what: str, function, *args, **kwargs):
         import requests
+        from retrying import RetryError
 
         try:
             return function(*args, **kwargs)
@@ -107,6 +108,11 @@ class Pacs:
             raise DicomWebError(f"cannot reach the PACS at {self.url} for {what} ({type(exc).__name__})") from None
         except ValueError as exc:  # an answer dicomweb-client cannot parse
             raise DicomWebError(f"the PACS at {self.url} answered {what} with something unreadable ({exc})") from None
+        except RetryError as exc:  # dicomweb-client's retries spent on 429/503/504 answers
+            attempt = exc.last_attempt
+            status = getattr(getattr(attempt, "value", None), "status_code", None) if attempt is not None else None
+            said = f"answered {status}" if status else "kept failing"
+            raise DicomWebError(f"the PACS at {self.url} {said} to {what} {ATTEMPTS} times; try again later") from None
 
     def series_of(self, study: str) -> list[dict]:
         """The study's series, as QIDO-RS lists them (DICOM JSON)."""
@@ -120,6 +126,8 @@ class Pacs:
     def image_series(self, study: str, wanted: list[str] | None = None) -> list[str]:
         """UIDs of the study's image series (``wanted`` ones only, when given)."""
         found = {_value(s, "0020000E"): _value(s, "00080060") for s in self.series_of(study)}
+        if not found:
+            raise DicomWebError(f"the PACS at {self.url} has no study {study}")
         if wanted:
             missing = [uid for uid in wanted if uid not in found]
             if missing:
@@ -166,7 +174,21 @@ class Pacs:
         return False
 
     def store(self, datasets: list, what: str) -> None:
-        self._call(f"the storage of {what}", self.client.store_instances, datasets=datasets)
+        """STOW-RS; raises unless the answer stores every instance: a 200 or 202 whose
+        FailedSOPSequence names some, or whose ReferencedSOPSequence carries a warning, is a
+        failure for those it names."""
+        answer = self._call(f"the storage of {what}", self.client.store_instances, datasets=datasets)
+        failed = [
+            f"{item.get('ReferencedSOPInstanceUID', '?')} (failure reason {hex(int(item.get('FailureReason', 0)))})"
+            for item in (answer or {}).get("FailedSOPSequence", [])
+        ]
+        warned = [
+            f"{item.get('ReferencedSOPInstanceUID', '?')} (warning {hex(int(item.get('WarningReason', 0)))})"
+            for item in (answer or {}).get("ReferencedSOPSequence", [])
+            if "WarningReason" in item
+        ]
+        if failed or warned:
+            raise DicomWebError(f"the PACS at {self.url} did not store all of {what}: {', '.join(failed + warned)}")
 
 
 def _referenced_series(instance: dict) -> set[str]:

@@ -41,6 +41,7 @@ pytestmark = pytest.mark.server
 # --- a real PACS ---------------------------------------------------------------------------------
 
 LISTENER_PORT = free_port()
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +235,19 @@ class _Failing(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         if self.mode == "silent":
             time.sleep(8)  # longer than the client's timeout; the server thread ends by itself
-        self.send_response(500)
+        self.send_response(503 if self.mode == "503" else 500)
         self.end_headers()
+
+    def do_POST(self):  # noqa: N802  (STOW-RS: 200, but one instance named as failed, Out of Resources)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        failed = {"00081150": {"vr": "UI", "Value": [SEG_CLASS]}, "00081155": {"vr": "UI", "Value": ["1.2.3.4.5.6"]}}
+        failed["00081197"] = {"vr": "US", "Value": [0xA700]}
+        body = json.dumps({"00081198": {"vr": "SQ", "Value": [failed]}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -246,6 +258,7 @@ class _Failing(http.server.BaseHTTPRequestHandler):
     [
         ("500", "answered 500 to the search for the series of study"),
         ("silent", "did not answer the search for the series of study"),
+        ("503", "answered 503 to the search for the series of study 1.2.3.4 3 times"),
     ],
 )
 def test_a_pacs_that_fails_or_never_answers_is_named(bright_server, tmp_path, mode, words):
@@ -341,3 +354,29 @@ def test_orthanc_routes_each_stable_mr_series_with_the_shipped_lua_script(bright
     assert "not an image" not in text  # the SEG and SR were not sent back to the node
     audit = [json.loads(line) for line in (tmp_path / "spool" / "audit.jsonl").read_text().splitlines()]
     assert [(a["series"], a["outcome"]) for a in audit] == [(str(written[0].SeriesInstanceUID), "ok")]
+
+
+def test_a_stow_answer_that_names_a_failed_instance_is_a_failure(tmp_path):
+    """A 200 whose FailedSOPSequence names an instance (here Out of Resources) is not a store."""
+    from brainscan.client.dicomweb import DicomWebError, Pacs
+
+    written = write_mr_series(tmp_path / "series", lesion_images(1), number=13)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(
+            DicomWebError, match=r"did not store all of the SEG: 1\.2\.3\.4\.5\.6 \(failure reason 0xa700\)"
+        ):
+            Pacs(f"http://127.0.0.1:{server.server_address[1]}/dicom-web").store(written, "the SEG")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_study_the_pacs_does_not_hold_is_named_and_exits_1(pacs, bright_server, credentials):
+    result = brainscan(
+        "predict", "--dicomweb", pacs.dicomweb, "--study", "1.2.3.4.5", "--url", bright_server.grpc_url, env=credentials
+    )
+    assert result.returncode == 1 and "has no study 1.2.3.4.5" in result.stderr, result.stderr
+    assert "already has a result" not in result.stderr
