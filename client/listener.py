@@ -33,7 +33,7 @@ from pathlib import Path
 
 from brainscan.client.audit import AuditLog
 from brainscan.client.dicomweb import UID
-from brainscan.client.spool import RetryLater, SpooledSeries, State, private_file
+from brainscan.client.spool import Answered, RetryLater, SpooledSeries, State, private_file
 from brainscan.errors import UsageError
 
 SUCCESS = 0x0000
@@ -42,6 +42,7 @@ NOT_IMAGE = 0xA900  # "Error: Data Set does not match SOP Class" (here: not an i
 CANNOT_UNDERSTAND = 0xC000  # "Error: Cannot understand"
 FAILED_FOLDER = "failed"
 RESULTS_FOLDER = "results"
+ALREADY_ANSWERED = "already answered with the same instances by the same models: not sent again"
 # pynetdicom's storescp defaults: the largest PDU received, and the ACSE, DIMSE and network timeouts (s)
 MAX_PDU = 16382
 TIMEOUT = 30.0
@@ -107,7 +108,7 @@ class Listener:
     def __init__(
         self,
         config: ListenerConfig,
-        process: Callable[[Path, str, str, Callable[[list[Path]], None]], str],
+        process: Callable[[Path, str, str, Callable[[list[Path]], bool]], str],
         send: Callable[[list[Path], str], None],
         log: Callable[[str], None] = print,
     ):
@@ -122,6 +123,7 @@ class Listener:
         self.spool = Path(config.spool).resolve()
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.spool.chmod(0o700)  # received objects carry the patient module: this user only
+        self.answered = Answered(self.spool)
 
     # --- the SCP -------------------------------------------------------------------------------
 
@@ -181,8 +183,13 @@ class Listener:
                 self.log(f"receiving series {series} of study {study}")
             target = known.folder / f"{sop}.dcm"
             staging = known.folder / f".{sop}.partial"
-            private_file(staging, encoded)
-            staging.rename(target)  # a series read meanwhile never sees half an object
+            try:
+                private_file(staging, encoded)
+                staging.rename(target)  # a series read meanwhile never sees half an object
+            except OSError as exc:  # a full or failing disk: refused, and the PACS keeps it
+                staging.unlink(missing_ok=True)
+                self.log(f"refused object {sop} of series {series}: cannot write it ({exc.strerror or exc})")
+                return OUT_OF_RESOURCES
             known.bytes, known.last = size, time.monotonic()
         return SUCCESS
 
@@ -202,20 +209,29 @@ class Listener:
                 self.busy.add(uid)
         return done
 
-    def _deliver(self, uid: str, series: SpooledSeries) -> Callable[[list[Path]], None]:
-        def deliver(paths: list[Path]) -> None:
+    def _deliver(self, uid: str, series: SpooledSeries) -> Callable[[list[Path]], bool]:
+        """Journal the results, then send them unless the same instances were answered by the
+        same models before (a series routed twice): whether they were sent."""
+
+        def deliver(paths: list[Path]) -> bool:
             series.results = [str(p) for p in paths]
             series.journal(State.PREDICTED)  # from here on, a restart sends these again
+            key = Answered.key(uid, series.folder, paths)
+            if key in self.answered:
+                return False
             self.send(paths, uid)
+            self.answered.add(key)
+            return True
 
         return deliver
 
     def _handle(self, uid: str, series: SpooledSeries) -> None:
         try:
             if series.results is not None:  # predicted before: only the sending failed
-                self._deliver(uid, series)([Path(p) for p in series.results])
+                sent = self._deliver(uid, series)([Path(p) for p in series.results])
                 done = "SEG and SR sent" + (f" (try {series.attempts + 1})" if series.attempts else "")
-                self.audit.write(series.study, uid, "ok", stored=True, resent=True, attempts=series.attempts + 1)
+                done = done if sent else ALREADY_ANSWERED
+                self.audit.write(series.study, uid, "ok", stored=sent, resent=True, attempts=series.attempts + 1)
             else:
                 series.journal(State.COMPLETE)
                 done = self.process(series.folder, series.study, uid, self._deliver(uid, series))

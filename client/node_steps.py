@@ -7,13 +7,13 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from brainscan.client.listener import RESULTS_FOLDER, SUCCESS, Destination
+from brainscan.client.listener import ALREADY_ANSWERED, RESULTS_FOLDER, SUCCESS, Destination
 from brainscan.client.spool import RetryLater
 
 
 def predict_series(
     connection, spool: Path, audit_path: Path, rules: Path | None = None
-) -> Callable[[Path, str, str, Callable[[list[Path]], None]], str]:
+) -> Callable[[Path, str, str, Callable[[list[Path]], bool]], str]:
     """Predict one spooled series with the usual run (the served models' intended use,
     narrowed by ``rules``) and hand its SEG and SR (the SR alone when it is refused) to
     ``deliver`` before the run audits it; what became of it, ``RetryLater`` when Triton or
@@ -22,22 +22,24 @@ def predict_series(
     from brainscan.client.files import collect_inputs
     from brainscan.client.inference import ModelNotReadyError, ServerUnavailableError
 
-    def process(folder: Path, study: str, uid: str, deliver: Callable[[list[Path]], None]) -> str:
+    def process(folder: Path, study: str, uid: str, deliver: Callable[[list[Path]], bool]) -> str:
         inputs, rejected, _ = collect_inputs([folder])
         inputs = [i for i in inputs if i.kind == "dicom" and i.series.uid == uid]
         if not inputs:
             reason = rejected[0][1] if rejected else "no image slices"
             raise ValueError(f"series {uid}: {reason}")
 
+        sent = []
+
         def store(outcome):
             paths = [Path(p) for p in outcome.record["outputs"] if p.endswith((".seg.dcm", ".sr.dcm"))]
             try:
-                deliver(paths)
+                sent.append(deliver(paths))
             except Exception as exc:  # noqa: BLE001  (audited as such; the node sends them again)
                 outcome.error = f"the results were not sent: {exc}; they are sent again later"
                 outcome.status, outcome.record = "STORE", None
             else:
-                outcome.record["stored"] = True
+                outcome.record["stored"] = True if sent[-1] else "already answered"
             return outcome
 
         options = RunOptions(out=spool / RESULTS_FOLDER / uid, audit=audit_path, rules=rules, deliver=store)
@@ -49,6 +51,8 @@ def predict_series(
             raise RetryLater(f"series {uid}: {outcome.error}")
         if outcome.error:
             raise ValueError(outcome.error)
+        if sent and not sent[-1]:
+            return ALREADY_ANSWERED
         if outcome.refused:
             return f"not analysed, outside the intended use ({', '.join(outcome.verdict.codes)}): its SR sent"
         return "SEG and SR sent"

@@ -4,6 +4,8 @@ what it had not stored. Every file is readable by the node's user only."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import time
@@ -80,3 +82,43 @@ class SpooledSeries:
         series.results, series.attempts = entry.get("results"), int(entry.get("attempts", 0))
         series.first_failure = entry.get("first_failure")
         return series
+
+
+class Answered:
+    """The series the node has answered, as (series UID, its instances, the served models):
+    one JSON line each in ``answered.jsonl``, appended durably once the results are sent. A
+    series routed again with the same instances to the same models is not answered twice."""
+
+    FILE = "answered.jsonl"
+
+    def __init__(self, spool: Path):
+        self.path = Path(spool) / self.FILE
+        self.keys: set[tuple[str, str, str]] = set()
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError):
+                    entry = json.loads(line)
+                    self.keys.add((entry["series"], entry["instances"], entry["models"]))
+
+    @staticmethod
+    def key(series: str, folder: Path, results: list[Path]) -> tuple[str, str, str]:
+        """The series, a digest of its instances' UIDs (the spooled files' names), and the
+        served models' digest its results carry (their DeviceSerialNumber)."""
+        import pydicom
+
+        instances = hashlib.sha256("\n".join(sorted(f.stem for f in folder.glob("*.dcm"))).encode()).hexdigest()
+        models = {str(pydicom.dcmread(p, stop_before_pixels=True).get("DeviceSerialNumber", "")) for p in results}
+        return series, instances[:32], ",".join(sorted(models))
+
+    def __contains__(self, key: tuple[str, str, str]) -> bool:
+        return key in self.keys
+
+    def add(self, key: tuple[str, str, str]) -> None:
+        line = json.dumps({"series": key[0], "instances": key[1], "models": key[2], "time": time.time()}) + "\n"
+        handle = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(handle, line.encode())
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+        self.keys.add(key)

@@ -189,3 +189,18 @@ def test_four_senders_at_once_get_every_object_answered_and_a_stranger_is_reject
         wait_for(lambda: log.read_text().count("SEG and SR sent") == 4, 120, log)
     assert statuses == {k: [0] * 20 for k in range(4)}
     assert "refused an association from AE 'STRANGER'" in log.read_text()
+
+
+def test_a_series_routed_twice_is_answered_once(bright_server, pacs, tmp_path):
+    """The same instances sent again (a re-route, a StableAge re-trigger) to the same models:
+    predicted, but not sent again, and said so; the PACS holds one SEG and one SR."""
+    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    written = write_mr_series(tmp_path / "series", lesion_images(6), number=23)
+    series, study = str(written[0].SeriesInstanceUID), str(written[0].StudyInstanceUID)
+    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log):
+        send_series(port, tmp_path / "series")
+        wait_for(lambda: f"series {series}: SEG and SR sent" in log.read_text(), 120, log)
+        send_series(port, tmp_path / "series")
+        wait_for(lambda: f"series {series}: already answered" in log.read_text(), 120, log)
+    found = results_in(pacs, study)
+    assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == len(found["SR"]) == 1, log.read_text()
