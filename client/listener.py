@@ -115,6 +115,7 @@ class Listener:
         self.config, self.process, self.send, self.log = config, process, send, log
         self.series: dict[str, SpooledSeries] = {}
         self.busy: set[str] = set()  # series being predicted or sent
+        self._brought: dict[int, set[str]] = {}  # the series each open association brought objects of
         self.audit = AuditLog(config.audit_path)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -190,19 +191,37 @@ class Listener:
                 staging.unlink(missing_ok=True)
                 self.log(f"refused object {sop} of series {series}: cannot write it ({exc.strerror or exc})")
                 return OUT_OF_RESOURCES
-            known.bytes, known.last = size, time.monotonic()
+            known.bytes, known.last, known.aborted = size, time.monotonic(), None
+            self._brought.setdefault(id(event.assoc), set()).add(series)
         return SUCCESS
+
+    def _on_aborted(self, event) -> None:
+        """An association aborted half-way: what it brought does not run (the sender will
+        send the series again), until another association brings objects of it."""
+        with self._lock:
+            for uid in sorted(self._brought.pop(id(event.assoc), ())):
+                if uid in self.series:
+                    self.series[uid].aborted = time.monotonic()
+                    self.log(f"series {uid}: its association was aborted; it waits to be sent again")
+
+    def _on_released(self, event) -> None:
+        with self._lock:
+            self._brought.pop(id(event.assoc), None)
 
     # --- the worker ----------------------------------------------------------------------------
 
     def _complete(self) -> list[tuple[str, SpooledSeries]]:
-        """The series due: idle long enough, past their next try, not being run."""
+        """The series due: idle long enough, past their next try, not being run, not waiting
+        to be sent again after an abort (unless they waited ``retry_for``: then they fail)."""
         now = time.monotonic()
         with self._lock:
             done = [
                 (uid, s)
                 for uid, s in self.series.items()
-                if uid not in self.busy and now - s.last >= self.config.idle and now >= s.next_try
+                if uid not in self.busy
+                and now - s.last >= self.config.idle
+                and now >= s.next_try
+                and (s.aborted is None or now - s.aborted >= self.config.retry_for)
             ]
             for uid, _ in done:
                 del self.series[uid]
@@ -226,6 +245,10 @@ class Listener:
         return deliver
 
     def _handle(self, uid: str, series: SpooledSeries) -> None:
+        if series.aborted is not None:
+            reason = f"its association was aborted and it was not sent again within {self.config.retry_for:g} s"
+            self._fail(uid, series, f"series {uid}: {reason}")
+            return
         try:
             if series.results is not None:  # predicted before: only the sending failed
                 sent = self._deliver(uid, series)([Path(p) for p in series.results])
@@ -332,6 +355,8 @@ class Listener:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_RELEASED, self._on_released),
         ]
         self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         self._worker = threading.Thread(target=self._work, name="brainscan-listener", daemon=True)

@@ -51,6 +51,7 @@ class SpooledSeries:
     attempts: int = 0
     first_failure: float | None = None  # wall-clock time of the first failed try
     next_try: float = 0.0  # monotonic
+    aborted: float | None = None  # monotonic: an association that brought objects of it was aborted
 
     def journal(self, state: State) -> None:
         """Record the state durably (a new file renamed over the old one)."""

@@ -204,3 +204,28 @@ def test_a_series_routed_twice_is_answered_once(bright_server, pacs, tmp_path):
         wait_for(lambda: f"series {series}: already answered" in log.read_text(), 120, log)
     found = results_in(pacs, study)
     assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == len(found["SR"]) == 1, log.read_text()
+
+
+def test_what_an_aborted_association_brought_waits_for_the_series_to_be_sent_again(bright_server, pacs, tmp_path):
+    """Half a series, then an A-ABORT: no SEG of the half; the whole series sent again on a new
+    association gets one SEG referencing every instance."""
+    from pynetdicom import AE
+
+    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    written = write_mr_series(tmp_path / "series", lesion_images(8), number=24)
+    series, study = str(written[0].SeriesInstanceUID), str(written[0].StudyInstanceUID)
+    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log):
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
+        assoc = ae.associate("127.0.0.1", port, ae_title="BRAINSCAN")
+        for path in sorted((tmp_path / "series").glob("*.dcm"))[:4]:
+            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+        assoc.abort()
+        wait_for(lambda: f"series {series}: its association was aborted" in log.read_text(), 30, log)
+        time.sleep(4)  # several idle times: the half does not run
+        assert "SEG and SR sent" not in log.read_text() and results_in(pacs, study) == {}
+        assert send_series(port, tmp_path / "series") == [0] * 8
+        wait_for(lambda: f"series {series}: SEG and SR sent" in log.read_text(), 120, log)
+    found = results_in(pacs, study)
+    assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == 1, log.read_text()
+    assert referenced(found["SEG"][0]) == {str(d.SOPInstanceUID) for d in written}
