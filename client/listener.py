@@ -47,6 +47,19 @@ ALREADY_ANSWERED = "already answered with the same instances by the same models:
 MAX_PDU = 16382
 TIMEOUT = 30.0
 LONGEST_WAIT = 300.0  # between two tries of a series
+# Compressed transfer syntaxes taken as they come (pydicom decodes them with pylibjpeg,
+# openjpeg and pyjpegls): JPEG baseline, extended and lossless, JPEG-LS, JPEG 2000, RLE
+COMPRESSED_SYNTAXES = (
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.5",
+)
 # A-ASSOCIATE-RJ: result, source and reason (PS3.8 9.3.4)
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
 
@@ -340,11 +353,13 @@ class Listener:
 
     def start(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES
         from pynetdicom.sop_class import Verification
 
         self.resume()
         ae = AE(ae_title=self.config.ae_title)
-        ae.supported_contexts = AllStoragePresentationContexts
+        for context in AllStoragePresentationContexts:  # uncompressed, and what the kit's reader decodes
+            ae.add_supported_context(context.abstract_syntax, [*DEFAULT_TRANSFER_SYNTAXES, *COMPRESSED_SYNTAXES])
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = self.config.max_pdu
         ae.acse_timeout, ae.dimse_timeout = self.config.acse_timeout, self.config.dimse_timeout
