@@ -28,13 +28,12 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from brainscan.client.audit import AuditLog
 from brainscan.client.dicomweb import UID
+from brainscan.client.node_config import COMPRESSED_SYNTAXES, LONGEST_WAIT, ListenerConfig
 from brainscan.client.spool import Answered, RetryLater, SpooledSeries, State, private_file
-from brainscan.errors import UsageError
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # C-STORE "Refused: Out of Resources"
@@ -43,65 +42,8 @@ CANNOT_UNDERSTAND = 0xC000  # "Error: Cannot understand"
 FAILED_FOLDER = "failed"
 RESULTS_FOLDER = "results"
 ALREADY_ANSWERED = "already answered with the same instances by the same models: not sent again"
-# pynetdicom's storescp defaults: the largest PDU received, and the ACSE, DIMSE and network timeouts (s)
-MAX_PDU = 16382
-TIMEOUT = 30.0
-LONGEST_WAIT = 300.0  # between two tries of a series
-# Compressed transfer syntaxes taken as they come (pydicom decodes them with pylibjpeg,
-# openjpeg and pyjpegls): JPEG baseline, extended and lossless, JPEG-LS, JPEG 2000, RLE
-COMPRESSED_SYNTAXES = (
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.80",
-    "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.5",
-)
 # A-ASSOCIATE-RJ: result, source and reason (PS3.8 9.3.4)
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where results go by C-STORE: AET@HOST:PORT."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Destination:
-        title, _, address = text.partition("@")
-        host, _, port = address.rpartition(":")
-        if not title or not host or not port.isdigit() or len(title) > 16:
-            raise UsageError(f"{text!r}: write AET@HOST:PORT (an AE title of at most 16 characters)")
-        return cls(title, host, int(port))
-
-
-@dataclass
-class ListenerConfig:
-    ae_title: str
-    port: int
-    spool: Path
-    host: str = "127.0.0.1"
-    allow_ae: tuple[str, ...] = ()
-    idle: float = 10.0  # seconds without a new object: the series is complete
-    max_series_bytes: int = 2 << 30
-    max_spool_bytes: int = 20 << 30
-    store_to: Destination | None = None
-    audit: Path | None = None  # default: SPOOL/audit.jsonl
-    retry_for: float = 3600.0  # seconds a series is tried again while Triton or the destination is away
-    max_pdu: int = MAX_PDU
-    acse_timeout: float = TIMEOUT
-    dimse_timeout: float = TIMEOUT
-    network_timeout: float = TIMEOUT
-
-    @property
-    def audit_path(self) -> Path:
-        return Path(self.audit) if self.audit is not None else Path(self.spool) / "audit.jsonl"
 
 
 def _loopback(address: str) -> bool:
@@ -128,6 +70,7 @@ class Listener:
         self.config, self.process, self.send, self.log = config, process, send, log
         self.series: dict[str, SpooledSeries] = {}
         self.busy: set[str] = set()  # series being predicted or sent
+        self.kept: dict[str, SpooledSeries] = {}  # stored, deleted once ``keep_for`` has passed
         self._brought: dict[int, set[str]] = {}  # the series each open association brought objects of
         self.audit = AuditLog(config.audit_path)
         self._lock = threading.Lock()
@@ -190,7 +133,10 @@ class Listener:
                 )
                 return OUT_OF_RESOURCES
             if known is None:
-                known = self.series[series] = SpooledSeries(self.spool / series, study)
+                stored = self.kept.pop(series, None)  # answered already: the late object joins the others
+                known = self.series[series] = SpooledSeries(self.spool / series, study, stored.bytes if stored else 0)
+                if stored is not None:
+                    self.log(f"series {series}: a new object after its results were sent; it runs again over all")
                 known.folder.mkdir(exist_ok=True, mode=0o700)
                 if series not in self.busy:  # else its journal is the run's, until it ends
                     known.journal(State.RECEIVING)
@@ -281,6 +227,7 @@ class Listener:
                 self._fail(uid, series, str(exc) or type(exc).__name__)
             return
         with self._lock:
+            series.stored_at = time.time()
             series.journal(State.STORED)
             self.busy.discard(uid)
             if uid in self.series:  # objects came in meanwhile: predicted again over all of them
@@ -289,8 +236,17 @@ class Listener:
                 again.journal(State.RECEIVING)
                 self.log(f"series {uid}: {done}; objects arrived meanwhile, it is predicted again over all of them")
                 return
-            shutil.rmtree(series.folder, ignore_errors=True)
+            series.bytes = sum(f.stat().st_size for f in series.folder.glob("*.dcm"))
+            self.kept[uid] = series
         self.log(f"series {uid}: {done}")
+
+    def _expire(self) -> None:
+        """Delete the objects and results of series stored more than ``keep_for`` ago."""
+        now = time.time()
+        with self._lock:
+            for uid in [u for u, s in self.kept.items() if now - (s.stored_at or 0) >= self.config.keep_for]:
+                shutil.rmtree(self.kept.pop(uid).folder, ignore_errors=True)
+                shutil.rmtree(self.spool / RESULTS_FOLDER / uid, ignore_errors=True)
 
     def _retry(self, uid: str, series: SpooledSeries, reason: str) -> None:
         """Try the series again after a back-off, or fail it once ``retry_for`` is spent."""
@@ -328,6 +284,7 @@ class Listener:
 
     def _work(self) -> None:
         while not self._stop.wait(min(1.0, self.config.idle / 4)):
+            self._expire()
             for uid, series in self._complete():
                 try:
                     self._handle(uid, series)
@@ -341,8 +298,12 @@ class Listener:
         count = 0
         for folder in sorted(p for p in self.spool.iterdir() if p.is_dir() and UID.fullmatch(p.name)):
             series = SpooledSeries.resumed(folder)
-            if series is None or series.state is State.STORED:
-                shutil.rmtree(folder, ignore_errors=True)  # answered already, or empty
+            if series is None:
+                shutil.rmtree(folder, ignore_errors=True)  # nothing in it
+                continue
+            if series.state is State.STORED:  # answered: kept until its retention ends
+                series.stored_at = series.stored_at or time.time()
+                self.kept[folder.name] = series
                 continue
             self.series[folder.name] = series
             count += 1

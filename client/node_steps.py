@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from brainscan.client.listener import ALREADY_ANSWERED, RESULTS_FOLDER, SUCCESS, Destination
+from brainscan.client.listener import ALREADY_ANSWERED, RESULTS_FOLDER, SUCCESS
+from brainscan.client.node_config import Destination
 from brainscan.client.spool import RetryLater
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from brainscan.client.listener import MAX_PDU, TIMEOUT
+from brainscan.client.node_config import MAX_PDU, TIMEOUT
 from brainscan.console import Url, fail, field_options, with_options
 
 
@@ -199,6 +199,16 @@ def listen(
             ),
         ),
     ] = 3600.0,
+    keep_for: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help=(
+                "Seconds a series' received objects and results are kept once its results are stored; objects "
+                "of it arriving meanwhile join them and it runs again over all. Then both are deleted."
+            ),
+        ),
+    ] = 600.0,
     max_pdu: Annotated[
         int, typer.Option(min=0, help="Largest PDU received, bytes (0: unlimited; pynetdicom's storescp default).")
     ] = MAX_PDU,
@@ -215,14 +225,14 @@ def listen(
     import threading
 
     from brainscan.client import listener as node
-    from brainscan.client import node_steps
+    from brainscan.client import node_config, node_steps
     from brainscan.client.inference import Connection
 
     if (store_to is None) == (store_url is None):
         raise typer.BadParameter("give one of --store-to AET@HOST:PORT or --store-url URL: where the results go")
     try:
-        destination = node.Destination.parse(store_to) if store_to else None
-        config = node.ListenerConfig(
+        destination = node_config.Destination.parse(store_to) if store_to else None
+        config = node_config.ListenerConfig(
             ae_title,
             port,
             spool,
@@ -234,6 +244,7 @@ def listen(
             store_to=destination,
             audit=audit,
             retry_for=retry_for,
+            keep_for=keep_for,
             max_pdu=max_pdu,
             acse_timeout=acse_timeout,
             dimse_timeout=dimse_timeout,

@@ -52,12 +52,13 @@ class SpooledSeries:
     first_failure: float | None = None  # wall-clock time of the first failed try
     next_try: float = 0.0  # monotonic
     aborted: float | None = None  # monotonic: an association that brought objects of it was aborted
+    stored_at: float | None = None  # wall-clock time its results were stored (kept until the retention ends)
 
     def journal(self, state: State) -> None:
         """Record the state durably (a new file renamed over the old one)."""
         self.state = state
         entry = {"study": self.study, "state": state.value, "results": self.results, "attempts": self.attempts}
-        entry["first_failure"] = self.first_failure
+        entry["first_failure"], entry["stored_at"] = self.first_failure, self.stored_at
         staging = self.folder / f".{JOURNAL}.partial"
         private_file(staging, json.dumps(entry).encode())
         staging.rename(self.folder / JOURNAL)
@@ -81,7 +82,7 @@ class SpooledSeries:
         series = cls(folder, entry["study"], sum(f.stat().st_size for f in objects))
         series.state = State(entry.get("state", State.RECEIVING))
         series.results, series.attempts = entry.get("results"), int(entry.get("attempts", 0))
-        series.first_failure = entry.get("first_failure")
+        series.first_failure, series.stored_at = entry.get("first_failure"), entry.get("stored_at")
         return series
 
 

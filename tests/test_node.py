@@ -134,7 +134,8 @@ def test_a_node_killed_while_triton_is_away_answers_the_series_once_after_restar
     assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == len(found["SR"]) == 1, text
     assert referenced(found["SEG"][0]) == {str(d.SOPInstanceUID) for d in written}
     assert audit(spool)[0] == (series, "failed") and audit(spool)[-1] == (series, "ok")
-    assert not (spool / series).exists() and not (spool / "failed").exists()
+    assert json.loads((spool / series / "journal.json").read_text())["state"] == "stored"  # kept for --keep-for
+    assert not (spool / "failed").exists()
 
 
 def test_results_wait_in_the_spool_while_the_destination_is_away_and_arrive_once(bright_server, tmp_path):
@@ -229,3 +230,25 @@ def test_what_an_aborted_association_brought_waits_for_the_series_to_be_sent_aga
     found = results_in(pacs, study)
     assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == 1, log.read_text()
     assert referenced(found["SEG"][0]) == {str(d.SOPInstanceUID) for d in written}
+
+
+def test_late_objects_join_a_stored_series_and_everything_is_deleted_after_the_retention(bright_server, pacs, tmp_path):
+    """Six slices answered; two more of the same series arrive within --keep-for: the series
+    runs again over all eight (a second SEG, referencing the eight). After --keep-for the
+    objects and results are deleted from the spool."""
+    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    written = write_mr_series(tmp_path / "series", lesion_images(8), number=25)
+    series, study = str(written[0].SeriesInstanceUID), str(written[0].StudyInstanceUID)
+    (tmp_path / "first").mkdir(), (tmp_path / "late").mkdir()
+    for k, path in enumerate(sorted((tmp_path / "series").glob("*.dcm"))):
+        path.rename(tmp_path / ("first" if k < 6 else "late") / path.name)
+    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log, "--keep-for", "8"):
+        send_series(port, tmp_path / "first")
+        wait_for(lambda: log.read_text().count(f"series {series}: SEG and SR sent") == 1, 120, log)
+        assert (spool / series).is_dir() and (spool / "results" / series).is_dir()  # kept for now
+        send_series(port, tmp_path / "late")
+        wait_for(lambda: log.read_text().count(f"series {series}: SEG and SR sent") == 2, 120, log)
+        wait_for(lambda: not (spool / series).exists() and not (spool / "results" / series).exists(), 30, log)
+    segs = results_in(pacs, study)["SEG"]
+    assert sorted(len(referenced(seg)) for seg in segs) == [6, 8], log.read_text()
+    assert "a new object after its results were sent" in log.read_text()

@@ -1,0 +1,68 @@
+"""What `brainscan listen` is told: the node's configuration, where its results go, and the
+DICOM network's defaults it starts from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from brainscan.errors import UsageError
+
+# pynetdicom's storescp defaults: the largest PDU received, and the ACSE, DIMSE and network timeouts (s)
+MAX_PDU = 16382
+TIMEOUT = 30.0
+LONGEST_WAIT = 300.0  # seconds, at most, between two tries of a series
+# Compressed transfer syntaxes taken as they come (pydicom decodes them with pylibjpeg,
+# openjpeg and pyjpegls): JPEG baseline, extended and lossless, JPEG-LS, JPEG 2000, RLE
+COMPRESSED_SYNTAXES = (
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.5",
+)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go by C-STORE: AET@HOST:PORT."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        title, _, address = text.partition("@")
+        host, _, port = address.rpartition(":")
+        if not title or not host or not port.isdigit() or len(title) > 16:
+            raise UsageError(f"{text!r}: write AET@HOST:PORT (an AE title of at most 16 characters)")
+        return cls(title, host, int(port))
+
+
+@dataclass
+class ListenerConfig:
+    ae_title: str
+    port: int
+    spool: Path
+    host: str = "127.0.0.1"
+    allow_ae: tuple[str, ...] = ()
+    idle: float = 10.0  # seconds without a new object: the series is complete
+    max_series_bytes: int = 2 << 30
+    max_spool_bytes: int = 20 << 30
+    store_to: Destination | None = None
+    audit: Path | None = None  # default: SPOOL/audit.jsonl
+    retry_for: float = 3600.0  # seconds a series is tried again while Triton or the destination is away
+    keep_for: float = 600.0  # seconds a series' objects and results are kept once stored (late objects join them)
+    max_pdu: int = MAX_PDU
+    acse_timeout: float = TIMEOUT
+    dimse_timeout: float = TIMEOUT
+    network_timeout: float = TIMEOUT
+
+    @property
+    def audit_path(self) -> Path:
+        return Path(self.audit) if self.audit is not None else Path(self.spool) / "audit.jsonl"
