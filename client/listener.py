@@ -33,6 +33,7 @@ from pathlib import Path
 from brainscan.client.audit import AuditLog
 from brainscan.client.dicomweb import UID
 from brainscan.client.node_config import COMPRESSED_SYNTAXES, LONGEST_WAIT, ListenerConfig
+from brainscan.client.node_metrics import NodeMetrics
 from brainscan.client.spool import Answered, RetryLater, SpooledSeries, State, private_file
 
 SUCCESS = 0x0000
@@ -69,7 +70,8 @@ class Listener:
     ):
         self.config, self.process, self.send, self.log = config, process, send, log
         self.series: dict[str, SpooledSeries] = {}
-        self.busy: set[str] = set()  # series being predicted or sent
+        self.busy: dict[str, SpooledSeries] = {}  # series being predicted or sent
+        self.metrics = NodeMetrics(self._pending_since)
         self.kept: dict[str, SpooledSeries] = {}  # stored, deleted once ``keep_for`` has passed
         self._brought: dict[int, set[str]] = {}  # the series each open association brought objects of
         self.audit = AuditLog(config.audit_path)
@@ -94,8 +96,10 @@ class Listener:
                 f"refused an association from {requestor.address}: with no --allow-ae only loopback callers are taken"
             )
             event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+            self.metrics.count("associations_rejected_total")
 
     def _on_rejected(self, event) -> None:
+        self.metrics.count("associations_rejected_total")
         requestor = event.assoc.requestor
         calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
         self.log(f"refused an association from AE {calling!r} at {requestor.address}: not in --allow-ae")
@@ -135,6 +139,7 @@ class Listener:
             if known is None:
                 stored = self.kept.pop(series, None)  # answered already: the late object joins the others
                 known = self.series[series] = SpooledSeries(self.spool / series, study, stored.bytes if stored else 0)
+                self.metrics.count("series_received_total")
                 if stored is not None:
                     self.log(f"series {series}: a new object after its results were sent; it runs again over all")
                 known.folder.mkdir(exist_ok=True, mode=0o700)
@@ -151,6 +156,7 @@ class Listener:
                 self.log(f"refused object {sop} of series {series}: cannot write it ({exc.strerror or exc})")
                 return OUT_OF_RESOURCES
             known.bytes, known.last, known.aborted = size, time.monotonic(), None
+            self.metrics.count("objects_received_total")
             self._brought.setdefault(id(event.assoc), set()).add(series)
         return SUCCESS
 
@@ -182,9 +188,9 @@ class Listener:
                 and now >= s.next_try
                 and (s.aborted is None or now - s.aborted >= self.config.retry_for)
             ]
-            for uid, _ in done:
+            for uid, s in done:
                 del self.series[uid]
-                self.busy.add(uid)
+                self.busy[uid] = s
         return done
 
     def _deliver(self, uid: str, series: SpooledSeries) -> Callable[[list[Path]], bool]:
@@ -192,6 +198,8 @@ class Listener:
         same models before (a series routed twice): whether they were sent."""
 
         def deliver(paths: list[Path]) -> bool:
+            if series.results is None:
+                self.metrics.count("series_predicted_total")
             series.results = [str(p) for p in paths]
             series.journal(State.PREDICTED)  # from here on, a restart sends these again
             key = Answered.key(uid, series.folder, paths)
@@ -199,6 +207,7 @@ class Listener:
                 return False
             self.send(paths, uid)
             self.answered.add(key)
+            self.metrics.count("series_stored_total")
             return True
 
         return deliver
@@ -229,7 +238,7 @@ class Listener:
         with self._lock:
             series.stored_at = time.time()
             series.journal(State.STORED)
-            self.busy.discard(uid)
+            self.busy.pop(uid, None)
             if uid in self.series:  # objects came in meanwhile: predicted again over all of them
                 again = self.series[uid]
                 again.bytes = sum(f.stat().st_size for f in series.folder.glob("*.dcm"))
@@ -256,11 +265,12 @@ class Listener:
             self._fail(uid, series, f"{reason} (still failing after {self.config.retry_for:g} s of tries)")
             return
         series.attempts += 1
+        self.metrics.count("retries_total")
         wait = min(LONGEST_WAIT, self.config.idle * 2 ** (series.attempts - 1))
         series.next_try = time.monotonic() + wait
         with self._lock:
             series.journal(series.state)
-            self.busy.discard(uid)
+            self.busy.pop(uid, None)
             late = self.series.pop(uid, None)
             if late is not None:  # objects came in meanwhile: all of them, predicted afresh
                 series.results, series.bytes, series.last = None, series.bytes + late.bytes, late.last
@@ -271,7 +281,7 @@ class Listener:
     def _fail(self, uid: str, series: SpooledSeries, reason: str) -> None:
         failed = self.spool / FAILED_FOLDER / uid
         with self._lock:
-            self.busy.discard(uid)
+            self.busy.pop(uid, None)
             self.series.pop(uid, None)
             shutil.rmtree(failed, ignore_errors=True)
             failed.parent.mkdir(exist_ok=True, mode=0o700)
@@ -280,7 +290,12 @@ class Listener:
         series.journal(State.FAILED)
         private_file(failed / "reason.txt", f"{reason}\n".encode())
         self.audit.write(series.study, uid, "failed", error=reason, kept=str(failed))
+        self.metrics.count("series_failed_total")
         self.log(f"series {uid}: failed, files kept in {failed}: {reason}")
+
+    def _pending_since(self) -> list[float]:
+        with self._lock:
+            return [s.since for s in (*self.series.values(), *self.busy.values())]
 
     def _work(self) -> None:
         while not self._stop.wait(min(1.0, self.config.idle / 4)):
@@ -291,7 +306,7 @@ class Listener:
                 except Exception as exc:  # noqa: BLE001  (a bug here must not stop the node)
                     self.log(f"series {uid}: the node could not settle it ({type(exc).__name__}: {exc})")
                     with self._lock:
-                        self.busy.discard(uid)
+                        self.busy.pop(uid, None)
 
     def resume(self) -> int:
         """Take back every series the spool holds that was not stored (at start)."""
@@ -335,6 +350,8 @@ class Listener:
             (evt.EVT_RELEASED, self._on_released),
         ]
         self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        if self.config.metrics_port is not None:
+            self.metrics.serve(self.config.host, self.config.metrics_port)
         self._worker = threading.Thread(target=self._work, name="brainscan-listener", daemon=True)
         self._worker.start()
         who = (
@@ -353,3 +370,4 @@ class Listener:
             self._server.shutdown()
         if self._worker is not None:
             self._worker.join(60)
+        self.metrics.stop()

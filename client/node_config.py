@@ -59,6 +59,7 @@ class ListenerConfig:
     retry_for: float = 3600.0  # seconds a series is tried again while Triton or the destination is away
     keep_for: float = 600.0  # seconds a series' objects and results are kept once stored (late objects join them)
     max_pdu: int = MAX_PDU
+    metrics_port: int | None = None  # Prometheus text on http://HOST:PORT/metrics
     acse_timeout: float = TIMEOUT
     dimse_timeout: float = TIMEOUT
     network_timeout: float = TIMEOUT

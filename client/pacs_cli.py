@@ -209,6 +209,12 @@ def listen(
             ),
         ),
     ] = 600.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics (HOST: --host); none given, none served."
+        ),
+    ] = None,
     max_pdu: Annotated[
         int, typer.Option(min=0, help="Largest PDU received, bytes (0: unlimited; pynetdicom's storescp default).")
     ] = MAX_PDU,
@@ -245,6 +251,7 @@ def listen(
             audit=audit,
             retry_for=retry_for,
             keep_for=keep_for,
+            metrics_port=metrics_port,
             max_pdu=max_pdu,
             acse_timeout=acse_timeout,
             dimse_timeout=dimse_timeout,

@@ -52,6 +52,7 @@ class SpooledSeries:
     first_failure: float | None = None  # wall-clock time of the first failed try
     next_try: float = 0.0  # monotonic
     aborted: float | None = None  # monotonic: an association that brought objects of it was aborted
+    since: float = field(default_factory=time.monotonic)  # its first object (or the node's start)
     stored_at: float | None = None  # wall-clock time its results were stored (kept until the retention ends)
 
     def journal(self, state: State) -> None:

@@ -21,6 +21,7 @@ import pydicom
 import pytest
 from dicom_cases import BRAINSCAN, lesion_images
 from orthanc import Orthanc
+from test_alerts import node_metrics
 from volume_files import write_mr_series
 
 from brainscan.serving import Ports, TritonServer, free_port
@@ -96,6 +97,20 @@ def audit(spool: Path) -> list[tuple[str, str]]:
     return [(a["series"], a["outcome"]) for a in map(json.loads, (spool / "audit.jsonl").read_text().splitlines())]
 
 
+def scrape(port: int) -> dict[str, float]:
+    """The node's Prometheus text: each sample's value by name."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split(" ")
+            values[name] = float(value)
+    return values
+
+
 @pytest.fixture
 def pacs(tmp_path):
     orthanc = Orthanc(tmp_path / "orthanc").start()
@@ -168,13 +183,14 @@ def test_four_senders_at_once_get_every_object_answered_and_a_stranger_is_reject
     an A-ASSOCIATE-RJ, not an abort."""
     from pynetdicom import AE
 
-    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    port, spool, log, metrics_port = free_port(), tmp_path / "spool", tmp_path / "listen.log", free_port()
     folders = []
     for k in range(4):
         write_mr_series(tmp_path / f"series{k}", lesion_images(20), number=30 + k)
         folders.append(tmp_path / f"series{k}")
     statuses: dict[int, list[int]] = {}
-    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log, "--allow-ae", "SCANNER"):
+    extra = ("--allow-ae", "SCANNER", "--metrics-port", str(metrics_port))
+    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log, *extra):
         senders = [
             threading.Thread(target=lambda k=k: statuses.__setitem__(k, send_series(port, folders[k])))
             for k in range(4)
@@ -188,7 +204,13 @@ def test_four_senders_at_once_get_every_object_answered_and_a_stranger_is_reject
         assoc = stranger.associate("127.0.0.1", port, ae_title="BRAINSCAN")
         assert assoc.is_rejected and not assoc.is_aborted
         wait_for(lambda: log.read_text().count("SEG and SR sent") == 4, 120, log)
+        exported = scrape(metrics_port)
     assert statuses == {k: [0] * 20 for k in range(4)}
+    assert exported["brainscan_node_objects_received_total"] == 80
+    assert exported["brainscan_node_series_received_total"] == exported["brainscan_node_series_stored_total"] == 4
+    assert exported["brainscan_node_associations_rejected_total"] == 1
+    assert exported["brainscan_node_series_pending"] == exported["brainscan_node_oldest_pending_seconds"] == 0
+    assert node_metrics() <= set(exported), node_metrics() - set(exported)  # what the alerts read
     assert "refused an association from AE 'STRANGER'" in log.read_text()
 
 
