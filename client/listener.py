@@ -98,11 +98,18 @@ class Listener:
             event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
             self.metrics.count("associations_rejected_total")
 
+    def _on_tls_refused(self, peer: str, reason: str) -> None:
+        """A TLS handshake that failed (no certificate, one the CA did not sign, no common protocol)."""
+        self.metrics.count("associations_rejected_total")
+        self.log(f"refused a TLS connection from {peer}: {reason}")
+        self.audit.write("", "", "security-alert", event="tls-refused", peer=peer, error=reason)
+
     def _on_rejected(self, event) -> None:
         self.metrics.count("associations_rejected_total")
         requestor = event.assoc.requestor
         calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
         self.log(f"refused an association from AE {calling!r} at {requestor.address}: not in --allow-ae")
+        self.audit.write("", "", "security-alert", event="association-rejected", peer=requestor.address, ae=calling)
 
     def _spool_bytes(self) -> int:
         return sum(s.bytes for s in self.series.values())
@@ -349,7 +356,9 @@ class Listener:
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_RELEASED, self._on_released),
         ]
-        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        tls = self.config.tls.server(self._on_tls_refused) if self.config.tls is not None else None
+        address = (self.config.host, self.config.port)
+        self._server = ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=tls)
         if self.config.metrics_port is not None:
             self.metrics.serve(self.config.host, self.config.metrics_port)
         self._worker = threading.Thread(target=self._work, name="brainscan-listener", daemon=True)
@@ -359,6 +368,8 @@ class Listener:
             if self.config.allow_ae
             else "any caller on loopback, none from elsewhere (--allow-ae to name callers)"
         )
+        if self.config.tls is not None:
+            who += f", over TLS with a certificate the CA in {self.config.tls.ca} signed"
         self.log(
             f"listening as {self.config.ae_title} on {self.config.host}:{self.config.port}; accepting {who}; "
             f"a series is complete after {self.config.idle:g} s without a new object; spool {self.spool}"

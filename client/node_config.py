@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainscan.client.node_tls import TlsFiles
 from brainscan.errors import UsageError
 
 # pynetdicom's storescp defaults: the largest PDU received, and the ACSE, DIMSE and network timeouts (s)
@@ -60,6 +61,7 @@ class ListenerConfig:
     keep_for: float = 600.0  # seconds a series' objects and results are kept once stored (late objects join them)
     max_pdu: int = MAX_PDU
     metrics_port: int | None = None  # Prometheus text on http://HOST:PORT/metrics
+    tls: TlsFiles | None = None  # DICOM TLS on the node's port, callers' certificates required
     acse_timeout: float = TIMEOUT
     dimse_timeout: float = TIMEOUT
     network_timeout: float = TIMEOUT

@@ -61,8 +61,9 @@ def predict_series(
     return process
 
 
-def c_store(destination: Destination, ae_title: str) -> Callable[[list[Path], str], None]:
-    """Send files by C-STORE to ``destination``; raises naming what failed."""
+def c_store(destination: Destination, ae_title: str, tls=None) -> Callable[[list[Path], str], None]:
+    """Send files by C-STORE to ``destination`` (over TLS with ``tls``, a client
+    ``ssl.SSLContext``); raises naming what failed."""
     import pydicom
     from pynetdicom import AE
     from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
@@ -71,7 +72,8 @@ def c_store(destination: Destination, ae_title: str) -> Callable[[list[Path], st
         ae = AE(ae_title=ae_title)
         ae.add_requested_context(SegmentationStorage)
         ae.add_requested_context(Comprehensive3DSRStorage)
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        tls_args = (tls, destination.host) if tls is not None else None
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
         if not assoc.is_established:
             raise ConnectionError(
                 f"series {uid}: {destination.ae_title}@{destination.host}:{destination.port} "

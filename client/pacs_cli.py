@@ -215,6 +215,23 @@ def listen(
             help="Serve Prometheus metrics on http://HOST:PORT/metrics (HOST: --host); none given, none served."
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="DICOM TLS: this node's certificate (PEM); with --tls-key and --tls-ca.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="DICOM TLS: this node's private key (PEM).")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(help="DICOM TLS: the CA bundle (PEM) callers' certificates must chain to; callers must show one."),
+    ] = None,
+    store_tls: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "Send the results by C-STORE over TLS: this node's certificate, the destination's checked "
+                "against --tls-ca."
+            )
+        ),
+    ] = False,
     max_pdu: Annotated[
         int, typer.Option(min=0, help="Largest PDU received, bytes (0: unlimited; pynetdicom's storescp default).")
     ] = MAX_PDU,
@@ -231,11 +248,13 @@ def listen(
     import threading
 
     from brainscan.client import listener as node
-    from brainscan.client import node_config, node_steps
+    from brainscan.client import node_config, node_steps, node_tls
     from brainscan.client.inference import Connection
 
     if (store_to is None) == (store_url is None):
         raise typer.BadParameter("give one of --store-to AET@HOST:PORT or --store-url URL: where the results go")
+    if store_tls and (store_to is None or tls_cert is None):
+        raise typer.BadParameter("--store-tls sends by C-STORE (--store-to) with this node's TLS files (--tls-cert…)")
     try:
         destination = node_config.Destination.parse(store_to) if store_to else None
         config = node_config.ListenerConfig(
@@ -252,6 +271,7 @@ def listen(
             retry_for=retry_for,
             keep_for=keep_for,
             metrics_port=metrics_port,
+            tls=node_tls.TlsFiles.of(tls_cert, tls_key, tls_ca),
             max_pdu=max_pdu,
             acse_timeout=acse_timeout,
             dimse_timeout=dimse_timeout,
@@ -268,7 +288,7 @@ def listen(
     conn = Connection(url) if url else Connection()
     audit_path = config.audit_path
     if destination is not None:
-        send = node_steps.c_store(destination, ae_title)
+        send = node_steps.c_store(destination, ae_title, config.tls.client() if store_tls and config.tls else None)
     else:
         send = node_steps.stow(pacs_access.open(store_url))
     listener = node.Listener(

@@ -34,6 +34,7 @@ class Orthanc:
         modalities: dict | None = None,
         users: dict | None = None,
         lua_scripts: list[Path] | None = None,
+        settings: dict | None = None,
     ):
         self.root = Path(root)
         self.http_port, self.dicom_port = free_port(), free_port()
@@ -58,6 +59,7 @@ class Orthanc:
             "HttpTimeout": 60,
             "StableAge": 1,
             "LuaScripts": [str(Path(p).resolve()) for p in lua_scripts or []],
+            **(settings or {}),
         }
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "orthanc.json").write_text(json.dumps(config, indent=1))
