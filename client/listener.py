@@ -34,7 +34,7 @@ from brainscan.client.audit import AuditLog
 from brainscan.client.dicomweb import UID
 from brainscan.client.node_config import COMPRESSED_SYNTAXES, LONGEST_WAIT, ListenerConfig
 from brainscan.client.node_metrics import NodeMetrics
-from brainscan.client.spool import Answered, RetryLater, SpooledSeries, State, private_file
+from brainscan.client.spool import Answered, RetryLater, SpooledSeries, State, private_file, unusable
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # C-STORE "Refused: Out of Resources"
@@ -45,6 +45,15 @@ RESULTS_FOLDER = "results"
 ALREADY_ANSWERED = "already answered with the same instances by the same models: not sent again"
 # A-ASSOCIATE-RJ: result, source and reason (PS3.8 9.3.4)
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
+
+
+def _status(code: int, comment: str):
+    """A C-STORE status with its Error Comment (LO: at most 64 characters)."""
+    from pydicom.dataset import Dataset
+
+    status = Dataset()
+    status.Status, status.ErrorComment = code, comment[:64]
+    return status
 
 
 def _loopback(address: str) -> bool:
@@ -130,6 +139,10 @@ class Listener:
         if "Rows" not in dataset or "PixelData" not in dataset:
             self.log(f"refused object {sop} of series {series}: not an image ({getattr(dataset, 'Modality', '?')})")
             return NOT_IMAGE
+        reason = unusable(dataset)
+        if reason is not None:  # refused now, named: the PACS sees the failure and keeps the object
+            self.log(f"refused object {sop} of series {series}: {reason}")
+            return _status(CANNOT_UNDERSTAND, reason)
         encoded = event.encoded_dataset()
         with self._lock:
             known = self.series.get(series)

@@ -125,3 +125,19 @@ class Answered:
         finally:
             os.close(handle)
         self.keys.add(key)
+
+
+def unusable(dataset) -> str | None:
+    """Why an image object cannot take its place in a volume (None: it can): no position or
+    orientation, or uncompressed pixel data shorter than its rows, columns and frames need."""
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient"):
+        if not dataset.get(keyword):
+            return f"no {keyword}"
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and not syntax.is_compressed:
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        per_sample = -(-int(dataset.get("BitsAllocated", 16)) // 8)
+        needed = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1)) * per_sample * frames
+        if len(dataset.PixelData) < needed:
+            return f"truncated pixel data ({len(dataset.PixelData)} of {needed} bytes)"
+    return None

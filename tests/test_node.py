@@ -274,3 +274,28 @@ def test_late_objects_join_a_stored_series_and_everything_is_deleted_after_the_r
     segs = results_in(pacs, study)["SEG"]
     assert sorted(len(referenced(seg)) for seg in segs) == [6, 8], log.read_text()
     assert "a new object after its results were sent" in log.read_text()
+
+
+def test_an_object_that_cannot_take_its_place_is_refused_at_c_store_with_the_reason(bright_server, pacs, tmp_path):
+    """One slice without ImagePositionPatient and one with truncated pixel data: each refused
+    with a failure status whose comment names why (the PACS keeps them); the rest is answered."""
+    from pynetdicom import AE
+
+    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    written = write_mr_series(tmp_path / "series", lesion_images(6), number=26)
+    datasets = [pydicom.dcmread(f) for f in sorted((tmp_path / "series").glob("*.dcm"))]
+    del datasets[2].ImagePositionPatient
+    datasets[4].PixelData = datasets[4].PixelData[:-100]
+    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log):
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
+        assoc = ae.associate("127.0.0.1", port, ae_title="BRAINSCAN")
+        statuses = [assoc.send_c_store(d) for d in datasets]
+        assoc.release()
+        series = str(written[0].SeriesInstanceUID)
+        wait_for(lambda: f"series {series}: SEG and SR sent" in log.read_text(), 120, log)
+    assert [s.Status for s in statuses] == [0, 0, 0xC000, 0, 0xC000, 0]
+    assert statuses[2].ErrorComment == "no ImagePositionPatient"
+    assert statuses[4].ErrorComment.startswith("truncated pixel data")
+    (seg,) = results_in(pacs, str(written[0].StudyInstanceUID))["SEG"]
+    assert referenced(seg) == {str(written[k].SOPInstanceUID) for k in (0, 1, 3, 5)}
