@@ -21,6 +21,7 @@ AUTH_ENV = "BRAINSCAN_DICOMWEB_AUTH"  # the credentials themselves: "basic USER:
 AUTH_FILE_ENV = "BRAINSCAN_DICOMWEB_AUTH_FILE"  # a file holding them
 CA_FILE_ENV = "BRAINSCAN_DICOMWEB_CA_FILE"
 TIMEOUT = 60.0  # seconds for any one attempt of a request to the PACS
+DEADLINE = 900.0  # seconds for a request in all: its attempts, a series' whole transfer
 IMAGE_MODALITIES = ("MR", "CT", "PT", "OT")  # series worth predicting; SEG, SR, PR … are not images
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # a DICOM UID: digits and dots (PS3.5 9.1), used as a folder name
 
@@ -69,13 +70,18 @@ class Pacs:
     """One DICOMweb server (dicomweb-client over a requests session)."""
 
     def __init__(
-        self, url: str, credentials: Credentials | None = None, ca_file: Path | None = None, timeout: float = TIMEOUT
+        self,
+        url: str,
+        credentials: Credentials | None = None,
+        ca_file: Path | None = None,
+        timeout: float = TIMEOUT,
+        deadline: float = DEADLINE,
     ):
         import requests
         from dicomweb_client.api import DICOMwebClient
 
-        self.url = url.rstrip("/")
-        session = requests.Session()
+        self.url, self.deadline = url.rstrip("/"), deadline
+        self.session = session = requests.Session()
         if credentials is not None and credentials.kind == "basic":
             session.auth = tuple(credentials.value.split(":", 1))
         elif credentials is not None:
@@ -90,12 +96,28 @@ class Pacs:
         # ATTEMPTS tries in all, so a silent PACS costs at most ATTEMPTS x timeout (+1.5 s waits)
         self.client.set_http_retry_params(retry=True, max_attempts=ATTEMPTS, wait_exponential_multiplier=500)
 
+    def _within_deadline(self, what: str, function, *args, **kwargs):
+        """``function`` run in a worker thread for at most ``deadline`` seconds: past it the
+        session's connections are closed (which ends the worker's read) and the request fails."""
+        import concurrent.futures
+
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainscan-dicomweb")
+        try:
+            return pool.submit(function, *args, **kwargs).result(timeout=self.deadline)
+        except concurrent.futures.TimeoutError:
+            self.session.close()
+            raise DicomWebError(
+                f"the PACS at {self.url} did not finish {what} within {self.deadline:g} s (--dicomweb-deadline)"
+            ) from None
+        finally:
+            pool.shutdown(wait=False)
+
     def _call(self, what: str, function, *args, **kwargs):
         import requests
         from retrying import RetryError
 
         try:
-            return function(*args, **kwargs)
+            return self._within_deadline(what, function, *args, **kwargs)
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
             hint = {401: ": the credentials were refused", 403: ": not allowed for these credentials"}.get(status, "")

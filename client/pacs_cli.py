@@ -82,14 +82,21 @@ class DicomwebAccess:
         default=60.0,
         metadata=_pacs_option("Seconds to wait for each answer of the PACS (a request is tried 3 times).", min=1),
     )
+    dicomweb_deadline: float = field(
+        default=900.0,
+        metadata=_pacs_option(
+            "Seconds one request to the PACS may take in all, its tries and a series' whole transfer included "
+            "(a PACS that trickles its answer is cut off there).",
+            min=1,
+        ),
+    )
 
     def open(self, url: str):
         """The PACS at ``url`` (a client.dicomweb.Pacs)."""
         from brainscan.client import dicomweb as web
 
-        return web.Pacs(
-            url, web.load_credentials(self.dicomweb_auth_file), self.dicomweb_ca_file, self.dicomweb_timeout
-        )
+        credentials = web.load_credentials(self.dicomweb_auth_file)
+        return web.Pacs(url, credentials, self.dicomweb_ca_file, self.dicomweb_timeout, self.dicomweb_deadline)
 
 
 # Give a command the study options as one StudyRequest ``request`` (predict), and the

@@ -235,6 +235,17 @@ class _Failing(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         if self.mode == "silent":
             time.sleep(8)  # longer than the client's timeout; the server thread ends by itself
+        if self.mode == "drip":  # an answer that never ends: one byte every 1.5 s, for 9 s at most
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(6):
+                with contextlib.suppress(OSError):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                time.sleep(1.5)
+            return
         self.send_response(503 if self.mode == "503" else 500)
         self.end_headers()
 
@@ -259,6 +270,7 @@ class _Failing(http.server.BaseHTTPRequestHandler):
         ("500", "answered 500 to the search for the series of study"),
         ("silent", "did not answer the search for the series of study"),
         ("503", "answered 503 to the search for the series of study 1.2.3.4 3 times"),
+        ("drip", "did not finish the search for the series of study 1.2.3.4 within 5 s"),
     ],
 )
 def test_a_pacs_that_fails_or_never_answers_is_named(bright_server, tmp_path, mode, words):
@@ -278,6 +290,8 @@ def test_a_pacs_that_fails_or_never_answers_is_named(bright_server, tmp_path, mo
             bright_server.grpc_url,
             "--dicomweb-timeout",
             "2",
+            "--dicomweb-deadline",
+            "5" if mode == "drip" else "60",
         )
         assert time.monotonic() - started < 60
     finally:
