@@ -222,7 +222,7 @@ class Listener:
                 self.metrics.count("series_predicted_total")
             series.results = [str(p) for p in paths]
             series.journal(State.PREDICTED)  # from here on, a restart sends these again
-            key = Answered.key(uid, series.folder, paths)
+            key = Answered.key(uid, paths)
             if key in self.answered:
                 return False
             self.send(paths, uid)

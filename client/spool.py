@@ -104,14 +104,24 @@ class Answered:
                     self.keys.add((entry["series"], entry["instances"], entry["models"]))
 
     @staticmethod
-    def key(series: str, folder: Path, results: list[Path]) -> tuple[str, str, str]:
-        """The series, a digest of its instances' UIDs (the spooled files' names), and the
-        served models' digest its results carry (their DeviceSerialNumber)."""
+    def key(series: str, results: list[Path]) -> tuple[str, str, str]:
+        """The series, a digest of the instances its results cover (the SEG's referenced
+        instances, the SR's evidence: what the run read, not what the spool holds by now),
+        and the served models' digest they carry (their DeviceSerialNumber)."""
         import pydicom
 
-        instances = hashlib.sha256("\n".join(sorted(f.stem for f in folder.glob("*.dcm"))).encode()).hexdigest()
-        models = {str(pydicom.dcmread(p, stop_before_pixels=True).get("DeviceSerialNumber", "")) for p in results}
-        return series, instances[:32], ",".join(sorted(models))
+        instances, models = set(), set()
+        for path in results:
+            result = pydicom.dcmread(path, stop_before_pixels=True)
+            models.add(str(result.get("DeviceSerialNumber", "")))
+            seen = list(result.get("ReferencedSeriesSequence", []))
+            for study in result.get("CurrentRequestedProcedureEvidenceSequence", []):
+                seen += list(study.get("ReferencedSeriesSequence", []))
+            for item in (i for i in seen if str(i.get("SeriesInstanceUID", "")) == series):  # not the SEG an SR cites
+                for sequence in ("ReferencedInstanceSequence", "ReferencedSOPSequence"):
+                    instances |= {str(i.ReferencedSOPInstanceUID) for i in item.get(sequence, [])}
+        digest = hashlib.sha256("\n".join(sorted(instances)).encode()).hexdigest()
+        return series, digest[:32], ",".join(sorted(models))
 
     def __contains__(self, key: tuple[str, str, str]) -> bool:
         return key in self.keys

@@ -342,3 +342,13 @@ def start_serve(repository: Path, grpc: int, log: Path, **popen) -> subprocess.P
     from brainscan.serving import Ports, free_port
 
     return subprocess.Popen(serve_command(repository, Ports(grpc, free_port(), free_port()), log), text=True, **popen)
+
+
+@pytest.fixture
+def pacs(tmp_path):
+    """A real Orthanc of this test's own, no users (test files that need another override it)."""
+    from orthanc import Orthanc
+
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    yield orthanc
+    orthanc.stop()

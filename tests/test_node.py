@@ -111,13 +111,6 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
-@pytest.fixture
-def pacs(tmp_path):
-    orthanc = Orthanc(tmp_path / "orthanc").start()
-    yield orthanc
-    orthanc.stop()
-
-
 def test_a_node_killed_while_triton_is_away_answers_the_series_once_after_restart(bright_networks, pacs, tmp_path):
     from brainscan.export.repository import write_repository
 
@@ -299,3 +292,30 @@ def test_an_object_that_cannot_take_its_place_is_refused_at_c_store_with_the_rea
     assert statuses[4].ErrorComment.startswith("truncated pixel data")
     (seg,) = results_in(pacs, str(written[0].StudyInstanceUID))["SEG"]
     assert referenced(seg) == {str(written[k].SOPInstanceUID) for k in (0, 1, 3, 5)}
+
+
+def test_objects_arriving_during_a_prediction_join_it_and_a_canary_still_comes_back(bright_server, pacs, tmp_path):
+    """40 slices, then 5 more of the same series as soon as its prediction starts (or just
+    after its results went: then the kept objects take them), then another series: the node
+    goes on, the series' last SEG references all 45, and the canary is answered."""
+    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    written = write_mr_series(tmp_path / "series", lesion_images(45), number=27)
+    canary = write_mr_series(tmp_path / "canary", lesion_images(4), number=28)
+    series = str(written[0].SeriesInstanceUID)
+    (tmp_path / "first").mkdir(), (tmp_path / "late").mkdir()
+    for k, path in enumerate(sorted((tmp_path / "series").glob("*.dcm"))):
+        path.rename(tmp_path / ("first" if k < 40 else "late") / path.name)
+    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log):
+        send_series(port, tmp_path / "first")
+        journal = spool / series / "journal.json"
+        wait_for(lambda: journal.exists() and json.loads(journal.read_text())["state"] != "receiving", 60, log)
+        send_series(port, tmp_path / "late")
+        wait_for(lambda: log.read_text().count(f"series {series}: SEG and SR sent") == 2, 120, log)
+        send_series(port, tmp_path / "canary")
+        wait_for(lambda: f"series {canary[0].SeriesInstanceUID}: SEG and SR sent" in log.read_text(), 120, log)
+    text = log.read_text()
+    assert "objects arrived meanwhile" in text or "a new object after its results were sent" in text, text
+    assert "Traceback" not in text
+    segs = results_in(pacs, str(written[0].StudyInstanceUID))["SEG"]
+    latest = max(segs, key=lambda seg: (seg.ContentDate, seg.ContentTime))
+    assert referenced(latest) == {str(d.SOPInstanceUID) for d in written}
