@@ -137,7 +137,7 @@ LOCK_PYTHON ?= python$(shell sed -n 's/^NGC_PYTHON=//p' docker/.env)
 LOCK := pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
 docker-locks:
 	rm -rf $(ART)/pip-tools && $(LOCK_PYTHON) -m venv $(ART)/pip-tools && $(ART)/pip-tools/bin/pip install --quiet pip-tools
-	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra s3 --output-file triton.lock ../pyproject.toml release.in
+	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra s3 --extra pacs --output-file triton.lock ../pyproject.toml release.in
 	cd docker && ../$(ART)/pip-tools/bin/$(LOCK) --extra export --extra s3 --output-file export.lock ../pyproject.toml release.in export-tools.in
 
 clean:

@@ -30,9 +30,10 @@ COPY client client
 COPY benchmarks benchmarks
 COPY docker/triton.lock docker/
 # Every dependency pinned by version and hash (make docker-locks writes the lock), then the
-# package itself without resolving anything again. numpy<2: the python backend's stub.
+# package itself without resolving anything again. numpy<2: the python backend's stub. The
+# pacs extra too: the same image runs the DICOM node (`brainscan listen`, deploy/kubernetes/node).
 RUN python3 -m pip install --require-hashes -r docker/triton.lock && python3 -m pip install --no-deps . \
- && python3 -c "import boto3, cv2, numpy, PIL, brainscan.preprocessing"
+ && python3 -c "import boto3, cv2, numpy, PIL, brainscan.preprocessing, pynetdicom, dicomweb_client"
 
 # The onnxruntime flavour's TensorRT provider caches its engines one level below this
 # folder (docker/compose.yaml mounts a volume here; a fresh volume starts with its content,

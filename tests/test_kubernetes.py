@@ -24,7 +24,7 @@ from brainscan.export.doctor import read_pin
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
-KUSTOMIZATIONS = ["overlays/tensorrt", "overlays/onnxruntime", "build-engines", "kserve"]
+KUSTOMIZATIONS = ["overlays/tensorrt", "overlays/onnxruntime", "build-engines", "kserve", "node"]
 VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"
 # the oldest Kubernetes these manifests are for (preStop's sleep action is on by default from 1.30),
 # and the newest schema here
@@ -58,7 +58,7 @@ def pod_templates(objects: list[dict]) -> list[tuple[str, dict]]:
     return [
         (f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"])
         for o in objects
-        if o["kind"] in ("Deployment", "Job")
+        if o["kind"] in ("Deployment", "Job", "StatefulSet")
     ]
 
 
@@ -135,6 +135,7 @@ def _brainscan_commands(rendered) -> list[tuple[str, list[str]]]:
 def test_every_container_runs_a_brainscan_command_its_cli_accepts(rendered):
     commands = _brainscan_commands(rendered)
     assert {label.split(":")[1] for label, _ in commands} >= {
+        "node",
         "doctor",
         "triton",
         "sources",
@@ -167,7 +168,7 @@ def test_a_misspelt_option_or_a_bad_value_would_be_caught():
     serve.make_context("serve", ["--timeout=900"])
 
 
-@pytest.mark.parametrize("name", ["overlays/tensorrt", "overlays/onnxruntime", "build-engines"])
+@pytest.mark.parametrize("name", ["overlays/tensorrt", "overlays/onnxruntime", "build-engines", "node"])
 def test_pods_meet_the_restricted_pod_security_standard(rendered, name):
     """The rules of the "restricted" profile (kubernetes.io/docs/concepts/security/pod-security-standards)."""
     for label, template in pod_templates(rendered[name]):
@@ -310,3 +311,32 @@ def test_a_policy_scanner_finds_no_unexplained_failure(tmp_path):
     assert report["summary"]["passed"] > 200 and report["summary"]["resource_count"] >= 30  # it really read them
     skipped = report["results"]["skipped_checks"]
     assert skipped and all(len(c["check_result"].get("suppress_comment", "")) > 20 for c in skipped), skipped
+
+
+def test_the_node_keeps_its_spool_on_a_volume_and_is_reached_scraped_and_admitted(rendered):
+    """The DICOM node: its --spool on the persistent volume, one replica (one journal), the
+    Service's and PodMonitor's ports its container's, --metrics-port that port, --url the
+    servers' gRPC Service, and its pods carry the label the servers' NetworkPolicy admits."""
+    objects, fleet = rendered["node"], rendered["overlays/tensorrt"]
+    node = one(objects, "StatefulSet", "brainscan-node")
+    template = node["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    options = dict(a.removeprefix("--").split("=", 1) for a in container["args"][2:])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert node["spec"]["replicas"] == 1 and selects(node["spec"]["selector"], template["metadata"]["labels"])
+    (claim,) = node["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == options["spool"]
+    assert int(options["metrics-port"]) == ports["metrics"] and int(options["port"]) == ports["dicom"]
+    service = one(objects, "Service", "brainscan-node")
+    assert selects({"matchLabels": service["spec"]["selector"]}, template["metadata"]["labels"])
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["dicom"]
+    monitor = one(objects, "PodMonitor", "brainscan-node")
+    assert selects(monitor["spec"]["selector"], template["metadata"]["labels"])
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    grpc = one(fleet, "Service", "brainscan")
+    host, port = options["url"].rsplit(":", 1)
+    assert host == f"brainscan.{grpc['metadata']['namespace']}.svc.cluster.local"
+    assert int(port) in [p["port"] for p in grpc["spec"]["ports"] if p["name"] == "grpc"]
+    admitted = one(fleet, "NetworkPolicy", "brainscan")["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert selects(admitted, template["metadata"]["labels"])
