@@ -110,7 +110,9 @@ def _lock(name: str) -> dict[str, tuple[str, int]]:
     return pins
 
 
-@pytest.mark.parametrize("lock,extras,tools", [("triton.lock", ["s3", "pacs"], False), ("export.lock", ["export", "s3"], True)])
+@pytest.mark.parametrize(
+    "lock,extras,tools", [("triton.lock", ["s3", "pacs"], False), ("export.lock", ["export", "s3"], True)]
+)
 def test_each_image_installs_hash_pinned_versions_of_every_dependency(lock, extras, tools):
     """A dependency added to pyproject.toml without `make docker-locks` fails here, not in
     an image build on a GPU host."""
