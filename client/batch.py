@@ -343,6 +343,7 @@ class _Run:
                 seg=record.get("seg"),
                 sr=record.get("sr"),
                 stored=record.get("stored"),
+                store_attempts=record.get("store_attempts"),
                 intended_use=verdict.codes if verdict is not None and not verdict.accepted else None,
                 outside_intended_use=True if record.get("outside_intended_use") else None,
             )

@@ -211,6 +211,23 @@ class Pacs:
         ]
         if failed or warned:
             raise DicomWebError(f"the PACS at {self.url} did not store all of {what}: {', '.join(failed + warned)}")
+        # and it holds them: Orthanc 1.10 answers success for an instance its filter dropped
+        missing = [str(d.SOPInstanceUID) for d in datasets if not self._holds(d, what)]
+        if missing:
+            raise DicomWebError(
+                f"the PACS at {self.url} answered that it stored {what} but does not hold {', '.join(missing)}"
+            )
+
+    def _holds(self, dataset, what: str) -> bool:
+        """Whether a QIDO-RS search finds the instance."""
+        found = self._call(
+            f"the check of {what}",
+            self.client.search_for_instances,
+            study_instance_uid=str(dataset.StudyInstanceUID),
+            series_instance_uid=str(dataset.SeriesInstanceUID),
+            search_filters={"SOPInstanceUID": str(dataset.SOPInstanceUID)},
+        )
+        return bool(found)
 
 
 def _referenced_series(instance: dict) -> set[str]:

@@ -127,9 +127,16 @@ def fetch_from_pacs(pacs, study: str, wanted: list[str], conn, out: Path) -> lis
     return folders
 
 
-def storer(pacs):
-    """Per DICOM series, once its files are written: STOW-RS of its SEG and SR. A refusal
-    fails that series alone (status STORE); the others still go."""
+STORE_ATTEMPTS = 3  # STOW-RS of one series' results, 2 then 4 s apart
+
+
+def storer(pacs, wait: float = 2.0):
+    """Per DICOM series, once its files are written: STOW-RS of its SEG and SR, tried up to
+    STORE_ATTEMPTS times when the PACS refuses (an error answer, or a FailedSOPSequence); the
+    record and audit line count the tries. A refusal that outlasts them fails that series alone
+    (status STORE); the others still go."""
+    import time
+
     import pydicom
 
     from brainscan.client.dicomweb import DicomWebError
@@ -137,12 +144,20 @@ def storer(pacs):
     def store(outcome):
         record = outcome.record
         files = [Path(p) for p in record.get("outputs", []) if p.endswith((".seg.dcm", ".sr.dcm"))]
-        try:
-            pacs.store([pydicom.dcmread(str(f)) for f in files], f"the SEG and SR of series {record['series']}")
-        except DicomWebError as exc:
-            outcome.error, outcome.status, outcome.record = str(exc), "STORE", None
-            return outcome
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                pacs.store([pydicom.dcmread(str(f)) for f in files], f"the SEG and SR of series {record['series']}")
+                break
+            except DicomWebError as exc:
+                if attempt == STORE_ATTEMPTS:
+                    outcome.error = f"{exc} ({STORE_ATTEMPTS} tries)"
+                    outcome.status, outcome.record = "STORE", None
+                    return outcome
+                typer.echo(f"series {record['series']}: {exc}; trying again", err=True)
+                time.sleep(wait * 2 ** (attempt - 1))
         record["stored"] = pacs.url
+        if attempt > 1:
+            record["store_attempts"] = attempt
         typer.echo(f"series {record['series']}: SEG and SR stored in {pacs.url}", err=True)
         return outcome
 
