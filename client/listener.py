@@ -121,7 +121,9 @@ class Listener:
         self.audit.write("", "", "security-alert", event="association-rejected", peer=requestor.address, ae=calling)
 
     def _spool_bytes(self) -> int:
-        return sum(s.bytes for s in self.series.values())
+        """What the spool holds: series waiting or running, and those kept after storing."""
+        held = (*self.series.values(), *self.busy.values(), *self.kept.values())
+        return sum(s.bytes for s in held)
 
     def _on_store(self, event) -> int:
         try:
