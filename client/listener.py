@@ -93,8 +93,6 @@ class Listener:
         self.spool.chmod(0o700)  # received objects carry the patient module: this user only
         self.answered = Answered(self.spool)
 
-    # --- the SCP -------------------------------------------------------------------------------
-
     def _on_requested(self, event) -> None:
         """With no --allow-ae, refuse a caller that is not on loopback (before any object
         arrives). Named callers are checked by pynetdicom itself (``require_calling_aet``),
@@ -178,13 +176,14 @@ class Listener:
                 self.log(f"refused object {sop} of series {series}: cannot write it ({exc.strerror or exc})")
                 return OUT_OF_RESOURCES
             known.bytes, known.last, known.aborted = size, time.monotonic(), None
+            if series not in self.busy:
+                known.set_released(False)
             self.metrics.count("objects_received_total")
             self._brought.setdefault(id(event.assoc), set()).add(series)
         return SUCCESS
 
     def _on_aborted(self, event) -> None:
-        """An association aborted half-way: what it brought does not run (the sender will
-        send the series again), until another association brings objects of it."""
+        """What an aborted association brought waits until another brings objects of it."""
         with self._lock:
             for uid in sorted(self._brought.pop(id(event.assoc), ())):
                 if uid in self.series:
@@ -193,9 +192,9 @@ class Listener:
 
     def _on_released(self, event) -> None:
         with self._lock:
-            self._brought.pop(id(event.assoc), None)
-
-    # --- the worker ----------------------------------------------------------------------------
+            for uid in self._brought.pop(id(event.assoc), ()):
+                if uid in self.series and uid not in self.busy:
+                    self.series[uid].set_released(True)
 
     def _complete(self) -> list[tuple[str, SpooledSeries]]:
         """The series due: idle long enough, past their next try, not being run, not waiting
@@ -345,6 +344,7 @@ class Listener:
             self.series[folder.name] = series
             count += 1
             what = "its results are sent again" if series.results else "it runs after the idle time"
+            what = "its association was cut: it waits to be sent again" if series.aborted else what
             objects = len(list(folder.glob("*.dcm")))
             self.log(f"resumed series {folder.name} ({series.state.value}, {objects} objects): {what}")
         return count

@@ -52,14 +52,25 @@ class SpooledSeries:
     first_failure: float | None = None  # wall-clock time of the first failed try
     next_try: float = 0.0  # monotonic
     aborted: float | None = None  # monotonic: an association that brought objects of it was aborted
+    released: bool = False  # every association that brought objects of it ended normally
     since: float = field(default_factory=time.monotonic)  # its first object (or the node's start)
     stored_at: float | None = None  # wall-clock time its results were stored (kept until the retention ends)
+
+    def set_released(self, released: bool) -> None:
+        """Whether its associations all ended normally, journaled when that changes."""
+        if released != self.released:
+            self.released = released
+            self.journal(self.state)
 
     def journal(self, state: State) -> None:
         """Record the state durably (a new file renamed over the old one)."""
         self.state = state
         entry = {"study": self.study, "state": state.value, "results": self.results, "attempts": self.attempts}
-        entry["first_failure"], entry["stored_at"] = self.first_failure, self.stored_at
+        entry["first_failure"], entry["stored_at"], entry["released"] = (
+            self.first_failure,
+            self.stored_at,
+            self.released,
+        )
         staging = self.folder / f".{JOURNAL}.partial"
         private_file(staging, json.dumps(entry).encode())
         staging.rename(self.folder / JOURNAL)
@@ -84,6 +95,9 @@ class SpooledSeries:
         series.state = State(entry.get("state", State.RECEIVING))
         series.results, series.attempts = entry.get("results"), int(entry.get("attempts", 0))
         series.first_failure, series.stored_at = entry.get("first_failure"), entry.get("stored_at")
+        series.released = bool(entry.get("released", False))
+        if series.state is State.RECEIVING and not series.released:  # the node stopped mid-association
+            series.aborted = time.monotonic()  # as an abort: it waits for the sender to send it again
         return series
 
 

@@ -70,6 +70,18 @@ def send_series(port: int, folder: Path, calling: str = "SCANNER") -> list[int]:
         assoc.release()
 
 
+def send_half(port: int, folder: Path):
+    """The first half of ``folder``'s files on an association left open: the association."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
+    assoc = ae.associate("127.0.0.1", port, ae_title="BRAINSCAN")
+    files = sorted(folder.glob("*.dcm"))
+    assert [assoc.send_c_store(pydicom.dcmread(f)).Status for f in files[: len(files) // 2]] == [0] * (len(files) // 2)
+    return assoc
+
+
 def results_in(pacs: Orthanc, study: str) -> dict[str, list]:
     """The study's series in ``pacs`` by modality, each a list of its instances' datasets."""
     found: dict[str, list] = {}
@@ -225,17 +237,12 @@ def test_a_series_routed_twice_is_answered_once(bright_server, pacs, tmp_path):
 def test_what_an_aborted_association_brought_waits_for_the_series_to_be_sent_again(bright_server, pacs, tmp_path):
     """Half a series, then an A-ABORT: no SEG of the half; the whole series sent again on a new
     association gets one SEG referencing every instance."""
-    from pynetdicom import AE
 
     port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
     written = write_mr_series(tmp_path / "series", lesion_images(8), number=24)
     series, study = str(written[0].SeriesInstanceUID), str(written[0].StudyInstanceUID)
     with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log):
-        ae = AE(ae_title="SCANNER")
-        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
-        assoc = ae.associate("127.0.0.1", port, ae_title="BRAINSCAN")
-        for path in sorted((tmp_path / "series").glob("*.dcm"))[:4]:
-            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+        assoc = send_half(port, tmp_path / "series")
         assoc.abort()
         wait_for(lambda: f"series {series}: its association was aborted" in log.read_text(), 30, log)
         time.sleep(4)  # several idle times: the half does not run
@@ -319,3 +326,26 @@ def test_objects_arriving_during_a_prediction_join_it_and_a_canary_still_comes_b
     segs = results_in(pacs, str(written[0].StudyInstanceUID))["SEG"]
     latest = max(segs, key=lambda seg: (seg.ContentDate, seg.ContentTime))
     assert referenced(latest) == {str(d.SOPInstanceUID) for d in written}
+
+
+def test_a_node_killed_while_receiving_waits_for_the_series_to_be_sent_again(bright_server, pacs, tmp_path):
+    """Four of eight objects received, the association still open, and the node killed (-9):
+    restarted, it takes the half back but does not answer it; the PACS sends the whole
+    series again, and one SEG referencing all eight comes back."""
+
+    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "listen.log"
+    written = write_mr_series(tmp_path / "series", lesion_images(8), number=29)
+    series, study = str(written[0].SeriesInstanceUID), str(written[0].StudyInstanceUID)
+    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log) as first:
+        send_half(port, tmp_path / "series")  # its association still open
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log):
+        wait_for(lambda: f"resumed series {series} (receiving, 4 objects)" in log.read_text(), 30, log)
+        time.sleep(4)  # several idle times: the half does not run
+        assert "SEG and SR sent" not in log.read_text() and results_in(pacs, study) == {}
+        assert send_series(port, tmp_path / "series") == [0] * 8
+        wait_for(lambda: f"series {series}: SEG and SR sent" in log.read_text(), 120, log)
+    found = results_in(pacs, study)
+    assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == len(found["SR"]) == 1, log.read_text()
+    assert referenced(found["SEG"][0]) == {str(d.SOPInstanceUID) for d in written}
