@@ -162,9 +162,10 @@ def predict(
         made_out = out is None
         out = out or Path(tempfile.mkdtemp(prefix="brainscan-dicomweb-"))
         try:
-            pacs = pacs_access.open(request.dicomweb)
+            atna = pacs_access.atna_audit("brainscan")
+            pacs = pacs_access.open(request.dicomweb, atna)
             if request.store:
-                deliver = storer(pacs_access.open(request.store_url) if request.store_url else pacs)
+                deliver = storer(pacs_access.open(request.store_url, atna) if request.store_url else pacs)
             paths = fetch_from_pacs(pacs, request.study, request.series or [], conn, out)
         except (web.DicomWebError, ServerUnavailableError, ModelNotReadyError) as exc:
             if made_out:  # nothing of this run is worth keeping

@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainscan.client.atna import SERIOUS_FAILURE, SUCCESS, Participant, Transfer
+from brainscan.client.atna_events import AtnaAudit, this_process, web
 from brainscan.errors import BrainscanError
 
 AUTH_ENV = "BRAINSCAN_DICOMWEB_AUTH"  # the credentials themselves: "basic USER:PASSWORD" or "bearer TOKEN"
@@ -95,6 +97,11 @@ class Pacs:
         # dicomweb-client retries a request on any exception and on 429/503/504 answers:
         # ATTEMPTS tries in all, so a silent PACS costs at most ATTEMPTS x timeout (+1.5 s waits)
         self.client.set_http_retry_params(retry=True, max_attempts=ATTEMPTS, wait_exponential_multiplier=500)
+        self.audit_to(AtnaAudit(None, "brainscan"), this_process())
+
+    def audit_to(self, atna: AtnaAudit, me: Participant) -> None:
+        """Report searches, retrievals, stores and refused credentials to ``atna`` (ATNA), as ``me``."""
+        self.atna, self.me, self.peer = atna, me, web(self.url)
 
     def _within_deadline(self, what: str, function, *args, **kwargs):
         """``function`` run in a worker thread for at most ``deadline`` seconds: past it the
@@ -121,6 +128,8 @@ class Pacs:
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
             hint = {401: ": the credentials were refused", 403: ": not allowed for these credentials"}.get(status, "")
+            if hint:
+                self.atna.refused_credentials(self.me, self.peer, f"answered {status} to {what}{hint}")
             raise DicomWebError(f"the PACS at {self.url} answered {status} to {what}{hint}") from None
         except requests.Timeout:
             raise DicomWebError(
@@ -138,12 +147,16 @@ class Pacs:
 
     def series_of(self, study: str) -> list[dict]:
         """The study's series, as QIDO-RS lists them (DICOM JSON)."""
-        return (
-            self._call(
+        request = f"/studies/{study}/series"
+        try:
+            found = self._call(
                 f"the search for the series of study {study}", self.client.search_for_series, study_instance_uid=study
             )
-            or []
-        )
+        except DicomWebError as exc:
+            self.atna.query(self.me, self.peer, request, SERIOUS_FAILURE, str(exc))
+            raise
+        self.atna.query(self.me, self.peer, request, SUCCESS)
+        return found or []
 
     def image_series(self, study: str, wanted: list[str] | None = None) -> list[str]:
         """UIDs of the study's image series (``wanted`` ones only, when given)."""
@@ -172,7 +185,14 @@ class Pacs:
                 sop = check_uid(str(dataset.get("SOPInstanceUID", "")), "SOP instance")
                 _with_file_meta(dataset).save_as(staging / f"{sop}.dcm", enforce_file_format=True)
 
-        self._call(f"the retrieval of series {series}", save_each)
+        try:
+            self._call(f"the retrieval of series {series}", save_each)
+        except DicomWebError as exc:
+            self.atna.transferred(
+                [Transfer(study, "", "", {})], self.peer, self.me, True, SERIOUS_FAILURE, str(exc), pulled=True
+            )
+            raise
+        self.atna.files(staging.glob("*.dcm"), self.peer, self.me, received=True, pulled=True)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         return target
@@ -199,6 +219,14 @@ class Pacs:
         """STOW-RS; raises unless the answer stores every instance: a 200 or 202 whose
         FailedSOPSequence names some, or whose ReferencedSOPSequence carries a warning, is a
         failure for those it names."""
+        try:
+            self._store(datasets, what)
+        except DicomWebError as exc:
+            self.atna.transferred(Transfer.of(datasets), self.me, self.peer, False, SERIOUS_FAILURE, str(exc))
+            raise
+        self.atna.transferred(Transfer.of(datasets), self.me, self.peer, received=False)
+
+    def _store(self, datasets: list, what: str) -> None:
         answer = self._call(f"the storage of {what}", self.client.store_instances, datasets=datasets)
         failed = [
             f"{item.get('ReferencedSOPInstanceUID', '?')} (failure reason {hex(int(item.get('FailureReason', 0)))})"

@@ -23,17 +23,18 @@ never a patient.
 
 from __future__ import annotations
 
-import ipaddress
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from brainscan.client.atna_events import AtnaAudit, node, remote
 from brainscan.client.audit import AuditLog
 from brainscan.client.dicomweb import UID
 from brainscan.client.node_config import COMPRESSED_SYNTAXES, LONGEST_WAIT, ListenerConfig
 from brainscan.client.node_metrics import NodeMetrics
+from brainscan.client.node_security import Gatekeeper
 from brainscan.client.spool import Answered, RetryLater, SpooledSeries, State, private_file, unusable
 
 SUCCESS = 0x0000
@@ -43,8 +44,6 @@ CANNOT_UNDERSTAND = 0xC000  # "Error: Cannot understand"
 FAILED_FOLDER = "failed"
 RESULTS_FOLDER = "results"
 ALREADY_ANSWERED = "already answered with the same instances by the same models: not sent again"
-# A-ASSOCIATE-RJ: result, source and reason (PS3.8 9.3.4)
-REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
 
 
 def _status(code: int, comment: str):
@@ -56,14 +55,7 @@ def _status(code: int, comment: str):
     return status
 
 
-def _loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-class Listener:
+class Listener(Gatekeeper):
     """The SCP and the worker that predicts complete series. ``process(folder, study,
     series, deliver)`` predicts a series, passes the paths of its results (the SEG and SR;
     the SR alone for a series outside the intended use) to ``deliver``, which journals and
@@ -76,8 +68,11 @@ class Listener:
         process: Callable[[Path, str, str, Callable[[list[Path]], bool]], str],
         send: Callable[[list[Path], str], None],
         log: Callable[[str], None] = print,
+        atna: AtnaAudit | None = None,
     ):
         self.config, self.process, self.send, self.log = config, process, send, log
+        self.atna = atna or AtnaAudit(None, config.ae_title)  # with --atna: the audit record repository's
+        self.me = node(config.ae_title, config.host)
         self.series: dict[str, SpooledSeries] = {}
         self.busy: dict[str, SpooledSeries] = {}  # series being predicted or sent
         self.metrics = NodeMetrics(self._pending_since)
@@ -92,31 +87,6 @@ class Listener:
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.spool.chmod(0o700)  # received objects carry the patient module: this user only
         self.answered = Answered(self.spool)
-
-    def _on_requested(self, event) -> None:
-        """With no --allow-ae, refuse a caller that is not on loopback (before any object
-        arrives). Named callers are checked by pynetdicom itself (``require_calling_aet``),
-        which answers others with an A-ASSOCIATE-RJ."""
-        requestor = event.assoc.requestor
-        if not self.config.allow_ae and not _loopback(requestor.address):
-            self.log(
-                f"refused an association from {requestor.address}: with no --allow-ae only loopback callers are taken"
-            )
-            event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
-            self.metrics.count("associations_rejected_total")
-
-    def _on_tls_refused(self, peer: str, reason: str) -> None:
-        """A TLS handshake that failed (no certificate, one the CA did not sign, no common protocol)."""
-        self.metrics.count("associations_rejected_total")
-        self.log(f"refused a TLS connection from {peer}: {reason}")
-        self.audit.write("", "", "security-alert", event="tls-refused", peer=peer, error=reason)
-
-    def _on_rejected(self, event) -> None:
-        self.metrics.count("associations_rejected_total")
-        requestor = event.assoc.requestor
-        calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
-        self.log(f"refused an association from AE {calling!r} at {requestor.address}: not in --allow-ae")
-        self.audit.write("", "", "security-alert", event="association-rejected", peer=requestor.address, ae=calling)
 
     def _spool_bytes(self) -> int:
         """What the spool holds: series waiting or running, and those kept after storing."""
@@ -176,6 +146,7 @@ class Listener:
                 self.log(f"refused object {sop} of series {series}: cannot write it ({exc.strerror or exc})")
                 return OUT_OF_RESOURCES
             known.bytes, known.last, known.aborted = size, time.monotonic(), None
+            known.sender = (event.assoc.requestor.ae_title, event.assoc.requestor.address)
             if series not in self.busy:
                 known.set_released(False)
             self.metrics.count("objects_received_total")
@@ -246,6 +217,8 @@ class Listener:
                 self.audit.write(series.study, uid, "ok", stored=sent, resent=True, attempts=series.attempts + 1)
             else:
                 series.journal(State.COMPLETE)
+                if not series.attempts:  # once a run, not at each try
+                    self.atna.files(series.folder.glob("*.dcm"), remote(*series.sender), self.me, received=True)
                 done = self.process(series.folder, series.study, uid, self._deliver(uid, series))
         except RetryLater as exc:
             self._retry(uid, series, str(exc))
@@ -378,6 +351,7 @@ class Listener:
             self.metrics.serve(self.config.host, self.config.metrics_port)
         self._worker = threading.Thread(target=self._work, name="brainscan-listener", daemon=True)
         self._worker.start()
+        self.atna.application(True, self.me)
         who = (
             f"calling AE titles {', '.join(self.config.allow_ae)}"
             if self.config.allow_ae
@@ -397,3 +371,5 @@ class Listener:
         if self._worker is not None:
             self._worker.join(60)
         self.metrics.stop()
+        self.atna.application(False, self.me)
+        self.atna.close()

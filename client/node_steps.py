@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from brainscan.client.atna import SERIOUS_FAILURE
+from brainscan.client.atna_events import AtnaAudit
 from brainscan.client.listener import ALREADY_ANSWERED, RESULTS_FOLDER, SUCCESS
 from brainscan.client.node_config import Destination
 from brainscan.client.spool import RetryLater
@@ -61,14 +63,29 @@ def predict_series(
     return process
 
 
-def c_store(destination: Destination, ae_title: str, tls=None) -> Callable[[list[Path], str], None]:
+def c_store(
+    destination: Destination, ae_title: str, tls=None, atna: AtnaAudit | None = None
+) -> Callable[[list[Path], str], None]:
     """Send files by C-STORE to ``destination`` (over TLS with ``tls``, a client
-    ``ssl.SSLContext``); raises naming what failed."""
-    import pydicom
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+    ``ssl.SSLContext``); raises naming what failed. ``atna`` reports each sending, done or not."""
+    from brainscan.client.atna_events import node, remote
+
+    atna = atna or AtnaAudit(None, ae_title)
+    peer = remote(destination.ae_title, destination.host)
 
     def send(paths: list[Path], uid: str) -> None:
+        try:
+            _c_store(paths, uid)
+        except Exception as exc:
+            atna.files(paths, node(ae_title), peer, received=False, outcome=SERIOUS_FAILURE, description=str(exc))
+            raise
+        atna.files(paths, node(ae_title), peer, received=False)
+
+    def _c_store(paths: list[Path], uid: str) -> None:
+        import pydicom
+        from pynetdicom import AE
+        from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+
         ae = AE(ae_title=ae_title)
         ae.add_requested_context(SegmentationStorage)
         ae.add_requested_context(Comprehensive3DSRStorage)

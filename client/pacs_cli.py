@@ -62,7 +62,7 @@ class StudyRequest:
 @dataclass
 class DicomwebAccess:
     """How to reach a PACS's DICOMweb: predict's (--dicomweb, --store-url) and listen's
-    (--store-url). The fields are their options."""
+    (--store-url), and where both send their ATNA audit messages. The fields are their options."""
 
     dicomweb_auth_file: Path | None = field(
         default=None,
@@ -91,12 +91,44 @@ class DicomwebAccess:
         ),
     )
 
-    def open(self, url: str):
-        """The PACS at ``url`` (a client.dicomweb.Pacs)."""
+    atna: str | None = field(
+        default=None,
+        metadata=_pacs_option(
+            "Send IHE ATNA audit messages (DICOM PS3.15 A.5, RFC 5424 syslog) to this audit record repository: "
+            "udp://HOST[:514], tcp://HOST[:514] or tls://HOST[:6514] (docs/pacs.md).",
+            envvar="BRAINSCAN_ATNA",
+        ),
+    )
+    atna_ca: Path | None = field(
+        default=None,
+        metadata=_pacs_option(
+            "CA certificate (PEM) the audit repository's TLS certificate must chain to (--atna tls://…).",
+            envvar="BRAINSCAN_ATNA_CA_FILE",
+        ),
+    )
+
+    def open(self, url: str, atna=None, me=None):
+        """The PACS at ``url`` (a client.dicomweb.Pacs), reporting to ``atna`` as ``me``."""
         from brainscan.client import dicomweb as web
 
         credentials = web.load_credentials(self.dicomweb_auth_file)
-        return web.Pacs(url, credentials, self.dicomweb_ca_file, self.dicomweb_timeout, self.dicomweb_deadline)
+        pacs = web.Pacs(url, credentials, self.dicomweb_ca_file, self.dicomweb_timeout, self.dicomweb_deadline)
+        if atna is not None:
+            pacs.audit_to(atna, me or web.this_process())
+        return pacs
+
+    def atna_audit(self, source_id: str, certificate: tuple[Path, Path] | None = None):
+        """The ATNA audit of --atna (an ``atna_events.AtnaAudit`` that sends nothing without
+        it); what waits is sent when the command ends."""
+        import atexit
+
+        from brainscan.client.atna_events import AtnaAudit
+
+        audit = AtnaAudit.open(
+            self.atna, source_id, self.atna_ca, certificate, log=lambda line: typer.echo(line, err=True)
+        )
+        atexit.register(audit.close)
+        return audit
 
 
 # Give a command the study options as one StudyRequest ``request`` (predict), and the
@@ -269,8 +301,8 @@ def listen(
     import signal
     import threading
 
+    from brainscan.client import atna_events, node_config, node_steps, node_tls
     from brainscan.client import listener as node
-    from brainscan.client import node_config, node_steps, node_tls
     from brainscan.client.inference import Connection
 
     if (store_to is None) == (store_url is None):
@@ -309,15 +341,18 @@ def listen(
         read_rules(rules)  # a malformed rules file exits 2 before the node starts
     conn = Connection(url) if url else Connection()
     audit_path = config.audit_path
+    atna = pacs_access.atna_audit(ae_title, (config.tls.certificate, config.tls.key) if config.tls else None)
     if destination is not None:
-        send = node_steps.c_store(destination, ae_title, config.tls.client() if store_tls and config.tls else None)
+        tls = config.tls.client() if store_tls and config.tls else None
+        send = node_steps.c_store(destination, ae_title, tls, atna)
     else:
-        send = node_steps.stow(pacs_access.open(store_url))
+        send = node_steps.stow(pacs_access.open(store_url, atna, atna_events.node(ae_title, host)))
     listener = node.Listener(
         config,
         node_steps.predict_series(conn, Path(spool).resolve(), audit_path, rules),
         send,
         log=lambda line: typer.echo(line, err=True),
+        atna=atna,
     )
     try:
         listener.start()

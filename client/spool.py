@@ -55,6 +55,7 @@ class SpooledSeries:
     released: bool = False  # every association that brought objects of it ended normally
     since: float = field(default_factory=time.monotonic)  # its first object (or the node's start)
     stored_at: float | None = None  # wall-clock time its results were stored (kept until the retention ends)
+    sender: tuple[str, str] = ("", "")  # the calling AE title and address that last sent objects of it
 
     def set_released(self, released: bool) -> None:
         """Whether its associations all ended normally, journaled when that changes."""
