@@ -41,6 +41,7 @@ PORTS = {"udp": 514, "tcp": 514, "tls": 6514}  # PS3.15 A.7; RFC 5425
 REFUSAL_WAIT = 0.5  # seconds a new TLS connection is watched for the repository's refusal
 QUEUE_LENGTH = 10000  # messages waiting for an unreachable repository
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8  # EventOutcomeIndicator
+XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
 
 
 @dataclass(frozen=True)
@@ -194,15 +195,16 @@ def message(
     event.element(identification, "EventID")
     for code in types:
         code.element(identification, "EventTypeCode")
-    if description:
-        ET.SubElement(identification, "EventOutcomeDescription").text = description
+    if description:  # on one line (see below)
+        ET.SubElement(identification, "EventOutcomeDescription").text = " ".join(description.split())
     for participant in participants:
         participant.element(root)
     source = ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source_id})
     ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": "4"})  # an application server process
     if objects is not None:
         objects(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    # one line: syslog collectors escape control characters (rsyslog writes a newline as #012)
+    return XML_DECLARATION + ET.tostring(root, encoding="unicode").encode("utf-8")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ where the schema asks for a name, in the patient's own participant object."""
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from brainscan.client import atna
 from brainscan.client.atna_events import AtnaAudit, node, remote, web
 
 SCHEMA = Path(__file__).with_name("atna_message.rng")
+RSYSLOGD = shutil.which("rsyslogd") or next((p for p in ["/usr/sbin/rsyslogd"] if Path(p).exists()), None)
+NO_RSYSLOG = "needs rsyslog (apt-get install rsyslog; .ci/run installs it)"
 MR_CLASS, SEG_CLASS, SR_CLASS = (
     "1.2.840.10008.5.1.4.1.1.4",
     "1.2.840.10008.5.1.4.1.1.66.4",
@@ -43,7 +48,7 @@ def checked(schema, received: Received):
 
     assert received.priority in (10 * 8 + 5, 10 * 8 + 4)  # security/authorization; notice or warning
     assert received.msgid == "DICOM+RFC3881" and received.app == "brainscan"
-    assert received.message.startswith(BOM)
+    assert received.message.startswith(BOM) and b"\n" not in received.message  # one line: collectors escape newlines
     document = etree.fromstring(received.xml)
     assert schema.validate(document), schema.error_log.last_error
     return document
@@ -104,6 +109,62 @@ def test_every_event_reaches_a_collector_over_each_transport_and_matches_the_sch
     )
     assert study.get("ParticipantObjectID") == "1.2.3.4"
     assert [(c.get("UID"), c.get("NumberOfInstances")) for c in study.iter("SOPClass")] == [(MR_CLASS, "12")]
+
+
+RSYSLOG_CONFIG = """
+global(workDirectory="{work}")
+module(load="imtcp")
+module(load="imudp")
+input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="audit")
+input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="audit")
+template(name="fields" type="string"
+         string="%syslogfacility% %syslogseverity% %app-name% %procid% %msgid% %structured-data% %msg%\\n")
+ruleset(name="audit") {{ action(type="omfile" file="{work}/audit.log" template="fields") }}
+"""
+
+
+def test_rsyslog_a_real_collector_reads_every_message_over_udp_and_tcp(schema, tmp_path):
+    """rsyslog's own RFC 5424 parser takes each message apart: facility, severity, APP-NAME,
+    PROCID, MSGID, no structured data, and a MSG that is the audit message, on one line."""
+    from lxml import etree
+
+    from brainscan.serving import free_port
+
+    if RSYSLOGD is None:
+        pytest.skip(reason=NO_RSYSLOG)
+    tcp, udp = free_port(), free_port()
+    config = tmp_path / "rsyslog.conf"
+    config.write_text(RSYSLOG_CONFIG.format(work=tmp_path, tcp=tcp, udp=udp))
+    log = tmp_path / "audit.log"
+    rsyslogd = subprocess.Popen(
+        [RSYSLOGD, "-n", "-f", str(config), "-i", str(tmp_path / "rsyslogd.pid")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "rsyslogd.err", "w"),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", tcp), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        for scheme, port in (("tcp", tcp), ("udp", udp)):
+            audit = AtnaAudit.open(f"{scheme}://127.0.0.1:{port}", "BRAINSCAN")
+            every_event(audit)
+            audit.close()
+        while time.monotonic() < deadline and (not log.exists() or len(log.read_bytes().splitlines()) < 14):
+            time.sleep(0.2)
+    finally:
+        rsyslogd.terminate()
+        rsyslogd.wait(20)
+    lines = log.read_bytes().splitlines()
+    assert len(lines) == 14, (tmp_path / "rsyslogd.err").read_text()
+    for line in lines:
+        facility, severity, app, process, msgid, structured, message = line.split(b" ", 6)
+        assert (facility, app, msgid, structured) == (b"10", b"brainscan", b"DICOM+RFC3881", b"-")
+        assert severity in (b"5", b"4") and process.isdigit()
+        assert message.startswith(BOM) and schema.validate(etree.fromstring(message[len(BOM) :]))
 
 
 def test_a_tls_repository_refuses_a_sender_without_a_certificate_and_the_sender_goes_on(certificates, schema):
