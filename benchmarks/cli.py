@@ -138,9 +138,6 @@ def bench_run(
         ),
     ] = None,
     baseline_seconds: Annotated[float, typer.Option(help="Seconds each in-process baseline setting runs.")] = 3.0,
-    admin_key_file: Annotated[
-        Path | None, typer.Option(hidden=True, help="Ignored: statistics need no key since 0.2.")
-    ] = None,
     stability: Annotated[
         float,
         typer.Option(

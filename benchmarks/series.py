@@ -20,9 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
+from brainscan.errors import BrainscanError
 
 PATHS = ("png", "pixels")
 CONCURRENCY = 4  # requests in flight, as predict's default
+
+
+class SeriesMeasurementError(BrainscanError, RuntimeError):
+    """A path answered fewer slices than it was sent: its figures would measure something else."""
 
 
 @dataclass
@@ -101,7 +106,7 @@ def measure_series(raw: Path, files: list[Path], slices: int = 160, log=print) -
             seconds, client = time.time() - started, time.process_time() - client_before
             after = cpu_by_step(repository, ports.grpc)
             if answered != len(stack):
-                raise RuntimeError(f"the {path} path answered {answered} of {len(stack)} slices")
+                raise SeriesMeasurementError(f"the {path} path answered {answered} of {len(stack)} slices")
             server_ms = {k: (after.get(k, 0.0) - before.get(k, 0.0)) * 1e3 / len(stack) for k in after}
             costs.append(SeriesCost(path, len(stack), seconds, client * 1e3 / len(stack), server_ms))
             log(f"series, {path} path: {costs[-1].outside_networks_ms:.2f} CPU ms per slice outside the networks")

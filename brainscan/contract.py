@@ -152,7 +152,7 @@ class Choice(str, enum.Enum):
 
 
 class Flavour(Choice):
-    """The three model-repository flavours (DESIGN.md)."""
+    """The three model-repository flavours (README, "The ensemble and the repository"; docs/gpu.md)."""
 
     LOCAL = "local"  # the ONNX networks in the python backend: the embedded CPU server
     ONNXRUNTIME = "onnxruntime"  # Triton's onnxruntime backend (CPU, or GPU with the TensorRT EP)
@@ -180,6 +180,9 @@ class SlicePath(Choice):
     PNG = "png"  # one 16-bit PNG each, through ENSEMBLE (an earlier kit's way)
 
 
+# The ONNX opset of the networks (tf2onnx) and of the served graphs around them; ReduceMin/Max
+# take their axes as an input from 18 on (brainscan.preprocessing_graph)
+ONNX_OPSET = 17
 PLAN_FILE = "model.plan"  # what Triton's tensorrt backend loads when a config names no engine
 
 
@@ -202,6 +205,10 @@ def artifacts_dir():
 
 
 # The committed production (tensorrt-flavour) repository, relative to the source checkout;
+# The GPU host's containers (docker/compose.yaml): the command that runs them, and the one that
+# serves a repository of engines
+COMPOSE = "docker compose -f docker/compose.yaml"
+SERVE_ON_GPU = f"{COMPOSE} up -d triton"
 # `brainscan export tensorrt` writes its engines there and docker/compose.yaml serves it.
 PRODUCTION_REPOSITORY = "model_repository"
 

@@ -1,6 +1,6 @@
 """The one base of the errors a user can act on.
 
-Every command runs inside one boundary (``brainscan.cli.main``): a ``BrainscanError``
+Every command runs inside one boundary (``brainscan.cli._ErrorBoundary``): a ``BrainscanError``
 prints as one ``error:`` line and exits with its ``exit_code``; anything else is a bug and
 shows its traceback. ``--debug`` (or ``BRAINSCAN_DEBUG=1``) shows the traceback of user
 errors too.

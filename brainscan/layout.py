@@ -1,11 +1,15 @@
-"""The kaggle_3m naming rule, shared by the dataset readers and the client: the ground
-truth of ``X.tif`` is ``X_mask.tif`` beside it."""
+"""How image files are named, shared by the dataset readers and the client: the suffixes of
+the image files the kit reads, the kaggle_3m rule (the ground truth of ``X.tif`` is
+``X_mask.tif`` beside it), and where a DICOM Part-10 file says it is one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 MASK_SUFFIX = "_mask"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")  # image files (not volumes, not DICOM)
+# A DICOM Part-10 file: a 128-byte preamble, then the marker (PS3.10 7.1)
+DICOM_PREAMBLE, DICOM_MARKER = 128, b"DICM"
 
 
 def mask_path_for(image: Path) -> Path:

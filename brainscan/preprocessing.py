@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from brainscan import contract
 from brainscan.errors import BrainscanError
+from brainscan.layout import DICOM_MARKER, DICOM_PREAMBLE
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF")
 
@@ -38,7 +39,7 @@ _SIGNATURES = (
     (4, b"ftypavif", "AVIF"),
     (4, b"ftypheic", "HEIC"),
     (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (128, b"DICM", "DICOM (send it as a file to `brainscan predict`, which reads DICOM)"),
+    (DICOM_PREAMBLE, DICOM_MARKER, "DICOM (send it as a file to `brainscan predict`, which reads DICOM)"),
     (0, b"%PDF", "PDF"),
     (344, b"n+1\x00", "NIfTI (send it to `brainscan predict`, which cuts volumes into slices)"),
 )

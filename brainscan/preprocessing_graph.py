@@ -39,7 +39,7 @@ from brainscan.onnx_runtime import cpu_session
 
 PREPROCESS_PREFIX = "preprocess/"
 MASK_PREFIX = "mask/"
-OPSET = 17  # the networks' (tf2onnx); ReduceMin/Max take their axes as an input from 18 on
+OPSET = contract.ONNX_OPSET
 SIZE = "size"  # input of the stand-alone mask model: INT64 [2], the image's height and width
 # The CPU flavours' resize: the rows' product in this many bands (``_banded_resize``).
 CPU_RESIZE_BLOCKS = 16

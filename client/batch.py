@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from brainscan.client.audit import AuditLog
-from brainscan.client.files import Input, safe_stems
+from brainscan.client.files import Input, InputKind, safe_stems
 from brainscan.client.inference import (
     AsyncBrainscanClient,
     Connection,
@@ -25,10 +25,11 @@ from brainscan.client.inference import (
     Prediction,
     ServerUnavailableError,
 )
-from brainscan.client.records import NOT_SENT, Outcome, already_done, finish, header_reasons
+from brainscan.client.records import NOT_SENT, Failure, Outcome, already_done, finish, header_reasons
 from brainscan.client.series_gate import SeriesGate
 from brainscan.client.volumes import SliceBatch
 from brainscan.contract import SlicePath
+from brainscan.errors import BrainscanError
 from brainscan.intended_use import IntendedUse, Reason
 from brainscan.site_rules import narrow
 
@@ -101,18 +102,18 @@ def _prepare(job: _Job, use: IntendedUse, research: bool, batch: int) -> None:
     from brainscan.client.volumes import read_nifti
 
     item = job.input
-    if item.kind == "image":
+    if item.kind is InputKind.IMAGE:
         data = item.path.read_bytes()
         job.context = data
         job.header_reasons = header_reasons(item, data, use)
         job.payloads = [data] if research or not job.header_reasons else []
         return
-    if item.kind == "dicom":
+    if item.kind is InputKind.DICOM:
         job.header_reasons = header_reasons(item, None, use)
         if job.header_reasons and not research:
             return
-    volume = read_nifti(item.path) if item.kind == "nifti" else read_dicom_series(item.series)
-    if item.kind == "nifti":
+    volume = read_nifti(item.path) if item.kind is InputKind.NIFTI else read_dicom_series(item.series)
+    if item.kind is InputKind.NIFTI:
         job.header_reasons = header_reasons(item, volume, use)
         if job.header_reasons and not research:
             return
@@ -141,7 +142,7 @@ async def run_inputs(
     async with AsyncBrainscanClient(connection, on_retry) as client:
         await client.check_ready()
         use = await served_intended_use(client, options.rules)
-        dicom = any(item.kind == "dicom" for item in inputs)
+        dicom = any(item.kind is InputKind.DICOM for item in inputs)
         identity = await client.model_identity() if dicom else None
         audit = AuditLog(options.audit_path) if dicom and options.audit_path is not None else None
         batch = 0
@@ -260,7 +261,7 @@ class _Run:
         """Settle ``job`` without sending it when the server is gone or its outputs exist."""
         options = self.options
         if self.abort.is_set():
-            job.outcome = Outcome(job.input, job.name, error=NOT_SENT, status="UNAVAILABLE")
+            job.outcome = Outcome(job.input, job.name, error=NOT_SENT, status=Failure.UNAVAILABLE)
         elif options.skip_existing and options.out is not None and already_done(options.out, job.input, job.name):
             job.outcome = Outcome(job.input, job.name, skipped=True)
         else:
@@ -279,7 +280,7 @@ class _Run:
             try:
                 await asyncio.to_thread(_prepare, job, self.use, self.options.outside_intended_use, self.pixels_batch)
             except Exception as exc:  # any failure to read is that input's failure, never the run's
-                job.outcome = Outcome(job.input, job.name, error=read_error(job.input, exc), status="READ")
+                job.outcome = Outcome(job.input, job.name, error=read_error(job.input, exc), status=Failure.READ)
                 job.done.set()
                 continue
             job.results = [None] * sum(len(slices_of(p, k)) for k, p in enumerate(job.payloads))
@@ -314,18 +315,18 @@ class _Run:
             outcome = await asyncio.to_thread(finish, job, self.options, self.identity, self.use)
         except OSError as exc:  # disk full, unwritable --out
             error = f"cannot write the outputs: {exc.strerror or exc}"
-            outcome = Outcome(job.input, job.name, error=error, status="WRITE", requests=len(job.results))
-        except ValueError as exc:  # a volume whose results cannot be built (names the series)
-            outcome = Outcome(job.input, job.name, error=str(exc), status="WRITE", requests=len(job.results))
-        except Exception as exc:  # whatever else, it is this input's failure
+            outcome = Outcome(job.input, job.name, error=error, status=Failure.WRITE, requests=len(job.results))
+        except BrainscanError as exc:  # results that cannot be built (a SEG, a mask volume; names the series)
+            outcome = Outcome(job.input, job.name, error=str(exc), status=Failure.WRITE, requests=len(job.results))
+        except Exception as exc:  # a bug: still this input's failure alone, its type named
             error = f"cannot finish: {type(exc).__name__}: {exc}"
-            outcome = Outcome(job.input, job.name, error=error, status="WRITE", requests=len(job.results))
-        if self.options.deliver is not None and outcome.ok and job.input.kind == "dicom":
+            outcome = Outcome(job.input, job.name, error=error, status=Failure.WRITE, requests=len(job.results))
+        if self.options.deliver is not None and outcome.ok and job.input.kind is InputKind.DICOM:
             outcome = await asyncio.to_thread(self.options.deliver, outcome)
         return outcome
 
     def audited(self, outcome: Outcome) -> Outcome:
-        if self.audit is not None and outcome.input.kind == "dicom" and not outcome.skipped:
+        if self.audit is not None and outcome.input.kind is InputKind.DICOM and not outcome.skipped:
             series, record = outcome.input.series, outcome.record or {}
             verdict = outcome.verdict
             if not outcome.ok:
@@ -357,7 +358,7 @@ class _Run:
         for job in self.jobs:
             if job.outcome is None and not job.results and not job.done.is_set():
                 error = f"not sent: preparing the inputs failed ({type(exc).__name__}: {exc})"
-                job.outcome = Outcome(job.input, job.name, status="READ", error=error)
+                job.outcome = Outcome(job.input, job.name, status=Failure.READ, error=error)
                 job.done.set()
 
     async def run(self, report: Callable[[Outcome], None]) -> list[Outcome]:

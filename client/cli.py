@@ -23,6 +23,7 @@ from brainscan.client.pacs_cli import (
     with_study_request,
 )
 from brainscan.client.report import OutputFormat, Reporter, retry_notice, summary, write_failures
+from brainscan.client.ui import DEFAULT_PORT, MAX_UPLOAD_MB
 from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, ReportFormatOption, fail
 from brainscan.contract import SlicePath
 
@@ -145,6 +146,7 @@ def predict(
     from brainscan.client.batch import RunOptions
     from brainscan.client.files import collect_inputs
     from brainscan.client.inference import ModelNotReadyError, ServerUnavailableError
+    from brainscan.client.records import Failure
 
     fmt = OutputFormat.JSON if as_json else fmt
     if skip_existing and out is None:
@@ -211,10 +213,10 @@ def predict(
         fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
     except ModelNotReadyError as exc:
         fail(str(exc))
-    aborted = any(o.status == "UNAVAILABLE" for o in outcomes)
+    aborted = any(o.status is Failure.UNAVAILABLE for o in outcomes)
     if failures is not None:
         write_failures(failures, conn, outcomes, rejected, aborted)
-    typer.echo(summary(outcomes, time.perf_counter() - started, out), err=fmt != "table")
+    typer.echo(summary(outcomes, time.perf_counter() - started, out), err=fmt is not OutputFormat.TABLE)
     if aborted:
         fail(f"the server at {conn.address} stayed unreachable; rerun with --skip-existing to resume", EXIT_UNAVAILABLE)
     if rejected or any(o.error for o in outcomes):
@@ -350,12 +352,12 @@ def ui(
     host: Annotated[
         str, typer.Option(help="Address the page listens on; anything but loopback needs --auth-file.")
     ] = contract.DEFAULT_HOST,
-    port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
+    port: Annotated[int, typer.Option(help="Port of the page.")] = DEFAULT_PORT,
     auth_file: Annotated[
         Path | None,
         typer.Option(envvar="BRAINSCAN_UI_AUTH_FILE", help="user:password lines; the page asks for a login."),
     ] = None,
-    max_upload_mb: Annotated[int, typer.Option(help="Largest upload accepted, in MB.")] = 20,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest upload accepted, in MB.")] = MAX_UPLOAD_MB,
     connect=None,  # the connection options (with_connection)
 ) -> None:
     """Web page (Gradio): upload an MRI slice, see label and probability, the slice with the

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
+from brainscan.client.files import InputKind
 from brainscan.client.volumes import Volume, VolumeError, check_size
+from brainscan.layout import DICOM_MARKER, DICOM_PREAMBLE
 from brainscan.series_header import SeriesHeader
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-DICOM_MAGIC_OFFSET = 128
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -28,8 +29,8 @@ def is_dicom(path: Path) -> bool:
         return False
     try:
         with open(path, "rb") as handle:
-            handle.seek(DICOM_MAGIC_OFFSET)
-            return handle.read(4) == b"DICM"
+            handle.seek(DICOM_PREAMBLE)
+            return handle.read(len(DICOM_MARKER)) == DICOM_MARKER
     except OSError:
         return False
 
@@ -113,15 +114,17 @@ def _check_deflated(path: Path) -> None:
     import zlib
 
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     try:
         meta = pydicom.filereader.read_file_meta_info(str(path))
-    except Exception:
+    except (InvalidDicomError, OSError, ValueError, EOFError):
         return  # no readable file meta: not deflated as far as pydicom is concerned either
     if str(getattr(meta, "TransferSyntaxUID", "")) != DEFLATED:
         return
     data = Path(path).read_bytes()
-    offset = 132 if data[128:132] == b"DICM" else 0
+    marker_end = DICOM_PREAMBLE + len(DICOM_MARKER)
+    offset = marker_end if data[DICOM_PREAMBLE:marker_end] == DICOM_MARKER else 0
     group_end = _meta_group_end(data[offset:])
     if not group_end:
         raise VolumeError(f"{path}: a deflated DICOM file without a file meta group length: refused unread")
@@ -352,7 +355,7 @@ def read_dicom_series(series: DicomSeries) -> Volume:
     data = np.stack([f.pixels.T for f in frames], axis=2)
     return Volume(
         where,
-        "dicom",
+        InputKind.DICOM,
         data,
         LPS_TO_RAS @ lps,
         None,

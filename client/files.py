@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from brainscan.atomic import write_atomic
-from brainscan.layout import image_path_for, mask_path_for
+from brainscan.errors import DataError
+from brainscan.layout import IMAGE_SUFFIXES, image_path_for, mask_path_for
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 OVERLAY_RED = np.array([255, 0, 0], np.float32)
 OVERLAY_ALPHA = 0.45
 
@@ -58,22 +59,30 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     return found
 
 
+class InputKind(StrEnum):
+    """What an input is; its value is the ``kind`` of the JSON records."""
+
+    IMAGE = "image"
+    NIFTI = "nifti"
+    DICOM = "dicom"
+
+
 @dataclass
 class Input:
     """One thing to predict: an image file, a NIfTI volume or a DICOM series."""
 
-    kind: str  # "image", "nifti" or "dicom"
+    kind: InputKind
     path: Path  # the file; for a DICOM series, its folder
     stem: str  # the name its outputs are derived from (made safe by ``safe_stems``)
     series: object | None = None  # dicom.DicomSeries
 
     @property
     def is_volume(self) -> bool:
-        return self.kind != "image"
+        return self.kind is not InputKind.IMAGE
 
     @property
     def display(self) -> str:
-        if self.kind != "dicom":
+        if self.kind is not InputKind.DICOM:
             return str(self.path)
         s = self.series
         label = " ".join(x for x in (f"series {s.number}" if s.number else "", s.description) if x)
@@ -87,34 +96,34 @@ def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[tuple[Path, str
     from brainscan.client.dicom import group_series, is_dicom
     from brainscan.client.volumes import is_nifti, nifti_stem
 
-    order: list[tuple[str, object]] = []
+    order: list[tuple[InputKind, object]] = []
     dicom_files: list[Path] = []
     for path in _walk(paths):
         given = path in paths
         if is_nifti(path):
-            order.append(("nifti", path))
+            order.append((InputKind.NIFTI, path))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             if given or not _is_ground_truth(path):
-                order.append(("image", path))
+                order.append((InputKind.IMAGE, path))
         elif is_dicom(path):
             if not dicom_files:
-                order.append(("dicom", None))  # the series take the place of the first DICOM file
+                order.append((InputKind.DICOM, None))  # the series take the place of the first DICOM file
             dicom_files.append(path)
         elif given:
-            order.append(("image", path))  # the server names what is wrong with it
+            order.append((InputKind.IMAGE, path))  # the server names what is wrong with it
     series, rejected, ignored = group_series(dicom_files) if dicom_files else ([], [], [])
     inputs: list[Input] = []
-    images = [p for kind, p in order if kind == "image"]
+    images = [p for kind, p in order if kind is InputKind.IMAGE]
     image_stems = dict(zip(images, output_stems(images)))
     for kind, path in order:
-        if kind == "image":
-            inputs.append(Input("image", path, image_stems[path]))
-        elif kind == "nifti":
-            inputs.append(Input("nifti", path, nifti_stem(path)))
+        if kind is InputKind.IMAGE:
+            inputs.append(Input(kind, path, image_stems[path]))
+        elif kind is InputKind.NIFTI:
+            inputs.append(Input(kind, path, nifti_stem(path)))
         else:
             for s in series:
                 stem = "_".join(x for x in (s.folder.name, s.number, s.description) if x)
-                inputs.append(Input("dicom", s.folder, stem, s))
+                inputs.append(Input(InputKind.DICOM, s.folder, stem, s))
     return inputs, rejected, ignored
 
 
@@ -154,7 +163,7 @@ def inside(folder: Path, name: str) -> Path:
     root = folder.resolve()
     target = (root / name).resolve()
     if target.parent != root:
-        raise ValueError(f"output name {name!r} would leave {folder}")
+        raise DataError(f"output name {name!r} would leave {folder}")
     return folder / name
 
 

@@ -24,6 +24,8 @@ from brainscan.triton_errors import is_transient
 
 BACKOFF_CAP = 8.0  # seconds: the longest wait between two attempts
 
+TIMEOUT = "TIMEOUT"  # the status of a request not answered within --timeout
+
 
 class ServerUnavailableError(BrainscanError, ConnectionError):
     """No Triton server answers at the URL (after the retries, if any)."""
@@ -97,6 +99,17 @@ def pixels_input(pixels: np.ndarray, protocol: str = "grpc"):
     return tensor
 
 
+def _http_transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's errors of an exchange that failed on the way (a connection refused or
+    cut, a server gone mid-answer), which a retry may cure; not an answer the server gave.
+    gRPC's arrive as InferenceServerException."""
+    try:
+        import aiohttp
+    except ImportError:  # the gRPC client alone
+        return ()
+    return (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+
+
 def _is_transient(exc: Exception) -> bool:
     status = str(getattr(exc, "status", lambda: "")() or "")
     return is_transient(str(exc), status)
@@ -157,17 +170,13 @@ class AsyncBrainscanClient:
         try:
             return await asyncio.wait_for(coroutine, self.connection.timeout)
         except asyncio.TimeoutError:
-            raise InferenceError(f"no answer within {self.connection.timeout:g} s (--timeout)", "TIMEOUT") from None
+            raise InferenceError(f"no answer within {self.connection.timeout:g} s (--timeout)", TIMEOUT) from None
         except InferenceServerException as exc:
             if _is_transient(exc):
                 raise _Retryable(exc.message() or str(exc)) from None
             raise InferenceError(exc.message() or str(exc), exc.status()) from None
-        except (OSError, asyncio.IncompleteReadError) as exc:  # aiohttp's connection errors are OSErrors
+        except (OSError, asyncio.IncompleteReadError, *_http_transport_errors()) as exc:
             raise _Retryable(str(exc) or type(exc).__name__) from None
-        except Exception as exc:
-            if type(exc).__module__.startswith("aiohttp"):
-                raise _Retryable(str(exc) or type(exc).__name__) from None
-            raise
 
     async def _with_retries(self, make_coroutine, retries: int):
         for attempt in range(retries + 1):

@@ -36,6 +36,7 @@ from brainscan.client.node_config import COMPRESSED_SYNTAXES, LONGEST_WAIT, List
 from brainscan.client.node_metrics import NodeMetrics
 from brainscan.client.node_security import Gatekeeper
 from brainscan.client.spool import Answered, RetryLater, SpooledSeries, State, private_file, unusable
+from brainscan.errors import BrainscanError
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # C-STORE "Refused: Out of Resources"
@@ -223,11 +224,12 @@ class Listener(Gatekeeper):
         except RetryLater as exc:
             self._retry(uid, series, str(exc))
             return
-        except Exception as exc:  # noqa: BLE001  (this series fails alone; the node goes on)
+        except Exception as exc:  # noqa: BLE001  (this series fails alone, named; the node goes on)
+            said = str(exc) if isinstance(exc, BrainscanError) else f"{type(exc).__name__}: {exc}"
             if series.results is not None:  # the destination refused or was away: the results wait
-                self._retry(uid, series, f"series {uid}: the results were not sent: {exc}")
+                self._retry(uid, series, f"series {uid}: the results were not sent: {said}")
             else:
-                self._fail(uid, series, str(exc) or type(exc).__name__)
+                self._fail(uid, series, said)
             return
         with self._lock:
             series.stored_at = time.time()

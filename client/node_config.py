@@ -13,6 +13,12 @@ from brainscan.errors import UsageError
 MAX_PDU = 16382
 TIMEOUT = 30.0
 LONGEST_WAIT = 300.0  # seconds, at most, between two tries of a series
+AE_TITLE_LENGTH = 16  # characters, at most (PS3.5: AE is 16 bytes)
+AE_TITLE, PORT = "BRAINSCAN", 11112  # the node's, by default
+IDLE = 10.0  # seconds without a new object: the series is complete
+RETRY_FOR = 3600.0  # seconds a series is tried again while Triton or the destination is away
+KEEP_FOR = 600.0  # seconds a series' objects and results are kept once stored (late objects join them)
+MAX_SERIES_MB, MAX_SPOOL_MB = 2048, 20480
 # Compressed transfer syntaxes taken as they come (pydicom decodes them with pylibjpeg,
 # openjpeg and pyjpegls): JPEG baseline, extended and lossless, JPEG-LS, JPEG 2000, RLE
 COMPRESSED_SYNTAXES = (
@@ -40,8 +46,8 @@ class Destination:
     def parse(cls, text: str) -> Destination:
         title, _, address = text.partition("@")
         host, _, port = address.rpartition(":")
-        if not title or not host or not port.isdigit() or len(title) > 16:
-            raise UsageError(f"{text!r}: write AET@HOST:PORT (an AE title of at most 16 characters)")
+        if not title or not host or not port.isdigit() or len(title) > AE_TITLE_LENGTH:
+            raise UsageError(f"{text!r}: write AET@HOST:PORT (an AE title of at most {AE_TITLE_LENGTH} characters)")
         return cls(title, host, int(port))
 
 
@@ -52,13 +58,13 @@ class ListenerConfig:
     spool: Path
     host: str = "127.0.0.1"
     allow_ae: tuple[str, ...] = ()
-    idle: float = 10.0  # seconds without a new object: the series is complete
-    max_series_bytes: int = 2 << 30
-    max_spool_bytes: int = 20 << 30
+    idle: float = IDLE
+    max_series_bytes: int = MAX_SERIES_MB << 20
+    max_spool_bytes: int = MAX_SPOOL_MB << 20
     store_to: Destination | None = None
     audit: Path | None = None  # default: SPOOL/audit.jsonl
-    retry_for: float = 3600.0  # seconds a series is tried again while Triton or the destination is away
-    keep_for: float = 600.0  # seconds a series' objects and results are kept once stored (late objects join them)
+    retry_for: float = RETRY_FOR
+    keep_for: float = KEEP_FOR
     max_pdu: int = MAX_PDU
     metrics_port: int | None = None  # Prometheus text on http://HOST:PORT/metrics
     tls: TlsFiles | None = None  # DICOM TLS on the node's port, callers' certificates required

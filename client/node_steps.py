@@ -11,7 +11,7 @@ from brainscan.client.atna import SERIOUS_FAILURE
 from brainscan.client.atna_events import AtnaAudit
 from brainscan.client.listener import ALREADY_ANSWERED, RESULTS_FOLDER, SUCCESS
 from brainscan.client.node_config import Destination
-from brainscan.client.spool import RetryLater
+from brainscan.client.spool import ResultsRefused, RetryLater, SeriesFailed
 
 
 def predict_series(
@@ -22,15 +22,16 @@ def predict_series(
     ``deliver`` before the run audits it; what became of it, ``RetryLater`` when Triton or
     the destination could not be reached, or an error."""
     from brainscan.client.batch import RunOptions, run_inputs
-    from brainscan.client.files import collect_inputs
+    from brainscan.client.files import InputKind, collect_inputs
     from brainscan.client.inference import ModelNotReadyError, ServerUnavailableError
+    from brainscan.client.records import Failure
 
     def process(folder: Path, study: str, uid: str, deliver: Callable[[list[Path]], bool]) -> str:
         inputs, rejected, _ = collect_inputs([folder])
-        inputs = [i for i in inputs if i.kind == "dicom" and i.series.uid == uid]
+        inputs = [i for i in inputs if i.kind is InputKind.DICOM and i.series.uid == uid]
         if not inputs:
             reason = rejected[0][1] if rejected else "no image slices"
-            raise ValueError(f"series {uid}: {reason}")
+            raise SeriesFailed(f"series {uid}: {reason}")
 
         sent = []
 
@@ -40,7 +41,7 @@ def predict_series(
                 sent.append(deliver(paths))
             except Exception as exc:  # noqa: BLE001  (audited as such; the node sends them again)
                 outcome.error = f"the results were not sent: {exc}; they are sent again later"
-                outcome.status, outcome.record = "STORE", None
+                outcome.status, outcome.record = Failure.STORE, None
             else:
                 outcome.record["stored"] = True if sent[-1] else "already answered"
             return outcome
@@ -50,10 +51,10 @@ def predict_series(
             outcome = asyncio.run(run_inputs(inputs, connection, options, lambda _: None))[0]
         except (ServerUnavailableError, ModelNotReadyError) as exc:
             raise RetryLater(f"series {uid}: {exc}") from None
-        if outcome.status in ("STORE", "UNAVAILABLE"):
+        if outcome.status in (Failure.STORE, Failure.UNAVAILABLE):
             raise RetryLater(f"series {uid}: {outcome.error}")
         if outcome.error:
-            raise ValueError(outcome.error)
+            raise SeriesFailed(outcome.error)
         if sent and not sent[-1]:
             return ALREADY_ANSWERED
         if outcome.refused:
@@ -92,7 +93,7 @@ def c_store(
         tls_args = (tls, destination.host) if tls is not None else None
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
         if not assoc.is_established:
-            raise ConnectionError(
+            raise ResultsRefused(
                 f"series {uid}: {destination.ae_title}@{destination.host}:{destination.port} "
                 "refused or did not answer the association for the results"
             )
@@ -101,7 +102,7 @@ def c_store(
                 status = assoc.send_c_store(pydicom.dcmread(str(path)))
                 code = getattr(status, "Status", None)
                 if code != SUCCESS:
-                    raise ConnectionError(
+                    raise ResultsRefused(
                         f"series {uid}: {destination.ae_title} answered status "
                         f"{'none' if code is None else hex(code)} to {path.name}"
                     )

@@ -43,7 +43,13 @@ CertChain = Annotated[
 ]
 Model = Annotated[str, typer.Option("-m", "--model", envvar="BRAINSCAN_MODEL", help="Ensemble to call.")]
 ModelVersion = Annotated[
-    str, typer.Option("-x", "--model-version", help="Version of --model (default: the server's latest).")
+    str,
+    typer.Option(
+        "-x",
+        "--model-version",
+        envvar="BRAINSCAN_MODEL_VERSION",
+        help="Version of --model (default: the server's latest).",
+    ),
 ]
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for each answer.")]
 

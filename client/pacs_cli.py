@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from brainscan.client import node_config as nc
 from brainscan.client.node_config import MAX_PDU, TIMEOUT
 from brainscan.console import Url, fail, field_options, with_options
 
@@ -172,6 +173,7 @@ def storer(pacs, wait: float = 2.0):
     import pydicom
 
     from brainscan.client.dicomweb import DicomWebError
+    from brainscan.client.records import Failure
 
     def store(outcome):
         record = outcome.record
@@ -183,7 +185,7 @@ def storer(pacs, wait: float = 2.0):
             except DicomWebError as exc:
                 if attempt == STORE_ATTEMPTS:
                     outcome.error = f"{exc} ({STORE_ATTEMPTS} tries)"
-                    outcome.status, outcome.record = "STORE", None
+                    outcome.status, outcome.record = Failure.STORE, None
                     return outcome
                 typer.echo(f"series {record['series']}: {exc}; trying again", err=True)
                 time.sleep(wait * 2 ** (attempt - 1))
@@ -198,8 +200,10 @@ def storer(pacs, wait: float = 2.0):
 
 @with_dicomweb
 def listen(
-    ae_title: Annotated[str, typer.Option(help="This node's AE title (at most 16 characters).")] = "BRAINSCAN",
-    port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
+    ae_title: Annotated[
+        str, typer.Option(help=f"This node's AE title (at most {nc.AE_TITLE_LENGTH} characters).")
+    ] = nc.AE_TITLE,
+    port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = nc.PORT,
     host: Annotated[
         str,
         typer.Option(help="Address to bind; 0.0.0.0 takes callers from the network (then name them with --allow-ae)."),
@@ -226,11 +230,11 @@ def listen(
     ] = Path("brainscan-spool"),
     idle: Annotated[
         float, typer.Option(min=0.5, help="Seconds without a new object after which a series is complete.")
-    ] = 10.0,
+    ] = nc.IDLE,
     max_series_mb: Annotated[
         int, typer.Option(min=1, help="Largest series accepted, MB; more is refused (Out of Resources).")
-    ] = 2048,
-    max_spool_mb: Annotated[int, typer.Option(min=1, help="Disk the spool may use, MB.")] = 20480,
+    ] = nc.MAX_SERIES_MB,
+    max_spool_mb: Annotated[int, typer.Option(min=1, help="Disk the spool may use, MB.")] = nc.MAX_SPOOL_MB,
     audit: Annotated[
         Path | None, typer.Option(help="JSON-lines audit file, one line per series (default: `<spool>/audit.jsonl`).")
     ] = None,
@@ -252,7 +256,7 @@ def listen(
                 "reached; then it goes to <spool>/failed/."
             ),
         ),
-    ] = 3600.0,
+    ] = nc.RETRY_FOR,
     keep_for: Annotated[
         float,
         typer.Option(
@@ -262,7 +266,7 @@ def listen(
                 "of it arriving meanwhile join them and it runs again over all. Then both are deleted."
             ),
         ),
-    ] = 600.0,
+    ] = nc.KEEP_FOR,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -333,8 +337,8 @@ def listen(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if len(ae_title) > 16:
-        raise typer.BadParameter(f"--ae-title {ae_title!r}: at most 16 characters")
+    if len(ae_title) > nc.AE_TITLE_LENGTH:
+        raise typer.BadParameter(f"--ae-title {ae_title!r}: at most {nc.AE_TITLE_LENGTH} characters")
     if rules is not None:
         from brainscan.site_rules import read_rules
 

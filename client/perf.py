@@ -16,6 +16,7 @@ from pathlib import Path
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
+from brainscan.errors import UsageError
 
 
 def serialized_string(data: bytes) -> bytes:
@@ -26,7 +27,7 @@ def serialized_string(data: bytes) -> bytes:
 def input_data(files: list[Path]) -> dict:
     """perf_analyzer's --input-data JSON, one request's data per file (batch 1 each)."""
     if not files:
-        raise ValueError("no image files given for the perf_analyzer input data")
+        raise UsageError("no image files given for the perf_analyzer input data")
     entries = []
     for path in files:
         payload = base64.b64encode(serialized_string(Path(path).read_bytes())).decode("ascii")

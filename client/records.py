@@ -13,17 +13,30 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 from brainscan.atomic import write_bytes_atomic
-from brainscan.client.files import Input, inside
+from brainscan.client.files import Input, InputKind, inside
+from brainscan.client.inference import TIMEOUT
 from brainscan.intended_use import IntendedUse, Reason, Verdict
 
 NOT_SENT = "not sent: the server stayed unreachable"
 NOT_ANALYSED = "not analysed"  # the label of an input outside the intended use
 OUTSIDE_NOTE = "OUTSIDE INTENDED USE"  # in every output of an input analysed anyway (research)
+
+
+class Failure(StrEnum):
+    """Why an input failed on this side of the server: the ``status`` of its failure record
+    (a server's refusal carries the server's own status code instead)."""
+
+    READ = "READ"  # its file or series could not be read
+    UNAVAILABLE = "UNAVAILABLE"  # the server went away before it was answered
+    TIMEOUT = TIMEOUT  # no answer within --timeout (the client's own status)
+    WRITE = "WRITE"  # its outputs could not be built or written
+    STORE = "STORE"  # its SEG and SR were not taken by the PACS
 
 
 @dataclass
@@ -34,7 +47,7 @@ class Outcome:
     name: str
     record: dict | None = None
     error: str | None = None
-    status: str | None = None  # Triton's status code, TIMEOUT, UNAVAILABLE, READ, …
+    status: Failure | str | None = None  # a Failure, or the server's status code
     skipped: bool = False
     requests: int = 0  # images sent for it (slices of a volume)
     verdict: Verdict | None = None
@@ -56,7 +69,7 @@ class Outcome:
 
 def output_names(item: Input, name: str) -> list[str]:
     """The outputs of an analysed input."""
-    if item.kind == "dicom":  # the DICOM SEG and SR go back to where the series came from
+    if item.kind is InputKind.DICOM:  # the DICOM SEG and SR go back to where the series came from
         return [f"{name}.mask.nii.gz", f"{name}.summary.json", f"{name}.seg.dcm", f"{name}.sr.dcm"]
     if item.is_volume:
         return [f"{name}.mask.nii.gz", f"{name}.summary.json"]
@@ -65,7 +78,7 @@ def output_names(item: Input, name: str) -> list[str]:
 
 def refusal_names(item: Input, name: str) -> list[str]:
     """The outputs of an input outside the intended use: its record, and a series' SR."""
-    return [f"{name}.refused.json", *([f"{name}.sr.dcm"] if item.kind == "dicom" else [])]
+    return [f"{name}.refused.json", *([f"{name}.sr.dcm"] if item.kind is InputKind.DICOM else [])]
 
 
 def already_done(out: Path, item: Input, name: str) -> bool:
@@ -123,7 +136,7 @@ def _refusal(job, options, identity, verdict: Verdict, slice_scores=None) -> Out
         record["slice_scores"] = [round(s, 4) for s in slice_scores]
     out = options.out
     paths = [inside(out, n) for n in refusal_names(item, job.name)] if out is not None else []
-    if item.kind == "dicom":
+    if item.kind is InputKind.DICOM:
         from brainscan.client.dicom_results import not_analysed_results, write_dataset
 
         sr = not_analysed_results(item.series.files, verdict, identity)
@@ -157,7 +170,7 @@ def _image(job, options, use: IntendedUse, prediction) -> Outcome:
         return outcome
     record = {
         "file": str(item.path),
-        "kind": "image",
+        "kind": InputKind.IMAGE,
         "probability": round(prediction.probability, 6),
         "label": prediction.label,
         "area_pixels": prediction.area_pixels,
@@ -215,7 +228,7 @@ def _volume(job, options, identity, use: IntendedUse) -> Outcome:
     if volume.notes:
         record["notes"] = volume.notes
     series = None
-    if item.kind == "dicom":
+    if item.kind is InputKind.DICOM:
         from brainscan.client.dicom_results import series_results
 
         series = series_results(volume, mask, probability, identity, verdict)
@@ -248,8 +261,8 @@ def finish(job, options, identity, use: IntendedUse) -> Outcome:
     if not job.payloads:  # refused on its headers, before any pixel was sent
         return _refusal(job, options, identity, Verdict.of(job.header_reasons))
     if any(r is None for r in job.results):
-        return Outcome(item, job.name, error=NOT_SENT, status="UNAVAILABLE", requests=len(job.results))
-    if item.kind == "image":
+        return Outcome(item, job.name, error=NOT_SENT, status=Failure.UNAVAILABLE, requests=len(job.results))
+    if item.kind is InputKind.IMAGE:
         return _image(job, options, use, job.results[0])
     return _volume(job, options, identity, use)
 
@@ -257,11 +270,11 @@ def finish(job, options, identity, use: IntendedUse) -> Outcome:
 def header_reasons(item: Input, context, use: IntendedUse) -> list[Reason]:
     """What the headers of a read input say against ``use``: an image's size, a DICOM series'
     rules (``IntendedUse.check_series``), a NIfTI volume's slices and spacing."""
-    if item.kind == "image":
+    if item.kind is InputKind.IMAGE:
         from brainscan.preprocessing import image_size
 
         size = image_size(context)
         return use.check_image(*size) if size else []
-    if item.kind == "dicom":
+    if item.kind is InputKind.DICOM:
         return use.check_series(item.series.header())
     return use.check_series(context.axial_header())

@@ -10,7 +10,8 @@ from pathlib import Path
 import typer
 
 from brainscan import contract
-from brainscan.client.records import NOT_ANALYSED, OUTSIDE_NOTE
+from brainscan.client.files import InputKind
+from brainscan.client.records import NOT_ANALYSED, OUTSIDE_NOTE, Failure
 
 NAME_WIDTH = 40
 
@@ -21,7 +22,6 @@ class OutputFormat(contract.Choice):
     CSV = "csv"
 
 
-FORMATS = tuple(f.value for f in OutputFormat)
 CSV_COLUMNS = (
     "file",
     "kind",
@@ -157,20 +157,20 @@ def csv_row(record: dict) -> dict:
 class Reporter:
     """Prints each outcome in the chosen format as it arrives (in input order)."""
 
-    def __init__(self, fmt: str, evaluate: bool):
+    def __init__(self, fmt: OutputFormat | str, evaluate: bool):
         import csv
         import sys
 
-        self.fmt, self.evaluate, self.started = fmt, evaluate, False
-        if fmt == "csv":
+        self.fmt, self.evaluate, self.started = OutputFormat(fmt), evaluate, False
+        if self.fmt is OutputFormat.CSV:
             self.writer = csv.DictWriter(sys.stdout, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
 
     def _header(self) -> None:
         self.started = True
-        if self.fmt == "table":
+        if self.fmt is OutputFormat.TABLE:
             header = f"{'file':<{NAME_WIDTH}} {'probability':>11} {'label':<9} {'area px':>8} {'area %':>7}"
             typer.echo(header + (f" {'truth':<9} {'dice':>6}" if self.evaluate else ""))
-        elif self.fmt == "csv":
+        elif self.fmt is OutputFormat.CSV:
             self.writer.writeheader()
 
     def __call__(self, outcome) -> None:
@@ -178,9 +178,9 @@ class Reporter:
             return
         if not self.started:
             self._header()
-        if self.fmt == "json":
+        if self.fmt is OutputFormat.JSON:
             typer.echo(json.dumps(outcome.record if outcome.ok else outcome.failure()))
-        elif self.fmt == "csv":
+        elif self.fmt is OutputFormat.CSV:
             self.writer.writerow(csv_row(outcome.record) if outcome.ok else outcome.failure())
         elif outcome.ok:
             typer.echo(row(outcome.record))
@@ -209,7 +209,9 @@ def write_failures(path: Path, conn, outcomes, rejected, aborted: bool) -> None:
     from brainscan.atomic import write_bytes_atomic
 
     failures = [o.failure() for o in outcomes if o.error]
-    failures += [{"file": str(p), "kind": "dicom", "error": reason, "status": "READ"} for p, reason in rejected]
+    failures += [
+        {"file": str(p), "kind": InputKind.DICOM, "error": reason, "status": Failure.READ} for p, reason in rejected
+    ]
     report = {
         "server": conn.address,
         "model": conn.target,

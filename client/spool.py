@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from brainscan.errors import BrainscanError
+
 JOURNAL = "journal.json"
 
 
@@ -24,8 +26,17 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-class RetryLater(Exception):
+class RetryLater(BrainscanError):
     """Triton or the destination could not be reached: the series is tried again later."""
+
+
+class SeriesFailed(BrainscanError):
+    """A series the node cannot answer (no image slices, a run that failed): it goes to failed/."""
+
+
+class ResultsRefused(BrainscanError):
+    """The destination did not take a series' results (no association, a failure status):
+    they wait in the spool and are sent again."""
 
 
 def private_file(path: Path, data: bytes) -> None:

@@ -22,8 +22,9 @@ import numpy as np
 from brainscan.client.inference import Connection
 from brainscan.errors import BrainscanError
 from brainscan.intended_use import IntendedUse, Reason
+from brainscan.layout import IMAGE_SUFFIXES
 
-UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"]
+UPLOAD_TYPES = [*IMAGE_SUFFIXES, ".dcm"]
 DEFAULT_PORT = 7860
 MAX_UPLOAD_MB = 20
 CACHE_SECONDS = 600  # what Gradio still holds (answers shown on the page) is deleted after this

@@ -20,6 +20,7 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
+from brainscan.client.files import InputKind
 from brainscan.errors import BrainscanError
 from brainscan.series_header import SeriesHeader
 
@@ -127,7 +128,7 @@ class Volume:
     """One 3-D scan: intensities in the source's voxel order and its voxel -> RAS+ mm affine."""
 
     source: Path
-    kind: str  # "nifti" or "dicom"
+    kind: InputKind  # NIFTI or DICOM
     data: np.ndarray
     affine: np.ndarray
     header: object | None = None  # the NIfTI header of a NIfTI source
@@ -294,4 +295,4 @@ def read_nifti(path: Path) -> Volume:
         raise VolumeError(f"{path}: a {data.ndim}-D image of shape {data.shape}; brainscan takes one 3-D volume")
     if not np.isfinite(image.affine).all() or abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
         raise VolumeError(f"{path}: the affine is singular; cannot tell which way is axial")
-    return Volume(path, "nifti", data, np.asarray(image.affine, dtype=np.float64), image.header)
+    return Volume(path, InputKind.NIFTI, data, np.asarray(image.affine, dtype=np.float64), image.header)

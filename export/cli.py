@@ -9,6 +9,7 @@ import typer
 
 from brainscan import contract
 from brainscan.console import fail, field_options, with_options
+from brainscan.export import limits
 from brainscan.export.repository_spec import RepositorySpec
 
 export_app = typer.Typer(
@@ -21,8 +22,8 @@ def onnx(
     run: Annotated[Path, typer.Argument(help="Training run folder (holds model.keras and run.json).")],
     out: Annotated[Path | None, typer.Option(help="ONNX file to write (default: RUN/model.onnx).")] = None,
     samples: Annotated[int, typer.Option(help="Validation slices to compare Keras and ONNX Runtime on.")] = 32,
-    atol: Annotated[float, typer.Option(help="Largest absolute difference allowed.")] = 1e-4,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    atol: Annotated[float, typer.Option(help="Largest absolute difference allowed.")] = limits.PARITY_ATOL,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = limits.OPSET,
 ) -> None:
     """Convert a trained Keras model to its served ONNX graph: the network (dynamic batch),
     checked against Keras on real validation slices (fails, writing nothing, if any output
@@ -175,8 +176,8 @@ def fp16(
     ] = None,
     data: ValidationData = None,
     samples: Samples = 64,
-    max_prob_diff: GateProbDiff = 0.02,
-    min_mask_dice: GateMaskDice = 0.97,
+    max_prob_diff: GateProbDiff = limits.FP16_MAX_PROB_DIFF,
+    min_mask_dice: GateMaskDice = limits.FP16_MIN_MASK_DICE,
     out: Annotated[
         Path | None, typer.Option(help="FP16 ONNX to write (default: model.fp16.onnx beside the source).")
     ] = None,
@@ -232,15 +233,17 @@ def tensorrt(
     ] = None,
     data: ValidationData = None,
     samples: Samples = 64,
-    workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace memory-pool limit, MiB.")] = 1024,
+    workspace_mib: Annotated[
+        int, typer.Option(help="TensorRT workspace memory-pool limit, MiB.")
+    ] = limits.WORKSPACE_MIB,
     opt_batch: Annotated[
         int | None, typer.Option(help="Optimum batch of the profile (default: the config's max_batch_size).")
     ] = None,
     timing_cache: Annotated[
         Path | None, typer.Option(help="Timing cache reused across builds (one file per TensorRT version and GPU).")
     ] = None,
-    max_prob_diff: GateProbDiff = 0.02,
-    min_mask_dice: GateMaskDice = 0.97,
+    max_prob_diff: GateProbDiff = limits.FP16_MAX_PROB_DIFF,
+    min_mask_dice: GateMaskDice = limits.FP16_MIN_MASK_DICE,
 ) -> None:
     """Build strongly typed TensorRT engines (TensorRT 10.12+ or 11.x) from the FP16 ONNX
     graphs into a tensorrt-flavour repository, gate each engine on real validation slices
@@ -284,4 +287,4 @@ def tensorrt(
         build_into_bucket(repository, build, toolkit.gpu().compute_capability, log=typer.echo)
     else:
         build(Path(repository))
-    typer.echo(f"engines ready in {repository}: serve them with `docker compose -f docker/compose.yaml up -d triton`")
+    typer.echo(f"engines ready in {repository}: serve them with `{contract.SERVE_ON_GPU}`")

@@ -32,7 +32,7 @@ from brainscan.export.repository import (
     read_config,
     validate_repository,
 )
-from brainscan.export.tensorrt_version import EXPORT_COMMAND, NETWORKS, installed_version
+from brainscan.export.tensorrt_version import EXPORT_COMMAND, installed_version
 from brainscan.intended_use import IntendedUse
 from brainscan.tables import text_table
 
@@ -328,13 +328,13 @@ def diagnose(repository: Path, target: Target, sources: Sequence[Path] = ()) -> 
         except RepositoryError as exc:
             return [Finding("repository", "layout", Status.MISMATCH, str(exc))]
     findings = [Finding("repository", "layout", Status.OK, "tensorrt flavour, configs parse and the ensemble is wired")]
-    for network in NETWORKS:
+    for network in contract.NETWORKS:
         findings += _engine_findings(repository, network, configs[network], target, sources)
     return findings
 
 
 def advice(findings: list[Finding], repository: Path) -> str:
-    bad = sorted({f.model for f in findings if f.bad and f.model in NETWORKS})
+    bad = sorted({f.model for f in findings if f.bad and f.model in contract.NETWORKS})
     if not bad:
         return ""
     return (

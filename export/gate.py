@@ -17,6 +17,7 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.errors import BrainscanError
+from brainscan.export.limits import FP16_MAX_PROB_DIFF, FP16_MIN_MASK_DICE
 from brainscan.export.pixel_gate import THRESHOLD as OOD_THRESHOLD
 from brainscan.metrics import dice, segmentation_metrics
 from brainscan.tables import text_table
@@ -27,9 +28,9 @@ class Tolerances:
     """Limits of the gate. The defaults leave room for FP16 rounding (about 1e-3 relative)
     and none for a changed answer on a clear case."""
 
-    classifier_max_abs_diff: float = 0.02  # tumour probability, FP16 vs FP32
+    classifier_max_abs_diff: float = FP16_MAX_PROB_DIFF  # tumour probability, FP16 vs FP32
     classifier_min_agreement: float = 0.99  # share of slices with the same decision
-    segmenter_min_dice_vs_fp32: float = 0.97  # mean Dice of FP16 masks against FP32 masks
+    segmenter_min_dice_vs_fp32: float = FP16_MIN_MASK_DICE  # mean Dice of FP16 masks against FP32 masks
     segmenter_max_dice_drop: float = 0.02  # mean Dice against ground truth, FP32 minus FP16
     segmenter_max_emptied: int = 0  # slices where FP32 finds tumour and FP16 an empty mask
 
@@ -90,6 +91,11 @@ class GateReport:
         return f"{self.gate}, {self.network}, {self.samples} validation slices: {verdict}\n{text_table(rows)}"
 
 
+class OutputsDifferError(BrainscanError, ValueError):
+    """The FP16 graph or engine answers with other shapes or counts than the FP32 reference:
+    not the same network (a wrong file, or a broken build); nothing is compared, nothing written."""
+
+
 class Difference(NamedTuple):
     """A candidate run's outputs against the reference's, element by element."""
 
@@ -104,7 +110,7 @@ def output_difference(reference: np.ndarray, candidate: np.ndarray, threshold: f
     reference = np.asarray(reference, np.float64)
     candidate = np.asarray(candidate, np.float64)
     if reference.shape != candidate.shape:
-        raise ValueError(f"the outputs' shapes differ: {reference.shape} vs {candidate.shape}")
+        raise OutputsDifferError(f"the outputs' shapes differ: {reference.shape} vs {candidate.shape}")
     diff = np.abs(np.nan_to_num(reference - candidate, nan=np.inf))
     finite = np.isfinite(diff)
     return Difference(
@@ -168,12 +174,12 @@ def check_segmenter(
     engine: masks (0/1) or probabilities, any size, the same for both; and the ground-truth
     masks (0/1) at that size when the dataset has them."""
     if len(fp32) != len(fp16):
-        raise ValueError(f"{len(fp32)} FP32 outputs but {len(fp16)} FP16 ones")
+        raise OutputsDifferError(f"{len(fp32)} FP32 outputs but {len(fp16)} FP16 ones")
     fp32 = [np.asarray(a, np.float64).reshape(-1) for a in fp32]
     fp16 = [np.asarray(a, np.float64).reshape(-1) for a in fp16]
     for i, (a, b) in enumerate(zip(fp32, fp16)):
         if a.shape != b.shape:
-            raise ValueError(f"slice {i}: FP32 and FP16 outputs differ in size: {a.size} vs {b.size}")
+            raise OutputsDifferError(f"slice {i}: FP32 and FP16 outputs differ in size: {a.size} vs {b.size}")
     mask32 = [a > contract.MASK_THRESHOLD for a in fp32]
     mask16 = [b > contract.MASK_THRESHOLD for b in fp16]  # NaN compares False: a NaN map is an empty mask
     found32, found16 = np.array([m.any() for m in mask32]), np.array([m.any() for m in mask16])

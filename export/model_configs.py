@@ -235,9 +235,14 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
         raise RepositoryError(f"{path} is not a valid Triton model config: {exc}") from None
 
 
+def gpu_tag(compute_capability: str) -> str:
+    """How files and parameters name one GPU kind: sm89 for compute capability 8.9."""
+    return f"sm{compute_capability.replace('.', '')}"
+
+
 def plan_name(compute_capability: str) -> str:
     """The engine file of one GPU kind: model.sm89.plan for compute capability 8.9."""
-    return f"model.sm{compute_capability.replace('.', '')}.plan"
+    return f"model.{gpu_tag(compute_capability)}.plan"
 
 
 def plan_files(config: model_config_pb2.ModelConfig) -> dict[str, str]:
@@ -251,7 +256,7 @@ def plan_files(config: model_config_pb2.ModelConfig) -> dict[str, str]:
 def engine_parameter(compute_capability: str) -> str:
     """The config parameter describing the engine of one GPU kind: what a client reads to
     say which engine answered (``engine_sm89`` for compute capability 8.9)."""
-    return f"{ENGINE_PARAMETER_PREFIX}{compute_capability.replace('.', '')}"
+    return ENGINE_PARAMETER_PREFIX + gpu_tag(compute_capability).removeprefix("sm")
 
 
 def list_engine(
@@ -283,8 +288,11 @@ def listed_engines(out: Path, name: str) -> tuple[dict[str, str], dict[str, str]
         return {}, {}
     try:
         config = read_config(path)
-    except RepositoryError:
-        return {}, {}
+    except RepositoryError as exc:  # rewriting it would forget the engines it lists for other GPUs
+        raise RepositoryError(
+            f"{exc}; the repository is not rewritten, since that would drop the engines this config lists "
+            "for other GPU kinds: mend the file, or remove it to list only the engines built now"
+        ) from None
     listed = {cc: plan for cc, plan in config.cc_model_filenames.items() if (out / name / VERSION / plan).exists()}
     described = {
         engine_parameter(cc): config.parameters[engine_parameter(cc)].string_value

@@ -15,12 +15,10 @@ from brainscan.atomic import write_bytes_atomic
 from brainscan.dataset_card import DatasetCard, from_training
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import GateReport, at_most, info, output_difference
+from brainscan.export.limits import OPSET, PARITY_ATOL
 from brainscan.export.serving import RULE_OUT_KEY, ServingGraphError
 from brainscan.intended_use import INTENDED_USE_FILE, ONNX_METADATA_KEY
 from brainscan.onnx_runtime import cpu_session
-
-OPSET = 17
-PARITY_ATOL = 1e-4
 
 
 class ParityError(BrainscanError, RuntimeError):

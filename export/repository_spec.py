@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from brainscan import contract
 from brainscan.contract import PLAN_FILE, Device, Flavour
 from brainscan.errors import BrainscanError
+from brainscan.export.limits import WORKSPACE_MIB
 from brainscan.export.profiles import OPT_IMAGE
 
 FLAVOURS = tuple(f.value for f in Flavour)
@@ -116,7 +117,7 @@ class RepositorySpec:
         default=contract.QUEUE_TIMEOUT_MS,
         metadata=_option("A request waiting longer than this in a model's queue is refused.", min=1),
     )
-    workspace_mib: int = 1024  # TensorRT workspace of the onnxruntime flavour on GPU
+    workspace_mib: int = WORKSPACE_MIB  # TensorRT workspace of the onnxruntime flavour on GPU
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:

@@ -40,12 +40,13 @@ from brainscan.digest import sha256_file
 from brainscan.export.fp16 import fp16_path
 from brainscan.export.gate import GateFailedError, GateReport, Tolerances, check_network
 from brainscan.export.gpu import Gpu, build_gpu
+from brainscan.export.limits import WORKSPACE_MIB
+from brainscan.export.model_configs import gpu_tag
 from brainscan.export.profiles import Profile, profile_from_config
 from brainscan.export.records import EngineRecord, Fp16Record
 from brainscan.export.repository import VERSION, RepositoryError, list_engine, plan_files, plan_name, read_config
 from brainscan.export.serving import DECLARED_PARAMETERS, by_shape, declared_parameters
 from brainscan.export.tensorrt_version import (
-    NETWORKS,
     REMEDY,
     EngineBuildError,
     import_tensorrt,
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BuildSettings:
-    workspace_mib: int = 1024
+    workspace_mib: int = WORKSPACE_MIB
     timing_cache: Path | None = None  # read before, written after every build; one per TensorRT version and GPU
 
 
@@ -78,7 +79,7 @@ class BuildRequest:
 def timing_cache_file(cache: Path, trt_version: str, gpu: Gpu) -> Path:
     """Timings hold for one TensorRT version and one GPU kind: one file per pair."""
     cache = Path(cache)
-    return cache.with_name(f"{cache.stem}-trt{trt_version}-sm{gpu.compute_capability}{cache.suffix}")
+    return cache.with_name(f"{cache.stem}-trt{trt_version}-{gpu_tag(gpu.compute_capability)}{cache.suffix}")
 
 
 def build_request(
@@ -347,16 +348,17 @@ def build_into_bucket(
         return relative.endswith("config.pbtxt")
 
     name = plan_name(compute_capability)
-    new_files = {f"{network}/{VERSION}/{file}" for network in NETWORKS for file in (name, EngineRecord.name_for(name))}
+    new_files = {
+        f"{network}/{VERSION}/{file}" for network in contract.NETWORKS for file in (name, EngineRecord.name_for(name))
+    }
     work = Path(tempfile.mkdtemp(prefix="brainscan-engines-"))
     try:
         storage.download(uri, work / "built", only=is_config)
         build(work / "built")
         storage.upload(work / "built", uri, only=new_files.__contains__)
-        fresh = storage.download(
-            uri, work / "fresh", only=lambda relative: relative in {f"{network}/config.pbtxt" for network in NETWORKS}
-        )
-        for network in NETWORKS:
+        configs = {f"{network}/config.pbtxt" for network in contract.NETWORKS}
+        fresh = storage.download(uri, work / "fresh", only=configs.__contains__)
+        for network in contract.NETWORKS:
             record = EngineRecord.of_plan(work / "built" / network / VERSION, name)
             if record is None:  # the build above writes one beside every plan
                 raise EngineBuildError(f"{network}: the build left no record beside {name}")

@@ -11,9 +11,7 @@ from brainscan.errors import BrainscanError
 
 MINIMUM_VERSION = (10, 12)  # STRONGLY_TYPED builds of FP16 graphs; weak typing was deprecated here
 ONLY_STRONGLY_TYPED = 11  # from this major on every network is strongly typed and the flag is ignored
-PLAN = contract.PLAN_FILE
-NETWORKS = contract.NETWORKS
-EXPORT_COMMAND = "docker compose -f docker/compose.yaml run --rm export"
+EXPORT_COMMAND = f"{contract.COMPOSE} run --rm export"
 CONTAINER_HINT = (
     f"build engines in the export container on a GPU host: `{EXPORT_COMMAND}` (docs/gpu.md, 'On a GPU host')"
 )

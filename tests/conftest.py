@@ -121,7 +121,8 @@ def pytest_configure(config):
     socket.socket.connect_ex = _loopback_only(socket.socket.connect_ex)
 
 
-# the admin key of the session's server (its statistics are an admin API)
+# the admin key of the session's server: Triton's administrative APIs (repository, shared memory,
+# logging, trace) need it, which tests/test_security.py checks; statistics do not
 ADMIN_KEY = "test-admin-key-" + os.urandom(12).hex()
 
 # different sizes, so the two-size path of preprocess and the writer is exercised

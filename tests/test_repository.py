@@ -137,6 +137,17 @@ def test_a_broken_config_file_is_named(tmp_path):
         read_config(path)
 
 
+def test_a_tensorrt_config_that_cannot_be_read_stops_the_writer_and_is_left_as_it_was(tmp_path):
+    """Rewriting it would drop the engines it lists for the fleet's other GPU kinds."""
+    write_repository(tmp_path, "tensorrt")
+    path = tmp_path / contract.CLASSIFIER / "config.pbtxt"
+    broken = path.read_text().replace("cc_model_filenames", "cc_model_filenames {", 1) + "\nnot_a_field: 3\n"
+    path.write_text(broken)
+    with pytest.raises(RepositoryError, match=r"classifier/config.pbtxt is not a valid.*not rewritten"):
+        write_repository(tmp_path, "tensorrt")
+    assert path.read_text() == broken
+
+
 def test_unknown_flavour_is_refused():
     with pytest.raises(RepositoryError, match="unknown flavour"):
         RepositorySpec(flavour="tflite")

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from brainscan.errors import DataError
-from brainscan.layout import is_mask_file, mask_path_for
+from brainscan.layout import IMAGE_SUFFIXES, is_mask_file, mask_path_for
 from brainscan.preprocessing import decode_image, mask_to_target, preprocess
 from brainscan.train.choices import Split
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 SPLITS = tuple(s.value for s in Split)
 DEFAULT_FRACTIONS = (0.75, 0.15, 0.10)
 _KAGGLE_SLICE = re.compile(r"^(?P<patient>.+)_(?P<k>\d+)$")

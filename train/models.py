@@ -14,13 +14,12 @@ from keras import layers
 
 from brainscan import contract
 from brainscan.errors import BrainscanError, UsageError
-from brainscan.train.choices import Architecture, Weights
+from brainscan.train.choices import Weights
 
 WEIGHTS = tuple(w.value for w in Weights)
 # Starting probabilities of the output layers (focal-loss-style prior initialisation).
 TUMOUR_PIXEL_PRIOR = 0.02
 TUMOUR_CELL_PRIOR = 0.02
-SEGMENTER_ARCHITECTURES = tuple(a.value for a in Architecture)
 # MobileNetV2 layers whose activations feed the decoder, from stride 2 to stride 16.
 _SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
 _BOTTLENECK = "block_16_project"

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,30 @@ from brainscan.triton_errors import log_errors
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel kills it when the process that started it
-    dies, even by SIGKILL, so a killed ``brainscan serve`` leaves no server holding ports."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _parent_death_signal():
+    """The C library's prctl, looked up in this process before any child is started, so a
+    system without it stops ``serve`` with a message instead of losing the guarantee silently."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError) as exc:
+        raise ServerError(
+            f"cannot tie tritonserver's life to this process (no prctl in the C library: {exc}); "
+            "the kit's server runs on Linux"
+        ) from None
+
+
+def _die_with_parent(prctl) -> Callable[[], None]:
+    """For the child, before exec: the kernel kills it when the process that started it dies,
+    even by SIGKILL, so a killed ``brainscan serve`` leaves no server holding ports. A refusal
+    is written to the server's log (the child's stderr), the one place the child can say it."""
+
+    def child() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            reason = os.strerror(ctypes.get_errno()).encode()
+            said = b"brainscan: prctl(PR_SET_PDEATHSIG) failed (" + reason + b"): a killed serve leaves it running"
+            os.write(2, said + b"\n")
+
+    return child
 
 
 class TritonServer:
@@ -123,8 +143,8 @@ class TritonServer:
                 raise ServerError(
                     f"{self.repository} is the {flavour} flavour: its networks need Triton's {flavour} backend"
                     + (" and a GPU" if flavour is Flavour.TENSORRT else "")
-                    + ", which the embedded CPU server does not have. Serve it with `docker compose -f "
-                    "docker/compose.yaml up -d triton` (docs/gpu.md, 'On a GPU host'), or write a local repository "
+                    + f", which the embedded CPU server does not have. Serve it with `{contract.SERVE_ON_GPU}` "
+                    "(docs/gpu.md, 'On a GPU host'), or write a local repository "
                     "with `brainscan export repository --flavour local`"
                 )
             validate_repository(local, require_weights=True, ensembles=self.ensembles)
@@ -166,7 +186,7 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent(_parent_death_signal()),
             )
         self.starts += 1
 
