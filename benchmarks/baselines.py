@@ -114,7 +114,7 @@ def onnx_flops(path: Path) -> float:
     import onnx
     from onnx import shape_inference
 
-    from brainscan.export.serving import network_of, network_only
+    from brainscan.export.served_graph import network_of, network_only
 
     model = onnx.load(str(path))
     model = network_only(model) if network_of(model) else model

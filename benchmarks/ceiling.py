@@ -8,7 +8,7 @@ here, for two designs in the same run:
   and scales (two FP32 tensors), python ``postprocess`` brings the mask back to the image's
   size (``benchmarks/python_steps.py``);
 - ``in-graph`` (now): python ``preprocess`` only decodes; the networks' graphs resize, scale
-  and threshold (``export.serving``), which a GPU runs.
+  and threshold (``export.served_graph``), which a GPU runs.
 
 The two networks are replaced by free ones (the same tensors in and out, next to no
 arithmetic), the repository is written with 1, 2, … instances of each python step, served by
@@ -37,9 +37,9 @@ from brainscan import contract
 from brainscan.benchmarks import perf_analyzer
 from brainscan.benchmarks.ceiling_report import PREVIOUS_POSTPROCESS, report
 from brainscan.benchmarks.free_networks import cpu_by_step, write_free_network
+from brainscan.benchmarks.perf_data import write_input_data
 from brainscan.benchmarks.run import server_statistics, statistics_delta
 from brainscan.benchmarks.series import measure_series
-from brainscan.client.perf import write_input_data
 
 DESIGNS = ("python-steps", "in-graph")
 OUTSIDE = ("tritonserver", contract.PREPROCESS, PREVIOUS_POSTPROCESS)  # what is not a network
@@ -144,7 +144,7 @@ def design_networks(design: str, served: dict[str, Path], folder: Path) -> dict[
     bare networks inside them (python-steps)."""
     import onnx
 
-    from brainscan.export.serving import network_only
+    from brainscan.export.served_graph import network_only
 
     if design == "in-graph":
         return dict(served)

@@ -17,7 +17,7 @@ Concurrency = Annotated[str, typer.Option(help="Ensemble concurrency sweep, STAR
 
 def _image_files(inputs: list[Path], limit: int) -> list[Path]:
     """The first ``limit`` files among ``inputs`` (folders searched recursively)."""
-    from brainscan.client.files import expand_inputs
+    from brainscan.client.imaging.files import expand_inputs
 
     files = [f for f in expand_inputs(inputs) if f.is_file()][:limit]
     if not files:
@@ -62,7 +62,7 @@ def bench_input_data(
             fail(f"the images differ in size ({sorted(shapes)}): one request's slices share one, give images of one")
         write_bytes_atomic(out, json.dumps({"data": entries}).encode())
     else:
-        from brainscan.client.perf import write_input_data
+        from brainscan.benchmarks.perf_data import write_input_data
 
         write_input_data(files, out)
     typer.echo(f"wrote {out}: {len(files)} images")

@@ -37,7 +37,7 @@ class Pooled:
 
 def _pooled(session, images) -> Pooled:
     from brainscan.export.pixel_gate import FEATURES, QUADRANTS
-    from brainscan.export.serving import run_outputs
+    from brainscan.export.served_graph import run_outputs
     from brainscan.preprocessing import pixels
 
     out = run_outputs(session, [pixels(i) for i in images])
@@ -63,7 +63,7 @@ def collect(run: Path, seed_offset: int = 1_000, patients: int = 20, set_size: i
     import onnx
 
     from brainscan.export.pixel_gate import quarter_turns
-    from brainscan.export.serving import POOLED, network_only, serving_model
+    from brainscan.export.served_graph import POOLED, network_only, serving_model
     from brainscan.onnx_runtime import cpu_session
     from brainscan.preprocessing import decode_image
     from brainscan.train import datasets, ood

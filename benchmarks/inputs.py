@@ -12,7 +12,7 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
-from brainscan.client.perf import input_data as image_input_data
+from brainscan.benchmarks.perf_data import input_data as image_input_data
 from brainscan.preprocessing import pixels_batch
 
 

@@ -4,7 +4,7 @@ one in the same run. Triton loads this file as ``model.py`` of two models: ``pre
 (decode, resize to each network's size with OpenCV, stretch: two FP32 tensors and the
 original size) and ``postprocess`` (the segmenter's probabilities back to the original size
 with OpenCV, thresholded), telling them apart by the config's ``step`` parameter. The
-resize and the stretch are ``export.serving``'s reference functions, the parity gate's
+resize and the stretch are ``export.served_graph``'s reference functions, the parity gate's
 OpenCV path.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from brainscan import contract
-from brainscan.export.serving import reference_mask, reference_model_input
+from brainscan.export.served_graph import reference_mask, reference_model_input
 from brainscan.preprocessing import InvalidImageError, decode_image
 
 ORIGINAL_SIZE = "ORIGINAL_SIZE"  # INT32 [2]

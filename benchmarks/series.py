@@ -64,8 +64,8 @@ def series_stack(files: list[Path], slices: int) -> np.ndarray:
 
 async def _send(url: str, path: str, stack: np.ndarray) -> int:
     """Every slice of ``stack`` through ``path``, CONCURRENCY requests in flight; the number answered."""
-    from brainscan.client.inference import AsyncBrainscanClient, Connection
-    from brainscan.client.volumes import encode_png16
+    from brainscan.client.imaging.volumes import encode_png16
+    from brainscan.client.triton.inference import AsyncBrainscanClient, Connection
 
     gate = asyncio.Semaphore(CONCURRENCY)
     async with AsyncBrainscanClient(Connection(url)) as client:

@@ -127,6 +127,16 @@ class TensorSpec:
 
 IMAGE_SPEC = TensorSpec(IMAGE, "TYPE_STRING", (1,))
 PIXELS_SPEC = TensorSpec(PIXELS, "TYPE_FP32", (-1, -1, -1))
+
+
+def serialized_string(data: bytes) -> bytes:
+    """One TYPE_STRING element (an IMAGE) as Triton serializes it: uint32 length (LE), then the
+    bytes (what perf_analyzer's input data and the warm-up samples hold)."""
+    import struct
+
+    return struct.pack("<I", len(data)) + data
+
+
 TUMOR_PROBABILITY_SPEC = TensorSpec(TUMOR_PROBABILITY, "TYPE_FP32", (1,))
 MASK_SPEC = TensorSpec(MASK, "TYPE_UINT8", (-1, -1))
 OOD_SCORE_SPEC = TensorSpec(OOD_SCORE, "TYPE_FP32", (1,))

@@ -4,10 +4,21 @@ the image files the kit reads, the kaggle_3m rule (the ground truth of ``X.tif``
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 MASK_SUFFIX = "_mask"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")  # image files (not volumes, not DICOM)
+
+
+class InputKind(StrEnum):
+    """What an input is; its value is the ``kind`` of the JSON records."""
+
+    IMAGE = "image"
+    NIFTI = "nifti"
+    DICOM = "dicom"
+
+
 # A DICOM Part-10 file: a 128-byte preamble, then the marker (PS3.10 7.1)
 DICOM_PREAMBLE, DICOM_MARKER = 128, b"DICM"
 

@@ -4,7 +4,7 @@ image's own size.
 
 Training runs these graphs with ONNX Runtime (``brainscan.preprocessing.to_model_input``),
 and the served networks carry them in front of and behind their own layers
-(``brainscan.export.serving``), so on a GPU TensorRT runs them and the only Python left on a
+(``brainscan.export.served_graph``), so on a GPU TensorRT runs them and the only Python left on a
 request's path decodes the file.
 
 Resizing multiplies the image by two small weight matrices, built inside the graph from the

@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from brainscan import contract
-from brainscan.client.options import Timeout, with_connection
-from brainscan.client.pacs_cli import (
+from brainscan.client.batch.output import OutputFormat, Reporter, retry_notice, summary, write_failures
+from brainscan.client.hospital.cli import (
     DicomwebAccess,
     StudyRequest,
     fetch_from_pacs,
@@ -22,7 +22,7 @@ from brainscan.client.pacs_cli import (
     with_dicomweb,
     with_study_request,
 )
-from brainscan.client.report import OutputFormat, Reporter, retry_notice, summary, write_failures
+from brainscan.client.options import Timeout, with_connection
 from brainscan.client.ui import DEFAULT_PORT, MAX_UPLOAD_MB
 from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, ReportFormatOption, fail
 from brainscan.contract import SlicePath
@@ -143,10 +143,10 @@ def predict(
     import asyncio
     import sys
 
-    from brainscan.client.batch import RunOptions
-    from brainscan.client.files import collect_inputs
-    from brainscan.client.inference import ModelNotReadyError, ServerUnavailableError
-    from brainscan.client.records import Failure
+    from brainscan.client.batch.engine import RunOptions
+    from brainscan.client.batch.records import Failure
+    from brainscan.client.imaging.files import collect_inputs
+    from brainscan.client.triton.inference import ModelNotReadyError, ServerUnavailableError
 
     fmt = OutputFormat.JSON if as_json else fmt
     if skip_existing and out is None:
@@ -158,7 +158,7 @@ def predict(
     conn = connect(timeout, retries)
     deliver = None
     if request.given:
-        from brainscan.client import dicomweb as web
+        from brainscan.client.hospital import dicomweb as web
 
         request.check(paths)
         made_out = out is None
@@ -226,7 +226,7 @@ def predict(
 
 
 async def _run_with_progress(inputs, conn, options, reporter, show: bool):
-    from brainscan.client.batch import run_inputs
+    from brainscan.client.batch.engine import run_inputs
 
     if not show:
         return await run_inputs(inputs, conn, options, reporter, retry_notice())
@@ -306,7 +306,7 @@ def _print_health(record: dict, several: bool) -> None:
 
 def _health_of(conn, wait: float, infer: bool) -> dict:
     """One server's state, with the exit code it deserves."""
-    from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
+    from brainscan.client.triton.inference import BrainscanClient, InferenceError, ServerUnavailableError
     from brainscan.errors import BrainscanError
 
     record = {"server": conn.address, "live": None, "ready": None, "models": {}, "inference_ms": None, "error": None}

@@ -91,7 +91,7 @@ def connection(
     model_version,
 ):
     """The options as a Connection; a bad combination is a usage error (exit 2)."""
-    from brainscan.client.connection import Connection
+    from brainscan.client.triton.connection import Connection
 
     try:
         return Connection(

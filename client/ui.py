@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainscan.client.inference import Connection
+from brainscan.client.triton.inference import Connection
 from brainscan.errors import BrainscanError
 from brainscan.intended_use import IntendedUse, Reason
 from brainscan.layout import IMAGE_SUFFIXES
@@ -86,8 +86,8 @@ def private_cache() -> Path:
 def _payload(path: Path, use: IntendedUse) -> tuple[bytes | None, list[Reason]]:
     """The bytes to send (the file itself, or a DICOM slice as a 16-bit PNG), or None and why
     its headers are outside the intended use (a DICOM file's rules, an image's size)."""
-    from brainscan.client.dicom import group_series, is_dicom, read_dicom_series
-    from brainscan.client.volumes import VolumeError
+    from brainscan.client.imaging.dicom import group_series, is_dicom, read_dicom_series
+    from brainscan.client.imaging.volumes import VolumeError
     from brainscan.preprocessing import image_size
 
     if not is_dicom(path):
@@ -119,9 +119,9 @@ def refusal_text(name: str, reasons: list[Reason]) -> str:
 
 def analyse(connection: Connection, path: str | None) -> tuple[str, np.ndarray | None, np.ndarray | None]:
     """One upload -> (result text, overlay RGB, mask) for the page; errors become text."""
-    from brainscan.client.files import overlay
-    from brainscan.client.inference import BrainscanClient, InferenceError, ServerUnavailableError
-    from brainscan.client.volumes import VolumeError
+    from brainscan.client.imaging.files import overlay
+    from brainscan.client.imaging.volumes import VolumeError
+    from brainscan.client.triton.inference import BrainscanClient, InferenceError, ServerUnavailableError
     from brainscan.preprocessing import decode_image
 
     if not path:

@@ -1,14 +1,19 @@
-"""`brainscan export …`: ONNX with a parity check, and Triton model repositories."""
+"""`brainscan export …`: ONNX with a parity check, the FP16 graphs, Triton model repositories
+and TensorRT engines; and `brainscan doctor`, which checks a repository's engines against the
+server that will load them."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from brainscan import contract
-from brainscan.console import fail, field_options, with_options
+from brainscan.console import ReportFormat, ReportFormatOption, fail, field_options, with_options
+from brainscan.errors import EXIT_FAILED
 from brainscan.export import limits
 from brainscan.export.repository_spec import RepositorySpec
 
@@ -193,7 +198,7 @@ def fp16(
     import onnx
 
     from brainscan.export.fp16 import export_fp16, graph_nodes
-    from brainscan.export.serving import network_of
+    from brainscan.export.served_graph import network_of
     from brainscan.export.validation import validation_inputs
 
     source = run / "model.onnx" if run.is_dir() else run
@@ -288,3 +293,81 @@ def tensorrt(
     else:
         build(Path(repository))
     typer.echo(f"engines ready in {repository}: serve them with `{contract.SERVE_ON_GPU}`")
+
+
+def doctor(
+    repository: Annotated[
+        str,
+        typer.Option(
+            envvar="BRAINSCAN_REPOSITORY",
+            help="Model repository to check: a folder or s3://… (configs and engine records are read, no weights).",
+        ),
+    ] = str(contract.PRODUCTION_REPOSITORY),
+    tensorrt_version: Annotated[
+        str | None,
+        typer.Option(
+            help="TensorRT version of the target server (default: found here, else the pinned NGC release's)."
+        ),
+    ] = None,
+    compute_capability: Annotated[
+        str | None, typer.Option(help="Compute capability of the target GPU, e.g. 9.0 (default: nvidia-smi here).")
+    ] = None,
+    sources: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sources",
+            envvar="BRAINSCAN_SOURCES",
+            help=(
+                "Folder of training runs (`<network>/model.fp16.onnx`) to compare the engines' source ONNX with when "
+                "the path their record holds is not here, e.g. the runs mounted into the server container; "
+                "repeatable."
+            ),
+        ),
+    ] = None,
+    fmt: ReportFormatOption = ReportFormat.TEXT,
+) -> None:
+    """Check that a repository's TensorRT engines fit the server that will load them: same
+    TensorRT version, same GPU compute capability, optimization profile equal to the config, built
+    from the current ONNX. Says what to rebuild; exits 1 on any mismatch. Shows the intended use
+    the served classifier declares to clients."""
+    from brainscan.export.doctor import Status, advice, declared_use, detect_target, diagnose, table
+    from brainscan.storage import local_view
+
+    target = detect_target(tensorrt_version, compute_capability)
+    with local_view(repository) as local:
+        findings = diagnose(local, target, sources=sources or [])
+        use = declared_use(local)
+    if str(local) != repository:  # name the bucket, not the skeleton the checks ran on
+        for finding in findings:
+            finding.detail = finding.detail.replace(str(local), repository)
+    verdict = advice(findings, repository) or "the repository is not servable (see above)"
+    if fmt is ReportFormat.JSON:
+        bad = any(f.bad for f in findings)
+        typer.echo(
+            json.dumps(
+                {
+                    "repository": repository,
+                    "servable": not bad,
+                    "advice": verdict if bad else None,
+                    "findings": [dataclasses.asdict(f) for f in findings],
+                    "intended_use": use.as_dict() if use else None,
+                }
+            )
+        )
+        if bad:
+            raise typer.Exit(EXIT_FAILED)
+        return
+    typer.echo(table(findings))
+    typer.echo(
+        "intended use the classifier declares:\n  " + "\n  ".join(use.describe())
+        if use
+        else "intended use: none declared yet (written with the classifier's graph: `brainscan export repository`, "
+        "or `export tensorrt` for a tensorrt repository)"
+    )
+    if any(f.bad for f in findings):
+        fail(verdict)
+    skipped = [f for f in findings if f.status == Status.NOT_CHECKED]
+    typer.echo(
+        f"{repository}: no mismatch found"
+        + (f" ({len(skipped)} checks skipped: nothing to compare with here)" if skipped else "")
+    )

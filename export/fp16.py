@@ -40,7 +40,7 @@ from brainscan.errors import BrainscanError
 from brainscan.export.gate import GateFailedError, GateReport, Tolerances, check_network
 from brainscan.export.pixel_gate import GATE_PREFIX, gate_of
 from brainscan.export.records import Fp16Record
-from brainscan.export.serving import added_nodes, is_served, network_of, network_only, serving_model
+from brainscan.export.served_graph import added_nodes, is_served, network_of, network_only, serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx_outputs
 from brainscan.preprocessing_graph import MASK_PREFIX, PREPROCESS_PREFIX
 

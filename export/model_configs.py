@@ -11,7 +11,6 @@ from tritonclient.grpc import model_config_pb2
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
-from brainscan.client.perf import serialized_string
 from brainscan.contract import ENGINE_PARAMETER_PREFIX, MAX_SIDE_PARAMETER, Device, Flavour, TensorSpec
 from brainscan.export.profiles import OPT_IMAGE, ProfileError, image_profile
 from brainscan.export.repository_spec import (
@@ -20,11 +19,11 @@ from brainscan.export.repository_spec import (
     WARMUP_FOLDER,
     WARMUP_IMAGE,
     WARMUP_SIZE,
-    WEIGHT_FILES,
     RepositoryError,
     RepositorySpec,
 )
 from brainscan.probe import probe_image
+from brainscan.repository import plan_files, read_config  # noqa: F401 (re-exported)
 
 
 def _tensors(specs: list[TensorSpec]) -> list[dict]:
@@ -159,7 +158,7 @@ def _warmup(configs: dict[str, dict], max_batch_size: int) -> None:
 
 
 def warmup_files() -> dict[str, bytes]:
-    return {f"{contract.PREPROCESS}/{WARMUP_FOLDER}/{WARMUP_IMAGE}": serialized_string(probe_image())}
+    return {f"{contract.PREPROCESS}/{WARMUP_FOLDER}/{WARMUP_IMAGE}": contract.serialized_string(probe_image())}
 
 
 def model_configs(spec: RepositorySpec) -> dict[str, dict]:
@@ -228,13 +227,6 @@ def render_config(config: dict) -> str:
     return text_format.MessageToString(to_model_config(config))
 
 
-def read_config(path: Path) -> model_config_pb2.ModelConfig:
-    try:
-        return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
-    except text_format.ParseError as exc:
-        raise RepositoryError(f"{path} is not a valid Triton model config: {exc}") from None
-
-
 def gpu_tag(compute_capability: str) -> str:
     """How files and parameters name one GPU kind: sm89 for compute capability 8.9."""
     return f"sm{compute_capability.replace('.', '')}"
@@ -243,14 +235,6 @@ def gpu_tag(compute_capability: str) -> str:
 def plan_name(compute_capability: str) -> str:
     """The engine file of one GPU kind: model.sm89.plan for compute capability 8.9."""
     return f"model.{gpu_tag(compute_capability)}.plan"
-
-
-def plan_files(config: model_config_pb2.ModelConfig) -> dict[str, str]:
-    """The engines a tensorrt_plan config names, by compute capability (Triton's
-    ``cc_model_filenames``: each server loads the one of its GPU). A config that lists none
-    has one plan for whatever GPU loads it, under the key ''."""
-    listed = dict(config.cc_model_filenames)
-    return listed or {"": config.default_model_filename or WEIGHT_FILES[Flavour.TENSORRT]}
 
 
 def engine_parameter(compute_capability: str) -> str:

@@ -1,5 +1,5 @@
 """Keras -> ONNX with tf2onnx (dynamic batch) and the parity check against Keras, then the
-served graph (the preprocessing and mask head around the network, ``export.serving``) and
+served graph (the preprocessing and mask head around the network, ``export.served_graph``) and
 its parity gate against the reference preprocessing; only a graph that passes both is
 written."""
 
@@ -16,7 +16,7 @@ from brainscan.dataset_card import DatasetCard, from_training
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import GateReport, at_most, info, output_difference
 from brainscan.export.limits import OPSET, PARITY_ATOL
-from brainscan.export.serving import RULE_OUT_KEY, ServingGraphError
+from brainscan.export.served_graph import RULE_OUT_KEY, ServingGraphError
 from brainscan.intended_use import INTENDED_USE_FILE, ONNX_METADATA_KEY
 from brainscan.onnx_runtime import cpu_session
 
@@ -132,7 +132,7 @@ def fit_pixel_gate(network_model, data: GateData):
     graph with the pooled features as outputs runs on the training slices, the same slices
     turned a quarter turn, and the validation slices (``pixel_gate.fit_gate``)."""
     from brainscan.export.pixel_gate import FEATURES, QUADRANTS, fit_gate, quarter_turns
-    from brainscan.export.serving import POOLED, run_outputs, serving_model
+    from brainscan.export.served_graph import POOLED, run_outputs, serving_model
     from brainscan.preprocessing import pixels
 
     session = cpu_session(serving_model(network_model, gate=POOLED).SerializeToString())
@@ -164,7 +164,7 @@ def export_onnx(
     reports and the intended use (None for the segmenter). Raises ParityError, leaving no
     file, when either check fails."""
     from brainscan.export.pixel_gate import has_taps
-    from brainscan.export.serving import check_parity, network_of, resampled, serving_model
+    from brainscan.export.served_graph import check_parity, network_of, resampled, serving_model
     from brainscan.preprocessing import to_model_input
 
     is_classifier = contract.CLASSIFIER_INPUT in [layer.name for layer in model.layers[:1]]
@@ -182,7 +182,7 @@ def export_onnx(
         served = serving_model(model_proto, gate=gate)
         served.metadata_props.add(key=ONNX_METADATA_KEY, value=use.to_json())
         if gate_data and gate_data.val_labels is not None:
-            from brainscan.export.serving import run_served
+            from brainscan.export.served_graph import run_served
             from brainscan.preprocessing import pixels
 
             answers = run_served(cpu_session(served.SerializeToString()), [pixels(i) for i in gate_data.val])

@@ -1,6 +1,6 @@
 """Write and check Triton model repositories: one ensemble contract, three flavours.
 
-| flavour       | classifier / segmenter (the served graphs, ``export.serving``) |
+| flavour       | classifier / segmenter (the served graphs, ``export.served_graph``) |
 |---------------|---------------------------------------------------------|
 | tensorrt      | tensorrt_plan FP16 engines, KIND_GPU (production)       |
 | onnxruntime   | onnxruntime_onnx: KIND_CPU, or KIND_GPU with the TensorRT |
@@ -21,7 +21,6 @@ from importlib import resources
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
 from brainscan import contract
 from brainscan.contract import MODEL_SHA256_PARAMETER, Device, Flavour
@@ -53,6 +52,7 @@ from brainscan.export.repository_spec import (
     RepositoryError,
     RepositorySpec,
 )
+from brainscan.repository import flavour_of, validate_repository  # noqa: F401 (re-exported)
 
 # Re-exported: the repository's API, wherever each part lives (repository_spec: options and
 # defaults; model_configs: the configs and the engines they list).
@@ -108,11 +108,11 @@ def repository_files(spec: RepositorySpec) -> dict[str, bytes]:
 def served_graph(path: Path, network: str, cpu: bool = False) -> tuple[bytes, dict[str, str]]:
     """The served graph of ``network`` from ``path``: as it is when it is one (what
     ``brainscan export onnx`` and ``export fp16`` write), else the network wrapped
-    (``export.serving``), with ``cpu`` as the CPU flavours serve it (``serving.for_cpu``); and
+    (``export.served_graph``), with ``cpu`` as the CPU flavours serve it (``served_graph.for_cpu``); and
     the config parameters it declares (the classifier's intended use)."""
     import onnx
 
-    from brainscan.export.serving import ServingGraphError, declared_parameters, for_cpu, network_of, serving_model
+    from brainscan.export.served_graph import ServingGraphError, declared_parameters, for_cpu, network_of, serving_model
     from brainscan.intended_use import IntendedUseError
 
     try:
@@ -182,68 +182,3 @@ def write_repository(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     return out
-
-
-def flavour_of(configs: dict[str, model_config_pb2.ModelConfig]) -> Flavour:
-    classifier = configs[contract.CLASSIFIER]
-    if classifier.platform == "tensorrt_plan":
-        return Flavour.TENSORRT
-    if classifier.platform == "onnxruntime_onnx":
-        return Flavour.ONNXRUNTIME
-    return Flavour.LOCAL
-
-
-def validate_repository(
-    path: Path, require_weights: bool = False, ensembles: tuple[str, ...] = contract.ENSEMBLES
-) -> dict[str, model_config_pb2.ModelConfig]:
-    """Check that ``path`` holds the ``ensembles`` (the contract's two) and their three models, that every config
-    parses, that the ensemble's steps name real tensors of real models, and (with
-    ``require_weights``) that each model's files are present. Raises RepositoryError."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RepositoryError(
-            f"model repository {path} does not exist: build it with `make demo` or "
-            "`brainscan export repository --repository DIR`"
-        )
-    problems: list[str] = []
-    configs: dict[str, model_config_pb2.ModelConfig] = {}
-    for name in (*ensembles, *contract.COMPOSING_MODELS):
-        config_path = path / name / "config.pbtxt"
-        if not config_path.exists():
-            problems.append(f"{name}: {config_path} is missing")
-            continue
-        try:
-            configs[name] = read_config(config_path)
-        except RepositoryError as exc:
-            problems.append(str(exc))
-    steps = [step for name in ensembles if name in configs for step in configs[name].ensemble_scheduling.step]
-    if not problems:
-        for step in steps:
-            extra = path / step.model_name / "config.pbtxt"
-            if step.model_name not in configs and extra.exists():  # a model beyond the contract's (benchmarks)
-                configs[step.model_name] = read_config(extra)
-            model = configs.get(step.model_name)
-            if model is None:
-                problems.append(f"ensemble step names unknown model {step.model_name}")
-                continue
-            inputs = {t.name for t in model.input}
-            outputs = {t.name for t in model.output}
-            problems += [f"{step.model_name} has no input {k}" for k in step.input_map if k not in inputs]
-            problems += [f"{step.model_name} has no output {k}" for k in step.output_map if k not in outputs]
-    if not problems and require_weights:
-        flavour = flavour_of(configs)
-        for name, config in configs.items():
-            version = path / name / VERSION
-            needed = []
-            if config.backend == "python":
-                needed.append("model.py")
-            if name in contract.NETWORKS:
-                needed += (
-                    sorted(set(plan_files(config).values())) if flavour is Flavour.TENSORRT else [WEIGHT_FILES[flavour]]
-                )
-            if name in ensembles and not version.is_dir():
-                problems.append(f"{name}: version folder {version} is missing")
-            problems += [f"{name}: {version / f} is missing" for f in needed if not (version / f).exists()]
-    if problems:
-        raise RepositoryError(f"model repository {path} is incomplete:\n  " + "\n  ".join(problems))
-    return configs

@@ -6,18 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from brainscan import contract
-from brainscan.contract import PLAN_FILE, Device, Flavour
-from brainscan.errors import BrainscanError
+from brainscan.contract import Device, Flavour
 from brainscan.export.limits import WORKSPACE_MIB
 from brainscan.export.profiles import OPT_IMAGE
+from brainscan.repository import VERSION, WEIGHT_FILES, RepositoryError  # noqa: F401 (re-exported)
 
 FLAVOURS = tuple(f.value for f in Flavour)
-VERSION = "1"
 PLACEHOLDER = ".gitkeep"  # keeps a version folder whose weights are build outputs in git
 # python-model sources in brainscan.export.triton_models -> model.py of these models
 PYTHON_SOURCES = {contract.PREPROCESS: "preprocess.py"}
 ONNX_RUNNER_SOURCE = "onnx_runner.py"
-WEIGHT_FILES = {Flavour.LOCAL: "model.onnx", Flavour.ONNXRUNTIME: "model.onnx", Flavour.TENSORRT: PLAN_FILE}
 # How long the dynamic batcher may hold a request to grow a batch: for the networks, per
 # flavour; preprocess is the same python model in every flavour. With 0
 # the batcher still batches whatever queued while a model was busy, and an idle server
@@ -51,10 +49,6 @@ WARMUP_SIZE = OPT_IMAGE[:2]
 # cache is ONE level below it, because the provider creates only the last folder of its
 # cache path (std::filesystem::create_directory), and a fresh volume is empty.
 ORT_TRT_CACHE = "/var/cache/brainscan/ort-trt"
-
-
-class RepositoryError(BrainscanError, ValueError):
-    """A model repository is missing, incomplete or inconsistent; the message lists why."""
 
 
 def _option(help: str, **constraints) -> dict:

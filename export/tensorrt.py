@@ -45,7 +45,7 @@ from brainscan.export.model_configs import gpu_tag
 from brainscan.export.profiles import Profile, profile_from_config
 from brainscan.export.records import EngineRecord, Fp16Record
 from brainscan.export.repository import VERSION, RepositoryError, list_engine, plan_files, plan_name, read_config
-from brainscan.export.serving import DECLARED_PARAMETERS, by_shape, declared_parameters
+from brainscan.export.served_graph import DECLARED_PARAMETERS, by_shape, declared_parameters
 from brainscan.export.tensorrt_version import (
     REMEDY,
     EngineBuildError,

@@ -53,13 +53,13 @@ def validation_inputs(network: str, onnx: Path, data: Path | None = None, sample
 def run_onnx(model: Path | bytes, images: list[np.ndarray]) -> list[np.ndarray]:
     """The first output of a served graph (a file or serialized bytes: the probability or the
     mask) for each of ``images`` (PIXELS, [H, W, C]), with ONNX Runtime on CPU."""
-    from brainscan.export.serving import run_served
+    from brainscan.export.served_graph import run_served
 
     return run_served(cpu_session(model), images)
 
 
 def run_onnx_outputs(model: Path | bytes, images: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
     """Every output of a served graph for each of ``images``, by output name."""
-    from brainscan.export.serving import run_outputs
+    from brainscan.export.served_graph import run_outputs
 
     return run_outputs(cpu_session(model), images)

@@ -195,7 +195,7 @@ def without_gate(served: Path, out: Path) -> Path:
     exports without a training run does)."""
     import onnx
 
-    from brainscan.export.serving import network_only, serving_model
+    from brainscan.export.served_graph import network_only, serving_model
 
     onnx.save(serving_model(network_only(onnx.load(str(served)))), str(out))
     return out

@@ -18,8 +18,8 @@ import pytest
 from syslog_collector import BOM, Received, SyslogCollector
 from tls_certs import make_certificates
 
-from brainscan.client import atna
-from brainscan.client.atna_events import AtnaAudit, node, remote, web
+from brainscan.client.hospital import atna
+from brainscan.client.hospital.atna_events import AtnaAudit, node, remote, web
 
 SCHEMA = Path(__file__).with_name("atna_message.rng")
 RSYSLOGD = shutil.which("rsyslogd") or next((p for p in ["/usr/sbin/rsyslogd"] if Path(p).exists()), None)

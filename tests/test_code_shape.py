@@ -84,3 +84,89 @@ def test_every_package_folder_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {_module_name(init) for folder in PACKAGES.values() for init in folder.rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+# The rooms and what each may import (docs/development.md, "Rooms"): a room's modules import
+# the core and the rooms listed here, never the others. The front ends (brainscan.cli, each
+# group's cli.py, client's options and ui) bring the rooms together.
+CORE = "core"
+ROOMS = {  # room: prefixes of its modules (the longest match names a module's room)
+    CORE: ("brainscan",),
+    "serving": ("brainscan.serving",),
+    "triton client": ("brainscan.client.triton",),
+    "imaging": ("brainscan.client.imaging",),
+    "batch engine": ("brainscan.client.batch",),
+    "hospital": ("brainscan.client.hospital",),
+    "client front ends": (
+        "brainscan.client",
+        "brainscan.client.cli",
+        "brainscan.client.options",
+        "brainscan.client.ui",
+    ),
+    "train": ("brainscan.train",),
+    "export": ("brainscan.export",),
+    "benchmarks": ("brainscan.benchmarks",),
+    "root": ("brainscan.cli", "brainscan.clidoc"),
+}
+MAY_IMPORT = {
+    CORE: {"serving"},  # the core's own server launcher (brainscan.serving is the core's too)
+    "serving": set(),
+    "triton client": set(),
+    "imaging": set(),
+    "batch engine": {"triton client", "imaging"},
+    "hospital": {"triton client", "imaging", "batch engine"},
+    "client front ends": {"triton client", "imaging", "batch engine", "hospital"},
+    # evaluate judges the served models through a server: the Triton client and its options
+    "train": {"triton client", "client front ends"},
+    "export": {"train"},  # reads training runs
+    "benchmarks": {"triton client", "imaging", "export", "train", "serving"},  # measures them
+    "root": set(ROOMS),
+}
+
+
+def room_of(module: str) -> str:
+    best, best_length = CORE, 0
+    for room, prefixes in ROOMS.items():
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_length:
+                best, best_length = room, len(prefix)
+    return best
+
+
+def imports_between_rooms() -> list[str]:
+    """Every import (top level or in a function) of a module from a room its room may not import."""
+    wrong = []
+    for folder in PACKAGES.values():
+        for path in folder.rglob("*.py"):
+            if "triton_models" in path.parts:
+                continue
+            module = _module_name(path)
+            room = room_of(module)
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("brainscan"):
+                    names = [node.module]
+                    if node.module in ("brainscan", "brainscan.client"):  # `from brainscan.client import hospital`
+                        names = [f"{node.module}.{alias.name}" for alias in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names if alias.name.startswith("brainscan")]
+                for name in names:
+                    other = room_of(name)
+                    if other not in (room, CORE) and other not in MAY_IMPORT[room]:
+                        wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} ({room}) imports {name} ({other})")
+    return wrong
+
+
+def test_each_room_imports_only_the_rooms_it_may():
+    assert imports_between_rooms() == []
+
+
+def test_the_room_check_sees_a_planted_import(tmp_path, monkeypatch):
+    planted = ROOT / "export" / "zz_planted_for_test.py"
+    planted.write_text("from brainscan.client.imaging.volumes import axial_image\n")
+    try:
+        assert imports_between_rooms() == [
+            "export/zz_planted_for_test.py:1 (export) imports brainscan.client.imaging.volumes (imaging)"
+        ]
+    finally:
+        planted.unlink()

@@ -98,7 +98,7 @@ def test_no_patient_has_slices_in_two_splits(phantom_dir):
 
 
 def test_a_patient_becomes_an_mr_series_read_back_in_slice_order(tmp_path):
-    from brainscan.client.dicom import group_series, read_dicom_series
+    from brainscan.client.imaging.dicom import group_series, read_dicom_series
     from brainscan.train.phantom_dicom import write_phantom_series
 
     patient = tmp_path / "P"

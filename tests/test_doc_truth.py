@@ -46,7 +46,7 @@ def test_every_repository_path_a_page_names_exists(page):
 
 
 def test_the_path_check_catches_a_planted_path():
-    assert missing_paths("see `client/listener.py` and `export/serving.py`") == []
+    assert missing_paths("see `client/hospital/listener.py` and `export/served_graph.py`") == []
     assert missing_paths("see `brainscan/export/tensorrt.py`") == ["brainscan/export/tensorrt.py"]
 
 
@@ -234,7 +234,12 @@ def test_every_json_field_the_pages_list_is_one_predict_writes(gated_server, pha
         [
             BRAINSCAN,
             *cli_args(
-                "predict", *files, tmp_path / "noise.png", tmp_path / "broken.png", format="json", url=gated_server.grpc_url
+                "predict",
+                *files,
+                tmp_path / "noise.png",
+                tmp_path / "broken.png",
+                format="json",
+                url=gated_server.grpc_url,
             ),
         ],
         capture_output=True,

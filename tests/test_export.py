@@ -18,7 +18,7 @@ def test_exported_graphs_take_any_image_and_give_the_ensemble_outputs(onnx_model
     size, out."""
     import onnx
 
-    from brainscan.export.serving import network_size
+    from brainscan.export.served_graph import network_size
 
     outputs = {"classifier": [contract.CLASSIFIER_OUTPUT, contract.OOD_SCORE], "segmenter": [contract.MASK]}
     for task, names in outputs.items():

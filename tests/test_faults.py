@@ -234,9 +234,9 @@ def test_malformed_dicoms_beside_a_good_image_end_the_run_with_the_good_one_done
 def test_an_unexpected_error_while_reading_fails_that_input_only(server, tmp_path, monkeypatch):
     import asyncio
 
-    from brainscan.client import batch
-    from brainscan.client.files import collect_inputs
-    from brainscan.client.inference import Connection
+    from brainscan.client.batch import engine as batch
+    from brainscan.client.imaging.files import collect_inputs
+    from brainscan.client.triton.inference import Connection
 
     for name in ("a", "b", "c"):
         (tmp_path / f"{name}.png").write_bytes(encode(brain_like(seed=ord(name)), "PNG"))

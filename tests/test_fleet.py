@@ -12,7 +12,7 @@ from test_cli import run
 from test_preprocessing import brain_like
 
 from brainscan import contract
-from brainscan.client.inference import Connection
+from brainscan.client.triton.inference import Connection
 
 pytestmark = pytest.mark.server
 

@@ -27,7 +27,7 @@ from brainscan.export.fp16 import (
 )
 from brainscan.export.gate import GateFailedError
 from brainscan.export.records import Fp16Record
-from brainscan.export.serving import serving_model
+from brainscan.export.served_graph import serving_model
 from brainscan.export.validation import NetworkInputs, run_onnx
 from brainscan.preprocessing import pixels
 from brainscan.train import datasets

@@ -38,7 +38,7 @@ def test_a_gpu_server_answers_series_slices_as_the_cpu_does():
     mask (TF32 rounding stretched to 0..255 would show there)."""
     import asyncio
 
-    from brainscan.client.inference import AsyncBrainscanClient, Connection
+    from brainscan.client.triton.inference import AsyncBrainscanClient, Connection
     from brainscan.export.validation import run_onnx, validation_inputs
     from brainscan.metrics import dice
 

@@ -254,7 +254,7 @@ def test_a_classifier_trained_on_other_data_carries_a_gate_fitted_to_it(runs, on
     accepts its own validation slices and refuses the MR ones, where the MR-trained gate does
     the opposite."""
     from brainscan.export.onnx import export_run
-    from brainscan.export.serving import run_outputs
+    from brainscan.export.served_graph import run_outputs
     from brainscan.onnx_runtime import cpu_session
     from brainscan.preprocessing import decode_image, pixels
     from brainscan.train.phantom import write_phantom_dataset

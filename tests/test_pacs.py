@@ -62,7 +62,7 @@ def credentials(tmp_path) -> dict:
 
 
 def stow(pacs: Orthanc, written: list) -> str:
-    from brainscan.client.dicomweb import Credentials, Pacs
+    from brainscan.client.hospital.dicomweb import Credentials, Pacs
 
     Pacs(pacs.dicomweb, Credentials("basic", f"{USER}:{PASSWORD}")).store(
         [d for d in written if d is not None], "a test series"
@@ -108,7 +108,7 @@ def wait_for_results(pacs: Orthanc, study: str, seconds: float = 120, expected=(
 
 
 def modalities(pacs: Orthanc, study: str) -> list[str]:
-    from brainscan.client.dicomweb import Credentials, Pacs
+    from brainscan.client.hospital.dicomweb import Credentials, Pacs
 
     found = Pacs(pacs.dicomweb, Credentials("basic", f"{USER}:{PASSWORD}")).series_of(study)
     return sorted(item["00080060"]["Value"][0] for item in found)
@@ -371,7 +371,7 @@ def test_orthanc_routes_each_stable_mr_series_with_the_shipped_lua_script(bright
 
 def test_a_stow_answer_that_names_a_failed_instance_is_a_failure(tmp_path):
     """A 200 whose FailedSOPSequence names an instance (here Out of Resources) is not a store."""
-    from brainscan.client.dicomweb import DicomWebError, Pacs
+    from brainscan.client.hospital.dicomweb import DicomWebError, Pacs
 
     written = write_mr_series(tmp_path / "series", lesion_images(1), number=13)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Failing)

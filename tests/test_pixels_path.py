@@ -93,8 +93,8 @@ def test_the_client_library_answers_a_batch_of_pixels_as_it_answers_each_png(ser
     as a 16-bit PNG: the same probability, score and mask per slice."""
     import asyncio
 
-    from brainscan.client.inference import AsyncBrainscanClient, Connection
-    from brainscan.client.volumes import encode_png16
+    from brainscan.client.imaging.volumes import encode_png16
+    from brainscan.client.triton.inference import AsyncBrainscanClient, Connection
     from brainscan.preprocessing import decode_image
     from brainscan.train.datasets import find_kaggle3m
 
@@ -117,7 +117,7 @@ def test_the_client_library_answers_a_batch_of_pixels_as_it_answers_each_png(ser
 
 
 def test_the_slices_to_segment_are_those_not_ruled_out_and_their_neighbours():
-    from brainscan.client.series_gate import slices_to_segment
+    from brainscan.client.batch.series_gate import slices_to_segment
 
     probabilities = [0.001, 0.2, 0.001, 0.001, 0.001, 0.05, 0.001, 0.001]
     assert slices_to_segment(probabilities, 0.01, margin=1) == [0, 1, 2, 4, 5, 6]  # by hand: 1 and 5, +-1
@@ -130,7 +130,7 @@ def test_the_gate_chooses_the_same_slices_whatever_order_the_answers_come_in(see
     """A series' classifier answers arriving request by request, in any order (as concurrent
     requests do): once all have arrived the gate has chosen the slices it would with every
     answer at hand, and it hands out full requests before the last answer."""
-    from brainscan.client.series_gate import SeriesGate, slices_to_segment
+    from brainscan.client.batch.series_gate import SeriesGate, slices_to_segment
 
     rng = np.random.default_rng(seed)
     n, size = int(rng.integers(1, 60)), int(rng.integers(1, 9))
@@ -156,7 +156,7 @@ def rule_out_server(tmp_path_factory):
     from known_networks import write_threshold_classifier, write_threshold_segmenter
 
     from brainscan.export.repository import write_repository
-    from brainscan.export.serving import RULE_OUT_KEY
+    from brainscan.export.served_graph import RULE_OUT_KEY
     from brainscan.serving import Ports, TritonServer
 
     root = tmp_path_factory.mktemp("rule-out")

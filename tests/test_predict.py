@@ -22,7 +22,7 @@ from test_cli import run
 from test_preprocessing import brain_like
 from volume_files import axial_dicom_pixels, write_dicom_series, write_nifti
 
-from brainscan.client.volumes import axial_mask_to_ras
+from brainscan.client.imaging.volumes import axial_mask_to_ras
 from brainscan.preprocessing import decode_image
 
 pytestmark = pytest.mark.server

@@ -10,7 +10,7 @@ import pytest
 from known_networks import write_threshold_classifier, write_threshold_segmenter
 
 from brainscan import contract
-from brainscan.export.serving import (
+from brainscan.export.served_graph import (
     PARITY_SIZES,
     check_parity,
     reference_mask,
@@ -163,7 +163,7 @@ def test_the_served_graphs_keep_their_answers_when_their_products_run_in_tf32(on
     at every parity size, and constant images still give zeros (by their input's own range:
     the resize's TF32 rounding alone would make one vary by 5e-4 of its level)."""
     from brainscan.export.fp16 import tf32_view
-    from brainscan.export.serving import network_only
+    from brainscan.export.served_graph import network_only
     from brainscan.onnx_runtime import cpu_session
     from brainscan.preprocessing_graph import preprocessing_model, resize_model
 

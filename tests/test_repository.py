@@ -93,7 +93,7 @@ def test_bare_networks_are_served_wrapped_and_a_swapped_pair_is_refused(onnx_mod
     preprocessing and mask head around it; giving the segmenter as the classifier is named."""
     import onnx
 
-    from brainscan.export.serving import is_served, network_only
+    from brainscan.export.served_graph import is_served, network_only
 
     bare = {}
     for name in contract.NETWORKS:
@@ -206,7 +206,7 @@ def test_the_onnxruntime_flavour_on_a_gpu_serves_the_fp16_graphs(tmp_path, onnx_
     cpu = write_repository(tmp_path / "cpu", "onnxruntime", onnx_models["classifier"], onnx_models["segmenter"])
     import onnx
 
-    from brainscan.export.serving import for_cpu
+    from brainscan.export.served_graph import for_cpu
 
     for name in contract.NETWORKS:  # on a CPU: the FP32 graph with its resize in bands (the same answers)
         expected = for_cpu(onnx.load(str(onnx_models[name]))).SerializeToString()

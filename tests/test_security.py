@@ -221,7 +221,7 @@ def _status(url: str, data: bytes | None = None, kind: str | None = None) -> int
 
 def test_an_uploaded_scan_is_deleted_once_analysed_even_when_it_fails(tmp_path):
     pytest.importorskip("gradio", reason="the web page needs the ui extra (make venv installs it)")
-    from brainscan.client.inference import Connection
+    from brainscan.client.triton.inference import Connection
     from brainscan.client.ui import analyse_and_forget
     from brainscan.serving import free_port
 

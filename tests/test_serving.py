@@ -13,8 +13,8 @@ from test_preprocessing import _tiff_float, brain_like, png_header_claiming
 from tritonclient.utils import InferenceServerException
 
 from brainscan import contract
-from brainscan.client.inference import BrainscanClient, Connection, InferenceError, image_input
-from brainscan.export.serving import network_only
+from brainscan.client.triton.inference import BrainscanClient, Connection, InferenceError, image_input
+from brainscan.export.served_graph import network_only
 from brainscan.onnx_runtime import cpu_session
 from brainscan.preprocessing import decode_image, mask_from_probability, to_model_input
 from brainscan.train import datasets

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from volume_files import axial_dicom_pixels, write_dicom_series, write_multiframe_dicom, write_nifti
 
-from brainscan.client.dicom import group_series, is_dicom, read_dicom_series
-from brainscan.client.files import collect_inputs, inside, safe_stem, safe_stems
-from brainscan.client.volumes import VolumeError, read_nifti, to_uint16
+from brainscan.client.imaging.dicom import group_series, is_dicom, read_dicom_series
+from brainscan.client.imaging.files import collect_inputs, inside, safe_stem, safe_stems
+from brainscan.client.imaging.volumes import VolumeError, read_nifti, to_uint16
 from brainscan.preprocessing import decode_image
 
 

@@ -65,10 +65,9 @@ def test_a_real_server_runs_every_sample_on_every_instance_before_it_is_ready(lo
 
 @pytest.mark.server
 def test_a_sample_that_fails_keeps_the_model_from_loading(local_repository, tmp_path):
-    from brainscan.client.perf import serialized_string
 
     broken = shutil.copytree(local_repository, tmp_path / "repository")
-    (broken / contract.PREPROCESS / "warmup" / "image").write_bytes(serialized_string(b"not an image"))
+    (broken / contract.PREPROCESS / "warmup" / "image").write_bytes(contract.serialized_string(b"not an image"))
     log = tmp_path / "triton.log"
     with (
         pytest.raises(ServerError, match="before it was ready"),

@@ -18,7 +18,7 @@ import onnx
 
 from brainscan.export.fp16 import run_fp16
 from brainscan.export.gpu import Gpu
-from brainscan.export.serving import by_shape
+from brainscan.export.served_graph import by_shape
 from brainscan.export.tensorrt import BuildRequest
 
 STANDIN_GPU = Gpu("Stand-in GPU", "8.9")

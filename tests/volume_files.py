@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainscan.client.volumes import axial_mask_to_ras
+from brainscan.client.imaging.volumes import axial_mask_to_ras
 
 
 def ras_from_axial(images: list[np.ndarray]) -> np.ndarray:

@@ -38,7 +38,7 @@ class Answered:
 
 async def _answer(connection, named: dict[str, list[bytes]], concurrency: int = 4) -> dict[str, list]:
     """Every image of every set through the ensemble, ``concurrency`` requests in flight."""
-    from brainscan.client.inference import AsyncBrainscanClient
+    from brainscan.client.triton.inference import AsyncBrainscanClient
 
     gate = asyncio.Semaphore(concurrency)
     async with AsyncBrainscanClient(connection) as client:

@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from brainscan.client.volumes import axial_image
 from brainscan.dataset_card import DatasetCard
 from brainscan.errors import DataError
+from brainscan.orientation import axial_image
 from brainscan.series_header import Plane
 
 SLICE_SIZE = 256

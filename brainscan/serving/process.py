@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract, storage
-from brainscan.export.repository import Flavour, RepositoryError, flavour_of, validate_repository
+from brainscan.contract import Flavour
 from brainscan.probe import PROBE_SHAPE, probe_image
+from brainscan.repository import RepositoryError, flavour_of, validate_repository
 from brainscan.serving.backends import prepare_backends, server_environment, triton_home
 from brainscan.serving.errors import ServerError
 from brainscan.serving.ports import Ports, port_in_use

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainscan.client.node_tls import TlsFiles
+from brainscan.client.hospital.node_tls import TlsFiles
 from brainscan.errors import UsageError
 
 # pynetdicom's storescp defaults: the largest PDU received, and the ACSE, DIMSE and network timeouts (s)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainscan import contract
-from brainscan.client.connection import DNS_SCHEME, PROTOCOLS, Connection  # noqa: F401 (the client's API)
-from brainscan.client.identity import ModelIdentity, identity_facts
+from brainscan.client.triton.connection import DNS_SCHEME, PROTOCOLS, Connection  # noqa: F401 (the client's API)
 from brainscan.errors import EXIT_UNAVAILABLE, BrainscanError
+from brainscan.identity import ModelIdentity, identity_facts
 from brainscan.intended_use import UNDECLARED, IntendedUse
 from brainscan.triton_errors import is_transient
 

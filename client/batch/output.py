@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 
 from brainscan import contract
-from brainscan.client.files import InputKind
-from brainscan.client.records import NOT_ANALYSED, OUTSIDE_NOTE, Failure
+from brainscan.client.batch.records import NOT_ANALYSED, OUTSIDE_NOTE, Failure
+from brainscan.layout import InputKind
 
 NAME_WIDTH = 40
 

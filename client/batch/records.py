@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from brainscan.atomic import write_bytes_atomic
-from brainscan.client.files import Input, InputKind, inside
-from brainscan.client.inference import TIMEOUT
+from brainscan.client.imaging.files import Input, inside
+from brainscan.client.triton.inference import TIMEOUT
 from brainscan.intended_use import IntendedUse, Reason, Verdict
+from brainscan.layout import InputKind
 
 NOT_SENT = "not sent: the server stayed unreachable"
 NOT_ANALYSED = "not analysed"  # the label of an input outside the intended use
@@ -90,7 +91,7 @@ def already_done(out: Path, item: Input, name: str) -> bool:
 
 def _ground_truth(path: Path):
     """The kaggle_3m ground truth beside ``path`` as a boolean mask, if there is one."""
-    from brainscan.client.files import ground_truth_for
+    from brainscan.client.imaging.files import ground_truth_for
     from brainscan.preprocessing import InvalidImageError, decode_image
 
     truth_path = ground_truth_for(path)
@@ -137,7 +138,7 @@ def _refusal(job, options, identity, verdict: Verdict, slice_scores=None) -> Out
     out = options.out
     paths = [inside(out, n) for n in refusal_names(item, job.name)] if out is not None else []
     if item.kind is InputKind.DICOM:
-        from brainscan.client.dicom_results import not_analysed_results, write_dataset
+        from brainscan.client.imaging.dicom_results import not_analysed_results, write_dataset
 
         sr = not_analysed_results(item.series.files, verdict, identity)
         record.update(study=item.series.study, series=item.series.uid, sr=str(sr.SOPInstanceUID))
@@ -155,7 +156,7 @@ def _png_note(verdict: Verdict) -> str:
 
 
 def _image(job, options, use: IntendedUse, prediction) -> Outcome:
-    from brainscan.client import files as io
+    from brainscan.client.imaging import files as io
     from brainscan.preprocessing import decode_image
 
     item = job.input
@@ -229,14 +230,14 @@ def _volume(job, options, identity, use: IntendedUse) -> Outcome:
         record["notes"] = volume.notes
     series = None
     if item.kind is InputKind.DICOM:
-        from brainscan.client.dicom_results import series_results
+        from brainscan.client.imaging.dicom_results import series_results
 
         series = series_results(volume, mask, probability, identity, verdict)
         record.update(study=item.series.study, series=item.series.uid)
         record.update(seg=str(series.seg.SOPInstanceUID), sr=str(series.sr.SOPInstanceUID))
     out = options.out
     if out is not None:
-        from brainscan.client.dicom_results import write_dataset
+        from brainscan.client.imaging.dicom_results import write_dataset
 
         paths = [inside(out, n) for n in output_names(item, job.name)]
         volume.write_mask(paths[0], mask, OUTSIDE_NOTE if research else None)

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from brainscan.client import node_config as nc
-from brainscan.client.node_config import MAX_PDU, TIMEOUT
+from brainscan.client.hospital import node_config as nc
+from brainscan.client.hospital.node_config import MAX_PDU, TIMEOUT
 from brainscan.console import Url, fail, field_options, with_options
 
 
@@ -110,7 +110,7 @@ class DicomwebAccess:
 
     def open(self, url: str, atna=None, me=None):
         """The PACS at ``url`` (a client.dicomweb.Pacs), reporting to ``atna`` as ``me``."""
-        from brainscan.client import dicomweb as web
+        from brainscan.client.hospital import dicomweb as web
 
         credentials = web.load_credentials(self.dicomweb_auth_file)
         pacs = web.Pacs(url, credentials, self.dicomweb_ca_file, self.dicomweb_timeout, self.dicomweb_deadline)
@@ -123,7 +123,7 @@ class DicomwebAccess:
         it); what waits is sent when the command ends."""
         import atexit
 
-        from brainscan.client.atna_events import AtnaAudit
+        from brainscan.client.hospital.atna_events import AtnaAudit
 
         audit = AtnaAudit.open(
             self.atna, source_id, self.atna_ca, certificate, log=lambda line: typer.echo(line, err=True)
@@ -141,8 +141,8 @@ with_dicomweb = with_options(field_options(DicomwebAccess), "pacs_access", Dicom
 def fetch_from_pacs(pacs, study: str, wanted: list[str], conn, out: Path) -> list[Path]:
     """The study's image series to predict, fetched into OUT/dicomweb/<study>/: all of them,
     or the wanted ones, less those that already have a result of the served models."""
-    from brainscan.client import dicomweb as web
-    from brainscan.client.inference import BrainscanClient
+    from brainscan.client.hospital import dicomweb as web
+    from brainscan.client.triton.inference import BrainscanClient
 
     web.check_uid(study, "study")
     with BrainscanClient(conn) as client:
@@ -172,8 +172,8 @@ def storer(pacs, wait: float = 2.0):
 
     import pydicom
 
-    from brainscan.client.dicomweb import DicomWebError
-    from brainscan.client.records import Failure
+    from brainscan.client.batch.records import Failure
+    from brainscan.client.hospital.dicomweb import DicomWebError
 
     def store(outcome):
         record = outcome.record
@@ -305,9 +305,9 @@ def listen(
     import signal
     import threading
 
-    from brainscan.client import atna_events, node_config, node_steps, node_tls
-    from brainscan.client import listener as node
-    from brainscan.client.inference import Connection
+    from brainscan.client.hospital import atna_events, node_config, node_steps, node_tls
+    from brainscan.client.hospital import listener as node
+    from brainscan.client.triton.inference import Connection
 
     if (store_to is None) == (store_url is None):
         raise typer.BadParameter("give one of --store-to AET@HOST:PORT or --store-url URL: where the results go")

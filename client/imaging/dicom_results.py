@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
-from brainscan.client.identity import ModelIdentity
-from brainscan.client.volumes import Volume, VolumeError, tumour_volume_mm3
+from brainscan.client.imaging.volumes import Volume, VolumeError, tumour_volume_mm3
+from brainscan.identity import ModelIdentity
 from brainscan.intended_use import CODE_MEANINGS, CODING_SCHEME, Verdict
 
 MANUFACTURER = "brainscan"

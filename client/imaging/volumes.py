@@ -1,4 +1,4 @@
-"""MRI volumes in and out: NIfTI files and DICOM series (read by ``brainscan.client.dicom``)
+"""MRI volumes in and out: NIfTI files and DICOM series (read by ``brainscan.client.imaging.dicom``)
 are cut into axial slices, each sent as a lossless 16-bit PNG (the volume's full dynamic
 range, not an 8-bit squeeze), and the answers are put back into a mask volume on the
 source's own voxel grid, affine and header.
@@ -20,8 +20,9 @@ import numpy as np
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
-from brainscan.client.files import InputKind
 from brainscan.errors import BrainscanError
+from brainscan.layout import InputKind
+from brainscan.orientation import axial_image, axial_mask_to_ras  # noqa: F401 (the client's API)
 from brainscan.series_header import SeriesHeader
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -29,16 +30,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 class VolumeError(BrainscanError, ValueError):
     """A volume that cannot be read or sliced; the message names the file and the problem."""
-
-
-def axial_image(ras_volume: np.ndarray, z: int) -> np.ndarray:
-    """Axial slice ``z`` of a volume in RAS+ voxel order as an image: anterior up."""
-    return np.ascontiguousarray(np.rot90(ras_volume[:, :, z]))
-
-
-def axial_mask_to_ras(mask: np.ndarray) -> np.ndarray:
-    """The inverse of ``axial_image`` for one slice."""
-    return np.rot90(mask, -1)
 
 
 def is_nifti(path: Path) -> bool:

@@ -15,8 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainscan.client.atna import SERIOUS_FAILURE, SUCCESS, Participant, Transfer
-from brainscan.client.atna_events import AtnaAudit, this_process, web
+from brainscan.client.hospital.atna import SERIOUS_FAILURE, SUCCESS, Participant, Transfer
+from brainscan.client.hospital.atna_events import AtnaAudit, this_process, web
 from brainscan.errors import BrainscanError
 
 AUTH_ENV = "BRAINSCAN_DICOMWEB_AUTH"  # the credentials themselves: "basic USER:PASSWORD" or "bearer TOKEN"

@@ -7,11 +7,11 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from brainscan.client.atna import SERIOUS_FAILURE
-from brainscan.client.atna_events import AtnaAudit
-from brainscan.client.listener import ALREADY_ANSWERED, RESULTS_FOLDER, SUCCESS
-from brainscan.client.node_config import Destination
-from brainscan.client.spool import ResultsRefused, RetryLater, SeriesFailed
+from brainscan.client.hospital.atna import SERIOUS_FAILURE
+from brainscan.client.hospital.atna_events import AtnaAudit
+from brainscan.client.hospital.listener import ALREADY_ANSWERED, RESULTS_FOLDER, SUCCESS
+from brainscan.client.hospital.node_config import Destination
+from brainscan.client.hospital.spool import ResultsRefused, RetryLater, SeriesFailed
 
 
 def predict_series(
@@ -21,10 +21,11 @@ def predict_series(
     narrowed by ``rules``) and hand its SEG and SR (the SR alone when it is refused) to
     ``deliver`` before the run audits it; what became of it, ``RetryLater`` when Triton or
     the destination could not be reached, or an error."""
-    from brainscan.client.batch import RunOptions, run_inputs
-    from brainscan.client.files import InputKind, collect_inputs
-    from brainscan.client.inference import ModelNotReadyError, ServerUnavailableError
-    from brainscan.client.records import Failure
+    from brainscan.client.batch.engine import RunOptions, run_inputs
+    from brainscan.client.batch.records import Failure
+    from brainscan.client.imaging.files import collect_inputs
+    from brainscan.client.triton.inference import ModelNotReadyError, ServerUnavailableError
+    from brainscan.layout import InputKind
 
     def process(folder: Path, study: str, uid: str, deliver: Callable[[list[Path]], bool]) -> str:
         inputs, rejected, _ = collect_inputs([folder])
@@ -69,7 +70,7 @@ def c_store(
 ) -> Callable[[list[Path], str], None]:
     """Send files by C-STORE to ``destination`` (over TLS with ``tls``, a client
     ``ssl.SSLContext``); raises naming what failed. ``atna`` reports each sending, done or not."""
-    from brainscan.client.atna_events import node, remote
+    from brainscan.client.hospital.atna_events import node, remote
 
     atna = atna or AtnaAudit(None, ae_title)
     peer = remote(destination.ae_title, destination.host)

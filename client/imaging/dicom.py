@@ -2,7 +2,7 @@
 read (size, deflated payloads), and a series turned into a ``Volume`` whose affine comes
 from the DICOM geometry (slices sorted along their normal, whatever order they arrive in)
 and which remembers the file and frame of every slice, so results can point back at them
-(``brainscan.client.dicom_results``)."""
+(``brainscan.client.imaging.dicom_results``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from brainscan import contract
-from brainscan.client.files import InputKind
-from brainscan.client.volumes import Volume, VolumeError, check_size
-from brainscan.layout import DICOM_MARKER, DICOM_PREAMBLE
+from brainscan.client.imaging.volumes import Volume, VolumeError, check_size
+from brainscan.layout import DICOM_MARKER, DICOM_PREAMBLE, InputKind
 from brainscan.series_header import SeriesHeader
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")

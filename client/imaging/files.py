@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from PIL import Image
 
 from brainscan.atomic import write_atomic
 from brainscan.errors import DataError
-from brainscan.layout import IMAGE_SUFFIXES, image_path_for, mask_path_for
+from brainscan.layout import IMAGE_SUFFIXES, InputKind, image_path_for, mask_path_for  # noqa: F401 (InputKind: the client's API)
 
 OVERLAY_RED = np.array([255, 0, 0], np.float32)
 OVERLAY_ALPHA = 0.45
@@ -59,14 +58,6 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     return found
 
 
-class InputKind(StrEnum):
-    """What an input is; its value is the ``kind`` of the JSON records."""
-
-    IMAGE = "image"
-    NIFTI = "nifti"
-    DICOM = "dicom"
-
-
 @dataclass
 class Input:
     """One thing to predict: an image file, a NIfTI volume or a DICOM series."""
@@ -93,8 +84,8 @@ def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[tuple[Path, str
     """Images, NIfTI volumes and DICOM series (grouped by SeriesInstanceUID) under
     ``paths``, in the order they are found. Returns the inputs, the unreadable DICOM files
     and the DICOM files that are not image slices (DICOMDIR, reports), with the reason."""
-    from brainscan.client.dicom import group_series, is_dicom
-    from brainscan.client.volumes import is_nifti, nifti_stem
+    from brainscan.client.imaging.dicom import group_series, is_dicom
+    from brainscan.client.imaging.volumes import is_nifti, nifti_stem
 
     order: list[tuple[InputKind, object]] = []
     dicom_files: list[Path] = []

@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 from pathlib import Path
 
 from brainscan import contract
 from brainscan.atomic import write_bytes_atomic
 from brainscan.errors import UsageError
-
-
-def serialized_string(data: bytes) -> bytes:
-    """One TYPE_STRING element as Triton serializes it: uint32 length (LE) + bytes."""
-    return struct.pack("<I", len(data)) + data
 
 
 def input_data(files: list[Path]) -> dict:
@@ -30,7 +24,7 @@ def input_data(files: list[Path]) -> dict:
         raise UsageError("no image files given for the perf_analyzer input data")
     entries = []
     for path in files:
-        payload = base64.b64encode(serialized_string(Path(path).read_bytes())).decode("ascii")
+        payload = base64.b64encode(contract.serialized_string(Path(path).read_bytes())).decode("ascii")
         entries.append({contract.IMAGE: {"b64": payload, "shape": list(contract.IMAGE_SPEC.dims)}})
     return {"data": entries}
 

@@ -16,21 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from brainscan.client.audit import AuditLog
-from brainscan.client.files import Input, InputKind, safe_stems
-from brainscan.client.inference import (
+from brainscan.client.batch.audit import AuditLog
+from brainscan.client.batch.records import NOT_SENT, Failure, Outcome, already_done, finish, header_reasons
+from brainscan.client.batch.series_gate import SeriesGate
+from brainscan.client.imaging.files import Input, safe_stems
+from brainscan.client.imaging.volumes import SliceBatch
+from brainscan.client.triton.inference import (
     AsyncBrainscanClient,
     Connection,
     InferenceError,
     Prediction,
     ServerUnavailableError,
 )
-from brainscan.client.records import NOT_SENT, Failure, Outcome, already_done, finish, header_reasons
-from brainscan.client.series_gate import SeriesGate
-from brainscan.client.volumes import SliceBatch
 from brainscan.contract import SlicePath
 from brainscan.errors import BrainscanError
 from brainscan.intended_use import IntendedUse, Reason
+from brainscan.layout import InputKind
 from brainscan.site_rules import narrow
 
 AUDIT_FILE = "audit.jsonl"
@@ -98,8 +99,8 @@ def _prepare(job: _Job, use: IntendedUse, research: bool, batch: int) -> None:
     (runs in a worker thread). A DICOM series outside it is refused from its headers alone,
     before any pixel is read; an image from its header's size. A volume's slices go as
     pixels, ``batch`` a request, or as PNGs when ``batch`` is 0."""
-    from brainscan.client.dicom import read_dicom_series
-    from brainscan.client.volumes import read_nifti
+    from brainscan.client.imaging.dicom import read_dicom_series
+    from brainscan.client.imaging.volumes import read_nifti
 
     item = job.input
     if item.kind is InputKind.IMAGE:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from brainscan.client import atna
-from brainscan.client.atna import (
+from brainscan.client.hospital import atna
+from brainscan.client.hospital.atna import (
     APPLICATION,
     APPLICATION_ACTIVITY,
     APPLICATION_LAUNCHER,

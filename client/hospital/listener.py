@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from brainscan.client.atna_events import AtnaAudit, node, remote
-from brainscan.client.audit import AuditLog
-from brainscan.client.dicomweb import UID
-from brainscan.client.node_config import COMPRESSED_SYNTAXES, LONGEST_WAIT, ListenerConfig
-from brainscan.client.node_metrics import NodeMetrics
-from brainscan.client.node_security import Gatekeeper
-from brainscan.client.spool import Answered, RetryLater, SpooledSeries, State, private_file, unusable
+from brainscan.client.batch.audit import AuditLog
+from brainscan.client.hospital.atna_events import AtnaAudit, node, remote
+from brainscan.client.hospital.dicomweb import UID
+from brainscan.client.hospital.node_config import COMPRESSED_SYNTAXES, LONGEST_WAIT, ListenerConfig
+from brainscan.client.hospital.node_metrics import NodeMetrics
+from brainscan.client.hospital.node_security import Gatekeeper
+from brainscan.client.hospital.spool import Answered, RetryLater, SpooledSeries, State, private_file, unusable
 from brainscan.errors import BrainscanError
 
 SUCCESS = 0x0000
