@@ -45,19 +45,10 @@ DESIGNS = ("python-steps", "in-graph")
 OUTSIDE = ("tritonserver", contract.PREPROCESS, PREVIOUS_POSTPROCESS)  # what is not a network
 
 
-def previous_repository(out: Path, networks: dict[str, Path], count: int, segmenters: int = 1) -> Path:
-    """The python-steps design's repository: the local flavour's networks (``networks``,
-    bare), ``count`` instances of each python step, ``segmenters`` of the segmenter."""
-    import shutil
-    from importlib import resources
-
-    from brainscan.export.repository import (
-        ONNX_RUNNER_SOURCE,
-        VERSION,
-        RepositorySpec,
-        model_configs,
-        render_config,
-    )
+def _previous_configs(count: int, segmenters: int) -> dict[str, dict]:
+    """The python-steps design's configs: preprocess resizes and scales for each network,
+    the networks take their fixed-size inputs, and a python postprocess brings the mask back."""
+    from brainscan.export.repository import RepositorySpec, model_configs
 
     spec = RepositorySpec(
         flavour=contract.Flavour.LOCAL, instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters}
@@ -85,7 +76,7 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
     preprocess.pop("model_warmup")
     preprocess["output"] = [*inputs.values(), original]
     preprocess["parameters"] = {"step": {"string_value": contract.PREPROCESS}}
-    postprocess = {
+    configs[PREVIOUS_POSTPROCESS] = {
         **preprocess,
         "name": PREVIOUS_POSTPROCESS,
         "input": [probability, original],
@@ -95,8 +86,13 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
         "instance_group": [{"kind": "KIND_CPU", "count": count}],
         "parameters": {"step": {"string_value": PREVIOUS_POSTPROCESS}},
     }
-    configs[PREVIOUS_POSTPROCESS] = postprocess
-    steps = configs[contract.ENSEMBLE]["ensemble_scheduling"]["step"]
+    _previous_steps(configs[contract.ENSEMBLE]["ensemble_scheduling"]["step"], preprocess)
+    return configs
+
+
+def _previous_steps(steps: list[dict], preprocess: dict) -> None:
+    """The ensemble's steps of the python-steps design: each network fed by preprocess, then
+    postprocess."""
     steps[0]["output_map"] = {t["name"]: t["name"] for t in preprocess["output"]}
     steps[1]["input_map"] = {contract.CLASSIFIER_INPUT: contract.CLASSIFIER_INPUT}
     steps[1]["output_map"] = {contract.TUMOR_PROBABILITY: contract.TUMOR_PROBABILITY}
@@ -110,9 +106,19 @@ def previous_repository(out: Path, networks: dict[str, Path], count: int, segmen
             "output_map": {contract.MASK: contract.MASK},
         }
     )
+
+
+def previous_repository(out: Path, networks: dict[str, Path], count: int, segmenters: int = 1) -> Path:
+    """The python-steps design's repository: the local flavour's networks (``networks``,
+    bare), ``count`` instances of each python step, ``segmenters`` of the segmenter."""
+    import shutil
+    from importlib import resources
+
+    from brainscan.export.repository import ONNX_RUNNER_SOURCE, VERSION, render_config
+
     steps_source = resources.files("brainscan.benchmarks").joinpath("python_steps.py").read_bytes()
     runner = resources.files("brainscan.export.triton_models").joinpath(ONNX_RUNNER_SOURCE).read_bytes()
-    for name, config in configs.items():
+    for name, config in _previous_configs(count, segmenters).items():
         folder = Path(out) / name / VERSION
         folder.mkdir(parents=True, exist_ok=True)
         (Path(out) / name / "config.pbtxt").write_text(render_config(config))

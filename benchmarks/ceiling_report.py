@@ -13,7 +13,8 @@ def best(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: r["Inferences/Second"])
 
 
-def report(summary: dict) -> str:
+def _introduction(summary: dict) -> list[str]:
+    """The title, what ran, and the first section's heading."""
     free = summary.get("networks", "free") == "free"
     title = "The ensemble's ceiling with free networks" if free else "The two designs with the trained networks"
     networks = (
@@ -33,6 +34,12 @@ def report(summary: dict) -> str:
         "## CPU ms per image outside the networks (tritonserver and the python steps)",
         "",
     ]
+    return lines
+
+
+def _outside_networks(summary: dict) -> list[str]:
+    """CPU ms per image outside the networks, per design and number of python instances."""
+    lines: list[str] = []
     designs = summary_designs(summary)
     outside = {(r["instances"], r["design"]): f"{r['outside_networks_ms']:.2f}" for r in summary["runs"]}
     counts = sorted({r["instances"] for r in summary["runs"]})
@@ -41,6 +48,11 @@ def report(summary: dict) -> str:
             ["python instances", *designs], [[n, *(outside.get((n, d), "-") for d in designs)] for n in counts]
         )
     )
+    return lines
+
+
+def _throughput(summary: dict) -> list[str]:
+    """Each run's best throughput and its latency at the lowest concurrency."""
     throughput = []
     for run in summary["runs"]:
         top, first = best(run["rows"]), run["rows"][0]
@@ -54,19 +66,29 @@ def report(summary: dict) -> str:
             ]
         )
     header = ["design", "python instances", "best images/s", "at concurrency", "p50 ms at the lowest concurrency"]
-    lines += ["", "## Throughput", "", markdown_table(header, throughput)]
+    lines = ["", "## Throughput", "", markdown_table(header, throughput)]
+    return lines
+
+
+def _cpu_by_process(summary: dict) -> list[str]:
+    """CPU per image of every process, from /proc."""
     steps = ["tritonserver", contract.PREPROCESS, *contract.NETWORKS, PREVIOUS_POSTPROCESS]
     cpu_rows = []
     for run in summary["runs"]:
         cpu = run["cpu_ms_per_image"]
         cells = [f"{cpu[s]:.2f}" if s in cpu else "-" for s in steps]
         cpu_rows.append([run["design"], run["instances"], *cells, f"{sum(cpu.values()):.2f}"])
-    lines += [
+    lines = [
         "",
         "## CPU per image (ms) of every process, from /proc, over each sweep",
         "",
         markdown_table(["design", "python instances", *steps, "total"], cpu_rows),
     ]
+    return lines
+
+
+def _triton_statistics(summary: dict) -> list[str]:
+    """Triton's statistics of each model during each sweep."""
     fields = ("queue_us", "compute_input_us", "compute_infer_us", "compute_output_us")
     stats_rows = []
     for run in summary["runs"]:
@@ -77,12 +99,18 @@ def report(summary: dict) -> str:
                     [run["design"], run["instances"], model, f"{s['avg_batch']:.2f}", *(f"{s[f]:.0f}" for f in fields)]
                 )
     header = ["design", "python instances", "model", "avg batch", "queue", "compute input", "compute infer"]
-    lines += [
+    lines = [
         "",
         "## Triton's statistics during each sweep (µs per request)",
         "",
         markdown_table([*header, "compute output"], stats_rows),
     ]
+    return lines
+
+
+def _series(summary: dict) -> list[str]:
+    """A series' CPU per slice through the PNG path and the pixels path."""
+    lines: list[str] = []
     if summary.get("series"):
         lines += [
             "",
@@ -96,7 +124,12 @@ def report(summary: dict) -> str:
         ]
         rows = series_table(summary["series"])
         lines.append(markdown_table(rows[0], rows[1:]))
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def report(summary: dict) -> str:
+    sections = (_introduction, _outside_networks, _throughput, _cpu_by_process, _triton_statistics, _series)
+    return "\n".join(line for section in sections for line in section(summary)) + "\n"
 
 
 def summary_designs(summary: dict) -> list[str]:

@@ -30,6 +30,18 @@ bench_app = typer.Typer(
 )
 
 
+# perf_analyzer's --stability-percentage, as bench run and bench ceiling pass it on
+Stability = Annotated[
+    float,
+    typer.Option(
+        help=(
+            "perf_analyzer's --stability-percentage: how close its windows must agree (a shared machine needs "
+            "slack; bench run measures a sweep whose windows never agree again at 30 % and says so)."
+        )
+    ),
+]
+
+
 @bench_app.command("input-data")
 def bench_input_data(
     inputs: Inputs,
@@ -138,15 +150,7 @@ def bench_run(
         ),
     ] = None,
     baseline_seconds: Annotated[float, typer.Option(help="Seconds each in-process baseline setting runs.")] = 3.0,
-    stability: Annotated[
-        float,
-        typer.Option(
-            help=(
-                "perf_analyzer's --stability-percentage; when its windows never agree within it, even with doubled "
-                "windows, a sweep is measured with 30 % and the report's notes say so."
-            )
-        ),
-    ] = 10.0,
+    stability: Stability = 10.0,
 ) -> None:
     """Load-test a running server, of any flavour, with perf_analyzer on real images
     (ensemble and each composing model), collect Triton's per-model statistics, run the
@@ -185,15 +189,7 @@ def bench_ceiling(
         ),
     ] = 400,
     limit: Annotated[int, typer.Option(help="Use at most this many image files.")] = 64,
-    stability: Annotated[
-        float,
-        typer.Option(
-            help=(
-                "perf_analyzer's --stability-percentage: how close its windows must agree (a shared machine needs "
-                "slack)."
-            )
-        ),
-    ] = 30.0,
+    stability: Stability = 30.0,
     runs: Annotated[
         Path | None,
         typer.Option(

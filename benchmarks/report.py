@@ -75,9 +75,8 @@ def plots(folder: Path, summary: dict) -> list[str]:
     return ["throughput.png", "latency.png"]
 
 
-def write_report(folder: Path, summary: dict) -> Path:
-    numbers = headline(summary)
-    images = plots(folder, summary)
+def _heading(summary: dict) -> list[str]:
+    """What was measured, where, and against what."""
     served = ", ".join(f"{n} {p}" for n, p in summary.get("served_platforms", {}).items()) or "unknown"
     parts = [
         f"# brainscan benchmark, {summary['date']} on {summary['host']}",
@@ -90,8 +89,13 @@ def write_report(folder: Path, summary: dict) -> Path:
         ),
         "",
     ]
+    return parts
+
+
+def _under_load(summary: dict, images: list) -> list[str]:
+    """The ensemble's sweep: throughput and latency per concurrency, and its plots."""
     ens = summary["served"][contract.ENSEMBLE]
-    parts += [
+    parts = [
         "## The ensemble under load",
         "",
         markdown_table(
@@ -111,7 +115,13 @@ def write_report(folder: Path, summary: dict) -> Path:
         *[f"![{i}]({i})" for i in images],
         "",
     ]
-    parts += [
+    return parts
+
+
+def _where_time_goes(summary: dict) -> list[str]:
+    """Triton's own statistics of each model during the ensemble's sweep."""
+    ens = summary["served"][contract.ENSEMBLE]
+    parts = [
         "## Where the time goes (Triton's statistics during the ensemble sweep, µs per request)",
         "",
         markdown_table(
@@ -132,6 +142,12 @@ def write_report(folder: Path, summary: dict) -> Path:
         ),
         "",
     ]
+    return parts
+
+
+def _composing_alone(summary: dict) -> list[str]:
+    """Each composing model's best, swept alone."""
+    parts: list[str] = []
     composing = [m for m in contract.COMPOSING_MODELS if m in summary["served"]]
     if composing:
         parts += [
@@ -151,89 +167,113 @@ def write_report(folder: Path, summary: dict) -> Path:
             ),
             "",
         ]
-    if summary["in_process"]:  # baselines, ratios and FLOPs need the served networks' ONNX here
-        base_rows = [
-            [b["name"], b["batch"], b["threads"], f"{b['images_per_s']:.1f}", f"{b['p50_ms']:.2f}"]
-            for b in summary["in_process"]
-        ]
-        if summary.get("keras"):
-            k = summary["keras"]
-            base_rows.append([k["name"], 1, "TF default", f"{k['images_per_s']:.1f}", f"{k['p50_ms']:.2f}"])
-        parts += [
-            "## Baselines (same files, same preprocessing)",
-            "",
-            markdown_table(["baseline", "batch", "threads", "images/s", "p50 ms per call"], base_rows),
-            "",
-        ]
-        flops = summary["flops_per_image"]
-        total = sum(flops.values())
-        verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-        rows = [
+    return parts
+
+
+def _against_in_process(summary: dict, numbers: dict) -> list[str]:
+    """Baselines, ratios against their targets, FLOPs and a GPU on paper (needs the served
+    networks' ONNX here)."""
+    parts: list[str] = []
+    base_rows = [
+        [b["name"], b["batch"], b["threads"], f"{b['images_per_s']:.1f}", f"{b['p50_ms']:.2f}"]
+        for b in summary["in_process"]
+    ]
+    if summary.get("keras"):
+        k = summary["keras"]
+        base_rows.append([k["name"], 1, "TF default", f"{k['images_per_s']:.1f}", f"{k['p50_ms']:.2f}"])
+    parts += [
+        "## Baselines (same files, same preprocessing)",
+        "",
+        markdown_table(["baseline", "batch", "threads", "images/s", "p50 ms per call"], base_rows),
+        "",
+    ]
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    rows = [
+        [
+            "served / in-process throughput",
+            f"{numbers['served_vs_in_process']:.2f}",
+            f">= {TARGET_SERVED_VS_IN_PROCESS}",
+            verdict(numbers["served_vs_in_process"] >= TARGET_SERVED_VS_IN_PROCESS),
+        ],
+        [
+            "p50 at concurrency 1 minus in-process batch 1 (ms)",
+            f"{numbers['p50_gap_ms']:.2f}",
+            f"<= {TARGET_P50_GAP_MS}",
+            verdict(numbers["p50_gap_ms"] <= TARGET_P50_GAP_MS),
+        ],
+    ]
+    if "served_vs_keras" in numbers:
+        rows.append(
             [
-                "served / in-process throughput",
-                f"{numbers['served_vs_in_process']:.2f}",
-                f">= {TARGET_SERVED_VS_IN_PROCESS}",
-                verdict(numbers["served_vs_in_process"] >= TARGET_SERVED_VS_IN_PROCESS),
-            ],
-            [
-                "p50 at concurrency 1 minus in-process batch 1 (ms)",
-                f"{numbers['p50_gap_ms']:.2f}",
-                f"<= {TARGET_P50_GAP_MS}",
-                verdict(numbers["p50_gap_ms"] <= TARGET_P50_GAP_MS),
-            ],
-        ]
-        if "served_vs_keras" in numbers:
-            rows.append(
-                [
-                    "served / Keras predict throughput",
-                    f"{numbers['served_vs_keras']:.1f}",
-                    f">= {TARGET_SERVED_VS_KERAS}",
-                    verdict(numbers["served_vs_keras"] >= TARGET_SERVED_VS_KERAS),
-                ]
-            )
-        parts += [
-            "## Ratios and targets",
-            "",
-            f"Served best: {numbers['served_best']:.1f} images/s at concurrency {numbers['served_best_concurrency']}; "
-            f"in-process best: {numbers['in_process_best']:.1f} images/s ({numbers['in_process_best_setting']}).",
-            "",
-            markdown_table(["ratio", "value", "target", "verdict"], rows),
-            "",
-            "Served can beat in-process: Triton runs the three steps in separate processes with their own "
-            "queues, so one image's preprocessing overlaps another's segmentation on the other core, while the "
-            "in-process loop runs the steps one after another (and more ONNX Runtime threads per session only "
-            "oversubscribe 2 cores: see the 2-thread rows).",
-            "",
-        ]
-        parts += [
-            "## FLOPs",
-            "",
-            markdown_table(
-                ["network", "GFLOP per image", "achieved GFLOP/s served (best)"],
-                [[n, f"{f / 1e9:.3f}", f"{f * numbers['served_best'] / 1e9:.1f}"] for n, f in flops.items()]
-                + [["both", f"{total / 1e9:.3f}", f"{total * numbers['served_best'] / 1e9:.1f}"]],
-            ),
-            "",
-            "## A GPU on paper",
-            "",
-            f"An H100 SXM peaks at {H100_FP16_DENSE_FLOPS / 1e12:.0f} TFLOP/s in dense FP16: at "
-            f"{total / 1e9:.2f} GFLOP per image that bounds the two networks at "
-            f"{H100_FP16_DENSE_FLOPS / total:,.0f} images/s. MobileNet's depthwise convolutions are memory-bound and "
-            "reach a small fraction of the tensor-core peak, and the python preprocess (CPU decode) will bound the "
-            "ensemble well before the engines do (`brainscan bench ceiling`); measure with the perf_analyzer commands "
-            "of docs/benchmarks.md, 'A GPU server' (`-m classifier`, `-m segmenter` for the engines alone, "
-            "`-m brainscan` for the whole ensemble):",
-            "",
-            "```bash",
-            f"{contract.COMPOSE} run --rm sdk perf_analyzer -m brainscan -u triton:8001 -i grpc \\",
-            "    --input-data artifacts/perf/input.json --concurrency-range 1:64:8 \\",
-            "    --measurement-mode count_windows --measurement-request-count 2000 -f artifacts/perf/gpu.csv",
-            "# the engines alone: input data for classifier/segmenter from `brainscan bench run`'s raw/ folder",
-            f"{contract.COMPOSE} run --rm sdk perf_analyzer -m segmenter -u triton:8001 -i grpc \\",
-            "    --input-data benchmarks/results/<run>/raw/input-segmenter.json -b 8 --concurrency-range 1:16:4",
-            "```",
-            "",
-        ]
+                "served / Keras predict throughput",
+                f"{numbers['served_vs_keras']:.1f}",
+                f">= {TARGET_SERVED_VS_KERAS}",
+                verdict(numbers["served_vs_keras"] >= TARGET_SERVED_VS_KERAS),
+            ]
+        )
+    parts += [
+        "## Ratios and targets",
+        "",
+        f"Served best: {numbers['served_best']:.1f} images/s at concurrency {numbers['served_best_concurrency']}; "
+        f"in-process best: {numbers['in_process_best']:.1f} images/s ({numbers['in_process_best_setting']}).",
+        "",
+        markdown_table(["ratio", "value", "target", "verdict"], rows),
+        "",
+        "Served can beat in-process: Triton runs the three steps in separate processes with their own "
+        "queues, so one image's preprocessing overlaps another's segmentation on the other core, while the "
+        "in-process loop runs the steps one after another (and more ONNX Runtime threads per session only "
+        "oversubscribe 2 cores: see the 2-thread rows).",
+        "",
+    ]
+    return parts
+
+
+def _flops(summary: dict, numbers: dict) -> list[str]:
+    """What the networks compute per image, what the served best achieved, and a GPU's bound."""
+    flops = summary["flops_per_image"]
+    total = sum(flops.values())
+    parts = [
+        "## FLOPs",
+        "",
+        markdown_table(
+            ["network", "GFLOP per image", "achieved GFLOP/s served (best)"],
+            [[n, f"{f / 1e9:.3f}", f"{f * numbers['served_best'] / 1e9:.1f}"] for n, f in flops.items()]
+            + [["both", f"{total / 1e9:.3f}", f"{total * numbers['served_best'] / 1e9:.1f}"]],
+        ),
+        "",
+        "## A GPU on paper",
+        "",
+        f"An H100 SXM peaks at {H100_FP16_DENSE_FLOPS / 1e12:.0f} TFLOP/s in dense FP16: at "
+        f"{total / 1e9:.2f} GFLOP per image that bounds the two networks at "
+        f"{H100_FP16_DENSE_FLOPS / total:,.0f} images/s. MobileNet's depthwise convolutions are memory-bound and "
+        "reach a small fraction of the tensor-core peak, and the python preprocess (CPU decode) will bound the "
+        "ensemble well before the engines do (`brainscan bench ceiling`); measure with the perf_analyzer commands "
+        "of docs/benchmarks.md, 'A GPU server' (`-m classifier`, `-m segmenter` for the engines alone, "
+        "`-m brainscan` for the whole ensemble):",
+        "",
+        "```bash",
+        f"{contract.COMPOSE} run --rm sdk perf_analyzer -m brainscan -u triton:8001 -i grpc \\",
+        "    --input-data artifacts/perf/input.json --concurrency-range 1:64:8 \\",
+        "    --measurement-mode count_windows --measurement-request-count 2000 -f artifacts/perf/gpu.csv",
+        "# the engines alone: input data for classifier/segmenter from `brainscan bench run`'s raw/ folder",
+        f"{contract.COMPOSE} run --rm sdk perf_analyzer -m segmenter -u triton:8001 -i grpc \\",
+        "    --input-data benchmarks/results/<run>/raw/input-segmenter.json -b 8 --concurrency-range 1:16:4",
+        "```",
+        "",
+    ]
+    return parts
+
+
+def write_report(folder: Path, summary: dict) -> Path:
+    numbers = headline(summary)
+    parts = [
+        *_heading(summary),
+        *_under_load(summary, plots(folder, summary)),
+        *_where_time_goes(summary),
+        *_composing_alone(summary),
+        *(_against_in_process(summary, numbers) if summary["in_process"] else []),
+        *(_flops(summary, numbers) if summary["in_process"] else []),
+    ]
     if summary.get("notes"):
         parts += ["## Notes", "", *[f"- {n}" for n in summary["notes"]], ""]
     path = Path(folder) / "report.md"

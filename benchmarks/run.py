@@ -124,24 +124,10 @@ def served_networks(url: str) -> dict[str, dict]:
         client.close()
 
 
-def run(config: BenchConfig, log=print) -> Path:
-    command = perf_analyzer.find() or perf_analyzer.install()
-    folder = Path(config.out) / f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}"
-    raw = folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    try:
-        onnx = {n: network_onnx(config.repository, config.runs, n) for n in contract.NETWORKS}
-    except FileNotFoundError as exc:  # any server, nothing of it here: the load test alone
-        onnx = {}
-        config.notes.append(f"in-process baselines and FLOPs skipped: {exc}")
-    networks = served_networks(config.url)
-    platforms = {n: c.get("platform") or c.get("backend", "?") for n, c in networks.items()}
-    log(
-        f"served networks: {', '.join(f'{n} {p}' for n, p in platforms.items())}; "
-        f"baselines from {', '.join(str(p) for p in onnx.values()) or 'nothing here (load test only)'}"
-    )
-    inputs = write_all(tensors(config.files), raw)
-
+def _sweep_served(config: BenchConfig, command, inputs: dict, raw: Path, log) -> dict:
+    """perf_analyzer over the ensemble (and each composing model alone with ``composing``),
+    with Triton's statistics of each sweep; a composing model that never measures stably is
+    left out with a note, the ensemble's failure ends the run."""
     served = {}
     models = [contract.ENSEMBLE] + (list(contract.COMPOSING_MODELS) if config.composing else [])
     loose = max(LOOSE_STABILITY, config.stability_percentage)
@@ -192,6 +178,12 @@ def run(config: BenchConfig, log=print) -> Path:
             "server": stats,
         }
 
+    return served
+
+
+def _baselines(config: BenchConfig, onnx: dict, log) -> tuple[list, object]:
+    """The in-process baselines on the same files: ONNX Runtime's sweep, and Keras's predict
+    when the runs are here (each skip noted)."""
     in_process, keras = [], None
     if onnx:
         log("in-process baselines: ONNX Runtime (batch x threads)")
@@ -207,6 +199,29 @@ def run(config: BenchConfig, log=print) -> Path:
             keras = baselines.keras_predict(*keras_files, config.files, min_seconds=config.baseline_seconds)
         else:
             config.notes.append(f"Keras baseline skipped: no model.keras under {config.runs}")
+    return in_process, keras
+
+
+def run(config: BenchConfig, log=print) -> Path:
+    command = perf_analyzer.find() or perf_analyzer.install()
+    folder = Path(config.out) / f"{time.strftime('%Y-%m-%d')}-{socket.gethostname()}"
+    raw = folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        onnx = {n: network_onnx(config.repository, config.runs, n) for n in contract.NETWORKS}
+    except FileNotFoundError as exc:  # any server, nothing of it here: the load test alone
+        onnx = {}
+        config.notes.append(f"in-process baselines and FLOPs skipped: {exc}")
+    networks = served_networks(config.url)
+    platforms = {n: c.get("platform") or c.get("backend", "?") for n, c in networks.items()}
+    log(
+        f"served networks: {', '.join(f'{n} {p}' for n, p in platforms.items())}; "
+        f"baselines from {', '.join(str(p) for p in onnx.values()) or 'nothing here (load test only)'}"
+    )
+    inputs = write_all(tensors(config.files), raw)
+
+    served = _sweep_served(config, command, inputs, raw, log)
+    in_process, keras = _baselines(config, onnx, log)
     flops = {n: baselines.onnx_flops(p) for n, p in onnx.items()}
     summary = {
         "url": config.url,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,11 +12,12 @@ import typer
 
 from brainscan import contract
 from brainscan.client.batch.output import OutputFormat, Reporter, retry_notice, summary, write_failures
-from brainscan.client.hospital.cli import (
+from brainscan.client.health import health_of
+from brainscan.client.hospital.study import (
+    START_A_SERVER,
     DicomwebAccess,
     StudyRequest,
-    fetch_from_pacs,
-    storer,
+    fetch_study,
     with_dicomweb,
     with_study_request,
 )
@@ -144,8 +143,6 @@ def predict(
     import sys
 
     from brainscan.client.batch.engine import RunOptions
-    from brainscan.client.batch.records import Failure
-    from brainscan.client.imaging.files import collect_inputs
     from brainscan.client.triton.inference import ModelNotReadyError, ServerUnavailableError
 
     fmt = OutputFormat.JSON if as_json else fmt
@@ -158,32 +155,42 @@ def predict(
     conn = connect(timeout, retries)
     deliver = None
     if request.given:
-        from brainscan.client.hospital import dicomweb as web
-
         request.check(paths)
-        made_out = out is None
-        out = out or Path(tempfile.mkdtemp(prefix="brainscan-dicomweb-"))
-        try:
-            atna = pacs_access.atna_audit("brainscan")
-            pacs = pacs_access.open(request.dicomweb, atna)
-            if request.store:
-                deliver = storer(pacs_access.open(request.store_url, atna) if request.store_url else pacs)
-            paths = fetch_from_pacs(pacs, request.study, request.series or [], conn, out)
-        except (web.DicomWebError, ServerUnavailableError, ModelNotReadyError) as exc:
-            if made_out:  # nothing of this run is worth keeping
-                shutil.rmtree(out, ignore_errors=True)
-            if isinstance(exc, ServerUnavailableError):
-                fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
-            fail(str(exc))
-        if not paths:
-            typer.echo(
-                f"study {request.study}: every image series already has a result from the served models", err=True
-            )
-            if made_out:
-                shutil.rmtree(out, ignore_errors=True)
+        fetched = fetch_study(request, pacs_access, conn, out)
+        if fetched is None:  # every series has a result of these models already
             return
+        paths, out, deliver = fetched
     if not paths:
         raise typer.BadParameter("give the images, volumes or DICOM folders to predict, or --dicomweb")
+    inputs, rejected = _inputs(paths)
+    failures = failures or (out / "failures.json" if out is not None else None)
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    started = time.perf_counter()
+    options = RunOptions(
+        out=out,
+        concurrency=concurrency,
+        skip_existing=skip_existing,
+        evaluate=evaluate,
+        audit=audit,
+        deliver=deliver,
+        rules=rules,
+        slices=slices,
+        segment_all=segment_all,
+        outside_intended_use=outside_intended_use,
+    )
+    try:
+        outcomes = asyncio.run(_run_with_progress(inputs, conn, options, Reporter(fmt, evaluate), show_progress))
+    except ServerUnavailableError as exc:
+        fail(f"{exc} ({START_A_SERVER})", EXIT_UNAVAILABLE)
+    except ModelNotReadyError as exc:
+        fail(str(exc))
+    _conclude(outcomes, rejected, conn, failures, summary(outcomes, time.perf_counter() - started, out), fmt)
+
+
+def _inputs(paths: list[Path]) -> tuple[list, list]:
+    """The inputs under ``paths``, and the DICOM files that could not be read (each said)."""
+    from brainscan.client.imaging.files import collect_inputs
+
     inputs, rejected, ignored = collect_inputs(paths)
     for _, reason in rejected:
         typer.echo(f"failed: {reason}", err=True)
@@ -191,32 +198,18 @@ def predict(
         typer.echo(f"ignored {len(ignored)} DICOM file(s) that are not image slices, e.g. {ignored[0][0]}", err=True)
     if not inputs:
         fail("no images, NIfTI volumes or DICOM series found in the given paths")
-    failures = failures or (out / "failures.json" if out is not None else None)
-    reporter = Reporter(fmt, evaluate)
-    show_progress = sys.stderr.isatty() if progress is None else progress
-    started = time.perf_counter()
-    try:
-        options = RunOptions(
-            out=out,
-            concurrency=concurrency,
-            skip_existing=skip_existing,
-            evaluate=evaluate,
-            audit=audit,
-            deliver=deliver,
-            rules=rules,
-            slices=slices,
-            segment_all=segment_all,
-            outside_intended_use=outside_intended_use,
-        )
-        outcomes = asyncio.run(_run_with_progress(inputs, conn, options, reporter, show_progress))
-    except ServerUnavailableError as exc:
-        fail(f"{exc} (start one with `brainscan serve`, or check --url/--protocol/--ssl)", EXIT_UNAVAILABLE)
-    except ModelNotReadyError as exc:
-        fail(str(exc))
+    return inputs, rejected
+
+
+def _conclude(outcomes, rejected, conn, failures: Path | None, closing: str, fmt: OutputFormat) -> None:
+    """The failures' report, the closing line, and the exit code: 3 when the server went away
+    for good, 1 when some input failed, else 0."""
+    from brainscan.client.batch.records import Failure
+
     aborted = any(o.status is Failure.UNAVAILABLE for o in outcomes)
     if failures is not None:
         write_failures(failures, conn, outcomes, rejected, aborted)
-    typer.echo(summary(outcomes, time.perf_counter() - started, out), err=fmt is not OutputFormat.TABLE)
+    typer.echo(closing, err=fmt is not OutputFormat.TABLE)
     if aborted:
         fail(f"the server at {conn.address} stayed unreachable; rerun with --skip-existing to resume", EXIT_UNAVAILABLE)
     if rejected or any(o.error for o in outcomes):
@@ -273,77 +266,14 @@ def health(
     servers = conn.servers if conn.balanced and not conn.url.startswith("dns:") else [None]
     codes = []
     for server in servers:  # each server of a list, one after the other
-        record = _health_of(conn if server is None else replace(conn, url=server), wait, infer)
-        codes.append(record["exit_code"])
+        record = health_of(conn if server is None else replace(conn, url=server), wait, infer)
+        codes.append(record.exit_code)
         if fmt is ReportFormat.JSON:
-            typer.echo(json.dumps(record))
+            typer.echo(json.dumps(record.as_json()))
         else:
-            _print_health(record, several=server is not None)
+            record.print(several=server is not None)
     if any(codes):
         raise typer.Exit(max(codes))
-
-
-def _print_health(record: dict, several: bool) -> None:
-    if several:
-        typer.echo(f"{record['server']}:")
-    if record["live"] is None:
-        typer.echo(f"error: {record['error']}", err=True)
-        return
-    typer.echo(f"server {record['server']}: live={record['live']} ready={record['ready']}")
-    for name, ready in record["models"].items():
-        typer.echo(f"  {name:<12} {'ready' if ready else 'NOT READY'}")
-    use = record.get("intended_use")
-    if use:
-        from brainscan.intended_use import IntendedUse
-
-        lines = [use["error"]] if "error" in use else IntendedUse.from_dict(use).describe()
-        typer.echo("  intended use " + "\n               ".join(lines))
-    if record["error"]:
-        typer.echo(f"error: {record['error']}", err=True)
-    elif record["inference_ms"] is not None:
-        typer.echo(f"  inference    ok ({record['inference_ms']:.0f} ms)")
-
-
-def _health_of(conn, wait: float, infer: bool) -> dict:
-    """One server's state, with the exit code it deserves."""
-    from brainscan.client.triton.inference import BrainscanClient, InferenceError, ServerUnavailableError
-    from brainscan.errors import BrainscanError
-
-    record = {"server": conn.address, "live": None, "ready": None, "models": {}, "inference_ms": None, "error": None}
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            with BrainscanClient(conn) as client:
-                state = client.health()
-            if state["ready"] and all(state["models"].values()) or time.monotonic() >= deadline:
-                break
-        except (ServerUnavailableError, InferenceError) as exc:
-            if time.monotonic() >= deadline:
-                return {**record, "error": str(exc), "exit_code": EXIT_UNAVAILABLE}
-        time.sleep(0.5)
-    record.update(live=state["live"], ready=state["ready"], models=dict(state["models"]))
-    if not (state["ready"] and all(state["models"].values())):
-        return {**record, "exit_code": EXIT_FAILED}
-    if conn.model == contract.ENSEMBLE:  # what the served models were made for (docs/intended-use.md)
-        try:
-            with BrainscanClient(conn) as client:
-                record["intended_use"] = client.intended_use().as_dict()
-        except (ServerUnavailableError, InferenceError, BrainscanError) as exc:
-            record["intended_use"] = {"error": str(exc)}
-    if infer:
-        from brainscan.probe import PROBE_SHAPE, probe_image
-
-        started = time.monotonic()
-        try:
-            with BrainscanClient(conn) as client:
-                answer = client.infer(probe_image())
-        except (ServerUnavailableError, InferenceError) as exc:
-            return {**record, "error": f"inference through {conn.target} failed: {exc}", "exit_code": EXIT_FAILED}
-        if answer.mask.shape != PROBE_SHAPE:
-            error = f"inference through {conn.target} returned a {answer.mask.shape} mask for a {PROBE_SHAPE} image"
-            return {**record, "error": error, "exit_code": EXIT_FAILED}
-        record["inference_ms"] = (time.monotonic() - started) * 1000
-    return {**record, "exit_code": 0}
 
 
 @with_connection

@@ -163,91 +163,91 @@ class Finding:
         return self.status in (Status.MISMATCH, Status.MISSING)
 
 
+Check = tuple[str, bool | None, str]  # a check's name, its result (None: not checkable here), what it found
+
+
+def _tensorrt_check(record: EngineRecord, target: Target) -> Check:
+    built = str(record.tensorrt_version)
+    if not target.tensorrt_version:
+        return (
+            "TensorRT version",
+            None,
+            f"built with {built}; no TensorRT found here and none given (--tensorrt-version)",
+        )
+    ok = same_tensorrt(built, target.tensorrt_version)
+    return (
+        "TensorRT version",
+        ok,
+        f"built with {built}, target has {target.tensorrt_version} ({target.tensorrt_source})",
+    )
+
+
+def _capability_check(record: EngineRecord, listed_for: str, target: Target) -> Check:
+    built, gpu = str(record.compute_capability), record.gpu_name
+    if listed_for:
+        return "compute capability", built == listed_for, f"built for {built} ({gpu}), listed for {listed_for}"
+    if target.compute_capability:
+        found = f"built for {built} ({gpu}), target is {target.compute_capability} ({target.gpu_source})"
+        return "compute capability", built == target.compute_capability, found
+    return (
+        "compute capability",
+        None,
+        f"built for {built} ({gpu}); no GPU found here and none given (--compute-capability)",
+    )
+
+
+def _profile_check(record: EngineRecord, config) -> Check:
+    try:
+        expected = profile_from_config(config)
+    except ProfileError as exc:
+        return "optimization profile", False, str(exc)
+    recorded = Profile.from_dict(record.profile)
+    same = recorded.min == expected.min and recorded.max == expected.max
+    found = (
+        f"engine {recorded.min[0]}..{recorded.max[0]} x {list(recorded.max[1:])}, "
+        f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}"
+    )
+    return "optimization profile", same, found
+
+
+def _source_check(record: EngineRecord, sources: Sequence[Path]) -> Check:
+    onnx = source_onnx(record.onnx_file, sources)
+    if onnx is None:
+        where = f"nor under {', '.join(map(str, sources))}" if sources else "(give the training runs with --sources)"
+        return "source ONNX", None, f"{record.onnx_file} is not here to compare {where}"
+    unchanged = sha256_file(onnx) == record.onnx_sha256
+    return (
+        "source ONNX",
+        unchanged,
+        f"{onnx} " + ("unchanged since the build" if unchanged else "changed since the build"),
+    )
+
+
 def _one_engine(
     version_dir: Path, network: str, listed_for: str, plan: str, config, target: Target, sources: Sequence[Path] = ()
 ) -> list[Finding]:
     """The checks of one plan: ``listed_for`` is the compute capability the config names it
     for ('' when the config lists no engine per capability, so any GPU loads it)."""
-    found: list[Finding] = []
-
-    def add(check: str, ok: bool | None, detail: str) -> None:
-        found.append(
-            Finding(
-                network,
-                check,
-                Status.NOT_CHECKED if ok is None else (Status.OK if ok else Status.MISMATCH),
-                detail,
-                plan,
-            )
-        )
-
     if not (version_dir / plan).exists():
         return [Finding(network, "engine", Status.MISSING, f"{version_dir / plan} is missing: build it", plan)]
     record = EngineRecord.of_plan(version_dir, plan)
     if record is None:
-        return [
-            Finding(
-                network,
-                "engine record",
-                Status.MISSING,
-                f"{version_dir / EngineRecord.name_for(plan)} is missing, so how the plan was built is unknown: "
-                "rebuild it",
-                plan,
-            )
-        ]
-    built_trt = str(record.tensorrt_version)
-    if target.tensorrt_version:
-        add(
-            "TensorRT version",
-            same_tensorrt(built_trt, target.tensorrt_version),
-            f"built with {built_trt}, target has {target.tensorrt_version} ({target.tensorrt_source})",
+        missing = (
+            f"{version_dir / EngineRecord.name_for(plan)} is missing, so how the plan was built is unknown: rebuild it"
         )
-    else:
-        add(
-            "TensorRT version",
-            None,
-            f"built with {built_trt}; no TensorRT found here and none given (--tensorrt-version)",
+        return [Finding(network, "engine record", Status.MISSING, missing, plan)]
+    checks = [
+        _tensorrt_check(record, target),
+        _capability_check(record, listed_for, target),
+        _profile_check(record, config),
+        _source_check(record, sources),
+    ]
+    return [
+        Finding(
+            network, check, Status.NOT_CHECKED if ok is None else (Status.OK if ok else Status.MISMATCH), detail, plan
         )
-    built_cc, gpu = str(record.compute_capability), record.gpu_name
-    if listed_for:
-        add("compute capability", built_cc == listed_for, f"built for {built_cc} ({gpu}), listed for {listed_for}")
-    elif target.compute_capability:
-        add(
-            "compute capability",
-            built_cc == target.compute_capability,
-            f"built for {built_cc} ({gpu}), target is {target.compute_capability} ({target.gpu_source})",
-        )
-    else:
-        add(
-            "compute capability",
-            None,
-            f"built for {built_cc} ({gpu}); no GPU found here and none given (--compute-capability)",
-        )
-    try:
-        expected = profile_from_config(config)
-    except ProfileError as exc:
-        add("optimization profile", False, str(exc))
-    else:
-        recorded = Profile.from_dict(record.profile)
-        add(
-            "optimization profile",
-            recorded.min == expected.min and recorded.max == expected.max,
-            f"engine {recorded.min[0]}..{recorded.max[0]} x {list(recorded.max[1:])}, "
-            f"config {expected.min[0]}..{expected.max[0]} x {list(expected.max[1:])}",
-        )
-    recorded = record.onnx_file
-    onnx = source_onnx(recorded, sources)
-    if onnx is not None:
-        unchanged = sha256_file(onnx) == record.onnx_sha256
-        add(
-            "source ONNX",
-            unchanged,
-            f"{onnx} " + ("unchanged since the build" if unchanged else "changed since the build"),
-        )
-    else:
-        where = f"nor under {', '.join(map(str, sources))}" if sources else "(give the training runs with --sources)"
-        add("source ONNX", None, f"{recorded} is not here to compare {where}")
-    return found
+        for check, ok, detail in checks
+    ]
 
 
 def source_onnx(recorded: str, sources: Sequence[Path] = ()) -> Path | None:

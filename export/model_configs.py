@@ -190,13 +190,11 @@ def model_configs(spec: RepositorySpec) -> dict[str, dict]:
             ]
         },
     }
-    pixels_ensemble = {
+    pixels_ensemble = {  # the same outputs, PIXELS in, and the networks alone
+        **ensemble,
         "name": contract.PIXELS_ENSEMBLE,
-        "platform": "ensemble",
-        "max_batch_size": spec.max_batch_size,
         "input": _tensors([contract.PIXELS_SPEC]),
-        "output": _tensors(list(contract.ENSEMBLE_OUTPUTS)),
-        "ensemble_scheduling": {"step": ensemble["ensemble_scheduling"]["step"][1:]},  # the networks alone
+        "ensemble_scheduling": {"step": ensemble["ensemble_scheduling"]["step"][1:]},
     }
     configs = {
         contract.ENSEMBLE: ensemble,

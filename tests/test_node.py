@@ -82,6 +82,15 @@ def send_half(port: int, folder: Path):
     return assoc
 
 
+def half_waits_then_whole_is_answered(port: int, pacs, series: str, study: str, folder: Path, log: Path):
+    """Inside a running node that holds half a series from a cut association: the half does
+    not run; the whole sent again gets one SEG and one SR referencing every instance."""
+    time.sleep(4)  # several idle times: the half does not run
+    assert "SEG and SR sent" not in log.read_text() and results_in(pacs, study) == {}
+    assert send_series(port, folder) == [0] * 8
+    wait_for(lambda: f"series {series}: SEG and SR sent" in log.read_text(), 120, log)
+
+
 def results_in(pacs: Orthanc, study: str) -> dict[str, list]:
     """The study's series in ``pacs`` by modality, each a list of its instances' datasets."""
     found: dict[str, list] = {}
@@ -245,12 +254,9 @@ def test_what_an_aborted_association_brought_waits_for_the_series_to_be_sent_aga
         assoc = send_half(port, tmp_path / "series")
         assoc.abort()
         wait_for(lambda: f"series {series}: its association was aborted" in log.read_text(), 30, log)
-        time.sleep(4)  # several idle times: the half does not run
-        assert "SEG and SR sent" not in log.read_text() and results_in(pacs, study) == {}
-        assert send_series(port, tmp_path / "series") == [0] * 8
-        wait_for(lambda: f"series {series}: SEG and SR sent" in log.read_text(), 120, log)
+        half_waits_then_whole_is_answered(port, pacs, series, study, tmp_path / "series", log)
     found = results_in(pacs, study)
-    assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == 1, log.read_text()
+    assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == len(found["SR"]) == 1, log.read_text()
     assert referenced(found["SEG"][0]) == {str(d.SOPInstanceUID) for d in written}
 
 
@@ -342,10 +348,7 @@ def test_a_node_killed_while_receiving_waits_for_the_series_to_be_sent_again(bri
         first.wait(30)
     with node(port, bright_server.grpc_url, pacs.dicom_port, spool, log):
         wait_for(lambda: f"resumed series {series} (receiving, 4 objects)" in log.read_text(), 30, log)
-        time.sleep(4)  # several idle times: the half does not run
-        assert "SEG and SR sent" not in log.read_text() and results_in(pacs, study) == {}
-        assert send_series(port, tmp_path / "series") == [0] * 8
-        wait_for(lambda: f"series {series}: SEG and SR sent" in log.read_text(), 120, log)
+        half_waits_then_whole_is_answered(port, pacs, series, study, tmp_path / "series", log)
     found = results_in(pacs, study)
     assert sorted(found) == ["SEG", "SR"] and len(found["SEG"]) == len(found["SR"]) == 1, log.read_text()
     assert referenced(found["SEG"][0]) == {str(d.SOPInstanceUID) for d in written}

@@ -141,11 +141,11 @@ def test_a_build_request_names_the_fp16_graph_the_config_profile_and_a_per_gpu_t
     )
     assert request.workspace_bytes == 512 << 20
     assert request.strongly_typed_flag is True
-    assert request.timing_cache == tmp_path / "cache" / "timing-trt10.13.3.9-sm8.9.cache"
+    assert request.timing_cache == tmp_path / "cache" / "timing-trt10.13.3.9-sm89.cache"
     eleven = build_request(
         contract.SEGMENTER, onnx_models["segmenter"], profile, settings, "11.3.0.99", Gpu("B200", "10.0")
     )
-    assert eleven.strongly_typed_flag is False and eleven.timing_cache.name == "timing-trt11.3.0.99-sm10.0.cache"
+    assert eleven.strongly_typed_flag is False and eleven.timing_cache.name == "timing-trt11.3.0.99-sm100.cache"
 
 
 def test_without_the_fp16_graph_the_build_says_how_to_make_it(trt_repository, tmp_path, onnx_models):

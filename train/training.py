@@ -243,13 +243,65 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
     plt.close(fig)
 
 
+def _fit(config: TrainConfig, model, checkpoint: Path, train_set, val_set, masks: bool) -> dict:
+    """Compile and fit (the classifier with its tumour-map head when there are masks), keeping
+    the best epoch on validation at ``checkpoint``; Keras's history."""
+    import keras
+
+    from brainscan.train.losses import bce_dice_loss, dice_coefficient
+
+    (x_train, y_train), (x_val, y_val) = train_set, val_set
+    trainer, convert = model, None
+    if config.task == "classifier":
+        metrics = {contract.CLASSIFIER_OUTPUT: ["accuracy", keras.metrics.AUC(name="auc")]}
+        loss = {contract.CLASSIFIER_OUTPUT: "binary_crossentropy"}
+        if masks:
+            from brainscan.train.models import TUMOUR_MAP, classifier_trainer
+
+            trainer = classifier_trainer(model)
+            loss[TUMOUR_MAP] = "binary_crossentropy"
+            convert = _classifier_targets(config.size // trainer.output[TUMOUR_MAP].shape[1])
+    else:
+        loss, metrics = bce_dice_loss, [dice_coefficient]
+    steps = config.steps_per_epoch or max(1, int(np.ceil(len(x_train) / config.batch_size)))
+    # Cosine decay to 5 % of the rate: the last epochs settle instead of jumping between
+    # operating points, which matters when the best one is picked on a few patients.
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps * config.epochs, alpha=0.05)
+    optimizer = keras.optimizers.Adam(schedule, use_ema=config.ema, ema_momentum=0.98)
+    trainer.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []
+    callbacks.append(_save_best(model, checkpoint, "val_loss"))
+    history = trainer.fit(
+        _dataset(x_train, y_train, config, training=True, convert=convert),
+        validation_data=_dataset(x_val, y_val, config, training=False, convert=convert),
+        epochs=config.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    ).history
+    return history
+
+
+def _test(config: TrainConfig, best, checkpoint: Path, test: list, val_set) -> tuple[dict, dict]:
+    """The classifier calibrated on validation (and saved so), then the test split's metrics;
+    the metrics, and what the calibration found."""
+    x_val, y_val = val_set
+    calibration = {}
+    if config.task == "classifier":
+        labels_val = y_val.reshape(len(y_val), -1).max(axis=1)
+        calibration["decision_threshold_before_calibration"] = calibrate_classifier(best, x_val, labels_val)
+        best.save(checkpoint)
+    x_test = datasets.load_images(test, config.image_size)
+    y_test = datasets.load_masks(test, config.image_size) if config.task == "segmenter" else datasets.load_labels(test)
+    return evaluate(config.task, predict(best, x_test), y_test), calibration
+
+
 def train(config: TrainConfig) -> dict[str, float]:
     """Train one network, keep the best epoch on validation, evaluate it on the test split."""
     if config.task not in TASKS:
         raise DataError(f"task must be one of {TASKS}")
     import keras
-
-    from brainscan.train.losses import bce_dice_loss, dice_coefficient
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,50 +322,13 @@ def train(config: TrainConfig) -> dict[str, float]:
     x_val, y_val = _arrays(config, parts["val"], masks)
 
     model = build_model(config)
-    trainer, convert = model, None
-    if config.task == "classifier":
-        metrics = {contract.CLASSIFIER_OUTPUT: ["accuracy", keras.metrics.AUC(name="auc")]}
-        loss = {contract.CLASSIFIER_OUTPUT: "binary_crossentropy"}
-        if masks:
-            from brainscan.train.models import TUMOUR_MAP, classifier_trainer
-
-            trainer = classifier_trainer(model)
-            loss[TUMOUR_MAP] = "binary_crossentropy"
-            convert = _classifier_targets(config.size // trainer.output[TUMOUR_MAP].shape[1])
-    else:
-        loss, metrics = bce_dice_loss, [dice_coefficient]
-    steps = config.steps_per_epoch or max(1, int(np.ceil(len(x_train) / config.batch_size)))
-    # Cosine decay to 5 % of the rate: the last epochs settle instead of jumping between
-    # operating points, which matters when the best one is picked on a few patients.
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps * config.epochs, alpha=0.05)
-    optimizer = keras.optimizers.Adam(schedule, use_ema=config.ema, ema_momentum=0.98)
-    trainer.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []
     checkpoint = out / "model.keras"
-    callbacks.append(_save_best(model, checkpoint, "val_loss"))
-    history = trainer.fit(
-        _dataset(x_train, y_train, config, training=True, convert=convert),
-        validation_data=_dataset(x_val, y_val, config, training=False, convert=convert),
-        epochs=config.epochs,
-        shuffle=False,  # the tf.data pipeline shuffles
-        steps_per_epoch=steps,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
-    ).history
+    history = _fit(config, model, checkpoint, (x_train, y_train), (x_val, y_val), masks)
     history = {k: [float(v) for v in vals] for k, vals in history.items()}
     (out / "history.json").write_text(json.dumps(history, indent=2))
     plot_curves(history, out / "curves.png", f"{config.task} ({config.size}px)")
 
-    best = load_model(checkpoint)
-    calibration = {}
-    if config.task == "classifier":
-        labels_val = y_val.reshape(len(y_val), -1).max(axis=1)
-        calibration["decision_threshold_before_calibration"] = calibrate_classifier(best, x_val, labels_val)
-        best.save(checkpoint)
-    test = parts["test"]
-    x_test = datasets.load_images(test, config.image_size)
-    y_test = datasets.load_masks(test, config.image_size) if config.task == "segmenter" else datasets.load_labels(test)
-    metrics_test = evaluate(config.task, predict(best, x_test), y_test)
+    metrics_test, calibration = _test(config, load_model(checkpoint), checkpoint, parts["test"], (x_val, y_val))
     metrics_test["best_epoch"] = int(np.argmin(history["val_loss"]) + 1)
     metrics_test.update(calibration)
     (out / "metrics.json").write_text(json.dumps(metrics_test, indent=2))

@@ -294,8 +294,9 @@ def _frames(path: Path) -> list[Frame]:
     ]
 
 
-def read_dicom_series(series: DicomSeries) -> Volume:
-    """One series -> a volume with the DICOM geometry turned into a RAS+ affine."""
+def _checked_frames(series: DicomSeries) -> list:
+    """The series' frames, once their sizes are within bounds (read from the headers first),
+    all of one orientation and one size."""
     headers = [_header(path) for path in series.files]
     check_size(
         series.folder,
@@ -307,43 +308,50 @@ def read_dicom_series(series: DicomSeries) -> Volume:
         "DICOM series",
     )
     frames = [frame for path in series.files for frame in _frames(path)]
-    where = series.folder
     orientations = {tuple(np.round(f.orientation, 4)) for f in frames}
     if len(orientations) > 1:
         raise VolumeError(
-            f"{where}: series {series.number or series.uid} mixes {len(orientations)} slice orientations "
+            f"{series.folder}: series {series.number or series.uid} mixes {len(orientations)} slice orientations "
             "(a localizer?); pass one volume per series"
         )
     shapes = {f.pixels.shape for f in frames}
     if len(shapes) > 1:
         raise VolumeError(
-            f"{where}: the slices of series {series.number or series.uid} differ in size: {sorted(shapes)}"
+            f"{series.folder}: the slices of series {series.number or series.uid} differ in size: {sorted(shapes)}"
         )
+    return frames
+
+
+def _slice_step(series: DicomSeries, frames: list, normal: np.ndarray, notes: list[str]) -> tuple[np.ndarray, float]:
+    """The step from one slice to the next (a vector, mm) and the median spacing, from the
+    frames sorted along ``normal``; uneven spacing is noted, slices on one position refused."""
+    if len(frames) == 1:
+        ds = _header(series.files[0])
+        thickness = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
+        return normal * thickness, thickness
+    steps = np.diff([float(np.dot(f.position, normal)) for f in frames])
+    if (steps < 1e-4).any():
+        raise VolumeError(
+            f"{series.folder}: {int((steps < 1e-4).sum()) + 1} slices share a position (several "
+            "echoes or acquisitions in one series?); pass them as separate series"
+        )
+    if steps.max() - steps.min() > 0.01 * steps.mean():
+        notes.append(
+            f"series {series.number or series.uid}: uneven slice spacing {steps.min():.3g}-"
+            f"{steps.max():.3g} mm (a missing slice?); the NIfTI mask uses the mean, the DICOM SEG "
+            "each slice's own position, the tumour volume the median spacing"
+        )
+    return (frames[-1].position - frames[0].position) / (len(frames) - 1), float(np.median(steps))
+
+
+def read_dicom_series(series: DicomSeries) -> Volume:
+    """One series -> a volume with the DICOM geometry turned into a RAS+ affine."""
+    frames = _checked_frames(series)
     row_cos, col_cos = frames[0].orientation[:3], frames[0].orientation[3:]
     normal = np.cross(row_cos, col_cos)
     frames.sort(key=lambda f: float(np.dot(f.position, normal)))
-    positions = np.array([float(np.dot(f.position, normal)) for f in frames])
     notes = [f"{len(series.copies)} duplicate file(s) of the same instances ignored"] if series.copies else []
-    if len(frames) > 1:
-        steps = np.diff(positions)
-        if (steps < 1e-4).any():
-            raise VolumeError(
-                f"{where}: {int((steps < 1e-4).sum()) + 1} slices share a position (several "
-                "echoes or acquisitions in one series?); pass them as separate series"
-            )
-        if steps.max() - steps.min() > 0.01 * steps.mean():
-            notes.append(
-                f"series {series.number or series.uid}: uneven slice spacing {steps.min():.3g}-"
-                f"{steps.max():.3g} mm (a missing slice?); the NIfTI mask uses the mean, the DICOM SEG "
-                "each slice's own position, the tumour volume the median spacing"
-            )
-        slice_step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
-        spacing = float(np.median(steps))
-    else:
-        ds = _header(series.files[0])
-        thickness = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
-        slice_step = normal * thickness
-        spacing = thickness
+    slice_step, spacing = _slice_step(series, frames, normal, notes)
     row_spacing, col_spacing = frames[0].spacing
     lps = np.eye(4)
     lps[:3, 0] = row_cos * col_spacing  # along a row: the column index grows
@@ -353,7 +361,7 @@ def read_dicom_series(series: DicomSeries) -> Volume:
     # voxel [i, j, k] = pixel (row j, column i) of slice k
     data = np.stack([f.pixels.T for f in frames], axis=2)
     return Volume(
-        where,
+        series.folder,
         InputKind.DICOM,
         data,
         LPS_TO_RAS @ lps,
