@@ -35,6 +35,41 @@ def read_rules(path: Path) -> dict:
     return rules
 
 
+def _subset(path: Path, key: str, given, declared: tuple, upper: bool = True) -> tuple:
+    """A list that names only what ``declared`` holds."""
+    if not isinstance(given, list) or not given:
+        raise RulesError(f"{path}: {key} must be a non-empty list")
+    values = tuple(str(v).upper() if upper else str(v) for v in given)
+    wider = [v for v in values if v not in declared]
+    if wider:
+        raise RulesError(
+            f"{path}: {key} {', '.join(wider)} is outside the models' intended use ({', '.join(declared)})"
+        )
+    return values
+
+
+def _within(path: Path, key: str, given, declared: tuple | None, kind) -> tuple:
+    """A [low, high] inside ``declared``."""
+    pair = value_range(given, f"{path}: {key}", kind) if not isinstance(given, str) else None
+    if pair is None:
+        raise RulesError(f"{path}: {key} must be [low, high]")
+    if declared is not None and (pair[0] < declared[0] or pair[1] > declared[1]):
+        raise RulesError(
+            f"{path}: {key} [{pair[0]:g}, {pair[1]:g}] is wider than the models' intended use "
+            f"[{declared[0]:g}, {declared[1]:g}]"
+        )
+    return pair
+
+
+def _at_most(path: Path, key: str, given, declared: float) -> float:
+    """A number from 0 to ``declared``."""
+    if not isinstance(given, (int, float)) or isinstance(given, bool) or given < 0:
+        raise RulesError(f"{path}: {key} must be a number of at least 0")
+    if given > declared:
+        raise RulesError(f"{path}: {key} {given:g} is above the models' {declared:g}: a rules file only narrows")
+    return float(given)
+
+
 def narrow(use: IntendedUse, path: Path) -> IntendedUse:
     """``use`` with a site's rules file applied (``RULE_KEYS``; see
     docs/intended-use.md). Raises RulesError (exit 2) for an unknown key, a malformed
@@ -42,59 +77,30 @@ def narrow(use: IntendedUse, path: Path) -> IntendedUse:
     rules = read_rules(path)
     changes: dict = {"narrowed_by": str(path)}
 
-    def subset(key: str, given, declared: tuple, upper: bool = True):
-        if not isinstance(given, list) or not given:
-            raise RulesError(f"{path}: {key} must be a non-empty list")
-        values = tuple(str(v).upper() if upper else str(v) for v in given)
-        wider = [v for v in values if v not in declared]
-        if wider:
-            raise RulesError(
-                f"{path}: {key} {', '.join(wider)} is outside the models' intended use ({', '.join(declared)})"
-            )
-        return values
-
-    def within(key: str, given, declared: tuple | None, kind):
-        pair = value_range(given, f"{path}: {key}", kind) if not isinstance(given, str) else None
-        if pair is None:
-            raise RulesError(f"{path}: {key} must be [low, high]")
-        if declared is not None and (pair[0] < declared[0] or pair[1] > declared[1]):
-            raise RulesError(
-                f"{path}: {key} [{pair[0]:g}, {pair[1]:g}] is wider than the models' intended use "
-                f"[{declared[0]:g}, {declared[1]:g}]"
-            )
-        return pair
-
-    def at_most(key: str, given, declared: float):
-        if not isinstance(given, (int, float)) or isinstance(given, bool) or given < 0:
-            raise RulesError(f"{path}: {key} must be a number of at least 0")
-        if given > declared:
-            raise RulesError(f"{path}: {key} {given:g} is above the models' {declared:g}: a rules file only narrows")
-        return float(given)
-
     try:
         for key, given in rules.items():
             if key in ("modalities", "body_parts"):
-                changes[key] = subset(key, given, getattr(use, key))
+                changes[key] = _subset(path, key, given, getattr(use, key))
             elif key == "planes":
-                planes = subset(key, given, tuple(str(p) for p in use.planes), upper=False)
+                planes = _subset(path, key, given, tuple(str(p) for p in use.planes), upper=False)
                 changes[key] = tuple(Plane(p) for p in planes)
             elif key == "refused_image_types":
                 if not isinstance(given, list):
                     raise RulesError(f"{path}: {key} must be a list")
                 changes[key] = tuple(dict.fromkeys([*use.refused_image_types, *(str(v).upper() for v in given)]))
             elif key == "plane_tolerance_deg":
-                changes[key] = at_most(key, given, use.plane_tolerance_deg)
+                changes[key] = _at_most(path, key, given, use.plane_tolerance_deg)
             elif key == "series_refusal_fraction":
-                changes[key] = at_most(key, given, use.series_refusal_fraction)
+                changes[key] = _at_most(path, key, given, use.series_refusal_fraction)
             elif key == "pixel_threshold":
                 if use.pixel_gate is None:
                     raise RulesError(f"{path}: pixel_threshold given, but the served models have no pixel gate")
-                threshold = at_most(key, given, use.pixel_gate.threshold)
+                threshold = _at_most(path, key, given, use.pixel_gate.threshold)
                 changes["pixel_gate"] = dataclasses.replace(use.pixel_gate, threshold=threshold)
             elif key == "pixel_spacing_mm":
-                changes[key] = within(key, given, use.pixel_spacing_mm, float)
+                changes[key] = _within(path, key, given, use.pixel_spacing_mm, float)
             else:  # image_side, slices
-                changes[key] = within(key, given, getattr(use, key), int)
+                changes[key] = _within(path, key, given, getattr(use, key), int)
     except ValueError as exc:
         raise RulesError(f"{path}: {exc}") from None
     return dataclasses.replace(use, **changes)

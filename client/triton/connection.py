@@ -22,7 +22,7 @@ class Connection:
     # host:port, several comma-separated (or given as a list), or dns:///NAME:PORT; None = the
     # protocol's default port on loopback
     url: str | list[str] | None = None
-    protocol: str = "grpc"
+    protocol: contract.Protocol | str = contract.Protocol.GRPC  # a str of one is taken too
     ssl: bool = False
     root_certificates: Path | None = None  # PEM of the CA that signed the server's certificate
     private_key: Path | None = None  # client key, for servers that verify clients (mutual TLS)
@@ -36,18 +36,19 @@ class Connection:
     def __post_init__(self):
         if isinstance(self.url, (list, tuple)):  # --url repeated: every server, as with commas
             object.__setattr__(self, "url", ",".join(self.url) or None)
-        object.__setattr__(self, "protocol", str(self.protocol).lower())
-        if self.protocol not in PROTOCOLS:
-            raise UsageError(f"protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        try:
+            object.__setattr__(self, "protocol", contract.Protocol(str(self.protocol).lower()))
+        except ValueError:
+            raise UsageError(f"protocol {str(self.protocol)!r}: use one of {', '.join(PROTOCOLS)}") from None
         if self.url is None:
-            port = contract.GRPC_PORT if self.protocol == "grpc" else contract.HTTP_PORT
+            port = contract.GRPC_PORT if self.protocol is contract.Protocol.GRPC else contract.HTTP_PORT
             object.__setattr__(self, "url", f"{contract.DEFAULT_HOST}:{port}")
         if "://" in self.url and not self.url.startswith(DNS_SCHEME):
             raise UsageError(
                 f"--url {self.url}: write host:port (several, comma-separated, or {DNS_SCHEME}NAME:PORT), "
                 "without a scheme (use --ssl for TLS)"
             )
-        if self.balanced and self.protocol != "grpc":
+        if self.balanced and self.protocol is not contract.Protocol.GRPC:
             raise UsageError(
                 f"--url {self.url}: spreading requests over several servers needs --protocol grpc "
                 "(for HTTP, put a load balancer in front and give its address)"
@@ -98,5 +99,5 @@ class Connection:
 
     @property
     def address(self) -> str:
-        scheme = {"grpc": "grpcs" if self.ssl else "grpc", "http": "https" if self.ssl else "http"}[self.protocol]
+        scheme = f"{self.protocol.value}{'s' if self.ssl else ''}"
         return f"{scheme}://{self.url}"

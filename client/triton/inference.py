@@ -75,7 +75,7 @@ class Prediction:
 
 
 def _module(protocol: str, aio: bool = True):
-    if protocol == "grpc":
+    if protocol == contract.Protocol.GRPC:
         import tritonclient.grpc as sync_module
         import tritonclient.grpc.aio as aio_module
     else:
@@ -129,7 +129,7 @@ class AsyncBrainscanClient:
         self.connection = connection
         self.on_retry = on_retry
         module = _module(connection.protocol)
-        if connection.protocol == "grpc":
+        if connection.protocol is contract.Protocol.GRPC:
             # Large images: lift gRPC's 4 MB message limit.
             limit = 2**31 - 1
             path = lambda p: str(p) if p else None  # noqa: E731  (tritonclient opens the PEM files itself)
@@ -201,7 +201,7 @@ class AsyncBrainscanClient:
             metadata = await self._with_retries(
                 lambda: (
                     self._client.get_model_metadata(c.model, c.model_version, as_json=True)
-                    if c.protocol == "grpc"
+                    if c.protocol is contract.Protocol.GRPC
                     else self._client.get_model_metadata(c.model, c.model_version)
                 ),
                 c.retries,
@@ -306,7 +306,7 @@ class AsyncBrainscanClient:
         answer = await self._with_retries(
             lambda: (
                 self._client.get_model_config(model, as_json=True)
-                if self.connection.protocol == "grpc"
+                if self.connection.protocol is contract.Protocol.GRPC
                 else self._client.get_model_config(model)
             ),
             self.connection.retries,
