@@ -1,10 +1,11 @@
-"""report.md and plots from a benchmark's summary.json."""
+"""report.md and plots from a benchmark's summary (``summary.BenchSummary``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from brainscan import contract
+from brainscan.benchmarks.summary import BenchSummary
 from brainscan.tables import markdown_table
 
 # Targets on the 2-core CPU with the local flavour (issue: "make serving nearly free").
@@ -19,18 +20,18 @@ def _ms(us: float) -> str:
     return f"{us / 1e3:.2f}"
 
 
-def headline(summary: dict) -> dict:
+def headline(summary: BenchSummary) -> dict:
     """The numbers the targets are about."""
-    rows = summary["served"][contract.ENSEMBLE]["rows"]
+    rows = summary.served[contract.ENSEMBLE]["rows"]
     best = max(rows, key=lambda r: r["Inferences/Second"])
     at_one = next((r for r in rows if r["Concurrency"] == 1), rows[0])
-    keras = summary.get("keras")
+    keras = summary.keras
     out = {
         "served_best": best["Inferences/Second"],
         "served_best_concurrency": int(best["Concurrency"]),
         "served_p50_c1_ms": at_one["p50 latency"] / 1e3,
     }
-    in_process = summary["in_process"]
+    in_process = summary.in_process
     if not in_process:  # no ONNX of the served networks here: the load test alone
         return out
     best_in_process = max(in_process, key=lambda b: b["images_per_s"])
@@ -46,18 +47,18 @@ def headline(summary: dict) -> dict:
     return out
 
 
-def plots(folder: Path, summary: dict) -> list[str]:
+def plots(folder: Path, summary: BenchSummary) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = summary["served"][contract.ENSEMBLE]["rows"]
+    rows = summary.served[contract.ENSEMBLE]["rows"]
     conc = [r["Concurrency"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(conc, [r["Inferences/Second"] for r in rows], "o-", label=f"served ({contract.ENSEMBLE} ensemble)")
-    if summary["in_process"]:
-        best = max(b["images_per_s"] for b in summary["in_process"])
+    if summary.in_process:
+        best = max(b["images_per_s"] for b in summary.in_process)
         ax.axhline(best, color="grey", linestyle="--", label="in-process ONNX Runtime, best")
     ax.set(xlabel="concurrency (requests in flight)", ylabel="images / s", title="Throughput")
     ax.legend()
@@ -75,16 +76,16 @@ def plots(folder: Path, summary: dict) -> list[str]:
     return ["throughput.png", "latency.png"]
 
 
-def _heading(summary: dict) -> list[str]:
+def _heading(summary: BenchSummary) -> list[str]:
     """What was measured, where, and against what."""
-    served = ", ".join(f"{n} {p}" for n, p in summary.get("served_platforms", {}).items()) or "unknown"
+    served = ", ".join(f"{n} {p}" for n, p in summary.served_platforms.items()) or "unknown"
     parts = [
-        f"# brainscan benchmark, {summary['date']} on {summary['host']}",
-        f"Server `{summary['url']}` (networks: {served}), repository `{summary['repository'] or 'not here'}`, "
-        f"{summary['files']} real image files. perf_analyzer over gRPC in count-windows mode; "
+        f"# brainscan benchmark, {summary.date} on {summary.host}",
+        f"Server `{summary.url}` (networks: {served}), repository `{summary.repository or 'not here'}`, "
+        f"{summary.files} real image files. perf_analyzer over gRPC in count-windows mode; "
         + (
             "baselines in the same run, same files, same preprocessing function."
-            if summary["in_process"]
+            if summary.in_process
             else "no in-process baselines (no ONNX of the served networks here)."
         ),
         "",
@@ -92,9 +93,9 @@ def _heading(summary: dict) -> list[str]:
     return parts
 
 
-def _under_load(summary: dict, images: list) -> list[str]:
+def _under_load(summary: BenchSummary, images: list) -> list[str]:
     """The ensemble's sweep: throughput and latency per concurrency, and its plots."""
-    ens = summary["served"][contract.ENSEMBLE]
+    ens = summary.served[contract.ENSEMBLE]
     parts = [
         "## The ensemble under load",
         "",
@@ -118,9 +119,9 @@ def _under_load(summary: dict, images: list) -> list[str]:
     return parts
 
 
-def _where_time_goes(summary: dict) -> list[str]:
+def _where_time_goes(summary: BenchSummary) -> list[str]:
     """Triton's own statistics of each model during the ensemble's sweep."""
-    ens = summary["served"][contract.ENSEMBLE]
+    ens = summary.served[contract.ENSEMBLE]
     parts = [
         "## Where the time goes (Triton's statistics during the ensemble sweep, µs per request)",
         "",
@@ -145,10 +146,10 @@ def _where_time_goes(summary: dict) -> list[str]:
     return parts
 
 
-def _composing_alone(summary: dict) -> list[str]:
+def _composing_alone(summary: BenchSummary) -> list[str]:
     """Each composing model's best, swept alone."""
     parts: list[str] = []
-    composing = [m for m in contract.COMPOSING_MODELS if m in summary["served"]]
+    composing = [m for m in contract.COMPOSING_MODELS if m in summary.served]
     if composing:
         parts += [
             "## Each composing model alone (best over its sweep)",
@@ -158,9 +159,9 @@ def _composing_alone(summary: dict) -> list[str]:
                 [
                     [
                         m,
-                        f"{max(r['Inferences/Second'] for r in summary['served'][m]['rows']):.1f}",
-                        int(max(summary["served"][m]["rows"], key=lambda r: r["Inferences/Second"])["Concurrency"]),
-                        _ms(summary["served"][m]["rows"][0]["p50 latency"]),
+                        f"{max(r['Inferences/Second'] for r in summary.served[m]['rows']):.1f}",
+                        int(max(summary.served[m]["rows"], key=lambda r: r["Inferences/Second"])["Concurrency"]),
+                        _ms(summary.served[m]["rows"][0]["p50 latency"]),
                     ]
                     for m in composing
                 ],
@@ -170,16 +171,16 @@ def _composing_alone(summary: dict) -> list[str]:
     return parts
 
 
-def _against_in_process(summary: dict, numbers: dict) -> list[str]:
+def _against_in_process(summary: BenchSummary, numbers: dict) -> list[str]:
     """Baselines, ratios against their targets, FLOPs and a GPU on paper (needs the served
     networks' ONNX here)."""
     parts: list[str] = []
     base_rows = [
         [b["name"], b["batch"], b["threads"], f"{b['images_per_s']:.1f}", f"{b['p50_ms']:.2f}"]
-        for b in summary["in_process"]
+        for b in summary.in_process
     ]
-    if summary.get("keras"):
-        k = summary["keras"]
+    if summary.keras:
+        k = summary.keras
         base_rows.append([k["name"], 1, "TF default", f"{k['images_per_s']:.1f}", f"{k['p50_ms']:.2f}"])
     parts += [
         "## Baselines (same files, same preprocessing)",
@@ -228,9 +229,9 @@ def _against_in_process(summary: dict, numbers: dict) -> list[str]:
     return parts
 
 
-def _flops(summary: dict, numbers: dict) -> list[str]:
+def _flops(summary: BenchSummary, numbers: dict) -> list[str]:
     """What the networks compute per image, what the served best achieved, and a GPU's bound."""
-    flops = summary["flops_per_image"]
+    flops = summary.flops_per_image
     total = sum(flops.values())
     parts = [
         "## FLOPs",
@@ -264,18 +265,18 @@ def _flops(summary: dict, numbers: dict) -> list[str]:
     return parts
 
 
-def write_report(folder: Path, summary: dict) -> Path:
+def write_report(folder: Path, summary: BenchSummary) -> Path:
     numbers = headline(summary)
     parts = [
         *_heading(summary),
         *_under_load(summary, plots(folder, summary)),
         *_where_time_goes(summary),
         *_composing_alone(summary),
-        *(_against_in_process(summary, numbers) if summary["in_process"] else []),
-        *(_flops(summary, numbers) if summary["in_process"] else []),
+        *(_against_in_process(summary, numbers) if summary.in_process else []),
+        *(_flops(summary, numbers) if summary.in_process else []),
     ]
-    if summary.get("notes"):
-        parts += ["## Notes", "", *[f"- {n}" for n in summary["notes"]], ""]
+    if summary.notes:
+        parts += ["## Notes", "", *[f"- {n}" for n in summary.notes], ""]
     path = Path(folder) / "report.md"
     path.write_text("\n".join(parts))
     return path

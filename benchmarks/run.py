@@ -8,7 +8,6 @@ throughput.png and latency.png, and raw/ (perf_analyzer CSVs, logs, input data).
 from __future__ import annotations
 
 import importlib.util
-import json
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ from brainscan import contract
 from brainscan.benchmarks import baselines, perf_analyzer
 from brainscan.benchmarks.inputs import tensors, write_all
 from brainscan.benchmarks.report import write_report
+from brainscan.benchmarks.summary import BenchSummary
 from brainscan.export.repository import VERSION
 
 STAT_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -223,21 +223,21 @@ def run(config: BenchConfig, log=print) -> Path:
     served = _sweep_served(config, command, inputs, raw, log)
     in_process, keras = _baselines(config, onnx, log)
     flops = {n: baselines.onnx_flops(p) for n, p in onnx.items()}
-    summary = {
-        "url": config.url,
-        "repository": str(config.repository) if config.repository else None,
-        "served_platforms": platforms,
-        "baseline_onnx": {n: str(p) for n, p in onnx.items()},
-        "files": len(config.files),
-        "host": socket.gethostname(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "served": served,
-        "in_process": [asdict(b) for b in in_process],
-        "keras": asdict(keras) if keras else None,
-        "flops_per_image": flops,
-        "notes": config.notes,
-    }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = BenchSummary(
+        url=config.url,
+        repository=str(config.repository) if config.repository else None,
+        files=len(config.files),
+        host=socket.gethostname(),
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        served=served,
+        in_process=[asdict(b) for b in in_process],
+        keras=asdict(keras) if keras else None,
+        flops_per_image=flops,
+        notes=config.notes,
+        served_platforms=platforms,
+        baseline_onnx={n: str(p) for n, p in onnx.items()},
+    )
+    summary.write(folder)
     write_report(folder, summary)
     log(f"wrote {folder / 'report.md'}")
     return folder
