@@ -361,3 +361,22 @@ def test_a_short_ceiling_measurement_of_both_designs(phantom_dir, tmp_path, perf
     report = (folder / "ceiling.md").read_text()
     assert "| python instances | python-steps | in-graph |" in report and "| in-graph | 1 |" in report
     assert "## A series: CPU ms per slice, the PNG path and the pixels path" in report and "| pixels | 20 |" in report
+
+
+def test_a_summary_from_an_earlier_kit_still_makes_its_report_and_other_json_is_refused(tmp_path):
+    """The committed 2026-11-21 summary predates two fields: it reads with them empty and its
+    report names the served ensemble's figures; a JSON that is not a summary is named."""
+    from brainscan.benchmarks.report import write_report
+    from brainscan.benchmarks.summary import BenchSummary
+    from brainscan.errors import DataError
+
+    committed = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "2026-11-21-vm" / "summary.json"
+    summary = BenchSummary.read(committed)
+    assert summary.served_platforms == {} and summary.served[contract.ENSEMBLE]["rows"]
+    text = write_report(tmp_path, summary).read_text()
+    best = max(r["Inferences/Second"] for r in json.loads(committed.read_text())["served"][contract.ENSEMBLE]["rows"])
+    assert f"{best:.1f}" in text and "networks: unknown" in text
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"url": "x", "images_per_second": 3}))
+    with pytest.raises(DataError, match="not a benchmark summary"):
+        BenchSummary.read(other)
