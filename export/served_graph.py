@@ -138,6 +138,32 @@ def _classifier_head(b: GraphBuilder, graph, gate) -> list:
     return [probability, score]
 
 
+def _with_score(model, network: str, gate):
+    """A served graph as it is, or with the classifier's out-of-distribution score added:
+    computed from its pooled features with ``gate``, or zeros for an earlier kit's graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    outputs = _outputs(model)
+    if network == contract.SEGMENTER or outputs[1:] == [contract.OOD_SCORE]:
+        return model
+    served = onnx.ModelProto()
+    served.CopyFrom(model)
+    b = GraphBuilder(GATE_PREFIX, _opset(model))
+    if FEATURES in outputs:
+        if gate is None or gate is POOLED:
+            return model
+        add_score(b, FEATURES, QUADRANTS, gate)
+    else:  # a served classifier of an earlier version of the kit, without its score
+        add_no_gate(b, contract.TUMOR_PROBABILITY)
+    served.graph.node.extend(b.nodes)
+    served.graph.initializer.extend(b.initializers)
+    del served.graph.output[1:]
+    served.graph.output.append(helper.make_tensor_value_info(contract.OOD_SCORE, TensorProto.FLOAT, ["N", 1]))
+    onnx.checker.check_model(served, full_check=True)
+    return served
+
+
 def serving_model(model, gate=None, blocks: int = 0):
     """The served graph of a network (ONNX ModelProto taking ``classifier_input`` or
     ``segmenter_input``): preprocessing in front; behind the segmenter the mask head, behind
@@ -151,24 +177,7 @@ def serving_model(model, gate=None, blocks: int = 0):
 
     network = network_of(model)
     if is_served(model):
-        outputs = _outputs(model)
-        if network == contract.SEGMENTER or outputs[1:] == [contract.OOD_SCORE]:
-            return model
-        served = onnx.ModelProto()
-        served.CopyFrom(model)
-        b = GraphBuilder(GATE_PREFIX, _opset(model))
-        if FEATURES in outputs:
-            if gate is None or gate is POOLED:
-                return model
-            add_score(b, FEATURES, QUADRANTS, gate)
-        else:  # a served classifier of an earlier version of the kit, without its score
-            add_no_gate(b, contract.TUMOR_PROBABILITY)
-        served.graph.node.extend(b.nodes)
-        served.graph.initializer.extend(b.initializers)
-        del served.graph.output[1:]
-        served.graph.output.append(helper.make_tensor_value_info(contract.OOD_SCORE, TensorProto.FLOAT, ["N", 1]))
-        onnx.checker.check_model(served, full_check=True)
-        return served
+        return _with_score(model, network, gate)
     size = network_size(model)
     opset = _opset(model)
     if not opset >= 13:
