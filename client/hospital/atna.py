@@ -26,6 +26,7 @@ import socket
 import ssl
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,9 @@ def _access_point_type(address: str) -> str:
         return "1"  # machine name
 
 
+TAGS = ("StudyInstanceUID", "PatientID", "PatientName", "SOPClassUID")  # what a transfer's message names
+
+
 @dataclass
 class Transfer:
     """What moved of one study: its patient and how many instances of each SOP class."""
@@ -135,8 +139,12 @@ class Transfer:
     def of_files(paths: Iterable[Path]) -> list[Transfer]:
         import pydicom
 
-        tags = ["StudyInstanceUID", "PatientID", "PatientName", "SOPClassUID"]
-        return Transfer.of(pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=tags) for p in paths)
+        return Transfer.of(pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=list(TAGS)) for p in paths)
+
+    @staticmethod
+    def tags_of(dataset) -> types.SimpleNamespace:
+        """What a transfer keeps of one dataset (its pixels need not stay in memory)."""
+        return types.SimpleNamespace(**{tag: dataset.get(tag) for tag in TAGS})
 
     def elements(self, parent: ET.Element) -> None:
         study = participant_object(parent, self.study, STUDY_UID, type_code="2", role="3", name=self.study)

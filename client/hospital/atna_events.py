@@ -3,6 +3,7 @@ kind, each building its PS3.15 A.5.3 message and queueing it for the sender."""
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import socket
@@ -63,7 +64,7 @@ def web(url: str) -> Participant:
 
 
 def _as(participant: Participant, requestor: bool, role) -> Participant:
-    return Participant(participant.user_id, requestor, role, participant.address, participant.alternative)
+    return dataclasses.replace(participant, requestor=requestor, role=role)
 
 
 class AtnaAudit:

@@ -180,10 +180,13 @@ class Pacs:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
 
+        fetched = []  # what the audit names of each instance, kept as it arrives (no second read)
+
         def save_each() -> None:
             for dataset in self.client.iter_series(study_instance_uid=study, series_instance_uid=series):
                 sop = check_uid(str(dataset.get("SOPInstanceUID", "")), "SOP instance")
                 _with_file_meta(dataset).save_as(staging / f"{sop}.dcm", enforce_file_format=True)
+                fetched.append(Transfer.tags_of(dataset))
 
         try:
             self._call(f"the retrieval of series {series}", save_each)
@@ -192,7 +195,7 @@ class Pacs:
                 [Transfer(study, "", "", {})], self.peer, self.me, True, SERIOUS_FAILURE, str(exc), pulled=True
             )
             raise
-        self.atna.files(staging.glob("*.dcm"), self.peer, self.me, received=True, pulled=True)
+        self.atna.transferred(Transfer.of(fetched), self.peer, self.me, received=True, pulled=True)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         return target
