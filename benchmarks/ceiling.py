@@ -8,7 +8,10 @@ here, for two designs in the same run:
   and scales (two FP32 tensors), python ``postprocess`` brings the mask back to the image's
   size (``benchmarks/python_steps.py``);
 - ``in-graph`` (now): python ``preprocess`` only decodes; the networks' graphs resize, scale
-  and threshold (``export.served_graph``), which a GPU runs.
+  and threshold (``export.served_graph``), which a GPU runs;
+- ``local`` (with trained networks only): the local flavour as it is written, ``in-graph``
+  but with its python runners doing the graphs' resize, stretch and mask with OpenCV
+  (``brainscan.opencv_path``) and running only the networks' part of the graphs.
 
 The two networks are replaced by free ones (the same tensors in and out, next to no
 arithmetic), the repository is written with 1, 2, … instances of each python step, served by
@@ -42,6 +45,8 @@ from brainscan.benchmarks.run import server_statistics, statistics_delta
 from brainscan.benchmarks.series import measure_series
 
 DESIGNS = ("python-steps", "in-graph")
+LOCAL_DESIGN = "local"  # measured with trained networks (a free network has no network part)
+SERVED_DESIGNS = ("in-graph", LOCAL_DESIGN)  # the served graphs in the local flavour's repository
 OUTSIDE = ("tritonserver", contract.PREPROCESS, PREVIOUS_POSTPROCESS)  # what is not a network
 
 
@@ -51,7 +56,9 @@ def _previous_configs(count: int, segmenters: int) -> dict[str, dict]:
     from brainscan.export.repository import RepositorySpec, model_configs
 
     spec = RepositorySpec(
-        flavour=contract.Flavour.LOCAL, instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters}
+        flavour=contract.Flavour.LOCAL,
+        instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters},
+        local_resize=contract.GRAPH_RESIZE,  # the runners run the bare networks as they are
     )
     configs = model_configs(spec)
     configs.pop(contract.PIXELS_ENSEMBLE)  # that design had no pixels path
@@ -135,7 +142,7 @@ class CeilingConfig:
     files: list[Path]
     out: Path
     instances: tuple[int, ...] = (1, 2)
-    designs: tuple[str, ...] = DESIGNS
+    designs: tuple[str, ...] | None = None  # DESIGNS, and LOCAL_DESIGN with trained networks
     concurrency: tuple[int, int, int] = (1, 8, 1)
     request_count: int = 400
     stability_percentage: float = 10.0
@@ -152,7 +159,7 @@ def design_networks(design: str, served: dict[str, Path], folder: Path) -> dict[
 
     from brainscan.export.served_graph import network_only
 
-    if design == "in-graph":
+    if design in SERVED_DESIGNS:
         return dict(served)
     bare = {}
     for network, path in served.items():
@@ -170,7 +177,7 @@ def measure(config: CeilingConfig, log=print) -> Path:
     inputs = write_input_data(config.files, raw / "input-brainscan.json")
     runs = []
     for count in config.instances:
-        for design in config.designs:
+        for design in config.designs or (*DESIGNS, *((LOCAL_DESIGN,) if config.networks else ())):
             if config.networks:
                 networks = design_networks(design, config.networks, raw)
             else:
@@ -204,19 +211,20 @@ def _one_run(
     name = f"{count}-{design}"
     # free networks: one instance each; trained ones: the local flavour's (a second segmenter)
     segmenters = 1 if config.networks is None else DEFAULT_INSTANCES[contract.Flavour.LOCAL][contract.SEGMENTER]
-    if design == "in-graph":
+    if design in SERVED_DESIGNS:
         repository = write_repository(
             raw / f"repository-{name}",
             contract.Flavour.LOCAL,
             networks[contract.CLASSIFIER],
             networks[contract.SEGMENTER],
             instances={contract.PREPROCESS: count, contract.SEGMENTER: segmenters},
+            local_resize=contract.OPENCV_RESIZE if design == LOCAL_DESIGN else contract.GRAPH_RESIZE,
         ).resolve()
     else:
         repository = previous_repository(raw / f"repository-{name}", networks, count, segmenters).resolve()
     ports = Ports.free()
     log(f"{design}, {count} instance(s) per python step: serving {repository} on 127.0.0.1:{ports.grpc}")
-    ensembles = contract.ENSEMBLES if design == "in-graph" else (contract.ENSEMBLE,)  # no pixels path then
+    ensembles = contract.ENSEMBLES if design in SERVED_DESIGNS else (contract.ENSEMBLE,)  # no pixels path then
     with TritonServer(
         repository, ports=ports, log_file=raw / f"tritonserver-{name}.log", ensembles=ensembles
     ) as server:

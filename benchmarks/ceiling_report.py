@@ -16,7 +16,7 @@ def best(rows: list[dict]) -> dict:
 def _introduction(summary: dict) -> list[str]:
     """The title, what ran, and the first section's heading."""
     free = summary.get("networks", "free") == "free"
-    title = "The ensemble's ceiling with free networks" if free else "The two designs with the trained networks"
+    title = "The ensemble's ceiling with free networks" if free else "The designs with the trained networks"
     networks = (
         "the networks replaced by free ones (same tensors, a mean and a sigmoid or a threshold)"
         if free
@@ -28,8 +28,15 @@ def _introduction(summary: dict) -> list[str]:
         f"{summary['cores']} cores; {summary['files']} real image files; {networks}; "
         "local flavour served by the embedded Triton on loopback; perf_analyzer sweeps the ensemble over gRPC in "
         "count-windows mode. Designs: python-steps "
-        "(python preprocess resizes and scales, python postprocess brings the mask back) and in-graph "
-        "(python preprocess only decodes; the networks' graphs do the rest on the GPU).",
+        "(python preprocess resizes and scales, python postprocess brings the mask back), in-graph "
+        "(python preprocess only decodes; the networks' graphs do the rest, as a GPU runs them)"
+        + (
+            ""
+            if free
+            else " and local (the local flavour as written: in-graph, its python network runners resizing, "
+            "stretching and making the mask with OpenCV)"
+        )
+        + ".",
         "",
         "## CPU ms per image outside the networks (tritonserver and the python steps)",
         "",
@@ -118,7 +125,8 @@ def _series(summary: dict) -> list[str]:
             "",
             "One volume's slices sent as `brainscan predict` sends them (4 requests in flight): one 16-bit PNG per "
             "slice through `brainscan` (encoded by the client, decoded by `preprocess`), or raw through "
-            "`brainscan_pixels`, the server's batch a request. The client's CPU is this process's, encoding and "
+            "`brainscan_pixels`, the server's batch a request, over gRPC (pixels) or through system shared memory "
+            "(pixels-shm, `--shared-memory`). The client's CPU is this process's, encoding and "
             "gRPC included; the networks are free ones, run in their python stubs here.",
             "",
         ]

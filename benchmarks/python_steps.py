@@ -4,8 +4,7 @@ one in the same run. Triton loads this file as ``model.py`` of two models: ``pre
 (decode, resize to each network's size with OpenCV, stretch: two FP32 tensors and the
 original size) and ``postprocess`` (the segmenter's probabilities back to the original size
 with OpenCV, thresholded), telling them apart by the config's ``step`` parameter. The
-resize and the stretch are ``export.served_graph``'s reference functions, the parity gate's
-OpenCV path.
+resize and the stretch are ``brainscan.opencv_path``'s, the parity gate's reference.
 """
 
 import json
@@ -14,7 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from brainscan import contract
-from brainscan.export.served_graph import reference_mask, reference_model_input
+from brainscan.opencv_path import mask, model_input
 from brainscan.preprocessing import InvalidImageError, decode_image
 
 ORIGINAL_SIZE = "ORIGINAL_SIZE"  # INT32 [2]
@@ -38,15 +37,15 @@ class TritonPythonModel:
     def _preprocess(self, request):
         data = pb_utils.get_input_tensor_by_name(request, contract.IMAGE).as_numpy().reshape(-1)[0]
         image = decode_image(bytes(data))
-        tensors = [pb_utils.Tensor(name, reference_model_input(image, size)[None]) for name, size in self.sizes.items()]
+        tensors = [pb_utils.Tensor(name, model_input(image, size)[None]) for name, size in self.sizes.items()]
         tensors.append(pb_utils.Tensor(ORIGINAL_SIZE, np.array([image.shape[:2]], np.int32)))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _postprocess(self, request):
         probability = pb_utils.get_input_tensor_by_name(request, contract.SEGMENTER_OUTPUT).as_numpy()
         size = pb_utils.get_input_tensor_by_name(request, ORIGINAL_SIZE).as_numpy()[0]
-        mask = reference_mask(probability[0], tuple(int(s) for s in size))
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(contract.MASK, mask[None])])
+        out = mask(probability[0], tuple(int(s) for s in size))
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(contract.MASK, out[None])])
 
     def execute(self, requests):
         step = self._preprocess if self.step == contract.PREPROCESS else self._postprocess

@@ -5,7 +5,8 @@ The networks are free ones (``free_networks.write_free_network``), served by the
 on loopback with both ensembles. One volume's axial slices are sent by the kit's client as
 `brainscan predict` sends them: one 16-bit PNG per slice through ``brainscan`` (encoded
 here, decoded by the python ``preprocess`` there), or raw, up to the server's batch per
-request, through ``brainscan_pixels``. The CPU time of this process (encoding, sending,
+request, through ``brainscan_pixels``: over the socket, or through system shared memory
+(``--shared-memory``, the server started with an admin key). The CPU time of this process (encoding, sending,
 gRPC) and of the server's processes (tritonserver, each python stub, read from /proc) is
 divided by the slices: CPU ms per slice, the client's work counted.
 """
@@ -13,6 +14,7 @@ divided by the slices: CPU ms per slice, the client's work counted.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ import numpy as np
 from brainscan import contract
 from brainscan.errors import BrainscanError
 
-PATHS = ("png", "pixels")
+PATHS = ("png", "pixels", "pixels-shm")  # the last: the pixels path through system shared memory
 CONCURRENCY = 4  # requests in flight, as predict's default
 
 
@@ -62,13 +64,14 @@ def series_stack(files: list[Path], slices: int) -> np.ndarray:
     return np.rint(stack * (65535.0 / max(float(stack.max()), 1.0))).astype(np.uint16)
 
 
-async def _send(url: str, path: str, stack: np.ndarray) -> int:
+async def _send(url: str, path: str, stack: np.ndarray, key_file: Path) -> int:
     """Every slice of ``stack`` through ``path``, CONCURRENCY requests in flight; the number answered."""
     from brainscan.client.imaging.volumes import encode_png16
     from brainscan.client.triton.inference import AsyncBrainscanClient, Connection
 
     gate = asyncio.Semaphore(CONCURRENCY)
-    async with AsyncBrainscanClient(Connection(url)) as client:
+    shared = path == "pixels-shm"
+    async with AsyncBrainscanClient(Connection(url, shared_memory=shared, admin_key_file=key_file)) as client:
         batch = await client.pixels_batch_size()
 
         async def one(call):
@@ -79,8 +82,7 @@ async def _send(url: str, path: str, stack: np.ndarray) -> int:
             calls = [lambda s=s: asyncio.gather(client.infer(encode_png16(s))) for s in stack]
         else:
             calls = [
-                lambda k=k: client.infer_pixels(stack[k : k + batch, :, :, None].astype(np.float32))
-                for k in range(0, len(stack), batch)
+                lambda k=k: client.infer_pixels(stack[k : k + batch, :, :, None]) for k in range(0, len(stack), batch)
             ]
         return sum(await asyncio.gather(*(one(call) for call in calls)))
 
@@ -98,11 +100,15 @@ def measure_series(raw: Path, files: list[Path], slices: int = 160, log=print) -
     ).resolve()
     ports = Ports.free()
     costs = []
-    with TritonServer(repository, ports=ports, log_file=raw / "tritonserver-series.log") as server:
+    key = secrets.token_urlsafe(32)  # the shared-memory API needs the server's admin key
+    key_file = raw / "admin.key"
+    key_file.touch(mode=0o600)
+    key_file.write_text(key)
+    with TritonServer(repository, ports=ports, log_file=raw / "tritonserver-series.log", admin_key=key) as server:
         for path in PATHS:
-            asyncio.run(_send(server.grpc_url, path, stack[: 2 * contract.MAX_BATCH_SIZE]))  # warm-up
+            asyncio.run(_send(server.grpc_url, path, stack[: 2 * contract.MAX_BATCH_SIZE], key_file))  # warm-up
             before, client_before, started = cpu_by_step(repository, ports.grpc), time.process_time(), time.time()
-            answered = asyncio.run(_send(server.grpc_url, path, stack))
+            answered = asyncio.run(_send(server.grpc_url, path, stack, key_file))
             seconds, client = time.time() - started, time.process_time() - client_before
             after = cpu_by_step(repository, ports.grpc)
             if answered != len(stack):

@@ -87,6 +87,10 @@ GPU_MAX_IMAGE_SIDE = 1024
 # The config parameter of preprocess and of the networks that holds the largest side a
 # repository takes (preprocess refuses larger images by name, before the engines see them).
 MAX_SIDE_PARAMETER = "max_image_side"
+# The local flavour's networks' parameter saying who resizes: OpenCV in the python runner
+# before the network (brainscan.opencv_path, the faster way on a CPU), or the served graph.
+RESIZE_PARAMETER = "resize"
+OPENCV_RESIZE, GRAPH_RESIZE = "opencv", "graph"
 # Config parameters of the networks that say what answers, which clients read (model config
 # is not an admin API) to name the served models in their results: the SHA-256 of the served
 # ONNX graph (local, onnxruntime), and per GPU kind the engine's TensorRT version, GPU and

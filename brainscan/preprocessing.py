@@ -8,7 +8,9 @@ Two parts, split where the served path splits them:
   Python touches a request;
 - resizing and scaling (``brainscan.preprocessing_graph``): an ONNX graph that the served
   networks carry in front of their layers, and that ``to_model_input`` runs with ONNX
-  Runtime for training, so both see the same tensor from the same file.
+  Runtime for training, so both see the same tensor from the same file. The ``local``
+  flavour's runners do the same steps with OpenCV (``brainscan.opencv_path``), the reference
+  every served graph is held to by the parity gate.
 """
 
 from __future__ import annotations

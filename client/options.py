@@ -51,6 +51,24 @@ ModelVersion = Annotated[
         help="Version of --model (default: the server's latest).",
     ),
 ]
+SharedMemory = Annotated[
+    bool,
+    typer.Option(
+        "--shared-memory",
+        envvar="BRAINSCAN_SHARED_MEMORY",
+        help=(
+            "Send series' slices (and get their masks) through system shared memory: a server on this machine, "
+            "run by this user, and its admin key file."
+        ),
+    ),
+]
+AdminKeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=contract.ADMIN_KEY_ENV,
+        help="The server's admin key file (brainscan serve's), which its shared-memory API needs.",
+    ),
+]
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for each answer.")]
 
 
@@ -64,6 +82,8 @@ CONNECTION_OPTIONS = (
     ("certificate_chain", CertChain, None),
     ("model", Model, contract.ENSEMBLE),
     ("model_version", ModelVersion, ""),
+    ("shared_memory", SharedMemory, False),
+    ("admin_key_file", AdminKeyFile, None),
 )
 
 
@@ -89,6 +109,8 @@ def connection(
     certificate_chain,
     model,
     model_version,
+    shared_memory=False,
+    admin_key_file=None,
 ):
     """The options as a Connection; a bad combination is a usage error (exit 2)."""
     from brainscan.client.triton.connection import Connection
@@ -105,6 +127,8 @@ def connection(
             model_version,
             timeout,
             retries,
+            shared_memory=shared_memory,
+            admin_key_file=admin_key_file,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -65,7 +65,8 @@ def _network(name: str, spec: RepositorySpec) -> dict:
     inputs, outputs = [contract.PIXELS_SPEC], list(contract.NETWORK_OUTPUTS[name])
     side = {MAX_SIDE_PARAMETER: spec.max_image_side}
     if spec.flavour is Flavour.LOCAL:
-        return _python_model(name, inputs, outputs, spec, {"intra_op_threads": spec.ort_threads, **side})
+        runner = {"intra_op_threads": spec.ort_threads, contract.RESIZE_PARAMETER: spec.local_resize}
+        return _python_model(name, inputs, outputs, spec, {**runner, **side})
     config = {
         "name": name,
         "max_batch_size": spec.max_batch_size,

@@ -112,6 +112,7 @@ class RepositorySpec:
         metadata=_option("A request waiting longer than this in a model's queue is refused.", min=1),
     )
     workspace_mib: int = WORKSPACE_MIB  # TensorRT workspace of the onnxruntime flavour on GPU
+    local_resize: str = contract.OPENCV_RESIZE  # the local flavour's runners: OpenCV or the graph resizes
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -119,6 +120,8 @@ class RepositorySpec:
         if self.device not in tuple(Device):
             raise RepositoryError(f"unknown device {self.device!r}: choose cpu or gpu")
         self.flavour, self.device = Flavour(self.flavour), Device(self.device)
+        if self.local_resize not in (contract.OPENCV_RESIZE, contract.GRAPH_RESIZE):
+            raise RepositoryError(f"local_resize is {contract.OPENCV_RESIZE} or {contract.GRAPH_RESIZE}")
         if self.max_batch_size < 1:
             raise RepositoryError("max_batch_size must be at least 1")
         if self.max_queue_size < 1 or self.queue_timeout_ms < 1:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from brainscan import contract
+from brainscan import contract, opencv_path
 from brainscan.errors import BrainscanError
 from brainscan.export.gate import Check, GateReport, at_least, at_most, info
 from brainscan.export.pixel_gate import (
@@ -319,34 +319,6 @@ def run_served(session, images: Sequence[np.ndarray], max_batch: int = 16) -> li
     return run_outputs(session, images, max_batch)[session.get_outputs()[0].name]
 
 
-# --- the reference: the OpenCV preprocessing the graphs replaced -----------------------------
-
-
-def reference_model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The kit's preprocessing before the graphs (OpenCV): the parity gate's reference."""
-    import cv2
-
-    pixels = image.astype(np.float32, copy=False)
-    height, width = size
-    interpolation = cv2.INTER_AREA if pixels.shape[0] >= height and pixels.shape[1] >= width else cv2.INTER_LINEAR
-    resized = cv2.resize(pixels, (width, height), interpolation=interpolation)
-    if resized.ndim == 2:
-        resized = np.repeat(resized[:, :, None], contract.CHANNELS, axis=2)
-    low, high = float(resized.min()), float(resized.max())
-    resized = (resized - low) * np.float32(255.0 / (high - low)) if high > low else np.zeros_like(resized)
-    return np.ascontiguousarray(resized, dtype=np.float32)
-
-
-def reference_mask(probability: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The kit's mask before the graphs (OpenCV): probabilities [h, w(, 1)] -> 0/1 at ``size``."""
-    import cv2
-
-    prob = np.asarray(probability, np.float32).reshape(probability.shape[0], probability.shape[1])
-    if tuple(size) != prob.shape:
-        prob = cv2.resize(prob, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
-    return (prob > contract.MASK_THRESHOLD).astype(np.uint8)
-
-
 def resampled(images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] = PARITY_SIZES) -> list[np.ndarray]:
     """Each image resampled (bicubic, clipped to its type's range) to each of ``sizes``: new
     source images of other sizes with the content of real slices."""
@@ -375,8 +347,8 @@ def check_parity(network_model, served_model, images: Sequence[np.ndarray]) -> G
     reference = []
     first = [net.get_outputs()[0].name]  # the decision output (a classifier's gate taps follow it)
     for image in images:
-        (output,) = net.run(first, {net.get_inputs()[0].name: reference_model_input(image, size)[None]})
-        reference.append(output[0] if network == contract.CLASSIFIER else reference_mask(output[0], image.shape[:2]))
+        (output,) = net.run(first, {net.get_inputs()[0].name: opencv_path.model_input(image, size)[None]})
+        reference.append(output[0] if network == contract.CLASSIFIER else opencv_path.mask(output[0], image.shape[:2]))
     shapes = sorted({f"{i.shape[0]}x{i.shape[1]}" for i in images})
     if network == contract.CLASSIFIER:
         ref, got = np.concatenate(reference).astype(np.float64), np.concatenate(candidate).astype(np.float64)

@@ -13,11 +13,11 @@ from brainscan import contract
 from brainscan.export.served_graph import (
     PARITY_SIZES,
     check_parity,
-    reference_mask,
-    reference_model_input,
     resampled,
     serving_model,
 )
+from brainscan.opencv_path import mask as reference_mask
+from brainscan.opencv_path import model_input as reference_model_input
 from brainscan.preprocessing import mask_from_probability, mask_to_target, to_model_input
 from brainscan.train import datasets
 

@@ -255,7 +255,7 @@ class _Run:
         return await self.client.classify_pixels(await asyncio.to_thread(batch.pixels))
 
     async def _segment(self, stack: np.ndarray, slices: list[int]) -> list[np.ndarray]:
-        pixels = await asyncio.to_thread(lambda: stack[slices][..., None].astype(np.float32))
+        pixels = await asyncio.to_thread(lambda: stack[slices][..., None])  # FP32 where it is sent
         return await self.client.segment_pixels(pixels)
 
     def _settled(self, job: _Job) -> bool:

@@ -110,8 +110,9 @@ class SliceBatch:
         return range(self.start, self.stop)
 
     def pixels(self) -> np.ndarray:
-        """PIXELS of the request: float32 [slices, rows, columns, 1]."""
-        return self.stack[self.start : self.stop, :, :, None].astype(np.float32)
+        """PIXELS of the request as the stack holds them, [slices, rows, columns, 1] (a view): the
+        client makes them FP32 where it sends them (the request, or the shared-memory slot)."""
+        return self.stack[self.start : self.stop, :, :, None]
 
 
 @dataclass

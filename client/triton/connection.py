@@ -32,6 +32,8 @@ class Connection:
     timeout: float = 60.0  # seconds per attempt
     retries: int = 8  # further attempts while the server is unreachable
     backoff: float = 0.5  # first wait in seconds; doubles per attempt up to BACKOFF_CAP
+    shared_memory: bool = False  # slices through system shared memory (a server on this machine)
+    admin_key_file: Path | None = None  # the server's admin key, which its shared-memory API needs
 
     def __post_init__(self):
         if isinstance(self.url, (list, tuple)):  # --url repeated: every server, as with commas
@@ -61,6 +63,12 @@ class Connection:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise UsageError(f"{name.replace('_', ' ')} file {path} does not exist")
+        if self.shared_memory and (self.admin_key_file is None or self.balanced):
+            raise UsageError(
+                f"--shared-memory needs one server on this machine and its admin key file ({contract.ADMIN_KEY_ENV})"
+            )
+        if self.admin_key_file is not None and not Path(self.admin_key_file).is_file():
+            raise UsageError(f"admin key file {self.admin_key_file} does not exist")
         if (self.private_key is None) != (self.certificate_chain is None):
             raise UsageError("mutual TLS needs both the client key and the client certificate chain")
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
 
 import numpy as np
 
 from brainscan import contract
 from brainscan.client.triton.connection import DNS_SCHEME, PROTOCOLS, Connection  # noqa: F401 (the client's API)
+from brainscan.client.triton.shared_memory import SharedSlices
+from brainscan.client.triton.tensors import Prediction, client_module, image_input, pixels_input  # noqa: F401 (the API)
 from brainscan.errors import EXIT_UNAVAILABLE, BrainscanError
 from brainscan.identity import ModelIdentity, identity_facts
 from brainscan.intended_use import UNDECLARED, IntendedUse
@@ -49,56 +51,6 @@ class _Retryable(Exception):
     """A failure that a restarting or briefly unreachable server explains."""
 
 
-@dataclass
-class Prediction:
-    """The ensemble's answer for one image."""
-
-    probability: float
-    mask: np.ndarray  # uint8 0/1, the image's own height x width
-    score: float | None = None  # OOD_SCORE: how unlike the training slices (None: the server gives none)
-
-    @property
-    def tumour(self) -> bool:
-        return self.probability > contract.DECISION_THRESHOLD
-
-    @property
-    def label(self) -> str:
-        return "tumour" if self.tumour else "no tumour"
-
-    @property
-    def area_pixels(self) -> int:
-        return int(self.mask.sum())
-
-    @property
-    def area_fraction(self) -> float:
-        return float(self.mask.mean()) if self.mask.size else 0.0
-
-
-def _module(protocol: str, aio: bool = True):
-    if protocol == contract.Protocol.GRPC:
-        import tritonclient.grpc as sync_module
-        import tritonclient.grpc.aio as aio_module
-    else:
-        import tritonclient.http as sync_module
-        import tritonclient.http.aio as aio_module
-    return aio_module if aio else sync_module
-
-
-def image_input(data: bytes, protocol: str = "grpc"):
-    """The ``IMAGE`` input tensor ([1, 1] BYTES) for one encoded file."""
-    tensor = _module(protocol, aio=False).InferInput(contract.IMAGE, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
-    return tensor
-
-
-def pixels_input(pixels: np.ndarray, protocol: str = "grpc"):
-    """The ``PIXELS`` input tensor ([B, H, W, C] FP32) for slices of one size."""
-    array = np.ascontiguousarray(pixels, np.float32)
-    tensor = _module(protocol, aio=False).InferInput(contract.PIXELS, list(array.shape), "FP32")
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
 def _http_transport_errors() -> tuple[type[Exception], ...]:
     """The HTTP client's errors of an exchange that failed on the way (a connection refused or
     cut, a server gone mid-answer), which a retry may cure; not an answer the server gave.
@@ -128,7 +80,7 @@ class AsyncBrainscanClient:
     ):
         self.connection = connection
         self.on_retry = on_retry
-        module = _module(connection.protocol)
+        module = client_module(connection.protocol)
         if connection.protocol is contract.Protocol.GRPC:
             # Large images: lift gRPC's 4 MB message limit.
             limit = 2**31 - 1
@@ -152,6 +104,8 @@ class AsyncBrainscanClient:
                 conn_timeout=connection.timeout,
             )
         self._outputs: list | None = None  # what to ask for, once the model's outputs are known
+        # slices through system shared memory (--shared-memory), registered on first use
+        self._shared = SharedSlices(self._client, connection.admin_key_file) if connection.shared_memory else None
 
     def _ssl_context(self):
         import ssl
@@ -208,7 +162,7 @@ class AsyncBrainscanClient:
             )
             given = {output.get("name") for output in metadata.get("outputs", [])}
             wanted = [contract.TUMOR_PROBABILITY, contract.MASK, contract.OOD_SCORE]
-            sync = _module(c.protocol, aio=False)
+            sync = client_module(c.protocol, aio=False)
             names = [name for name in wanted if name in given] if given else wanted[:2]
             self._outputs = [sync.InferRequestedOutput(name) for name in names]
         return self._outputs
@@ -228,13 +182,15 @@ class AsyncBrainscanClient:
             c.retries,
         )
 
-    async def _infer(self, model: str, tensor) -> list[Prediction]:
-        """One request to an ensemble with one input tensor; an answer per image of its batch."""
+    async def _infer(self, model: str, tensor, slot=None) -> list[Prediction]:
+        """One request to an ensemble with one input tensor; an answer per image of its batch
+        (``slot``: the shared memory that holds the slices and gets the masks)."""
         c = self.connection
         outputs = await self._requested_outputs()
-        result = await self._request(model, tensor, outputs, c.model_version)
+        asked = slot.outputs(outputs, client_module(c.protocol, aio=False)) if slot else outputs
+        result = await self._request(model, tensor, asked, c.model_version)
         probability = result.as_numpy(contract.TUMOR_PROBABILITY)
-        mask = result.as_numpy(contract.MASK)
+        mask = slot.mask() if slot else result.as_numpy(contract.MASK)
         if probability is None or mask is None:
             raise InferenceError(
                 f"{model} at {c.address} did not return {contract.TUMOR_PROBABILITY} and {contract.MASK}: is it a "
@@ -245,6 +201,17 @@ class AsyncBrainscanClient:
             Prediction(float(p), m, None if scores is None else float(scores.reshape(-1)[k]))
             for k, (p, m) in enumerate(zip(probability.reshape(-1), mask))
         ]
+
+    @asynccontextmanager
+    async def _pixels(self, pixels: np.ndarray):
+        """The ``PIXELS`` tensor of slices of one size ([B, H, W, C], any numeric dtype), and the
+        shared-memory slot holding them (None: they go over the socket)."""
+        protocol = self.connection.protocol
+        if self._shared is None:
+            yield pixels_input(pixels, protocol), None
+            return
+        async with self._shared.slot(pixels) as slot:
+            yield (pixels_input(pixels, protocol) if slot is None else slot.input(client_module(protocol, False))), slot
 
     async def infer(self, data: bytes) -> Prediction:
         """Send one encoded image (PNG, JPEG, TIFF; 8 or 16 bit) and return the answer."""
@@ -267,23 +234,26 @@ class AsyncBrainscanClient:
         """The classifier alone on slices of one size ([B, H, W, C]): each slice's tumour
         probability and out-of-distribution score (the first step of a series whose
         segmenter runs only where the classifier does not rule a tumour out)."""
-        sync = _module(self.connection.protocol, aio=False)
+        sync = client_module(self.connection.protocol, aio=False)
         wanted = [sync.InferRequestedOutput(n) for n in (contract.TUMOR_PROBABILITY, contract.OOD_SCORE)]
-        result = await self._request(contract.CLASSIFIER, pixels_input(pixels, self.connection.protocol), wanted, "")
+        async with self._pixels(pixels) as (tensor, _):
+            result = await self._request(contract.CLASSIFIER, tensor, wanted, "")
         probability, score = (result.as_numpy(n).reshape(-1) for n in (contract.TUMOR_PROBABILITY, contract.OOD_SCORE))
         return [(float(p), float(s)) for p, s in zip(probability, score)]
 
     async def segment_pixels(self, pixels: np.ndarray) -> list[np.ndarray]:
         """The segmenter alone on slices of one size ([B, H, W, C]): each slice's mask."""
-        sync = _module(self.connection.protocol, aio=False)
+        sync = client_module(self.connection.protocol, aio=False)
         wanted = [sync.InferRequestedOutput(contract.MASK)]
-        result = await self._request(contract.SEGMENTER, pixels_input(pixels, self.connection.protocol), wanted, "")
-        return list(result.as_numpy(contract.MASK))
+        async with self._pixels(pixels) as (tensor, slot):
+            result = await self._request(contract.SEGMENTER, tensor, slot.outputs(wanted, sync) if slot else wanted, "")
+            return list(slot.mask() if slot else result.as_numpy(contract.MASK))
 
     async def infer_pixels(self, pixels: np.ndarray) -> list[Prediction]:
         """Send slices of one size ([B, H, W, C] pixel values, B up to ``pixels_batch_size``) to
         ``contract.PIXELS_ENSEMBLE`` in one request: no encoding here, no decoding there."""
-        return await self._infer(contract.PIXELS_ENSEMBLE, pixels_input(pixels, self.connection.protocol))
+        async with self._pixels(pixels) as (tensor, slot):
+            return await self._infer(contract.PIXELS_ENSEMBLE, tensor, slot)
 
     async def health(self, retries: int = 0) -> dict:
         """Liveness and readiness of the server, of the target model and of the composing
@@ -347,7 +317,11 @@ class AsyncBrainscanClient:
             )
 
     async def close(self) -> None:
-        await self._client.close()
+        try:
+            if self._shared is not None:
+                await self._shared.close()
+        finally:
+            await self._client.close()
 
     async def __aenter__(self) -> AsyncBrainscanClient:
         return self
