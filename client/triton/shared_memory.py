@@ -8,8 +8,8 @@ Triton's shared-memory API is administrative, so the hardened default serves it 
 client holding the server's admin key (``BRAINSCAN_ADMIN_KEY_FILE``, the file ``brainscan
 serve`` reads). The region is created by this process, readable by its user only (0600), named
 after the process, unregistered and removed when the client closes. It has ``SLOTS`` slots, each
-sized by the first request (the largest of a series: a full batch); a request that does not fit,
-or one sent while every slot is busy and the pool is full, goes over the socket as before.
+sized by the first request (the largest of a series: a full batch); a request that does not fit
+goes over the socket as before, and one sent while every slot is busy waits for a slot.
 """
 
 from __future__ import annotations
