@@ -104,33 +104,7 @@ def install(root: Path | None = None) -> list[str]:
     found = _installed(root)
     if found:
         return found
-    root.mkdir(parents=True, exist_ok=True)
-    downloads = root / "downloads"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--platform",
-            WHEEL_PLATFORM,
-            "--python-version",
-            "3.11",
-            "--dest",
-            str(downloads),
-            f"perf-analyzer=={VERSION}",
-        ],
-        "pip download perf-analyzer",
-    )
-    (wheel,) = downloads.glob("perf_analyzer-*.whl")
-    verify(wheel)
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(root / "wheel")
-    binary = root / "wheel" / "perf_analyzer" / "bin" / "perf_analyzer"
-    binary.chmod(0o755)
+    binary = _unpack_wheel(root)
     if _works([str(binary)]):
         return [str(binary)]
     if not shutil.which("apt-get") or not shutil.which("dpkg"):
@@ -138,6 +112,32 @@ def install(root: Path | None = None) -> list[str]:
             "perf_analyzer needs glibc 2.38 and this system is older, without apt-get to fetch a newer runtime: "
             "run perf_analyzer in the NGC tritonserver -sdk image (docs/benchmarks.md)"
         )
+    _unpack_runtime(root)
+    found = _installed(root)
+    if not found:
+        raise PerfAnalyzerError(f"perf_analyzer still does not run with the {RUNTIME_SUITE} runtime in {root}")
+    return found
+
+
+def _unpack_wheel(root: Path) -> Path:
+    """The published wheel, checked against its SHA-256 and unpacked into ``root``: its binary."""
+    downloads = root / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
+    target = ["--platform", WHEEL_PLATFORM, "--python-version", "3.11", "--dest", str(downloads)]
+    _run([*pip, *target, f"perf-analyzer=={VERSION}"], "pip download perf-analyzer")
+    (wheel,) = downloads.glob("perf_analyzer-*.whl")
+    verify(wheel)
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(root / "wheel")
+    binary = root / "wheel" / "perf_analyzer" / "bin" / "perf_analyzer"
+    binary.chmod(0o755)
+    return binary
+
+
+def _unpack_runtime(root: Path) -> None:
+    """Debian's RUNTIME_PACKAGES of RUNTIME_SUITE, fetched by apt (which checks them against
+    Debian's signed release files) through a private sources list, unpacked into root/runtime."""
     apt = root / "apt"
     for sub in ("lists/partial", "cache/archives/partial"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
@@ -157,10 +157,6 @@ def install(root: Path | None = None) -> list[str]:
     _run(["apt-get", *options, "download", *RUNTIME_PACKAGES], "apt-get download", cwd=debs)
     for deb in debs.glob("*.deb"):
         _run(["dpkg", "-x", str(deb), str(root / "runtime")], f"dpkg -x {deb.name}")
-    found = _installed(root)
-    if not found:
-        raise PerfAnalyzerError(f"perf_analyzer still does not run with the {RUNTIME_SUITE} runtime in {root}")
-    return found
 
 
 @dataclass

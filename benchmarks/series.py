@@ -87,8 +87,9 @@ async def _send(url: str, path: str, stack: np.ndarray, key_file: Path) -> int:
         return sum(await asyncio.gather(*(one(call) for call in calls)))
 
 
-def measure_series(raw: Path, files: list[Path], slices: int = 160, log=print) -> list[SeriesCost]:
-    """Both paths on one server of free networks, the PNG path first, each after a warm-up."""
+def measure_series(raw: Path, files: list[Path], slices: int = 160, log=print, **options) -> list[SeriesCost]:
+    """Every path on one server of free networks, the PNG path first, each after a warm-up
+    (``options``: of the local repository, e.g. max_batch_size)."""
     from brainscan.benchmarks.free_networks import cpu_by_step, write_free_network
     from brainscan.export.repository import write_repository
     from brainscan.serving import Ports, TritonServer
@@ -96,7 +97,11 @@ def measure_series(raw: Path, files: list[Path], slices: int = 160, log=print) -
     stack = series_stack(files, slices)
     networks = {n: write_free_network(raw / f"free-{n}-series.onnx", n, "in-graph") for n in contract.NETWORKS}
     repository = write_repository(
-        raw / "repository-series", contract.Flavour.LOCAL, networks[contract.CLASSIFIER], networks[contract.SEGMENTER]
+        raw / "repository-series",
+        contract.Flavour.LOCAL,
+        networks[contract.CLASSIFIER],
+        networks[contract.SEGMENTER],
+        **options,
     ).resolve()
     ports = Ports.free()
     costs = []

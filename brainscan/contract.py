@@ -62,7 +62,13 @@ ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")
 ADMIN_KEY_ENV = "BRAINSCAN_ADMIN_KEY_FILE"  # a file holding the key (never the key itself on a command line)
 
 # Served behaviour.
-MAX_BATCH_SIZE = 8
+# Images a request or a dynamic batch may hold (every model's max_batch_size). On the CPU
+# nothing is allocated at the maximum, and a series' slices go 16 a request: half the
+# per-request cost of 8 (gRPC, the ensemble, the python runners' copies), -20 % CPU per slice
+# outside the networks (benchmarks/results/2026-12-04-series-batch16). On a GPU Triton and
+# TensorRT allocate every input at the maximum batch and largest side, so it stays 8 there.
+MAX_BATCH_SIZE = 16
+GPU_MAX_BATCH_SIZE = 8
 MASK_THRESHOLD = 0.5  # probability above which a pixel belongs to the mask
 # A series' segmenter runs only on the slices the classifier does not rule out, and
 # SEGMENTER_MARGIN slices on each side of them. The threshold is the classifier's own, which

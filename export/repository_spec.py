@@ -70,9 +70,13 @@ class RepositorySpec:
         default=Flavour.LOCAL,  # a str of a flavour is taken too
         metadata=_option("local (python+ONNX Runtime, no GPU), onnxruntime, or tensorrt."),
     )
-    max_batch_size: int = field(
-        default=contract.MAX_BATCH_SIZE,
-        metadata=_option("max_batch_size of every model (and the TensorRT profile's maximum).", min=1),
+    max_batch_size: int | None = field(
+        default=None,  # contract.GPU_MAX_BATCH_SIZE on a GPU, else contract.MAX_BATCH_SIZE
+        metadata=_option(
+            "max_batch_size of every model (and the TensorRT profile's maximum) (default: "
+            f"{contract.GPU_MAX_BATCH_SIZE} on a GPU, {contract.MAX_BATCH_SIZE} on the CPU).",
+            min=1,
+        ),
     )
     ort_threads: int = field(default=1, metadata=_option("ONNX Runtime intra-op threads per model instance.", min=1))
     device: Device = field(
@@ -122,6 +126,8 @@ class RepositorySpec:
         self.flavour, self.device = Flavour(self.flavour), Device(self.device)
         if self.local_resize not in (contract.OPENCV_RESIZE, contract.GRAPH_RESIZE):
             raise RepositoryError(f"local_resize is {contract.OPENCV_RESIZE} or {contract.GRAPH_RESIZE}")
+        if self.max_batch_size is None:
+            self.max_batch_size = contract.GPU_MAX_BATCH_SIZE if self.on_gpu else contract.MAX_BATCH_SIZE
         if self.max_batch_size < 1:
             raise RepositoryError("max_batch_size must be at least 1")
         if self.max_queue_size < 1 or self.queue_timeout_ms < 1:

@@ -27,6 +27,15 @@ def _stats(server, model: str) -> tuple[int, int]:
     return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("execution_count", 0))
 
 
+def _slices_seen(server, model: str) -> int:
+    """Images ``model`` on ``server`` has run (each slice of a batch counting): Triton's inference_count."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0))
+
+
 def _run(server, series: Path, out: Path, slices: str) -> dict:
     result = brainscan(
         "predict", series, "--url", server.grpc_url, "--out", out, "--format", "json", "--slices", slices
@@ -184,18 +193,20 @@ def test_a_series_segmenter_runs_only_where_the_classifier_does_not_rule_a_tumou
         images.append(image)
     assert hand_probability(47 / 112) > 0.01 > hand_probability(0.0)
     write_mr_series(tmp_path / "series", images)
-    before = _stats(rule_out_server, contract.SEGMENTER)
+    before, seen_before = _stats(rule_out_server, contract.SEGMENTER), _slices_seen(rule_out_server, contract.SEGMENTER)
     gated = _run(rule_out_server, tmp_path / "series", tmp_path / "gated", "pixels")
-    middle = _stats(rule_out_server, contract.SEGMENTER)
+    middle, seen_middle = _stats(rule_out_server, contract.SEGMENTER), _slices_seen(rule_out_server, contract.SEGMENTER)
     result = brainscan(
         "predict", tmp_path / "series", "--url", rule_out_server.grpc_url, "--out", tmp_path / "all",
         "--format", "json", "--segment-all",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     every = json.loads(result.stdout)
-    after = _stats(rule_out_server, contract.SEGMENTER)
+    after, seen_after = _stats(rule_out_server, contract.SEGMENTER), _slices_seen(rule_out_server, contract.SEGMENTER)
+    assert seen_middle - seen_before == 4 and seen_after - seen_middle == 10  # slices the segmenter ran on
     assert gated["segmented_slices"] == 4 and "segmented_slices" not in every
     inferences = lambda a, b: b[0] - a[0]  # noqa: E731  (requests answered, a batch counting once)
-    assert inferences(before, middle) == 1 and inferences(middle, after) == 2  # 4 slices in one; 10 in 8 + 2
+    # 4 slices in one request; 10 in as many as the server's batch needs
+    assert inferences(before, middle) == 1 and inferences(middle, after) == math.ceil(10 / contract.MAX_BATCH_SIZE)
     assert gated["tumour_slice_indices"] == every["tumour_slice_indices"] == [4, 5]
     assert (_mask(gated) == _mask(every)).all()

@@ -57,16 +57,20 @@ def test_every_flavour_keeps_the_served_contract(flavour, tmp_path):
     steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
     assert steps == [contract.PREPROCESS, contract.CLASSIFIER, contract.SEGMENTER]
     # the ensemble and preprocess do not depend on the flavour, but for how many python
-    # processes run (more where a GPU runs the networks) and the largest image side (where
-    # a TensorRT profile ends)
+    # processes run (more where a GPU runs the networks), the largest image side (where a
+    # TensorRT profile ends) and the largest batch (which a GPU allocates every input at)
     side = int(configs[contract.PREPROCESS].parameters[contract.MAX_SIDE_PARAMETER].string_value)
+    batches = {config.max_batch_size for config in configs.values()}
     local = {name: to_model_config(c) for name, c in model_configs(RepositorySpec()).items()}
     for name in (contract.ENSEMBLE, contract.PREPROCESS):
         config = configs[name]
         for each in (config, local[name]):
-            each.ClearField("instance_group"), each.parameters.pop(contract.MAX_SIDE_PARAMETER, None)
+            each.ClearField("instance_group"), each.ClearField("model_warmup")
+            each.parameters.pop(contract.MAX_SIDE_PARAMETER, None), each.ClearField("max_batch_size")
         assert config == local[name], name
-    assert side == (contract.GPU_MAX_IMAGE_SIDE if flavour == "tensorrt" else contract.MAX_IMAGE_SIDE)
+    on_gpu = flavour == "tensorrt"
+    assert side == (contract.GPU_MAX_IMAGE_SIDE if on_gpu else contract.MAX_IMAGE_SIDE)
+    assert batches == {contract.GPU_MAX_BATCH_SIZE if on_gpu else contract.MAX_BATCH_SIZE}
     for network in contract.NETWORKS:  # the networks take the decoded pixels at any size
         assert [(t.name, t.data_type, list(t.dims)) for t in configs[network].input] == [
             (contract.PIXELS, mc.TYPE_FP32, [-1, -1, -1])
@@ -162,7 +166,7 @@ def test_tensorrt_flavour_batches_dynamically_with_cuda_graphs_and_configurable_
         assert config.optimization.cuda.graphs is True
         assert not config.dynamic_batching.preferred_batch_size  # the batcher forms any size 1..max
         assert 0 < config.dynamic_batching.max_queue_delay_microseconds <= 100  # short: a GPU batch takes < 1 ms
-        assert config.max_batch_size == contract.MAX_BATCH_SIZE
+        assert config.max_batch_size == contract.GPU_MAX_BATCH_SIZE
     assert configs[contract.SEGMENTER].instance_group[0].count == 2
     assert configs[contract.CLASSIFIER].instance_group[0].count == 1
     assert configs[contract.PREPROCESS].instance_group[0].count == 3
