@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from brainscan import contract
-from brainscan.console import fail
+from brainscan.console import fail, flag
 
 Inputs = Annotated[list[Path], typer.Argument(help="Image files or folders (recursive) to send.")]
 Concurrency = Annotated[str, typer.Option(help="Ensemble concurrency sweep, START:END[:STEP].")]
@@ -49,11 +49,11 @@ def bench_input_data(
     limit: Annotated[int, typer.Option(help="Use at most this many files.")] = 64,
     pixels: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--pixels",
-            help=(
-                "For brainscan_pixels (or a network): each image decoded into PIXELS, FP32 [H, W, C], instead of "
-                "the encoded file the brainscan ensemble takes; perf_analyzer's -b sends that many a request."
+            (
+                "For brainscan_pixels (or a network): each image decoded into PIXELS, FP32 [H, W, C], instead of the "
+                "encoded file the brainscan ensemble takes; perf_analyzer's -b sends that many a request."
             ),
         ),
     ] = False,

@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from brainscan.benchmarks.cli import bench_app
 from brainscan.client.cli import health, predict, ui
 from brainscan.client.hospital.cli import listen
+from brainscan.console import flag
 from brainscan.errors import EXIT_FAILED, BrainscanError
 from brainscan.export.cli import doctor, export_app
 from brainscan.serving.cli import serve
@@ -65,12 +66,7 @@ app.command("doctor")(doctor)
 @app.callback()
 def _root(
     debug: Annotated[
-        bool,
-        typer.Option(
-            "--debug",
-            envvar="BRAINSCAN_DEBUG",
-            help="Show the traceback of every error, not only of bugs.",
-        ),
+        bool, flag("--debug", "Show the traceback of every error, not only of bugs.", envvar="BRAINSCAN_DEBUG")
     ] = False,
 ) -> None:
     _state["debug"] = debug

@@ -30,6 +30,11 @@ Url = Annotated[
 ]
 
 
+def flag(name: str, help: str, **more: Any) -> Any:
+    """An on/off option that is off unless given: only ``name``, no --no- form."""
+    return typer.Option(name, help=help, **more)
+
+
 class ReportFormat(contract.Choice):
     TEXT = "text"
     JSON = "json"
@@ -39,6 +44,16 @@ class ReportFormat(contract.Choice):
 ReportFormatOption = Annotated[
     ReportFormat, typer.Option("--format", help="text, or json for scripts: JSON on stdout, nothing else.")
 ]
+Rules = Annotated[
+    Path | None,
+    typer.Option(
+        rich_help_panel="Intended use",
+        help=(
+            "A site's rules file (JSON) narrowing the served models' intended use: modalities, planes, body parts, "
+            "ranges, the pixel threshold (docs/intended-use.md). Unknown keys, or rules that widen it, exit 2."
+        ),
+    ),
+]  # predict's and listen's
 Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
 DataDir = Annotated[Path, typer.Option("--data", help="Dataset folder (kaggle_3m layout, or yes/ and no/).")]
 

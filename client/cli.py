@@ -23,23 +23,13 @@ from brainscan.client.hospital.study import (
 )
 from brainscan.client.options import Timeout, with_connection
 from brainscan.client.ui import DEFAULT_PORT, MAX_UPLOAD_MB
-from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, ReportFormatOption, fail
+from brainscan.console import EXIT_FAILED, EXIT_UNAVAILABLE, ReportFormat, ReportFormatOption, Rules, fail, flag
 from brainscan.contract import SlicePath
 
 SkipExisting = Annotated[bool, typer.Option(help="Resume: skip inputs whose outputs are already in --out.")]
 Failures = Annotated[Path | None, typer.Option(help="JSON report of every failure (default: `<out>/failures.json`).")]
 Evaluate = Annotated[bool, typer.Option(help="Compare with X_mask.* ground truth beside each X.* (kaggle_3m layout).")]
 ProgressBar = Annotated[bool | None, typer.Option(help="Progress bar on stderr (default: when stderr is a terminal).")]
-Rules = Annotated[
-    Path | None,
-    typer.Option(
-        rich_help_panel="Intended use",
-        help=(
-            "A site's rules file (JSON) narrowing the served models' intended use: modalities, planes, body parts, "
-            "ranges, the pixel threshold (docs/intended-use.md). Unknown keys, or rules that widen it, exit 2."
-        ),
-    ),
-]
 
 
 @with_connection
@@ -94,9 +84,9 @@ def predict(
     ] = SlicePath.PIXELS,
     segment_all: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--segment-all",
-            help=(
+            (
                 "On the pixels path, run the segmenter on every slice of a series (by default only on those the "
                 "classifier does not rule out, with the rule-out threshold the served classifier declares, and one "
                 "slice on each side)."
@@ -113,13 +103,13 @@ def predict(
     rules: Rules = None,
     outside_intended_use: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--outside-intended-use",
-            rich_help_panel="Intended use",
-            help=(
+            (
                 "Research only: analyse inputs outside the intended use too; every output of those says so (JSON, "
                 "table, PNG and NIfTI notes, SEG and SR descriptions). Never the default."
             ),
+            rich_help_panel="Intended use",
         ),
     ] = False,
     request: StudyRequest | None = None,  # the study options (with_study_request)
@@ -248,11 +238,11 @@ def health(
     wait: Annotated[float, typer.Option(help="Keep trying for this many seconds before giving up.")] = 0.0,
     infer: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--infer",
-            help=(
-                "Also send a small real image through the model and check the answer (a liveness check that "
-                "readiness flags cannot fake)."
+            (
+                "Also send a small real image through the model and check the answer (a liveness check that readiness "
+                "flags cannot fake)."
             ),
         ),
     ] = False,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from brainscan import contract
-from brainscan.console import Url, with_options
+from brainscan.console import Url, flag, with_options
 
 Protocol = Annotated[
     contract.Protocol,
@@ -53,13 +53,13 @@ ModelVersion = Annotated[
 ]
 SharedMemory = Annotated[
     bool,
-    typer.Option(
+    flag(
         "--shared-memory",
-        envvar="BRAINSCAN_SHARED_MEMORY",
-        help=(
-            "Send series' slices (and get their masks) through system shared memory: a server on this machine, "
-            "run by this user, and its admin key file."
+        (
+            "Send series' slices (and get their masks) through system shared memory: a server on this machine, run by "
+            "this user, and its admin key file."
         ),
+        envvar="BRAINSCAN_SHARED_MEMORY",
     ),
 ]
 AdminKeyFile = Annotated[

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -27,20 +28,21 @@ def available() -> bool:
     return Path(ORTHANC).exists() and DICOMWEB_PLUGIN.exists()
 
 
+@dataclass(eq=False)  # one running server each: compared by identity
 class Orthanc:
-    def __init__(
-        self,
-        root: Path,
-        modalities: dict | None = None,
-        users: dict | None = None,
-        lua_scripts: list[Path] | None = None,
-        settings: dict | None = None,
-    ):
-        self.root = Path(root)
+    """One Orthanc configured in ``root``: its modalities, users, Lua scripts and any other settings."""
+
+    root: Path
+    modalities: dict = field(default_factory=dict)
+    users: dict = field(default_factory=dict)
+    lua_scripts: list[Path] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
         self.http_port, self.dicom_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb = f"{self.url}/dicom-web"
-        self.users = users or {}
         config = {
             "Name": "brainscan-test",
             "HttpPort": self.http_port,
@@ -49,17 +51,17 @@ class Orthanc:
             "StorageDirectory": str(self.root / "storage"),
             "IndexDirectory": str(self.root / "index"),
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": bool(users),
-            "RegisteredUsers": users or {},
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
             "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "DicomModalities": modalities or {},
+            "DicomModalities": self.modalities,
             "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": False,
             "HttpTimeout": 60,
             "StableAge": 1,
-            "LuaScripts": [str(Path(p).resolve()) for p in lua_scripts or []],
-            **(settings or {}),
+            "LuaScripts": [str(Path(p).resolve()) for p in self.lua_scripts],
+            **self.settings,
         }
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "orthanc.json").write_text(json.dumps(config, indent=1))

@@ -50,7 +50,7 @@ def tls_orthanc(tmp_path, certificates, modalities: dict | None = None) -> Ortha
     (cert, key), (ca, _) = certificates["orthanc"], certificates["ca"]
     tls = {"DicomTlsEnabled": True, "DicomTlsCertificate": str(cert), "DicomTlsPrivateKey": str(key)}
     tls |= {"DicomTlsTrustedCertificates": str(ca), "DicomTlsRemoteCertificateRequired": True}
-    return Orthanc(tmp_path / "orthanc", modalities=modalities, settings=tls).start()
+    return Orthanc(tmp_path / "orthanc", modalities=modalities or {}, settings=tls).start()
 
 
 def test_orthanc_and_the_node_talk_dicom_tls_both_ways(bright_server, certificates, tmp_path):

@@ -33,6 +33,7 @@ from dicom_cases import (
 from orthanc import Orthanc
 from volume_files import write_mr_series
 
+from brainscan.client.hospital.node_metrics import send_body
 from brainscan.serving import free_port
 
 pytestmark = pytest.mark.server
@@ -253,12 +254,7 @@ class _Failing(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         failed = {"00081150": {"vr": "UI", "Value": [SEG_CLASS]}, "00081155": {"vr": "UI", "Value": ["1.2.3.4.5.6"]}}
         failed["00081197"] = {"vr": "US", "Value": [0xA700]}
-        body = json.dumps({"00081198": {"vr": "SQ", "Value": [failed]}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/dicom+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_body(self, json.dumps({"00081198": {"vr": "SQ", "Value": [failed]}}).encode(), "application/dicom+json")
 
     def log_message(self, *args):
         pass

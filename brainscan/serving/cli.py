@@ -4,24 +4,39 @@ security options, the watchdog, and a clean stop on Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from brainscan import contract
 from brainscan.console import with_options
 
+if TYPE_CHECKING:
+    from brainscan.serving.security import GrpcTls
+
+
+@dataclass(frozen=True)
+class ServeSecurity:
+    """serve's security options: gRPC TLS (a GrpcTls, or None) and the file of the admin key."""
+
+    tls: GrpcTls | None
+    admin_key_file: Path | None
+
+    def admin_key(self) -> str | None:
+        from brainscan.serving import read_admin_key
+
+        return read_admin_key(self.admin_key_file) if self.admin_key_file else None
+
 
 def _security(tls_certificate: Path | None, tls_key: Path | None, tls_client_ca: Path | None, admin_key_file):
-    """serve's security options: gRPC TLS (a GrpcTls, or None) and the admin key's file; TLS
-    options that do not go together are a usage error (exit 2)."""
+    """ServeSecurity from the options; TLS options that do not go together are a usage error (exit 2)."""
     if (tls_certificate is None) != (tls_key is None) or (tls_client_ca and not tls_certificate):
         raise typer.BadParameter("gRPC TLS needs --tls-certificate and --tls-key (and --tls-client-ca only with them)")
     from brainscan.serving.security import GrpcTls
 
-    tls = GrpcTls(tls_certificate, tls_key, tls_client_ca) if tls_certificate else None
-    return {"tls": tls, "admin_key_file": admin_key_file}
+    return ServeSecurity(GrpcTls(tls_certificate, tls_key, tls_client_ca) if tls_certificate else None, admin_key_file)
 
 
 SECURITY_PANEL = "Security"
@@ -129,27 +144,26 @@ def serve(
         ),
     ] = True,
     watchdog_interval: Annotated[float, typer.Option(help="Seconds between two watchdog probes.")] = 5.0,
-    security: dict | None = None,  # SECURITY_OPTIONS
+    security: ServeSecurity | None = None,  # SECURITY_OPTIONS
 ) -> None:
     """Run Triton Inference Server on a model repository until Ctrl-C, SIGTERM or SIGHUP:
     the binary shipped in nvidia-pytriton (no Docker, no GPU; local flavour), or another
     tritonserver with --tritonserver. A watchdog restarts it when real inferences fail
     (a crashed python stub is not restarted by Triton itself)."""
-    from brainscan.serving import Ports, ServerError, TritonServer, Watchdog, read_admin_key
+    from brainscan.serving import Ports, ServerError, TritonServer, Watchdog
 
-    tls, admin_key_file = security["tls"], security["admin_key_file"]
-    admin_key = read_admin_key(admin_key_file) if admin_key_file else None
+    tls, admin_key = security.tls, security.admin_key()  # type: ignore[union-attr]  (with_options gives it)
     server = TritonServer(
         repository,
         host,
         Ports(grpc_port, http_port, metrics_port),
         log_file,
-        grpc_tls=tls,
         binary=tritonserver,
         backend_directory=backend_directory,
-        admin_key=admin_key,
         metrics_host=metrics_host,
         http_host=http_host,
+        grpc_tls=tls,  # the security options
+        admin_key=admin_key,
     )
     stop_requested = []
 
@@ -163,7 +177,7 @@ def serve(
         server.start()
         typer.echo(f"tritonserver starting (log: {server.log_file})", err=True)
         server.wait_ready(timeout)
-        admin = f"with the key in {admin_key_file}" if admin_key else f"off (no {contract.ADMIN_KEY_ENV})"
+        admin = f"with the key in {security.admin_key_file}" if admin_key else f"off (no {contract.ADMIN_KEY_ENV})"
         typer.echo(
             f"ready: gRPC{'+TLS' if tls else ''} {host}:{grpc_port}, HTTP {server.http_host}:{http_port}, "
             f"metrics {server.metrics_host}:{metrics_port} - model '{contract.ENSEMBLE}'; admin APIs {admin} "

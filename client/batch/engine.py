@@ -328,26 +328,25 @@ class _Run:
 
     def audited(self, outcome: Outcome) -> Outcome:
         if self.audit is not None and outcome.input.kind is InputKind.DICOM and not outcome.skipped:
-            series, record = outcome.input.series, outcome.record or {}
-            verdict = outcome.verdict
-            if not outcome.ok:
+            series, record, verdict = outcome.input.series, outcome.record, outcome.verdict
+            results = {}
+            if record is None:
                 what = "failed"
-            elif outcome.refused and not record.get("outside_intended_use"):
-                what = "not-analysed"
             else:
-                what = "ok"
+                what = "ok" if record.analysed else "not-analysed"
+                results = {"seg": record.seg, "sr": record.sr, "stored": record.stored}
+                results |= {
+                    "store_attempts": record.store_attempts,
+                    "outside_intended_use": record.outside_intended_use or None,
+                }
             self.audit.write(
                 series.study,
                 series.uid,
                 what,
                 self.identity,
                 error=outcome.error,
-                seg=record.get("seg"),
-                sr=record.get("sr"),
-                stored=record.get("stored"),
-                store_attempts=record.get("store_attempts"),
                 intended_use=verdict.codes if verdict is not None and not verdict.accepted else None,
-                outside_intended_use=True if record.get("outside_intended_use") else None,
+                **results,
             )
         return outcome
 

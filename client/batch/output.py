@@ -10,7 +10,8 @@ from pathlib import Path
 import typer
 
 from brainscan import contract
-from brainscan.client.batch.records import NOT_ANALYSED, OUTSIDE_NOTE, Failure
+from brainscan.client.batch.predict_record import PredictRecord
+from brainscan.client.batch.records import OUTSIDE_NOTE, Failure
 from brainscan.layout import InputKind
 
 NAME_WIDTH = 40
@@ -52,40 +53,37 @@ def shorten(text: str) -> str:
     return text if len(text) <= NAME_WIDTH else "…" + text[-(NAME_WIDTH - 1) :]
 
 
-def _intended_use_line(record: dict) -> str:
+def _intended_use_line(record: PredictRecord) -> str:
     """What the intended use says of an input, when there is something to say."""
-    use = record.get("intended_use") or {}
-    codes = ", ".join(r["code"] for r in use.get("reasons", []))
-    sentence = "; ".join(r["text"] for r in use.get("reasons", []))
-    if record.get("label") == NOT_ANALYSED:
+    reasons = (record.intended_use or {}).get("reasons", [])
+    codes, sentence = ", ".join(r["code"] for r in reasons), "; ".join(r["text"] for r in reasons)
+    if not record.analysed:
         return f"\n  └ not analysed, outside the intended use ({codes}): {sentence}"
-    if record.get("outside_intended_use"):
+    if record.outside_intended_use:
         return f"\n  └ {OUTSIDE_NOTE} ({codes}), analysed for research: {sentence}"
-    if record.get("slices_not_analysed"):
-        skipped = record["slices_not_analysed"]
+    if record.slices_not_analysed:
+        skipped = record.slices_not_analysed
         return f"\n  └ {len(skipped)} slice(s) unlike the training data not analysed: {skipped}"
     return ""
 
 
-def row(record: dict) -> str:
-    if record.get("label") == NOT_ANALYSED:
-        line = f"{shorten(record['file']):<{NAME_WIDTH}} {'-':>11} {'refused':<9} {'-':>8} {'-':>7}"
-        if "truth" in record:
-            line += f" {record['truth']:<9} {'':>6}"
-        return line + _intended_use_line(record)
+def row(record: PredictRecord) -> str:
+    truth = f" {record.truth:<9} {'' if record.dice is None else record.dice:>6}" if record.truth is not None else ""
+    if not record.analysed:
+        line = f"{shorten(record.file):<{NAME_WIDTH}} {'-':>11} {'refused':<9} {'-':>8} {'-':>7}"
+        return line + truth + _intended_use_line(record)
     line = (
-        f"{shorten(record['file']):<{NAME_WIDTH}} {record['probability']:>11.4f} {record['label']:<9} "
-        f"{record['area_pixels']:>8d} {100 * record['area_fraction']:>6.2f}%"
-    )
-    if "truth" in record:
-        line += f" {record['truth']:<9} {record.get('dice', ''):>6}"
-    if "tumour_volume_ml" in record:
-        largest = record["largest_cross_section_slice"]
+        f"{shorten(record.file):<{NAME_WIDTH}} {record.probability:>11.4f} {record.label:<9} "
+        f"{record.area_pixels:>8d} {100 * record.area_fraction:>6.2f}%"
+    ) + truth
+    volume = record.volume
+    if volume is not None:
+        largest = volume.largest_cross_section_slice
         line += (
-            f"\n  └ volume: {record['tumour_volume_ml']:.2f} ml in {record['tumour_slices']} of {record['slices']} "
+            f"\n  └ volume: {volume.tumour_volume_ml:.2f} ml in {len(volume.tumour_slices)} of {volume.slices} "
             f"axial slices"
             + (
-                f", largest cross-section {record['largest_cross_section_mm2']:.1f} mm² (slice {largest})"
+                f", largest cross-section {volume.largest_cross_section_mm2:.1f} mm² (slice {largest})"
                 if largest is not None
                 else ""
             )
@@ -126,8 +124,8 @@ def summary(outcomes, elapsed: float, out: Path | None) -> str:
     records = [o.record for o in outcomes if o.ok]
     failed = [o for o in outcomes if o.error]
     skipped = sum(o.skipped for o in outcomes)
-    refused = sum(o.refused and not (o.record or {}).get("outside_intended_use") for o in outcomes)
-    research = sum(bool((o.record or {}).get("outside_intended_use")) for o in outcomes)
+    research = sum(o.ok and o.record.outside_intended_use for o in outcomes)
+    refused = sum(o.refused for o in outcomes) - research
     sent = sum(o.requests for o in outcomes)
     text = (
         f"{len(records)} of {len(outcomes)} inputs in {elapsed:.1f} s "
@@ -147,11 +145,11 @@ def summary(outcomes, elapsed: float, out: Path | None) -> str:
     return text
 
 
-def csv_row(record: dict) -> dict:
+def csv_row(record: PredictRecord) -> dict:
     """A record with its intended use flattened into columns."""
-    use = record.get("intended_use") or {}
+    use = record.intended_use or {}
     reasons = ";".join(r["code"] for r in use.get("reasons", []))
-    return {**record, "accepted": use.get("accepted"), "reasons": reasons, "score": use.get("score")}
+    return {**record.as_dict(), "accepted": use.get("accepted"), "reasons": reasons, "score": use.get("score")}
 
 
 class Reporter:
@@ -179,7 +177,7 @@ class Reporter:
         if not self.started:
             self._header()
         if self.fmt is OutputFormat.JSON:
-            typer.echo(json.dumps(outcome.record if outcome.ok else outcome.failure()))
+            typer.echo(json.dumps(outcome.record.as_dict() if outcome.ok else outcome.failure()))
         elif self.fmt is OutputFormat.CSV:
             self.writer.writerow(csv_row(outcome.record) if outcome.ok else outcome.failure())
         elif outcome.ok:

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from brainscan.atomic import write_bytes_atomic
+from brainscan.client.batch.predict_record import NOT_ANALYSED, PredictRecord
 from brainscan.client.imaging.files import Input, inside
 from brainscan.client.triton.inference import TIMEOUT
 from brainscan.intended_use import IntendedUse, Reason, Verdict
 from brainscan.layout import InputKind
 
 NOT_SENT = "not sent: the server stayed unreachable"
-NOT_ANALYSED = "not analysed"  # the label of an input outside the intended use
 OUTSIDE_NOTE = "OUTSIDE INTENDED USE"  # in every output of an input analysed anyway (research)
 
 
@@ -46,7 +46,7 @@ class Outcome:
 
     input: Input
     name: str
-    record: dict | None = None
+    record: PredictRecord | None = None
     error: str | None = None
     status: Failure | str | None = None  # a Failure, or the server's status code
     skipped: bool = False
@@ -117,8 +117,8 @@ def _evaluation(item: Input, prediction) -> dict | None:
     return found
 
 
-def _write_json(path: Path, record: dict) -> None:
-    write_bytes_atomic(path, (json.dumps(record, indent=1) + "\n").encode())
+def _write_json(path: Path, record: PredictRecord) -> None:
+    write_bytes_atomic(path, (json.dumps(record.as_dict(), indent=1) + "\n").encode())
 
 
 def _refusal(job, options, identity, verdict: Verdict, slice_scores=None) -> Outcome:
@@ -126,26 +126,20 @@ def _refusal(job, options, identity, verdict: Verdict, slice_scores=None) -> Out
     DICOM series an SR saying it was not analysed, and why."""
     item = job.input
     outcome = Outcome(item, job.name, requests=len(job.results), verdict=verdict)
-    record: dict = {
-        "file": item.display,
-        "kind": item.kind,
-        "label": NOT_ANALYSED,
-        "probability": None,
-        "intended_use": verdict.as_dict(),
-    }
+    record = PredictRecord(item.display, item.kind, None, NOT_ANALYSED, intended_use=verdict.as_dict())
     if slice_scores is not None:
-        record["slice_scores"] = [round(s, 4) for s in slice_scores]
+        record.slice_scores = [round(s, 4) for s in slice_scores]
     out = options.out
     paths = [inside(out, n) for n in refusal_names(item, job.name)] if out is not None else []
     if item.kind is InputKind.DICOM:
         from brainscan.client.imaging.dicom_results import not_analysed_results, write_dataset
 
         sr = not_analysed_results(item.series.files, verdict, identity)
-        record.update(study=item.series.study, series=item.series.uid, sr=str(sr.SOPInstanceUID))
+        record.study, record.series, record.sr = item.series.study, item.series.uid, str(sr.SOPInstanceUID)
         if out is not None:
             write_dataset(paths[1], sr)
     if out is not None:
-        record["outputs"] = [str(p) for p in paths]
+        record.outputs = [str(p) for p in paths]
         _write_json(paths[0], record)
     outcome.record = record
     return outcome
@@ -166,31 +160,31 @@ def _image(job, options, use: IntendedUse, prediction) -> Outcome:
     if not verdict.accepted and not options.outside_intended_use:
         outcome = _refusal(job, options, None, verdict)
         if evaluation:
-            outcome.record["truth"] = evaluation["truth"]
+            outcome.record.truth = evaluation["truth"]
         outcome.evaluation = evaluation
         return outcome
-    record = {
-        "file": str(item.path),
-        "kind": InputKind.IMAGE,
-        "probability": round(prediction.probability, 6),
-        "label": prediction.label,
-        "area_pixels": prediction.area_pixels,
-        "area_fraction": round(prediction.area_fraction, 6),
-        "height": int(prediction.mask.shape[0]),
-        "width": int(prediction.mask.shape[1]),
-        "intended_use": verdict.as_dict(),
-    }
+    record = PredictRecord(
+        str(item.path),
+        InputKind.IMAGE,
+        round(prediction.probability, 6),
+        prediction.label,
+        area_pixels=prediction.area_pixels,
+        area_fraction=round(prediction.area_fraction, 6),
+        height=int(prediction.mask.shape[0]),
+        width=int(prediction.mask.shape[1]),
+        intended_use=verdict.as_dict(),
+    )
     note = None
     if not verdict.accepted:
-        record["outside_intended_use"], note = True, _png_note(verdict)
+        record.outside_intended_use, note = True, _png_note(verdict)
     if evaluation:
-        record.update({k: v for k, v in evaluation.items() if k != "probability"})
+        record.truth, record.dice = evaluation["truth"], evaluation.get("dice")
     out = options.out
     if out is not None:
         paths = [inside(out, n) for n in output_names(item, job.name)]
         io.save_png(paths[0], prediction.mask * 255, note)
         io.save_png(paths[1], io.overlay(decode_image(job.context), prediction.mask), note)
-        record["outputs"] = [str(p) for p in paths]
+        record.outputs = [str(p) for p in paths]
     return Outcome(item, job.name, record=record, requests=1, verdict=verdict, evaluation=evaluation)
 
 
@@ -208,33 +202,30 @@ def _volume(job, options, identity, use: IntendedUse) -> Outcome:
     analysed = [r for k, r in enumerate(results) if k not in skipped]
     mask = volume.mask_volume(masks)
     probability = max(r.probability for r in analysed)
-    record = {
-        "file": item.display,
-        "kind": item.kind,
-        "probability": round(probability, 6),
-        "label": "tumour" if any(r.tumour for r in analysed) else "no tumour",
-        "area_pixels": int(mask.sum()),
-        "area_fraction": round(float(mask.mean()), 6),
-        **volume.summary(mask).as_dict(),
-        "slice_probabilities": [round(r.probability, 4) for r in results],
-        "intended_use": verdict.as_dict(),
-        "slice_scores": [round(s, 4) for s in scores],
-    }
-    if skipped:
-        record["slices_not_analysed"] = skipped
-    if job.segmented is not None:  # the classifier ruled a tumour out of the others
-        record["segmented_slices"] = len(job.segmented)
-    if research:
-        record["outside_intended_use"] = True
-    if volume.notes:
-        record["notes"] = volume.notes
+    record = PredictRecord(
+        item.display,
+        item.kind,
+        round(probability, 6),
+        "tumour" if any(r.tumour for r in analysed) else "no tumour",
+        area_pixels=int(mask.sum()),
+        area_fraction=round(float(mask.mean()), 6),
+        volume=volume.summary(mask),
+        slice_probabilities=[round(r.probability, 4) for r in results],
+        intended_use=verdict.as_dict(),
+        slice_scores=[round(s, 4) for s in scores],
+        slices_not_analysed=skipped or None,
+        # the classifier ruled a tumour out of the others
+        segmented_slices=len(job.segmented) if job.segmented is not None else None,
+        outside_intended_use=research,
+        notes=volume.notes or None,
+    )
     series = None
     if item.kind is InputKind.DICOM:
         from brainscan.client.imaging.dicom_results import series_results
 
         series = series_results(volume, mask, probability, identity, verdict)
-        record.update(study=item.series.study, series=item.series.uid)
-        record.update(seg=str(series.seg.SOPInstanceUID), sr=str(series.sr.SOPInstanceUID))
+        record.study, record.series = item.series.study, item.series.uid
+        record.seg, record.sr = str(series.seg.SOPInstanceUID), str(series.sr.SOPInstanceUID)
     out = options.out
     if out is not None:
         from brainscan.client.imaging.dicom_results import write_dataset
@@ -244,7 +235,7 @@ def _volume(job, options, identity, use: IntendedUse) -> Outcome:
         if series is not None:
             write_dataset(paths[2], series.seg)
             write_dataset(paths[3], series.sr)
-        record["outputs"] = [str(p) for p in paths]
+        record.outputs = [str(p) for p in paths]
         _write_json(paths[1], record)
     return Outcome(item, job.name, record=record, requests=len(results), verdict=verdict)
 

@@ -11,11 +11,49 @@ import typer
 
 from brainscan.client.hospital import node_config as nc
 from brainscan.client.hospital.node_config import MAX_PDU, TIMEOUT
+from brainscan.client.hospital.node_tls import TlsFiles
 from brainscan.client.hospital.study import DicomwebAccess, with_dicomweb
-from brainscan.console import Url, fail
+from brainscan.console import Rules, Url, fail, with_options
+
+TLS_PANEL = "DICOM TLS"
+TLS_OPTIONS = (
+    (
+        "tls_cert",
+        Annotated[
+            Path | None,
+            typer.Option(rich_help_panel=TLS_PANEL, help="This node's certificate (PEM); with --tls-key and --tls-ca."),
+        ],
+        None,
+    ),
+    (
+        "tls_key",
+        Annotated[Path | None, typer.Option(rich_help_panel=TLS_PANEL, help="This node's private key (PEM).")],
+        None,
+    ),
+    (
+        "tls_ca",
+        Annotated[
+            Path | None,
+            typer.Option(
+                rich_help_panel=TLS_PANEL,
+                help="The CA bundle (PEM) callers' certificates must chain to; callers must show one.",
+            ),
+        ],
+        None,
+    ),
+)
+
+
+def _tls_files(tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None) -> TlsFiles | None:
+    """listen's DICOM TLS files: all three or none (a usage error, exit 2, names what is missing)."""
+    try:
+        return TlsFiles.of(tls_cert, tls_key, tls_ca)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @with_dicomweb
+@with_options(TLS_OPTIONS, "tls", _tls_files)
 def listen(
     ae_title: Annotated[
         str, typer.Option(help=f"This node's AE title (at most {nc.AE_TITLE_LENGTH} characters).")
@@ -55,15 +93,7 @@ def listen(
     audit: Annotated[
         Path | None, typer.Option(help="JSON-lines audit file, one line per series (default: `<spool>/audit.jsonl`).")
     ] = None,
-    rules: Annotated[
-        Path | None,
-        typer.Option(
-            help=(
-                "A site's rules file (JSON) narrowing the served models' intended use (docs/intended-use.md); "
-                "unknown keys, or rules that widen it, exit 2."
-            )
-        ),
-    ] = None,
+    rules: Rules = None,
     retry_for: Annotated[
         float,
         typer.Option(
@@ -90,14 +120,6 @@ def listen(
             help="Serve Prometheus metrics on http://HOST:PORT/metrics (HOST: --host); none given, none served."
         ),
     ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option(help="DICOM TLS: this node's certificate (PEM); with --tls-key and --tls-ca.")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="DICOM TLS: this node's private key (PEM).")] = None,
-    tls_ca: Annotated[
-        Path | None,
-        typer.Option(help="DICOM TLS: the CA bundle (PEM) callers' certificates must chain to; callers must show one."),
-    ] = None,
     store_tls: Annotated[
         bool,
         typer.Option(
@@ -114,18 +136,19 @@ def listen(
     dimse_timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for a DIMSE message.")] = TIMEOUT,
     network_timeout: Annotated[float, typer.Option(min=1, help="Seconds an idle association is kept open.")] = TIMEOUT,
     pacs_access: DicomwebAccess | None = None,  # the DICOMweb options (with_dicomweb)
+    tls: TlsFiles | None = None,  # the DICOM TLS options (TLS_OPTIONS)
 ) -> None:
     """A DICOM node (C-STORE SCP) for a PACS to route MR series to: each series is predicted
     once complete (--idle seconds without a new object) and its DICOM SEG and SR go back by
     C-STORE (--store-to) or STOW-RS (--store-url). A series outside the served models'
     intended use gets no SEG, and an SR saying it was not analysed and why. Runs until Ctrl-C."""
-    from brainscan.client.hospital import atna_events, node_config, node_steps, node_tls
+    from brainscan.client.hospital import atna_events, node_config, node_steps
     from brainscan.client.hospital import listener as node
     from brainscan.client.triton.inference import Connection
 
     if (store_to is None) == (store_url is None):
         raise typer.BadParameter("give one of --store-to AET@HOST:PORT or --store-url URL: where the results go")
-    if store_tls and (store_to is None or tls_cert is None):
+    if store_tls and (store_to is None or tls is None):
         raise typer.BadParameter("--store-tls sends by C-STORE (--store-to) with this node's TLS files (--tls-cert…)")
     try:
         destination = node_config.Destination.parse(store_to) if store_to else None
@@ -143,7 +166,7 @@ def listen(
             retry_for=retry_for,
             keep_for=keep_for,
             metrics_port=metrics_port,
-            tls=node_tls.TlsFiles.of(tls_cert, tls_key, tls_ca),
+            tls=tls,
             max_pdu=max_pdu,
             acse_timeout=acse_timeout,
             dimse_timeout=dimse_timeout,

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"  # the exposition format's content type
 PREFIX = "brainscan_node_"
 COUNTERS = {
     "objects_received_total": "Objects (instances) stored into the spool.",
@@ -55,6 +56,7 @@ class NodeMetrics:
         return "\n".join(lines) + "\n"
 
     def serve(self, host: str, port: int) -> None:
+        """Serve ``text()`` at http://HOST:PORT/metrics from a daemon thread, until ``stop``."""
         metrics = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -62,12 +64,7 @@ class NodeMetrics:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
                     return
-                body = metrics.text().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_body(self, metrics.text().encode(), PROMETHEUS_TEXT)
 
             def log_message(self, *args):
                 pass
@@ -79,3 +76,12 @@ class NodeMetrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def send_body(handler: http.server.BaseHTTPRequestHandler, body: bytes, content_type: str, status: int = 200) -> None:
+    """Answer an HTTP request with ``body``, its type and length."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

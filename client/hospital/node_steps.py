@@ -37,14 +37,14 @@ def predict_series(
         sent = []
 
         def store(outcome):
-            paths = [Path(p) for p in outcome.record["outputs"] if p.endswith((".seg.dcm", ".sr.dcm"))]
+            paths = [Path(p) for p in outcome.record.outputs or [] if p.endswith((".seg.dcm", ".sr.dcm"))]
             try:
                 sent.append(deliver(paths))
             except Exception as exc:  # noqa: BLE001  (audited as such; the node sends them again)
                 outcome.error = f"the results were not sent: {exc}; they are sent again later"
                 outcome.status, outcome.record = Failure.STORE, None
             else:
-                outcome.record["stored"] = True if sent[-1] else "already answered"
+                outcome.record.stored = True if sent[-1] else "already answered"
             return outcome
 
         options = RunOptions(out=spool / RESULTS_FOLDER / uid, audit=audit_path, rules=rules, deliver=store)

@@ -213,22 +213,22 @@ def storer(pacs, wait: float = 2.0):
 
     def store(outcome):
         record = outcome.record
-        files = [Path(p) for p in record.get("outputs", []) if p.endswith((".seg.dcm", ".sr.dcm"))]
+        files = [Path(p) for p in record.outputs or [] if p.endswith((".seg.dcm", ".sr.dcm"))]
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
-                pacs.store([pydicom.dcmread(str(f)) for f in files], f"the SEG and SR of series {record['series']}")
+                pacs.store([pydicom.dcmread(str(f)) for f in files], f"the SEG and SR of series {record.series}")
                 break
             except DicomWebError as exc:
                 if attempt == STORE_ATTEMPTS:
                     outcome.error = f"{exc} ({STORE_ATTEMPTS} tries)"
                     outcome.status, outcome.record = Failure.STORE, None
                     return outcome
-                typer.echo(f"series {record['series']}: {exc}; trying again", err=True)
+                typer.echo(f"series {record.series}: {exc}; trying again", err=True)
                 time.sleep(wait * 2 ** (attempt - 1))
-        record["stored"] = pacs.url
+        record.stored = pacs.url
         if attempt > 1:
-            record["store_attempts"] = attempt
-        typer.echo(f"series {record['series']}: SEG and SR stored in {pacs.url}", err=True)
+            record.store_attempts = attempt
+        typer.echo(f"series {record.series}: SEG and SR stored in {pacs.url}", err=True)
         return outcome
 
     return store
