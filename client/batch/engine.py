@@ -161,6 +161,9 @@ async def served_intended_use(client, rules: Path | None = None) -> IntendedUse:
     return narrow(use, rules) if rules is not None else use
 
 
+AUDITED = ("seg", "sr", "stored", "store_attempts", "outside_intended_use")  # a series' audit line names
+
+
 class _Run:
     """One run of ``run_inputs``: a producer reads and sends the inputs, bounded by three
     semaphores (requests in flight, inputs ahead of the one being reported, volumes held in
@@ -329,16 +332,9 @@ class _Run:
     def audited(self, outcome: Outcome) -> Outcome:
         if self.audit is not None and outcome.input.kind is InputKind.DICOM and not outcome.skipped:
             series, record, verdict = outcome.input.series, outcome.record, outcome.verdict
-            results = {}
-            if record is None:
-                what = "failed"
-            else:
-                what = "ok" if record.analysed else "not-analysed"
-                results = {"seg": record.seg, "sr": record.sr, "stored": record.stored}
-                results |= {
-                    "store_attempts": record.store_attempts,
-                    "outside_intended_use": record.outside_intended_use or None,
-                }
+            what = "failed" if record is None else "ok" if record.analysed else "not-analysed"
+            # what the record says of the results: their UIDs, where they went, research use
+            results = {} if record is None else {k: getattr(record, k) or None for k in AUDITED}
             self.audit.write(
                 series.study,
                 series.uid,

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from brainscan import contract
+from brainscan import contract, opencv_path
 
 
 class TritonPythonModel:
@@ -36,13 +36,14 @@ class TritonPythonModel:
         if opencv:
             import onnx
 
-            from brainscan.opencv_path import network_part
-
-            part, self.size = network_part(onnx.load(graph))
+            part, self.size = opencv_path.network_part(onnx.load(graph))
             graph = graph if part is None else part.SerializeToString()
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.session_input = self.session.get_inputs()[0].name
-        self.session_outputs = [output.name for output in self.session.get_outputs()]
+        # the config's outputs in the config's order; the segmenter's network part gives its
+        # probabilities instead of MASK, which OpenCV makes of them
+        given = [output.name for output in self.session.get_outputs()]
+        self.session_outputs = [name for name in self.output_names if name in given] or given
 
     def _split(self, outputs, arrays):
         """Outputs batched over the requests -> each request's own."""
@@ -58,9 +59,7 @@ class TritonPythonModel:
             if len({array.shape[1:] for array in arrays}) > 1:  # images of several sizes: one call each
                 return [self._run([array])[0] for array in arrays]
             batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-            return self._split(self.session.run(self.output_names, {self.session_input: batch}), arrays)
-        from brainscan import opencv_path
-
+            return self._split(self.session.run(self.session_outputs, {self.session_input: batch}), arrays)
         inputs = np.concatenate([opencv_path.model_inputs(array, self.size) for array in arrays])
         each = self._split(self.session.run(self.session_outputs, {self.session_input: inputs}), arrays)
         if self.output_names == [contract.MASK]:  # each request's masks at its own image size
