@@ -23,7 +23,12 @@ CHECKOV := checkov==3.3.30
 
 venv: $(VENV)/.installed
 
+# .venv takes about 3.6 GB and a test run about 0.8 GB more: on a fuller disk the install stops here,
+# saying so, instead of in the middle of pip (MIN_FREE_GB=0 skips the check)
+MIN_FREE_GB ?= 4.5
 $(VENV)/.installed: pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+		sys.exit(None if free >= $(MIN_FREE_GB) else f"error: {free:.1f} GB free on this disk; .venv and a test run need about $(MIN_FREE_GB) GB (make MIN_FREE_GB=0 tries anyway)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[train,export,serve,ui,s3,pacs,bench,dev]"

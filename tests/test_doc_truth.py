@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,23 @@ def test_the_demo_check_catches_a_planted_step():
     assert "brainscan export fp16" not in makefile_commands(
         "demo", makefile.replace("demo: venv repository fp16", "demo: venv repository")
     )
+
+
+def test_make_stops_on_a_disk_too_full_for_the_venv_saying_so_as_the_readme_says(tmp_path):
+    """The README's free-disk figure is the Makefile's, and below it `make venv` stops before it
+    creates anything, naming the free space (here: a threshold no disk meets)."""
+    minimum = re.search(r"^MIN_FREE_GB \?= ([\d.]+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert f"{minimum} GB of free disk" in (ROOT / "README.md").read_text()
+    venv = tmp_path / "venv"
+    run = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), f"VENV={venv}", "MIN_FREE_GB=1e12", "venv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert re.search(r"error: [\d.]+ GB free on this disk; .* need about 1e12 GB", run.stderr), run.stderr
+    assert not venv.exists()
 
 
 # --- JSON fields ---------------------------------------------------------------------------------
