@@ -300,3 +300,31 @@ def test_evaluate_prints_and_writes_the_gates_figures(gated_server, phantom_dir,
         assert sets[name]["refused"] == 1.0 and sets[name]["auroc"] == 1.0, (name, sets[name])
     assert report["intended_use"]["pixel_gate"]["threshold"] == 1.0
     assert (out / "report.md").read_text().startswith("# The served models: intended-use gate and accuracy")
+
+
+def test_the_evaluation_table_says_which_target_a_run_missed():
+    """Acceptance and refusal counted by hand: 97 of 100 test slices accepted is below the 99 %
+    target and the table says NO and names the set; 98 of 100 new-cohort slices and 10 of 10
+    noise images refused meet theirs; an encoding set has no target."""
+    from brainscan.train.evaluation import Answered, figures, table
+
+    def answered(name, kind, accepted, refused):
+        scores = np.r_[np.full(accepted, 0.5), np.full(refused, 2.0)]
+        return Answered(name, kind, scores, np.zeros(len(scores)))
+
+    result = figures(
+        [
+            answered("test", "in-distribution", 97, 3),
+            answered("new-seed", "in-distribution", 98, 2),
+            answered("noise", "out-of-distribution", 0, 10),
+            answered("png16", "encoding", 10, 0),
+        ],
+        threshold=1.0,
+    )
+    met = {name: row.get("target_met") for name, row in result["sets"].items()}
+    assert met == {"test": False, "new-seed": True, "noise": True, "png16": None}
+    rows = {line.split()[0]: line.split() for line in table(result).splitlines()[2:7]}
+    assert rows["test"][3] == "97.0%" and rows["test"][-1] == "NO"
+    assert rows["new-seed"][-1] == "yes" and rows["noise"][-1] == "yes"
+    assert rows["png16"][-1] == "accepted"  # no target, nothing in the met column
+    assert "below target: test (" in table(result)

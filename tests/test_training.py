@@ -1,4 +1,8 @@
-"""Choosing the classifier's operating point on validation patients."""
+"""Choosing the classifier's operating point on validation patients, and the same seed giving
+the same network."""
+
+import io
+from pathlib import Path
 
 import numpy as np
 
@@ -48,3 +52,25 @@ def test_calibration_moves_the_served_half_to_the_chosen_threshold():
     assert ((after > 0.5) == labels.astype(bool)).all()  # 0.55, 0.62 and 0.70 are now "no tumour"
     expected = 1 / (1 + np.exp(-(logit - np.log(threshold / (1 - threshold)))))
     np.testing.assert_allclose(after, expected, atol=1e-5)
+
+
+def _weights(run: Path) -> dict[str, np.ndarray]:
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(run / "model.keras") as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as h5:
+        found: dict[str, np.ndarray] = {}
+        h5.visititems(lambda name, item: found.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def test_the_same_seed_trains_the_same_network(runs, phantom_dir, tmp_path):
+    """`--seed`'s promise: the tiny segmenter (its U-Net's upsampling and skips included), trained
+    again with the same data and seed, has every weight equal to the first run's, bit for bit
+    (threaded CPU kernels gave different weights before op determinism was turned on)."""
+    from conftest import _train_tiny
+
+    first, again = _weights(runs["segmenter"]), _weights(_train_tiny("segmenter", phantom_dir, tmp_path / "again"))
+    assert len(first) > 50 and first.keys() == again.keys()
+    assert all(np.array_equal(first[name], again[name]) for name in first)

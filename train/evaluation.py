@@ -20,7 +20,8 @@ from brainscan.tables import text_table
 
 NEW_SEED_OFFSET = 1_000  # the new cohort's seed: the data's seed plus this
 NEW_COHORT_PATIENTS = 20
-# the issue's targets, printed beside each figure (not enforced: the figures are the result)
+# the issue's targets, printed beside each figure with whether it was met (not enforced: the
+# figures are the result, and the demo's CPU training differs a little from run to run)
 TARGETS = {"test": 0.99, "new-seed": 0.97, "refused": 0.95}
 
 
@@ -111,6 +112,13 @@ def _quality(answered: Answered, keep: np.ndarray) -> dict:
     }
 
 
+def _goal(name: str, kind: str) -> tuple[str, float | None]:
+    """The figure a set is judged by ("accepted" or "refused") and its target, if it has one."""
+    if kind == "out-of-distribution":
+        return "refused", TARGETS["refused"]
+    return "accepted", TARGETS.get(name)
+
+
 def figures(answered: list[Answered], threshold: float | None) -> dict:
     """Acceptance, refusal and AUROC per set; accuracy and Dice, all and accepted."""
     limit = np.inf if threshold is None else threshold
@@ -123,6 +131,9 @@ def figures(answered: list[Answered], threshold: float | None) -> dict:
             labels = np.r_[np.zeros(len(test.scores)), np.ones(len(a.scores))]
             row["refused"] = round(1.0 - row["accepted"], 4)
             row["auroc"] = round(roc_auc(np.nan_to_num(np.r_[test.scores, a.scores], nan=np.inf), labels), 4)
+        measure, goal = _goal(a.name, a.kind)
+        if goal is not None:
+            row["target_met"] = bool(row[measure] >= goal)
         if a.truth is not None:
             row["all"] = _quality(a, np.ones(len(a.scores), bool))
             row["inside"] = _quality(a, accepted)
@@ -132,14 +143,10 @@ def figures(answered: list[Answered], threshold: float | None) -> dict:
 
 def table(result: dict) -> str:
     """The figures as make demo prints them."""
-    rows = [("set", "kind", "images", "accepted", "refused", "AUROC", "target")]
+    rows = [("set", "kind", "images", "accepted", "refused", "AUROC", "target", "met")]
     for name, row in result["sets"].items():
-        if row["kind"] == "out-of-distribution":
-            target = f"refused >= {TARGETS['refused']:.0%}"
-        elif name in TARGETS:
-            target = f"accepted >= {TARGETS[name]:.0%}"
-        else:
-            target = "accepted"
+        measure, goal = _goal(name, row["kind"])
+        target = measure if goal is None else f"{measure} >= {goal:.0%}"
         rows.append(
             (
                 name,
@@ -149,10 +156,14 @@ def table(result: dict) -> str:
                 f"{row['refused']:.1%}" if "refused" in row else "",
                 f"{row['auroc']:.3f}" if "auroc" in row else "",
                 target,
+                {True: "yes", False: "NO"}.get(row.get("target_met"), ""),
             )
         )
     lines = [f"Intended-use gate through the server (refused above an OOD score of {result['threshold']}):"]
     lines.append(text_table(rows))
+    missed = [name for name, row in result["sets"].items() if row.get("target_met") is False]
+    if missed:
+        lines.append(f"below target: {', '.join(missed)} (figures of this run's networks; see docs/intended-use.md)")
     quality = [("set", "slices (all)", "accuracy (all)", "Dice (all)", "slices accepted", "accuracy", "Dice")]
     for name, row in result["sets"].items():
         if "all" in row:

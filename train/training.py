@@ -306,6 +306,9 @@ def train(config: TrainConfig) -> dict[str, float]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()  # else threaded CPU kernels differ run to run
     parts = split_samples(config)
     for name in datasets.SPLITS:
         if not parts[name]:
